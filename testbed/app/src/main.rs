@@ -1,0 +1,134 @@
+//! The app the test bed deploys. One static binary; each image bakes its tag into
+//! `TESTAPP_TAG` at build time, and the tag fixes the behaviour:
+//!
+//! | tag         | behaviour                                              |
+//! | ----------- | ------------------------------------------------------ |
+//! | `v1`..`v9`  | healthy                                                |
+//! | `unhealthy` | `/health` answers 500                                  |
+//! | `crash`     | prints a line to stderr and exits at once (status 3)   |
+//! | `slow`      | listens only after 5 s                                 |
+//! | `flaky`     | healthy, then `/health` answers 500 after 3 s          |
+//! | `ready1s`   | listens after 1 s, like a typical app                  |
+//!
+//! Routes: `/health`, `/version` (the tag), `/` (the tag too, so nginx tests read it).
+//! SIGTERM ends it at once: PID 1 in a container gets no default signal handling.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Healthy,
+    Unhealthy,
+    Crash,
+    Slow,
+    Flaky,
+    Ready1s,
+}
+
+fn mode_of(tag: &str) -> Mode {
+    match tag {
+        "unhealthy" => Mode::Unhealthy,
+        "crash" => Mode::Crash,
+        "slow" => Mode::Slow,
+        "flaky" => Mode::Flaky,
+        "ready1s" => Mode::Ready1s,
+        _ => Mode::Healthy,
+    }
+}
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    // Only async-signal-safe calls here.
+    unsafe { libc::_exit(0) };
+}
+
+fn main() {
+    unsafe {
+        libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_sigterm as *const () as libc::sighandler_t);
+    }
+    let tag = std::env::var("TESTAPP_TAG").unwrap_or_else(|_| "dev".to_string());
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".to_string());
+    let mode = mode_of(&tag);
+    println!("testapp {tag} starting");
+
+    match mode {
+        Mode::Crash => {
+            eprintln!("testapp {tag}: fatal: simulated crash on startup");
+            std::process::exit(3);
+        }
+        Mode::Slow => std::thread::sleep(Duration::from_secs(5)),
+        Mode::Ready1s => std::thread::sleep(Duration::from_secs(1)),
+        _ => {}
+    }
+
+    let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("testapp {tag}: cannot listen on port {port}: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!("testapp {tag} listening on {port}");
+    let started = Instant::now();
+    for stream in listener.incoming().flatten() {
+        let tag = tag.clone();
+        std::thread::spawn(move || serve(stream, &tag, mode, started));
+    }
+}
+
+fn serve(stream: TcpStream, tag: &str, mode: Mode, started: Instant) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut stream = stream;
+    // Keep-alive loop: nginx and probes may reuse the connection.
+    loop {
+        let mut request_line = String::new();
+        match reader.read_line(&mut request_line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut close = false;
+        loop {
+            let mut header = String::new();
+            match reader.read_line(&mut header) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let h = header.trim_end().to_ascii_lowercase();
+            if h.is_empty() {
+                break;
+            }
+            if h == "connection: close" {
+                close = true;
+            }
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let path = path.split('?').next().unwrap_or("/");
+        let (status, body) = match path {
+            "/health" => {
+                let sick = mode == Mode::Unhealthy
+                    || (mode == Mode::Flaky && started.elapsed() >= Duration::from_secs(3));
+                if sick {
+                    ("500 Internal Server Error", "unhealthy\n".to_string())
+                } else {
+                    ("200 OK", "ok\n".to_string())
+                }
+            }
+            "/version" | "/" => ("200 OK", format!("{tag}\n")),
+            _ => ("404 Not Found", "not found\n".to_string()),
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Testapp-Tag: {tag}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if stream.write_all(response.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The real test bed fieldtrack is tested on: a Docker engine, a registry on loopback holding
+//! the test images, and one nginx "site" per test. The same code serves the scripts (through
+//! the `testbed` binary) and the Rust tests (through this library), so a test and the demo
+//! see the same world.
+//!
+//! [`Bed::up`] is idempotent: it installs what is missing from Debian's packages, reuses a
+//! running engine and registry or starts them, builds and pushes the test images only when
+//! their sources changed, and sweeps sites left by dead test processes.
+
+mod bed;
+mod site;
+pub mod util;
+
+pub use bed::{Bed, TAGS};
+pub use site::{teardown_site_dir, Site, SiteOptions};

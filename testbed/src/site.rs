@@ -1,0 +1,399 @@
+//! A site: one test's own world. A folder, an nginx under a private prefix on a free loopback
+//! port, the upstream include file it reads, a `fieldtrack.toml` pointing at all of it, and a
+//! unique app name (so unique container names) with its own free color ports.
+//!
+//! Dropping a site stops its nginx (by pid) and removes its containers, also when the test
+//! failed. A site whose test process died without dropping it is swept by the next
+//! [`crate::Bed::up`].
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::util::{self, err, BedError, Result};
+use crate::Bed;
+
+/// How a site is made.
+#[derive(Debug, Clone, Default)]
+pub struct SiteOptions {
+    /// Survive the process that made it (the demo); removed by `testbed site down`.
+    pub keep: bool,
+    /// App name; default a unique `t…` name.
+    pub app: Option<String>,
+}
+
+/// One test's site. See the module docs.
+#[derive(Debug)]
+pub struct Site {
+    pub dir: PathBuf,
+    pub app: String,
+    pub nginx_port: u16,
+    pub blue_port: u16,
+    pub green_port: u16,
+    pub config_path: PathBuf,
+    pub desired_file: PathBuf,
+    pub history_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub upstream_file: PathBuf,
+    pub upstream_name: String,
+    pub repository: String,
+    docker_host: String,
+    nginx: PathBuf,
+    keep: bool,
+    /// Config values, section -> key -> TOML literal; section "" is the top level.
+    config: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Site {
+    /// A new site on the shared bed.
+    pub fn new() -> Site {
+        Site::create(Bed::shared(), SiteOptions::default())
+            .unwrap_or_else(|e| panic!("cannot set up a test site: {e}"))
+    }
+
+    pub fn create(bed: &Bed, options: SiteOptions) -> Result<Site> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let app = options
+            .app
+            .clone()
+            .unwrap_or_else(|| format!("t{:x}{n:x}{:04x}", std::process::id(), nanos % 0xffff));
+        let dir = bed.dir.join("sites").join(&app);
+        if dir.exists() {
+            return err(format!("site folder {} already exists", dir.display()));
+        }
+        fs::create_dir_all(dir.join("nginx/logs"))
+            .map_err(|e| BedError(format!("cannot create {}: {e}", dir.display())))?;
+        if !options.keep {
+            write(&dir.join("owner.pid"), &std::process::id().to_string())?;
+        }
+        let ports = util::free_ports(3)?;
+        let upstream_name = format!("fieldtrack_{}", app.replace(['-', '.'], "_"));
+        let mut site = Site {
+            config_path: dir.join("fieldtrack.toml"),
+            desired_file: dir.join("desired.toml"),
+            history_file: dir.join(".deploy_history"),
+            state_dir: dir.join(".fieldtrack"),
+            upstream_file: dir.join("nginx/upstream.conf"),
+            upstream_name,
+            repository: bed.repository.clone(),
+            docker_host: bed.docker_host.clone(),
+            nginx: bed.nginx.clone(),
+            keep: options.keep,
+            nginx_port: ports[0],
+            blue_port: ports[1],
+            green_port: ports[2],
+            dir,
+            app,
+            config: BTreeMap::new(),
+        };
+        site.default_config();
+        site.write_config()?;
+        site.start_nginx()?;
+        Ok(site)
+    }
+
+    fn default_config(&mut self) {
+        let prefix = self.dir.join("nginx");
+        let nginx_args = |tail: &[&str]| {
+            let mut args = vec![
+                self.nginx.display().to_string(),
+                "-p".to_string(),
+                prefix.display().to_string(),
+                "-c".to_string(),
+                prefix.join("nginx.conf").display().to_string(),
+                "-e".to_string(),
+                prefix.join("logs/error.log").display().to_string(),
+            ];
+            args.extend(tail.iter().map(|s| s.to_string()));
+            toml_array(&args)
+        };
+        let test = nginx_args(&["-t", "-q"]);
+        let reload = nginx_args(&["-s", "reload"]);
+        let values: Vec<(&str, String)> = vec![
+            ("app", quote(&self.app)),
+            ("repository", quote(&self.repository)),
+            ("container.blue_port", self.blue_port.to_string()),
+            ("container.green_port", self.green_port.to_string()),
+            ("container.stop_timeout", quote("2s")),
+            ("health.interval", quote("1s")),
+            ("health.attempts", "10".to_string()),
+            ("health.timeout", quote("1s")),
+            ("nginx.upstream_file", quote(&self.upstream_file.display().to_string())),
+            ("nginx.upstream_name", quote(&self.upstream_name)),
+            ("nginx.test_command", test),
+            ("nginx.reload_command", reload),
+            ("rollout.drain", quote("1s")),
+            ("docker.host", quote(&self.docker_host)),
+        ];
+        for (key, value) in values {
+            self.set_value(key, value);
+        }
+    }
+
+    fn set_value(&mut self, key: &str, literal: String) {
+        let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+        self.config
+            .entry(section.to_string())
+            .or_default()
+            .insert(name.to_string(), literal);
+    }
+
+    /// Sets a config key (dotted, e.g. `health.interval`) to a TOML literal and rewrites
+    /// `fieldtrack.toml`: `site.set("health.interval", "\"200ms\"")`.
+    pub fn set(&mut self, key: &str, literal: &str) {
+        self.set_value(key, literal.to_string());
+        self.write_config()
+            .unwrap_or_else(|e| panic!("cannot write the site config: {e}"));
+    }
+
+    /// The current `fieldtrack.toml` text.
+    pub fn config_text(&self) -> String {
+        let mut text = String::from("# written by the fieldtrack test bed\n");
+        for (section, values) in &self.config {
+            if !section.is_empty() {
+                text.push_str(&format!("\n[{section}]\n"));
+            }
+            for (key, value) in values {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        text
+    }
+
+    fn write_config(&self) -> Result<()> {
+        write(&self.config_path, &self.config_text())
+    }
+
+    fn start_nginx(&self) -> Result<()> {
+        let prefix = self.dir.join("nginx");
+        // Before the first deployment the block may point anywhere: here, at blue.
+        write(
+            &self.upstream_file,
+            &format!(
+                "upstream {} {{\n    server 127.0.0.1:{};\n}}\n",
+                self.upstream_name, self.blue_port
+            ),
+        )?;
+        let conf = format!(
+            r#"# nginx for one fieldtrack test site, run as: nginx -p {prefix} -c nginx.conf
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log {prefix}/logs/access.log;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    include {upstream};
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://{name};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout http_502 http_503;
+        }}
+    }}
+}}
+"#,
+            prefix = prefix.display(),
+            upstream = self.upstream_file.display(),
+            port = self.nginx_port,
+            name = self.upstream_name,
+        );
+        fs::create_dir_all(prefix.join("tmp"))
+            .map_err(|e| BedError(format!("cannot create {}: {e}", prefix.display())))?;
+        write(&prefix.join("nginx.conf"), &conf)?;
+        util::run(
+            Command::new(&self.nginx)
+                .arg("-p")
+                .arg(&prefix)
+                .arg("-c")
+                .arg(prefix.join("nginx.conf"))
+                .arg("-e")
+                .arg(prefix.join("logs/error.log")),
+        )?;
+        let addr = self.nginx_addr();
+        if !util::wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        }) {
+            return err(format!(
+                "nginx for site {} does not listen on {addr}; {}",
+                self.app,
+                util::tail_file(&prefix.join("logs/error.log"), 10)
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn nginx_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.nginx_port))
+    }
+
+    /// GET through the site's nginx: (status, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        util::http_get(self.nginx_addr(), path, Duration::from_secs(5))
+    }
+
+    /// What the live version answers through nginx on `/version`, trimmed.
+    pub fn served_version(&self) -> Option<String> {
+        match self.get("/version") {
+            Ok((200, body)) => Some(body.trim().to_string()),
+            _ => None,
+        }
+    }
+
+    /// The full reference of a test image.
+    pub fn image(&self, tag: &str) -> String {
+        format!("{}:{tag}", self.repository)
+    }
+
+    /// A `docker` command aimed at the bed's engine.
+    pub fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.docker_host);
+        cmd
+    }
+
+    /// Names of this site's containers (running or not), sorted.
+    pub fn containers(&self) -> Vec<String> {
+        let out = util::run(self.docker().args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=fieldtrack.app={}", self.app),
+        ]))
+        .unwrap_or_default();
+        let mut names: Vec<String> = out.lines().map(str::to_string).collect();
+        names.sort();
+        names
+    }
+
+    /// Reads a file of the site, empty when missing.
+    pub fn read(&self, path: &Path) -> String {
+        fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Stops nginx, removes the containers and the folder.
+    pub fn teardown(&self) {
+        teardown_dir(&self.dir, &self.app, &self.docker_host);
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Site::new()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.teardown();
+        }
+    }
+}
+
+fn teardown_dir(dir: &Path, app: &str, docker_host: &str) {
+    if let Some(pid) = util::read_pid(&dir.join("nginx/nginx.pid")) {
+        util::stop_pid(pid, libc::SIGQUIT, Duration::from_secs(5));
+    }
+    let docker = || {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", docker_host);
+        cmd
+    };
+    let listed = util::run(docker().args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=fieldtrack.app={app}"),
+    ]))
+    .unwrap_or_default();
+    let mut ids: Vec<String> = listed.lines().map(str::to_string).collect();
+    // Containers named after the site but unlabelled (a half-made create) go too.
+    for color in ["blue", "green"] {
+        ids.push(format!("{app}-{color}"));
+    }
+    let _ = util::run(docker().args(["rm", "-f"]).args(&ids));
+    if std::env::var_os("FIELDTRACK_KEEP_SITES").is_none() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Tears down the sites whose test process is gone (kept sites stay).
+pub(crate) fn sweep(bed: &Bed) {
+    let Ok(entries) = fs::read_dir(bed.dir.join("sites")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let owner = dir.join("owner.pid");
+        if !owner.exists() {
+            continue;
+        }
+        if util::read_pid(&owner).is_some_and(util::pid_alive) {
+            continue;
+        }
+        if let Some(app) = dir.file_name().and_then(|n| n.to_str()) {
+            teardown_dir(&dir, app, &bed.docker_host);
+        }
+    }
+}
+
+/// Tears down every site, kept ones included (`testbed down`).
+pub(crate) fn sweep_all(dir: &Path, docker_host: &str) {
+    let Ok(entries) = fs::read_dir(dir.join("sites")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let site = entry.path();
+        if let Some(app) = site.file_name().and_then(|n| n.to_str()) {
+            teardown_dir(&site, app, docker_host);
+        }
+    }
+}
+
+/// Tears down a kept site by its folder (`testbed site down DIR`).
+pub fn teardown_site_dir(bed: &Bed, dir: &Path) {
+    if let Some(app) = dir.file_name().and_then(|n| n.to_str()) {
+        teardown_dir(dir, app, &bed.docker_host);
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).map_err(|e| BedError(format!("cannot write {}: {e}", path.display())))
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn toml_array(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}

@@ -1,0 +1,160 @@
+//! Small process, port and HTTP helpers, std only so the bed builds in seconds.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A bed error: plain words saying what failed and where to look.
+#[derive(Debug)]
+pub struct BedError(pub String);
+
+impl std::fmt::Display for BedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BedError {}
+
+pub type Result<T> = std::result::Result<T, BedError>;
+
+pub fn err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(BedError(msg.into()))
+}
+
+/// Runs a command to completion; on failure the error holds its stderr (or stdout).
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BedError(format!("cannot run {shown}: {e}")))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    if text.trim().is_empty() {
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+    }
+    err(format!("{shown} failed ({}): {}", out.status, last_lines(&text, 20)))
+}
+
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn tail_file(path: &Path, n: usize) -> String {
+    std::fs::read_to_string(path)
+        .map(|t| last_lines(&t, n))
+        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+}
+
+/// Is a program on PATH?
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // kill(pid, 0) probes without signalling; a zombie still counts, so check /proc state too.
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Sends `signal` to `pid` and waits up to `grace` for it to go; then SIGKILL.
+pub fn stop_pid(pid: i32, signal: i32, grace: Duration) {
+    if !pid_alive(pid) {
+        return;
+    }
+    unsafe { libc::kill(pid, signal) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !pid_alive(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Free loopback ports, asked of the kernel (bind to port 0) all at once so they differ.
+///
+/// A port is free when we look and is taken by its user moments later; between the two
+/// another process could grab it, which the ephemeral range's rotation makes unlikely.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| BedError(format!("cannot find a free loopback port: {e}")))?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| BedError(format!("cannot read a bound port: {e}")))
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: fieldtrack-testbed\r\n\r\n"
+    )?;
+    let _ = s.shutdown(Shutdown::Write);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// Polls `probe` every 100 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if probe() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// FNV-1a, to fingerprint the test app's sources; collisions only cost a rebuild.
+pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
