@@ -12,7 +12,19 @@ use crate::util::{self, err, BedError, Result};
 
 /// Every tag the bed builds; the tag fixes the app's behaviour (see `testbed/app`).
 pub const TAGS: &[&str] = &[
-    "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "unhealthy", "crash", "slow", "flaky",
+    "v1",
+    "v2",
+    "v3",
+    "v4",
+    "v5",
+    "v6",
+    "v7",
+    "v8",
+    "v9",
+    "unhealthy",
+    "crash",
+    "slow",
+    "flaky",
     "ready1s",
 ];
 
@@ -170,7 +182,8 @@ impl Bed {
         eprintln!("testbed: building the test images ({})", TAGS.join(" "));
         let binary = self.build_app()?;
         let context = self.dir.join("build");
-        fs::create_dir_all(&context).map_err(|e| BedError(format!("{}: {e}", context.display())))?;
+        fs::create_dir_all(&context)
+            .map_err(|e| BedError(format!("{}: {e}", context.display())))?;
         fs::copy(&binary, context.join("testapp"))
             .and_then(|_| fs::copy(app.join("Dockerfile"), context.join("Dockerfile")))
             .map_err(|e| BedError(format!("cannot prepare {}: {e}", context.display())))?;
@@ -206,7 +219,14 @@ impl Bed {
             Command::new("cargo")
                 .env_remove("CARGO_ENCODED_RUSTFLAGS")
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                .args(["build", "--quiet", "--release", "--target", &host, "--manifest-path"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "--release",
+                    "--target",
+                    &host,
+                    "--manifest-path",
+                ])
                 .arg(self.workspace.join("testbed/app/Cargo.toml"))
                 .arg("--target-dir")
                 .arg(&target_dir),
@@ -232,7 +252,10 @@ fn install_packages() -> Result<()> {
             missing.join(" ")
         ));
     }
-    eprintln!("testbed: installing {} from Debian's packages", missing.join(" "));
+    eprintln!(
+        "testbed: installing {} from Debian's packages",
+        missing.join(" ")
+    );
     let install = || {
         util::run(
             Command::new("apt-get")
@@ -278,7 +301,9 @@ fn engine(dir: &Path) -> Result<String> {
     if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
         return match docker_answers(&host) {
             Ok(()) => Ok(host),
-            Err(e) => err(format!("DOCKER_HOST={host} is set but no Docker engine answers there: {e}")),
+            Err(e) => err(format!(
+                "DOCKER_HOST={host} is set but no Docker engine answers there: {e}"
+            )),
         };
     }
     let own = format!("unix://{}", dir.join("docker.sock").display());
@@ -351,7 +376,9 @@ fn stop_own_engine(dir: &Path) {
 fn registry(dir: &Path) -> Result<String> {
     let pid_file = dir.join("registry.pid");
     let port_file = dir.join("registry.port");
-    let previous: Option<u16> = fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok());
+    let previous: Option<u16> = fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
     if let (Some(pid), Some(port)) = (util::read_pid(&pid_file), previous) {
         if util::pid_alive(pid) && registry_answers(port) {
             return Ok(format!("127.0.0.1:{port}"));
@@ -371,7 +398,8 @@ fn registry(dir: &Path) -> Result<String> {
         ),
     )
     .map_err(|e| BedError(format!("cannot write {}: {e}", config.display())))?;
-    let program = which("docker-registry").ok_or_else(|| BedError("docker-registry is not installed".into()))?;
+    let program = which("docker-registry")
+        .ok_or_else(|| BedError("docker-registry is not installed".into()))?;
     let log = dir.join("registry.log");
     let mut child = spawn_detached(Command::new(program).arg("serve").arg(&config), &log)?;
     fs::write(&pid_file, child.id().to_string())
@@ -392,7 +420,10 @@ fn registry(dir: &Path) -> Result<String> {
 
 fn registry_answers(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    matches!(util::http_get(addr, "/v2/", Duration::from_secs(2)), Ok((200, _)))
+    matches!(
+        util::http_get(addr, "/v2/", Duration::from_secs(2)),
+        Ok((200, _))
+    )
 }
 
 /// Starts a long-lived service in its own session, output appended to `log`.
@@ -433,7 +464,11 @@ impl Flock {
             .open(path)
             .map_err(|e| BedError(format!("cannot open {}: {e}", path.display())))?;
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return err(format!("cannot lock {}: {}", path.display(), std::io::Error::last_os_error()));
+            return err(format!(
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(Flock(file))
     }

@@ -127,7 +127,10 @@ impl Site {
             ("health.interval", quote("1s")),
             ("health.attempts", "10".to_string()),
             ("health.timeout", quote("1s")),
-            ("nginx.upstream_file", quote(&self.upstream_file.display().to_string())),
+            (
+                "nginx.upstream_file",
+                quote(&self.upstream_file.display().to_string()),
+            ),
             ("nginx.upstream_name", quote(&self.upstream_name)),
             ("nginx.test_command", test),
             ("nginx.reload_command", reload),

@@ -38,7 +38,11 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     if text.trim().is_empty() {
         text = String::from_utf8_lossy(&out.stdout).into_owned();
     }
-    err(format!("{shown} failed ({}): {}", out.status, last_lines(&text, 20)))
+    err(format!(
+        "{shown} failed ({}): {}",
+        out.status,
+        last_lines(&text, 20)
+    ))
 }
 
 pub fn last_lines(text: &str, n: usize) -> String {
@@ -154,7 +158,9 @@ pub fn wait_until(limit: Duration, mut probe: impl FnMut() -> bool) -> bool {
 
 /// FNV-1a, to fingerprint the test app's sources; collisions only cost a rebuild.
 pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(hash, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

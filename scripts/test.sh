@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every fieldtrack test against the real test bed: a Docker engine, a registry and
+# nginx from Debian's packages, installed and started here when missing (see testbed/).
+# Exits non-zero on any failure. Safe to run again and again: the bed is reused.
+#
+#   ./scripts/test.sh              everything
+#   ./scripts/test.sh deploy       only tests whose name contains "deploy" (cargo test filter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "test bed: Docker engine, registry, nginx, test images"
+cargo build --quiet -p fieldtrack-testbed --bin testbed
+eval "$(./target/debug/testbed up)"
+echo "engine $DOCKER_HOST, registry $FIELDTRACK_TEST_REGISTRY"
+
+if [ "${CI:-}" = "true" ]; then
+    # CI leaves nothing running behind it; a developer keeps the bed for the next run.
+    trap './target/debug/testbed down || true' EXIT
+fi
+
+step "cargo test (unit and real-engine tests)"
+cargo test --workspace --quiet -- "$@"
+
+step "all tests passed in $(( $(date +%s) - started )) s"

@@ -1,0 +1,849 @@
+//! The nginx upstream file: the single place that says which color is live.
+//!
+//! fieldtrack owns the file entirely (see the contract, "nginx upstream file"). The port in it
+//! is the truth about what receives traffic, so reading it back ([`parse_port`]) must accept
+//! the operator's hand-written placeholder as well as what [`render`] writes. Changing it
+//! ([`Proxy::switch`]) is the one moment production can break, so every step is guarded: the
+//! file is replaced atomically, `test_command` must accept it before nginx is reloaded, and any
+//! failure puts the previous bytes back exactly.
+
+use std::fs::{self, File, Permissions};
+use std::future::Future;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tempfile::NamedTempFile;
+
+/// How long `test_command` or `reload_command` may run before it is killed.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many trailing lines of a failed command's output are kept in the error.
+const OUTPUT_TAIL_LINES: usize = 20;
+
+/// Permissions of a newly created upstream file (nginx's workers only need to read it).
+const NEW_FILE_MODE: u32 = 0o644;
+
+/// Errors of reading or switching the nginx upstream file.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream file exists but could not be read.
+    #[error("failed to read nginx upstream file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Writing the upstream file, or putting its previous content back, failed.
+    #[error("failed to {action} nginx upstream file {path}: {source}")]
+    Write {
+        /// What was being done: "write", "restore" or "remove".
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// `test_command` rejected the new file; the previous file was restored and nginx was not
+    /// reloaded.
+    #[error("nginx test command `{command}` failed, previous upstream file restored: {output}")]
+    TestFailed { command: String, output: String },
+    /// `reload_command` failed; the previous file was restored and reloaded again best-effort.
+    #[error("nginx reload command `{command}` failed, previous upstream file restored: {output}")]
+    ReloadFailed { command: String, output: String },
+    /// A command ran longer than the configured timeout and was killed; the previous file
+    /// was restored.
+    #[error("command `{command}` timed out after {timeout:?} and was killed, previous upstream file restored")]
+    CommandTimeout { command: String, timeout: Duration },
+    /// A command could not be started (not installed, not executable, no resources); the
+    /// previous file was restored.
+    #[error("failed to start command `{command}`, previous upstream file restored: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ProxyError {
+    /// Whether retrying the same switch later, unchanged, may succeed.
+    ///
+    /// Almost nothing here heals by itself: a file that cannot be read or written, a config
+    /// nginx rejects, a reload that fails or a command that is not installed all need an
+    /// operator. The exceptions are a command that timed out (a loaded machine, a slow
+    /// resolver during `nginx -t`) and a spawn that failed for lack of resources (EAGAIN,
+    /// ENOMEM): in both the previous file is back in place, so a retry with backoff is safe.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProxyError::CommandTimeout { .. } => true,
+            ProxyError::Spawn { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EAGAIN) | Some(libc::ENOMEM)
+            ),
+            ProxyError::Read { .. }
+            | ProxyError::Write { .. }
+            | ProxyError::TestFailed { .. }
+            | ProxyError::ReloadFailed { .. } => false,
+        }
+    }
+}
+
+/// The reverse proxy in front of the colors, behind a trait so the decision logic can be
+/// tested with fakes.
+pub trait Proxy: Send + Sync {
+    /// The current upstream file text, None when the file does not exist.
+    fn read(&self) -> Result<Option<String>, ProxyError>;
+
+    /// The port traffic goes to now, from the file. None when there is no file, or no
+    /// `upstream` block of the configured name with a loopback server in it.
+    fn live_port(&self) -> Result<Option<u16>, ProxyError>;
+
+    /// Points traffic at `port`: writes the file atomically, runs `test_command`, then
+    /// `reload_command`.
+    ///
+    /// When the test fails (or cannot run) the previous bytes are restored exactly, or the
+    /// file is removed if there was none, and nginx is never reloaded. When the reload fails
+    /// the previous file is restored and reloaded again best-effort.
+    ///
+    /// A switch to the port already in the file, even with identical content, still writes,
+    /// tests and reloads: nginx's memory may have drifted from the file (a reload that never
+    /// happened, an operator's manual edit since reverted), and reloading is how a reconcile
+    /// repairs that.
+    fn switch(
+        &self,
+        port: u16,
+        comment: &str,
+    ) -> impl Future<Output = Result<(), ProxyError>> + Send;
+}
+
+/// The text of the upstream file sending traffic to `127.0.0.1:port`.
+///
+/// `comment` is what follows "live: " in the header line; control characters (newlines
+/// above all) are replaced by spaces so it cannot break out of the comment.
+pub fn render(upstream_name: &str, port: u16, comment: &str) -> String {
+    let comment: String = comment
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    let comment = comment.trim();
+    format!(
+        "# managed by fieldtrack: do not edit (live: {comment})\n\
+         upstream {upstream_name} {{\n    server 127.0.0.1:{port};\n}}\n"
+    )
+}
+
+/// The port of the first loopback `server` (`127.0.0.1:PORT`, `localhost:PORT` or
+/// `[::1]:PORT`, with any parameters after it) inside the `upstream NAME { ... }` block.
+///
+/// Reads nginx syntax loosely: comments (`#` to end of line) are ignored and whitespace,
+/// newlines and line breaks inside a statement are free, so the operator's hand-written
+/// placeholder reads as well as [`render`]'s output. None when there is no such block or no
+/// such server in it.
+pub fn parse_port(text: &str, upstream_name: &str) -> Option<u16> {
+    let tokens = tokenize(text);
+    let mut i = 0;
+    while i + 2 < tokens.len() {
+        if tokens[i] == "upstream" && tokens[i + 1] == upstream_name && tokens[i + 2] == "{" {
+            return port_in_block(&tokens[i + 3..]);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Scans the statements of an upstream block (the tokens after its `{`) for the first
+/// loopback server with an explicit port.
+fn port_in_block(tokens: &[String]) -> Option<u16> {
+    let mut depth = 0usize;
+    let mut statement: Vec<&str> = Vec::new();
+    for token in tokens {
+        match token.as_str() {
+            "{" => {
+                depth += 1;
+                statement.clear();
+            }
+            "}" if depth == 0 => return None,
+            "}" => {
+                depth -= 1;
+                statement.clear();
+            }
+            ";" => {
+                if depth == 0 && statement.first() == Some(&"server") {
+                    if let Some(port) = statement.get(1).and_then(|a| loopback_port(a)) {
+                        return Some(port);
+                    }
+                }
+                statement.clear();
+            }
+            other => statement.push(other),
+        }
+    }
+    None
+}
+
+/// The port of a loopback `host:port` address, None for any other address.
+fn loopback_port(address: &str) -> Option<u16> {
+    let port = ["127.0.0.1:", "localhost:", "[::1]:"]
+        .iter()
+        .find_map(|prefix| address.strip_prefix(prefix))?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse().ok()
+}
+
+/// Splits nginx config text into words and the punctuation `{`, `}` and `;`, dropping
+/// comments. Quoted words lose their quotes; escapes are not interpreted (an upstream
+/// file has no use for them).
+fn tokenize(text: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut word = String::new();
+    let mut chars = text.chars();
+    let flush = |word: &mut String, tokens: &mut Vec<String>| {
+        if !word.is_empty() {
+            tokens.push(std::mem::take(word));
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => {
+                flush(&mut word, &mut tokens);
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '{' | '}' | ';' => {
+                flush(&mut word, &mut tokens);
+                tokens.push(c.to_string());
+            }
+            '"' | '\'' if word.is_empty() => {
+                for q in chars.by_ref() {
+                    if q == c {
+                        break;
+                    }
+                    word.push(q);
+                }
+                flush(&mut word, &mut tokens);
+            }
+            c if c.is_whitespace() => flush(&mut word, &mut tokens),
+            c => word.push(c),
+        }
+    }
+    flush(&mut word, &mut tokens);
+    tokens
+}
+
+/// nginx, driven through its upstream file and two operator-configured commands.
+#[derive(Debug)]
+pub struct Nginx {
+    upstream_file: PathBuf,
+    upstream_name: String,
+    test_command: Vec<String>,
+    reload_command: Vec<String>,
+    command_timeout: Duration,
+    /// Serialises switches made through this value: two interleaved switches could each
+    /// restore the other's file.
+    switching: tokio::sync::Mutex<()>,
+}
+
+impl Nginx {
+    /// An nginx whose commands may run for [`DEFAULT_COMMAND_TIMEOUT`].
+    pub fn new(
+        upstream_file: PathBuf,
+        upstream_name: String,
+        test_command: Vec<String>,
+        reload_command: Vec<String>,
+    ) -> Self {
+        Nginx {
+            upstream_file,
+            upstream_name,
+            test_command,
+            reload_command,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            switching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Sets how long `test_command` or `reload_command` may run before it is killed.
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The upstream file this nginx is driven through.
+    pub fn upstream_file(&self) -> &Path {
+        &self.upstream_file
+    }
+
+    /// The name of the upstream block in the file.
+    pub fn upstream_name(&self) -> &str {
+        &self.upstream_name
+    }
+
+    /// The file's exact bytes, None when it does not exist.
+    fn read_bytes(&self) -> Result<Option<Vec<u8>>, ProxyError> {
+        match fs::read(&self.upstream_file) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ProxyError::Read {
+                path: self.upstream_file.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Puts `previous` back exactly, or removes the file when there was none.
+    ///
+    /// When this fails the file holds content nginx may reject, which outweighs the error
+    /// that led here: that one is logged and the restore error returned.
+    fn restore(&self, previous: Option<&[u8]>, cause: &ProxyError) -> Result<(), ProxyError> {
+        let result = match previous {
+            Some(bytes) => {
+                write_atomic(&self.upstream_file, bytes).map_err(|source| ProxyError::Write {
+                    action: "restore",
+                    path: self.upstream_file.clone(),
+                    source,
+                })
+            }
+            None => match fs::remove_file(&self.upstream_file) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ProxyError::Write {
+                    action: "remove",
+                    path: self.upstream_file.clone(),
+                    source: e,
+                }),
+                _ => sync_parent(&self.upstream_file).map_err(|source| ProxyError::Write {
+                    action: "remove",
+                    path: self.upstream_file.clone(),
+                    source,
+                }),
+            },
+        };
+        if let Err(e) = &result {
+            tracing::error!(
+                file = %self.upstream_file.display(),
+                error = %e,
+                cause = %cause,
+                "could not restore the nginx upstream file after a failed switch"
+            );
+        }
+        result
+    }
+
+    async fn switch_locked(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
+        let previous = self.read_bytes()?;
+        let text = render(&self.upstream_name, port, comment);
+        write_atomic(&self.upstream_file, text.as_bytes()).map_err(|source| ProxyError::Write {
+            action: "write",
+            path: self.upstream_file.clone(),
+            source,
+        })?;
+
+        if let Err(e) = run_command(&self.test_command, self.command_timeout, Step::Test).await {
+            self.restore(previous.as_deref(), &e)?;
+            return Err(e);
+        }
+
+        if let Err(e) = run_command(&self.reload_command, self.command_timeout, Step::Reload).await
+        {
+            self.restore(previous.as_deref(), &e)?;
+            // The reload may have half happened; a second one brings nginx back in line
+            // with the restored file if it can.
+            if let Err(again) =
+                run_command(&self.reload_command, self.command_timeout, Step::Reload).await
+            {
+                tracing::warn!(
+                    error = %again,
+                    "reload after restoring the nginx upstream file failed as well"
+                );
+            }
+            return Err(e);
+        }
+        tracing::info!(
+            file = %self.upstream_file.display(),
+            port,
+            "nginx upstream switched and reloaded"
+        );
+        Ok(())
+    }
+}
+
+impl Proxy for Nginx {
+    fn read(&self) -> Result<Option<String>, ProxyError> {
+        Ok(self
+            .read_bytes()?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    fn live_port(&self) -> Result<Option<u16>, ProxyError> {
+        Ok(self
+            .read()?
+            .and_then(|text| parse_port(&text, &self.upstream_name)))
+    }
+
+    async fn switch(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
+        let _guard = self.switching.lock().await;
+        self.switch_locked(port, comment).await
+    }
+}
+
+/// Which command is running, to pick the error for a non-zero exit.
+#[derive(Clone, Copy)]
+enum Step {
+    Test,
+    Reload,
+}
+
+/// Runs `argv` without a shell, stdin closed, killed after `timeout`. A non-zero exit
+/// becomes the `step`'s error with the exit status and the tail of its output.
+async fn run_command(argv: &[String], timeout: Duration, step: Step) -> Result<(), ProxyError> {
+    let command = display_command(argv);
+    let Some((program, args)) = argv.split_first() else {
+        return Err(ProxyError::Spawn {
+            command,
+            source: io::Error::new(io::ErrorKind::InvalidInput, "the command is empty"),
+        });
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| ProxyError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    // On timeout the output future, and with it the child, is dropped: kill_on_drop kills it.
+    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(source)) => return Err(ProxyError::Spawn { command, source }),
+        Err(_) => return Err(ProxyError::CommandTimeout { command, timeout }),
+    };
+    if output.status.success() {
+        return Ok(());
+    }
+    let output = describe_failure(output.status, &output.stderr, &output.stdout);
+    Err(match step {
+        Step::Test => ProxyError::TestFailed { command, output },
+        Step::Reload => ProxyError::ReloadFailed { command, output },
+    })
+}
+
+/// The exit status and the last lines of stdout then stderr, for an error message. stderr
+/// comes last so that it survives the cut: it is where nginx says what is wrong.
+fn describe_failure(status: std::process::ExitStatus, stderr: &[u8], stdout: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let stdout = String::from_utf8_lossy(stdout);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .map(str::trim_end)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..];
+    if tail.is_empty() {
+        format!("{status}, no output")
+    } else {
+        format!("{status}\n{}", tail.join("\n"))
+    }
+}
+
+/// The command as an operator would type it, for messages.
+fn display_command(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"') {
+                format!("{arg:?}")
+            } else {
+                arg.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new file, never a mix:
+/// temp file in the same folder, fsync, rename over, fsync the folder. The file keeps its
+/// permissions and, where allowed, its owner (a new one gets 0644). A symlink is followed
+/// and its target replaced, so an operator's link stays a link.
+///
+/// Blocking I/O on a file of a few hundred bytes; not worth a blocking-pool hop.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let target = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(path)?,
+        _ => path.to_path_buf(),
+    };
+    let existing = match fs::metadata(&target) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let dir = parent_dir(&target);
+    let mut tmp = NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    let mode = existing
+        .as_ref()
+        .map_or(NEW_FILE_MODE, |meta| meta.permissions().mode() & 0o7777);
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(mode))?;
+    if let Some(meta) = &existing {
+        // Only root may give a file away; anyone else keeps their own ownership.
+        let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid()));
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(&target).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Makes a rename or removal in `path`'s folder durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    File::open(parent_dir(path))?.sync_all()
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAME: &str = "fieldtrack_api";
+
+    fn nginx(dir: &Path, test: &[&str], reload: &[&str]) -> Nginx {
+        Nginx::new(
+            dir.join("upstream.conf"),
+            NAME.to_string(),
+            test.iter().map(|s| s.to_string()).collect(),
+            reload.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn render_matches_the_contract_and_parses_back() {
+        let text = render(NAME, 3002, "green api:a4f91c2");
+        assert_eq!(
+            text,
+            "# managed by fieldtrack: do not edit (live: green api:a4f91c2)\n\
+             upstream fieldtrack_api {\n    server 127.0.0.1:3002;\n}\n"
+        );
+        for port in [1, 3001, 3002, 65535] {
+            assert_eq!(parse_port(&render(NAME, port, "x"), NAME), Some(port));
+        }
+    }
+
+    #[test]
+    fn render_keeps_a_hostile_comment_on_its_line() {
+        let text = render(NAME, 3001, "blue\n}\nupstream evil {\r server 10.0.0.1:80;");
+        assert_eq!(text.lines().count(), 4);
+        assert!(text.starts_with("# managed by fieldtrack: do not edit (live: blue } upstream"));
+        assert_eq!(parse_port(&text, NAME), Some(3001));
+        assert_eq!(parse_port(&text, "evil"), None);
+    }
+
+    #[test]
+    fn parse_reads_the_contract_example() {
+        let text = "# managed by fieldtrack: do not edit (live: green api:a4f91c2)\n\
+                    upstream fieldtrack_api {\n    server 127.0.0.1:3002;\n}\n";
+        assert_eq!(parse_port(text, NAME), Some(3002));
+    }
+
+    #[test]
+    fn parse_reads_a_hand_written_placeholder() {
+        let text = "# placeholder until the first deploy\n\
+                    upstream   fieldtrack_api{ # blue for now\n\
+                    \tkeepalive 16;\n\
+                    \t# server 127.0.0.1:9999;\n\
+                    \tserver\n\t\tlocalhost:3001   max_fails=3\n fail_timeout=10s ;server 127.0.0.1:3002;\n\
+                    }";
+        assert_eq!(parse_port(text, NAME), Some(3001));
+        assert_eq!(
+            parse_port(
+                "upstream fieldtrack_api {server [::1]:3002 weight=2;}",
+                NAME
+            ),
+            Some(3002)
+        );
+        assert_eq!(
+            parse_port(
+                "upstream fieldtrack_api {\n server 10.0.0.9:80;\n server 127.0.0.1:3001;\n}",
+                NAME
+            ),
+            Some(3001)
+        );
+    }
+
+    #[test]
+    fn parse_without_block_or_server_is_none() {
+        assert_eq!(parse_port("", NAME), None);
+        assert_eq!(
+            parse_port("# upstream fieldtrack_api { server 127.0.0.1:3001; }", NAME),
+            None
+        );
+        assert_eq!(parse_port("upstream fieldtrack_api {\n}\n", NAME), None);
+        assert_eq!(
+            parse_port("upstream fieldtrack_api { server 127.0.0.1; }", NAME),
+            None
+        );
+        assert_eq!(
+            parse_port("upstream fieldtrack_api { server 127.0.0.1:99999; }", NAME),
+            None
+        );
+        // A server after the block is not in it.
+        assert_eq!(
+            parse_port("upstream fieldtrack_api { } server 127.0.0.1:3001;", NAME),
+            None
+        );
+    }
+
+    #[test]
+    fn parse_ignores_another_upstream_name() {
+        let text = render("other_api", 3002, "green");
+        assert_eq!(parse_port(&text, NAME), None);
+        assert_eq!(parse_port(&text, "fieldtrack"), None);
+        let both = format!("{text}{}", render(NAME, 3001, "blue"));
+        assert_eq!(parse_port(&both, NAME), Some(3001));
+    }
+
+    #[tokio::test]
+    async fn switch_writes_the_file_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("reloaded");
+        let proxy = nginx(dir.path(), &["true"], &["touch", marker.to_str().unwrap()]);
+        assert_eq!(proxy.read().unwrap(), None);
+        assert_eq!(proxy.live_port().unwrap(), None);
+
+        proxy.switch(3002, "green api:a4f91c2").await.unwrap();
+        assert_eq!(
+            proxy.read().unwrap().unwrap(),
+            render(NAME, 3002, "green api:a4f91c2")
+        );
+        assert_eq!(proxy.live_port().unwrap(), Some(3002));
+        assert!(marker.exists());
+        let mode = fs::metadata(proxy.upstream_file())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[tokio::test]
+    async fn switch_to_the_same_port_still_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("reloaded");
+        let proxy = nginx(dir.path(), &["true"], &["touch", marker.to_str().unwrap()]);
+        proxy.switch(3001, "blue api:1").await.unwrap();
+        fs::remove_file(&marker).unwrap();
+        proxy.switch(3001, "blue api:1").await.unwrap();
+        assert!(
+            marker.exists(),
+            "an identical switch must reload to repair drift"
+        );
+    }
+
+    #[tokio::test]
+    async fn switch_keeps_existing_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = nginx(dir.path(), &["true"], &["true"]);
+        fs::write(proxy.upstream_file(), "placeholder").unwrap();
+        fs::set_permissions(proxy.upstream_file(), Permissions::from_mode(0o640)).unwrap();
+        proxy.switch(3001, "blue").await.unwrap();
+        let mode = fs::metadata(proxy.upstream_file())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+
+    #[tokio::test]
+    async fn failed_test_restores_previous_bytes_and_never_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("reloaded");
+        let proxy = nginx(dir.path(), &["false"], &["touch", marker.to_str().unwrap()]);
+        // Odd content on purpose: not UTF-8, CRLF, tabs, no trailing newline.
+        let previous: &[u8] = b"upstream fieldtrack_api {\r\n\tserver 127.0.0.1:3001;\xff\r\n}  ";
+        fs::write(proxy.upstream_file(), previous).unwrap();
+
+        let err = proxy.switch(3002, "green").await.unwrap_err();
+        assert!(matches!(err, ProxyError::TestFailed { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("`false`"), "{err}");
+        assert!(err.to_string().contains("exit status: 1"), "{err}");
+        assert_eq!(fs::read(proxy.upstream_file()).unwrap(), previous);
+        assert!(!marker.exists(), "reload ran after a failed test");
+    }
+
+    #[tokio::test]
+    async fn failed_test_without_previous_file_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("reloaded");
+        let proxy = nginx(dir.path(), &["false"], &["touch", marker.to_str().unwrap()]);
+        let err = proxy.switch(3002, "green").await.unwrap_err();
+        assert!(matches!(err, ProxyError::TestFailed { .. }), "{err:?}");
+        assert!(!proxy.upstream_file().exists());
+        assert!(!marker.exists());
+        // Only the test's temp file would be left otherwise.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn test_output_tail_is_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let script =
+            "for i in $(seq 1 30); do echo line$i; done; echo 'nginx: [emerg] bad' >&2; exit 3";
+        let proxy = nginx(dir.path(), &["sh", "-c", script], &["true"]);
+        let err = proxy.switch(3002, "green").await.unwrap_err();
+        let ProxyError::TestFailed { command, output } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(command.starts_with("sh -c \"for i"), "{command}");
+        assert!(output.starts_with("exit status: 3\n"), "{output}");
+        assert!(output.contains("nginx: [emerg] bad"), "{output}");
+        assert!(
+            output.contains("line30") && !output.contains("line10\n"),
+            "{output}"
+        );
+        assert_eq!(output.lines().count(), 1 + OUTPUT_TAIL_LINES);
+    }
+
+    #[tokio::test]
+    async fn failed_reload_restores_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = nginx(dir.path(), &["true"], &["false"]);
+        let previous = render(NAME, 3001, "blue api:old");
+        fs::write(proxy.upstream_file(), &previous).unwrap();
+        let err = proxy.switch(3002, "green api:new").await.unwrap_err();
+        assert!(matches!(err, ProxyError::ReloadFailed { .. }), "{err:?}");
+        assert_eq!(fs::read_to_string(proxy.upstream_file()).unwrap(), previous);
+        assert_eq!(proxy.live_port().unwrap(), Some(3001));
+    }
+
+    #[tokio::test]
+    async fn missing_command_restores_and_is_not_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = nginx(dir.path(), &["/nonexistent/nginx", "-t"], &["true"]);
+        fs::write(proxy.upstream_file(), "old").unwrap();
+        let err = proxy.switch(3002, "green").await.unwrap_err();
+        assert!(matches!(err, ProxyError::Spawn { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        assert_eq!(fs::read(proxy.upstream_file()).unwrap(), b"old");
+    }
+
+    #[tokio::test]
+    async fn hanging_test_is_killed_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = nginx(dir.path(), &["sleep", "30"], &["true"])
+            .with_command_timeout(Duration::from_millis(200));
+        fs::write(proxy.upstream_file(), "old").unwrap();
+        let started = std::time::Instant::now();
+        let err = proxy.switch(3002, "green").await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(err, ProxyError::CommandTimeout { .. }), "{err:?}");
+        assert!(err.is_transient());
+        assert_eq!(fs::read(proxy.upstream_file()).unwrap(), b"old");
+    }
+
+    #[tokio::test]
+    async fn switch_through_a_symlink_replaces_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.conf");
+        fs::write(&real, "old").unwrap();
+        let proxy = nginx(dir.path(), &["true"], &["true"]);
+        std::os::unix::fs::symlink(&real, proxy.upstream_file()).unwrap();
+        proxy.switch(3002, "green").await.unwrap();
+        assert!(fs::symlink_metadata(proxy.upstream_file())
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            fs::read_to_string(&real).unwrap(),
+            render(NAME, 3002, "green")
+        );
+    }
+
+    /// Runs the real `nginx -t` against a config in a temp dir that includes the upstream
+    /// file. Required in CI; elsewhere skipped with a notice when nginx is not installed.
+    #[tokio::test]
+    async fn real_nginx_test_accepts_rendered_file_and_rejects_wrong_name() {
+        let nginx_bin = Path::new("/usr/sbin/nginx");
+        if !nginx_bin.exists() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("nginx is required in CI but /usr/sbin/nginx does not exist");
+            }
+            eprintln!("notice: /usr/sbin/nginx not installed, skipping the real nginx -t test");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let upstream = d.join("upstream.conf");
+        let conf = d.join("nginx.conf");
+        fs::write(
+            &conf,
+            format!(
+                "pid {pid};\n\
+                 events {{}}\n\
+                 http {{\n\
+                 \x20   include {upstream};\n\
+                 \x20   server {{\n\
+                 \x20       listen 127.0.0.1:1;\n\
+                 \x20       location / {{ proxy_pass http://{NAME}; }}\n\
+                 \x20   }}\n\
+                 }}\n",
+                pid = d.join("nginx.pid").display(),
+                upstream = upstream.display(),
+            ),
+        )
+        .unwrap();
+        let test: Vec<String> = [
+            nginx_bin.to_str().unwrap(),
+            "-p",
+            d.to_str().unwrap(),
+            "-c",
+            conf.to_str().unwrap(),
+            "-e",
+            d.join("error.log").to_str().unwrap(),
+            "-t",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+
+        let good = Nginx::new(
+            upstream.clone(),
+            NAME.into(),
+            test.clone(),
+            vec!["true".into()],
+        );
+        good.switch(3001, "blue api:a4f91c2").await.unwrap();
+        let accepted = fs::read(&upstream).unwrap();
+        assert_eq!(accepted, render(NAME, 3001, "blue api:a4f91c2").as_bytes());
+
+        let marker = d.join("reloaded");
+        let wrong = Nginx::new(
+            upstream.clone(),
+            "not_the_proxy_pass".into(),
+            test,
+            vec!["touch".into(), marker.to_str().unwrap().into()],
+        );
+        let err = wrong.switch(3002, "green api:b8c4d2e").await.unwrap_err();
+        let ProxyError::TestFailed { output, .. } = &err else {
+            panic!("expected nginx -t to fail: {err:?}");
+        };
+        assert!(output.contains("emerg"), "{output}");
+        assert_eq!(fs::read(&upstream).unwrap(), accepted);
+        assert!(!marker.exists(), "reload ran after nginx -t failed");
+    }
+}

@@ -1,0 +1,548 @@
+//! The container runtime: the [`Runtime`] trait the reconciler drives, and [`Docker`], its
+//! implementation over the Docker Engine API (bollard).
+//!
+//! The API version is negotiated with the engine rather than pinned: Debian's engine speaks
+//! 1.41 while production hosts run newer ones.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use crate::config::Color;
+
+/// Label naming the app a container belongs to.
+pub const LABEL_APP: &str = "fieldtrack.app";
+/// Label naming the color (`blue` / `green`).
+pub const LABEL_COLOR: &str = "fieldtrack.color";
+/// Label holding the image as the desired file wrote it.
+pub const LABEL_IMAGE: &str = "fieldtrack.image";
+
+/// What the runtime needs to start one color.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// `{app}-{color}`.
+    pub name: String,
+    /// Full pullable reference to run.
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    /// Published on 127.0.0.1 only.
+    pub host_port: u16,
+    /// The port the app listens on inside the container.
+    pub container_port: u16,
+    /// `KEY=value` pairs (from the env file). Never logged.
+    pub env: Vec<String>,
+}
+
+/// The state of a container as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Restarting,
+    Exited { code: i64 },
+    Other(String),
+}
+
+impl ContainerState {
+    pub fn is_running(&self) -> bool {
+        matches!(self, ContainerState::Running)
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerState::Created => f.write_str("created"),
+            ContainerState::Running => f.write_str("running"),
+            ContainerState::Restarting => f.write_str("restarting"),
+            ContainerState::Exited { code } => write!(f, "exited with code {code}"),
+            ContainerState::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One container of the app, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    /// From the `fieldtrack.color` label; None when the label is missing or unknown.
+    pub color: Option<Color>,
+    /// From the `fieldtrack.image` label (the image as the desired file wrote it).
+    pub image: String,
+    pub state: ContainerState,
+}
+
+/// A local image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    /// `repo@sha256:…` digests the image is known under in registries.
+    pub repo_digests: Vec<String>,
+}
+
+/// Errors of the container runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine does not answer (socket missing, connection refused, timeout).
+    #[error("docker engine at {host} is unreachable: {source}")]
+    Unreachable {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The registry has no such image (or tag).
+    #[error("image {reference} was not found in its registry: {message}")]
+    ImageNotFound { reference: String, message: String },
+    /// The registry refused our credentials or requires some.
+    #[error("registry refused access to {reference}: {message}")]
+    Unauthorized { reference: String, message: String },
+    /// The registry could not be reached while pulling.
+    #[error("registry for {reference} is unreachable: {message}")]
+    RegistryUnreachable { reference: String, message: String },
+    /// Any other answer of the engine.
+    #[error("failed to {action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+impl RuntimeError {
+    /// Worth retrying with backoff (the engine or registry may come back), as opposed to
+    /// waiting for a new desired state.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Unreachable { .. } | RuntimeError::RegistryUnreachable { .. }
+        )
+    }
+}
+
+/// The container runtime as the reconciler sees it.
+pub trait Runtime: Send + Sync {
+    /// Every container labelled `fieldtrack.app={app}`, running or not.
+    fn containers(
+        &self,
+        app: &str,
+    ) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
+    /// The local image, None when it is not present.
+    fn image(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<ImageInfo>, RuntimeError>> + Send;
+    /// Pulls an image from its registry, with the credentials of the Docker config.
+    fn pull(&self, reference: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Creates and starts a container.
+    fn run(&self, spec: &ContainerSpec) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// The state of a container, None when it does not exist.
+    fn state(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ContainerState>, RuntimeError>> + Send;
+    /// The last `lines` lines of a container's stdout and stderr.
+    fn logs(
+        &self,
+        name: &str,
+        lines: usize,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a container; a missing one is fine.
+    fn remove(
+        &self,
+        name: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+}
+
+/// The Docker engine.
+#[derive(Debug, Clone)]
+pub struct Docker {
+    client: bollard::Docker,
+    host: String,
+}
+
+impl Docker {
+    /// Connects to `host` (`unix:///…`, `tcp://…`, `http://…`) and negotiates the API version.
+    pub async fn connect(host: &str) -> Result<Docker, RuntimeError> {
+        let unreachable = |source| RuntimeError::Unreachable {
+            host: host.to_string(),
+            source,
+        };
+        let client = bollard::Docker::connect_with_host(host).map_err(unreachable)?;
+        let client = client.negotiate_version().await.map_err(unreachable)?;
+        Ok(Docker {
+            client,
+            host: host.to_string(),
+        })
+    }
+
+    /// The API version in use after negotiation, e.g. `1.41`.
+    pub fn api_version(&self) -> String {
+        let v = self.client.client_version();
+        format!("{}.{}", v.major_version, v.minor_version)
+    }
+
+    fn classify(&self, action: impl Into<String>, source: bollard::errors::Error) -> RuntimeError {
+        use bollard::errors::Error as E;
+        match source {
+            E::IOError { .. }
+            | E::HyperResponseError { .. }
+            | E::RequestTimeoutError
+            | E::SocketNotFoundError(_) => RuntimeError::Unreachable {
+                host: self.host.clone(),
+                source,
+            },
+            source => RuntimeError::Api {
+                action: action.into(),
+                source,
+            },
+        }
+    }
+}
+
+fn not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn state_of(status: Option<ContainerStateStatusEnum>, exit_code: Option<i64>) -> ContainerState {
+    match status {
+        Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
+        Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
+        Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
+        Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
+            ContainerState::Exited {
+                code: exit_code.unwrap_or(-1),
+            }
+        }
+        Some(other) => ContainerState::Other(other.to_string()),
+        None => ContainerState::Other("unknown".to_string()),
+    }
+}
+
+/// The registry part of a reference, as the Docker config keys its credentials.
+fn registry_of(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.to_string(),
+        _ => "https://index.docker.io/v1/".to_string(),
+    }
+}
+
+/// Credentials for a registry from the Docker config (`auths`, `credsStore`, `credHelpers`).
+/// None means anonymous; a broken helper is logged, not fatal, since public images need none.
+fn credentials(reference: &str) -> Option<bollard::auth::DockerCredentials> {
+    let server = registry_of(reference);
+    match docker_credential::get_credential(&server) {
+        Ok(docker_credential::DockerCredential::UsernamePassword(username, password)) => {
+            Some(bollard::auth::DockerCredentials {
+                username: Some(username),
+                password: Some(password),
+                serveraddress: Some(server),
+                ..Default::default()
+            })
+        }
+        Ok(docker_credential::DockerCredential::IdentityToken(token)) => {
+            Some(bollard::auth::DockerCredentials {
+                identitytoken: Some(token),
+                serveraddress: Some(server),
+                ..Default::default()
+            })
+        }
+        Err(docker_credential::CredentialRetrievalError::ConfigNotFound)
+        | Err(docker_credential::CredentialRetrievalError::ConfigReadError)
+        | Err(docker_credential::CredentialRetrievalError::NoCredentialConfigured) => None,
+        Err(e) => {
+            tracing::warn!(registry = %server, error = ?e, "cannot read registry credentials; pulling anonymously");
+            None
+        }
+    }
+}
+
+/// Splits `repo:tag` / `repo@digest` into what the create-image API takes.
+fn split_reference(reference: &str) -> (&str, &str) {
+    if let Some((repo, digest)) = reference.split_once('@') {
+        // A tag before the digest is ignored by the engine when a digest is given.
+        let repo = match repo.rfind(':') {
+            Some(i) if !repo[i..].contains('/') => &repo[..i],
+            _ => repo,
+        };
+        return (repo, digest);
+    }
+    match reference.rfind(':') {
+        Some(i) if !reference[i..].contains('/') => (&reference[..i], &reference[i + 1..]),
+        _ => (reference, "latest"),
+    }
+}
+
+impl Runtime for Docker {
+    async fn containers(&self, app: &str) -> Result<Vec<Container>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_APP}={app}")])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let listed = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.classify(format!("list containers of {app}"), e))?;
+        let mut containers = Vec::with_capacity(listed.len());
+        for summary in listed {
+            let labels = summary.labels.unwrap_or_default();
+            let name = summary
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            let id = summary.id.unwrap_or_default();
+            // The list has no exit code; inspect for it. A container removed meanwhile is skipped.
+            let state = match self.state(&id).await? {
+                Some(state) => state,
+                None => continue,
+            };
+            containers.push(Container {
+                id,
+                name,
+                color: labels.get(LABEL_COLOR).and_then(|c| c.parse().ok()),
+                image: labels.get(LABEL_IMAGE).cloned().unwrap_or_default(),
+                state,
+            });
+        }
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(containers)
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        match self.client.inspect_image(reference).await {
+            Ok(image) => Ok(Some(ImageInfo {
+                id: image.id.unwrap_or_default(),
+                repo_digests: image.repo_digests.unwrap_or_default(),
+            })),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(self.classify(format!("inspect image {reference}"), e)),
+        }
+    }
+
+    async fn pull(&self, reference: &str) -> Result<(), RuntimeError> {
+        let (repo, tag) = split_reference(reference);
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        let mut stream = self
+            .client
+            .create_image(Some(options), None, credentials(reference));
+        while let Some(item) = stream.next().await {
+            let message = match item {
+                Ok(info) => match info.error_detail.and_then(|d| d.message) {
+                    Some(message) => message,
+                    None => continue,
+                },
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => message,
+                Err(bollard::errors::Error::DockerStreamError { error }) => error,
+                Err(e) => return Err(self.classify(format!("pull {reference}"), e)),
+            };
+            return Err(pull_error(reference, message));
+        }
+        Ok(())
+    }
+
+    async fn run(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let port_key = format!("{}/tcp", spec.container_port);
+        let host_config = HostConfig {
+            port_bindings: Some(HashMap::from([(
+                port_key.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".to_string()),
+                    host_port: Some(spec.host_port.to_string()),
+                }]),
+            )])),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            labels: Some(spec.labels.clone()),
+            env: Some(spec.env.clone()),
+            exposed_ports: Some(vec![port_key]),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+        self.client
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| self.classify(format!("create container {}", spec.name), e))?;
+        self.client
+            .start_container(
+                &spec.name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| self.classify(format!("start container {}", spec.name), e))
+    }
+
+    async fn state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {
+        match self
+            .client
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(inspect) => {
+                let state = inspect.state.unwrap_or_default();
+                Ok(Some(state_of(state.status, state.exit_code)))
+            }
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(self.classify(format!("inspect container {name}"), e)),
+        }
+    }
+
+    async fn logs(&self, name: &str, lines: usize) -> Result<String, RuntimeError> {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.client.logs(name, Some(options));
+        let mut text = String::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => text.push_str(&chunk.to_string()),
+                Err(e) if not_found(&e) => break,
+                Err(e) => return Err(self.classify(format!("read logs of {name}"), e)),
+            }
+        }
+        Ok(text)
+    }
+
+    async fn remove(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let secs = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let stop = StopContainerOptionsBuilder::new().t(secs).build();
+        match self.client.stop_container(name, Some(stop)).await {
+            Ok(()) => {}
+            Err(e) if not_found(&e) => return Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) => return Err(self.classify(format!("stop container {name}"), e)),
+        }
+        let remove = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.client.remove_container(name, Some(remove)).await {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            // 409: removal already in progress.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(self.classify(format!("remove container {name}"), e)),
+        }
+    }
+}
+
+/// Sorts a pull failure: a missing image waits for a new desired state, an unreachable
+/// registry is retried.
+fn pull_error(reference: &str, message: String) -> RuntimeError {
+    let lower = message.to_lowercase();
+    let reference = reference.to_string();
+    if lower.contains("not found") || lower.contains("manifest unknown") {
+        RuntimeError::ImageNotFound { reference, message }
+    } else if lower.contains("unauthorized")
+        || lower.contains("denied")
+        || lower.contains("authentication required")
+    {
+        RuntimeError::Unauthorized { reference, message }
+    } else if lower.contains("connection refused")
+        || lower.contains("no such host")
+        || lower.contains("timeout")
+        || lower.contains("i/o timeout")
+        || lower.contains("dial tcp")
+        || lower.contains("tls handshake")
+    {
+        RuntimeError::RegistryUnreachable { reference, message }
+    } else {
+        RuntimeError::ImageNotFound { reference, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_reference_handles_registry_ports_and_digests() {
+        assert_eq!(
+            split_reference("127.0.0.1:5000/team/app:v1"),
+            ("127.0.0.1:5000/team/app", "v1")
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/team/app"),
+            ("127.0.0.1:5000/team/app", "latest")
+        );
+        let digest = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            split_reference(&format!("ghcr.io/x/api@{digest}")),
+            ("ghcr.io/x/api", digest.as_str())
+        );
+        assert_eq!(
+            split_reference(&format!("ghcr.io/x/api:v1@{digest}")),
+            ("ghcr.io/x/api", digest.as_str())
+        );
+    }
+
+    #[test]
+    fn registry_of_names_the_credentials_key() {
+        assert_eq!(
+            registry_of("ghcr.io/fieldtrack-tech/api:a4f91c2"),
+            "ghcr.io"
+        );
+        assert_eq!(registry_of("127.0.0.1:5000/app:v1"), "127.0.0.1:5000");
+        assert_eq!(registry_of("localhost/app:v1"), "localhost");
+        assert_eq!(
+            registry_of("library/nginx:1"),
+            "https://index.docker.io/v1/"
+        );
+    }
+
+    #[test]
+    fn pull_errors_are_sorted_by_retry_worth() {
+        let missing = pull_error(
+            "r/app:v1",
+            "manifest for r/app:v1 not found: manifest unknown".into(),
+        );
+        assert!(matches!(missing, RuntimeError::ImageNotFound { .. }));
+        assert!(!missing.is_transient());
+        let down = pull_error(
+            "r/app:v1",
+            "Get \"http://127.0.0.1:1/v2/\": dial tcp 127.0.0.1:1: connect: connection refused"
+                .into(),
+        );
+        assert!(down.is_transient());
+        let denied = pull_error("r/app:v1", "unauthorized: authentication required".into());
+        assert!(matches!(denied, RuntimeError::Unauthorized { .. }));
+    }
+}

@@ -1,0 +1,1409 @@
+//! `fieldtrack.toml`: how this server runs the app.
+//!
+//! Two layers, as in ripgrep: `raw` is a serde mirror of the file that only parses, and
+//! [`Config`] is the validated value the rest of the program uses. Once a `Config` exists,
+//! every duration is a `Duration`, every path is absolute, every name fits where it is
+//! used (container names, nginx, Docker references), so no other module re-checks them.
+//! Errors name the file, the dotted key and the bad value.
+
+mod raw;
+mod rules;
+pub mod safety;
+mod toml_error;
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::image::{check_repository, ImageRef};
+use raw::{RawConfig, RawDuration};
+
+pub use safety::{check_file_safety, SafetyError};
+pub use toml_error::TomlErrorDetail;
+
+/// The config file's name, looked for in the current folder.
+pub const FILE_NAME: &str = "fieldtrack.toml";
+/// Where the config is when nothing else says.
+pub const DEFAULT_PATH: &str = "/etc/fieldtrack/fieldtrack.toml";
+/// The environment variable naming the config file.
+pub const CONFIG_ENV: &str = "FIELDTRACK_CONFIG";
+/// The environment variable giving the default `docker.host`.
+pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
+/// `docker.host` when neither the file nor `$DOCKER_HOST` sets it.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Why the config could not be loaded. Messages start with the config file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, unreadable, too large, not UTF-8).
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The file failed the file-safety check (world-writable, symlink out of its folder).
+    #[error(transparent)]
+    Unsafe(SafetyError),
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{path}: {detail}")]
+    Toml {
+        path: PathBuf,
+        detail: TomlErrorDetail,
+    },
+    /// A key without a default is missing.
+    #[error("{path}: {key}: missing; it is required and has no default")]
+    Missing { path: PathBuf, key: &'static str },
+    /// A duration is not a number with a unit.
+    #[error("{path}: {key}: invalid duration {value:?}: {source}")]
+    Duration {
+        path: PathBuf,
+        key: String,
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    /// A value has the right type but breaks a rule; `value` is already quoted as needed.
+    #[error("{path}: {key}: invalid value {value}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The name [`Config::load`] and [`Config::parse`] are documented with.
+pub type Error = ConfigError;
+
+/// The validated config. All paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The config file itself, absolute.
+    pub path: PathBuf,
+    /// Names the containers (`{app}-blue`, `{app}-green`) and labels them.
+    pub app: String,
+    /// The repository a bare tag in the desired file belongs to.
+    pub repository: String,
+    /// Further repositories the desired file may name in a full reference.
+    pub allowed_repositories: Vec<String>,
+    pub desired_file: PathBuf,
+    pub history_file: PathBuf,
+    /// At least 1.
+    pub history_limit: usize,
+    /// Status, audit log, locks.
+    pub state_dir: PathBuf,
+    pub container: ContainerConfig,
+    pub health: HealthConfig,
+    pub nginx: NginxConfig,
+    pub rollout: RolloutConfig,
+    pub docker: DockerConfig,
+    pub hooks: HooksConfig,
+    pub notify: NotifyConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[container]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// The port the app listens on inside the container.
+    pub port: u16,
+    /// Published on 127.0.0.1 for the blue container; never equal to `green_port`.
+    pub blue_port: u16,
+    pub green_port: u16,
+    /// Passed to the container when it exists; a missing file means no env file.
+    pub env_file: PathBuf,
+    /// SIGTERM grace before SIGKILL; may be zero.
+    pub stop_timeout: Duration,
+}
+
+/// `[health]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Starts with '/', printable ASCII, no spaces.
+    pub path: String,
+    /// Longest gap between two probes; not zero.
+    pub interval: Duration,
+    /// At least 1.
+    pub attempts: u32,
+    /// One probe; not zero.
+    pub timeout: Duration,
+}
+
+impl HealthConfig {
+    /// How long a new container gets to become healthy: `attempts` x `interval`.
+    pub fn deadline(&self) -> Duration {
+        self.interval
+            .checked_mul(self.attempts)
+            .unwrap_or(Duration::MAX)
+    }
+}
+
+/// `[nginx]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NginxConfig {
+    pub upstream_file: PathBuf,
+    /// `[A-Za-z0-9_]+`
+    pub upstream_name: String,
+    /// Argument array, never run through a shell; the program is not empty.
+    pub test_command: Vec<String>,
+    pub reload_command: Vec<String>,
+}
+
+/// `[rollout]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutConfig {
+    /// How long the old color keeps running after the switch; may be zero.
+    pub drain: Duration,
+    pub auto_rollback: bool,
+    /// Period of the full reconcile; not zero.
+    pub resync: Duration,
+    /// Keep the images of replaced versions (so a rollback needs no pull).
+    pub keep_images: bool,
+}
+
+/// `[docker]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfig {
+    /// Docker endpoint, e.g. `unix:///var/run/docker.sock`.
+    pub host: String,
+}
+
+/// `[hooks]`: argument arrays; an empty one means no hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HooksConfig {
+    pub pre_switch: Vec<String>,
+    pub post_deploy: Vec<String>,
+    /// `hooks.hook_timeout`; not zero.
+    pub timeout: Duration,
+}
+
+/// `[notify]`
+#[derive(Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// `http(s)://` URL. It usually carries a token: print [`NotifyConfig::webhook_redacted`].
+    pub webhook: Option<String>,
+    /// Not zero.
+    pub timeout: Duration,
+}
+
+impl NotifyConfig {
+    /// The webhook as it may appear in logs: scheme and host only.
+    pub fn webhook_redacted(&self) -> Option<String> {
+        self.webhook.as_deref().map(rules::redact_url)
+    }
+}
+
+/// Redacts the webhook so that `{:?}` of a whole [`Config`] is safe to log.
+impl fmt::Debug for NotifyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotifyConfig")
+            .field("webhook", &self.webhook_redacted())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where to serve metrics; `None` opens no port.
+    pub listen: Option<SocketAddr>,
+}
+
+/// One of the two slots the app runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    /// Both colors, blue first.
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    /// The other color: where a candidate goes while this one is live.
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    /// `"blue"` or `"green"`, as in container names and labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is neither `blue` nor `green`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown color {0:?}: expected \"blue\" or \"green\"")]
+pub struct ParseColorError(pub String);
+
+impl FromStr for Color {
+    type Err = ParseColorError;
+
+    fn from_str(s: &str) -> Result<Color, ParseColorError> {
+        match s {
+            "blue" => Ok(Color::Blue),
+            "green" => Ok(Color::Green),
+            other => Err(ParseColorError(other.to_owned())),
+        }
+    }
+}
+
+impl Config {
+    /// Which config file to use: `--config`, else `$FIELDTRACK_CONFIG`, else
+    /// `./fieldtrack.toml` if it exists, else `/etc/fieldtrack/fieldtrack.toml`.
+    pub fn locate(cli: Option<&Path>) -> PathBuf {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let env = std::env::var_os(CONFIG_ENV);
+        Config::locate_with(cli, env.as_deref(), &cwd)
+    }
+
+    /// [`Config::locate`] with the environment passed in. A relative path is taken
+    /// relative to `cwd`; an empty `$FIELDTRACK_CONFIG` counts as unset.
+    pub fn locate_with(cli: Option<&Path>, env: Option<&OsStr>, cwd: &Path) -> PathBuf {
+        if let Some(cli) = cli {
+            return cwd.join(cli);
+        }
+        if let Some(env) = env.filter(|e| !e.is_empty()) {
+            return cwd.join(env);
+        }
+        let local = cwd.join(FILE_NAME);
+        if local.exists() {
+            return local;
+        }
+        PathBuf::from(DEFAULT_PATH)
+    }
+
+    /// Reads, safety-checks, parses and validates the config at `path`. `docker.host`
+    /// defaults to `$DOCKER_HOST` from this process's environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let path = absolute(path);
+        check_file_safety(&path).map_err(|err| match err {
+            SafetyError::Inspect { path, source } => ConfigError::Read { path, source },
+            other => ConfigError::Unsafe(other),
+        })?;
+        let text = safety::read_small_file(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let docker_host = std::env::var(DOCKER_HOST_ENV).ok();
+        Config::parse(&text, &path, docker_host.as_deref())
+    }
+
+    /// Parses and validates `text`, the content of the config file at `path`. Relative
+    /// paths in it are resolved against `path`'s folder. `docker_host_env` is the value of
+    /// `$DOCKER_HOST` (passed in so that tests do not depend on the environment).
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        docker_host_env: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        let path = absolute(path);
+        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Toml {
+            path: path.clone(),
+            detail: TomlErrorDetail::new(text, &err),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let ctx = Ctx {
+            path: &path,
+            dir: &dir,
+        };
+        ctx.build(raw, docker_host_env)
+    }
+
+    /// The host port a color is published on.
+    pub fn port(&self, color: Color) -> u16 {
+        match color {
+            Color::Blue => self.container.blue_port,
+            Color::Green => self.container.green_port,
+        }
+    }
+
+    /// `{app}-{color}`, e.g. `api-green`.
+    pub fn container_name(&self, color: Color) -> String {
+        format!("{}-{}", self.app, color)
+    }
+
+    /// The color published on `port`, if any: how the nginx upstream file tells what is
+    /// live.
+    pub fn color_of_port(&self, port: u16) -> Option<Color> {
+        Color::ALL.into_iter().find(|&c| self.port(c) == port)
+    }
+
+    /// The full reference to pull and run for `image`.
+    pub fn image_reference(&self, image: &ImageRef) -> String {
+        image.reference(&self.repository)
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// What every validation step needs to build its error.
+struct Ctx<'a> {
+    path: &'a Path,
+    dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn build(&self, raw: RawConfig, docker_host_env: Option<&str>) -> Result<Config, ConfigError> {
+        let app = raw.app.unwrap_or_else(|| "api".to_owned());
+        rules::check_app(&app).map_err(|r| self.invalid("app", quote(&app), r))?;
+
+        let repository = raw.repository.ok_or_else(|| ConfigError::Missing {
+            path: self.path.to_path_buf(),
+            key: "repository",
+        })?;
+        check_repository(&repository)
+            .map_err(|r| self.invalid("repository", quote(&repository), r))?;
+
+        let allowed_repositories = raw.allowed_repositories.unwrap_or_default();
+        for (i, repo) in allowed_repositories.iter().enumerate() {
+            check_repository(repo)
+                .map_err(|r| self.invalid(format!("allowed_repositories[{i}]"), quote(repo), r))?;
+        }
+
+        let desired_file = self.path_or("desired_file", raw.desired_file, "desired.toml")?;
+        let history_file = self.path_or("history_file", raw.history_file, ".deploy_history")?;
+        let history_limit = match raw.history_limit {
+            None => 5,
+            Some(n) => usize::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
+                self.invalid("history_limit", n.to_string(), "must be at least 1".into())
+            })?,
+        };
+        let state_dir = self.path_or("state_dir", raw.state_dir, ".fieldtrack")?;
+
+        let c = raw.container.unwrap_or_default();
+        let container = ContainerConfig {
+            port: self.port("container.port", c.port, 8080)?,
+            blue_port: self.port("container.blue_port", c.blue_port, 3001)?,
+            green_port: self.port("container.green_port", c.green_port, 3002)?,
+            env_file: self.path_or("container.env_file", c.env_file, ".env")?,
+            stop_timeout: self.duration(
+                "container.stop_timeout",
+                c.stop_timeout,
+                "10s",
+                Zero::Allowed,
+            )?,
+        };
+        if container.blue_port == container.green_port {
+            return Err(self.invalid(
+                "container.green_port",
+                container.green_port.to_string(),
+                "must differ from container.blue_port".into(),
+            ));
+        }
+
+        let h = raw.health.unwrap_or_default();
+        let health_path = h.path.unwrap_or_else(|| "/health".to_owned());
+        rules::check_health_path(&health_path)
+            .map_err(|r| self.invalid("health.path", quote(&health_path), r))?;
+        let health = HealthConfig {
+            path: health_path,
+            interval: self.duration("health.interval", h.interval, "3s", Zero::Refused)?,
+            attempts: match h.attempts {
+                None => 20,
+                Some(n) => u32::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
+                    self.invalid(
+                        "health.attempts",
+                        n.to_string(),
+                        format!("must be between 1 and {}", u32::MAX),
+                    )
+                })?,
+            },
+            timeout: self.duration("health.timeout", h.timeout, "2s", Zero::Refused)?,
+        };
+
+        let n = raw.nginx.unwrap_or_default();
+        let upstream_name = n
+            .upstream_name
+            .unwrap_or_else(|| rules::default_upstream_name(&app));
+        rules::check_upstream_name(&upstream_name)
+            .map_err(|r| self.invalid("nginx.upstream_name", quote(&upstream_name), r))?;
+        let nginx = NginxConfig {
+            upstream_file: self.path_or(
+                "nginx.upstream_file",
+                n.upstream_file,
+                &format!("/etc/nginx/conf.d/fieldtrack-{app}.conf"),
+            )?,
+            upstream_name,
+            test_command: self.command("nginx.test_command", n.test_command, &["nginx", "-t"])?,
+            reload_command: self.command(
+                "nginx.reload_command",
+                n.reload_command,
+                &["nginx", "-s", "reload"],
+            )?,
+        };
+
+        let r = raw.rollout.unwrap_or_default();
+        let rollout = RolloutConfig {
+            drain: self.duration("rollout.drain", r.drain, "5s", Zero::Allowed)?,
+            auto_rollback: r.auto_rollback.unwrap_or(true),
+            resync: self.duration("rollout.resync", r.resync, "30s", Zero::Refused)?,
+            keep_images: r.keep_images.unwrap_or(true),
+        };
+
+        let d = raw.docker.unwrap_or_default();
+        let (host, host_key) = match (d.host, docker_host_env.filter(|h| !h.is_empty())) {
+            (Some(host), _) => (host, "docker.host"),
+            (None, Some(env)) => (env.to_owned(), "docker.host (from $DOCKER_HOST)"),
+            (None, None) => (DEFAULT_DOCKER_HOST.to_owned(), "docker.host"),
+        };
+        rules::check_docker_host(&host).map_err(|r| self.invalid(host_key, quote(&host), r))?;
+        let docker = DockerConfig { host };
+
+        let k = raw.hooks.unwrap_or_default();
+        let hooks = HooksConfig {
+            pre_switch: self.hook("hooks.pre_switch", k.pre_switch)?,
+            post_deploy: self.hook("hooks.post_deploy", k.post_deploy)?,
+            timeout: self.duration("hooks.hook_timeout", k.hook_timeout, "60s", Zero::Refused)?,
+        };
+
+        let t = raw.notify.unwrap_or_default();
+        if let Some(url) = &t.webhook {
+            rules::check_webhook(url).map_err(|r| {
+                self.invalid(
+                    "notify.webhook",
+                    "(not shown: it may hold a token)".into(),
+                    r,
+                )
+            })?;
+        }
+        let notify = NotifyConfig {
+            webhook: t.webhook,
+            timeout: self.duration("notify.timeout", t.timeout, "5s", Zero::Refused)?,
+        };
+
+        let m = raw.metrics.unwrap_or_default();
+        let listen = match m.listen {
+            None => None,
+            Some(v) => Some(
+                rules::parse_listen(&v)
+                    .map_err(|r| self.invalid("metrics.listen", quote(&v), r))?,
+            ),
+        };
+
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            app,
+            repository,
+            allowed_repositories,
+            desired_file,
+            history_file,
+            history_limit,
+            state_dir,
+            container,
+            health,
+            nginx,
+            rollout,
+            docker,
+            hooks,
+            notify,
+            metrics: MetricsConfig { listen },
+        })
+    }
+
+    fn invalid(&self, key: impl Into<String>, value: String, reason: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            value,
+            reason,
+        }
+    }
+
+    fn path_or(
+        &self,
+        key: &str,
+        value: Option<String>,
+        default: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        let value = value.as_deref().unwrap_or(default);
+        rules::resolve_path(value, self.dir).map_err(|r| self.invalid(key, quote(value), r))
+    }
+
+    fn port(&self, key: &str, value: Option<i64>, default: u16) -> Result<u16, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) => rules::check_port(v).map_err(|r| self.invalid(key, v.to_string(), r)),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<RawDuration>,
+        default: &str,
+        zero: Zero,
+    ) -> Result<Duration, ConfigError> {
+        let value = value.map_or_else(|| default.to_owned(), |v| v.0);
+        let duration = rules::parse_duration(&value).map_err(|source| ConfigError::Duration {
+            path: self.path.to_path_buf(),
+            key: key.to_owned(),
+            value: value.clone(),
+            source,
+        })?;
+        if duration.is_zero() && zero == Zero::Refused {
+            return Err(self.invalid(key, quote(&value), "must be greater than zero".into()));
+        }
+        Ok(duration)
+    }
+
+    fn command(
+        &self,
+        key: &str,
+        value: Option<Vec<String>>,
+        default: &[&str],
+    ) -> Result<Vec<String>, ConfigError> {
+        let argv = value.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        rules::check_command(&argv, self.dir).map_err(|r| self.invalid(key, format!("{argv:?}"), r))
+    }
+
+    fn hook(&self, key: &str, value: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+        let argv = value.unwrap_or_default();
+        rules::check_hook(&argv, self.dir).map_err(|r| self.invalid(key, format!("{argv:?}"), r))
+    }
+}
+
+/// Whether a duration key accepts zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    Allowed,
+    Refused,
+}
+
+fn quote(value: &str) -> String {
+    format!("{value:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    const FILE: &str = "/etc/fieldtrack/fieldtrack.toml";
+    const MINIMAL: &str = "repository = \"ghcr.io/fieldtrack-tech/api\"\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new(FILE), None)
+    }
+
+    fn with(extra: &str) -> Result<Config, ConfigError> {
+        parse(&format!("{MINIMAL}{extra}"))
+    }
+
+    /// The one-line message a user sees (its sources are part of it, as STYLE.md asks).
+    fn message(err: &dyn std::error::Error) -> String {
+        err.to_string()
+    }
+
+    fn err_of(extra: &str) -> String {
+        message(&with(extra).expect_err(extra))
+    }
+
+    #[test]
+    fn only_repository_gives_every_default() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.path, PathBuf::from(FILE));
+        assert_eq!(cfg.app, "api");
+        assert_eq!(cfg.repository, "ghcr.io/fieldtrack-tech/api");
+        assert!(cfg.allowed_repositories.is_empty());
+        assert_eq!(
+            cfg.desired_file,
+            PathBuf::from("/etc/fieldtrack/desired.toml")
+        );
+        assert_eq!(
+            cfg.history_file,
+            PathBuf::from("/etc/fieldtrack/.deploy_history")
+        );
+        assert_eq!(cfg.history_limit, 5);
+        assert_eq!(cfg.state_dir, PathBuf::from("/etc/fieldtrack/.fieldtrack"));
+        assert_eq!(
+            cfg.container,
+            ContainerConfig {
+                port: 8080,
+                blue_port: 3001,
+                green_port: 3002,
+                env_file: PathBuf::from("/etc/fieldtrack/.env"),
+                stop_timeout: Duration::from_secs(10),
+            }
+        );
+        assert_eq!(
+            cfg.health,
+            HealthConfig {
+                path: "/health".into(),
+                interval: Duration::from_secs(3),
+                attempts: 20,
+                timeout: Duration::from_secs(2),
+            }
+        );
+        assert_eq!(cfg.health.deadline(), Duration::from_secs(60));
+        assert_eq!(
+            cfg.nginx,
+            NginxConfig {
+                upstream_file: PathBuf::from("/etc/nginx/conf.d/fieldtrack-api.conf"),
+                upstream_name: "fieldtrack_api".into(),
+                test_command: vec!["nginx".into(), "-t".into()],
+                reload_command: vec!["nginx".into(), "-s".into(), "reload".into()],
+            }
+        );
+        assert_eq!(
+            cfg.rollout,
+            RolloutConfig {
+                drain: Duration::from_secs(5),
+                auto_rollback: true,
+                resync: Duration::from_secs(30),
+                keep_images: true,
+            }
+        );
+        assert_eq!(cfg.docker.host, "unix:///var/run/docker.sock");
+        assert_eq!(
+            cfg.hooks,
+            HooksConfig {
+                pre_switch: vec![],
+                post_deploy: vec![],
+                timeout: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(
+            cfg.notify,
+            NotifyConfig {
+                webhook: None,
+                timeout: Duration::from_secs(5),
+            }
+        );
+        assert_eq!(cfg.metrics.listen, None);
+    }
+
+    #[test]
+    fn the_contract_example_parses_to_the_defaults() {
+        let text = r#"
+app = "api"
+repository = "ghcr.io/fieldtrack-tech/api"
+desired_file = "desired.toml"
+history_file = ".deploy_history"
+history_limit = 5
+state_dir = ".fieldtrack"
+
+[container]
+port = 8080
+blue_port = 3001
+green_port = 3002
+env_file = ".env"
+stop_timeout = "10s"
+
+[health]
+path = "/health"
+interval = "3s"
+attempts = 20
+timeout = "2s"
+
+[nginx]
+upstream_file = "/etc/nginx/conf.d/fieldtrack-api.conf"
+upstream_name = "fieldtrack_api"
+test_command = ["nginx", "-t"]
+reload_command = ["nginx", "-s", "reload"]
+
+[rollout]
+drain = "5s"
+auto_rollback = true
+resync = "30s"
+
+[docker]
+host = "unix:///var/run/docker.sock"
+"#;
+        assert_eq!(parse(text).unwrap(), parse(MINIMAL).unwrap());
+    }
+
+    #[test]
+    fn every_key_set() {
+        let text = r#"
+app = "shop.web-2"
+repository = "127.0.0.1:5000/team/shop"
+allowed_repositories = ["ghcr.io/team/shop", "docker.io/library/nginx"]
+desired_file = "state/desired.toml"
+history_file = "/var/lib/shop/history"
+history_limit = 10
+state_dir = "/var/lib/shop/state"
+
+[container]
+port = 80
+blue_port = 4001
+green_port = 4002
+env_file = "../secrets/shop.env"
+stop_timeout = "0s"
+
+[health]
+path = "/healthz?deep=1"
+interval = "500ms"
+attempts = 3
+timeout = "250ms"
+
+[nginx]
+upstream_file = "nginx/upstream.conf"
+upstream_name = "Shop_1"
+test_command = ["/usr/sbin/nginx", "-t", "-q"]
+reload_command = ["systemctl", "reload", "nginx"]
+
+[rollout]
+drain = "0s"
+auto_rollback = false
+resync = "2m"
+keep_images = false
+
+[docker]
+host = "tcp://10.0.0.5:2376"
+
+[hooks]
+pre_switch = ["./hooks/smoke", "--quick"]
+post_deploy = ["/usr/local/bin/announce"]
+hook_timeout = "90s"
+
+[notify]
+webhook = "https://hooks.example.com/services/T0/B0/SECRET"
+timeout = "1s"
+
+[metrics]
+listen = "9187"
+"#;
+        let cfg = Config::parse(
+            text,
+            Path::new("/srv/shop/fieldtrack.toml"),
+            Some("unix:///ignored"),
+        )
+        .unwrap();
+        assert_eq!(cfg.app, "shop.web-2");
+        assert_eq!(cfg.repository, "127.0.0.1:5000/team/shop");
+        assert_eq!(
+            cfg.allowed_repositories,
+            vec!["ghcr.io/team/shop", "docker.io/library/nginx"]
+        );
+        assert_eq!(
+            cfg.desired_file,
+            PathBuf::from("/srv/shop/state/desired.toml")
+        );
+        assert_eq!(cfg.history_file, PathBuf::from("/var/lib/shop/history"));
+        assert_eq!(cfg.history_limit, 10);
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/shop/state"));
+        assert_eq!(cfg.container.port, 80);
+        assert_eq!(cfg.container.blue_port, 4001);
+        assert_eq!(cfg.container.green_port, 4002);
+        assert_eq!(
+            cfg.container.env_file,
+            PathBuf::from("/srv/shop/../secrets/shop.env")
+        );
+        assert_eq!(cfg.container.stop_timeout, Duration::ZERO);
+        assert_eq!(cfg.health.path, "/healthz?deep=1");
+        assert_eq!(cfg.health.interval, Duration::from_millis(500));
+        assert_eq!(cfg.health.attempts, 3);
+        assert_eq!(cfg.health.timeout, Duration::from_millis(250));
+        assert_eq!(cfg.health.deadline(), Duration::from_millis(1500));
+        assert_eq!(
+            cfg.nginx.upstream_file,
+            PathBuf::from("/srv/shop/nginx/upstream.conf")
+        );
+        assert_eq!(cfg.nginx.upstream_name, "Shop_1");
+        assert_eq!(cfg.nginx.test_command, vec!["/usr/sbin/nginx", "-t", "-q"]);
+        assert_eq!(
+            cfg.nginx.reload_command,
+            vec!["systemctl", "reload", "nginx"]
+        );
+        assert_eq!(cfg.rollout.drain, Duration::ZERO);
+        assert!(!cfg.rollout.auto_rollback);
+        assert_eq!(cfg.rollout.resync, Duration::from_secs(120));
+        assert!(!cfg.rollout.keep_images);
+        assert_eq!(cfg.docker.host, "tcp://10.0.0.5:2376");
+        assert_eq!(
+            cfg.hooks.pre_switch,
+            vec!["/srv/shop/hooks/smoke", "--quick"]
+        );
+        assert_eq!(cfg.hooks.post_deploy, vec!["/usr/local/bin/announce"]);
+        assert_eq!(cfg.hooks.timeout, Duration::from_secs(90));
+        assert_eq!(
+            cfg.notify.webhook.as_deref(),
+            Some("https://hooks.example.com/services/T0/B0/SECRET")
+        );
+        assert_eq!(cfg.notify.timeout, Duration::from_secs(1));
+        assert_eq!(cfg.metrics.listen, Some("127.0.0.1:9187".parse().unwrap()));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_folder_not_the_cwd() {
+        let cfg = Config::parse(
+            "repository = \"r\"\ndesired_file = \"./d/desired.toml\"\nstate_dir = \"s\"\n[nginx]\nupstream_file = \"up.conf\"\n",
+            Path::new("/opt/app/conf/fieldtrack.toml"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.desired_file,
+            PathBuf::from("/opt/app/conf/d/desired.toml")
+        );
+        assert_eq!(cfg.state_dir, PathBuf::from("/opt/app/conf/s"));
+        assert_eq!(
+            cfg.history_file,
+            PathBuf::from("/opt/app/conf/.deploy_history")
+        );
+        assert_eq!(cfg.container.env_file, PathBuf::from("/opt/app/conf/.env"));
+        assert_eq!(
+            cfg.nginx.upstream_file,
+            PathBuf::from("/opt/app/conf/up.conf")
+        );
+    }
+
+    #[test]
+    fn a_relative_config_path_is_made_absolute_against_the_cwd() {
+        let cfg = Config::parse(MINIMAL, Path::new("conf/fieldtrack.toml"), None).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(cfg.path, cwd.join("conf/fieldtrack.toml"));
+        assert_eq!(cfg.desired_file, cwd.join("conf/desired.toml"));
+        assert!(cfg.path.is_absolute());
+    }
+
+    #[test]
+    fn app_names_the_nginx_defaults() {
+        let cfg = with("app = \"web\"\n").unwrap();
+        assert_eq!(cfg.nginx.upstream_name, "fieldtrack_web");
+        assert_eq!(
+            cfg.nginx.upstream_file,
+            PathBuf::from("/etc/nginx/conf.d/fieldtrack-web.conf")
+        );
+        let cfg = with("app = \"my-app.v2\"\n").unwrap();
+        assert_eq!(cfg.nginx.upstream_name, "fieldtrack_my_app_v2");
+        assert_eq!(
+            cfg.nginx.upstream_file,
+            PathBuf::from("/etc/nginx/conf.d/fieldtrack-my-app.v2.conf")
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_names_file_and_key() {
+        let msg = err_of("colour = \"blue\"\n");
+        assert!(msg.starts_with(FILE), "{msg}");
+        assert!(msg.contains("colour"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_a_section_names_file_and_dotted_key() {
+        let msg = err_of("[health]\npath = \"/\"\nintervall = \"3s\"\n");
+        assert!(
+            msg.starts_with(&format!(
+                "{FILE}: health.intervall: unknown field `intervall`"
+            )),
+            "{msg}"
+        );
+        for section in [
+            "container",
+            "health",
+            "nginx",
+            "rollout",
+            "docker",
+            "hooks",
+            "notify",
+            "metrics",
+        ] {
+            let msg = err_of(&format!("[{section}]\nbogus = 1\n"));
+            assert!(msg.contains(&format!("{section}.bogus")), "{msg}");
+            assert!(msg.starts_with(FILE), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let msg = err_of("[healthcheck]\npath = \"/\"\n");
+        assert!(msg.contains("unknown field `healthcheck`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let msg = err_of("[container]\nport = \"8080\"\n");
+        assert!(msg.contains("container.port: invalid type"), "{msg}");
+        let msg = err_of("[rollout]\nauto_rollback = \"yes\"\n");
+        assert!(msg.contains("rollout.auto_rollback"), "{msg}");
+        let msg = err_of("[nginx]\ntest_command = \"nginx -t\"\n");
+        assert!(msg.contains("nginx.test_command"), "{msg}");
+    }
+
+    #[test]
+    fn toml_syntax_error_names_the_file() {
+        let err = parse("repository = \"r\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Toml { .. }), "{err:?}");
+        assert!(message(&err).starts_with(FILE));
+    }
+
+    #[test]
+    fn missing_repository_says_so_by_name() {
+        for text in ["", "app = \"api\"\n"] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Missing {
+                        key: "repository",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            let msg = message(&err);
+            assert!(
+                msg.starts_with(&format!("{FILE}: repository: missing")),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_durations() {
+        for (value, reason) in [
+            ("3", "time unit needed"),
+            ("3 parsecs", "unknown time unit"),
+            ("", "value was empty"),
+            ("-1s", ""),
+        ] {
+            let msg = err_of(&format!("[health]\ninterval = {value:?}\n"));
+            let expected = format!("{FILE}: health.interval: invalid duration {value:?}: ");
+            assert!(msg.starts_with(&expected), "{msg}");
+            assert!(msg.contains(reason), "{msg}");
+        }
+        let msg = err_of("[health]\ninterval = 3\n");
+        assert!(msg.contains("health.interval"), "{msg}");
+        assert!(msg.contains("a duration string with a unit"), "{msg}");
+    }
+
+    #[test]
+    fn every_duration_key_is_checked() {
+        for (section, key) in [
+            ("container", "stop_timeout"),
+            ("health", "interval"),
+            ("health", "timeout"),
+            ("rollout", "drain"),
+            ("rollout", "resync"),
+            ("hooks", "hook_timeout"),
+            ("notify", "timeout"),
+        ] {
+            let msg = err_of(&format!("[{section}]\n{key} = \"soon\"\n"));
+            assert!(
+                msg.contains(&format!("{section}.{key}: invalid duration \"soon\"")),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_durations() {
+        for (section, key) in [
+            ("health", "interval"),
+            ("health", "timeout"),
+            ("rollout", "resync"),
+            ("hooks", "hook_timeout"),
+            ("notify", "timeout"),
+        ] {
+            let msg = err_of(&format!("[{section}]\n{key} = \"0s\"\n"));
+            assert!(
+                msg.contains(&format!(
+                    "{section}.{key}: invalid value \"0s\": must be greater than zero"
+                )),
+                "{msg}"
+            );
+        }
+        let cfg = with("[container]\nstop_timeout = \"0s\"\n[rollout]\ndrain = \"0ms\"\n").unwrap();
+        assert_eq!(cfg.container.stop_timeout, Duration::ZERO);
+        assert_eq!(cfg.rollout.drain, Duration::ZERO);
+    }
+
+    #[test]
+    fn attempts_and_history_limit() {
+        for bad in ["0", "-1", "4294967296"] {
+            let msg = err_of(&format!("[health]\nattempts = {bad}\n"));
+            assert!(
+                msg.contains(&format!("health.attempts: invalid value {bad}")),
+                "{msg}"
+            );
+        }
+        assert_eq!(with("[health]\nattempts = 1\n").unwrap().health.attempts, 1);
+        for bad in ["0", "-3"] {
+            let msg = err_of(&format!("history_limit = {bad}\n"));
+            assert!(
+                msg.contains(&format!(
+                    "history_limit: invalid value {bad}: must be at least 1"
+                )),
+                "{msg}"
+            );
+        }
+        assert_eq!(with("history_limit = 1\n").unwrap().history_limit, 1);
+    }
+
+    #[test]
+    fn deadline_does_not_overflow() {
+        let cfg = with("[health]\ninterval = \"100000000000s\"\nattempts = 4000000000\n").unwrap();
+        assert_eq!(cfg.health.deadline(), Duration::MAX);
+    }
+
+    #[test]
+    fn app_rule() {
+        for bad in ["Api", "-api", "my app", "api;rm", "", &"a".repeat(64)] {
+            let msg = err_of(&format!("app = {bad:?}\n"));
+            assert!(
+                msg.contains(&format!("app: invalid value {bad:?}")),
+                "{msg}"
+            );
+        }
+        assert_eq!(with("app = \"a0_.-\"\n").unwrap().app, "a0_.-");
+    }
+
+    #[test]
+    fn repository_rule() {
+        for (bad, why) in [
+            ("ghcr.io/Fieldtrack/api", "lowercase"),
+            ("ghcr.io/fieldtrack/api:v1", "tag"),
+            ("ghcr.io/fieldtrack/api@sha256:00", "digest"),
+            ("", "empty"),
+            ("a b", "contains"),
+        ] {
+            let msg = message(&parse(&format!("repository = {bad:?}\n")).unwrap_err());
+            assert!(
+                msg.starts_with(&format!("{FILE}: repository: invalid value {bad:?}")),
+                "{msg}"
+            );
+            assert!(msg.contains(why), "{msg}");
+        }
+        assert_eq!(
+            parse("repository = \"localhost:5000/app\"\n")
+                .unwrap()
+                .repository,
+            "localhost:5000/app"
+        );
+    }
+
+    #[test]
+    fn allowed_repositories_are_validated() {
+        let msg = err_of("allowed_repositories = [\"ok/repo\", \"Bad/Repo\"]\n");
+        assert!(
+            msg.contains("allowed_repositories[1]: invalid value \"Bad/Repo\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn ports() {
+        for (key, value) in [("port", "0"), ("blue_port", "65536"), ("green_port", "-1")] {
+            let msg = err_of(&format!("[container]\n{key} = {value}\n"));
+            assert!(
+                msg.contains(&format!(
+                    "container.{key}: invalid value {value}: must be between 1 and 65535"
+                )),
+                "{msg}"
+            );
+        }
+        let msg = err_of("[container]\nblue_port = 3001\ngreen_port = 3001\n");
+        assert!(
+            msg.contains("container.green_port: invalid value 3001: must differ"),
+            "{msg}"
+        );
+        let cfg = with("[container]\nport = 65535\nblue_port = 1\ngreen_port = 3001\n").unwrap();
+        assert_eq!((cfg.container.port, cfg.container.blue_port), (65535, 1));
+    }
+
+    #[test]
+    fn upstream_name_rule() {
+        for bad in ["fieldtrack-api", "", "a b", "x;"] {
+            let msg = err_of(&format!("[nginx]\nupstream_name = {bad:?}\n"));
+            assert!(
+                msg.contains(&format!("nginx.upstream_name: invalid value {bad:?}")),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn commands_must_name_a_program() {
+        for key in ["test_command", "reload_command"] {
+            for bad in ["[]", "[\"\"]", "[\"\", \"-t\"]"] {
+                let msg = err_of(&format!("[nginx]\n{key} = {bad}\n"));
+                assert!(
+                    msg.contains(&format!("nginx.{key}: invalid value")),
+                    "{msg}"
+                );
+            }
+        }
+        let cfg = with("[nginx]\ntest_command = [\"bin/check\", \"--strict\"]\n").unwrap();
+        assert_eq!(
+            cfg.nginx.test_command,
+            vec!["/etc/fieldtrack/bin/check", "--strict"]
+        );
+    }
+
+    #[test]
+    fn hooks() {
+        let cfg =
+            with("[hooks]\npre_switch = []\npost_deploy = [\"notify-send\", \"done\"]\n").unwrap();
+        assert!(cfg.hooks.pre_switch.is_empty());
+        assert_eq!(cfg.hooks.post_deploy, vec!["notify-send", "done"]);
+        let msg = err_of("[hooks]\npre_switch = [\"\"]\n");
+        assert!(
+            msg.contains("hooks.pre_switch: invalid value [\"\"]"),
+            "{msg}"
+        );
+        let msg = err_of("[hooks]\npost_deploy = \"./x.sh\"\n");
+        assert!(msg.contains("hooks.post_deploy"), "{msg}");
+    }
+
+    #[test]
+    fn health_path_rule() {
+        for bad in ["health", "/a b", "/a\nb", "", "/é"] {
+            let msg = err_of(&format!("[health]\npath = {bad:?}\n"));
+            assert!(
+                msg.contains(&format!("health.path: invalid value {bad:?}")),
+                "{msg}"
+            );
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn paths_must_not_be_empty() {
+        for key in ["desired_file", "history_file", "state_dir"] {
+            let msg = err_of(&format!("{key} = \"\"\n"));
+            assert!(
+                msg.contains(&format!("{key}: invalid value \"\": must not be empty")),
+                "{msg}"
+            );
+        }
+        let msg = err_of("[container]\nenv_file = \"\"\n");
+        assert!(msg.contains("container.env_file"), "{msg}");
+    }
+
+    #[test]
+    fn docker_host_default_env_and_file() {
+        let cfg = Config::parse(MINIMAL, Path::new(FILE), Some("tcp://10.1.1.1:2375")).unwrap();
+        assert_eq!(cfg.docker.host, "tcp://10.1.1.1:2375");
+        let cfg = Config::parse(MINIMAL, Path::new(FILE), Some("")).unwrap();
+        assert_eq!(cfg.docker.host, DEFAULT_DOCKER_HOST);
+        let text = format!("{MINIMAL}[docker]\nhost = \"unix:///run/docker.sock\"\n");
+        let cfg = Config::parse(&text, Path::new(FILE), Some("tcp://10.1.1.1:2375")).unwrap();
+        assert_eq!(cfg.docker.host, "unix:///run/docker.sock");
+        let err = Config::parse(MINIMAL, Path::new(FILE), Some("not a host")).unwrap_err();
+        let msg = message(&err);
+        assert!(
+            msg.contains("docker.host (from $DOCKER_HOST): invalid value \"not a host\""),
+            "{msg}"
+        );
+        let msg = err_of("[docker]\nhost = \"/var/run/docker.sock\"\n");
+        assert!(msg.contains("docker.host: invalid value"), "{msg}");
+    }
+
+    #[test]
+    fn webhook_is_checked_and_never_shown() {
+        for bad in [
+            "hooks.example.com/SECRET",
+            "ftp://x/SECRET",
+            "https://",
+            "https://x/SEC RET",
+        ] {
+            let err = with(&format!("[notify]\nwebhook = {bad:?}\n")).unwrap_err();
+            let msg = message(&err);
+            assert!(
+                msg.contains("notify.webhook: invalid value (not shown"),
+                "{msg}"
+            );
+            assert!(!msg.contains("SECRET") && !msg.contains("SEC RET"), "{msg}");
+        }
+        let cfg =
+            with("[notify]\nwebhook = \"https://hooks.example.com/services/SECRET\"\n").unwrap();
+        assert_eq!(
+            cfg.notify.webhook_redacted().as_deref(),
+            Some("https://hooks.example.com/…")
+        );
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        assert!(debug.contains("hooks.example.com"), "{debug}");
+    }
+
+    #[test]
+    fn metrics_listen() {
+        let cfg = with("[metrics]\nlisten = \"127.0.0.1:9187\"\n").unwrap();
+        assert_eq!(cfg.metrics.listen, Some("127.0.0.1:9187".parse().unwrap()));
+        let cfg = with("[metrics]\nlisten = \"[::1]:9187\"\n").unwrap();
+        assert_eq!(cfg.metrics.listen, Some("[::1]:9187".parse().unwrap()));
+        for bad in ["localhost:9187", "0", "127.0.0.1"] {
+            let msg = err_of(&format!("[metrics]\nlisten = {bad:?}\n"));
+            assert!(
+                msg.contains(&format!("metrics.listen: invalid value {bad:?}")),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn colors() {
+        assert_eq!(Color::Blue.other(), Color::Green);
+        assert_eq!(Color::Green.other(), Color::Blue);
+        assert_eq!(Color::Blue.as_str(), "blue");
+        assert_eq!(Color::Green.to_string(), "green");
+        assert_eq!("blue".parse::<Color>(), Ok(Color::Blue));
+        assert_eq!("green".parse::<Color>(), Ok(Color::Green));
+        assert!("Blue".parse::<Color>().is_err());
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Live {
+            color: Color,
+        }
+        let text = toml::to_string(&Live {
+            color: Color::Green,
+        })
+        .unwrap();
+        assert_eq!(text, "color = \"green\"\n");
+        assert_eq!(
+            toml::from_str::<Live>("color = \"blue\"").unwrap(),
+            Live { color: Color::Blue }
+        );
+        assert!(toml::from_str::<Live>("color = \"red\"").is_err());
+    }
+
+    #[test]
+    fn ports_names_and_colors() {
+        let cfg = with("app = \"web\"\n").unwrap();
+        assert_eq!(cfg.port(Color::Blue), 3001);
+        assert_eq!(cfg.port(Color::Green), 3002);
+        assert_eq!(cfg.container_name(Color::Blue), "web-blue");
+        assert_eq!(cfg.container_name(Color::Green), "web-green");
+        assert_eq!(cfg.color_of_port(3001), Some(Color::Blue));
+        assert_eq!(cfg.color_of_port(3002), Some(Color::Green));
+        assert_eq!(cfg.color_of_port(8080), None);
+    }
+
+    #[test]
+    fn image_reference_uses_the_repository() {
+        let cfg = parse(MINIMAL).unwrap();
+        let image = ImageRef::parse("a4f91c2", &cfg.repository, &cfg.allowed_repositories).unwrap();
+        assert_eq!(
+            cfg.image_reference(&image),
+            "ghcr.io/fieldtrack-tech/api:a4f91c2"
+        );
+    }
+
+    #[test]
+    fn locate_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path();
+        let cli = Path::new("/x/cli.toml");
+        let env = OsStr::new("/x/env.toml");
+        assert_eq!(Config::locate_with(Some(cli), Some(env), cwd), cli);
+        assert_eq!(
+            Config::locate_with(None, Some(env), cwd),
+            Path::new("/x/env.toml")
+        );
+        assert_eq!(
+            Config::locate_with(Some(Path::new("rel.toml")), None, cwd),
+            cwd.join("rel.toml")
+        );
+        assert_eq!(
+            Config::locate_with(None, None, cwd),
+            Path::new(DEFAULT_PATH)
+        );
+        assert_eq!(
+            Config::locate_with(None, Some(OsStr::new("")), cwd),
+            Path::new(DEFAULT_PATH)
+        );
+        fs::write(cwd.join(FILE_NAME), MINIMAL).unwrap();
+        assert_eq!(Config::locate_with(None, None, cwd), cwd.join(FILE_NAME));
+        assert_eq!(
+            Config::locate_with(None, Some(env), cwd),
+            Path::new("/x/env.toml")
+        );
+    }
+
+    #[test]
+    fn load_reads_a_real_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        fs::write(&file, MINIMAL).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = Config::load(&file).unwrap();
+        assert_eq!(cfg.path, file);
+        assert_eq!(cfg.desired_file, dir.path().join("desired.toml"));
+    }
+
+    #[test]
+    fn load_refuses_unsafe_and_reports_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let err = Config::load(&file).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+        let msg = message(&err);
+        assert!(
+            msg.contains("cannot read config file") && msg.contains(&file.display().to_string()),
+            "{msg}"
+        );
+
+        fs::write(&file, MINIMAL).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+        let err = Config::load(&file).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Unsafe(SafetyError::WorldWritable { .. })),
+            "{err:?}"
+        );
+        assert!(message(&err).contains("world-writable"));
+
+        let outside = tempfile::tempdir().unwrap();
+        let real = outside.path().join("real.toml");
+        fs::write(&real, MINIMAL).unwrap();
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = Config::load(&link).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Unsafe(SafetyError::SymlinkOutsideFolder { .. })
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn errors_are_one_line_that_also_keep_their_source() {
+        let err = with("[health]\ninterval = \"3 parsecs\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{FILE}: health.interval: invalid duration \"3 parsecs\": unknown time unit \
+                 \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, \
+                 months, years (and few variations)"
+            )
+        );
+        assert!(err.source().is_some());
+        for text in [
+            "colour = 1\n",
+            "[health]\npath = \"/a\\nb\"\n",
+            "[container]\nport = [\n1,\n]\n",
+        ] {
+            let msg = err_of(text);
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The serde mirror of `fieldtrack.toml`: it only parses.
+//!
+//! Every key is optional here so that a missing key and a defaulted key look the same;
+//! defaults, ranges and cross-field rules are applied once, in [`super::Config::parse`].
+//! Numbers are read as `i64` rather than `u16`/`u32` so that an out-of-range port or a
+//! negative count reaches validation, which names the key, instead of failing inside serde
+//! with a generic "expected u16".
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub app: Option<String>,
+    pub repository: Option<String>,
+    pub allowed_repositories: Option<Vec<String>>,
+    pub desired_file: Option<String>,
+    pub history_file: Option<String>,
+    pub history_limit: Option<i64>,
+    pub state_dir: Option<String>,
+    pub container: Option<RawContainer>,
+    pub health: Option<RawHealth>,
+    pub nginx: Option<RawNginx>,
+    pub rollout: Option<RawRollout>,
+    pub docker: Option<RawDocker>,
+    pub hooks: Option<RawHooks>,
+    pub notify: Option<RawNotify>,
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `[container]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainer {
+    pub port: Option<i64>,
+    pub blue_port: Option<i64>,
+    pub green_port: Option<i64>,
+    pub env_file: Option<String>,
+    pub stop_timeout: Option<RawDuration>,
+}
+
+/// `[health]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<String>,
+    pub interval: Option<RawDuration>,
+    pub attempts: Option<i64>,
+    pub timeout: Option<RawDuration>,
+}
+
+/// `[nginx]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNginx {
+    pub upstream_file: Option<String>,
+    pub upstream_name: Option<String>,
+    pub test_command: Option<Vec<String>>,
+    pub reload_command: Option<Vec<String>>,
+}
+
+/// `[rollout]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub drain: Option<RawDuration>,
+    pub auto_rollback: Option<bool>,
+    pub resync: Option<RawDuration>,
+    pub keep_images: Option<bool>,
+}
+
+/// `[docker]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocker {
+    pub host: Option<String>,
+}
+
+/// `[hooks]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub pre_switch: Option<Vec<String>>,
+    pub post_deploy: Option<Vec<String>>,
+    pub hook_timeout: Option<RawDuration>,
+}
+
+/// `[notify]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub webhook: Option<String>,
+    pub timeout: Option<RawDuration>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
+}
+
+/// A duration exactly as written. Its own type only so that `interval = 3` (a bare number)
+/// is reported as "expected a duration string with a unit" rather than "expected a string".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDuration(pub String);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string with a unit, like \"3s\" or \"500ms\"")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_none() {
+        let raw: RawConfig = toml::from_str("").expect("empty parses");
+        assert!(raw.app.is_none());
+        assert!(raw.repository.is_none());
+        assert!(raw.container.is_none());
+    }
+
+    #[test]
+    fn duration_is_kept_verbatim() {
+        let raw: RawConfig = toml::from_str("[health]\ninterval = \"3 parsecs\"\n").unwrap();
+        let interval = raw.health.unwrap().interval.unwrap();
+        assert_eq!(interval, RawDuration("3 parsecs".into()));
+    }
+
+    #[test]
+    fn duration_as_number_says_a_unit_is_needed() {
+        let err = toml::from_str::<RawConfig>("[health]\ninterval = 3\n").unwrap_err();
+        assert!(
+            err.message().contains("a duration string with a unit"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn every_table_denies_unknown_fields() {
+        for section in [
+            "container",
+            "health",
+            "nginx",
+            "rollout",
+            "docker",
+            "hooks",
+            "notify",
+            "metrics",
+        ] {
+            let text = format!("[{section}]\nbogus = 1\n");
+            let err = toml::from_str::<RawConfig>(&text).unwrap_err();
+            assert!(
+                err.message().contains("unknown field `bogus`"),
+                "{section}: {}",
+                err.message()
+            );
+        }
+        let err = toml::from_str::<RawConfig>("bogus = 1\n").unwrap_err();
+        assert!(err.message().contains("unknown field `bogus`"));
+    }
+
+    #[test]
+    fn out_of_range_numbers_reach_validation() {
+        let raw: RawConfig = toml::from_str("[container]\nport = 70000\n").unwrap();
+        assert_eq!(raw.container.unwrap().port, Some(70000));
+    }
+}

@@ -1,0 +1,421 @@
+//! Single-value rules of the config, each a pure function returning the reason a value is
+//! refused. [`super::Config::parse`] adds the file and the key to make the error.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// Longest `app`: it becomes part of container names (`{app}-green`), and 63 keeps it a
+/// valid DNS label too.
+pub const MAX_APP_LEN: usize = 63;
+
+/// `[a-z0-9][a-z0-9_.-]{0,62}`: safe inside a container name and a label value.
+pub fn check_app(app: &str) -> Result<(), String> {
+    const RULE: &str =
+        "must be 1 to 63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit";
+    let mut chars = app.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok && app.len() <= MAX_APP_LEN {
+        Ok(())
+    } else {
+        Err(RULE.into())
+    }
+}
+
+/// `[A-Za-z0-9_]+`: an nginx upstream name fieldtrack writes unquoted.
+pub fn check_upstream_name(name: &str) -> Result<(), String> {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else {
+        Err("must be one or more of A-Z, a-z, 0-9, '_'".into())
+    }
+}
+
+/// The default upstream name for `app`: `fieldtrack_{app}` with every character nginx
+/// would not accept in a bare name ('.', '-') turned into '_'.
+pub fn default_upstream_name(app: &str) -> String {
+    let app: String = app
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("fieldtrack_{app}")
+}
+
+/// An HTTP path sent as-is in the probe's request line: '/' first, printable ASCII only.
+pub fn check_health_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if let Some(c) = path.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "must not contain whitespace or control characters (found {c:?})"
+        ));
+    }
+    if !path.is_ascii() {
+        return Err("must be ASCII (percent-encode other characters)".into());
+    }
+    Ok(())
+}
+
+/// Parses a humantime duration ("500ms", "3s", "2m").
+pub fn parse_duration(value: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(value)
+}
+
+/// A path from the config, made absolute against the config file's folder. `.` components
+/// are dropped; `..` is kept, since it may cross a symlink.
+pub fn resolve_path(value: &str, config_dir: &Path) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.contains('\0') {
+        return Err("must not contain a NUL character".into());
+    }
+    let joined = config_dir.join(value);
+    let mut clean = PathBuf::new();
+    for component in joined.components() {
+        if component != Component::CurDir {
+            clean.push(component);
+        }
+    }
+    Ok(clean)
+}
+
+/// A command as an argument array: a non-empty program and no NUL anywhere. A program
+/// given as a relative path with a '/' (`scripts/smoke.sh`) is resolved against the
+/// config's folder like every other path in the file; a bare name (`nginx`) is left for the
+/// `PATH` lookup.
+pub fn check_command(argv: &[String], config_dir: &Path) -> Result<Vec<String>, String> {
+    let Some(program) = argv.first() else {
+        return Err("must name a program: an empty array runs nothing".into());
+    };
+    if program.is_empty() {
+        return Err("the program (first element) must not be empty".into());
+    }
+    if argv.iter().any(|arg| arg.contains('\0')) {
+        return Err("must not contain a NUL character".into());
+    }
+    let mut out = argv.to_vec();
+    if program.contains('/') && !program.starts_with('/') {
+        out[0] = resolve_path(program, config_dir)?
+            .to_string_lossy()
+            .into_owned();
+    }
+    Ok(out)
+}
+
+/// A hook: like [`check_command`], but an empty array means "no hook".
+pub fn check_hook(argv: &[String], config_dir: &Path) -> Result<Vec<String>, String> {
+    if argv.is_empty() {
+        Ok(Vec::new())
+    } else {
+        check_command(argv, config_dir)
+    }
+}
+
+/// `scheme://rest`, printable ASCII without spaces. Which schemes work is up to the Docker
+/// client; this only catches values that cannot be an endpoint at all.
+pub fn check_docker_host(host: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = host.split_once("://") else {
+        return Err("must look like unix:///var/run/docker.sock or tcp://host:2376".into());
+    };
+    let scheme_ok = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '+');
+    if !scheme_ok || rest.is_empty() {
+        return Err("must look like unix:///var/run/docker.sock or tcp://host:2376".into());
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters".into());
+    }
+    Ok(())
+}
+
+/// An `http://` or `https://` URL with a host. The reason never repeats the URL: webhook
+/// URLs carry their token in the path.
+pub fn check_webhook(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let Some(rest) = rest else {
+        return Err("must start with http:// or https://".into());
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters".into());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err("must name a host after the scheme".into());
+    }
+    Ok(())
+}
+
+/// The part of a URL that is safe to print: scheme and host, without user info, path or
+/// query (where tokens live). `https://hooks.example.com/services/T0/B0/XYZ` gives
+/// `https://hooks.example.com/…`.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host = authority.rsplit('@').next().unwrap_or("");
+            format!("{scheme}://{host}/…")
+        }
+        None => "…".into(),
+    }
+}
+
+/// `ip:port`, or a bare port meaning loopback (`9187` is `127.0.0.1:9187`): the daemon
+/// opens no public port unless told to.
+pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    let addr = if !value.is_empty() && value.chars().all(|c| c.is_ascii_digit()) {
+        let port: u16 = value
+            .parse()
+            .map_err(|_| "port must be between 1 and 65535".to_string())?;
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    } else {
+        value.parse::<SocketAddr>().map_err(|_| {
+            "must be an address and port like \"127.0.0.1:9187\" or \"[::1]:9187\", or a bare port"
+                .to_string()
+        })?
+    };
+    if addr.port() == 0 {
+        return Err("port must be between 1 and 65535".into());
+    }
+    Ok(addr)
+}
+
+/// A TCP port, 1..=65535.
+pub fn check_port(value: i64) -> Result<u16, String> {
+    u16::try_from(value)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| "must be between 1 and 65535".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn app_names() {
+        for ok in ["api", "a", "0", "my-app", "my_app.v2", &"a".repeat(63)] {
+            check_app(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "",
+            "Api",
+            "-api",
+            "_api",
+            ".api",
+            "my app",
+            "api/x",
+            "api;x",
+            "é",
+            "a\n",
+            &"a".repeat(64),
+        ] {
+            assert!(check_app(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_names() {
+        for ok in ["fieldtrack_api", "A", "_", "x1_Y2"] {
+            check_upstream_name(ok).unwrap();
+        }
+        for bad in ["", "a-b", "a.b", "a b", "a;", "a{"] {
+            assert!(check_upstream_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(default_upstream_name("api"), "fieldtrack_api");
+        assert_eq!(default_upstream_name("my-app.v2"), "fieldtrack_my_app_v2");
+        check_upstream_name(&default_upstream_name("my-app.v2")).unwrap();
+    }
+
+    #[test]
+    fn health_paths() {
+        for ok in ["/", "/health", "/healthz?full=1", "/a%20b"] {
+            check_health_path(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "health",
+            "/a b",
+            "/a\tb",
+            "/a\r\nHost: x",
+            "/\0",
+            "/é",
+            "/a\u{a0}",
+        ] {
+            assert!(check_health_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        for bad in ["3", "3 parsecs", "", "-1s", "s", "1.5.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn paths_resolve_against_the_config_folder() {
+        let dir = Path::new("/etc/fieldtrack");
+        assert_eq!(
+            resolve_path("desired.toml", dir).unwrap(),
+            PathBuf::from("/etc/fieldtrack/desired.toml")
+        );
+        assert_eq!(
+            resolve_path("./state/./x", dir).unwrap(),
+            PathBuf::from("/etc/fieldtrack/state/x")
+        );
+        assert_eq!(
+            resolve_path("../shared/.env", dir).unwrap(),
+            PathBuf::from("/etc/fieldtrack/../shared/.env")
+        );
+        assert_eq!(
+            resolve_path("/srv/app/desired.toml", dir).unwrap(),
+            PathBuf::from("/srv/app/desired.toml")
+        );
+        assert!(resolve_path("", dir).is_err());
+        assert!(resolve_path("a\0b", dir).is_err());
+    }
+
+    #[test]
+    fn commands() {
+        let dir = Path::new("/etc/fieldtrack");
+        assert_eq!(
+            check_command(&argv(&["nginx", "-t"]), dir).unwrap(),
+            argv(&["nginx", "-t"])
+        );
+        assert_eq!(
+            check_command(&argv(&["/usr/sbin/nginx", "-s", "reload"]), dir).unwrap(),
+            argv(&["/usr/sbin/nginx", "-s", "reload"])
+        );
+        assert_eq!(
+            check_command(&argv(&["./scripts/smoke.sh", "a b"]), dir).unwrap(),
+            argv(&["/etc/fieldtrack/scripts/smoke.sh", "a b"])
+        );
+        // An empty argument after the program is legitimate.
+        check_command(&argv(&["echo", ""]), dir).unwrap();
+        assert!(check_command(&[], dir).is_err());
+        assert!(check_command(&argv(&[""]), dir).is_err());
+        assert!(check_command(&argv(&["", "-t"]), dir).is_err());
+        assert!(check_command(&argv(&["nginx", "-\0t"]), dir).is_err());
+        assert_eq!(check_hook(&[], dir).unwrap(), Vec::<String>::new());
+        assert!(check_hook(&argv(&[""]), dir).is_err());
+    }
+
+    #[test]
+    fn docker_hosts() {
+        for ok in [
+            "unix:///var/run/docker.sock",
+            "tcp://10.0.0.2:2376",
+            "ssh://deploy@host",
+            "http://localhost:2375",
+        ] {
+            check_docker_host(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "/var/run/docker.sock",
+            "unix://",
+            "://x",
+            "tcp://a b",
+            "TCP://x",
+        ] {
+            assert!(check_docker_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn webhooks() {
+        for ok in [
+            "https://hooks.example.com/services/T0/B0/XYZ",
+            "http://127.0.0.1:9000/hook",
+            "https://user:pass@example.com",
+        ] {
+            check_webhook(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "hooks.example.com/x",
+            "ftp://example.com",
+            "https://",
+            "https:///path",
+            "https://:443/x",
+            "https://a b/",
+            "https://x/\n",
+        ] {
+            let reason = check_webhook(bad).expect_err(bad);
+            assert!(bad.is_empty() || !reason.contains(bad), "{reason}");
+        }
+    }
+
+    #[test]
+    fn redaction_keeps_only_scheme_and_host() {
+        assert_eq!(
+            redact_url("https://hooks.example.com/services/T0/B0/SECRET"),
+            "https://hooks.example.com/…"
+        );
+        assert_eq!(
+            redact_url("https://user:SECRET@example.com:8443/x?token=SECRET"),
+            "https://example.com:8443/…"
+        );
+        assert_eq!(
+            redact_url("https://example.com?token=SECRET"),
+            "https://example.com/…"
+        );
+        assert_eq!(redact_url("SECRET"), "…");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen("127.0.0.1:9187").unwrap(),
+            "127.0.0.1:9187".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_listen("9187").unwrap(),
+            "127.0.0.1:9187".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::1]:9187").unwrap(),
+            "[::1]:9187".parse::<SocketAddr>().unwrap()
+        );
+        parse_listen("0.0.0.0:9187").unwrap();
+        for bad in [
+            "",
+            "0",
+            "70000",
+            "localhost:9187",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            ":9187",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(check_port(1), Ok(1));
+        assert_eq!(check_port(65535), Ok(65535));
+        for bad in [0, -1, 65536, i64::MAX, i64::MIN] {
+            assert!(check_port(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Observing the real world, afresh on every pass: the app's containers, the port the nginx
+//! upstream file points at, the history file and the last status. Nothing is remembered
+//! between passes, so a restarted process finds the same truth as the one that died.
+
+use crate::apply::proxy::{Proxy, ProxyError};
+use crate::apply::runtime::{Container, Runtime, RuntimeError};
+use crate::config::{Color, Config};
+use crate::state::history::{self, HistoryError};
+use crate::state::status::{Status, StatusError};
+
+/// What is, as opposed to what should be ([`crate::desired::Desired`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Every container labelled for the app, running or not.
+    pub containers: Vec<Container>,
+    /// The port the upstream file sends traffic to; None when the file is missing or holds
+    /// no server line.
+    pub upstream_port: Option<u16>,
+    /// The history file, newest first.
+    pub history: Vec<String>,
+    /// The generation whose attempt failed last (from status.json): not retried until the
+    /// desired file changes or a reconcile is asked for by hand.
+    pub failed_generation: Option<String>,
+}
+
+impl Observed {
+    /// The color the upstream file points at, if its port is one of the app's color ports.
+    pub fn upstream_color(&self, cfg: &Config) -> Option<Color> {
+        self.upstream_port.and_then(|port| cfg.color_of_port(port))
+    }
+
+    /// The container of a color, by its name and label.
+    pub fn container(&self, cfg: &Config, color: Color) -> Option<&Container> {
+        let name = cfg.container_name(color);
+        self.containers
+            .iter()
+            .find(|c| c.name == name && c.color == Some(color))
+    }
+
+    /// What is live: the running container of the color the upstream file points at. An
+    /// upstream file that points at no running container of the app means nothing is live.
+    pub fn live(&self, cfg: &Config) -> Option<&Container> {
+        let color = self.upstream_color(cfg)?;
+        self.container(cfg, color).filter(|c| c.state.is_running())
+    }
+}
+
+/// Errors while observing; all of them leave the world untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// The container runtime could not be asked.
+    #[error("cannot list the app's containers: {0}")]
+    Runtime(#[from] RuntimeError),
+    /// The upstream file could not be read.
+    #[error("cannot read the nginx upstream file: {0}")]
+    Proxy(#[from] ProxyError),
+    /// The history file could not be read.
+    #[error("cannot read the history: {0}")]
+    History(#[from] HistoryError),
+    /// status.json could not be read.
+    #[error("cannot read the status: {0}")]
+    Status(#[from] StatusError),
+}
+
+impl ObserveError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ObserveError::Runtime(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Observes everything the plan needs.
+pub async fn observe<R: Runtime, P: Proxy>(
+    cfg: &Config,
+    runtime: &R,
+    proxy: &P,
+) -> Result<Observed, ObserveError> {
+    let containers = runtime.containers(&cfg.app).await?;
+    let upstream_port = proxy.live_port()?;
+    let history = history::read(&cfg.history_file)?;
+    let status = Status::load(&cfg.state_dir.join(crate::state::STATUS_FILE))?;
+    Ok(Observed {
+        containers,
+        upstream_port,
+        history,
+        failed_generation: status.and_then(|s| s.failed_generation),
+    })
+}

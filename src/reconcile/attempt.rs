@@ -1,0 +1,398 @@
+//! One deployment attempt: candidate up, health gate, switch, drain, retire the old color,
+//! record. Each step writes status.json first. Until the switch, any failure removes the
+//! candidate and leaves production exactly as it was.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::{ReconcileError, Reconciler};
+use crate::apply::env_file;
+use crate::apply::health::{probe_delays, ProbeOutcome, Prober};
+use crate::apply::proxy::Proxy;
+use crate::apply::runtime::{
+    ContainerSpec, ContainerState, Runtime, LABEL_APP, LABEL_COLOR, LABEL_IMAGE,
+};
+use crate::config::Color;
+use crate::desired::Desired;
+use crate::observe::Observed;
+use crate::plan::Action;
+use crate::state::audit::{self, AuditRecord};
+use crate::state::history;
+use crate::state::status::{HealthProgress, Live, Step};
+
+/// Label holding the image exactly as the desired file wrote it (what the history records).
+pub const LABEL_DESIRED: &str = "fieldtrack.desired";
+/// Label holding the desired generation that started the container.
+pub const LABEL_GENERATION: &str = "fieldtrack.generation";
+
+/// Consecutive failed probes during the drain that send traffic back to the old color.
+const DRAIN_FAILURES: u32 = 3;
+/// Log lines of a failed candidate quoted in the error.
+const LOG_LINES: usize = 20;
+
+/// Runs a Deploy or Switch action; audits the outcome either way.
+pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    desired: &Desired,
+    observed: &Observed,
+    action: &Action,
+) -> Result<(), ReconcileError> {
+    let (color, image, reference, old, start) = match action {
+        Action::Deploy {
+            color,
+            image,
+            reference,
+            old,
+        } => (*color, image, reference, old, true),
+        Action::Switch {
+            color,
+            image,
+            reference,
+            old,
+        } => (*color, image, reference, old, false),
+        _ => unreachable!("only deploy and switch actions are attempts"),
+    };
+    let started = Instant::now();
+    let previous = observed.history.first().cloned();
+    let mut digest = None;
+    let result = attempt(
+        rc,
+        desired,
+        color,
+        image,
+        reference,
+        old.as_deref(),
+        start,
+        &mut digest,
+    )
+    .await;
+    let record = AuditRecord {
+        time: crate::state::now_rfc3339(),
+        event: "deploy".into(),
+        outcome: match &result {
+            Ok(()) => "succeeded",
+            Err(ReconcileError::Cancelled) => "cancelled",
+            Err(ReconcileError::FailedAfterSwitch { .. }) => "rolled_back",
+            Err(_) => "failed",
+        }
+        .into(),
+        image: image.clone(),
+        reference: reference.clone(),
+        digest: digest.clone(),
+        previous,
+        trigger: rc.trigger.clone(),
+        by: desired.by.clone(),
+        note: desired.note.clone(),
+        generation: desired.generation.clone(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        message: result.as_ref().err().map(|e| e.to_string()),
+        color: Some(color.to_string()),
+    };
+    // A transient failure is retried; only its final outcome is worth a line.
+    if !matches!(&result, Err(e) if e.is_transient()) {
+        if let Err(e) = audit::append(&rc.audit_file(), &record) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
+    }
+    if result.is_ok() {
+        rc.set_status(|s| s.digest = digest)?;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    desired: &Desired,
+    color: Color,
+    image: &str,
+    reference: &str,
+    old: Option<&str>,
+    start: bool,
+    digest: &mut Option<String>,
+) -> Result<(), ReconcileError> {
+    let cfg = &rc.cfg;
+    let name = cfg.container_name(color);
+    let port = cfg.port(color);
+
+    if start {
+        rc.step(Step::Pulling).await?;
+        let local = rc.runtime.image(reference).await?;
+        if local.is_none() {
+            tracing::info!(%reference, "pulling");
+            rc.runtime
+                .pull(reference)
+                .await
+                .map_err(|source| ReconcileError::Pull {
+                    reference: reference.to_string(),
+                    source,
+                })?;
+        }
+        *digest = image_digest(rc, reference).await;
+        check_cancel(rc, &name).await?;
+
+        rc.step(Step::Starting).await?;
+        let env = env_file::read(&cfg.container.env_file)?;
+        let labels = HashMap::from([
+            (LABEL_APP.to_string(), cfg.app.clone()),
+            (LABEL_COLOR.to_string(), color.to_string()),
+            (LABEL_IMAGE.to_string(), reference.to_string()),
+            (LABEL_DESIRED.to_string(), image.to_string()),
+            (LABEL_GENERATION.to_string(), desired.generation.clone()),
+        ]);
+        let spec = ContainerSpec {
+            name: name.clone(),
+            image: reference.to_string(),
+            labels,
+            host_port: port,
+            container_port: cfg.container.port,
+            env,
+        };
+        if let Err(e) = rc.runtime.run(&spec).await {
+            remove_candidate(rc, &name).await;
+            return Err(e.into());
+        }
+    } else {
+        *digest = image_digest(rc, reference).await;
+    }
+
+    rc.step(Step::Health).await?;
+    if let Err(e) = health_gate(rc, &name, image, port).await {
+        remove_candidate(rc, &name).await;
+        return Err(e);
+    }
+    check_cancel(rc, &name).await?;
+
+    rc.step(Step::Switching).await?;
+    // From here on the switch runs to its end: a cancellation is only honoured before it.
+    if let Err(e) = rc.proxy.switch(port, &rc.live_comment(color, image)).await {
+        remove_candidate(rc, &name).await;
+        return Err(e.into());
+    }
+    tracing::info!(%color, port, "nginx switched");
+    rc.set_status(|s| {
+        s.health = None;
+        s.live = Some(Live {
+            color: color.to_string(),
+            image: reference.to_string(),
+            container: name.clone(),
+            port,
+        });
+    })?;
+
+    rc.step(Step::Draining).await?;
+    drain(rc, &name, image, port, old).await?;
+
+    rc.step(Step::Cleanup).await?;
+    if let Some(old) = old {
+        rc.runtime.remove(old, cfg.container.stop_timeout).await?;
+    }
+    rc.pause_point("recording").await;
+    history::record(&cfg.history_file, image, cfg.history_limit)?;
+    Ok(())
+}
+
+/// Probes the candidate until it answers 2xx: the first probe right away, gaps growing to
+/// `health.interval`, deadline `attempts x interval`. The container's state is checked every
+/// 250 ms, so one that exits fails the attempt at once, with its last log lines.
+async fn health_gate<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    name: &str,
+    image: &str,
+    port: u16,
+) -> Result<(), ReconcileError> {
+    let cfg = &rc.cfg;
+    let deadline_len = cfg.health.deadline();
+    let deadline = Instant::now() + deadline_len;
+    let mut probes = 0u32;
+    let mut last = String::from("none yet");
+    for gap in probe_delays(cfg.health.interval) {
+        let wake = Instant::now() + gap;
+        loop {
+            exited_check(rc, name, image).await?;
+            if rc.cancel.is_cancelled() {
+                return Err(ReconcileError::Cancelled);
+            }
+            let now = Instant::now();
+            if now >= wake {
+                break;
+            }
+            tokio::time::sleep((wake - now).min(Duration::from_millis(250))).await;
+        }
+        probes += 1;
+        let outcome = rc.prober.probe(port).await;
+        let passed = matches!(outcome, ProbeOutcome::Healthy(_));
+        rc.set_status(|s| {
+            s.health = Some(HealthProgress {
+                passed,
+                probes,
+                deadline_secs: deadline_len.as_secs(),
+            })
+        })?;
+        if passed {
+            tracing::info!(probes, "candidate healthy");
+            return Ok(());
+        }
+        last = describe(&outcome);
+        tracing::info!(probes, outcome = %last, "candidate not healthy yet");
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    // A last look: an exit explains more than a timeout.
+    exited_check(rc, name, image).await?;
+    Err(ReconcileError::Unhealthy {
+        container: name.to_string(),
+        image: image.to_string(),
+        deadline: deadline_len,
+        last,
+        logs: rc.runtime.logs(name, LOG_LINES).await.unwrap_or_default(),
+    })
+}
+
+async fn exited_check<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    name: &str,
+    image: &str,
+) -> Result<(), ReconcileError> {
+    let state = rc.runtime.state(name).await?;
+    match state {
+        Some(ContainerState::Running) | Some(ContainerState::Created) => Ok(()),
+        other => Err(ReconcileError::CandidateExited {
+            container: name.to_string(),
+            image: image.to_string(),
+            state: other.map_or("disappeared".to_string(), |s| s.to_string()),
+            logs: rc.runtime.logs(name, LOG_LINES).await.unwrap_or_default(),
+        }),
+    }
+}
+
+/// The drain window: the old color keeps running, the new one keeps being probed. Three
+/// failed probes in a row, or the new container exiting, send traffic back to the old color.
+async fn drain<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    name: &str,
+    image: &str,
+    port: u16,
+    old: Option<&str>,
+) -> Result<(), ReconcileError> {
+    let cfg = &rc.cfg;
+    let end = Instant::now() + cfg.rollout.drain;
+    let gap = cfg.health.interval.min(Duration::from_secs(1));
+    let mut failures = 0u32;
+    while Instant::now() < end {
+        tokio::time::sleep(gap.min(end.saturating_duration_since(Instant::now()))).await;
+        let reason = match rc.runtime.state(name).await? {
+            Some(ContainerState::Running) => match rc.prober.probe(port).await {
+                ProbeOutcome::Healthy(_) => {
+                    failures = 0;
+                    continue;
+                }
+                outcome => {
+                    failures += 1;
+                    if failures < DRAIN_FAILURES {
+                        continue;
+                    }
+                    format!(
+                        "{DRAIN_FAILURES} failed probes in a row, last: {}",
+                        describe(&outcome)
+                    )
+                }
+            },
+            other => format!(
+                "the container {}",
+                other.map_or("disappeared".to_string(), |s| s.to_string())
+            ),
+        };
+        return switch_back(rc, name, image, old, reason).await;
+    }
+    Ok(())
+}
+
+/// Sends traffic back to the old color after a failure during the drain.
+async fn switch_back<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    name: &str,
+    image: &str,
+    old: Option<&str>,
+    reason: String,
+) -> Result<(), ReconcileError> {
+    let cfg = &rc.cfg;
+    let old_color = [Color::Blue, Color::Green]
+        .into_iter()
+        .find(|c| Some(cfg.container_name(*c).as_str()) == old);
+    let old_running = match old {
+        Some(old) => matches!(rc.runtime.state(old).await?, Some(ContainerState::Running)),
+        None => false,
+    };
+    match old_color.filter(|_| old_running) {
+        Some(back) => {
+            tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
+            let back_image = String::from("previous");
+            rc.proxy
+                .switch(cfg.port(back), &rc.live_comment(back, &back_image))
+                .await?;
+            remove_candidate(rc, name).await;
+            Err(ReconcileError::FailedAfterSwitch {
+                image: image.to_string(),
+                reason,
+                back_to: back.to_string(),
+            })
+        }
+        None => {
+            // Nothing to go back to: the new color is all there is, so it keeps the traffic.
+            tracing::error!(%reason, "new color failed during the drain and no old color runs");
+            Err(ReconcileError::FailedAfterSwitch {
+                image: image.to_string(),
+                reason,
+                back_to: "nothing (no previous color was running)".to_string(),
+            })
+        }
+    }
+}
+
+async fn check_cancel<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    name: &str,
+) -> Result<(), ReconcileError> {
+    if rc.cancel.is_cancelled() {
+        remove_candidate(rc, name).await;
+        return Err(ReconcileError::Cancelled);
+    }
+    Ok(())
+}
+
+/// Removes a failed candidate; a failure here is logged (the next pass removes it).
+async fn remove_candidate<R: Runtime, P: Proxy, H: Prober>(rc: &Reconciler<R, P, H>, name: &str) {
+    if let Err(e) = rc.runtime.remove(name, Duration::from_secs(1)).await {
+        tracing::error!(container = %name, error = %e, "cannot remove the candidate; the next pass will");
+    }
+}
+
+/// The registry digest of a local image (`sha256:…`), when the engine knows one.
+async fn image_digest<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    reference: &str,
+) -> Option<String> {
+    let info = rc.runtime.image(reference).await.ok().flatten()?;
+    let repository = reference
+        .split_once('@')
+        .map(|(r, _)| r)
+        .unwrap_or(reference);
+    let repository = match repository.rfind(':') {
+        Some(i) if !repository[i..].contains('/') => &repository[..i],
+        _ => repository,
+    };
+    info.repo_digests
+        .iter()
+        .find_map(|d| d.strip_prefix(repository)?.strip_prefix('@'))
+        .map(str::to_string)
+}
+
+fn describe(outcome: &ProbeOutcome) -> String {
+    match outcome {
+        ProbeOutcome::Healthy(code) => format!("HTTP {code}"),
+        ProbeOutcome::Unhealthy(code) => format!("HTTP {code}"),
+        ProbeOutcome::Unreachable(reason) => reason.clone(),
+    }
+}

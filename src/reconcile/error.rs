@@ -1,0 +1,144 @@
+//! What can go wrong in a pass, and what kind of retry each deserves.
+
+use std::time::Duration;
+
+use crate::apply::env_file::EnvFileError;
+use crate::apply::proxy::ProxyError;
+use crate::apply::runtime::RuntimeError;
+use crate::observe::ObserveError;
+use crate::state::audit::AuditError;
+use crate::state::history::HistoryError;
+use crate::state::status::StatusError;
+
+/// Errors of a reconcile pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The world could not be observed.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// The image could not be pulled.
+    #[error("failed to pull {reference}: {source}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: RuntimeError,
+    },
+    /// The container runtime failed otherwise.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The candidate exited during the health gate.
+    #[error("candidate {container} ({image}) {state} before becoming healthy; production untouched. Last log lines:\n{logs}")]
+    CandidateExited {
+        container: String,
+        image: String,
+        state: String,
+        logs: String,
+    },
+    /// The candidate never answered its health check with 2xx in time.
+    #[error("candidate {container} ({image}) did not become healthy within {deadline:?} (last probe: {last}); production untouched. Last log lines:\n{logs}")]
+    Unhealthy {
+        container: String,
+        image: String,
+        deadline: Duration,
+        last: String,
+        logs: String,
+    },
+    /// The new color failed during the drain window; traffic went back to the old color.
+    #[error("{image} failed after the switch ({reason}); traffic is back on {back_to}")]
+    FailedAfterSwitch {
+        image: String,
+        reason: String,
+        back_to: String,
+    },
+    /// nginx could not be switched (test or reload failed); the upstream file was restored.
+    #[error(transparent)]
+    Switch(#[from] ProxyError),
+    /// The env file could not be read.
+    #[error(transparent)]
+    EnvFile(#[from] EnvFileError),
+    /// The history file could not be read or written.
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// status.json could not be written.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// audit.jsonl could not be appended to.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A newer desired generation (or a stop signal) cancelled the attempt before the switch.
+    #[error("attempt cancelled before the switch; its candidate was removed")]
+    Cancelled,
+}
+
+impl ReconcileError {
+    /// Worth retrying with backoff, as opposed to waiting for the desired file to change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReconcileError::Observe(e) => e.is_transient(),
+            ReconcileError::Pull { source, .. } | ReconcileError::Runtime(source) => {
+                source.is_transient()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What to do after a pass failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Try again after this long.
+    After(Duration),
+    /// Wait until the desired file changes (or an operator asks).
+    AwaitChange,
+}
+
+/// The error policy: transient errors come back with backoff, permanent ones wait.
+pub fn error_policy(error: &ReconcileError, backoff: Duration) -> Requeue {
+    if error.is_transient() {
+        Requeue::After(backoff)
+    } else {
+        Requeue::AwaitChange
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_engine_requeues_and_an_unhealthy_image_waits() {
+        let unhealthy = ReconcileError::Unhealthy {
+            container: "api-green".into(),
+            image: "v2".into(),
+            deadline: Duration::from_secs(60),
+            last: "500".into(),
+            logs: String::new(),
+        };
+        assert_eq!(
+            error_policy(&unhealthy, Duration::from_secs(1)),
+            Requeue::AwaitChange
+        );
+        let missing = ReconcileError::Pull {
+            reference: "r:v".into(),
+            source: RuntimeError::ImageNotFound {
+                reference: "r:v".into(),
+                message: "manifest unknown".into(),
+            },
+        };
+        assert_eq!(
+            error_policy(&missing, Duration::from_secs(1)),
+            Requeue::AwaitChange
+        );
+        let down = ReconcileError::Pull {
+            reference: "r:v".into(),
+            source: RuntimeError::RegistryUnreachable {
+                reference: "r:v".into(),
+                message: "connection refused".into(),
+            },
+        };
+        assert_eq!(
+            error_policy(&down, Duration::from_secs(2)),
+            Requeue::After(Duration::from_secs(2))
+        );
+    }
+}

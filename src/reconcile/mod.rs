@@ -1,0 +1,286 @@
+//! One reconcile pass: observe, plan, apply.
+//!
+//! A pass does not care why it runs (file event, timer, restart, command): it observes
+//! everything afresh, plans with the pure [`crate::plan::plan`], then carries the plan out
+//! step by step, writing `status.json` after every step. The trigger only shows in logs and
+//! in the audit log.
+//!
+//! Production is never left pointing at an unhealthy or missing container: traffic moves only
+//! after the candidate answered its health check through its published port, a failed
+//! attempt removes its candidate and leaves the upstream file and the history as they were,
+//! and the history is written only after a full success.
+
+mod attempt;
+mod error;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+pub use error::{error_policy, ReconcileError, Requeue};
+
+use crate::apply::health::Prober;
+use crate::apply::proxy::Proxy;
+use crate::apply::runtime::Runtime;
+use crate::config::Config;
+use crate::desired::Desired;
+use crate::observe::{observe, Observed};
+use crate::plan::{plan, Action, Plan, Verdict};
+use crate::state::status::{Live, Phase, Status, Step};
+use crate::state::{self, history};
+
+/// How a pass ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The desired image is live and nothing else of the app runs.
+    Converged,
+    /// The desired file is paused: nothing was changed.
+    Paused,
+    /// This generation failed before and is not retried until the desired file changes.
+    AlreadyFailed { message: Option<String> },
+}
+
+/// The reconciler: the config, one implementation of each external system, and the context
+/// of the passes it runs (trigger, cancellation).
+pub struct Reconciler<R, P, H> {
+    pub cfg: Config,
+    pub runtime: R,
+    pub proxy: P,
+    pub prober: H,
+    /// Why passes run (`cli`, `deploy`, `file`, `resync`...): informational only.
+    pub trigger: String,
+    /// Cancels the running attempt at its next safe point (never between the upstream write
+    /// and the nginx reload).
+    pub cancel: CancellationToken,
+    /// Test hook: `FIELDTRACK_TEST_PAUSE_AT=<step>` stops the attempt at that step, so a test
+    /// can kill the process there.
+    pause_at: Option<String>,
+    status: Mutex<Status>,
+}
+
+impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
+    pub fn new(cfg: Config, runtime: R, proxy: P, prober: H, trigger: &str) -> Self {
+        Reconciler {
+            cfg,
+            runtime,
+            proxy,
+            prober,
+            trigger: trigger.to_string(),
+            cancel: CancellationToken::new(),
+            pause_at: std::env::var("FIELDTRACK_TEST_PAUSE_AT").ok(),
+            status: Mutex::new(Status::new(Phase::Progressing)),
+        }
+    }
+
+    /// One full pass. `by_hand` retries a generation that failed before (an operator asked).
+    #[tracing::instrument(name = "reconcile", skip_all, fields(trigger = %self.trigger, generation = %desired.generation, image = %desired.image))]
+    pub async fn reconcile(
+        &self,
+        desired: &Desired,
+        by_hand: bool,
+    ) -> Result<Outcome, ReconcileError> {
+        let observed = observe(&self.cfg, &self.runtime, &self.proxy).await?;
+        let plan = plan(&self.cfg, desired, &observed, by_hand);
+        self.begin(desired, &observed)?;
+        match plan.verdict {
+            Verdict::Paused => {
+                self.set_status(|s| {
+                    s.phase = Phase::Paused;
+                    s.message = Some("paused by the desired file: nothing is changed".into());
+                })?;
+                Ok(Outcome::Paused)
+            }
+            Verdict::AlreadyFailed => {
+                let previous = Status::load(&self.status_file()).ok().flatten();
+                let message = previous.and_then(|s| s.message);
+                self.set_status(|s| {
+                    s.phase = Phase::Failed;
+                    s.failed_generation = Some(desired.generation.clone());
+                    s.message = message.clone();
+                })?;
+                Ok(Outcome::AlreadyFailed { message })
+            }
+            Verdict::InSync => {
+                self.set_status(|s| {
+                    s.phase = Phase::Converged;
+                    s.message = None;
+                })?;
+                Ok(Outcome::Converged)
+            }
+            Verdict::Converge => self.apply(desired, &observed, &plan).await,
+        }
+    }
+
+    /// Runs the plan's actions in order.
+    async fn apply(
+        &self,
+        desired: &Desired,
+        observed: &Observed,
+        plan: &Plan,
+    ) -> Result<Outcome, ReconcileError> {
+        for action in &plan.actions {
+            tracing::info!(%action, "applying");
+            match action {
+                Action::Remove { name, reason } => {
+                    tracing::info!(container = %name, %reason, "removing container");
+                    self.runtime
+                        .remove(name, self.cfg.container.stop_timeout)
+                        .await?;
+                }
+                Action::Reassert { color } => {
+                    // A pass may have died between writing the upstream file and reloading
+                    // nginx: make nginx load the file before anything it might still send
+                    // traffic to is removed.
+                    let port = self.cfg.port(*color);
+                    let comment = self.live_comment(*color, desired.image.as_written());
+                    self.proxy.switch(port, &comment).await?;
+                }
+                Action::RecordHistory { image } => {
+                    history::record(&self.cfg.history_file, image, self.cfg.history_limit)?;
+                }
+                Action::Deploy { .. } | Action::Switch { .. } => {
+                    attempt::run(self, desired, observed, action).await?;
+                }
+            }
+        }
+        let live = self.observed_live().await?;
+        self.set_status(|s| {
+            s.phase = Phase::Converged;
+            s.step = None;
+            s.health = None;
+            s.message = None;
+            s.failed_generation = None;
+            s.live = live.clone();
+        })?;
+        Ok(Outcome::Converged)
+    }
+
+    /// Starts the status of a pass from what was observed.
+    fn begin(&self, desired: &Desired, observed: &Observed) -> Result<(), ReconcileError> {
+        let live = observed.live(&self.cfg).map(|c| self.live_of(c));
+        let previous = Status::load(&self.status_file()).ok().flatten();
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        *status = Status::new(Phase::Progressing);
+        status.desired = Some(desired.image.as_written().to_string());
+        status.generation = Some(desired.generation.clone());
+        status.live = live;
+        status.failed_generation = observed.failed_generation.clone();
+        status.digest = previous.and_then(|p| p.digest);
+        Ok(())
+    }
+
+    /// Updates the in-memory status and writes status.json.
+    pub(crate) fn set_status(&self, f: impl FnOnce(&mut Status)) -> Result<(), ReconcileError> {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut status);
+        if status.phase != Phase::Progressing {
+            status.step = None;
+        }
+        status.save(&self.status_file())?;
+        Ok(())
+    }
+
+    /// Marks a step of an attempt, then honours cancellation and the test pause hook.
+    pub(crate) async fn step(&self, step: Step) -> Result<(), ReconcileError> {
+        self.set_status(|s| {
+            s.phase = Phase::Progressing;
+            s.step = Some(step);
+        })?;
+        tracing::info!(step = step.as_str(), "step");
+        self.pause_point(step.as_str()).await;
+        Ok(())
+    }
+
+    /// The test hook: blocks forever at the named point so a test can SIGKILL us there.
+    pub(crate) async fn pause_point(&self, point: &str) {
+        if self.pause_at.as_deref() == Some(point) {
+            eprintln!("fieldtrack: test pause at {point}");
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+    }
+
+    /// Records a failed attempt in status.json; transient errors do not mark the generation.
+    pub fn record_failure(
+        &self,
+        desired: &Desired,
+        error: &ReconcileError,
+    ) -> Result<(), ReconcileError> {
+        let permanent = !error.is_transient();
+        self.set_status(|s| {
+            s.phase = Phase::Failed;
+            s.health = None;
+            s.message = Some(format!("{error}"));
+            if permanent {
+                s.failed_generation = Some(desired.generation.clone());
+            }
+        })
+    }
+
+    pub(crate) fn status_file(&self) -> std::path::PathBuf {
+        self.cfg.state_dir.join(state::STATUS_FILE)
+    }
+
+    pub(crate) fn audit_file(&self) -> std::path::PathBuf {
+        self.cfg.state_dir.join(state::AUDIT_FILE)
+    }
+
+    /// `green api:a4f91c2`, the upstream file's comment.
+    pub(crate) fn live_comment(&self, color: crate::config::Color, image: &str) -> String {
+        format!("{color} {}:{image}", self.cfg.app)
+    }
+
+    fn live_of(&self, c: &crate::apply::runtime::Container) -> Live {
+        let color = c.color.unwrap_or(crate::config::Color::Blue);
+        Live {
+            color: color.to_string(),
+            image: c.image.clone(),
+            container: c.name.clone(),
+            port: self.cfg.port(color),
+        }
+    }
+
+    /// What is live now, observed afresh.
+    async fn observed_live(&self) -> Result<Option<Live>, ReconcileError> {
+        let observed = observe(&self.cfg, &self.runtime, &self.proxy).await?;
+        Ok(observed.live(&self.cfg).map(|c| self.live_of(c)))
+    }
+
+    /// Passes with retries: transient errors (Docker or the registry unreachable) are retried
+    /// with exponential backoff up to `attempts` times; anything else returns at once.
+    pub async fn reconcile_with_retries(
+        &self,
+        desired: &Desired,
+        by_hand: bool,
+        attempts: u32,
+    ) -> Result<Outcome, ReconcileError> {
+        let mut delay = Duration::from_secs(1);
+        let started = Instant::now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.reconcile(desired, by_hand).await {
+                Err(e) if e.is_transient() && tries < attempts && !self.cancel.is_cancelled() => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "transient error, retrying");
+                    let _ = self.set_status(|s| {
+                        s.phase = Phase::Progressing;
+                        s.message = Some(format!("retrying in {}s: {e}", delay.as_secs()));
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.cancel.cancelled() => return Err(ReconcileError::Cancelled),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, elapsed = ?started.elapsed(), "reconcile failed");
+                    let _ = self.record_failure(desired, &e);
+                    return Err(e);
+                }
+                Ok(outcome) => return Ok(outcome),
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `audit.jsonl` in `state_dir`: every deployment attempt and its outcome, one JSON object a
+//! line, for `history` and for operators asking who deployed what and when.
+//!
+//! The log is only ever appended to, never rewritten, so it survives anything the reconciler
+//! does. Each record goes out in one `write` on an `O_APPEND` descriptor and is fsynced; a
+//! crash can at worst tear the last line, which [`read`] skips and [`append`] terminates
+//! before adding the next record.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::atomic::fsync_dir;
+
+/// Mode of a newly created audit log.
+const NEW_FILE_MODE: u32 = 0o644;
+
+/// What can go wrong with the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The audit log could not be opened, appended to or flushed.
+    #[error("failed to append to audit log {}: {source}", path.display())]
+    Append {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A record could not be turned into JSON.
+    #[error("failed to serialize a record for audit log {}: {source}", path.display())]
+    Serialize {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The audit log exists but could not be read.
+    #[error("failed to read audit log {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One deployment attempt and its outcome: one line of the audit log.
+///
+/// Fields missing from a line (written by an older or newer fieldtrack) read as their
+/// defaults, and unknown ones are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditRecord {
+    /// RFC 3339 UTC, when the attempt ended.
+    pub time: String,
+    /// What happened: `deploy`.
+    pub event: String,
+    /// `succeeded`, `failed`, `cancelled` or `rolled_back`.
+    pub outcome: String,
+    /// The image as written in the desired file.
+    pub image: String,
+    /// The full pullable reference.
+    pub reference: String,
+    /// Registry digest of the image when known.
+    pub digest: Option<String>,
+    /// The image that was live before the attempt.
+    pub previous: Option<String>,
+    /// Why the reconcile ran (file change, resync, CLI, ...); informational only.
+    pub trigger: String,
+    /// Who asked, from the desired file.
+    pub by: Option<String>,
+    /// Free text from the desired file.
+    pub note: Option<String>,
+    /// The desired generation the attempt was for.
+    pub generation: String,
+    /// How long the attempt took.
+    pub duration_ms: u64,
+    /// The error, in plain words, when the attempt did not succeed.
+    pub message: Option<String>,
+    /// The color the attempt deployed to.
+    pub color: Option<String>,
+}
+
+/// The audit log as read, with the number of lines that were not records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditLog {
+    /// The records, oldest first.
+    pub records: Vec<AuditRecord>,
+    /// Non-blank lines that did not parse, such as a line torn by a crash.
+    pub skipped: usize,
+}
+
+/// Appends `record` as one line and fsyncs it, creating the log (and its folder) when missing.
+pub fn append(path: &Path, record: &AuditRecord) -> Result<(), AuditError> {
+    let append_error = |source| AuditError::Append {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut line = serde_json::to_string(record).map_err(|source| AuditError::Serialize {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    line.push('\n');
+
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(append_error)?;
+    let created = !path.exists();
+    // Readable too, to look at the last byte.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(NEW_FILE_MODE)
+        .open(path)
+        .map_err(append_error)?;
+
+    // A crash mid-append can leave a last line without its newline; glued to it, this record
+    // would be unreadable too.
+    if !ends_with_newline(&file).map_err(append_error)? {
+        line.insert(0, '\n');
+    }
+    file.write_all(line.as_bytes()).map_err(append_error)?;
+    file.sync_data().map_err(append_error)?;
+    if created {
+        fsync_dir(dir).map_err(append_error)?;
+    }
+    Ok(())
+}
+
+/// The records of the log, oldest first; a missing log has none. Lines that do not parse are
+/// skipped with a warning.
+pub fn read(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
+    let log = read_log(path)?;
+    if log.skipped > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            skipped = log.skipped,
+            "skipped unreadable lines in audit log"
+        );
+    }
+    Ok(log.records)
+}
+
+/// Like [`read`], but reports how many lines were skipped instead of logging it.
+pub fn read_log(path: &Path) -> Result<AuditLog, AuditError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AuditLog::default()),
+        Err(source) => {
+            return Err(AuditError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    // Parsed line by line from bytes: a line torn inside a UTF-8 sequence spoils only itself.
+    let mut log = AuditLog::default();
+    for line in bytes.split(|&b| b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(record) => log.records.push(record),
+            Err(_) => log.skipped += 1,
+        }
+    }
+    Ok(log)
+}
+
+/// Whether the file is empty or its last byte is a newline.
+fn ends_with_newline(file: &File) -> io::Result<bool> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(image: &str, outcome: &str) -> AuditRecord {
+        AuditRecord {
+            time: "2026-11-26T12:00:00Z".to_string(),
+            event: "deploy".to_string(),
+            outcome: outcome.to_string(),
+            image: image.to_string(),
+            reference: format!("ghcr.io/fieldtrack-tech/api:{image}"),
+            digest: Some("sha256:0123".to_string()),
+            previous: Some("a4f91c2".to_string()),
+            trigger: "desired_file".to_string(),
+            by: Some("ci".to_string()),
+            note: Some("hotfix login\nsecond line".to_string()),
+            generation: "g1".to_string(),
+            duration_ms: 12_345,
+            message: None,
+            color: Some("green".to_string()),
+        }
+    }
+
+    #[test]
+    fn read_missing_log_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read(&dir.path().join("audit.jsonl")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn append_writes_one_line_per_record_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".fieldtrack/audit.jsonl");
+        let first = record("b8c4d2e", "succeeded");
+        let second = record("c5f7a1b", "failed");
+
+        append(&path, &first).unwrap();
+        append(&path, &second).unwrap();
+
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.ends_with('\n'));
+        assert_eq!(read(&path).unwrap(), vec![first, second]);
+    }
+
+    #[test]
+    fn append_never_rewrites_earlier_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        append(&path, &record("a", "succeeded")).unwrap();
+        let before = fs::read(&path).unwrap();
+
+        append(&path, &record("b", "succeeded")).unwrap();
+
+        assert!(fs::read(&path).unwrap().starts_with(&before));
+    }
+
+    #[test]
+    fn json_fields_are_snake_case_with_nulls() {
+        let value = serde_json::to_value(AuditRecord::default()).unwrap();
+        let keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+        for key in [
+            "time",
+            "event",
+            "outcome",
+            "image",
+            "reference",
+            "digest",
+            "previous",
+            "trigger",
+            "by",
+            "note",
+            "generation",
+            "duration_ms",
+            "message",
+            "color",
+        ] {
+            assert!(keys.contains(&key.to_string()), "{key} missing: {keys:?}");
+        }
+        assert!(value["digest"].is_null());
+    }
+
+    #[test]
+    fn read_skips_and_counts_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        append(&path, &record("a", "succeeded")).unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"time\":\"2026-11-26T12:0").unwrap();
+
+        let log = read_log(&path).unwrap();
+
+        assert_eq!(log.records, vec![record("a", "succeeded")]);
+        assert_eq!(log.skipped, 1);
+        assert_eq!(read(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn append_after_a_torn_line_starts_a_new_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        append(&path, &record("a", "succeeded")).unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"time\":\"2026-").unwrap();
+
+        append(&path, &record("b", "failed")).unwrap();
+
+        let log = read_log(&path).unwrap();
+        assert_eq!(
+            log.records,
+            vec![record("a", "succeeded"), record("b", "failed")]
+        );
+        assert_eq!(log.skipped, 1);
+    }
+
+    #[test]
+    fn read_ignores_blank_lines_and_tolerates_invalid_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let line = serde_json::to_string(&record("a", "succeeded")).unwrap();
+        let mut bytes = b"\n  \n".to_vec();
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\n{\"image\":\"\xff\xfe\n");
+        fs::write(&path, bytes).unwrap();
+
+        let log = read_log(&path).unwrap();
+
+        assert_eq!(log.records, vec![record("a", "succeeded")]);
+        assert_eq!(log.skipped, 1);
+    }
+
+    #[test]
+    fn read_accepts_records_with_missing_and_unknown_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        fs::write(&path, "{\"image\":\"a4f91c2\",\"extra\":1}\n").unwrap();
+
+        let records = read(&path).unwrap();
+
+        assert_eq!(
+            records,
+            vec![AuditRecord {
+                image: "a4f91c2".to_string(),
+                ..AuditRecord::default()
+            }]
+        );
+    }
+
+    #[test]
+    fn read_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        fs::create_dir(&path).unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(err.to_string().contains("audit.jsonl"), "{err}");
+    }
+}

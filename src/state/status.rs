@@ -1,0 +1,424 @@
+//! `status.json` in `state_dir`: what the last reconcile saw and did, for `status`, `deploy`
+//! (which waits on it) and operators.
+//!
+//! It is a report, not a source of truth: a restarted daemon observes the real world afresh.
+//! The one thing it carries across restarts is `failed_generation`, so that a generation that
+//! failed is not retried until the desired file changes.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::atomic::write_atomic;
+use super::now_rfc3339;
+
+/// What can go wrong with the status file.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The status file exists but could not be read.
+    #[error("failed to read status file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The status file is not valid status JSON.
+    #[error("status file {} is corrupt: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The status could not be turned into JSON.
+    #[error("failed to serialize status for {}: {source}", path.display())]
+    Serialize {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The status file could not be written; the previous one is still in place.
+    #[error("failed to write status file {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where the reconciler stands with the desired generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The real world matches the desired file.
+    Converged,
+    /// An attempt is under way; `step` says where.
+    Progressing,
+    /// The last attempt at this generation failed; it waits for the desired file to change.
+    Failed,
+    /// The desired file says `paused = true`: observe and report, change nothing.
+    Paused,
+    /// The desired file cannot be acted on; `message` says why.
+    Invalid,
+}
+
+impl Phase {
+    /// The name used in `status.json` and on screen.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Converged => "converged",
+            Phase::Progressing => "progressing",
+            Phase::Failed => "failed",
+            Phase::Paused => "paused",
+            Phase::Invalid => "invalid",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The step of an attempt in progress, in the order they happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// Pulling the desired image.
+    Pulling,
+    /// Starting the candidate container in the idle color.
+    Starting,
+    /// Waiting for the candidate to pass the health gate.
+    Health,
+    /// Pointing nginx at the candidate and reloading it.
+    Switching,
+    /// The old color still runs while the new one keeps being probed.
+    Draining,
+    /// Stopping and removing the old color.
+    Cleanup,
+}
+
+impl Step {
+    /// The name used in `status.json` and on screen.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Pulling => "pulling",
+            Step::Starting => "starting",
+            Step::Health => "health",
+            Step::Switching => "switching",
+            Step::Draining => "draining",
+            Step::Cleanup => "cleanup",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The color nginx sends traffic to, as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    /// `blue` or `green`.
+    pub color: String,
+    /// The image the live container runs.
+    pub image: String,
+    /// The live container's name.
+    pub container: String,
+    /// The port on 127.0.0.1 the upstream file points at.
+    pub port: u16,
+}
+
+/// Progress of the health gate while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthProgress {
+    /// Whether the candidate has answered with 2xx.
+    pub passed: bool,
+    /// Probes sent so far.
+    pub probes: u32,
+    /// How long the candidate has in all to become healthy.
+    pub deadline_secs: u64,
+}
+
+/// The content of `status.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The image as written in the desired file.
+    pub desired: Option<String>,
+    /// Changes whenever the desired file's content changes.
+    pub generation: Option<String>,
+    /// Where the reconciler stands with `generation`.
+    pub phase: Phase,
+    /// Set while `phase` is `progressing`.
+    pub step: Option<Step>,
+    /// What nginx sends traffic to, or null when nothing is live.
+    pub live: Option<Live>,
+    /// The last error, in plain words.
+    pub message: Option<String>,
+    /// RFC 3339 UTC; set by [`Status::save`].
+    #[serde(default)]
+    pub updated_at: String,
+    /// RFC 3339 UTC: when `phase` last changed; kept by [`Status::save`] while it does not.
+    #[serde(default)]
+    pub since: String,
+    /// The generation whose attempt failed; not retried until the desired file changes.
+    pub failed_generation: Option<String>,
+    /// Registry digest of the live image when known.
+    pub digest: Option<String>,
+    /// Progress of the health gate while it runs.
+    pub health: Option<HealthProgress>,
+    /// The process that wrote the file; set by [`Status::save`].
+    pub pid: Option<u32>,
+}
+
+impl Status {
+    /// A status in `phase` with nothing else known yet.
+    pub fn new(phase: Phase) -> Status {
+        Status {
+            desired: None,
+            generation: None,
+            phase,
+            step: None,
+            live: None,
+            message: None,
+            updated_at: String::new(),
+            since: String::new(),
+            failed_generation: None,
+            digest: None,
+            health: None,
+            pid: None,
+        }
+    }
+
+    /// Reads the status file; `None` when there is none yet.
+    pub fn load(path: &Path) -> Result<Option<Status>, StatusError> {
+        let text = match fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StatusError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|source| StatusError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+
+    /// Writes the status atomically as pretty JSON, stamping `updated_at` and `pid`.
+    ///
+    /// `since` is taken from the file on disk while the phase stays the same there, so a
+    /// status built afresh on every pass still says how long the phase has lasted; it becomes
+    /// now when the phase changed, or when neither the file nor `self` has one.
+    pub fn save(&mut self, path: &Path) -> Result<(), StatusError> {
+        let now = now_rfc3339();
+        // An unreadable or corrupt previous file only means the phase is taken as changed;
+        // the write below replaces it.
+        match Status::load(path).ok().flatten() {
+            Some(previous) if previous.phase == self.phase && !previous.since.is_empty() => {
+                self.since = previous.since;
+            }
+            Some(_) => self.since = now.clone(),
+            None if self.since.is_empty() => self.since = now.clone(),
+            None => {}
+        }
+        self.updated_at = now;
+        self.pid = Some(std::process::id());
+
+        let mut json =
+            serde_json::to_string_pretty(self).map_err(|source| StatusError::Serialize {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        json.push('\n');
+        write_atomic(path, json.as_bytes()).map_err(|source| StatusError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn converged() -> Status {
+        Status {
+            desired: Some("a4f91c2".to_string()),
+            generation: Some("g1".to_string()),
+            live: Some(Live {
+                color: "green".to_string(),
+                image: "ghcr.io/fieldtrack-tech/api:a4f91c2".to_string(),
+                container: "api-green".to_string(),
+                port: 3002,
+            }),
+            digest: Some("sha256:0123".to_string()),
+            ..Status::new(Phase::Converged)
+        }
+    }
+
+    #[test]
+    fn load_missing_file_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Status::load(&dir.path().join("status.json")).unwrap(), None);
+    }
+
+    #[test]
+    fn load_corrupt_file_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        fs::write(&path, "{\"phase\": \"conv").unwrap();
+        let err = Status::load(&path).unwrap_err();
+        assert!(matches!(err, StatusError::Parse { .. }));
+        assert!(err.to_string().contains("status.json"), "{err}");
+    }
+
+    #[test]
+    fn save_then_load_round_trips_and_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".fieldtrack/status.json");
+        let mut status = converged();
+
+        status.save(&path).unwrap();
+
+        assert!(!status.updated_at.is_empty());
+        assert_eq!(status.since, status.updated_at);
+        assert_eq!(status.pid, Some(std::process::id()));
+        assert_eq!(Status::load(&path).unwrap(), Some(status));
+    }
+
+    #[test]
+    fn json_shape_is_snake_case_lowercase_with_nulls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let mut status = Status {
+            step: Some(Step::Health),
+            health: Some(HealthProgress {
+                passed: false,
+                probes: 3,
+                deadline_secs: 60,
+            }),
+            ..Status::new(Phase::Progressing)
+        };
+        status.save(&path).unwrap();
+
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("}\n"), "{text:?}");
+        assert!(text.contains("\n  \"phase\""), "not pretty: {text}");
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["phase"], "progressing");
+        assert_eq!(value["step"], "health");
+        assert_eq!(value["health"]["probes"], 3);
+        assert_eq!(value["health"]["deadline_secs"], 60);
+        for key in [
+            "desired",
+            "generation",
+            "live",
+            "message",
+            "failed_generation",
+            "digest",
+        ] {
+            assert!(value[key].is_null(), "{key} should be null: {text}");
+            assert!(
+                value.as_object().unwrap().contains_key(key),
+                "{key} missing"
+            );
+        }
+    }
+
+    #[test]
+    fn live_serializes_its_four_fields() {
+        let value = serde_json::to_value(converged()).unwrap();
+        assert_eq!(
+            value["live"],
+            serde_json::json!({
+                "color": "green",
+                "image": "ghcr.io/fieldtrack-tech/api:a4f91c2",
+                "container": "api-green",
+                "port": 3002,
+            })
+        );
+    }
+
+    #[test]
+    fn every_phase_and_step_has_its_lowercase_name() {
+        for phase in [
+            Phase::Converged,
+            Phase::Progressing,
+            Phase::Failed,
+            Phase::Paused,
+            Phase::Invalid,
+        ] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
+        }
+        for step in [
+            Step::Pulling,
+            Step::Starting,
+            Step::Health,
+            Step::Switching,
+            Step::Draining,
+            Step::Cleanup,
+        ] {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.as_str());
+        }
+    }
+
+    #[test]
+    fn since_is_kept_while_the_phase_stays_and_reset_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let earlier = "2020-01-01T00:00:00Z".to_string();
+
+        let mut first = Status {
+            since: earlier.clone(),
+            ..converged()
+        };
+        first.save(&path).unwrap();
+        assert_eq!(first.since, earlier, "no file yet: a given since is kept");
+
+        // A status built afresh with the same phase keeps the file's since.
+        let mut again = converged();
+        again.save(&path).unwrap();
+        assert_eq!(again.since, earlier);
+        assert_ne!(again.updated_at, earlier);
+
+        // A phase change starts a new since, even when the caller carried an old one.
+        let mut progressing = Status {
+            step: Some(Step::Pulling),
+            since: earlier.clone(),
+            ..Status::new(Phase::Progressing)
+        };
+        progressing.save(&path).unwrap();
+        assert_ne!(progressing.since, earlier);
+        assert_eq!(progressing.since, progressing.updated_at);
+    }
+
+    #[test]
+    fn save_over_a_corrupt_file_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        fs::write(&path, "garbage").unwrap();
+        let mut status = converged();
+        status.save(&path).unwrap();
+        assert_eq!(Status::load(&path).unwrap(), Some(status));
+    }
+
+    #[test]
+    fn load_accepts_a_file_without_optional_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        fs::write(&path, "{\"phase\": \"paused\"}\n").unwrap();
+        let status = Status::load(&path).unwrap().unwrap();
+        assert_eq!(status, Status::new(Phase::Paused));
+    }
+}
