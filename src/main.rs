@@ -1,6 +1,42 @@
+//! The `fieldtrack` binary: parse, run, map the outcome to an exit code.
+
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use clap::Parser;
+use fieldtrack::cli::{self, Cli, LogFormat};
+
 fn main() -> ExitCode {
-    eprintln!("fieldtrack: not implemented yet");
-    ExitCode::from(1)
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.command.is_quiet());
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fieldtrack: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // Every message already carries its causes, so it is printed once, as is.
+            eprintln!("fieldtrack: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDTRACK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.compact().init(),
+    }
 }

@@ -1,1 +1,151 @@
-//! cli
+//! The operator's command line: argument parsing, one module per command family, and the
+//! mapping of every failure to an exit code (0 success, 1 the operation failed, 2 bad usage
+//! or invalid input, 3 `plan` found changes).
+
+mod deploy;
+mod reconcile;
+mod show;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::apply::health::{HealthError, HttpProber};
+use crate::apply::proxy::Nginx;
+use crate::apply::runtime::{Docker, RuntimeError};
+use crate::config::{Config, ConfigError};
+use crate::desired::DesiredError;
+use crate::reconcile::{ReconcileError, Reconciler};
+use crate::state::lock::LockError;
+
+/// Keeps one containerised web app deployed blue/green behind nginx, converging it toward a
+/// desired-state file.
+#[derive(Debug, Parser)]
+#[command(name = "fieldtrack", version, about)]
+pub struct Cli {
+    /// The config file (else $FIELDTRACK_CONFIG, ./fieldtrack.toml, /etc/fieldtrack/fieldtrack.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One full reconcile pass in this process, then exit (0 converged, 1 failed).
+    Reconcile,
+    /// Validate IMAGE, write the desired file, then wait until it converged or failed.
+    Deploy(deploy::DeployArgs),
+    /// Desired, live color and image, phase, last message, history.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The deployment history, numbered, current first.
+    History {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Command {
+    /// Commands that change things log their progress; the others stay quiet.
+    pub fn is_quiet(&self) -> bool {
+        matches!(self, Command::Status { .. } | Command::History { .. })
+    }
+}
+
+/// Why a command failed; each kind has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config file is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The desired file is unusable.
+    #[error(transparent)]
+    Desired(DesiredError),
+    /// Other invalid input (an image, a note, a flag value); nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The Docker engine could not be reached.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The health prober could not be built.
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    /// The reconcile lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The reconcile pass failed.
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    /// The operation did not succeed, in plain words.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Desired(_) | CliError::Invalid(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs a parsed command line; Ok holds the exit code of a command that succeeded.
+pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    let path = Config::locate(cli.config.as_deref());
+    let cfg = Config::load(&path)?;
+    match cli.command {
+        Command::Reconcile => reconcile::run(cfg).await,
+        Command::Deploy(args) => deploy::run(cfg, args).await,
+        Command::Status { json } => show::status(&cfg, json),
+        Command::History { json } => show::history(&cfg, json),
+    }
+}
+
+/// Builds the reconciler on the real Docker engine and nginx.
+pub(crate) async fn reconciler(
+    cfg: Config,
+    trigger: &str,
+) -> Result<Reconciler<Docker, Nginx, HttpProber>, CliError> {
+    let docker = connect(&cfg.docker.host).await?;
+    let nginx = Nginx::new(
+        cfg.nginx.upstream_file.clone(),
+        cfg.nginx.upstream_name.clone(),
+        cfg.nginx.test_command.clone(),
+        cfg.nginx.reload_command.clone(),
+    );
+    let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
+    Ok(Reconciler::new(cfg, docker, nginx, prober, trigger))
+}
+
+/// Connects to the engine, retrying a few times: it may be restarting.
+async fn connect(host: &str) -> Result<Docker, CliError> {
+    let mut delay = Duration::from_millis(500);
+    for _ in 0..3 {
+        match Docker::connect(host).await {
+            Ok(docker) => return Ok(docker),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "docker engine unreachable, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Docker::connect(host).await?)
+}

@@ -246,7 +246,7 @@ async fn health_gate<R: Runtime, P: Proxy, H: Prober>(
         image: image.to_string(),
         deadline: deadline_len,
         last,
-        logs: rc.runtime.logs(name, LOG_LINES).await.unwrap_or_default(),
+        logs: last_logs(rc, name).await,
     })
 }
 
@@ -262,7 +262,7 @@ async fn exited_check<R: Runtime, P: Proxy, H: Prober>(
             container: name.to_string(),
             image: image.to_string(),
             state: other.map_or("disappeared".to_string(), |s| s.to_string()),
-            logs: rc.runtime.logs(name, LOG_LINES).await.unwrap_or_default(),
+            logs: last_logs(rc, name).await,
         }),
     }
 }
@@ -394,5 +394,17 @@ fn describe(outcome: &ProbeOutcome) -> String {
         ProbeOutcome::Healthy(code) => format!("HTTP {code}"),
         ProbeOutcome::Unhealthy(code) => format!("HTTP {code}"),
         ProbeOutcome::Unreachable(reason) => reason.clone(),
+    }
+}
+
+/// The candidate's last log lines, for the error message.
+async fn last_logs<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    name: &str,
+) -> String {
+    match rc.runtime.logs(name, LOG_LINES).await {
+        Ok(logs) if logs.trim().is_empty() => "(no output)".to_string(),
+        Ok(logs) => logs.trim_end().to_string(),
+        Err(e) => format!("(cannot read the logs: {e})"),
     }
 }

@@ -1,0 +1,149 @@
+//! `fieldtrack deploy IMAGE`: validate, write the desired file atomically, then wait for that
+//! generation to converge, reconciling in-process when no daemon does.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::reconcile::{converge, take_lock};
+use super::CliError;
+use crate::config::{check_file_safety, Config};
+use crate::desired::{check_text, Desired, ImageRef, BY_MAX_CHARS, NOTE_MAX_CHARS};
+use crate::state::atomic::write_atomic;
+use crate::state::lock::{self, LockError};
+use crate::state::status::{Phase, Status};
+use crate::state::STATUS_FILE;
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// A tag of the configured repository, or a full reference (repo:tag, repo@sha256:...).
+    pub image: String,
+    /// Free text kept in the audit log.
+    #[arg(long)]
+    pub note: Option<String>,
+    /// Who asks (default: $USER, or "ci" when $CI is set).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Write the desired file and return without waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this long (e.g. "10m"); the deployment itself goes on.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+pub async fn run(cfg: Config, args: DeployArgs) -> Result<u8, CliError> {
+    let image = ImageRef::parse(&args.image, &cfg.repository, &cfg.allowed_repositories)
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    if let Some(note) = &args.note {
+        check_text(note, NOTE_MAX_CHARS).map_err(|e| CliError::Invalid(format!("--note: {e}")))?;
+    }
+    let by = args.by.clone().unwrap_or_else(default_by);
+    check_text(&by, BY_MAX_CHARS).map_err(|e| CliError::Invalid(format!("--by: {e}")))?;
+    let desired = Desired::new(image, args.note.as_deref(), Some(&by), false);
+    write_desired(&cfg, &desired)?;
+    eprintln!(
+        "desired: {} (generation {}) written to {}",
+        desired.image,
+        desired.generation,
+        cfg.desired_file.display()
+    );
+    if args.no_wait {
+        return Ok(0);
+    }
+
+    let timeout = args.timeout.unwrap_or_else(|| default_timeout(&cfg));
+    match lock::try_acquire(&cfg.state_dir, "fieldtrack deploy") {
+        Ok(_lock) => converge(cfg, &desired, "deploy").await,
+        Err(LockError::Held { holder }) if holder.starts_with("daemon") => {
+            eprintln!("the daemon ({holder}) converges it; following its progress");
+            follow(&cfg, &desired, timeout).await
+        }
+        Err(LockError::Held { .. }) => {
+            let _lock = take_lock(&cfg, "fieldtrack deploy", timeout).await?;
+            converge(cfg, &desired, "deploy").await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the desired file atomically, refusing an unsafe one in place.
+pub(crate) fn write_desired(cfg: &Config, desired: &Desired) -> Result<(), CliError> {
+    if cfg.desired_file.exists() || cfg.desired_file.is_symlink() {
+        check_file_safety(&cfg.desired_file).map_err(|e| CliError::Invalid(e.to_string()))?;
+    }
+    write_atomic(&cfg.desired_file, desired.render().as_bytes()).map_err(|e| {
+        CliError::Failed(format!(
+            "cannot write desired file {}: {e}",
+            cfg.desired_file.display()
+        ))
+    })
+}
+
+fn default_by() -> String {
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+        return "ci".to_string();
+    }
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::getuid() };
+            format!("uid {uid}")
+        })
+}
+
+/// Long enough for a pull, the whole health gate and the drain.
+fn default_timeout(cfg: &Config) -> Duration {
+    cfg.health.deadline()
+        + cfg.rollout.drain
+        + cfg.container.stop_timeout
+        + Duration::from_secs(300)
+}
+
+/// Follows status.json until our generation converged (0) or failed (1), printing each new
+/// phase and step.
+async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8, CliError> {
+    let path = cfg.state_dir.join(STATUS_FILE);
+    let deadline = Instant::now() + timeout;
+    let mut shown = String::new();
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = Status::load(&path) {
+            if status.generation.as_deref() == Some(desired.generation.as_str()) {
+                let line = progress_line(&status);
+                if line != shown {
+                    eprintln!("{line}");
+                    shown = line;
+                }
+                match status.phase {
+                    Phase::Converged => return Ok(0),
+                    Phase::Failed | Phase::Invalid => {
+                        return Err(CliError::Failed(status.message.unwrap_or_else(|| {
+                            format!("deployment of {} failed", desired.image)
+                        })))
+                    }
+                    Phase::Paused => return Ok(0),
+                    Phase::Progressing => {}
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(CliError::Failed(format!(
+        "gave up waiting after {} for {} to converge; it may still be in progress (see fieldtrack status)",
+        humantime::format_duration(timeout),
+        desired.image
+    )))
+}
+
+fn progress_line(status: &Status) -> String {
+    let mut line = format!("{}", status.phase);
+    if let Some(step) = status.step {
+        line.push_str(&format!(": {step}"));
+        if let Some(h) = &status.health {
+            line.push_str(&format!(" (probe {})", h.probes));
+        }
+    }
+    line
+}

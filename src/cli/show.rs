@@ -1,0 +1,145 @@
+//! `fieldtrack status` and `fieldtrack history`: read-only views of the state files.
+
+use serde_json::json;
+
+use super::CliError;
+use crate::apply::proxy::parse_port;
+use crate::config::Config;
+use crate::desired::Desired;
+use crate::state::audit::{self, AuditRecord};
+use crate::state::history;
+use crate::state::status::Status;
+use crate::state::{AUDIT_FILE, STATUS_FILE};
+
+pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
+    let status = Status::load(&cfg.state_dir.join(STATUS_FILE))
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let history = history::read(&cfg.history_file).map_err(|e| CliError::Failed(e.to_string()))?;
+    let desired = Desired::load(&cfg.desired_file, cfg);
+    let upstream = std::fs::read_to_string(&cfg.nginx.upstream_file)
+        .ok()
+        .and_then(|t| parse_port(&t, &cfg.nginx.upstream_name));
+    if json {
+        let mut value = serde_json::to_value(&status).unwrap_or(serde_json::Value::Null);
+        if value.is_null() {
+            value = json!({ "phase": null });
+        }
+        value["history"] = json!(history);
+        value["upstream_port"] = json!(upstream);
+        value["desired_file_error"] = json!(desired.as_ref().err().map(|e| e.to_string()));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    match &desired {
+        Ok(d) => {
+            print!("Desired   : {} (generation {}", d.image, d.generation);
+            if let Some(by) = &d.by {
+                print!(", by {by}");
+            }
+            println!("{})", if d.paused { ", paused" } else { "" });
+            if let Some(note) = &d.note {
+                println!("Note      : {note}");
+            }
+        }
+        Err(e) => println!("Desired   : unusable: {e}"),
+    }
+    match status {
+        None => println!("Phase     : no reconcile has run yet"),
+        Some(s) => {
+            match &s.live {
+                Some(live) => println!(
+                    "Live      : {} {} ({}, 127.0.0.1:{})",
+                    live.color, live.image, live.container, live.port
+                ),
+                None => println!("Live      : nothing"),
+            }
+            let step = s.step.map(|st| format!(" ({st})")).unwrap_or_default();
+            println!("Phase     : {}{step} since {}", s.phase, s.since);
+            if let Some(digest) = &s.digest {
+                println!("Digest    : {digest}");
+            }
+            if let Some(message) = &s.message {
+                println!("Message   : {message}");
+            }
+            println!("Updated   : {}", s.updated_at);
+        }
+    }
+    match upstream {
+        Some(port) => println!(
+            "Upstream  : {} -> 127.0.0.1:{port}",
+            cfg.nginx.upstream_file.display()
+        ),
+        None => println!(
+            "Upstream  : {} names no server",
+            cfg.nginx.upstream_file.display()
+        ),
+    }
+    if history.is_empty() {
+        println!("History   : empty");
+    } else {
+        println!("History   : {}", history.join(", "));
+    }
+    Ok(0)
+}
+
+pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
+    let entries = history::read(&cfg.history_file).map_err(|e| CliError::Failed(e.to_string()))?;
+    let records = audit::read(&cfg.state_dir.join(AUDIT_FILE)).unwrap_or_default();
+    let last_success = |image: &str| -> Option<&AuditRecord> {
+        records
+            .iter()
+            .rev()
+            .find(|r| r.image == image && r.outcome == "succeeded")
+    };
+    if json {
+        let list: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, image)| {
+                let r = last_success(image);
+                json!({
+                    "n": i + 1,
+                    "image": image,
+                    "current": i == 0,
+                    "deployed_at": r.map(|r| r.time.clone()),
+                    "digest": r.and_then(|r| r.digest.clone()),
+                    "by": r.and_then(|r| r.by.clone()),
+                    "note": r.and_then(|r| r.note.clone()),
+                    "trigger": r.map(|r| r.trigger.clone()),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    if entries.is_empty() {
+        println!(
+            "No deployment history found in {}.",
+            cfg.history_file.display()
+        );
+        return Ok(0);
+    }
+    for (i, image) in entries.iter().enumerate() {
+        let mut line = format!("{:>2}. {image}", i + 1);
+        if i == 0 {
+            line.push_str(" (current)");
+        }
+        if let Some(r) = last_success(image) {
+            line.push_str(&format!("  deployed {}", r.time));
+            if let Some(by) = &r.by {
+                line.push_str(&format!(" by {by}"));
+            }
+            if let Some(digest) = &r.digest {
+                line.push_str(&format!("  {digest}"));
+            }
+        }
+        println!("{line}");
+    }
+    Ok(0)
+}
