@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::apply::health::{HealthError, HttpProber};
-use crate::apply::proxy::Nginx;
+use crate::apply::health::HealthError;
 use crate::apply::runtime::{Docker, RuntimeError};
 use crate::config::{Config, ConfigError};
 use crate::desired::DesiredError;
-use crate::reconcile::{ReconcileError, Reconciler};
+use crate::reconcile::{LiveReconciler, ReconcileError};
 use crate::state::lock::LockError;
 
 /// Keeps one containerised web app deployed blue/green behind nginx, converging it toward a
@@ -42,6 +41,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Reconcile on every change of the desired file and every `rollout.resync`.
+    Daemon,
     /// One full reconcile pass in this process, then exit (0 converged, 1 failed).
     Reconcile,
     /// Validate IMAGE, write the desired file, then wait until it converged or failed.
@@ -91,6 +92,9 @@ pub enum CliError {
     /// The reconcile pass failed.
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    /// The daemon stopped on an error.
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
     /// The operation did not succeed, in plain words.
     #[error("{0}")]
     Failed(String),
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     let path = Config::locate(cli.config.as_deref());
     let cfg = Config::load(&path)?;
     match cli.command {
+        Command::Daemon => Ok(crate::daemon::run(path, cfg).await?),
         Command::Reconcile => reconcile::run(cfg).await,
         Command::Deploy(args) => deploy::run(cfg, args).await,
         Command::Status { json } => show::status(&cfg, json),
@@ -118,19 +123,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
 }
 
 /// Builds the reconciler on the real Docker engine and nginx.
-pub(crate) async fn reconciler(
-    cfg: Config,
-    trigger: &str,
-) -> Result<Reconciler<Docker, Nginx, HttpProber>, CliError> {
+pub(crate) async fn reconciler(cfg: Config, trigger: &str) -> Result<LiveReconciler, CliError> {
     let docker = connect(&cfg.docker.host).await?;
-    let nginx = Nginx::new(
-        cfg.nginx.upstream_file.clone(),
-        cfg.nginx.upstream_name.clone(),
-        cfg.nginx.test_command.clone(),
-        cfg.nginx.reload_command.clone(),
-    );
-    let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
-    Ok(Reconciler::new(cfg, docker, nginx, prober, trigger))
+    Ok(LiveReconciler::live(cfg, docker, trigger)?)
 }
 
 /// Connects to the engine, retrying a few times: it may be restarting.

@@ -20,15 +20,32 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{error_policy, ReconcileError, Requeue};
 
-use crate::apply::health::Prober;
-use crate::apply::proxy::Proxy;
-use crate::apply::runtime::Runtime;
+use crate::apply::health::{HealthError, HttpProber, Prober};
+use crate::apply::proxy::{Nginx, Proxy};
+use crate::apply::runtime::{Docker, Runtime};
 use crate::config::Config;
 use crate::desired::Desired;
 use crate::observe::{observe, Observed};
 use crate::plan::{plan, Action, Plan, Verdict};
 use crate::state::status::{Live, Phase, Status, Step};
 use crate::state::{self, history};
+
+/// The reconciler on the real Docker engine and nginx.
+pub type LiveReconciler = Reconciler<Docker, Nginx, HttpProber>;
+
+impl LiveReconciler {
+    /// Assembles the reconciler for `cfg` on a connected engine.
+    pub fn live(cfg: Config, docker: Docker, trigger: &str) -> Result<Self, HealthError> {
+        let nginx = Nginx::new(
+            cfg.nginx.upstream_file.clone(),
+            cfg.nginx.upstream_name.clone(),
+            cfg.nginx.test_command.clone(),
+            cfg.nginx.reload_command.clone(),
+        );
+        let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
+        Ok(Reconciler::new(cfg, docker, nginx, prober, trigger))
+    }
+}
 
 /// How a pass ended, when it did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +225,15 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
         desired: &Desired,
         error: &ReconcileError,
     ) -> Result<(), ReconcileError> {
+        if matches!(error, ReconcileError::Cancelled) {
+            // Superseded or stopped, not failed: the generation stays eligible.
+            return self.set_status(|s| {
+                s.phase = Phase::Progressing;
+                s.step = None;
+                s.health = None;
+                s.message = Some(format!("{error}"));
+            });
+        }
         let permanent = !error.is_transient();
         self.set_status(|s| {
             s.phase = Phase::Failed;

@@ -1,0 +1,396 @@
+//! `fieldtrack daemon`: the long-running reconciler.
+//!
+//! One consumer loop owns all decisions; the sources ([`sources`]) only feed it events. A
+//! change of the desired file is debounced on the trailing edge, then the whole file is read
+//! again. A file that does not parse may be half-written (scp writes in place), so it is
+//! read once more after the writer has been quiet before it is reported `invalid`; the last
+//! good desired state stays in force meanwhile. A new generation cancels a running attempt
+//! at its next safe point (before the switch), then runs. The resync timer runs the same
+//! full pass, which is what repairs drift.
+//!
+//! Passes run in a task beside the loop, so signals and file events are handled while a
+//! pass works. The loop pings the systemd watchdog itself: if the loop hangs, systemd
+//! restarts the daemon, and the restarted one finds the same truth (nothing is kept only in
+//! memory).
+
+pub mod sources;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::health::HealthError;
+use crate::apply::runtime::{Docker, RuntimeError};
+use crate::config::{Config, ConfigError};
+use crate::desired::{Desired, DesiredError, DesiredErrorKind};
+use crate::observe::observe;
+use crate::reconcile::{error_policy, LiveReconciler, Outcome, ReconcileError, Requeue};
+use crate::state::lock::{self, LockError};
+use crate::state::status::{Phase, Status};
+use crate::state::STATUS_FILE;
+use sources::{Event, SourceError};
+
+/// Quiet time after the last file event before the file is read.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// Quiet time before a file that did not parse is read again and, if still bad, reported.
+const PARSE_QUIET: Duration = Duration::from_secs(1);
+/// Backoff bounds for transient errors.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config could not be loaded at start.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The reconcile lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// Another daemon already runs for this state folder.
+    #[error("another daemon already reconciles this app: {0}")]
+    AlreadyRunning(String),
+    /// An event source could not be set up.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The health prober could not be built.
+    #[error(transparent)]
+    Health(#[from] HealthError),
+}
+
+/// A pass running beside the loop.
+struct Running {
+    handle: JoinHandle<Result<Outcome, ReconcileError>>,
+    cancel: CancellationToken,
+    desired: Desired,
+}
+
+/// The loop's state. Everything here can be lost without harm: a restarted daemon rebuilds
+/// it from the files and the real world.
+struct Daemon {
+    config_path: PathBuf,
+    cfg: Config,
+    docker: Option<Docker>,
+    /// The last desired state that parsed and validated; stays in force while the file is bad.
+    desired: Option<Desired>,
+    running: Option<Running>,
+    /// A pass is wanted as soon as the running one ends (new generation, resync).
+    pass_wanted: Option<&'static str>,
+    /// When to read the desired file (trailing-edge debounce).
+    read_at: Option<Instant>,
+    /// The last read did not parse: read once more after quiet before reporting it.
+    parse_retry: bool,
+    /// When to retry after a transient error.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    stopping: bool,
+    ready_sent: bool,
+    /// status.json says `invalid`: the next good read asks for a pass, even with the same
+    /// generation as before, so the status tells the truth again.
+    invalid_reported: bool,
+}
+
+/// Runs the daemon until a stop signal; Ok(exit code).
+pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
+    let _lock = match lock::try_acquire(&cfg.state_dir, "daemon") {
+        Ok(lock) => lock,
+        Err(LockError::Held { holder }) if holder.starts_with("daemon") => {
+            return Err(DaemonError::AlreadyRunning(holder))
+        }
+        Err(LockError::Held { holder }) => {
+            tracing::info!(%holder, "waiting for the reconcile lock");
+            lock::acquire_waiting(&cfg.state_dir, "daemon", Duration::from_secs(3600)).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let mut watcher = sources::watch_desired(&cfg.desired_file, tx.clone())?;
+    let mut resync = sources::resync_timer(cfg.rollout.resync, tx.clone());
+    let _signals = sources::signals(tx.clone())?;
+    let mut watchdog = watchdog_interval();
+    tracing::info!(
+        desired_file = %cfg.desired_file.display(),
+        resync = %humantime::format_duration(cfg.rollout.resync),
+        "daemon started"
+    );
+
+    let mut d = Daemon {
+        config_path,
+        cfg,
+        docker: None,
+        desired: None,
+        running: None,
+        pass_wanted: Some("start"),
+        read_at: Some(Instant::now()),
+        parse_retry: false,
+        retry_at: None,
+        backoff: BACKOFF_MIN,
+        stopping: false,
+        ready_sent: false,
+        invalid_reported: false,
+    };
+
+    loop {
+        if d.stopping && d.running.is_none() {
+            tracing::info!("stopped");
+            return Ok(0);
+        }
+        if d.running.is_none() && !d.stopping && d.read_at.is_none() {
+            if let Some(trigger) = d.pass_wanted.take() {
+                d.start_pass(trigger).await;
+            }
+        }
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(Event::DesiredChanged) => {
+                    let quiet = if d.parse_retry { PARSE_QUIET } else { DEBOUNCE };
+                    d.read_at = Some(Instant::now() + quiet);
+                }
+                Some(Event::Resync) => {
+                    d.read_at.get_or_insert(Instant::now());
+                    d.pass_wanted.get_or_insert("resync");
+                }
+                Some(Event::Stop) => {
+                    if d.stopping {
+                        tracing::warn!("second stop signal: exiting at once");
+                        return Ok(130);
+                    }
+                    tracing::info!("stop signal: finishing at the next safe point");
+                    d.stopping = true;
+                    if let Some(running) = &d.running {
+                        running.cancel.cancel();
+                    }
+                }
+                Some(Event::Reload) => {
+                    if let Some(new_desired_file) = d.reload_config() {
+                        match sources::watch_desired(&new_desired_file, tx.clone()) {
+                            Ok(w) => watcher = w,
+                            Err(e) => tracing::error!(error = %e, "keeping the old watcher"),
+                        }
+                    }
+                    resync.abort();
+                    resync = sources::resync_timer(d.cfg.rollout.resync, tx.clone());
+                }
+                None => return Ok(0),
+            },
+            _ = sleep_until(d.read_at.unwrap_or(far)), if d.read_at.is_some() => {
+                d.read_at = None;
+                d.read_desired();
+            }
+            _ = sleep_until(d.retry_at.unwrap_or(far)), if d.retry_at.is_some() => {
+                d.retry_at = None;
+                d.pass_wanted.get_or_insert("retry");
+            }
+            result = async { (&mut d.running.as_mut().expect("guarded").handle).await }, if d.running.is_some() => {
+                let running = d.running.take().expect("guarded");
+                d.finish_pass(running, result);
+            }
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+        // The watcher must live as long as the loop.
+        let _ = &watcher;
+    }
+}
+
+impl Daemon {
+    /// Reads the desired file; a new generation cancels the running attempt and asks for a pass.
+    fn read_desired(&mut self) {
+        match Desired::load(&self.cfg.desired_file, &self.cfg) {
+            Ok(desired) => {
+                self.parse_retry = false;
+                let changed =
+                    self.desired.as_ref().map(|d| &d.generation) != Some(&desired.generation);
+                if !changed && std::mem::take(&mut self.invalid_reported) {
+                    self.pass_wanted.get_or_insert("file");
+                }
+                if changed {
+                    tracing::info!(generation = %desired.generation, image = %desired.image, "new desired generation");
+                    if let Some(running) = &self.running {
+                        if running.desired.generation != desired.generation {
+                            running.cancel.cancel();
+                        }
+                    }
+                    self.desired = Some(desired);
+                    self.retry_at = None;
+                    self.backoff = BACKOFF_MIN;
+                    self.pass_wanted = Some("file");
+                }
+            }
+            Err(e) if e.kind() == DesiredErrorKind::Parse && !self.parse_retry => {
+                // Maybe half-written: look again once the writer has been quiet.
+                tracing::debug!(error = %e, "desired file does not parse yet; reading again after quiet");
+                self.parse_retry = true;
+                self.read_at = Some(Instant::now() + PARSE_QUIET);
+            }
+            Err(e) => {
+                self.parse_retry = false;
+                self.invalid_reported = true;
+                self.report_invalid(&e);
+            }
+        }
+    }
+
+    /// Status `invalid` with the reason; the last good desired state stays in force.
+    fn report_invalid(&self, e: &DesiredError) {
+        let kept = match &self.desired {
+            Some(d) => format!(
+                "; still converging toward {} (generation {})",
+                d.image, d.generation
+            ),
+            None => String::new(),
+        };
+        tracing::error!(error = %e, "desired file unusable{kept}");
+        let path = self.cfg.state_dir.join(STATUS_FILE);
+        let mut status = Status::load(&path)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Status::new(Phase::Invalid));
+        status.phase = Phase::Invalid;
+        status.step = None;
+        status.message = Some(format!("{e}{kept}"));
+        if let Err(e) = status.save(&path) {
+            tracing::error!(error = %e, "cannot write the status");
+        }
+    }
+
+    /// Spawns a pass toward the last good desired state.
+    async fn start_pass(&mut self, trigger: &'static str) {
+        let Some(desired) = self.desired.clone() else {
+            if !self.ready_sent {
+                self.ready();
+            }
+            return;
+        };
+        let docker = match self.docker.clone() {
+            Some(docker) => docker,
+            None => match Docker::connect(&self.cfg.docker.host).await {
+                Ok(docker) => {
+                    tracing::info!(api = %docker.api_version(), "connected to the docker engine");
+                    self.docker = Some(docker.clone());
+                    docker
+                }
+                Err(e) => {
+                    self.transient(&ReconcileError::Runtime(e));
+                    return;
+                }
+            },
+        };
+        let rc = match LiveReconciler::live(self.cfg.clone(), docker, trigger) {
+            Ok(rc) => rc,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the health prober");
+                return;
+            }
+        };
+        if !self.ready_sent {
+            // READY=1 after the first observation of the world.
+            match observe(&rc.cfg, &rc.runtime, &rc.proxy).await {
+                Ok(observed) => {
+                    let live = observed.live(&rc.cfg).map(|c| c.name.clone());
+                    tracing::info!(live = ?live, history = ?observed.history, "first observation");
+                }
+                Err(e) => tracing::warn!(error = %e, "first observation failed"),
+            }
+            self.ready();
+        }
+        let cancel = rc.cancel.clone();
+        let pass_desired = desired.clone();
+        let handle = tokio::spawn(async move {
+            let result = rc.reconcile(&pass_desired, false).await;
+            if let Err(e) = &result {
+                // The pass's own reconciler records the failure: it knows the status.
+                let _ = rc.record_failure(&pass_desired, e);
+            }
+            result
+        });
+        self.running = Some(Running {
+            handle,
+            cancel,
+            desired,
+        });
+    }
+
+    fn ready(&mut self) {
+        self.ready_sent = true;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
+
+    /// Applies the error policy to a finished pass.
+    fn finish_pass(
+        &mut self,
+        running: Running,
+        result: Result<Result<Outcome, ReconcileError>, tokio::task::JoinError>,
+    ) {
+        let generation = &running.desired.generation;
+        match result {
+            Ok(Ok(outcome)) => {
+                tracing::info!(%generation, ?outcome, "pass done");
+                self.backoff = BACKOFF_MIN;
+            }
+            Ok(Err(ReconcileError::Cancelled)) => {
+                tracing::info!(%generation, "attempt cancelled");
+                self.pass_wanted.get_or_insert("file");
+            }
+            Ok(Err(e)) => match error_policy(&e, self.backoff) {
+                Requeue::After(_) => self.transient(&e),
+                Requeue::AwaitChange => {
+                    tracing::error!(%generation, error = %e, "attempt failed; waiting for the desired file to change");
+                }
+            },
+            Err(e) => {
+                tracing::error!(%generation, error = %e, "pass panicked; retrying");
+                self.retry_at = Some(Instant::now() + self.backoff);
+            }
+        }
+    }
+
+    fn transient(&mut self, e: &ReconcileError) {
+        tracing::warn!(error = %e, retry_in = ?self.backoff, "transient error");
+        if matches!(e, ReconcileError::Runtime(RuntimeError::Unreachable { .. })) {
+            self.docker = None;
+        }
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// SIGHUP: a new valid config replaces the old one for the next passes; an invalid one
+    /// is logged and the old one kept. Returns the new desired file path when it moved.
+    fn reload_config(&mut self) -> Option<PathBuf> {
+        match Config::load(&self.config_path) {
+            Ok(cfg) => {
+                tracing::info!(config = %self.config_path.display(), "config reloaded");
+                let moved =
+                    (cfg.desired_file != self.cfg.desired_file).then(|| cfg.desired_file.clone());
+                if cfg.docker.host != self.cfg.docker.host {
+                    self.docker = None;
+                }
+                self.cfg = cfg;
+                self.read_at = Some(Instant::now());
+                self.pass_wanted.get_or_insert("reload");
+                moved
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new config is invalid; keeping the old one");
+                None
+            }
+        }
+    }
+}
+
+/// Half the systemd watchdog period, when the watchdog is on.
+fn watchdog_interval() -> Option<tokio::time::Interval> {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let period = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
+    Some(tokio::time::interval(period))
+}
