@@ -38,6 +38,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("docker-registry", "docker-registry"),
     ("cc", "gcc"),
+    ("systemd-analyze", "systemd"),
 ];
 
 /// A running bed. Cheap to clone; everything in it is a name or an address.
