@@ -41,27 +41,38 @@ pub async fn run(cfg: Config, args: DeployArgs) -> Result<u8, CliError> {
     let by = args.by.clone().unwrap_or_else(default_by);
     check_text(&by, BY_MAX_CHARS).map_err(|e| CliError::Invalid(format!("--by: {e}")))?;
     let desired = Desired::new(image, args.note.as_deref(), Some(&by), false);
-    write_desired(&cfg, &desired)?;
+    submit(cfg, &desired, args.no_wait, args.timeout).await
+}
+
+/// Writes `desired`, then (unless `no_wait`) waits for its generation: reconciling in-process
+/// when nobody holds the lock, following the daemon's status.json when it does.
+pub(crate) async fn submit(
+    cfg: Config,
+    desired: &Desired,
+    no_wait: bool,
+    timeout: Option<Duration>,
+) -> Result<u8, CliError> {
+    write_desired(&cfg, desired)?;
     eprintln!(
         "desired: {} (generation {}) written to {}",
         desired.image,
         desired.generation,
         cfg.desired_file.display()
     );
-    if args.no_wait {
+    if no_wait {
         return Ok(0);
     }
 
-    let timeout = args.timeout.unwrap_or_else(|| default_timeout(&cfg));
+    let timeout = timeout.unwrap_or_else(|| default_timeout(&cfg));
     match lock::try_acquire(&cfg.state_dir, "fieldtrack deploy") {
-        Ok(_lock) => converge(cfg, &desired, "deploy").await,
+        Ok(_lock) => converge(cfg, desired, "deploy").await,
         Err(LockError::Held { holder }) if holder.starts_with("daemon") => {
             eprintln!("the daemon ({holder}) converges it; following its progress");
-            follow(&cfg, &desired, timeout).await
+            follow(&cfg, desired, timeout).await
         }
         Err(LockError::Held { .. }) => {
             let _lock = take_lock(&cfg, "fieldtrack deploy", timeout).await?;
-            converge(cfg, &desired, "deploy").await
+            converge(cfg, desired, "deploy").await
         }
         Err(e) => Err(e.into()),
     }
@@ -80,7 +91,7 @@ pub(crate) fn write_desired(cfg: &Config, desired: &Desired) -> Result<(), CliEr
     })
 }
 
-fn default_by() -> String {
+pub(crate) fn default_by() -> String {
     if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
         return "ci".to_string();
     }

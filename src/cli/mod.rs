@@ -3,7 +3,9 @@
 //! or invalid input, 3 `plan` found changes).
 
 mod deploy;
+mod plan;
 mod reconcile;
+mod rollback;
 mod show;
 
 use std::path::PathBuf;
@@ -47,6 +49,10 @@ pub enum Command {
     Reconcile,
     /// Validate IMAGE, write the desired file, then wait until it converged or failed.
     Deploy(deploy::DeployArgs),
+    /// Write an earlier history entry into the desired file (after confirmation), then wait.
+    Rollback(rollback::RollbackArgs),
+    /// What a reconcile would do now, without doing it (exit 0 in sync, 3 changes).
+    Plan,
     /// Desired, live color and image, phase, last message, history.
     Status {
         /// Machine-readable output.
@@ -64,7 +70,10 @@ pub enum Command {
 impl Command {
     /// Commands that change things log their progress; the others stay quiet.
     pub fn is_quiet(&self) -> bool {
-        matches!(self, Command::Status { .. } | Command::History { .. })
+        matches!(
+            self,
+            Command::Status { .. } | Command::History { .. } | Command::Plan
+        )
     }
 }
 
@@ -117,6 +126,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Daemon => Ok(crate::daemon::run(path, cfg).await?),
         Command::Reconcile => reconcile::run(cfg).await,
         Command::Deploy(args) => deploy::run(cfg, args).await,
+        Command::Rollback(args) => rollback::run(cfg, args).await,
+        Command::Plan => plan::run(cfg).await,
         Command::Status { json } => show::status(&cfg, json),
         Command::History { json } => show::history(&cfg, json),
     }

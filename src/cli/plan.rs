@@ -1,0 +1,72 @@
+//! `fieldtrack plan`: what a reconcile would do now, without doing it, with a unified diff
+//! of the nginx upstream file. Exit 0 in sync, 3 when it would change something.
+
+use super::CliError;
+use crate::apply::proxy::{render, Proxy};
+use crate::config::Config;
+use crate::observe::observe;
+use crate::plan::{plan, Verdict};
+
+pub async fn run(cfg: Config) -> Result<u8, CliError> {
+    let desired = super::reconcile::load_desired(&cfg)?;
+    let rc = super::reconciler(cfg, "plan").await?;
+    let observed = observe(&rc.cfg, &rc.runtime, &rc.proxy)
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    // `fieldtrack reconcile` is run by hand, so it would retry a failed generation.
+    let plan = plan(&rc.cfg, &desired, &observed, true);
+    let live = observed.live(&rc.cfg);
+    println!(
+        "Desired : {} (generation {})",
+        desired.image, desired.generation
+    );
+    match live {
+        Some(c) => println!(
+            "Live    : {} {} ({})",
+            c.color.map(|c| c.to_string()).unwrap_or_default(),
+            c.image,
+            c.name
+        ),
+        None => println!("Live    : nothing"),
+    }
+    if observed.failed_generation.as_deref() == Some(desired.generation.as_str()) {
+        println!("Note    : this generation failed before; the daemon waits for a change, a reconcile by hand retries it");
+    }
+    match plan.verdict {
+        Verdict::InSync => {
+            println!("In sync: nothing to do.");
+            return Ok(0);
+        }
+        Verdict::Paused => {
+            println!("Paused: the desired file says paused = true; nothing would be changed.");
+            return Ok(0);
+        }
+        Verdict::AlreadyFailed | Verdict::Converge => {}
+    }
+    println!("\nPlan:");
+    for (i, action) in plan.actions.iter().enumerate() {
+        println!("  {}. {action}", i + 1);
+    }
+    if let Some((color, image)) = plan.target() {
+        let path = &rc.cfg.nginx.upstream_file;
+        let before = rc
+            .proxy
+            .read()
+            .map_err(|e| CliError::Failed(e.to_string()))?
+            .unwrap_or_default();
+        let after = render(
+            &rc.cfg.nginx.upstream_name,
+            rc.cfg.port(color),
+            &format!("{color} {}:{image}", rc.cfg.app),
+        );
+        let diff = similar::TextDiff::from_lines(&before, &after);
+        println!(
+            "\n{}",
+            diff.unified_diff().context_radius(3).header(
+                &path.display().to_string(),
+                &format!("{} (after the switch)", path.display())
+            )
+        );
+    }
+    Ok(3)
+}
