@@ -3,5 +3,7 @@
 
 pub mod env_file;
 pub mod health;
+pub mod hooks;
+pub mod notify;
 pub mod proxy;
 pub mod runtime;

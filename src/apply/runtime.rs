@@ -14,7 +14,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -91,6 +92,16 @@ pub struct ImageInfo {
     pub repo_digests: Vec<String>,
 }
 
+/// A local image of a repository, for image retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalImage {
+    pub id: String,
+    /// `repo:tag` names.
+    pub tags: Vec<String>,
+    /// `repo@sha256:…` names.
+    pub digests: Vec<String>,
+}
+
 /// Errors of the container runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -157,6 +168,15 @@ pub trait Runtime: Send + Sync {
         name: &str,
         lines: usize,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// The local images of `repository`.
+    fn images(
+        &self,
+        repository: &str,
+    ) -> impl Future<Output = Result<Vec<LocalImage>, RuntimeError>> + Send;
+    /// Removes a local image by id (not forced: an image in use stays).
+    fn remove_image(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// The digest a reference resolves to in its registry now, None when it cannot be asked.
+    fn registry_digest(&self, reference: &str) -> impl Future<Output = Option<String>> + Send;
     /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a container; a missing one is fine.
     fn remove(
         &self,
@@ -437,6 +457,60 @@ impl Runtime for Docker {
             }
         }
         Ok(text)
+    }
+
+    async fn images(&self, repository: &str) -> Result<Vec<LocalImage>, RuntimeError> {
+        let filters = HashMap::from([("reference", vec![repository.to_string()])]);
+        let options = ListImagesOptionsBuilder::new().filters(&filters).build();
+        let listed = self
+            .client
+            .list_images(Some(options))
+            .await
+            .map_err(|e| self.classify(format!("list images of {repository}"), e))?;
+        // The reference filter also matches by name pattern; keep exact repository matches.
+        let ours = |name: &String| {
+            name.strip_prefix(repository)
+                .is_some_and(|rest| rest.starts_with(':') || rest.starts_with('@'))
+        };
+        Ok(listed
+            .into_iter()
+            .map(|image| LocalImage {
+                id: image.id,
+                tags: image.repo_tags.into_iter().filter(ours).collect(),
+                digests: image.repo_digests.into_iter().filter(ours).collect(),
+            })
+            .filter(|image| !image.tags.is_empty() || !image.digests.is_empty())
+            .collect())
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), RuntimeError> {
+        match self
+            .client
+            .remove_image(
+                id,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(self.classify(format!("remove image {id}"), e)),
+        }
+    }
+
+    async fn registry_digest(&self, reference: &str) -> Option<String> {
+        match self
+            .client
+            .inspect_registry_image(reference, credentials(reference))
+            .await
+        {
+            Ok(inspect) => inspect.descriptor.digest,
+            Err(e) => {
+                tracing::debug!(%reference, error = %e, "cannot ask the registry for the digest");
+                None
+            }
+        }
     }
 
     async fn remove(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {

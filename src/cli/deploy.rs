@@ -7,9 +7,10 @@ use clap::Args;
 
 use super::reconcile::{converge, take_lock};
 use super::CliError;
-use crate::config::{check_file_safety, Config};
-use crate::desired::{check_text, Desired, ImageRef, BY_MAX_CHARS, NOTE_MAX_CHARS};
-use crate::state::atomic::write_atomic;
+use crate::config::Config;
+use crate::desired::{
+    check_text, Desired, DesiredErrorKind, ImageRef, BY_MAX_CHARS, NOTE_MAX_CHARS,
+};
 use crate::state::lock::{self, LockError};
 use crate::state::status::{Phase, Status};
 use crate::state::STATUS_FILE;
@@ -80,15 +81,12 @@ pub(crate) async fn submit(
 
 /// Writes the desired file atomically, refusing an unsafe one in place.
 pub(crate) fn write_desired(cfg: &Config, desired: &Desired) -> Result<(), CliError> {
-    if cfg.desired_file.exists() || cfg.desired_file.is_symlink() {
-        check_file_safety(&cfg.desired_file).map_err(|e| CliError::Invalid(e.to_string()))?;
-    }
-    write_atomic(&cfg.desired_file, desired.render().as_bytes()).map_err(|e| {
-        CliError::Failed(format!(
-            "cannot write desired file {}: {e}",
-            cfg.desired_file.display()
-        ))
-    })
+    desired
+        .write(&cfg.desired_file)
+        .map_err(|e| match e.kind() {
+            DesiredErrorKind::Unsafe => CliError::Desired(e),
+            _ => CliError::Failed(e.to_string()),
+        })
 }
 
 pub(crate) fn default_by() -> String {

@@ -7,9 +7,10 @@ use clap::Args;
 
 use super::deploy::{default_by, submit};
 use super::CliError;
+use crate::apply::runtime::{Docker, Runtime};
 use crate::config::Config;
 use crate::desired::{Desired, ImageRef};
-use crate::state::history;
+use crate::state::{audit, history, AUDIT_FILE};
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -67,8 +68,38 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
     }
     let by = args.by.clone().unwrap_or_else(default_by);
     let note = format!("rollback from {current} to {target}");
-    let desired = Desired::new(image, Some(&note), Some(&by), false);
+    let recorded = recorded_digest(&cfg, target);
+    let desired = Desired::new(image, Some(&note), Some(&by), false).pinned(recorded.clone());
+    if let Some(recorded) = &desired.digest {
+        eprintln!("rolling back to {target} by its recorded digest {recorded}");
+        if let Some(now) = registry_digest(&cfg, &desired).await {
+            if &now != recorded {
+                eprintln!(
+                    "note: the tag {target} now points to {now} in the registry; the recorded {recorded} is what comes back"
+                );
+            }
+        }
+    }
     submit(cfg, &desired, args.no_wait, None).await
+}
+
+/// The digest recorded in the audit log for the last successful deployment of `image`.
+fn recorded_digest(cfg: &Config, image: &str) -> Option<String> {
+    let records = audit::read(&cfg.state_dir.join(AUDIT_FILE)).ok()?;
+    records
+        .iter()
+        .rev()
+        .find(|r| r.image == image && r.outcome == "succeeded" && r.digest.is_some())
+        .and_then(|r| r.digest.clone())
+}
+
+/// What the image's tag resolves to in the registry now (None when it cannot be asked).
+async fn registry_digest(cfg: &Config, desired: &Desired) -> Option<String> {
+    desired.image.tag()?;
+    let docker = Docker::connect(&cfg.docker.host).await.ok()?;
+    docker
+        .registry_digest(&cfg.image_reference(&desired.image))
+        .await
 }
 
 /// The seed's screen: current, previous, the numbered history with the target marked.

@@ -113,6 +113,10 @@ pub struct Desired {
     pub by: Option<String>,
     /// Observe and report, change nothing.
     pub paused: bool,
+    /// `sha256:<64 hex>` pinning what `image` names: a rollback writes the digest it
+    /// recorded, so a tag moved in the registry cannot change what comes back. The history
+    /// still records `image` as written.
+    pub digest: Option<String>,
     /// Changes whenever the file's bytes change; see [`generation_of`].
     pub generation: String,
 }
@@ -121,6 +125,7 @@ pub struct Desired {
 #[serde(deny_unknown_fields)]
 struct RawDesired {
     image: Option<String>,
+    digest: Option<String>,
     note: Option<String>,
     by: Option<String>,
     paused: Option<bool>,
@@ -137,10 +142,45 @@ impl Desired {
             note: note.map(|n| sanitize_text(n, NOTE_MAX_CHARS)),
             by: by.map(|b| sanitize_text(b, BY_MAX_CHARS)),
             paused,
+            digest: None,
             generation: String::new(),
         };
         desired.generation = generation_of(desired.render().as_bytes());
         desired
+    }
+
+    /// Pins `digest` (see the field); the generation follows the new content.
+    pub fn pinned(mut self, digest: Option<String>) -> Desired {
+        self.digest = digest.filter(|_| self.image.digest().is_none());
+        self.generation = generation_of(self.render().as_bytes());
+        self
+    }
+
+    /// The full reference to pull and run: the image's, with the pinned digest when there
+    /// is one (`repo:tag@sha256:…`; the engine resolves it by the digest).
+    pub fn reference(&self, cfg: &Config) -> String {
+        let reference = cfg.image_reference(&self.image);
+        match &self.digest {
+            Some(digest) if self.image.digest().is_none() => format!("{reference}@{digest}"),
+            _ => reference,
+        }
+    }
+
+    /// Writes this state to `path` atomically (temp file, fsync, rename), refusing to write
+    /// through an unsafe file already there.
+    pub fn write(&self, path: &Path) -> Result<(), DesiredError> {
+        if path.exists() || path.is_symlink() {
+            check_file_safety(path).map_err(|err| match err {
+                SafetyError::Inspect { path, source } => DesiredError::Io { path, source },
+                other => DesiredError::Unsafe(other),
+            })?;
+        }
+        crate::state::atomic::write_atomic(path, self.render().as_bytes()).map_err(|source| {
+            DesiredError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 
     /// Reads, safety-checks and parses the desired file at `path`.
@@ -199,6 +239,17 @@ impl Desired {
             note: field("note", raw.note, NOTE_MAX_CHARS)?,
             by: field("by", raw.by, BY_MAX_CHARS)?,
             paused: raw.paused.unwrap_or(false),
+            digest: match raw.digest {
+                None => None,
+                Some(value) => {
+                    Some(check_digest(&value).map_err(|reason| DesiredError::Field {
+                        path: path.to_path_buf(),
+                        key: "digest",
+                        value: format!("{value:?}"),
+                        reason,
+                    })?)
+                }
+            },
             generation: generation_of(text.as_bytes()),
         })
     }
@@ -207,6 +258,9 @@ impl Desired {
     /// set. Values are written with TOML's own quoting, so any text round-trips.
     pub fn render(&self) -> String {
         let mut out = format!("image = {}\n", toml_string(self.image.as_written()));
+        if let Some(digest) = &self.digest {
+            out.push_str(&format!("digest = {}\n", toml_string(digest)));
+        }
         if let Some(note) = &self.note {
             out.push_str(&format!("note = {}\n", toml_string(note)));
         }
@@ -228,6 +282,17 @@ impl fmt::Display for Desired {
         }
         Ok(())
     }
+}
+
+/// Checks a `sha256:<64 lowercase hex>` digest.
+pub fn check_digest(value: &str) -> Result<String, String> {
+    let hex = value
+        .strip_prefix("sha256:")
+        .ok_or_else(|| "must start with sha256:".to_string())?;
+    if hex.len() != 64 || !hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+        return Err("must be sha256: followed by 64 lowercase hex digits".to_string());
+    }
+    Ok(value.to_string())
 }
 
 fn toml_string(value: &str) -> String {
@@ -663,5 +728,39 @@ mod tests {
             err.source().and_then(|s| s.downcast_ref::<ImageError>()),
             Some(ImageError::ForbiddenCharacter { found: ' ', .. })
         ));
+    }
+
+    #[test]
+    fn a_pinned_digest_is_run_while_the_history_keeps_the_tag() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let text = format!("image = \"v2\"\ndigest = \"{digest}\"\n");
+        let d = Desired::parse(&text, Path::new(FILE), &cfg()).unwrap();
+        assert_eq!(d.image.as_written(), "v2");
+        assert_eq!(
+            d.reference(&cfg()),
+            format!("ghcr.io/fieldtrack-tech/api:v2@{digest}")
+        );
+        assert_eq!(d.render(), text);
+        let unpinned = Desired::new(d.image.clone(), None, None, false);
+        let pinned = unpinned.clone().pinned(Some(digest.clone()));
+        assert_ne!(unpinned.generation, pinned.generation);
+        assert_eq!(
+            Desired::parse(&pinned.render(), Path::new(FILE), &cfg()).unwrap(),
+            pinned
+        );
+    }
+
+    #[test]
+    fn a_malformed_digest_is_refused_naming_the_key() {
+        for bad in [
+            "sha256:abc",
+            "md5:00",
+            &format!("sha256:{}", "AB".repeat(32)),
+        ] {
+            let text = format!("image = \"v2\"\ndigest = \"{bad}\"\n");
+            let err = Desired::parse(&text, Path::new(FILE), &cfg()).unwrap_err();
+            assert_eq!(err.kind(), DesiredErrorKind::Invalid, "{bad}");
+            assert!(err.to_string().contains("digest"), "{err}");
+        }
     }
 }

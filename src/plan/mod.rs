@@ -116,7 +116,7 @@ impl Plan {
 /// Decides what to do. `by_hand` is true for a reconcile or deploy an operator asked for:
 /// it retries a generation that already failed.
 pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool) -> Plan {
-    let reference = cfg.image_reference(&desired.image);
+    let reference = desired.reference(cfg);
     let image = desired.image.as_written().to_string();
     let live = observed.live(cfg);
     let desired_is_live = live.is_some_and(|c| runs(c, &reference, &image));

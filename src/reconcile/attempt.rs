@@ -13,7 +13,7 @@ use crate::apply::runtime::{
     ContainerSpec, ContainerState, Runtime, LABEL_APP, LABEL_COLOR, LABEL_IMAGE,
 };
 use crate::config::Color;
-use crate::desired::Desired;
+use crate::desired::{Desired, ImageRef};
 use crate::observe::Observed;
 use crate::plan::Action;
 use crate::state::audit::{self, AuditRecord};
@@ -29,6 +29,21 @@ pub const LABEL_GENERATION: &str = "fieldtrack.generation";
 const DRAIN_FAILURES: u32 = 3;
 /// Log lines of a failed candidate quoted in the error.
 const LOG_LINES: usize = 20;
+
+/// What one attempt works with.
+struct Attempt<'a> {
+    desired: &'a Desired,
+    color: Color,
+    /// As written in the desired file.
+    image: &'a str,
+    reference: &'a str,
+    /// The old color's container, retired after the drain.
+    old: Option<&'a str>,
+    /// The history's head before the attempt: what the old color runs.
+    previous: Option<&'a str>,
+    /// Deploy starts a candidate; Switch reuses the one running.
+    start: bool,
+}
 
 /// Runs a Deploy or Switch action; audits the outcome either way.
 pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
@@ -52,20 +67,18 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
         } => (*color, image, reference, old, false),
         _ => unreachable!("only deploy and switch actions are attempts"),
     };
-    let started = Instant::now();
-    let previous = observed.history.first().cloned();
-    let mut digest = None;
-    let result = attempt(
-        rc,
+    let at = Attempt {
         desired,
         color,
         image,
         reference,
-        old.as_deref(),
+        old: old.as_deref(),
+        previous: observed.history.first().map(String::as_str),
         start,
-        &mut digest,
-    )
-    .await;
+    };
+    let started = Instant::now();
+    let mut digest = None;
+    let result = attempt(rc, &at, &mut digest).await;
     let record = AuditRecord {
         time: crate::state::now_rfc3339(),
         event: "deploy".into(),
@@ -79,7 +92,7 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
         image: image.clone(),
         reference: reference.clone(),
         digest: digest.clone(),
-        previous,
+        previous: at.previous.map(str::to_string),
         trigger: rc.trigger.clone(),
         by: desired.by.clone(),
         note: desired.note.clone(),
@@ -94,28 +107,63 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
             tracing::error!(error = %e, "cannot append to the audit log");
         }
     }
-    if result.is_ok() {
-        rc.set_status(|s| s.digest = digest)?;
+    match &result {
+        Ok(()) => rc.set_status(|s| s.digest = digest)?,
+        Err(ReconcileError::FailedAfterSwitch {
+            back_to: Some(_),
+            reason,
+            ..
+        }) if rc.cfg.rollout.auto_rollback => auto_rollback(rc, &at, reason),
+        Err(_) => {}
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// After traffic went back to the old color: rewrite the desired file to the previous
+/// image, so the desired state says what runs and the bad image is not tried again.
+fn auto_rollback<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    at: &Attempt<'_>,
+    reason: &str,
+) {
+    let cfg = &rc.cfg;
+    let Some(previous) = at.previous else {
+        tracing::warn!("no previous image in the history: the desired file is left as it is");
+        return;
+    };
+    let image = match ImageRef::parse(previous, &cfg.repository, &cfg.allowed_repositories) {
+        Ok(image) => image,
+        Err(e) => {
+            tracing::error!(error = %e, "the history's head is not a valid image: no auto-rollback");
+            return;
+        }
+    };
+    let note = format!(
+        "auto-rollback: {} failed after the switch: {reason}",
+        at.image
+    );
+    let rollback = Desired::new(image, Some(&note), Some("fieldtrack"), false);
+    match rollback.write(&cfg.desired_file) {
+        Ok(()) => tracing::warn!(
+            image = %previous,
+            generation = %rollback.generation,
+            "auto-rollback: desired file rewritten to the previous image"
+        ),
+        Err(e) => tracing::error!(error = %e, "auto-rollback: cannot rewrite the desired file"),
+    }
+}
+
 async fn attempt<R: Runtime, P: Proxy, H: Prober>(
     rc: &Reconciler<R, P, H>,
-    desired: &Desired,
-    color: Color,
-    image: &str,
-    reference: &str,
-    old: Option<&str>,
-    start: bool,
+    at: &Attempt<'_>,
     digest: &mut Option<String>,
 ) -> Result<(), ReconcileError> {
     let cfg = &rc.cfg;
+    let (color, image, reference) = (at.color, at.image, at.reference);
     let name = cfg.container_name(color);
     let port = cfg.port(color);
 
-    if start {
+    if at.start {
         rc.step(Step::Pulling).await?;
         let local = rc.runtime.image(reference).await?;
         if local.is_none() {
@@ -138,7 +186,7 @@ async fn attempt<R: Runtime, P: Proxy, H: Prober>(
             (LABEL_COLOR.to_string(), color.to_string()),
             (LABEL_IMAGE.to_string(), reference.to_string()),
             (LABEL_DESIRED.to_string(), image.to_string()),
-            (LABEL_GENERATION.to_string(), desired.generation.clone()),
+            (LABEL_GENERATION.to_string(), at.desired.generation.clone()),
         ]);
         let spec = ContainerSpec {
             name: name.clone(),
@@ -181,10 +229,10 @@ async fn attempt<R: Runtime, P: Proxy, H: Prober>(
     })?;
 
     rc.step(Step::Draining).await?;
-    drain(rc, &name, image, port, old).await?;
+    drain(rc, at, &name, port).await?;
 
     rc.step(Step::Cleanup).await?;
-    if let Some(old) = old {
+    if let Some(old) = at.old {
         rc.runtime.remove(old, cfg.container.stop_timeout).await?;
     }
     rc.pause_point("recording").await;
@@ -271,10 +319,9 @@ async fn exited_check<R: Runtime, P: Proxy, H: Prober>(
 /// failed probes in a row, or the new container exiting, send traffic back to the old color.
 async fn drain<R: Runtime, P: Proxy, H: Prober>(
     rc: &Reconciler<R, P, H>,
+    at: &Attempt<'_>,
     name: &str,
-    image: &str,
     port: u16,
-    old: Option<&str>,
 ) -> Result<(), ReconcileError> {
     let cfg = &rc.cfg;
     let end = Instant::now() + cfg.rollout.drain;
@@ -290,6 +337,7 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
                 }
                 outcome => {
                     failures += 1;
+                    tracing::warn!(failures, outcome = %describe(&outcome), "probe failed during the drain");
                     if failures < DRAIN_FAILURES {
                         continue;
                     }
@@ -304,7 +352,7 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
                 other.map_or("disappeared".to_string(), |s| s.to_string())
             ),
         };
-        return switch_back(rc, name, image, old, reason).await;
+        return switch_back(rc, at, name, reason).await;
     }
     Ok(())
 }
@@ -312,43 +360,51 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
 /// Sends traffic back to the old color after a failure during the drain.
 async fn switch_back<R: Runtime, P: Proxy, H: Prober>(
     rc: &Reconciler<R, P, H>,
+    at: &Attempt<'_>,
     name: &str,
-    image: &str,
-    old: Option<&str>,
     reason: String,
 ) -> Result<(), ReconcileError> {
     let cfg = &rc.cfg;
-    let old_color = [Color::Blue, Color::Green]
+    let old_color = Color::ALL
         .into_iter()
-        .find(|c| Some(cfg.container_name(*c).as_str()) == old);
-    let old_running = match old {
+        .find(|c| Some(cfg.container_name(*c).as_str()) == at.old);
+    let old_running = match at.old {
         Some(old) => matches!(rc.runtime.state(old).await?, Some(ContainerState::Running)),
         None => false,
     };
-    match old_color.filter(|_| old_running) {
-        Some(back) => {
-            tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
-            let back_image = String::from("previous");
-            rc.proxy
-                .switch(cfg.port(back), &rc.live_comment(back, &back_image))
-                .await?;
-            remove_candidate(rc, name).await;
-            Err(ReconcileError::FailedAfterSwitch {
-                image: image.to_string(),
-                reason,
-                back_to: back.to_string(),
-            })
-        }
-        None => {
-            // Nothing to go back to: the new color is all there is, so it keeps the traffic.
-            tracing::error!(%reason, "new color failed during the drain and no old color runs");
-            Err(ReconcileError::FailedAfterSwitch {
-                image: image.to_string(),
-                reason,
-                back_to: "nothing (no previous color was running)".to_string(),
-            })
-        }
-    }
+    let Some(back) = old_color.filter(|_| old_running) else {
+        // Nothing to go back to: the new color is all there is, so it keeps the traffic.
+        tracing::error!(%reason, "new color failed during the drain and no old color runs");
+        return Err(ReconcileError::FailedAfterSwitch {
+            image: at.image.to_string(),
+            reason,
+            back_to: None,
+        });
+    };
+    tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
+    let back_image = at.previous.unwrap_or("previous");
+    rc.proxy
+        .switch(cfg.port(back), &rc.live_comment(back, back_image))
+        .await?;
+    remove_candidate(rc, name).await;
+    let back_reference = at
+        .previous
+        .and_then(|p| ImageRef::parse(p, &cfg.repository, &cfg.allowed_repositories).ok())
+        .map(|i| cfg.image_reference(&i))
+        .unwrap_or_default();
+    rc.set_status(|s| {
+        s.live = Some(Live {
+            color: back.to_string(),
+            image: back_reference,
+            container: cfg.container_name(back),
+            port: cfg.port(back),
+        })
+    })?;
+    Err(ReconcileError::FailedAfterSwitch {
+        image: at.image.to_string(),
+        reason,
+        back_to: Some(back.to_string()),
+    })
 }
 
 async fn check_cancel<R: Runtime, P: Proxy, H: Prober>(

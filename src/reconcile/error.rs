@@ -43,12 +43,16 @@ pub enum ReconcileError {
         last: String,
         logs: String,
     },
-    /// The new color failed during the drain window; traffic went back to the old color.
-    #[error("{image} failed after the switch ({reason}); traffic is back on {back_to}")]
+    /// The new color failed during the drain window; traffic went back to the old color
+    /// when one was still running (`back_to`), else it stayed on the new one.
+    #[error("{image} failed after the switch ({reason}); {}", match back_to {
+        Some(color) => format!("traffic is back on {color}"),
+        None => "no previous color was running, so traffic stays on it".to_string(),
+    })]
     FailedAfterSwitch {
         image: String,
         reason: String,
-        back_to: String,
+        back_to: Option<String>,
     },
     /// nginx could not be switched (test or reload failed); the upstream file was restored.
     #[error(transparent)]

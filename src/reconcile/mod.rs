@@ -161,6 +161,9 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                 }
             }
         }
+        if plan.target().is_some() && self.cfg.rollout.keep_images {
+            self.retain_images().await;
+        }
         let live = self.observed_live().await?;
         self.set_status(|s| {
             s.phase = Phase::Converged;
@@ -171,6 +174,61 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
             s.live = live.clone();
         })?;
         Ok(Outcome::Converged)
+    }
+
+    /// Image retention: removes local images of `repository` that no history entry names,
+    /// keeping every entry's image (by tag, or by the digest recorded for it) so a rollback
+    /// never needs the registry. Failures are logged: retention never fails a deployment.
+    async fn retain_images(&self) {
+        let cfg = &self.cfg;
+        let history = match history::read(&cfg.history_file) {
+            Ok(history) => history,
+            Err(e) => {
+                tracing::warn!(error = %e, "image retention skipped");
+                return;
+            }
+        };
+        let audit = state::audit::read(&self.audit_file()).unwrap_or_default();
+        let mut keep: Vec<String> = Vec::new();
+        for entry in &history {
+            if let Ok(image) =
+                crate::desired::ImageRef::parse(entry, &cfg.repository, &cfg.allowed_repositories)
+            {
+                keep.push(cfg.image_reference(&image));
+            }
+            for record in audit.iter().filter(|r| &r.image == entry) {
+                keep.push(record.reference.clone());
+                if let Some(digest) = &record.digest {
+                    keep.push(format!("{}@{digest}", cfg.repository));
+                }
+            }
+        }
+        let images = match self.runtime.images(&cfg.repository).await {
+            Ok(images) => images,
+            Err(e) => {
+                tracing::warn!(error = %e, "image retention skipped");
+                return;
+            }
+        };
+        let digest_of = |name: &String| name.rsplit_once('@').map(|(_, d)| d.to_string());
+        let keep_digests: Vec<String> = keep.iter().filter_map(digest_of).collect();
+        for image in images {
+            let named = image.tags.iter().any(|t| keep.contains(t));
+            let pinned = image
+                .digests
+                .iter()
+                .filter_map(digest_of)
+                .any(|d| keep_digests.contains(&d));
+            if named || pinned {
+                continue;
+            }
+            match self.runtime.remove_image(&image.id).await {
+                Ok(()) => {
+                    tracing::info!(image = ?image.tags, "removed an image no history entry names")
+                }
+                Err(e) => tracing::debug!(image = ?image.tags, error = %e, "image kept"),
+            }
+        }
     }
 
     /// Starts the status of a pass from what was observed.

@@ -135,6 +135,9 @@ impl Site {
             ("nginx.test_command", test),
             ("nginx.reload_command", reload),
             ("rollout.drain", quote("1s")),
+            // Sites share one registry repository: retention in one would remove images
+            // another test is about to run. The retention test turns it on in its own repository.
+            ("rollout.keep_images", "false".to_string()),
             ("docker.host", quote(&self.docker_host)),
         ];
         for (key, value) in values {

@@ -1,0 +1,728 @@
+//! Webhook notifications: telling the team's chat what a deployment did.
+//!
+//! A deployment must never wait for, or fail because of, a chat service. So
+//! [`Notifier::send`] is fire-and-forget: it hands the POST to a background task and
+//! returns at once, and a webhook that is down, slow or refusing only costs a warning in
+//! the log. The webhook URL usually carries its token in the path or query, so it never
+//! appears in a log line or an error: only its scheme and host do
+//! ([`NotifyConfig::webhook_redacted`]).
+//!
+//! The body is JSON with a Slack-compatible `text` (Mattermost, Rocket.Chat and most chat
+//! webhooks read the same field) beside structured fields for anything else.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Color, NotifyConfig};
+
+/// Where the machine's hostname is read, for the `host` field.
+const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
+
+/// How many characters of a message's first line go into `text`.
+const TEXT_MESSAGE_CHARS: usize = 300;
+
+/// How many characters of an error answer's body are kept in [`NotifyError::Status`].
+const STATUS_BODY_CHARS: usize = 200;
+
+/// Why a notification was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// The HTTP client could not be built (TLS setup failed).
+    #[error("failed to build the webhook http client: {source}")]
+    Client {
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The request could not be sent or its answer not read (DNS, connection, TLS).
+    /// `webhook` is redacted and the source carries no URL.
+    #[error("failed to send webhook notification to {webhook}: {reason}")]
+    Request {
+        webhook: String,
+        /// The source's chain in a few words.
+        reason: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No complete answer within `notify.timeout`.
+    #[error(
+        "webhook {webhook} did not answer within {}",
+        humantime::format_duration(*timeout)
+    )]
+    TimedOut {
+        webhook: String,
+        timeout: Duration,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The webhook answered with a non-2xx status; `body` is the start of its answer.
+    #[error("webhook {webhook} answered {status}: {body}")]
+    Status {
+        webhook: String,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+}
+
+/// What happened, as the `event` field says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A deployment converged: the image is live.
+    Succeeded,
+    /// A deployment attempt failed; production is as it was.
+    Failed,
+    /// A rollback asked for by an operator (`fieldtrack rollback`) converged.
+    RolledBack,
+    /// The new color failed during the drain and traffic went back to the previous image.
+    AutoRollback,
+}
+
+impl Event {
+    /// The `event` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Succeeded => "succeeded",
+            Event::Failed => "failed",
+            Event::RolledBack => "rolled_back",
+            Event::AutoRollback => "auto_rollback",
+        }
+    }
+}
+
+/// One notification. Build it with [`Notification::new`] and struct update syntax:
+///
+/// ```
+/// # use fieldtrack::apply::notify::{Event, Notification};
+/// let n = Notification {
+///     previous: Some("v1".into()),
+///     ..Notification::new(Event::Succeeded, "api", "v2")
+/// };
+/// assert_eq!(n.text(), "✅ api deployed v2");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Notification {
+    pub event: Event,
+    pub app: String,
+    /// The image this is about, as written in the desired file. For
+    /// [`Event::AutoRollback`], the image that failed.
+    pub image: String,
+    /// The image live before. For [`Event::AutoRollback`], the image traffic went back to.
+    pub previous: Option<String>,
+    /// The color `image` ran in.
+    pub color: Option<Color>,
+    /// The image's digest (`sha256:...`) when known.
+    pub digest: Option<String>,
+    /// Why it failed or was rolled back; the first line goes into `text`.
+    pub message: Option<String>,
+    /// `by` from the desired file.
+    pub by: Option<String>,
+    /// `note` from the desired file.
+    pub note: Option<String>,
+    /// The desired generation.
+    pub generation: Option<String>,
+    /// How long the attempt took.
+    pub duration_ms: Option<u64>,
+    /// This machine's hostname.
+    pub host: String,
+    /// When the notification was made, RFC 3339.
+    pub time: String,
+}
+
+/// What goes on the wire: the notification with its `text` in front.
+#[derive(Serialize)]
+struct Payload<'a> {
+    text: String,
+    #[serde(flatten)]
+    notification: &'a Notification,
+}
+
+impl Notification {
+    /// A notification of `event` for `image` of `app`, stamped with this host and now;
+    /// every optional field empty.
+    pub fn new(event: Event, app: impl Into<String>, image: impl Into<String>) -> Notification {
+        Notification {
+            event,
+            app: app.into(),
+            image: image.into(),
+            previous: None,
+            color: None,
+            digest: None,
+            message: None,
+            by: None,
+            note: None,
+            generation: None,
+            duration_ms: None,
+            host: hostname(),
+            time: crate::state::now_rfc3339(),
+        }
+    }
+
+    /// A one-line summary for people, e.g. `✅ api deployed v2 (green)` or
+    /// `❌ api: deploy of v2 failed: container exited during the health gate`.
+    pub fn text(&self) -> String {
+        let app = &self.app;
+        let image = &self.image;
+        let color = self.color.map(|c| format!(" ({c})")).unwrap_or_default();
+        let reason = self
+            .message
+            .as_deref()
+            .map(first_line)
+            .filter(|line| !line.is_empty())
+            .map(|line| format!(": {line}"))
+            .unwrap_or_default();
+        match self.event {
+            Event::Succeeded => format!("✅ {app} deployed {image}{color}"),
+            Event::Failed => format!("❌ {app}: deploy of {image} failed{reason}"),
+            Event::RolledBack => match &self.previous {
+                Some(previous) => {
+                    format!("↩️ {app} rolled back from {previous} to {image}{color}")
+                }
+                None => format!("↩️ {app} rolled back to {image}{color}"),
+            },
+            Event::AutoRollback => match &self.previous {
+                Some(previous) => {
+                    format!("↩️ {app} auto-rolled back from {image} to {previous}{reason}")
+                }
+                None => format!("↩️ {app} auto-rolled back from {image}{reason}"),
+            },
+        }
+    }
+
+    /// The JSON body POSTed to the webhook: every field plus `text`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let payload = Payload {
+            text: self.text(),
+            notification: self,
+        };
+        // Strings, numbers and unit enums only: serializing cannot fail.
+        serde_json::to_value(payload).unwrap_or_default()
+    }
+}
+
+/// The trimmed first line of `message`, cut to [`TEXT_MESSAGE_CHARS`].
+fn first_line(message: &str) -> String {
+    let line = message.trim().lines().next().unwrap_or("").trim_end();
+    truncate(line, TEXT_MESSAGE_CHARS)
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
+/// This machine's hostname, or `"unknown"` when it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string(HOSTNAME_FILE)
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Sends notifications to the configured webhook. Cheap to clone; clones share the
+/// in-flight count that [`Notifier::flush`] waits on.
+#[derive(Clone)]
+pub struct Notifier {
+    client: reqwest::Client,
+    webhook: Arc<str>,
+    redacted: Arc<str>,
+    timeout: Duration,
+    in_flight: Arc<InFlight>,
+}
+
+/// Shown without the webhook's path and query.
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("webhook", &self.redacted)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Notifier {
+    /// A notifier for `[notify]`, or `None` when no webhook is configured. A client that
+    /// cannot be built (which [`Notifier::try_new`] reports) is logged and also gives
+    /// `None`: notifications are never worth failing the daemon for.
+    pub fn new(cfg: &NotifyConfig) -> Option<Notifier> {
+        match Notifier::try_new(cfg) {
+            Ok(notifier) => notifier,
+            Err(err) => {
+                tracing::warn!(error = %err, "webhook notifications disabled");
+                None
+            }
+        }
+    }
+
+    /// [`Notifier::new`], reporting a client that cannot be built.
+    pub fn try_new(cfg: &NotifyConfig) -> Result<Option<Notifier>, NotifyError> {
+        let Some(webhook) = cfg.webhook.as_deref() else {
+            return Ok(None);
+        };
+        let redacted = cfg.webhook_redacted().unwrap_or_else(|| "…".to_owned());
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            // A redirect would send the payload (and, for some clients, the token) to
+            // another place than the one configured.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("fieldtrack/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| NotifyError::Client {
+                source: source.without_url(),
+            })?;
+        Ok(Some(Notifier {
+            client,
+            webhook: webhook.into(),
+            redacted: redacted.into(),
+            timeout: cfg.timeout,
+            in_flight: Arc::new(InFlight::default()),
+        }))
+    }
+
+    /// The webhook as it may be shown: scheme and host.
+    pub fn webhook_redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// Sends `n` in the background and returns at once; a failure is logged as a warning.
+    /// Outside a tokio runtime nothing can run in the background, so the notification is
+    /// dropped with a warning.
+    pub fn send(&self, n: Notification) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                webhook = %self.redacted,
+                event = n.event.as_str(),
+                "webhook notification dropped: no async runtime"
+            );
+            return;
+        };
+        let notifier = self.clone();
+        let guard = InFlightGuard::new(self.in_flight.clone());
+        runtime.spawn(async move {
+            let _guard = guard;
+            let event = n.event;
+            match notifier.send_now(n).await {
+                Ok(()) => tracing::debug!(
+                    webhook = %notifier.redacted,
+                    event = event.as_str(),
+                    "webhook notification sent"
+                ),
+                Err(err) => tracing::warn!(
+                    event = event.as_str(),
+                    error = %err,
+                    "webhook notification failed"
+                ),
+            }
+        });
+    }
+
+    /// POSTs `n` and waits for a 2xx answer, at most `notify.timeout`.
+    pub async fn send_now(&self, n: Notification) -> Result<(), NotifyError> {
+        let response = self
+            .client
+            .post(&*self.webhook)
+            .json(&n.to_json())
+            .send()
+            .await
+            .map_err(|source| self.request_error(source))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(NotifyError::Status {
+            webhook: self.redacted.to_string(),
+            status,
+            body: truncate(first_line(&body).as_str(), STATUS_BODY_CHARS),
+        })
+    }
+
+    /// Waits until every notification handed to [`Notifier::send`] (by this notifier or a
+    /// clone) is delivered or has failed, at most `within`. For a process about to exit
+    /// (`fieldtrack reconcile`, `deploy`): its runtime would drop the tasks unfinished.
+    /// Returns whether all were done.
+    pub async fn flush(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.in_flight.idle())
+            .await
+            .is_ok()
+    }
+
+    fn request_error(&self, source: reqwest::Error) -> NotifyError {
+        // reqwest puts the full URL, token included, into its message.
+        let source = source.without_url();
+        let webhook = self.redacted.to_string();
+        if source.is_timeout() {
+            return NotifyError::TimedOut {
+                webhook,
+                timeout: self.timeout,
+                source,
+            };
+        }
+        NotifyError::Request {
+            webhook,
+            reason: error_chain(&source),
+            source,
+        }
+    }
+}
+
+/// `error` and its sources in one line, skipping a source whose text is already there.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// How many background sends are running, and a wake-up for when none is.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a send finishing in between still wakes us.
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts one background send for as long as it lives, even if its task is cancelled.
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(in_flight: Arc<InFlight>) -> InFlightGuard {
+        in_flight.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(in_flight)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    const SECRET_PATH: &str = "/T000/B000/secret";
+
+    fn config(webhook: String, timeout: Duration) -> NotifyConfig {
+        NotifyConfig {
+            webhook: Some(webhook),
+            timeout,
+        }
+    }
+
+    fn sample() -> Notification {
+        Notification {
+            previous: Some("v1".into()),
+            color: Some(Color::Green),
+            digest: Some("sha256:abc".into()),
+            by: Some("ci".into()),
+            note: Some("hotfix login".into()),
+            generation: Some("g7".into()),
+            duration_ms: Some(1234),
+            ..Notification::new(Event::Succeeded, "api", "v2")
+        }
+    }
+
+    /// Reads one HTTP request (head and `Content-Length` body) from `stream`.
+    fn read_request(stream: &TcpStream) -> (String, Vec<u8>) {
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+            head.push_str(&line);
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        (head, body)
+    }
+
+    /// A receiver answering one request with `status`; sends what it got on the channel.
+    fn receiver(status: &'static str) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}{SECRET_PATH}?token=x",
+            listener.local_addr().unwrap()
+        );
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let request = read_request(&stream);
+            let body = "invalid_token";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tx.send(request);
+        });
+        (url, rx)
+    }
+
+    /// A receiver that accepts and reads but never answers; lives as long as the test.
+    fn silent_receiver() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}{SECRET_PATH}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        url
+    }
+
+    fn refused_url() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}{SECRET_PATH}")
+    }
+
+    fn full_chain(err: &dyn std::error::Error) -> String {
+        let mut text = format!("{err} / {err:?}");
+        let mut source = err.source();
+        while let Some(e) = source {
+            text.push_str(&format!(" / {e} / {e:?}"));
+            source = e.source();
+        }
+        text
+    }
+
+    #[test]
+    fn no_webhook_no_notifier() {
+        let cfg = NotifyConfig {
+            webhook: None,
+            timeout: Duration::from_secs(5),
+        };
+        assert!(Notifier::new(&cfg).is_none());
+    }
+
+    #[test]
+    fn texts() {
+        let n = sample();
+        assert_eq!(n.text(), "✅ api deployed v2 (green)");
+
+        let n = Notification {
+            message: Some("candidate api-green never became healthy\ndetails".into()),
+            ..Notification::new(Event::Failed, "api", "v2")
+        };
+        assert_eq!(
+            n.text(),
+            "❌ api: deploy of v2 failed: candidate api-green never became healthy"
+        );
+        assert_eq!(
+            Notification::new(Event::Failed, "api", "v2").text(),
+            "❌ api: deploy of v2 failed"
+        );
+
+        let n = Notification {
+            previous: Some("v1".into()),
+            message: Some("3 failed probes during the drain".into()),
+            ..Notification::new(Event::AutoRollback, "api", "v2")
+        };
+        assert_eq!(
+            n.text(),
+            "↩️ api auto-rolled back from v2 to v1: 3 failed probes during the drain"
+        );
+
+        let n = Notification {
+            previous: Some("v2".into()),
+            color: Some(Color::Blue),
+            ..Notification::new(Event::RolledBack, "api", "v1")
+        };
+        assert_eq!(n.text(), "↩️ api rolled back from v2 to v1 (blue)");
+
+        let long = Notification {
+            message: Some("x".repeat(1000)),
+            ..Notification::new(Event::Failed, "api", "v2")
+        };
+        assert!(long.text().ends_with("x…"), "{}", long.text());
+        assert!(long.text().chars().count() < 400);
+    }
+
+    #[test]
+    fn json_has_every_field_and_text() {
+        let json = sample().to_json();
+        let obj = json.as_object().unwrap();
+        for key in [
+            "text",
+            "event",
+            "app",
+            "image",
+            "previous",
+            "color",
+            "digest",
+            "message",
+            "by",
+            "note",
+            "generation",
+            "duration_ms",
+            "host",
+            "time",
+        ] {
+            assert!(obj.contains_key(key), "{key} missing in {json}");
+        }
+        assert_eq!(json["event"], "succeeded");
+        assert_eq!(json["color"], "green");
+        assert_eq!(json["message"], serde_json::Value::Null);
+        assert_eq!(json["duration_ms"], 1234);
+        for (event, name) in [
+            (Event::Failed, "failed"),
+            (Event::RolledBack, "rolled_back"),
+            (Event::AutoRollback, "auto_rollback"),
+        ] {
+            assert_eq!(Notification::new(event, "a", "b").to_json()["event"], name);
+            assert_eq!(event.as_str(), name);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_webhook_receives_the_json_body() {
+        let (url, rx) = receiver("200 OK");
+        let notifier = Notifier::new(&config(url, Duration::from_secs(5))).unwrap();
+        notifier.send_now(sample()).await.unwrap();
+        let (head, body) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            head.starts_with(&format!("POST {SECRET_PATH}?token=x HTTP/1.1\r\n")),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["text"], "✅ api deployed v2 (green)");
+        assert_eq!(json["event"], "succeeded");
+        assert_eq!(json["app"], "api");
+        assert_eq!(json["image"], "v2");
+        assert_eq!(json["previous"], "v1");
+        assert_eq!(json["digest"], "sha256:abc");
+        assert_eq!(json["by"], "ci");
+        assert_eq!(json["note"], "hotfix login");
+        assert_eq!(json["generation"], "g7");
+        assert_eq!(json["host"], hostname());
+        assert!(json["time"].as_str().unwrap().ends_with('Z'), "{json}");
+    }
+
+    #[tokio::test]
+    async fn send_delivers_in_the_background() {
+        let (url, rx) = receiver("200 OK");
+        let notifier = Notifier::new(&config(url, Duration::from_secs(5))).unwrap();
+        notifier.send(sample());
+        assert!(notifier.flush(Duration::from_secs(5)).await);
+        let (_, body) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["event"], "succeeded");
+    }
+
+    #[tokio::test]
+    async fn an_error_status_is_reported_without_the_token() {
+        let (url, _rx) = receiver("403 Forbidden");
+        let notifier = Notifier::new(&config(url, Duration::from_secs(5))).unwrap();
+        let err = notifier.send_now(sample()).await.unwrap_err();
+        assert!(matches!(err, NotifyError::Status { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("webhook http://127.0.0.1:")
+                && msg.ends_with("answered 403 Forbidden: invalid_token"),
+            "{msg}"
+        );
+        assert!(!full_chain(&err).contains("secret"), "{}", full_chain(&err));
+    }
+
+    #[tokio::test]
+    async fn a_webhook_that_never_answers_never_delays_the_caller() {
+        let notifier =
+            Notifier::new(&config(silent_receiver(), Duration::from_millis(300))).unwrap();
+
+        let start = Instant::now();
+        notifier.send(sample());
+        assert!(
+            start.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            start.elapsed()
+        );
+
+        let start = Instant::now();
+        let err = notifier.send_now(sample()).await.unwrap_err();
+        let elapsed = start.elapsed();
+        assert!(matches!(err, NotifyError::TimedOut { .. }), "{err:?}");
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+        assert!(
+            err.to_string().ends_with("did not answer within 300ms"),
+            "{err}"
+        );
+        assert!(!full_chain(&err).contains("secret"), "{}", full_chain(&err));
+
+        // The background send gave up by its own timeout too.
+        assert!(notifier.flush(Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_does_not_reveal_the_url_path() {
+        let notifier = Notifier::new(&config(refused_url(), Duration::from_secs(2))).unwrap();
+        let err = notifier.send_now(sample()).await.unwrap_err();
+        assert!(matches!(err, NotifyError::Request { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("failed to send webhook notification to http://127.0.0.1:"),
+            "{msg}"
+        );
+        assert!(msg.to_ascii_lowercase().contains("refused"), "{msg}");
+        let chain = full_chain(&err);
+        assert!(
+            !chain.contains(SECRET_PATH) && !chain.contains("secret"),
+            "{chain}"
+        );
+        assert!(!format!("{notifier:?}").contains("secret"));
+    }
+
+    #[test]
+    fn send_outside_a_runtime_is_dropped_not_a_panic() {
+        let notifier = Notifier::new(&config(refused_url(), Duration::from_secs(1))).unwrap();
+        notifier.send(sample());
+    }
+}
