@@ -65,7 +65,12 @@ pub(crate) async fn converge(
     trigger: &str,
 ) -> Result<u8, CliError> {
     let rc = super::reconciler(cfg, trigger).await?;
-    match rc.reconcile_with_retries(desired, true, TRIES).await? {
+    let result = rc.reconcile_with_retries(desired, true, TRIES).await;
+    if let Some(notifier) = &rc.notifier {
+        // This process exits next: give the webhook a moment, never more.
+        notifier.flush(Duration::from_secs(5)).await;
+    }
+    match result? {
         Outcome::Converged => {
             let status = Status::load(&rc.cfg.state_dir.join(STATUS_FILE))
                 .ok()

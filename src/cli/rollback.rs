@@ -9,7 +9,7 @@ use super::deploy::{default_by, submit};
 use super::CliError;
 use crate::apply::runtime::{Docker, Runtime};
 use crate::config::Config;
-use crate::desired::{Desired, ImageRef};
+use crate::desired::{Desired, ImageRef, ROLLBACK_NOTE_PREFIX};
 use crate::state::{audit, history, AUDIT_FILE};
 
 #[derive(Debug, Args)]
@@ -67,7 +67,7 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
         ));
     }
     let by = args.by.clone().unwrap_or_else(default_by);
-    let note = format!("rollback from {current} to {target}");
+    let note = format!("{ROLLBACK_NOTE_PREFIX}{current} to {target}");
     let recorded = recorded_digest(&cfg, target);
     let desired = Desired::new(image, Some(&note), Some(&by), false).pinned(recorded.clone());
     if let Some(recorded) = &desired.digest {

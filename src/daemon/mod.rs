@@ -16,6 +16,7 @@
 pub mod sources;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -27,6 +28,7 @@ use crate::apply::health::HealthError;
 use crate::apply::runtime::{Docker, RuntimeError};
 use crate::config::{Config, ConfigError};
 use crate::desired::{Desired, DesiredError, DesiredErrorKind};
+use crate::metrics::Metrics;
 use crate::observe::observe;
 use crate::reconcile::{error_policy, LiveReconciler, Outcome, ReconcileError, Requeue};
 use crate::state::lock::{self, LockError};
@@ -60,6 +62,9 @@ pub enum DaemonError {
     /// The health prober could not be built.
     #[error(transparent)]
     Health(#[from] HealthError),
+    /// The metrics endpoint could not be served.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// A pass running beside the loop.
@@ -89,6 +94,8 @@ struct Daemon {
     backoff: Duration,
     stopping: bool,
     ready_sent: bool,
+    /// Shared by every pass and the metrics endpoint.
+    metrics: Arc<Metrics>,
     /// status.json says `invalid`: the next good read asks for a pass, even with the same
     /// generation as before, so the status tells the truth again.
     invalid_reported: bool,
@@ -113,6 +120,15 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
     let mut resync = sources::resync_timer(cfg.rollout.resync, tx.clone());
     let _signals = sources::signals(tx.clone())?;
     let mut watchdog = watchdog_interval();
+    let metrics = Arc::new(Metrics::new());
+    let _metrics_server = match cfg.metrics.listen {
+        Some(listen) => {
+            let server = crate::metrics::serve(metrics.clone(), listen).await?;
+            tracing::info!(%listen, "metrics served on http://{listen}/metrics");
+            Some(server)
+        }
+        None => None,
+    };
     tracing::info!(
         desired_file = %cfg.desired_file.display(),
         resync = %humantime::format_duration(cfg.rollout.resync),
@@ -132,6 +148,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
         backoff: BACKOFF_MIN,
         stopping: false,
         ready_sent: false,
+        metrics,
         invalid_reported: false,
     };
 
@@ -278,13 +295,17 @@ impl Daemon {
                     docker
                 }
                 Err(e) => {
+                    self.metrics.reconcile_error("transient");
                     self.transient(&ReconcileError::Runtime(e));
                     return;
                 }
             },
         };
         let rc = match LiveReconciler::live(self.cfg.clone(), docker, trigger) {
-            Ok(rc) => rc,
+            Ok(mut rc) => {
+                rc.metrics = self.metrics.clone();
+                rc
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the health prober");
                 return;

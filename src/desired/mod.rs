@@ -18,6 +18,9 @@ use crate::config::safety::{self, check_file_safety, SafetyError};
 use crate::config::{Config, TomlErrorDetail};
 pub use image::{ImageError, ImageRef};
 
+/// How the rollback command's note starts: `rollback from X to Y`.
+pub const ROLLBACK_NOTE_PREFIX: &str = "rollback from ";
+
 /// Longest `note`, in characters.
 pub const NOTE_MAX_CHARS: usize = 1000;
 /// Longest `by`, in characters.

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use super::{ReconcileError, Reconciler};
 use crate::apply::env_file;
 use crate::apply::health::{probe_delays, ProbeOutcome, Prober};
+use crate::apply::hooks::{run_hook, HookContext, POST_DEPLOY, PRE_SWITCH};
+use crate::apply::notify::{Event, Notification};
 use crate::apply::proxy::Proxy;
 use crate::apply::runtime::{
     ContainerSpec, ContainerState, Runtime, LABEL_APP, LABEL_COLOR, LABEL_IMAGE,
@@ -79,6 +81,7 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
     let started = Instant::now();
     let mut digest = None;
     let result = attempt(rc, &at, &mut digest).await;
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let record = AuditRecord {
         time: crate::state::now_rfc3339(),
         event: "deploy".into(),
@@ -97,7 +100,7 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
         by: desired.by.clone(),
         note: desired.note.clone(),
         generation: desired.generation.clone(),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        duration_ms,
         message: result.as_ref().err().map(|e| e.to_string()),
         color: Some(color.to_string()),
     };
@@ -106,6 +109,8 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
         if let Err(e) = audit::append(&rc.audit_file(), &record) {
             tracing::error!(error = %e, "cannot append to the audit log");
         }
+        rc.metrics.deployment(&record.outcome, started.elapsed());
+        notify(rc, &at, &result, &digest, duration_ms);
     }
     match &result {
         Ok(()) => rc.set_status(|s| s.digest = digest)?,
@@ -211,6 +216,12 @@ async fn attempt<R: Runtime, P: Proxy, H: Prober>(
     }
     check_cancel(rc, &name).await?;
 
+    let hook = hook_context(rc, at, port);
+    if let Err(e) = run_hook(PRE_SWITCH, &cfg.hooks.pre_switch, &hook, cfg.hooks.timeout).await {
+        remove_candidate(rc, &name).await;
+        return Err(e.into());
+    }
+
     rc.step(Step::Switching).await?;
     // From here on the switch runs to its end: a cancellation is only honoured before it.
     if let Err(e) = rc.proxy.switch(port, &rc.live_comment(color, image)).await {
@@ -237,7 +248,74 @@ async fn attempt<R: Runtime, P: Proxy, H: Prober>(
     }
     rc.pause_point("recording").await;
     history::record(&cfg.history_file, image, cfg.history_limit)?;
+    // Reported only: the deployment is done whatever the hook says.
+    if let Err(e) = run_hook(
+        POST_DEPLOY,
+        &cfg.hooks.post_deploy,
+        &hook,
+        cfg.hooks.timeout,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "post_deploy hook failed");
+    }
     Ok(())
+}
+
+fn hook_context<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    at: &Attempt<'_>,
+    port: u16,
+) -> HookContext {
+    HookContext {
+        app: rc.cfg.app.clone(),
+        image: at.image.to_string(),
+        reference: at.reference.to_string(),
+        previous: at.previous.map(str::to_string),
+        color: at.color,
+        port,
+    }
+}
+
+/// Tells the webhook how the attempt ended (fire-and-forget: never delays the deployment).
+fn notify<R: Runtime, P: Proxy, H: Prober>(
+    rc: &Reconciler<R, P, H>,
+    at: &Attempt<'_>,
+    result: &Result<(), ReconcileError>,
+    digest: &Option<String>,
+    duration_ms: u64,
+) {
+    let Some(notifier) = &rc.notifier else {
+        return;
+    };
+    let event = match result {
+        Ok(()) if is_rollback(at.desired) => Event::RolledBack,
+        Ok(()) => Event::Succeeded,
+        Err(ReconcileError::Cancelled) => return,
+        Err(ReconcileError::FailedAfterSwitch {
+            back_to: Some(_), ..
+        }) if rc.cfg.rollout.auto_rollback => Event::AutoRollback,
+        Err(_) => Event::Failed,
+    };
+    notifier.send(Notification {
+        previous: at.previous.map(str::to_string),
+        color: Some(at.color),
+        digest: digest.clone(),
+        message: result.as_ref().err().map(|e| e.to_string()),
+        by: at.desired.by.clone(),
+        note: at.desired.note.clone(),
+        generation: Some(at.desired.generation.clone()),
+        duration_ms: Some(duration_ms),
+        ..Notification::new(event, rc.cfg.app.clone(), at.image)
+    });
+}
+
+/// A rollback is a deployment like any other; the rollback command marks it in the note.
+fn is_rollback(desired: &Desired) -> bool {
+    desired
+        .note
+        .as_deref()
+        .is_some_and(|n| n.starts_with(crate::desired::ROLLBACK_NOTE_PREFIX))
 }
 
 /// Probes the candidate until it answers 2xx: the first probe right away, gaps growing to
@@ -282,6 +360,7 @@ async fn health_gate<R: Runtime, P: Proxy, H: Prober>(
             return Ok(());
         }
         last = describe(&outcome);
+        rc.metrics.health_probe_failed();
         tracing::info!(probes, outcome = %last, "candidate not healthy yet");
         if Instant::now() >= deadline {
             break;

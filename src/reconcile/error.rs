@@ -54,6 +54,9 @@ pub enum ReconcileError {
         reason: String,
         back_to: Option<String>,
     },
+    /// The pre_switch hook failed: the attempt stops before any switch.
+    #[error(transparent)]
+    Hook(#[from] crate::apply::hooks::HookError),
     /// nginx could not be switched (test or reload failed); the upstream file was restored.
     #[error(transparent)]
     Switch(#[from] ProxyError),

@@ -13,7 +13,7 @@
 mod attempt;
 mod error;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -21,10 +21,12 @@ use tokio_util::sync::CancellationToken;
 pub use error::{error_policy, ReconcileError, Requeue};
 
 use crate::apply::health::{HealthError, HttpProber, Prober};
+use crate::apply::notify::Notifier;
 use crate::apply::proxy::{Nginx, Proxy};
 use crate::apply::runtime::{Docker, Runtime};
 use crate::config::Config;
 use crate::desired::Desired;
+use crate::metrics::Metrics;
 use crate::observe::{observe, Observed};
 use crate::plan::{plan, Action, Plan, Verdict};
 use crate::state::status::{Live, Phase, Status, Step};
@@ -43,7 +45,9 @@ impl LiveReconciler {
             cfg.nginx.reload_command.clone(),
         );
         let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
-        Ok(Reconciler::new(cfg, docker, nginx, prober, trigger))
+        let mut rc = Reconciler::new(cfg, docker, nginx, prober, trigger);
+        rc.notifier = Notifier::new(&rc.cfg.notify);
+        Ok(rc)
     }
 }
 
@@ -74,6 +78,10 @@ pub struct Reconciler<R, P, H> {
     /// can kill the process there.
     pause_at: Option<String>,
     status: Mutex<Status>,
+    /// Webhook notifications, fire-and-forget; None when no webhook is configured.
+    pub notifier: Option<Notifier>,
+    /// Shared with the metrics endpoint (and across a daemon's passes).
+    pub metrics: Arc<Metrics>,
 }
 
 impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
@@ -87,6 +95,8 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
             cancel: CancellationToken::new(),
             pause_at: std::env::var("FIELDTRACK_TEST_PAUSE_AT").ok(),
             status: Mutex::new(Status::new(Phase::Progressing)),
+            notifier: None,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -123,6 +133,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                     s.phase = Phase::Converged;
                     s.message = None;
                 })?;
+                self.publish_live();
                 Ok(Outcome::Converged)
             }
             Verdict::Converge => self.apply(desired, &observed, &plan).await,
@@ -173,6 +184,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
             s.failed_generation = None;
             s.live = live.clone();
         })?;
+        self.publish_live();
         Ok(Outcome::Converged)
     }
 
@@ -228,6 +240,18 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                 }
                 Err(e) => tracing::debug!(image = ?image.tags, error = %e, "image kept"),
             }
+        }
+    }
+
+    /// Mirrors the status into the metrics.
+    fn publish_live(&self) {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        self.metrics.set_converged(status.phase == Phase::Converged);
+        match &status.live {
+            Some(live) => self
+                .metrics
+                .set_live(&live.color, &live.image, status.digest.as_deref()),
+            None => self.metrics.clear_live(),
         }
     }
 
@@ -293,6 +317,9 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
             });
         }
         let permanent = !error.is_transient();
+        self.metrics
+            .reconcile_error(if permanent { "permanent" } else { "transient" });
+        self.metrics.set_converged(false);
         self.set_status(|s| {
             s.phase = Phase::Failed;
             s.health = None;
