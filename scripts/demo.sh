@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The fieldtrack demo, on this machine only: a real Docker engine, registry and nginx on
+# loopback (installed from Debian's packages when missing), a demo app built offline, and
+# the fieldtrack daemon. It deploys v1, then v2, then a broken image (production keeps
+# serving v2), then rolls back, printing each command and what nginx serves after it,
+# while a background client counts failed requests through nginx.
+#
+#   ./scripts/demo.sh            run it (as root on Debian; needs a Rust toolchain)
+#   KEEP=1 ./scripts/demo.sh     leave the demo site and daemon running afterwards
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+run() { printf '\n$ %s\n' "$*"; "$@"; }
+
+bold "Building fieldtrack and the test bed"
+cargo build --quiet --bin fieldtrack && cargo build --quiet -p fieldtrack-testbed --bin testbed
+FT=$PWD/target/debug/fieldtrack
+TB=$PWD/target/debug/testbed
+
+bold "Bringing up Docker, the registry and nginx on loopback (first run installs them)"
+eval "$($TB up)"
+bed_dir=$FIELDTRACK_TESTBED_DIR
+[ -d "$bed_dir/sites/demo" ] && $TB site down "$bed_dir/sites/demo"
+eval "$($TB site new demo)"
+echo "site $SITE_DIR, nginx on $SITE_URL, images in $FIELDTRACK_TEST_REPOSITORY"
+cd "$SITE_DIR"
+export FIELDTRACK_CONFIG=$SITE_CONFIG
+
+cleanup() {
+    [ -n "${load_pid:-}" ] && kill "$load_pid" 2>/dev/null || true
+    if [ "${KEEP:-}" != 1 ]; then
+        [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
+        $TB site down "$SITE_DIR" || true
+    else
+        echo "kept: daemon pid ${daemon_pid:-?}, site $SITE_DIR (stop with: kill ${daemon_pid:-?}; $TB site down $SITE_DIR)"
+    fi
+}
+trap cleanup EXIT
+
+bold "Starting the daemon (logs in $SITE_DIR/daemon.log)"
+"$FT" daemon >daemon.log 2>&1 &
+daemon_pid=$!
+sleep 1
+
+served() { printf '  nginx serves: %s\n' "$(curl -s --max-time 2 "$SITE_URL/version" || echo '(nothing)')"; }
+
+bold "1. First deployment"
+run "$FT" deploy v1 --by demo --note "first release"
+served
+
+# From now on a client hits nginx every 20 ms and counts what fails.
+(
+    ok=0 failed=0
+    while [ -f "$SITE_DIR/desired.toml" ]; do
+        if curl -sf --max-time 2 -o /dev/null "$SITE_URL/version"; then ok=$((ok + 1)); else failed=$((failed + 1)); fi
+        echo "$ok $failed" >"$SITE_DIR/load.count"
+        sleep 0.02
+    done
+) &
+load_pid=$!
+
+bold "2. A new version: started in the idle color, health-gated, then switched to"
+run "$FT" deploy v2 --by demo --note "new feature"
+served
+
+bold "3. A broken version: its health check answers 500, so traffic never moves"
+run "$FT" deploy unhealthy --by demo || echo "  (exit $?: failed as expected, production untouched)"
+served
+
+bold "4. A version that crashes on start: fails at once, with its own error line"
+run "$FT" deploy crash --by demo || echo "  (exit $?: failed as expected)"
+served
+
+bold "5. Rollback to the previous version"
+run "$FT" rollback --yes --by demo
+served
+
+bold "Where things stand"
+run "$FT" status
+run "$FT" history
+read -r ok failed <"$SITE_DIR/load.count"
+bold "Requests through nginx during steps 2-5: $ok answered, $failed failed"
