@@ -23,7 +23,11 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     let unit = unit.replace("/usr/bin/fieldtrack", env!("CARGO_BIN_EXE_fieldtrack"));
     let path = dir.path().join("fieldtrack.service");
     std::fs::write(&path, unit).unwrap();
-    let out = Command::new(analyze).arg("verify").arg(&path).output().unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "verify failed: {stderr}");
     let ours: Vec<&str> = stderr

@@ -1,7 +1,7 @@
 //! Small process, port and HTTP helpers, std only so the bed builds in seconds.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -129,7 +129,7 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: fieldtrack-testbed\r\n\r\n"
     )?;
-    let _ = s.shutdown(Shutdown::Write);
+    // No half-close after the request: nginx takes it for a client gone away (499).
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);

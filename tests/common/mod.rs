@@ -1,0 +1,329 @@
+//! The harness of the real-engine tests: run the `fieldtrack` binary against a test bed
+//! [`Site`], and read back what it left in the world (the state files, nginx, Docker), so that
+//! each test reads as a story.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use fieldtrack_testbed::Site;
+
+/// How long a spawned command may take to reach the line a test waits for.
+pub const LINE_WAIT: Duration = Duration::from_secs(60);
+
+/// A finished run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    /// The exit code; -1 when a signal ended the process.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration: Duration,
+}
+
+impl Run {
+    /// Panics with the run's output unless it exited with `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// The binary aimed at the site's config, with nothing inherited that could steer it.
+pub fn command(site: &Site, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldtrack"));
+    cmd.arg("--config")
+        .arg(&site.config_path)
+        .args(args)
+        .current_dir(&site.dir)
+        .env_remove("FIELDTRACK_CONFIG")
+        .env_remove("FIELDTRACK_TEST_PAUSE_AT")
+        .env_remove("FIELDTRACK_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `fieldtrack --config <site> ARGS...` to completion.
+pub fn ft(site: &Site, args: &[&str]) -> Run {
+    let started = Instant::now();
+    let out = command(site, args)
+        .output()
+        .expect("the fieldtrack binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        duration: started.elapsed(),
+    }
+}
+
+/// What the site's nginx answers on `/version` (the live app's tag), None on anything but a
+/// 200.
+///
+/// Not `Site::served_version`: the bed's GET half-closes its socket after the request, and
+/// nginx takes that for a client that went away (499, empty answer) when it proxies.
+pub fn served(site: &Site) -> Option<String> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&site.nginx_addr(), timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    write!(
+        stream,
+        "GET /version HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        site.nginx_addr()
+    )
+    .ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let ok = head.lines().next()?.split_whitespace().nth(1) == Some("200");
+    ok.then(|| body.trim().to_string())
+}
+
+/// `deploy TAG`, which must succeed, and nginx must then serve TAG.
+#[track_caller]
+pub fn deploy_ok(site: &Site, tag: &str) {
+    let run = ft(site, &["deploy", tag]);
+    run.expect_code(0);
+    assert_eq!(
+        served(site).as_deref(),
+        Some(tag),
+        "nginx serves {tag} after:\n{}",
+        run.stderr
+    );
+}
+
+/// Health gate settings that make a failing candidate fail in about three seconds.
+pub fn fast_health(site: &mut Site) {
+    site.set("health.interval", "\"1s\"");
+    site.set("health.attempts", "3");
+}
+
+/// A file's bytes, None when it does not exist.
+pub fn bytes(path: &Path) -> Option<Vec<u8>> {
+    match fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("cannot read {}: {e}", path.display()),
+    }
+}
+
+/// The history file as text, "" when missing.
+pub fn history(site: &Site) -> String {
+    String::from_utf8(bytes(&site.history_file).unwrap_or_default()).expect("history is UTF-8")
+}
+
+/// The nginx upstream file's text (compared byte for byte, shown readably on failure).
+pub fn upstream(site: &Site) -> String {
+    let bytes = bytes(&site.upstream_file).expect("the upstream file exists");
+    String::from_utf8(bytes).expect("the upstream file is UTF-8")
+}
+
+/// The port the upstream file sends traffic to (`server 127.0.0.1:PORT;`).
+pub fn upstream_port(site: &Site) -> u16 {
+    let text = upstream(site);
+    let ports: Vec<u16> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server 127.0.0.1:"))
+        .map(|rest| rest.trim_end_matches(';').parse().expect("a port"))
+        .collect();
+    assert_eq!(
+        ports.len(),
+        1,
+        "one server line in the upstream file:\n{text}"
+    );
+    ports[0]
+}
+
+/// The color the upstream file points at.
+pub fn live_color(site: &Site) -> &'static str {
+    match upstream_port(site) {
+        p if p == site.blue_port => "blue",
+        p if p == site.green_port => "green",
+        p => panic!("upstream points at {p}, neither blue nor green"),
+    }
+}
+
+/// The color nginx does not point at.
+pub fn idle_color(site: &Site) -> &'static str {
+    match live_color(site) {
+        "blue" => "green",
+        _ => "blue",
+    }
+}
+
+/// `{app}-{color}`.
+pub fn container_name(site: &Site, color: &str) -> String {
+    format!("{}-{color}", site.app)
+}
+
+/// The engine's id of a container, by name.
+pub fn container_id(site: &Site, name: &str) -> String {
+    let out = site
+        .docker()
+        .args(["inspect", "--format", "{{.Id}}", name])
+        .output()
+        .expect("docker runs");
+    assert!(
+        out.status.success(),
+        "docker inspect {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// status.json as JSON.
+pub fn status(site: &Site) -> serde_json::Value {
+    let path = site.state_dir.join("status.json");
+    let text = bytes(&path).unwrap_or_else(|| panic!("{} exists", path.display()));
+    serde_json::from_slice(&text).expect("status.json is JSON")
+}
+
+/// audit.jsonl, one JSON value a line.
+pub fn audit(site: &Site) -> Vec<serde_json::Value> {
+    let path = site.state_dir.join("audit.jsonl");
+    let text = String::from_utf8(bytes(&path).unwrap_or_default()).expect("audit is UTF-8");
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("each audit line is JSON"))
+        .collect()
+}
+
+/// The desired file's text, None when missing.
+pub fn desired(site: &Site) -> Option<String> {
+    bytes(&site.desired_file).map(|b| String::from_utf8(b).expect("the desired file is UTF-8"))
+}
+
+/// Checks status.json says converged on `tag`, live where the upstream file points.
+#[track_caller]
+pub fn assert_converged(site: &Site, tag: &str) {
+    let status = status(site);
+    assert_eq!(status["phase"], "converged", "{status:#}");
+    assert_eq!(status["desired"], tag, "{status:#}");
+    let live = &status["live"];
+    let color = live_color(site);
+    assert_eq!(live["color"], color, "{status:#}");
+    assert_eq!(live["port"], upstream_port(site), "{status:#}");
+    assert_eq!(live["image"], site.image(tag), "{status:#}");
+    assert_eq!(live["container"], container_name(site, color), "{status:#}");
+}
+
+/// The pids of the site's nginx workers: a reload replaces them all.
+pub fn nginx_workers(site: &Site) -> Vec<i32> {
+    let pid_file = site.dir.join("nginx/nginx.pid");
+    let master: i32 = fs::read_to_string(&pid_file)
+        .expect("nginx.pid exists")
+        .trim()
+        .parse()
+        .expect("nginx.pid holds a pid");
+    let mut workers: Vec<i32> = fs::read_dir("/proc")
+        .expect("/proc is readable")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(master)
+        })
+        .collect();
+    workers.sort();
+    workers
+}
+
+/// A spawned run whose stderr lines arrive through a channel.
+pub struct Spawned {
+    pub child: Child,
+    lines: Receiver<String>,
+    /// Every stderr line seen so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Spawned {
+    /// Starts `fieldtrack ARGS...`, with `FIELDTRACK_TEST_PAUSE_AT=point` when given.
+    pub fn start(site: &Site, args: &[&str], pause_at: Option<&str>) -> Spawned {
+        let mut cmd = command(site, args);
+        if let Some(point) = pause_at {
+            cmd.env("FIELDTRACK_TEST_PAUSE_AT", point);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the fieldtrack binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Spawned {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it; panics with everything
+    /// seen when the process ends or [`LINE_WAIT`] passes first.
+    #[track_caller]
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + LINE_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no stderr line with {needle:?} within {LINE_WAIT:?}; stderr so far:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    panic!(
+                        "the process ended ({status:?}) before a stderr line with {needle:?}; stderr:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL is delivered");
+        self.child.wait().expect("the killed process is reaped");
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // A failed test must not leave the process behind, blocked at its pause point.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

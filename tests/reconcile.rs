@@ -1,0 +1,391 @@
+//! The reconciler against the real Docker engine, registry and nginx, driven through the
+//! `fieldtrack` binary: what nginx serves, what runs in Docker and the bytes of the files
+//! fieldtrack owns are the observations; nothing here trusts the binary's own word.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+use fieldtrack_testbed::{Bed, Site};
+
+#[test]
+fn first_deploy_serves_the_image_from_one_container_and_records_it() {
+    let site = Site::new();
+
+    ft(&site, &["deploy", "v1"]).expect_code(0);
+
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    let color = live_color(&site);
+    assert_eq!(site.containers(), vec![container_name(&site, color)]);
+    assert_eq!(history(&site), "v1\n");
+    assert_converged(&site, "v1");
+    let upstream = upstream(&site);
+    assert!(
+        upstream.starts_with(&format!(
+            "# managed by fieldtrack: do not edit (live: {color} {}:v1)\n",
+            site.app
+        )),
+        "{upstream}"
+    );
+}
+
+#[test]
+fn second_deploy_switches_color_and_leaves_no_old_container() {
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+    let first = live_color(&site);
+
+    ft(&site, &["deploy", "v2"]).expect_code(0);
+
+    assert_eq!(served(&site).as_deref(), Some("v2"));
+    let second = live_color(&site);
+    assert_ne!(first, second, "the new image went into the idle color");
+    assert_eq!(site.containers(), vec![container_name(&site, second)]);
+    assert_eq!(history(&site), "v2\nv1\n");
+    assert_converged(&site, "v2");
+}
+
+#[test]
+fn history_keeps_five_distinct_images_newest_first() {
+    let site = Site::new();
+    for tag in ["v1", "v2", "v3", "v4", "v5", "v6"] {
+        deploy_ok(&site, tag);
+    }
+    assert_eq!(history(&site), "v6\nv5\nv4\nv3\nv2\n");
+
+    // Redeploying what is live changes nothing, not even the container.
+    let live = container_name(&site, live_color(&site));
+    let id = container_id(&site, &live);
+    let upstream_before = upstream(&site);
+    ft(&site, &["deploy", "v6"]).expect_code(0);
+    assert_eq!(
+        container_id(&site, &live),
+        id,
+        "the live container was kept"
+    );
+    assert_eq!(site.containers(), vec![live]);
+    assert_eq!(upstream(&site), upstream_before);
+    assert_eq!(history(&site), "v6\nv5\nv4\nv3\nv2\n");
+    assert_converged(&site, "v6");
+
+    // An image from the history moves to the front instead of appearing twice.
+    deploy_ok(&site, "v3");
+    assert_eq!(history(&site), "v3\nv6\nv5\nv4\nv2\n");
+    assert_converged(&site, "v3");
+}
+
+#[test]
+fn unhealthy_image_fails_and_leaves_production_untouched() {
+    let mut site = Site::new();
+    fast_health(&mut site);
+    deploy_ok(&site, "v1");
+    let live = container_name(&site, live_color(&site));
+    let candidate = container_name(&site, idle_color(&site));
+    let (upstream_before, history_before) = (upstream(&site), history(&site));
+
+    let run = ft(&site, &["deploy", "unhealthy"]);
+
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "candidate {candidate} (unhealthy) did not become healthy"
+        )),
+        "stderr names the unhealthy candidate:\n{}",
+        run.stderr
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(upstream(&site), upstream_before);
+    assert_eq!(history(&site), history_before);
+    assert_eq!(site.containers(), vec![live]);
+    let status = status(&site);
+    assert_eq!(status["phase"], "failed", "{status:#}");
+    assert_eq!(status["live"]["image"], site.image("v1"), "{status:#}");
+}
+
+#[test]
+fn crashing_image_fails_at_once_with_its_own_error_line() {
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+    let live = container_name(&site, live_color(&site));
+    let (upstream_before, history_before) = (upstream(&site), history(&site));
+
+    let run = ft(&site, &["deploy", "crash"]);
+
+    run.expect_code(1);
+    // The crash image exits at once: the health gate must notice the exit, not sit out its
+    // ten-second deadline.
+    assert!(
+        run.duration < Duration::from_secs(8),
+        "deploy of a crashing image took {:?}",
+        run.duration
+    );
+    assert!(
+        run.stderr.contains("simulated crash on startup"),
+        "the app's stderr line is quoted:\n{}",
+        run.stderr
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(upstream(&site), upstream_before);
+    assert_eq!(history(&site), history_before);
+    assert_eq!(site.containers(), vec![live]);
+}
+
+#[test]
+fn image_slower_than_the_health_deadline_fails_cleanly() {
+    let mut site = Site::new();
+    deploy_ok(&site, "v1");
+    // A two-second deadline for an app that listens after five.
+    site.set("health.interval", "\"1s\"");
+    site.set("health.attempts", "2");
+    let live = container_name(&site, live_color(&site));
+    let (upstream_before, history_before) = (upstream(&site), history(&site));
+
+    let run = ft(&site, &["deploy", "slow"]);
+
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("did not become healthy"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(upstream(&site), upstream_before);
+    assert_eq!(history(&site), history_before);
+    assert_eq!(site.containers(), vec![live]);
+}
+
+#[test]
+fn tag_missing_from_the_registry_fails_and_leaves_production_untouched() {
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+    let live = container_name(&site, live_color(&site));
+    let (upstream_before, history_before) = (upstream(&site), history(&site));
+
+    let run = ft(&site, &["deploy", "no-such-tag-xyz"]);
+
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "image {} was not found",
+            site.image("no-such-tag-xyz")
+        )),
+        "stderr says the image was not found:\n{}",
+        run.stderr
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(upstream(&site), upstream_before);
+    assert_eq!(history(&site), history_before);
+    assert_eq!(site.containers(), vec![live]);
+}
+
+#[test]
+fn invalid_tag_is_refused_with_exit_2_and_changes_nothing() {
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+    let live = container_name(&site, live_color(&site));
+    let id = container_id(&site, &live);
+    let status_file = site.state_dir.join("status.json");
+    let desired_before = desired(&site).expect("deploy wrote the desired file");
+    let (upstream_before, history_before) = (upstream(&site), history(&site));
+    let status_before = bytes(&status_file);
+
+    for bad in ["v1;rm -rf /", "$(reboot)", ""] {
+        let run = ft(&site, &["deploy", bad]);
+
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains(&format!("invalid image {bad:?}")),
+            "the error names the value {bad:?}:\n{}",
+            run.stderr
+        );
+        assert_eq!(desired(&site).as_ref(), Some(&desired_before), "{bad:?}");
+        assert_eq!(upstream(&site), upstream_before, "{bad:?}");
+        assert_eq!(history(&site), history_before, "{bad:?}");
+        assert!(
+            bytes(&status_file) == status_before,
+            "{bad:?} rewrote status.json"
+        );
+    }
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(site.containers(), vec![live.clone()]);
+    assert_eq!(container_id(&site, &live), id);
+}
+
+#[test]
+fn failing_nginx_test_restores_the_upstream_file_and_never_reloads() {
+    let mut site = Site::new();
+    deploy_ok(&site, "v1");
+    let live = container_name(&site, live_color(&site));
+    let (upstream_before, history_before) = (upstream(&site), history(&site));
+
+    // `nginx -t` runs on a copy of the site's config with one broken directive; the running
+    // nginx keeps a valid config, so a reload would show (new workers, new version served).
+    let prefix = site.dir.join("nginx");
+    let broken = prefix.join("broken.conf");
+    let conf = fs::read_to_string(prefix.join("nginx.conf")).unwrap();
+    fs::write(&broken, format!("{conf}this_is_not_a_directive;\n")).unwrap();
+    let nginx = Bed::shared().nginx.display().to_string();
+    let test_command = [
+        nginx.as_str(),
+        "-p",
+        &prefix.display().to_string(),
+        "-c",
+        &broken.display().to_string(),
+        "-e",
+        &prefix.join("logs/error.log").display().to_string(),
+        "-t",
+        "-q",
+    ]
+    .map(|a| format!("{a:?}"))
+    .join(", ");
+    site.set("nginx.test_command", &format!("[{test_command}]"));
+    let workers = nginx_workers(&site);
+    assert!(!workers.is_empty(), "nginx has workers");
+
+    let run = ft(&site, &["deploy", "v2"]);
+
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("nginx test command"),
+        "stderr says the test failed:\n{}",
+        run.stderr
+    );
+    assert_eq!(upstream(&site), upstream_before);
+    assert_eq!(nginx_workers(&site), workers, "nginx was not reloaded");
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(history(&site), history_before);
+    assert_eq!(site.containers(), vec![live]);
+}
+
+/// Deploys v1, then kills `deploy v2` with SIGKILL where it pauses at `point`; a plain
+/// `reconcile` must then converge on v2 without help.
+fn killed_deploy_converges_on_reconcile(point: &str) {
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+
+    let mut deploy = Spawned::start(&site, &["deploy", "v2"], Some(point));
+    deploy.wait_for_line(&format!("fieldtrack: test pause at {point}"));
+    deploy.kill();
+
+    // The kill left an attempt half done: v2 not yet recorded, the status mid-step.
+    assert_eq!(history(&site), "v1\n");
+    let status = status(&site);
+    assert_eq!(status["phase"], "progressing", "{status:#}");
+    let step = if point == "recording" {
+        "cleanup"
+    } else {
+        point
+    };
+    assert_eq!(status["step"], step, "{status:#}");
+
+    ft(&site, &["reconcile"]).expect_code(0);
+
+    assert_eq!(served(&site).as_deref(), Some("v2"));
+    assert_eq!(
+        site.containers(),
+        vec![container_name(&site, live_color(&site))]
+    );
+    assert_eq!(history(&site), "v2\nv1\n");
+    assert_converged(&site, "v2");
+}
+
+macro_rules! killed_at {
+    ($($name:ident => $point:literal,)*) => {$(
+        #[test]
+        fn $name() {
+            killed_deploy_converges_on_reconcile($point);
+        }
+    )*};
+}
+
+killed_at! {
+    deploy_killed_while_pulling_converges_on_reconcile => "pulling",
+    deploy_killed_while_starting_converges_on_reconcile => "starting",
+    deploy_killed_during_health_gate_converges_on_reconcile => "health",
+    deploy_killed_while_switching_converges_on_reconcile => "switching",
+    deploy_killed_while_draining_converges_on_reconcile => "draining",
+    deploy_killed_during_cleanup_converges_on_reconcile => "cleanup",
+    deploy_killed_before_recording_converges_on_reconcile => "recording",
+}
+
+#[test]
+fn second_reconciler_waits_for_the_lock_and_names_its_holder() {
+    let site = Site::new();
+    let mut deploy = Spawned::start(&site, &["deploy", "v1"], Some("health"));
+    deploy.wait_for_line("fieldtrack: test pause at health");
+
+    let mut reconcile = Spawned::start(&site, &["reconcile"], None);
+    let line = reconcile.wait_for_line("waiting for the reconcile lock, held by");
+
+    assert!(
+        line.contains(&format!("fieldtrack deploy pid {}", deploy.child.id())),
+        "the holder is named: {line}"
+    );
+    assert!(
+        matches!(reconcile.child.try_wait(), Ok(None)),
+        "the second reconciler waits instead of giving up"
+    );
+    reconcile.kill();
+    deploy.kill();
+}
+
+#[test]
+fn status_and_history_json_agree_with_the_files() {
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+    deploy_ok(&site, "v2");
+
+    let run = ft(&site, &["status", "--json"]);
+    run.expect_code(0);
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).expect("status is JSON");
+    let file = status(&site);
+    for key in ["desired", "generation", "phase", "live", "message"] {
+        assert_eq!(shown[key], file[key], "status --json {key} vs status.json");
+    }
+    assert_converged(&site, "v2");
+    assert_eq!(shown["upstream_port"], upstream_port(&site));
+    let desired = desired(&site).expect("deploy wrote the desired file");
+    assert!(
+        desired.contains("image = \"v2\""),
+        "desired file:\n{desired}"
+    );
+    assert_eq!(shown["desired"], "v2");
+    let history = history(&site);
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines, ["v2", "v1"]);
+    assert_eq!(shown["history"], serde_json::json!(lines));
+
+    let run = ft(&site, &["history", "--json"]);
+    run.expect_code(0);
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).expect("history is JSON");
+    let entries = shown.as_array().expect("a list");
+    let images: Vec<&str> = entries
+        .iter()
+        .map(|e| e["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(images, lines);
+    let audit = audit(&site);
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(entry["n"], i + 1);
+        assert_eq!(entry["current"], i == 0);
+        let deployed = audit
+            .iter()
+            .rev()
+            .find(|r| r["image"] == entry["image"] && r["outcome"] == "succeeded")
+            .unwrap_or_else(|| panic!("the audit log has {entry}"));
+        assert_eq!(entry["deployed_at"], deployed["time"], "{entry:#}");
+        assert_eq!(entry["digest"], deployed["digest"], "{entry:#}");
+    }
+    assert_eq!(
+        entries[0]["digest"], file["digest"],
+        "the live image's digest"
+    );
+    assert!(
+        file["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{file:#}"
+    );
+}
