@@ -26,6 +26,15 @@ if [ "${CI:-}" = "true" ]; then
 fi
 
 step "cargo test (unit and real-engine tests)"
-cargo test --workspace --quiet -- "$@"
+log=$(mktemp)
+set +e
+cargo test --workspace --quiet -- "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -o '[0-9]* passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -o '[0-9]* failed' "$log" | awk '{s += $1} END {print s + 0}')
+rm -f "$log"
 
-step "all tests passed in $(( $(date +%s) - started )) s"
+step "done in $(( $(date +%s) - started )) s"
+echo "tests: $passed passed, $failed failed"
+exit "$status"
