@@ -8,6 +8,12 @@ use fieldtrack::cli::{self, Cli, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, cli::Command::Daemon) {
+        // `fieldtrack status | head`: die quietly on a closed pipe like any Unix tool,
+        // instead of panicking in println!. The daemon keeps Rust's default (ignored).
+        // SAFETY: called before any thread exists; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_logging(cli.log_format, cli.command.is_quiet());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -6,7 +6,7 @@
 //! Hooks are argument arrays run without a shell, like every command fieldtrack runs, and
 //! they learn what is being deployed from `FIELDTRACK_*` environment variables. Each one
 //! is killed, with every process it started in its own process group, once
-//! `hooks.timeout` is up, so a hung hook cannot hold a deployment forever.
+//! `hooks.hook_timeout` is up, so a hung hook cannot hold a deployment forever.
 
 use std::io;
 use std::process::{ExitStatus, Stdio};
@@ -56,7 +56,7 @@ pub enum HookError {
         status: ExitStatus,
         output: String,
     },
-    /// The program ran longer than `hooks.timeout` and was killed with its process group.
+    /// The program ran longer than `hooks.hook_timeout` and was killed with its process group.
     #[error(
         "{name} hook `{command}` timed out after {} and was killed",
         humantime::format_duration(*timeout)

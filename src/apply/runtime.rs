@@ -25,7 +25,7 @@ use crate::config::Color;
 pub const LABEL_APP: &str = "fieldtrack.app";
 /// Label naming the color (`blue` / `green`).
 pub const LABEL_COLOR: &str = "fieldtrack.color";
-/// Label holding the image as the desired file wrote it.
+/// Label holding the full reference the container runs (`repo:tag`, `repo@sha256:…`).
 pub const LABEL_IMAGE: &str = "fieldtrack.image";
 
 /// What the runtime needs to start one color.

@@ -119,6 +119,14 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
     let mut shown = String::new();
     while Instant::now() < deadline {
         if let Ok(Some(status)) = Status::load(&path) {
+            if status.generation.as_deref() != Some(desired.generation.as_str())
+                && superseded(cfg, desired)
+            {
+                return Err(CliError::Failed(format!(
+                    "{} (generation {}) was superseded: the desired file now says something else",
+                    desired.image, desired.generation
+                )));
+            }
             if status.generation.as_deref() == Some(desired.generation.as_str()) {
                 let line = progress_line(&status);
                 if line != shown {
@@ -144,6 +152,15 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
         humantime::format_duration(timeout),
         desired.image
     )))
+}
+
+/// The desired file no longer holds our generation (someone wrote a newer one).
+fn superseded(cfg: &Config, desired: &Desired) -> bool {
+    match Desired::load(&cfg.desired_file, cfg) {
+        Ok(now) => now.generation != desired.generation,
+        // Unreadable or half-written right now: not proof of anything yet.
+        Err(_) => false,
+    }
 }
 
 fn progress_line(status: &Status) -> String {

@@ -15,8 +15,68 @@ pub(crate) const TRIES: u32 = 5;
 
 pub async fn run(cfg: Config) -> Result<u8, CliError> {
     let desired = load_desired(&cfg)?;
+    if let Err(LockError::Held { holder }) =
+        lock::try_acquire(&cfg.state_dir, "fieldtrack reconcile")
+    {
+        if let Some(pid) = daemon_pid(&holder) {
+            return ask_daemon(&cfg, &desired, pid).await;
+        }
+    }
     let _lock = take_lock(&cfg, "fieldtrack reconcile", Duration::from_secs(600)).await?;
     converge(cfg, &desired, "cli").await
+}
+
+/// The pid of a daemon holding the lock, from its holder line `daemon pid N since …`.
+fn daemon_pid(holder: &str) -> Option<i32> {
+    holder
+        .strip_prefix("daemon pid ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The daemon holds the lock: ask it for a pass by hand (SIGUSR1) and wait for the outcome.
+async fn ask_daemon(cfg: &Config, desired: &Desired, pid: i32) -> Result<u8, CliError> {
+    let path = cfg.state_dir.join(STATUS_FILE);
+    let written = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let before = written();
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+        return Err(CliError::Failed(format!(
+            "cannot signal the daemon (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    eprintln!("asked the daemon (pid {pid}) for a reconcile by hand; waiting for its outcome");
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if written() == before {
+            continue;
+        }
+        let Ok(Some(status)) = Status::load(&path) else {
+            continue;
+        };
+        if status.generation.as_deref() != Some(desired.generation.as_str()) {
+            continue;
+        }
+        match status.phase {
+            Phase::Converged | Phase::Paused => {
+                eprintln!("{}", status.phase);
+                return Ok(0);
+            }
+            Phase::Failed | Phase::Invalid => {
+                return Err(CliError::Failed(
+                    status.message.unwrap_or_else(|| "failed".into()),
+                ))
+            }
+            Phase::Progressing => {}
+        }
+    }
+    Err(CliError::Failed(
+        "gave up waiting for the daemon's pass after 15 minutes".into(),
+    ))
 }
 
 /// Loads the desired file; an unusable one is reported in status.json as `invalid`.

@@ -40,6 +40,9 @@ use sources::{Event, SourceError};
 const DEBOUNCE: Duration = Duration::from_millis(250);
 /// Quiet time before a file that did not parse is read again and, if still bad, reported.
 const PARSE_QUIET: Duration = Duration::from_secs(1);
+/// The trigger of a pass asked for by hand (`fieldtrack reconcile`): it retries a failed
+/// generation.
+pub const BY_HAND: &str = "by-hand";
 /// Backoff bounds for transient errors.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -184,6 +187,11 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
                         running.cancel.cancel();
                     }
                 }
+                Some(Event::ByHand) => {
+                    tracing::info!("reconcile asked for by hand");
+                    d.read_at.get_or_insert(Instant::now());
+                    d.pass_wanted = Some(BY_HAND);
+                }
                 Some(Event::Reload) => {
                     if let Some(new_desired_file) = d.reload_config() {
                         match sources::watch_desired(&new_desired_file, tx.clone()) {
@@ -325,7 +333,7 @@ impl Daemon {
         let cancel = rc.cancel.clone();
         let pass_desired = desired.clone();
         let handle = tokio::spawn(async move {
-            let result = rc.reconcile(&pass_desired, false).await;
+            let result = rc.reconcile(&pass_desired, trigger == BY_HAND).await;
             if let Err(e) = &result {
                 // The pass's own reconciler records the failure: it knows the status.
                 let _ = rc.record_failure(&pass_desired, e);

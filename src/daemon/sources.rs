@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use notify::{RecursiveMode, Watcher};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use tokio::sync::mpsc;
 
 /// Something the daemon loop reacts to.
@@ -22,6 +22,9 @@ pub enum Event {
     Stop,
     /// SIGHUP: reload the config.
     Reload,
+    /// SIGUSR1: `fieldtrack reconcile` asks for a pass by hand (it retries a failed
+    /// generation).
+    ByHand,
 }
 
 /// Errors setting a source up.
@@ -59,6 +62,8 @@ pub fn watch_desired(
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
+            // Opening and reading the file (ours included) changes nothing.
+            Ok(event) if event.kind.is_access() => false,
             Ok(event) => {
                 event.need_rescan()
                     || event
@@ -92,17 +97,18 @@ pub fn resync_timer(period: Duration, tx: mpsc::Sender<Event>) -> tokio::task::J
     })
 }
 
-/// Turns SIGTERM/SIGINT into [`Event::Stop`] and SIGHUP into [`Event::Reload`]. Signals are
+/// Turns SIGTERM/SIGINT into [`Event::Stop`], SIGHUP into [`Event::Reload`] and SIGUSR1
+/// into [`Event::ByHand`]. Signals are
 /// urgent: they wait for room in the channel instead of being dropped.
 pub fn signals(tx: mpsc::Sender<Event>) -> Result<tokio::task::JoinHandle<()>, SourceError> {
-    let mut signals =
-        signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(SourceError::Signals)?;
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+        .map_err(SourceError::Signals)?;
     Ok(tokio::spawn(async move {
         while let Some(signal) = signals.next().await {
-            let event = if signal == SIGHUP {
-                Event::Reload
-            } else {
-                Event::Stop
+            let event = match signal {
+                SIGHUP => Event::Reload,
+                SIGUSR1 => Event::ByHand,
+                _ => Event::Stop,
             };
             if tx.send(event).await.is_err() {
                 return;

@@ -124,10 +124,9 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     if desired.paused {
         return Plan::of(Verdict::Paused);
     }
-    if !desired_is_live
-        && !by_hand
-        && observed.failed_generation.as_deref() == Some(desired.generation.as_str())
-    {
+    // Live or not: a failed generation may be live only because there was nothing to switch
+    // back to, and the history must never gain a failed image.
+    if !by_hand && observed.failed_generation.as_deref() == Some(desired.generation.as_str()) {
         return Plan::of(Verdict::AlreadyFailed);
     }
 
@@ -505,11 +504,15 @@ mod tests {
     }
 
     #[test]
-    fn failed_generation_that_is_live_anyway_is_in_sync() {
+    fn failed_generation_that_stayed_live_is_not_recorded_in_the_history() {
+        // A first deployment that failed in the drain had no old color to go back to.
         let d = desired("v1");
-        let mut o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
+        let mut o = observed(vec![running(Color::Blue, "v1")], BLUE, &[]);
         o.failed_generation = Some(d.generation.clone());
-        assert_eq!(plan(&cfg(), &d, &o, false).verdict, Verdict::InSync);
+        assert_eq!(
+            plan(&cfg(), &d, &o, false),
+            Plan::of(Verdict::AlreadyFailed)
+        );
     }
 
     #[test]

@@ -104,11 +104,11 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
         message: result.as_ref().err().map(|e| e.to_string()),
         color: Some(color.to_string()),
     };
-    // A transient failure is retried; only its final outcome is worth a line.
+    // Every attempt gets its line, a transient failure too (its retry gets another).
+    if let Err(e) = audit::append(&rc.audit_file(), &record) {
+        tracing::error!(error = %e, "cannot append to the audit log");
+    }
     if !matches!(&result, Err(e) if e.is_transient()) {
-        if let Err(e) = audit::append(&rc.audit_file(), &record) {
-            tracing::error!(error = %e, "cannot append to the audit log");
-        }
         rc.metrics.deployment(&record.outcome, started.elapsed());
         notify(rc, &at, &result, &digest, duration_ms);
     }

@@ -85,6 +85,7 @@ impl ReconcileError {
             ReconcileError::Pull { source, .. } | ReconcileError::Runtime(source) => {
                 source.is_transient()
             }
+            ReconcileError::Switch(e) => e.is_transient(),
             _ => false,
         }
     }

@@ -147,10 +147,17 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
         observed: &Observed,
         plan: &Plan,
     ) -> Result<Outcome, ReconcileError> {
+        let mut reasserted = false;
         for action in &plan.actions {
             tracing::info!(%action, "applying");
             match action {
                 Action::Remove { name, reason } => {
+                    if std::mem::take(&mut reasserted) {
+                        // A pass died between the switch and the drain: the old color may
+                        // still hold requests nginx's old workers sent it. Drain first.
+                        tracing::info!(drain = ?self.cfg.rollout.drain, "draining before removing the old color");
+                        tokio::time::sleep(self.cfg.rollout.drain).await;
+                    }
                     tracing::info!(container = %name, %reason, "removing container");
                     self.runtime
                         .remove(name, self.cfg.container.stop_timeout)
@@ -163,6 +170,10 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                     let port = self.cfg.port(*color);
                     let comment = self.live_comment(*color, desired.image.as_written());
                     self.proxy.switch(port, &comment).await?;
+                    reasserted = plan
+                        .actions
+                        .iter()
+                        .any(|a| matches!(a, Action::Remove { .. }));
                 }
                 Action::RecordHistory { image } => {
                     history::record(&self.cfg.history_file, image, self.cfg.history_limit)?;
