@@ -396,6 +396,7 @@ async fn exited_check<R: Runtime, P: Proxy, H: Prober>(
 
 /// The drain window: the old color keeps running, the new one keeps being probed. Three
 /// failed probes in a row, or the new container exiting, send traffic back to the old color.
+/// A cancellation ends the drain early, leaving both colors running.
 async fn drain<R: Runtime, P: Proxy, H: Prober>(
     rc: &Reconciler<R, P, H>,
     at: &Attempt<'_>,
@@ -407,7 +408,13 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
     let gap = cfg.health.interval.min(Duration::from_secs(1));
     let mut failures = 0u32;
     while Instant::now() < end {
-        tokio::time::sleep(gap.min(end.saturating_duration_since(Instant::now()))).await;
+        tokio::select! {
+            _ = tokio::time::sleep(gap.min(end.saturating_duration_since(Instant::now()))) => {}
+            // A newer generation (or a stop) ends the drain: the new color stays live and the
+            // old one keeps running, so a rollback to it is a pure nginx switch, and a
+            // restarted daemon finishes the job. The history is not written: no full success.
+            _ = rc.cancel.cancelled() => return Err(ReconcileError::Cancelled),
+        }
         let reason = match rc.runtime.state(name).await? {
             Some(ContainerState::Running) => match rc.prober.probe(port).await {
                 ProbeOutcome::Healthy(_) => {

@@ -72,8 +72,9 @@ pub enum ReconcileError {
     /// audit.jsonl could not be appended to.
     #[error(transparent)]
     Audit(#[from] AuditError),
-    /// A newer desired generation (or a stop signal) cancelled the attempt before the switch.
-    #[error("attempt cancelled before the switch; its candidate was removed")]
+    /// A newer desired generation (or a stop signal) cancelled the attempt: before the switch
+    /// its candidate is removed; during the drain both colors are left running.
+    #[error("attempt cancelled by a newer desired generation or a stop signal")]
     Cancelled,
 }
 

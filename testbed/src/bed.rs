@@ -143,6 +143,19 @@ impl Bed {
         Ok(to)
     }
 
+    /// Copies a tag into another repository of the bed's registry (`fieldtrack-test/NAME`),
+    /// for tests that need a repository of their own (image retention removes images of
+    /// the configured repository). Returns the new repository.
+    pub fn push_to_repository(&self, tag: &str, name: &str, new_tag: &str) -> Result<String> {
+        let repository = format!("{}/fieldtrack-test/{name}", self.registry);
+        let (from, to) = (self.image(tag), format!("{repository}:{new_tag}"));
+        util::run(self.docker().args(["pull", "-q", &from]))?;
+        util::run(self.docker().args(["tag", &from, &to]))?;
+        util::run(self.docker().args(["push", "-q", &to]))?;
+        util::run(self.docker().args(["rmi", &to]))?;
+        Ok(repository)
+    }
+
     /// Lines of `KEY=value` describing the bed, for scripts (`eval "$(testbed up)"`).
     pub fn env_lines(&self) -> String {
         format!(
