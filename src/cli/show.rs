@@ -5,7 +5,7 @@ use serde_json::json;
 use super::CliError;
 use crate::apply::proxy::parse_port;
 use crate::config::Config;
-use crate::desired::Desired;
+use crate::desired::{Desired, ROLLBACK_NOTE_PREFIX};
 use crate::state::audit::{self, AuditRecord};
 use crate::state::history;
 use crate::state::status::Status;
@@ -94,6 +94,18 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
             .rev()
             .find(|r| r.image == image && r.outcome == "succeeded")
     };
+    // Versions someone rolled back from (the rollback command's note names them), or that
+    // fieldtrack itself rolled back after they failed during the drain.
+    let rolled_back_from = |image: &str| -> bool {
+        records.iter().any(|r| {
+            (r.outcome == "rolled_back" && r.image == image)
+                || (r.outcome == "succeeded"
+                    && r.previous.as_deref() == Some(image)
+                    && r.note
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(ROLLBACK_NOTE_PREFIX)))
+        })
+    };
     if json {
         let list: Vec<_> = entries
             .iter()
@@ -108,7 +120,8 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
                     "digest": r.and_then(|r| r.digest.clone()),
                     "by": r.and_then(|r| r.by.clone()),
                     "note": r.and_then(|r| r.note.clone()),
-                    "trigger": r.map(|r| r.trigger.clone()),
+                    "trigger": r.map(trigger_of),
+                    "rolled_back_from": rolled_back_from(image),
                 })
             })
             .collect();
@@ -130,16 +143,37 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
         if i == 0 {
             line.push_str(" (current)");
         }
+        if rolled_back_from(image) {
+            line.push_str(" [rolled back from]");
+        }
         if let Some(r) = last_success(image) {
-            line.push_str(&format!("  deployed {}", r.time));
+            line.push_str(&format!("  deployed {} via {}", r.time, trigger_of(r)));
             if let Some(by) = &r.by {
                 line.push_str(&format!(" by {by}"));
             }
             if let Some(digest) = &r.digest {
                 line.push_str(&format!("  {digest}"));
             }
+            if let Some(note) = &r.note {
+                line.push_str(&format!("  \"{note}\""));
+            }
         }
         println!("{line}");
     }
     Ok(0)
+}
+
+/// What brought a deployment about, in the operator's words: ci, cli, rollback or
+/// auto-rollback.
+fn trigger_of(r: &AuditRecord) -> &'static str {
+    let note = r.note.as_deref().unwrap_or_default();
+    if r.by.as_deref() == Some("fieldtrack") && note.starts_with("auto-rollback") {
+        "auto-rollback"
+    } else if note.starts_with(ROLLBACK_NOTE_PREFIX) {
+        "rollback"
+    } else if r.by.as_deref() == Some("ci") {
+        "ci"
+    } else {
+        "cli"
+    }
 }
