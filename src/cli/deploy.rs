@@ -1,6 +1,7 @@
 //! `fieldtrack deploy IMAGE`: validate, write the desired file atomically, then wait for that
 //! generation to converge, reconciling in-process when no daemon does.
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -116,7 +117,7 @@ fn default_timeout(cfg: &Config) -> Duration {
 async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8, CliError> {
     let path = cfg.state_dir.join(STATUS_FILE);
     let deadline = Instant::now() + timeout;
-    let mut shown = String::new();
+    let mut progress = Progress::new();
     while Instant::now() < deadline {
         if let Ok(Some(status)) = Status::load(&path) {
             if status.generation.as_deref() != Some(desired.generation.as_str())
@@ -128,11 +129,7 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
                 )));
             }
             if status.generation.as_deref() == Some(desired.generation.as_str()) {
-                let line = progress_line(&status);
-                if line != shown {
-                    eprintln!("{line}");
-                    shown = line;
-                }
+                progress.show(progress_line(&status), status.phase != Phase::Progressing);
                 match status.phase {
                     Phase::Converged => return Ok(0),
                     Phase::Failed | Phase::Invalid => {
@@ -145,13 +142,74 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        progress.tick();
     }
+    progress.finish();
     Err(CliError::Failed(format!(
         "gave up waiting after {} for {} to converge; it may still be in progress (see fieldtrack status)",
         humantime::format_duration(timeout),
         desired.image
     )))
+}
+
+/// Progress on stderr: a spinner redrawn in place on a terminal, plain lines otherwise
+/// (journald, CI logs), one per change.
+struct Progress {
+    terminal: bool,
+    line: String,
+    frame: usize,
+}
+
+impl Progress {
+    const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+
+    fn new() -> Progress {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            line: String::new(),
+            frame: 0,
+        }
+    }
+
+    /// Shows `line` when it changed; `last` ends the spinner.
+    fn show(&mut self, line: String, last: bool) {
+        if line != self.line {
+            if self.terminal {
+                eprint!("\r\x1b[2K");
+                if !self.line.is_empty() {
+                    eprintln!("  {}", self.line);
+                }
+            } else {
+                eprintln!("{line}");
+            }
+            self.line = line;
+        }
+        if last {
+            self.finish();
+        } else {
+            self.draw();
+        }
+    }
+
+    fn tick(&mut self) {
+        self.frame = self.frame.wrapping_add(1);
+        self.draw();
+    }
+
+    fn draw(&self) {
+        if self.terminal && !self.line.is_empty() {
+            let frame = Self::FRAMES[self.frame % Self::FRAMES.len()];
+            eprint!("\r\x1b[2K{frame} {}", self.line);
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.terminal && !self.line.is_empty() {
+            eprintln!("\r\x1b[2K  {}", self.line);
+            self.line.clear();
+        }
+    }
 }
 
 /// The desired file no longer holds our generation (someone wrote a newer one).
