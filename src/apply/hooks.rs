@@ -126,7 +126,7 @@ pub async fn run_hook(
     let Some((program, args)) = argv.split_first() else {
         return Ok(());
     };
-    let command = display_command(argv);
+    let command = super::display_command(argv);
     tracing::info!(hook = name, command = %command, color = %ctx.color, "running hook");
     let mut child = tokio::process::Command::new(program)
         .args(args)
@@ -233,20 +233,6 @@ fn output_tail(stdout: &[u8], stderr: &[u8]) -> String {
         .filter(|line| !line.is_empty())
         .collect();
     lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n")
-}
-
-/// The command as an operator would type it, for messages.
-fn display_command(argv: &[String]) -> String {
-    argv.iter()
-        .map(|arg| {
-            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"') {
-                format!("{arg:?}")
-            } else {
-                arg.clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

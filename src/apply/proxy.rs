@@ -405,7 +405,7 @@ enum Step {
 /// Runs `argv` without a shell, stdin closed, killed after `timeout`. A non-zero exit
 /// becomes the `step`'s error with the exit status and the tail of its output.
 async fn run_command(argv: &[String], timeout: Duration, step: Step) -> Result<(), ProxyError> {
-    let command = display_command(argv);
+    let command = super::display_command(argv);
     let Some((program, args)) = argv.split_first() else {
         return Err(ProxyError::Spawn {
             command,
@@ -456,20 +456,6 @@ fn describe_failure(status: std::process::ExitStatus, stderr: &[u8], stdout: &[u
     } else {
         format!("{status}\n{}", tail.join("\n"))
     }
-}
-
-/// The command as an operator would type it, for messages.
-fn display_command(argv: &[String]) -> String {
-    argv.iter()
-        .map(|arg| {
-            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"') {
-                format!("{arg:?}")
-            } else {
-                arg.clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new file, never a mix:

@@ -89,15 +89,7 @@ pub(crate) fn load_desired(cfg: &Config) -> Result<Desired, CliError> {
 
 /// Writes `phase: invalid` with the reason, keeping the rest of the last status.
 pub(crate) fn mark_invalid(cfg: &Config, message: &str) {
-    let path = cfg.state_dir.join(STATUS_FILE);
-    let mut status = Status::load(&path)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Status::new(Phase::Invalid));
-    status.phase = Phase::Invalid;
-    status.step = None;
-    status.message = Some(message.to_string());
-    if let Err(e) = status.save(&path) {
+    if let Err(e) = Status::mark_invalid(&cfg.state_dir.join(STATUS_FILE), message) {
         tracing::error!(error = %e, "cannot write the status");
     }
 }

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::observe::observe;
 use crate::reconcile::{error_policy, LiveReconciler, Outcome, ReconcileError, Requeue};
 use crate::state::lock::{self, LockError};
-use crate::state::status::{Phase, Status};
+use crate::state::status::Status;
 use crate::state::STATUS_FILE;
 use sources::{Event, SourceError};
 
@@ -274,14 +274,7 @@ impl Daemon {
         };
         tracing::error!(error = %e, "desired file unusable{kept}");
         let path = self.cfg.state_dir.join(STATUS_FILE);
-        let mut status = Status::load(&path)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Status::new(Phase::Invalid));
-        status.phase = Phase::Invalid;
-        status.step = None;
-        status.message = Some(format!("{e}{kept}"));
-        if let Err(e) = status.save(&path) {
+        if let Err(e) = Status::mark_invalid(&path, &format!("{e}{kept}")) {
             tracing::error!(error = %e, "cannot write the status");
         }
     }

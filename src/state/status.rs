@@ -215,6 +215,19 @@ impl Status {
             })
     }
 
+    /// Marks the status file `invalid` with `message`, keeping what else it says (what is
+    /// live, the last generation): the desired file is unusable, nothing was changed.
+    pub fn mark_invalid(path: &Path, message: &str) -> Result<(), StatusError> {
+        let mut status = Status::load(path)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Status::new(Phase::Invalid));
+        status.phase = Phase::Invalid;
+        status.step = None;
+        status.message = Some(message.to_string());
+        status.save(path)
+    }
+
     /// Writes the status atomically as pretty JSON, stamping `updated_at` and `pid`.
     ///
     /// `since` is taken from the file on disk while the phase stays the same there, so a
