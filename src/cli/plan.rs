@@ -4,11 +4,13 @@
 use super::CliError;
 use crate::apply::proxy::{render, Proxy};
 use crate::config::Config;
+use crate::desired::Desired;
 use crate::observe::observe;
 use crate::plan::{plan, Verdict};
 
 pub async fn run(cfg: Config) -> Result<u8, CliError> {
-    let desired = super::reconcile::load_desired(&cfg)?;
+    // Unlike a reconcile, plan writes nothing, not even `invalid` into status.json.
+    let desired = Desired::load(&cfg.desired_file, &cfg).map_err(CliError::Desired)?;
     let rc = super::reconciler(cfg, "plan").await?;
     let observed = observe(&rc.cfg, &rc.runtime, &rc.proxy)
         .await

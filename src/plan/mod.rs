@@ -216,10 +216,25 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     }
 }
 
-/// Does a container run this image? Its label holds the full reference; older labels may
-/// hold the image as written.
+/// Does a container run this image? Its label holds the full reference it was started
+/// from, pinned to a digest or not. Two digests must agree; without two, the names decide
+/// (a rollback pins the digest recorded for that same tag's deployment).
 fn runs(c: &Container, reference: &str, written: &str) -> bool {
-    c.image == reference || c.image == written
+    if c.image == reference || c.image == written {
+        return true;
+    }
+    let split = |r: &'_ str| -> (String, Option<String>) {
+        match r.split_once('@') {
+            Some((name, digest)) => (name.to_string(), Some(digest.to_string())),
+            None => (r.to_string(), None),
+        }
+    };
+    let (have_name, have_digest) = split(&c.image);
+    let (want_name, want_digest) = split(reference);
+    match (have_digest, want_digest) {
+        (Some(have), Some(want)) => have == want,
+        _ => have_name == want_name,
+    }
 }
 
 #[cfg(test)]
@@ -536,6 +551,27 @@ mod tests {
             })
             .collect();
         assert_eq!(removed, vec!["api-blue-old", "api-green"]);
+    }
+
+    #[test]
+    fn a_container_a_pinned_rollback_started_runs_its_tag() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let mut pinned = running(Color::Blue, "v1");
+        pinned.image = format!("{REPO}:v1@{digest}");
+        let o = observed(vec![pinned.clone()], BLUE, &["v1"]);
+        assert_eq!(
+            plan(&cfg(), &desired("v1"), &o, false).verdict,
+            Verdict::InSync
+        );
+        // The other way round: a pinned desired state and a container started by tag.
+        let d = desired("v1").pinned(Some(digest.clone()));
+        let o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
+        assert_eq!(plan(&cfg(), &d, &o, false).verdict, Verdict::InSync);
+        // Two digests that differ are two images.
+        let other = format!("sha256:{}", "cd".repeat(32));
+        let d = desired("v1").pinned(Some(other));
+        let o = observed(vec![pinned], BLUE, &["v1"]);
+        assert_eq!(plan(&cfg(), &d, &o, false).verdict, Verdict::Converge);
     }
 
     #[test]
