@@ -173,7 +173,7 @@ pub trait Runtime: Send + Sync {
         &self,
         repository: &str,
     ) -> impl Future<Output = Result<Vec<LocalImage>, RuntimeError>> + Send;
-    /// Removes a local image by id (not forced: an image in use stays).
+    /// Removes a local image name (or id); not forced, so an image in use stays.
     fn remove_image(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// The digest a reference resolves to in its registry now, None when it cannot be asked.
     fn registry_digest(&self, reference: &str) -> impl Future<Output = Option<String>> + Send;

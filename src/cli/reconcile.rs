@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::CliError;
 use crate::config::Config;
-use crate::desired::Desired;
-use crate::reconcile::Outcome;
+use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX};
+use crate::reconcile::{Outcome, ReconcileError};
 use crate::state::lock::{self, LockError, ReconcileLock};
 use crate::state::status::{Phase, Status};
 use crate::state::STATUS_FILE;
@@ -119,8 +119,32 @@ pub(crate) async fn converge(
     let rc = super::reconciler(cfg, trigger).await?;
     let result = rc.reconcile_with_retries(desired, true, TRIES).await;
     if let Some(notifier) = &rc.notifier {
-        // This process exits next: give the webhook a moment, never more.
-        notifier.flush(Duration::from_secs(5)).await;
+        // This process exits next: give the webhook a moment, never more, since a webhook
+        // that is down or slow must not delay a deployment.
+        if !notifier.flush(Duration::from_secs(1)).await {
+            tracing::warn!(
+                webhook = %notifier.webhook_redacted(),
+                "webhook notification not delivered within 1s; dropped"
+            );
+        }
+    }
+    if let Err(ReconcileError::FailedAfterSwitch {
+        back_to: Some(_), ..
+    }) = &result
+    {
+        // An auto-rollback rewrote the desired file: one more pass makes the status say
+        // what runs now (no daemon is here to notice the file).
+        if let Ok(now) = Desired::load(&rc.cfg.desired_file, &rc.cfg) {
+            let ours = now.by.as_deref() == Some("fieldtrack")
+                && now
+                    .note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(AUTO_ROLLBACK_NOTE_PREFIX));
+            // Only our own rewrite: a desired state someone else wrote meanwhile is theirs.
+            if ours && now.generation != desired.generation {
+                let _ = rc.reconcile(&now, false).await;
+            }
+        }
     }
     match result? {
         Outcome::Converged => {

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::CliError;
 use crate::apply::proxy::parse_port;
 use crate::config::Config;
-use crate::desired::{Desired, ROLLBACK_NOTE_PREFIX};
+use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
 use crate::state::audit::{self, AuditRecord};
 use crate::state::history;
 use crate::state::status::Status;
@@ -167,7 +167,7 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
 /// auto-rollback.
 fn trigger_of(r: &AuditRecord) -> &'static str {
     let note = r.note.as_deref().unwrap_or_default();
-    if r.by.as_deref() == Some("fieldtrack") && note.starts_with("auto-rollback") {
+    if r.by.as_deref() == Some("fieldtrack") && note.starts_with(AUTO_ROLLBACK_NOTE_PREFIX) {
         "auto-rollback"
     } else if note.starts_with(ROLLBACK_NOTE_PREFIX) {
         "rollback"

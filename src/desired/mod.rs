@@ -21,6 +21,9 @@ pub use image::{ImageError, ImageRef};
 /// How the rollback command's note starts: `rollback from X to Y`.
 pub const ROLLBACK_NOTE_PREFIX: &str = "rollback from ";
 
+/// How the note of an automatic rollback (written by fieldtrack itself) starts.
+pub const AUTO_ROLLBACK_NOTE_PREFIX: &str = "auto-rollback: ";
+
 /// Longest `note`, in characters.
 pub const NOTE_MAX_CHARS: usize = 1000;
 /// Longest `by`, in characters.

@@ -15,7 +15,7 @@ use crate::apply::runtime::{
     ContainerSpec, ContainerState, Runtime, LABEL_APP, LABEL_COLOR, LABEL_IMAGE,
 };
 use crate::config::Color;
-use crate::desired::{Desired, ImageRef};
+use crate::desired::{Desired, ImageRef, AUTO_ROLLBACK_NOTE_PREFIX};
 use crate::observe::Observed;
 use crate::plan::Action;
 use crate::state::audit::{self, AuditRecord};
@@ -136,6 +136,16 @@ fn auto_rollback<R: Runtime, P: Proxy, H: Prober>(
         tracing::warn!("no previous image in the history: the desired file is left as it is");
         return;
     };
+    // Someone (CI, an operator) wrote a newer desired state during the attempt: it wins.
+    match Desired::load(&cfg.desired_file, cfg) {
+        Ok(now) if now.generation == at.desired.generation => {}
+        _ => {
+            tracing::warn!(
+                "the desired file changed during the attempt: left as it is, no auto-rollback"
+            );
+            return;
+        }
+    }
     let image = match ImageRef::parse(previous, &cfg.repository, &cfg.allowed_repositories) {
         Ok(image) => image,
         Err(e) => {
@@ -144,10 +154,18 @@ fn auto_rollback<R: Runtime, P: Proxy, H: Prober>(
         }
     };
     let note = format!(
-        "auto-rollback: {} failed after the switch: {reason}",
+        "{AUTO_ROLLBACK_NOTE_PREFIX}{} failed after the switch: {reason}",
         at.image
     );
-    let rollback = Desired::new(image, Some(&note), Some("fieldtrack"), false);
+    // Pinned like any rollback: what comes back is what ran, even if the tag moved since.
+    let recorded = audit::read(&rc.audit_file()).ok().and_then(|records| {
+        records
+            .into_iter()
+            .rev()
+            .find(|r| r.image == previous && r.outcome == "succeeded")
+            .and_then(|r| r.digest)
+    });
+    let rollback = Desired::new(image, Some(&note), Some("fieldtrack"), false).pinned(recorded);
     match rollback.write(&cfg.desired_file) {
         Ok(()) => tracing::warn!(
             image = %previous,
@@ -423,6 +441,7 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
                 }
                 outcome => {
                     failures += 1;
+                    rc.metrics.health_probe_failed();
                     tracing::warn!(failures, outcome = %describe(&outcome), "probe failed during the drain");
                     if failures < DRAIN_FAILURES {
                         continue;

@@ -245,11 +245,15 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
             if named || pinned {
                 continue;
             }
-            match self.runtime.remove_image(&image.id).await {
-                Ok(()) => {
-                    tracing::info!(image = ?image.tags, "removed an image no history entry names")
+            // By this repository's names, not by id: an id with a name elsewhere (another
+            // repository) cannot be removed unforced, and that other name is not ours to drop.
+            for name in image.tags.iter().chain(&image.digests) {
+                match self.runtime.remove_image(name).await {
+                    Ok(()) => {
+                        tracing::info!(image = %name, "removed an image no history entry names")
+                    }
+                    Err(e) => tracing::debug!(image = %name, error = %e, "image kept"),
                 }
-                Err(e) => tracing::debug!(image = ?image.tags, error = %e, "image kept"),
             }
         }
     }
