@@ -25,6 +25,9 @@ if [ "${CI:-}" = "true" ]; then
     trap './target/debug/testbed down || true' EXIT
 fi
 
+step "packaging tools: cargo-deb (installed once; the package test builds a .deb)"
+./scripts/package.sh --install-tools
+
 step "cargo test (unit and real-engine tests)"
 log=$(mktemp)
 set +e

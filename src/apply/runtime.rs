@@ -257,7 +257,7 @@ fn state_of(status: Option<ContainerStateStatusEnum>, exit_code: Option<i64>) ->
 }
 
 /// The registry part of a reference, as the Docker config keys its credentials.
-fn registry_of(reference: &str) -> String {
+pub(crate) fn registry_of(reference: &str) -> String {
     match reference.split_once('/') {
         Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.to_string(),
         _ => "https://index.docker.io/v1/".to_string(),

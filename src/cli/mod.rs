@@ -2,7 +2,9 @@
 //! mapping of every failure to an exit code (0 success, 1 the operation failed, 2 bad usage
 //! or invalid input, 3 `plan` found changes).
 
+mod check;
 mod deploy;
+mod init;
 mod plan;
 mod reconcile;
 mod rollback;
@@ -11,7 +13,7 @@ mod show;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::apply::health::HealthError;
 use crate::apply::runtime::{Docker, RuntimeError};
@@ -65,6 +67,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a commented fieldtrack.toml, a desired.toml and the nginx snippets; never
+    /// overwrites a file.
+    Init(init::InitArgs),
+    /// Check the config, desired file, Docker, registry credentials, nginx and the color
+    /// ports; each line OK, WARN or FAIL (exit 1 on any FAIL).
+    Check,
+    /// Print a shell completion script (packaging: bash, zsh, fish).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page fieldtrack(1), roff (packaging).
+    #[command(hide = true)]
+    Manpage {
+        /// Write fieldtrack.1 and one page per command (fieldtrack-deploy.1, ...) into DIR
+        /// instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 impl Command {
@@ -72,7 +94,13 @@ impl Command {
     pub fn is_quiet(&self) -> bool {
         matches!(
             self,
-            Command::Status { .. } | Command::History { .. } | Command::Plan
+            Command::Status { .. }
+                | Command::History { .. }
+                | Command::Plan
+                | Command::Init(_)
+                | Command::Check
+                | Command::Completions { .. }
+                | Command::Manpage { .. }
         )
     }
 }
@@ -121,16 +149,56 @@ impl CliError {
 /// Runs a parsed command line; Ok holds the exit code of a command that succeeded.
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
     let path = Config::locate(cli.config.as_deref());
-    let cfg = Config::load(&path)?;
+    let load = || Config::load(&path);
     match cli.command {
-        Command::Daemon => Ok(crate::daemon::run(path, cfg).await?),
-        Command::Reconcile => reconcile::run(cfg).await,
-        Command::Deploy(args) => deploy::run(cfg, args).await,
-        Command::Rollback(args) => rollback::run(cfg, args).await,
-        Command::Plan => plan::run(cfg).await,
-        Command::Status { json } => show::status(&cfg, json),
-        Command::History { json } => show::history(&cfg, json),
+        Command::Daemon => {
+            let cfg = load()?;
+            Ok(crate::daemon::run(path, cfg).await?)
+        }
+        Command::Reconcile => reconcile::run(load()?).await,
+        Command::Deploy(args) => deploy::run(load()?, args).await,
+        Command::Rollback(args) => rollback::run(load()?, args).await,
+        Command::Plan => plan::run(load()?).await,
+        Command::Status { json } => show::status(&load()?, json),
+        Command::History { json } => show::history(&load()?, json),
+        // These work without a valid config: they make one, judge one, or package.
+        Command::Init(args) => init::run(cli.config.as_deref(), args),
+        Command::Check => check::run(&path).await,
+        Command::Completions { shell } => print_completions(shell),
+        Command::Manpage { out_dir } => print_manpage(out_dir.as_deref()),
     }
+}
+
+/// The completion script for `shell`, generated from the parser itself.
+fn print_completions(shell: clap_complete::Shell) -> Result<u8, CliError> {
+    // clap_complete offers hidden subcommands too, and clap cannot remove one: rebuild the
+    // root from the parser's own arguments and visible subcommands, so nothing is restated.
+    let full = Cli::command();
+    let mut visible = clap::Command::new("fieldtrack").version(env!("CARGO_PKG_VERSION"));
+    if let Some(about) = full.get_about() {
+        visible = visible.about(about.clone());
+    }
+    visible = visible
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    clap_complete::generate(shell, &mut visible, "fieldtrack", &mut std::io::stdout());
+    Ok(0)
+}
+
+/// fieldtrack(1), or every page into `out_dir`, generated from the parser itself.
+fn print_manpage(out_dir: Option<&std::path::Path>) -> Result<u8, CliError> {
+    let failed = |e: std::io::Error| CliError::Failed(format!("cannot write the man page: {e}"));
+    match out_dir {
+        Some(dir) => clap_mangen::generate_to(Cli::command(), dir).map_err(failed)?,
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &page))
+                .map_err(failed)?;
+        }
+    }
+    Ok(0)
 }
 
 /// Builds the reconciler on the real Docker engine and nginx.

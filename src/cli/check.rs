@@ -1,0 +1,648 @@
+//! `fieldtrack check`: is this server ready to deploy? One line per property, each `OK`,
+//! `WARN` or `FAIL` with what to do about it, so a newcomer fixes the setup before the first
+//! deployment fails for a reason nobody saw coming.
+//!
+//! Every check runs even when an earlier one failed (all but those that need a valid
+//! config): one run lists everything to fix. Nothing is changed anywhere.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::CliError;
+use crate::apply::proxy::{self, DEFAULT_COMMAND_TIMEOUT};
+use crate::apply::runtime::{registry_of, Container, Docker, Runtime as _};
+use crate::config::{Color, Config};
+use crate::desired::{Desired, DesiredError};
+
+/// How long the engine gets to answer before it counts as unreachable.
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How serious one finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Level::Ok => "OK",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        })
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub level: Level,
+    /// What was checked: `config`, `docker`, `nginx`, `port blue`...
+    pub subject: String,
+    /// What was found and, unless OK, what to do.
+    pub message: String,
+}
+
+impl Finding {
+    fn new(level: Level, subject: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding {
+            level,
+            subject: subject.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs every check against the config at `path`, prints the report: exit 0 when nothing
+/// failed (warnings allowed), 1 otherwise.
+pub async fn run(path: &Path) -> Result<u8, CliError> {
+    let findings = check(path).await;
+    for f in &findings {
+        println!("{:<4}  {:<11} {}", f.level, f.subject, f.message);
+    }
+    let count = |level| findings.iter().filter(|f| f.level == level).count();
+    let failed = count(Level::Fail);
+    println!(
+        "\n{} ok, {} warning(s), {} failed",
+        count(Level::Ok),
+        count(Level::Warn),
+        failed
+    );
+    Ok(u8::from(failed > 0))
+}
+
+/// Every finding, in a fixed order.
+pub async fn check(path: &Path) -> Vec<Finding> {
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            return vec![Finding::new(
+                Level::Fail,
+                "config",
+                format!(
+                    "{e}. Fix it (`fieldtrack init` writes a commented one; the keys are in \
+                     fieldtrack.toml.example); nothing else can be checked until it loads"
+                ),
+            )]
+        }
+    };
+    let mut out = vec![config_finding(&cfg)];
+    out.push(desired_finding(&cfg));
+    out.extend(folder_findings(&cfg));
+    let docker = match tokio::time::timeout(DOCKER_TIMEOUT, Docker::connect(&cfg.docker.host)).await
+    {
+        Ok(Ok(docker)) => {
+            out.push(Finding::new(
+                Level::Ok,
+                "docker",
+                format!(
+                    "engine at {} answers (API {})",
+                    cfg.docker.host,
+                    docker.api_version()
+                ),
+            ));
+            Some(docker)
+        }
+        Ok(Err(e)) => {
+            out.push(docker_unreachable(&cfg, &e.to_string()));
+            None
+        }
+        Err(_) => {
+            out.push(docker_unreachable(
+                &cfg,
+                &format!("no answer within {}s", DOCKER_TIMEOUT.as_secs()),
+            ));
+            None
+        }
+    };
+    out.push(credentials_finding(&cfg.repository));
+    out.push(upstream_file_finding(&cfg));
+    out.extend(nginx_findings(&cfg).await);
+    let containers = match &docker {
+        Some(docker) => docker.containers(&cfg.app).await.ok(),
+        None => None,
+    };
+    for color in Color::ALL {
+        out.push(port_finding(&cfg, color, containers.as_deref()));
+    }
+    out
+}
+
+fn config_finding(cfg: &Config) -> Finding {
+    let registry = registry_of(&cfg.repository);
+    if registry == crate::cli::init::PLACEHOLDER_REGISTRY {
+        return Finding::new(
+            Level::Fail,
+            "config",
+            format!(
+                "{}: repository {:?} is the placeholder `fieldtrack init` wrote; set it to \
+                 your image repository (e.g. ghcr.io/acme/{})",
+                cfg.path.display(),
+                cfg.repository,
+                cfg.app
+            ),
+        );
+    }
+    Finding::new(
+        Level::Ok,
+        "config",
+        format!(
+            "{} is valid: app {}, repository {}, containers {}-blue/{}-green",
+            cfg.path.display(),
+            cfg.app,
+            cfg.repository,
+            cfg.app,
+            cfg.app
+        ),
+    )
+}
+
+fn desired_finding(cfg: &Config) -> Finding {
+    let path = cfg.desired_file.display();
+    match Desired::load(&cfg.desired_file, cfg) {
+        Ok(d) if d.paused => Finding::new(
+            Level::Warn,
+            "desired",
+            format!(
+                "{path}: image {} but paused = true: fieldtrack observes and changes nothing; \
+                 remove the line to resume",
+                d.image
+            ),
+        ),
+        Ok(d) => Finding::new(
+            Level::Ok,
+            "desired",
+            format!("{path}: image {} ({})", d.image, cfg.image_reference(&d.image)),
+        ),
+        Err(DesiredError::MissingImage { .. }) => Finding::new(
+            Level::Warn,
+            "desired",
+            format!(
+                "{path} names no image yet: nothing runs until `fieldtrack deploy TAG` writes one"
+            ),
+        ),
+        Err(DesiredError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Finding::new(
+                Level::Warn,
+                "desired",
+                format!(
+                    "{path} does not exist yet: nothing runs until `fieldtrack deploy TAG` writes it"
+                ),
+            )
+        }
+        Err(e) => Finding::new(
+            Level::Fail,
+            "desired",
+            format!("{e}. Fix the file (rules: desired.toml.example) or `fieldtrack deploy TAG` to replace it"),
+        ),
+    }
+}
+
+/// fieldtrack replaces its files by writing a temp file beside them and renaming it, so it
+/// needs to write their folders.
+fn folder_findings(cfg: &Config) -> Vec<Finding> {
+    let mut folders: Vec<(&str, PathBuf)> = vec![
+        ("desired file", parent(&cfg.desired_file)),
+        ("history file", parent(&cfg.history_file)),
+        ("state_dir", cfg.state_dir.clone()),
+        ("upstream file", parent(&cfg.nginx.upstream_file)),
+    ];
+    folders.dedup_by(|a, b| a.1 == b.1);
+    let mut problems = Vec::new();
+    for (what, folder) in &folders {
+        // A missing folder is created on first use: its nearest existing ancestor counts.
+        let existing = folder.ancestors().find(|p| p.exists()).unwrap_or(folder);
+        if !writable(existing) {
+            problems.push(format!("{} (for the {what})", existing.display()));
+        }
+    }
+    if problems.is_empty() {
+        return vec![Finding::new(
+            Level::Ok,
+            "files",
+            "this user can write the folders of the desired file, history, state_dir and upstream file",
+        )];
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    vec![Finding::new(
+        Level::Fail,
+        "files",
+        format!(
+            "this user (uid {uid}) cannot write {}: run check as the user that runs fieldtrack, \
+             or give that user the folder",
+            problems.join(", ")
+        ),
+    )]
+}
+
+fn parent(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new("/")).to_path_buf()
+}
+
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+fn docker_unreachable(cfg: &Config, reason: &str) -> Finding {
+    Finding::new(
+        Level::Fail,
+        "docker",
+        format!(
+            "engine at {} is unreachable: {reason}. Start it (systemctl start docker), or set \
+             docker.host / $DOCKER_HOST to where it listens",
+            cfg.docker.host
+        ),
+    )
+}
+
+/// Whether the Docker config has credentials for the repository's registry. Never prints
+/// them, nor a credential helper's output (it may hold one).
+fn credentials_finding(repository: &str) -> Finding {
+    use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+    let registry = registry_of(repository);
+    let config_file = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))
+        .map(|d| d.join("config.json"));
+    let shown = config_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "no Docker config ($HOME and $DOCKER_CONFIG unset)".into());
+    let anonymous = |why: &str| {
+        Finding::new(
+            Level::Warn,
+            "registry",
+            format!(
+                "no credentials for {registry} ({why}): pulls are anonymous. Fine for a public \
+                 repository; for a private one run `docker login {registry}` as the user that \
+                 runs fieldtrack (or set DOCKER_CONFIG)"
+            ),
+        )
+    };
+    match docker_credential::get_credential(&registry) {
+        Ok(DockerCredential::UsernamePassword(..)) => Finding::new(
+            Level::Ok,
+            "registry",
+            format!("credentials for {registry} found in {shown} (user and password)"),
+        ),
+        Ok(DockerCredential::IdentityToken(_)) => Finding::new(
+            Level::Ok,
+            "registry",
+            format!("credentials for {registry} found in {shown} (identity token)"),
+        ),
+        Err(E::NoCredentialConfigured) => anonymous(&format!("none in {shown}")),
+        Err(E::ConfigNotFound) => anonymous(&shown),
+        Err(E::ConfigReadError) if !config_file.as_ref().is_some_and(|p| p.exists()) => {
+            anonymous(&format!("{shown} does not exist"))
+        }
+        Err(E::ConfigReadError) => Finding::new(
+            Level::Fail,
+            "registry",
+            format!(
+                "cannot read {shown} (not JSON, or unreadable): fieldtrack would pull \
+                 {registry} anonymously. Fix or remove the file"
+            ),
+        ),
+        Err(E::HelperFailure { helper, stderr, .. }) => Finding::new(
+            Level::Fail,
+            "registry",
+            format!(
+                "credential helper `{helper}` for {registry} (from {shown}) failed: {}. Install \
+                 or fix it, or remove it from the file",
+                first_line(&stderr)
+            ),
+        ),
+        Err(e) => Finding::new(
+            Level::Fail,
+            "registry",
+            format!(
+                "cannot get credentials for {registry} from {shown}: {}. Fix the file or \
+                 `docker login {registry}` again",
+                first_line(&e.to_string())
+            ),
+        ),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+    let line = line.unwrap_or("no output");
+    line.chars().take(200).collect()
+}
+
+/// The upstream file exists and holds the configured block: nginx refuses to start
+/// without it, and its port is what says which color is live.
+fn upstream_file_finding(cfg: &Config) -> Finding {
+    let path = &cfg.nginx.upstream_file;
+    let name = &cfg.nginx.upstream_name;
+    let placeholder = format!(
+        "create it with a placeholder block (`fieldtrack init` does; or see docs/operations.md, \
+         \"The nginx side\"): upstream {name} {{ server 127.0.0.1:{}; }}",
+        cfg.container.blue_port
+    );
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Finding::new(
+            Level::Fail,
+            "upstream",
+            format!(
+                "{} does not exist, so nginx cannot include it: {placeholder}",
+                path.display()
+            ),
+        ),
+        Err(e) => Finding::new(
+            Level::Fail,
+            "upstream",
+            format!("cannot read {}: {e}", path.display()),
+        ),
+        Ok(text) => match proxy::parse_port(&text, name) {
+            Some(port) => {
+                let color = cfg
+                    .color_of_port(port)
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "neither color: nothing is live".into());
+                Finding::new(
+                    Level::Ok,
+                    "upstream",
+                    format!(
+                        "{}: upstream {name} -> 127.0.0.1:{port} ({color})",
+                        path.display()
+                    ),
+                )
+            }
+            None => Finding::new(
+                Level::Fail,
+                "upstream",
+                format!(
+                    "{} has no `upstream {name}` block with a 127.0.0.1 server; {placeholder}",
+                    path.display()
+                ),
+            ),
+        },
+    }
+}
+
+/// nginx's configuration, as `test_command -T` dumps it, includes the upstream file and
+/// proxies to its upstream.
+async fn nginx_findings(cfg: &Config) -> Vec<Finding> {
+    let test = &cfg.nginx.test_command;
+    let program = Path::new(&test[0]).file_name().and_then(|n| n.to_str());
+    if program != Some("nginx") {
+        return vec![Finding::new(
+            Level::Warn,
+            "nginx",
+            format!(
+                "cannot tell whether nginx includes {}: test_command `{}` is not nginx itself. \
+                 Check by hand: nginx -T | grep {}",
+                cfg.nginx.upstream_file.display(),
+                test.join(" "),
+                cfg.nginx.upstream_name
+            ),
+        )];
+    }
+    let mut argv = test.clone();
+    argv.push("-T".into());
+    let shown = argv.join(" ");
+    let mut command = tokio::process::Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(DEFAULT_COMMAND_TIMEOUT, command.output()).await {
+        Err(_) => {
+            return vec![Finding::new(
+                Level::Fail,
+                "nginx",
+                format!(
+                    "`{shown}` did not finish within {}s",
+                    DEFAULT_COMMAND_TIMEOUT.as_secs()
+                ),
+            )]
+        }
+        Ok(Err(e)) => {
+            return vec![Finding::new(
+                Level::Fail,
+                "nginx",
+                format!(
+                    "cannot run `{shown}`: {e}. Install nginx, or set nginx.test_command and \
+                     nginx.reload_command"
+                ),
+            )]
+        }
+        Ok(Ok(out)) => out,
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return vec![Finding::new(
+            Level::Fail,
+            "nginx",
+            format!(
+                "`{shown}` failed ({}): {}. Fix nginx's config (or run check as root); every \
+                 deployment runs the test command and stops when it fails",
+                out.status,
+                tail.join(" | ")
+            ),
+        )];
+    }
+    let dump = String::from_utf8_lossy(&out.stdout);
+    judge_dump(&dump, &cfg.nginx.upstream_file, &cfg.nginx.upstream_name)
+}
+
+/// What a `nginx -T` dump says about the upstream file and the site proxying to it.
+pub fn judge_dump(dump: &str, upstream_file: &Path, upstream_name: &str) -> Vec<Finding> {
+    let wanted = std::fs::canonicalize(upstream_file).unwrap_or(upstream_file.to_path_buf());
+    let included: Vec<PathBuf> = dump
+        .lines()
+        .filter_map(|l| l.strip_prefix("# configuration file "))
+        .filter_map(|l| l.strip_suffix(':'))
+        .map(PathBuf::from)
+        .collect();
+    if included.is_empty() {
+        return vec![Finding::new(
+            Level::Warn,
+            "nginx",
+            format!(
+                "cannot tell whether nginx includes {}: its `-T` output lists no files",
+                upstream_file.display()
+            ),
+        )];
+    }
+    let same = |p: &PathBuf| {
+        *p == upstream_file || std::fs::canonicalize(p).ok().as_ref() == Some(&wanted)
+    };
+    let mut out = Vec::new();
+    if included.iter().any(same) {
+        out.push(Finding::new(
+            Level::Ok,
+            "nginx",
+            format!("nginx's config includes {}", upstream_file.display()),
+        ));
+    } else {
+        out.push(Finding::new(
+            Level::Fail,
+            "nginx",
+            format!(
+                "nginx's config does not include {}: add `include {};` inside http {{ }} \
+                 (e.g. in /etc/nginx/conf.d/), then nginx -t && systemctl reload nginx",
+                upstream_file.display(),
+                upstream_file.display()
+            ),
+        ));
+    }
+    let proxied = dump
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .any(|l| {
+            l.strip_prefix("proxy_pass")
+                .map(|rest| rest.trim().trim_end_matches(';').trim())
+                .is_some_and(|target| {
+                    target == format!("http://{upstream_name}")
+                        || target.starts_with(&format!("http://{upstream_name}/"))
+                })
+        });
+    if proxied {
+        out.push(Finding::new(
+            Level::Ok,
+            "site",
+            format!("a location proxies to http://{upstream_name}"),
+        ));
+    } else {
+        out.push(Finding::new(
+            Level::Warn,
+            "site",
+            format!(
+                "no `proxy_pass http://{upstream_name};` in nginx's config: no site sends traffic \
+                 to the app yet (see the location snippet `fieldtrack init` wrote)"
+            ),
+        ));
+    }
+    out
+}
+
+/// A color's port must be free for its container, or already published by it.
+fn port_finding(cfg: &Config, color: Color, containers: Option<&[Container]>) -> Finding {
+    let port = cfg.port(color);
+    let subject = format!("port {color}");
+    let key = format!("container.{color}_port");
+    let ours = containers.and_then(|cs| {
+        cs.iter()
+            .find(|c| c.color == Some(color) && c.state.is_running())
+    });
+    if let Some(c) = ours {
+        return Finding::new(
+            Level::Ok,
+            subject,
+            format!(
+                "127.0.0.1:{port} is ours: published by {} ({})",
+                c.name, c.image
+            ),
+        );
+    }
+    match TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)) {
+        Ok(_) => Finding::new(Level::Ok, subject, format!("127.0.0.1:{port} is free")),
+        Err(e) => {
+            let unknown = if containers.is_none() {
+                " (Docker is unreachable, so whether a container of the app holds it is unknown)"
+            } else {
+                ""
+            };
+            Finding::new(
+                Level::Fail,
+                subject,
+                format!(
+                    "127.0.0.1:{port} is taken by something that is not {}-{color}{unknown}: {e}. \
+                     Stop it (`ss -ltnp 'sport = :{port}'` names it) or choose another {key}",
+                    cfg.app
+                ),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dump(files: &[&str], body: &str) -> String {
+        let mut text = String::from("nginx: the configuration file /x/nginx.conf syntax is ok\n");
+        for f in files {
+            text.push_str(&format!("# configuration file {f}:\n{body}\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn a_dump_that_includes_the_upstream_file_and_proxies_to_it_is_ok() {
+        let d = dump(
+            &["/x/nginx.conf", "/x/up.conf"],
+            "location / {\n    proxy_pass http://fieldtrack_api;\n}",
+        );
+        let f = judge_dump(&d, Path::new("/x/up.conf"), "fieldtrack_api");
+        assert_eq!(f.len(), 2);
+        assert!(f.iter().all(|f| f.level == Level::Ok), "{f:?}");
+    }
+
+    #[test]
+    fn a_dump_without_the_upstream_file_fails_naming_the_include_to_add() {
+        let d = dump(&["/x/nginx.conf"], "proxy_pass http://fieldtrack_api/;");
+        let f = judge_dump(&d, Path::new("/x/up.conf"), "fieldtrack_api");
+        assert_eq!(f[0].level, Level::Fail);
+        assert!(
+            f[0].message.contains("include /x/up.conf;"),
+            "{}",
+            f[0].message
+        );
+        assert_eq!(f[1].level, Level::Ok);
+    }
+
+    #[test]
+    fn a_site_proxying_elsewhere_or_in_a_comment_only_is_a_warning() {
+        let d = dump(
+            &["/x/up.conf"],
+            "# proxy_pass http://fieldtrack_api;\nproxy_pass http://fieldtrack_api2;",
+        );
+        let f = judge_dump(&d, Path::new("/x/up.conf"), "fieldtrack_api");
+        assert_eq!(f[1].level, Level::Warn, "{f:?}");
+    }
+
+    #[test]
+    fn a_dump_listing_no_files_cannot_tell() {
+        let f = judge_dump("", Path::new("/x/up.conf"), "fieldtrack_api");
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].level, Level::Warn);
+    }
+
+    #[test]
+    fn the_upstream_file_through_a_symlink_counts_as_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("api-upstream.conf");
+        std::fs::write(
+            &real,
+            "upstream fieldtrack_api { server 127.0.0.1:3001; }\n",
+        )
+        .unwrap();
+        let link = dir.path().join("conf.d-fieldtrack-api.conf");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let d = dump(&[link.to_str().unwrap()], "");
+        let f = judge_dump(&d, &real, "fieldtrack_api");
+        assert_eq!(f[0].level, Level::Ok, "{f:?}");
+    }
+
+    #[test]
+    fn levels_print_in_a_fixed_width() {
+        assert_eq!(format!("{:<4}|", Level::Ok), "OK  |");
+        assert_eq!(format!("{:<4}|", Level::Fail), "FAIL|");
+    }
+}
