@@ -34,8 +34,15 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat, quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDTRACK_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("FIELDTRACK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The HTTP layers log request and answer bodies at debug, and a container's create body
+    // holds its env file's values: they never go past info, whatever FIELDTRACK_LOG says.
+    for quiet in ["bollard=info", "hyper=info", "hyper_util=info", "reqwest=info"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

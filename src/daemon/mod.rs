@@ -30,6 +30,7 @@ use crate::config::{Config, ConfigError};
 use crate::desired::{Desired, DesiredError, DesiredErrorKind};
 use crate::metrics::Metrics;
 use crate::observe::observe;
+use crate::plan::{plan, Verdict};
 use crate::reconcile::{error_policy, LiveReconciler, Outcome, ReconcileError, Requeue};
 use crate::state::lock::{self, LockError};
 use crate::state::status::Status;
@@ -99,9 +100,11 @@ struct Daemon {
     ready_sent: bool,
     /// Shared by every pass and the metrics endpoint.
     metrics: Arc<Metrics>,
-    /// status.json says `invalid`: the next good read asks for a pass, even with the same
-    /// generation as before, so the status tells the truth again.
-    invalid_reported: bool,
+    /// Why the desired file's last read was unusable. While set, status.json keeps saying
+    /// `invalid`, also after the passes that go on toward the last good desired state; the
+    /// next good read clears it and asks for a pass, even with the same generation as
+    /// before, so the status tells the truth again.
+    invalid: Option<String>,
 }
 
 /// Runs the daemon until a stop signal; Ok(exit code).
@@ -152,7 +155,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
         stopping: false,
         ready_sent: false,
         metrics,
-        invalid_reported: false,
+        invalid: None,
     };
 
     loop {
@@ -233,7 +236,8 @@ impl Daemon {
                 self.parse_retry = false;
                 let changed =
                     self.desired.as_ref().map(|d| &d.generation) != Some(&desired.generation);
-                if !changed && std::mem::take(&mut self.invalid_reported) {
+                let was_invalid = self.invalid.take().is_some();
+                if !changed && was_invalid {
                     self.pass_wanted.get_or_insert("file");
                 }
                 if changed {
@@ -257,14 +261,13 @@ impl Daemon {
             }
             Err(e) => {
                 self.parse_retry = false;
-                self.invalid_reported = true;
                 self.report_invalid(&e);
             }
         }
     }
 
     /// Status `invalid` with the reason; the last good desired state stays in force.
-    fn report_invalid(&self, e: &DesiredError) {
+    fn report_invalid(&mut self, e: &DesiredError) {
         let kept = match &self.desired {
             Some(d) => format!(
                 "; still converging toward {} (generation {})",
@@ -273,8 +276,15 @@ impl Daemon {
             None => String::new(),
         };
         tracing::error!(error = %e, "desired file unusable{kept}");
+        let message = format!("{e}{kept}");
+        self.write_invalid_status(&message);
+        self.invalid = Some(message);
+    }
+
+    /// `phase: invalid` with `message`, keeping the rest of the last status.
+    fn write_invalid_status(&self, message: &str) {
         let path = self.cfg.state_dir.join(STATUS_FILE);
-        if let Err(e) = Status::mark_invalid(&path, &format!("{e}{kept}")) {
+        if let Err(e) = Status::mark_invalid(&path, message) {
             tracing::error!(error = %e, "cannot write the status");
         }
     }
@@ -325,8 +335,15 @@ impl Daemon {
         }
         let cancel = rc.cancel.clone();
         let pass_desired = desired.clone();
+        let file_unusable = self.invalid.is_some();
         let handle = tokio::spawn(async move {
-            let result = rc.reconcile(&pass_desired, trigger == BY_HAND).await;
+            let by_hand = trigger == BY_HAND;
+            if file_unusable {
+                if let Some(outcome) = nothing_to_repair(&rc, &pass_desired, by_hand).await {
+                    return Ok(outcome);
+                }
+            }
+            let result = rc.reconcile(&pass_desired, by_hand).await;
             if let Err(e) = &result {
                 // The pass's own reconciler records the failure: it knows the status.
                 let _ = rc.record_failure(&pass_desired, e);
@@ -351,24 +368,33 @@ impl Daemon {
         running: Running,
         result: Result<Result<Outcome, ReconcileError>, tokio::task::JoinError>,
     ) {
-        let generation = &running.desired.generation;
+        // A pass that repaired drift toward the last good desired state wrote its own
+        // status; the desired file is still unusable, and that is what it must keep saying.
+        if let Some(message) = &self.invalid {
+            self.write_invalid_status(message);
+        }
+        // Every line about the pass's outcome names its generation and image.
+        let desired = &running.desired;
+        let _span =
+            tracing::info_span!("pass", generation = %desired.generation, image = %desired.image)
+                .entered();
         match result {
             Ok(Ok(outcome)) => {
-                tracing::info!(%generation, ?outcome, "pass done");
+                tracing::info!(?outcome, "pass done");
                 self.backoff = BACKOFF_MIN;
             }
             Ok(Err(ReconcileError::Cancelled)) => {
-                tracing::info!(%generation, "attempt cancelled");
+                tracing::info!("attempt cancelled");
                 self.pass_wanted.get_or_insert("file");
             }
             Ok(Err(e)) => match error_policy(&e, self.backoff) {
                 Requeue::After(_) => self.transient(&e),
                 Requeue::AwaitChange => {
-                    tracing::error!(%generation, error = %e, "attempt failed; waiting for the desired file to change");
+                    tracing::error!(error = %e, "attempt failed; waiting for the desired file to change");
                 }
             },
             Err(e) => {
-                tracing::error!(%generation, error = %e, "pass panicked; retrying");
+                tracing::error!(error = %e, "pass panicked; retrying");
                 self.retry_at = Some(Instant::now() + self.backoff);
             }
         }
@@ -404,6 +430,24 @@ impl Daemon {
                 None
             }
         }
+    }
+}
+
+/// While the desired file is unusable, status.json says `invalid`: a pass with nothing to
+/// repair must not overwrite that with its own verdict, so it is skipped. Returns the
+/// outcome it would have had, or None when there is drift to repair (or the world could
+/// not be observed, which the pass reports itself).
+async fn nothing_to_repair(
+    rc: &LiveReconciler,
+    desired: &Desired,
+    by_hand: bool,
+) -> Option<Outcome> {
+    let observed = observe(&rc.cfg, &rc.runtime, &rc.proxy).await.ok()?;
+    match plan(&rc.cfg, desired, &observed, by_hand).verdict {
+        Verdict::Converge => None,
+        Verdict::InSync => Some(Outcome::Converged),
+        Verdict::Paused => Some(Outcome::Paused),
+        Verdict::AlreadyFailed => Some(Outcome::AlreadyFailed { message: None }),
     }
 }
 
