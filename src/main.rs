@@ -38,7 +38,12 @@ fn init_logging(format: LogFormat, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // The HTTP layers log request and answer bodies at debug, and a container's create body
     // holds its env file's values: they never go past info, whatever FIELDTRACK_LOG says.
-    for quiet in ["bollard=info", "hyper=info", "hyper_util=info", "reqwest=info"] {
+    for quiet in [
+        "bollard=info",
+        "hyper=info",
+        "hyper_util=info",
+        "reqwest=info",
+    ] {
         if let Ok(directive) = quiet.parse() {
             filter = filter.add_directive(directive);
         }
