@@ -5,13 +5,23 @@
 # serving v2), then rolls back, printing each command and what nginx serves after it,
 # while a background client counts failed requests through nginx.
 #
-#   ./scripts/demo.sh            run it (as root on Debian; needs a Rust toolchain)
-#   KEEP=1 ./scripts/demo.sh     leave the demo site and daemon running afterwards
+#   ./scripts/demo.sh              run it (as root on Debian; needs a Rust toolchain); the demo
+#                                  site and daemon keep running afterwards, to poke at
+#   CLEANUP=1 ./scripts/demo.sh    stop and remove everything it started at the end
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
-run() { printf '\n$ %s\n' "$*"; "$@"; }
+# Prints the command, runs it, and says how long it took (its exit code is kept).
+run() {
+    printf '\n$ %s\n' "$*"
+    local start end rc=0
+    start=$(date +%s%N)
+    "$@" || rc=$?
+    end=$(date +%s%N)
+    printf '  (took %d.%02d s, exit %d)\n' $(((end - start) / 1000000000)) $((((end - start) / 10000000) % 100)) "$rc"
+    return "$rc"
+}
 
 bold "Building fieldtrack and the test bed"
 cargo build --quiet --bin fieldtrack && cargo build --quiet -p fieldtrack-testbed --bin testbed
@@ -29,12 +39,25 @@ export FIELDTRACK_CONFIG=$SITE_CONFIG
 
 cleanup() {
     [ -n "${load_pid:-}" ] && kill "$load_pid" 2>/dev/null || true
-    if [ "${KEEP:-}" != 1 ]; then
+    if [ "${CLEANUP:-}" = 1 ] || [ "${finished:-}" != 1 ]; then
         [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
         $TB site down "$SITE_DIR" || true
-    else
-        echo "kept: daemon pid ${daemon_pid:-?}, site $SITE_DIR (stop with: kill ${daemon_pid:-?}; $TB site down $SITE_DIR)"
+        echo "demo site and daemon stopped (the bed's engine and registry keep running: $TB down stops them)"
+        return
     fi
+    cat <<EOT
+
+The demo keeps running:
+  site folder   $SITE_DIR   (fieldtrack.toml, desired.toml, .deploy_history, .fieldtrack/)
+  nginx         $SITE_URL   (try: curl $SITE_URL/version)
+  daemon        pid $daemon_pid, log $SITE_DIR/daemon.log
+Poke it:
+  export FIELDTRACK_CONFIG=$SITE_CONFIG
+  $FT status; $FT deploy v3; $FT rollback; $FT plan
+  printf 'image = "v4"\n' > $SITE_DIR/.d.tmp && mv $SITE_DIR/.d.tmp $SITE_DIR/desired.toml
+Stop everything it started:
+  kill $daemon_pid; $TB site down $SITE_DIR; $TB down
+EOT
 }
 trap cleanup EXIT
 
@@ -79,5 +102,7 @@ served
 bold "Where things stand"
 run "$FT" status
 run "$FT" history
+kill "$load_pid" 2>/dev/null || true
 read -r ok failed <"$SITE_DIR/load.count"
 bold "Requests through nginx during steps 2-5: $ok answered, $failed failed"
+finished=1
