@@ -401,7 +401,8 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, elapsed = ?started.elapsed(), "reconcile failed");
+                    // The caller reports the error itself; this line is for the debug log only.
+                    tracing::debug!(error = %e, elapsed = ?started.elapsed(), "reconcile failed");
                     let _ = self.record_failure(desired, &e);
                     return Err(e);
                 }
