@@ -389,3 +389,41 @@ fn status_and_history_json_agree_with_the_files() {
         "{file:#}"
     );
 }
+
+#[test]
+fn a_foreign_container_holding_a_color_name_is_never_removed() {
+    // An old deploy script's container, unlabelled, holds the name of the idle color.
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+    let idle = if live_color(&site) == "blue" {
+        "green"
+    } else {
+        "blue"
+    };
+    let foreign = container_name(&site, idle);
+    let image = Bed::shared().image("v9");
+    let out = site
+        .docker()
+        .args(["run", "-d", "--name", &foreign, &image])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let foreign_id = container_id(&site, &foreign);
+
+    let run = ft(&site, &["deploy", "v2"]);
+
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("not managed by fieldtrack"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(container_id(&site, &foreign), foreign_id, "left alone");
+    assert_eq!(served(&site).as_deref(), Some("v1"), "production untouched");
+    assert_eq!(history(&site), "v1\n");
+    let _ = site.docker().args(["rm", "-f", &foreign]).output();
+}

@@ -121,6 +121,10 @@ pub enum RuntimeError {
     /// The registry could not be reached while pulling.
     #[error("registry for {reference} is unreachable: {message}")]
     RegistryUnreachable { reference: String, message: String },
+    /// A container that fieldtrack does not manage (no labels for the app) holds the name of
+    /// the color to start; it is left alone.
+    #[error("a container named {name} exists but is not managed by fieldtrack (no fieldtrack.app label); it was left alone: remove or rename it (docker rm -f {name}) once nothing depends on it, then deploy again")]
+    NameTaken { name: String },
     /// Any other answer of the engine.
     #[error("failed to {action}: {source}")]
     Api {
@@ -155,7 +159,9 @@ pub trait Runtime: Send + Sync {
     ) -> impl Future<Output = Result<Option<ImageInfo>, RuntimeError>> + Send;
     /// Pulls an image from its registry, with the credentials of the Docker config.
     fn pull(&self, reference: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    /// Creates and starts a container.
+    /// Creates and starts a container. A container of that name that already exists is an
+    /// error ([`RuntimeError::NameTaken`]), never removed; one created here that fails to
+    /// start is removed here.
     fn run(&self, spec: &ContainerSpec) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// The state of a container, None when it does not exist.
     fn state(
@@ -410,17 +416,35 @@ impl Runtime for Docker {
         let options = CreateContainerOptionsBuilder::new()
             .name(&spec.name)
             .build();
-        self.client
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| self.classify(format!("create container {}", spec.name), e))?;
-        self.client
+        let created = match self.client.create_container(Some(options), body).await {
+            Ok(created) => created,
+            // Someone else's container holds the name: never ours to remove.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                return Err(RuntimeError::NameTaken {
+                    name: spec.name.clone(),
+                })
+            }
+            Err(e) => return Err(self.classify(format!("create container {}", spec.name), e)),
+        };
+        let started = self
+            .client
             .start_container(
-                &spec.name,
+                &created.id,
                 None::<bollard::query_parameters::StartContainerOptions>,
             )
-            .await
-            .map_err(|e| self.classify(format!("start container {}", spec.name), e))
+            .await;
+        if let Err(e) = started {
+            // The container is ours (just created, by id): leave nothing half-made behind.
+            let remove = RemoveContainerOptionsBuilder::new().force(true).build();
+            let _ = self
+                .client
+                .remove_container(&created.id, Some(remove))
+                .await;
+            return Err(self.classify(format!("start container {}", spec.name), e));
+        }
+        Ok(())
     }
 
     async fn state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {

@@ -200,7 +200,10 @@ async fn attempt<R: Runtime, P: Proxy, H: Prober>(
                 })?;
         }
         *digest = image_digest(rc, reference).await;
-        check_cancel(rc, &name).await?;
+        // No candidate exists yet: nothing to remove (a container of that name is not ours).
+        if rc.cancel.is_cancelled() {
+            return Err(ReconcileError::Cancelled);
+        }
 
         rc.step(Step::Starting).await?;
         let env = env_file::read(&cfg.container.env_file)?;
@@ -219,10 +222,8 @@ async fn attempt<R: Runtime, P: Proxy, H: Prober>(
             container_port: cfg.container.port,
             env,
         };
-        if let Err(e) = rc.runtime.run(&spec).await {
-            remove_candidate(rc, &name).await;
-            return Err(e.into());
-        }
+        // `run` cleans up after itself; removing by name here could hit a foreign container.
+        rc.runtime.run(&spec).await?;
     } else {
         *digest = image_digest(rc, reference).await;
     }
