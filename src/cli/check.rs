@@ -563,7 +563,10 @@ fn port_finding(cfg: &Config, color: Color, containers: Option<&[Container]>) ->
                 subject,
                 format!(
                     "127.0.0.1:{port} is taken by something that is not {}-{color}{unknown}: {e}. \
-                     Stop it (`ss -ltnp 'sport = :{port}'` names it) or choose another {key}",
+                     Find it first (`ss -ltnp 'sport = :{port}'`, `docker ps`): if it is the app \
+                     run by an old deploy script, it may be serving production right now, so \
+                     follow docs/migrating.md instead of stopping it; otherwise stop it or \
+                     choose another {key}",
                     cfg.app
                 ),
             )
