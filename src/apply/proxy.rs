@@ -346,6 +346,7 @@ impl Nginx {
             path: self.upstream_file.clone(),
             source,
         })?;
+        pause_point("reload").await;
 
         if let Err(e) = run_command(&self.test_command, self.command_timeout, Step::Test).await {
             self.restore(previous.as_deref(), &e)?;
@@ -392,6 +393,18 @@ impl Proxy for Nginx {
     async fn switch(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
         let _guard = self.switching.lock().await;
         self.switch_locked(port, comment).await
+    }
+}
+
+/// Test hook, as the reconciler's: `FIELDTRACK_TEST_PAUSE_AT=<point>` blocks here forever
+/// so a test can kill the process at this instant (`reload`: the upstream file is written,
+/// nginx is neither tested nor reloaded yet).
+async fn pause_point(point: &str) {
+    if std::env::var("FIELDTRACK_TEST_PAUSE_AT").as_deref() == Ok(point) {
+        eprintln!("fieldtrack: test pause at {point}");
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
     }
 }
 

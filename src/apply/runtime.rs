@@ -222,8 +222,11 @@ impl Docker {
     fn classify(&self, action: impl Into<String>, source: bollard::errors::Error) -> RuntimeError {
         use bollard::errors::Error as E;
         match source {
+            // HyperLegacyError is how the client reports a failed transport: connection
+            // refused, socket gone, the engine hanging up.
             E::IOError { .. }
             | E::HyperResponseError { .. }
+            | E::HyperLegacyError { .. }
             | E::RequestTimeoutError
             | E::SocketNotFoundError(_) => RuntimeError::Unreachable {
                 host: self.host.clone(),

@@ -67,17 +67,34 @@ pub(crate) async fn submit(
 
     let timeout = timeout.unwrap_or_else(|| default_timeout(&cfg));
     match lock::try_acquire(&cfg.state_dir, "fieldtrack deploy") {
-        Ok(_lock) => converge(cfg, desired, "deploy").await,
+        Ok(_lock) => converge_unless_superseded(cfg, desired).await,
         Err(LockError::Held { holder }) if holder.starts_with("daemon") => {
             eprintln!("the daemon ({holder}) converges it; following its progress");
             follow(&cfg, desired, timeout).await
         }
         Err(LockError::Held { .. }) => {
             let _lock = take_lock(&cfg, "fieldtrack deploy", timeout).await?;
-            converge(cfg, desired, "deploy").await
+            converge_unless_superseded(cfg, desired).await
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Under the lock: a desired state written since ours is its writer's to converge. Acting
+/// on ours would leave production on something the desired file no longer names (with
+/// concurrent deploys, whoever took the lock last would win, not whoever wrote last).
+async fn converge_unless_superseded(cfg: Config, desired: &Desired) -> Result<u8, CliError> {
+    if superseded(&cfg, desired) {
+        return Err(superseded_error(desired));
+    }
+    converge(cfg, desired, "deploy").await
+}
+
+fn superseded_error(desired: &Desired) -> CliError {
+    CliError::Failed(format!(
+        "{} (generation {}) was superseded: the desired file now says something else",
+        desired.image, desired.generation
+    ))
 }
 
 /// Writes the desired file atomically, refusing an unsafe one in place.
@@ -123,10 +140,7 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
             if status.generation.as_deref() != Some(desired.generation.as_str())
                 && superseded(cfg, desired)
             {
-                return Err(CliError::Failed(format!(
-                    "{} (generation {}) was superseded: the desired file now says something else",
-                    desired.image, desired.generation
-                )));
+                return Err(superseded_error(desired));
             }
             if status.generation.as_deref() == Some(desired.generation.as_str()) {
                 progress.show(progress_line(&status), status.phase != Phase::Progressing);

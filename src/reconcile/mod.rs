@@ -107,6 +107,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
         desired: &Desired,
         by_hand: bool,
     ) -> Result<Outcome, ReconcileError> {
+        self.unobserved(desired);
         let observed = observe(&self.cfg, &self.runtime, &self.proxy).await?;
         let plan = plan(&self.cfg, desired, &observed, by_hand);
         self.begin(desired, &observed)?;
@@ -268,6 +269,19 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                 .set_live(&live.color, &live.image, status.digest.as_deref()),
             None => self.metrics.clear_live(),
         }
+    }
+
+    /// Until the pass has observed the world, the status is the last one written with this
+    /// desired state: a failure to observe (the engine unreachable) must not report the
+    /// live color, the digest or the desired image as gone.
+    fn unobserved(&self, desired: &Desired) {
+        let previous = Status::load(&self.status_file()).ok().flatten();
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        *status = previous.unwrap_or_else(|| Status::new(Phase::Progressing));
+        status.desired = Some(desired.image.as_written().to_string());
+        status.generation = Some(desired.generation.clone());
+        status.step = None;
+        status.health = None;
     }
 
     /// Starts the status of a pass from what was observed.

@@ -122,7 +122,12 @@ pub fn append(path: &Path, record: &AuditRecord) -> Result<(), AuditError> {
     if !ends_with_newline(&file).map_err(append_error)? {
         line.insert(0, '\n');
     }
-    file.write_all(line.as_bytes()).map_err(append_error)?;
+    let len = file.metadata().map_err(append_error)?.len();
+    if let Err(e) = file.write_all(line.as_bytes()) {
+        // A full disk may have taken part of the line: cut it off, the log keeps whole lines.
+        let _ = file.set_len(len);
+        return Err(append_error(e));
+    }
     file.sync_data().map_err(append_error)?;
     if created {
         fsync_dir(dir).map_err(append_error)?;
