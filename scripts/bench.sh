@@ -7,9 +7,9 @@
 # docs/performance.md.
 #
 #   ./scripts/bench.sh                     every figure; latencies are medians of 3 runs
-#                                          (about 5 minutes on 2 cores once the release
-#                                          build is there; a first release build of the
-#                                          dependencies adds about 6 minutes)
+#                                          (about 6 minutes on 2 cores once the release
+#                                          build is there; a first release build of all
+#                                          the dependencies adds about 6.5 minutes)
 #   ./scripts/bench.sh --runs 5            more runs per latency figure (about 1 minute more)
 #   ./scripts/bench.sh --only ab           some sections: a deploy, b rollback, c load,
 #                                          d daemon idle, e nginx lab

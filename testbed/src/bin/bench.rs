@@ -1331,7 +1331,7 @@ fn load_thread(
         if let Err(Failure::BeforeAnswer(_)) = &outcome {
             if reused {
                 // The server closed a kept-alive connection as the request went out: what
-                // every HTTP client (browsers, curl, Go, hyper) sends again on a new one.
+                // browsers, curl and Go's net/http send a GET again on a new one.
                 stats.retried += 1;
                 kept = None;
                 outcome = request(addr, conn, &mut kept);
@@ -1551,6 +1551,12 @@ fn zero_downtime(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> 
                 "(for comparison)".into()
             },
         ]);
+        if tools.verbose && conn == Conn::KeepAlive {
+            eprintln!(
+                "bench:   {} answers carried `Connection: close`; {} keep-alive closes retried",
+                stats.closed_by_header, stats.retried
+            );
+        }
         if failed > 0 && tools.verbose {
             let when: Vec<String> = stats
                 .first_failures
@@ -1590,7 +1596,7 @@ fn zero_downtime(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> 
         }
     }
     s.notes.push(format!(
-        "Each cycle is `fieldtrack deploy v2` or `fieldtrack rollback --yes` (back to v1), both followed through the daemon, or baseline.sh for v2 then v1. Failed: every non-2xx answer and every connection error. A keep-alive client whose idle connection nginx closed as the request went out (an old worker exiting after the reload) sends the request again once on a new connection, as browsers, curl, Go and hyper do (RFC 9112, 9.3.1); these are counted under \"retried\", and a retry that fails counts as failed. Latency: per request, retry included. {} threads, {} ms between a thread's requests.",
+        "Each cycle is `fieldtrack deploy v2` or `fieldtrack rollback --yes` (back to v1), both followed through the daemon, or baseline.sh for v2 then v1. Failed: every non-2xx answer and every connection error. A keep-alive client whose idle connection nginx closed as the request went out (an old worker exiting after the reload) sends the request again once on a new connection, as browsers, curl and Go's net/http do for a GET (RFC 9112, 9.3.1); these are counted under \"retried\", and a retry that fails counts as failed. Latency: per request, retry included. {} threads, {} ms between a thread's requests.",
         opts.threads,
         opts.gap.as_millis()
     ));
@@ -1873,8 +1879,8 @@ http {{
     }
 
     /// Points the upstream at `port` and runs `nginx -t` and the reload, as fieldtrack does.
-    /// Returns how long the reload command took.
-    fn switch(&self, port: u16) -> Result<Duration> {
+    /// Returns when the reload command started.
+    fn switch(&self, port: u16) -> Result<Instant> {
         let keepalive = self
             .variant
             .upstream_keepalive
@@ -1905,7 +1911,7 @@ http {{
         if !reload.success() {
             return Err("nginx -s reload failed on the lab site".into());
         }
-        Ok(start.elapsed())
+        Ok(start)
     }
 
     /// The master's worker processes now.
@@ -1980,8 +1986,8 @@ fn nginx_lab(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
         let next = 1 - live;
         let old_workers = lab.workers();
         let (old_name, new_name) = (apps[live].name, apps[next].name);
-        let start = Instant::now();
-        let took = lab.switch(apps[next].port)?;
+        let start = lab.switch(apps[next].port)?;
+        let took = start.elapsed();
         let mut first: Option<Duration> = None;
         let mut last: Option<Duration> = None;
         let mut gone: Option<Duration> = None;
@@ -2058,9 +2064,10 @@ fn nginx_lab(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
             (outcome, started.elapsed())
         });
         thread::sleep(Duration::from_millis(200));
-        let start = Instant::now();
-        lab.switch(apps[next].port)?;
-        let gone = lab.wait_old_workers(&old_workers, Duration::from_secs(10));
+        let start = lab.switch(apps[next].port)?;
+        let gone = lab
+            .wait_old_workers(&old_workers, Duration::from_secs(10))
+            .map(|_| start.elapsed());
         let (outcome, took) = slow.join().map_err(|_| "the slow client panicked")?;
         s.row(vec![
             format!(
@@ -2080,7 +2087,6 @@ fn nginx_lab(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
                 took.as_secs_f64()
             ),
         ]);
-        let _ = start;
         live = next;
     }
 
