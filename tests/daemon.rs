@@ -483,7 +483,9 @@ fn rollback_during_the_drain_switches_back_to_the_still_running_old_color() {
         &site,
         Duration::from_secs(15),
         "traffic back on the old color",
-        || served(&site).as_deref() == Some("v1"),
+        // The upstream file first: nginx's workers of the configuration before v2 may
+        // still answer v1 for a moment after v2's reload.
+        || live_color(&site) == color_of(&v1_name) && served(&site).as_deref() == Some("v1"),
     );
     eprintln!(
         "v1 served again {:?} after it was written",
