@@ -5,6 +5,8 @@
 mod common;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
@@ -426,4 +428,77 @@ fn a_foreign_container_holding_a_color_name_is_never_removed() {
     assert_eq!(served(&site).as_deref(), Some("v1"), "production untouched");
     assert_eq!(history(&site), "v1\n");
     let _ = site.docker().args(["rm", "-f", &foreign]).output();
+}
+
+#[test]
+fn the_drain_lasts_until_nginx_workers_of_the_old_configuration_have_exited() {
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+    let v1 = container_name(&site, live_color(&site));
+    let before = nginx_workers(&site);
+    let [worker] = before[..] else {
+        panic!("the site's nginx runs one worker: {before:?}");
+    };
+    let open_files = || fs::read_dir(format!("/proc/{worker}/fd")).map_or(0, |d| d.count());
+
+    // A request the worker has begun to read when the reload comes: it finishes it with the
+    // configuration it has, which sends it to v1.
+    let files = open_files();
+    let mut held = TcpStream::connect(site.nginx_addr()).expect("nginx listens");
+    held.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout is set");
+    write!(held, "GET /version HTTP/1.1\r\nHost: held\r\n").expect("half a request is sent");
+    eventually("the worker accepted the held connection", || {
+        open_files() > files
+    });
+
+    let deploy = Spawned::start(&site, &["deploy", "v2"], None);
+    eventually("nginx reloaded", || {
+        nginx_workers(&site).iter().any(|p| !before.contains(p))
+    });
+    eventually("v2 served", || served(&site).as_deref() == Some("v2"));
+    // Well past the 1 s drain: the old worker still holds its request.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        site.containers().contains(&v1),
+        "v1 was removed while nginx's old worker still held a request for it"
+    );
+
+    write!(held, "Connection: close\r\n\r\n").expect("the request is completed");
+    let mut answer = String::new();
+    held.read_to_string(&mut answer)
+        .expect("the old worker answers");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("v1\n"),
+        "the held request was answered by v1:\n{answer}"
+    );
+    let (code, stderr) = deploy.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        site.containers(),
+        vec![container_name(&site, live_color(&site))],
+        "v1 removed once the old worker was gone"
+    );
+    assert!(nginx_workers(&site).iter().all(|p| !before.contains(p)));
+    assert_converged(&site, "v2");
+}
+
+#[test]
+fn a_pid_file_of_another_nginx_does_not_hold_the_drain() {
+    let mut site = Site::new();
+    let other = Site::new();
+    site.set(
+        "nginx.pid_file",
+        &format!("\"{}\"", other.dir.join("nginx/nginx.pid").display()),
+    );
+    deploy_ok(&site, "v1");
+    let run = ft(&site, &["deploy", "v2"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("started no new workers"),
+        "the deploy says why it stopped waiting:\n{}",
+        run.stderr
+    );
+    assert_converged(&site, "v2");
+    assert_eq!(site.containers().len(), 1, "v1 removed");
 }

@@ -8,8 +8,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-/// The first gap after the immediate first probe; gaps double from here up to the interval.
-const FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The gap between probes while a candidate is young: a loopback probe costs next to
+/// nothing, and this is how late at most a candidate is noticed once it is up.
+const FAST_GAP: Duration = Duration::from_millis(100);
+/// How long probes come every [`FAST_GAP`]; most apps are up by then. After it, gaps double
+/// up to the interval.
+const FAST_PHASE: Duration = Duration::from_secs(5);
 
 /// Errors of setting up health probes.
 #[derive(Debug, thiserror::Error)]
@@ -136,19 +140,23 @@ fn unreachable_reason(error: &reqwest::Error) -> String {
     reason
 }
 
-/// The gaps between probes: 0 before the first (so it happens at once), then 100 ms,
-/// doubling, capped at `interval`. A candidate that is up quickly is noticed within a few
-/// hundred milliseconds, and a slow one is probed no more often than every `interval`.
-/// Endless: the caller's deadline (attempts x interval) ends the loop. An interval shorter
-/// than 100 ms gives gaps of exactly `interval`.
+/// The gaps between probes: 0 before the first (so it happens at once), then 100 ms for the
+/// first 5 s, then doubling, capped at `interval`. A candidate that is up within 5 s is
+/// noticed within 100 ms, and a slow one is probed no more often than every `interval` in
+/// the end. Endless: the caller's deadline (attempts x interval) ends the loop. An interval
+/// shorter than 100 ms gives gaps of exactly `interval`.
 pub fn probe_delays(interval: Duration) -> impl Iterator<Item = Duration> {
-    let first = FIRST_DELAY.min(interval);
-    std::iter::once(Duration::ZERO).chain(std::iter::successors(Some(first), move |gap| {
-        Some(
-            gap.checked_mul(2)
-                .map_or(interval, |next| next.min(interval)),
-        )
-    }))
+    let fast = FAST_GAP.min(interval);
+    let fast_probes = (FAST_PHASE.as_nanos() / fast.as_nanos().max(1)) as usize;
+    let slow_first = fast.checked_mul(2).map_or(interval, |g| g.min(interval));
+    std::iter::once(Duration::ZERO)
+        .chain(std::iter::repeat_n(fast, fast_probes))
+        .chain(std::iter::successors(Some(slow_first), move |gap| {
+            Some(
+                gap.checked_mul(2)
+                    .map_or(interval, |next| next.min(interval)),
+            )
+        }))
 }
 
 #[cfg(test)]
@@ -164,18 +172,17 @@ mod tests {
 
     #[test]
     fn delays_start_at_once_and_grow_to_the_interval() {
-        let delays: Vec<Duration> = probe_delays(Duration::from_secs(3)).take(9).collect();
-        assert_eq!(
-            delays,
-            [0, 100, 200, 400, 800, 1600, 3000, 3000, 3000].map(ms)
-        );
+        let delays: Vec<Duration> = probe_delays(Duration::from_secs(3)).take(57).collect();
+        assert_eq!(delays[0], ms(0));
+        assert!(delays[1..51].iter().all(|d| *d == ms(100)));
+        assert_eq!(delays[51..57], [200, 400, 800, 1600, 3000, 3000].map(ms));
     }
 
     #[test]
     fn delays_with_a_short_interval_never_exceed_it() {
         let delays: Vec<Duration> = probe_delays(ms(50)).take(4).collect();
         assert_eq!(delays, [0, 50, 50, 50].map(ms));
-        let huge: Vec<Duration> = probe_delays(Duration::MAX).skip(70).take(2).collect();
+        let huge: Vec<Duration> = probe_delays(Duration::MAX).skip(120).take(2).collect();
         assert_eq!(huge, [Duration::MAX, Duration::MAX]);
     }
 

@@ -115,6 +115,14 @@ pub trait Proxy: Send + Sync {
         port: u16,
         comment: &str,
     ) -> impl Future<Output = Result<(), ProxyError>> + Send;
+
+    /// Waits (at most `limit`) until the proxy processes that served the configuration
+    /// before the last switches are gone: until then they may still send requests to the
+    /// color switched away from. True when they are gone (or there were none to wait for).
+    fn wait_retired(&self, limit: Duration) -> impl Future<Output = bool> + Send {
+        let _ = limit;
+        async { true }
+    }
 }
 
 /// The text of the upstream file sending traffic to `127.0.0.1:port`.
@@ -253,6 +261,10 @@ pub struct Nginx {
     /// Serialises switches made through this value: two interleaved switches could each
     /// restore the other's file.
     switching: tokio::sync::Mutex<()>,
+    /// nginx's master pid file.
+    pid_file: Option<PathBuf>,
+    /// Worker pids of configurations replaced by our reloads, until they exit.
+    retiring: std::sync::Mutex<Vec<i32>>,
 }
 
 impl Nginx {
@@ -270,7 +282,52 @@ impl Nginx {
             reload_command,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             switching: tokio::sync::Mutex::new(()),
+            pid_file: None,
+            retiring: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sets nginx's master pid file, so the drain can wait for the old workers.
+    pub fn with_pid_file(mut self, pid_file: PathBuf) -> Self {
+        self.pid_file = Some(pid_file);
+        self
+    }
+
+    /// The master's worker processes now (empty when the pid file cannot be read).
+    fn workers(&self) -> Vec<i32> {
+        let Some(master) = self
+            .pid_file
+            .as_ref()
+            .and_then(|p| fs::read_to_string(p).ok())
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        let rest = stat.rsplit_once(')')?.1.to_string();
+                        rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                    })
+                    == Some(master)
+            })
+            .collect()
+    }
+
+    /// Whether every worker the master has now is one it had before our reloads.
+    fn no_new_workers(&self) -> bool {
+        let now = self.workers();
+        let Ok(retiring) = self.retiring.lock() else {
+            return false;
+        };
+        !now.is_empty() && now.iter().all(|pid| retiring.contains(pid))
     }
 
     /// Sets how long `test_command` or `reload_command` may run before it is killed.
@@ -353,6 +410,7 @@ impl Nginx {
             return Err(e);
         }
 
+        let workers = self.workers();
         if let Err(e) = run_command(&self.reload_command, self.command_timeout, Step::Reload).await
         {
             self.restore(previous.as_deref(), &e)?;
@@ -367,6 +425,9 @@ impl Nginx {
                 );
             }
             return Err(e);
+        }
+        if let Ok(mut retiring) = self.retiring.lock() {
+            retiring.extend(workers);
         }
         tracing::info!(
             file = %self.upstream_file.display(),
@@ -393,6 +454,54 @@ impl Proxy for Nginx {
     async fn switch(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
         let _guard = self.switching.lock().await;
         self.switch_locked(port, comment).await
+    }
+
+    async fn wait_retired(&self, limit: Duration) -> bool {
+        let started = std::time::Instant::now();
+        loop {
+            let left = match self.retiring.lock() {
+                Ok(mut retiring) => {
+                    retiring.retain(|&pid| alive(pid));
+                    retiring.len()
+                }
+                Err(_) => 0,
+            };
+            if left == 0 {
+                tracing::debug!(waited = ?started.elapsed(), "old nginx workers gone");
+                return true;
+            }
+            if started.elapsed() >= limit {
+                tracing::warn!(left, "old nginx workers still running after {limit:?}");
+                return false;
+            }
+            if started.elapsed() >= NO_NEW_WORKERS && self.no_new_workers() {
+                // The reload did not reach this master: waiting on it would only delay.
+                tracing::warn!(
+                    pid_file = ?self.pid_file,
+                    "the nginx master in nginx.pid_file started no new workers after the reload; \
+                     is it the nginx that nginx.reload_command reloads? Not waiting for its workers"
+                );
+                if let Ok(mut retiring) = self.retiring.lock() {
+                    retiring.clear();
+                }
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// How long after a reload the master must have started new workers before the drain
+/// stops waiting for the old ones (nginx starts them within milliseconds).
+const NO_NEW_WORKERS: Duration = Duration::from_secs(3);
+
+/// Whether `pid` runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }
 

@@ -123,6 +123,7 @@ pub async fn check(path: &Path) -> Vec<Finding> {
     out.push(credentials_finding(&cfg.repository));
     out.push(upstream_file_finding(&cfg));
     out.extend(nginx_findings(&cfg).await);
+    out.push(pid_file_finding(&cfg));
     let containers = match &docker {
         Some(docker) => docker.containers(&cfg.app).await.ok(),
         None => None,
@@ -394,6 +395,34 @@ fn upstream_file_finding(cfg: &Config) -> Finding {
 
 /// nginx's configuration, as `test_command -T` dumps it, includes the upstream file and
 /// proxies to its upstream.
+/// Whether `nginx.pid_file` names a running process: the drain waits for its old workers.
+fn pid_file_finding(cfg: &Config) -> Finding {
+    let path = &cfg.nginx.pid_file;
+    let pid = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    match pid {
+        Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => Finding::new(
+            Level::Ok,
+            "nginx pid",
+            format!(
+                "nginx master {pid} (from {}): a drain lasts until its old workers exit",
+                path.display()
+            ),
+        ),
+        _ => Finding::new(
+            Level::Warn,
+            "nginx pid",
+            format!(
+                "{} names no running nginx: after a switch the drain cannot wait for nginx's \
+                 old workers, which may send the old color requests a moment longer. Set \
+                 nginx.pid_file to the `pid` of nginx.conf",
+                path.display()
+            ),
+        ),
+    }
+}
+
 async fn nginx_findings(cfg: &Config) -> Vec<Finding> {
     let test = &cfg.nginx.test_command;
     let program = Path::new(&test[0]).file_name().and_then(|n| n.to_str());

@@ -10,7 +10,8 @@ use super::CliError;
 use crate::apply::runtime::{Docker, Runtime};
 use crate::config::Config;
 use crate::desired::{Desired, ImageRef, ROLLBACK_NOTE_PREFIX};
-use crate::state::{audit, history, AUDIT_FILE};
+use crate::state::status::{Phase, Status, Step};
+use crate::state::{audit, history, AUDIT_FILE, STATUS_FILE};
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -29,7 +30,17 @@ pub struct RollbackArgs {
 }
 
 pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
-    let entries = history::read(&cfg.history_file).map_err(|e| CliError::Failed(e.to_string()))?;
+    let mut entries =
+        history::read(&cfg.history_file).map_err(|e| CliError::Failed(e.to_string()))?;
+    // Inside a drain the new image serves but is recorded only once the drain is over: it is
+    // the current deployment, and the history's head is the one to go back to (still
+    // running, so the rollback is a pure nginx switch).
+    if let Some(current) = draining(&cfg) {
+        if !entries.is_empty() && entries.first() != Some(&current) {
+            entries.retain(|e| e != &current);
+            entries.insert(0, current);
+        }
+    }
     if entries.is_empty() {
         return Err(CliError::Failed(format!(
             "No deployment history found.\nHistory file: {}\nDeploy at least once before attempting rollback.",
@@ -81,6 +92,19 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
         }
     }
     submit(cfg, &desired, args.no_wait, None).await
+}
+
+/// The image of the desired generation when it is live and draining (not yet in the history).
+fn draining(cfg: &Config) -> Option<String> {
+    let status = Status::load(&cfg.state_dir.join(STATUS_FILE)).ok()??;
+    if status.phase != Phase::Progressing
+        || !matches!(status.step, Some(Step::Draining | Step::Cleanup))
+    {
+        return None;
+    }
+    let desired = Desired::load(&cfg.desired_file, cfg).ok()?;
+    (status.generation.as_deref() == Some(desired.generation.as_str()))
+        .then(|| desired.image.as_written().to_string())
 }
 
 /// The digest recorded in the audit log for the last successful deployment of `image`.

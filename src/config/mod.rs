@@ -154,6 +154,9 @@ pub struct NginxConfig {
     /// Argument array, never run through a shell; the program is not empty.
     pub test_command: Vec<String>,
     pub reload_command: Vec<String>,
+    /// nginx's master pid file: the drain waits for the workers of the previous
+    /// configuration to exit before the old color stops.
+    pub pid_file: PathBuf,
 }
 
 /// `[rollout]`
@@ -454,6 +457,7 @@ impl Ctx<'_> {
                 n.reload_command,
                 &["nginx", "-s", "reload"],
             )?,
+            pid_file: self.path_or("nginx.pid_file", n.pid_file, "/run/nginx.pid")?,
         };
 
         let r = raw.rollout.unwrap_or_default();
@@ -668,6 +672,7 @@ mod tests {
                 upstream_name: "fieldtrack_api".into(),
                 test_command: vec!["nginx".into(), "-t".into()],
                 reload_command: vec!["nginx".into(), "-s".into(), "reload".into()],
+                pid_file: PathBuf::from("/run/nginx.pid"),
             }
         );
         assert_eq!(

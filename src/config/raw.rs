@@ -61,6 +61,7 @@ pub struct RawNginx {
     pub upstream_name: Option<String>,
     pub test_command: Option<Vec<String>>,
     pub reload_command: Option<Vec<String>>,
+    pub pid_file: Option<String>,
 }
 
 /// `[rollout]`

@@ -175,6 +175,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
                     let quiet = if d.parse_retry { PARSE_QUIET } else { DEBOUNCE };
                     d.read_at = Some(Instant::now() + quiet);
                 }
+                Some(Event::DesiredReplaced) => d.read_at = Some(Instant::now()),
                 Some(Event::Resync) => {
                     d.read_at.get_or_insert(Instant::now());
                     d.pass_wanted.get_or_insert("resync");

@@ -16,6 +16,9 @@ use tokio::sync::mpsc;
 pub enum Event {
     /// The desired file (or its folder, after an overflow) changed.
     DesiredChanged,
+    /// A complete desired file is in place: renamed over the old one (an atomic write, `mv`)
+    /// or closed by its writer. Read at once: there is nothing to wait for.
+    DesiredReplaced,
     /// Time for a periodic full reconcile.
     Resync,
     /// SIGTERM or SIGINT: stop at a safe point (a second one forces the exit).
@@ -61,21 +64,29 @@ pub fn watch_desired(
         source,
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match &event {
-            // Opening and reading the file (ours included) changes nothing.
-            Ok(event) if event.kind.is_access() => false,
-            Ok(event) => {
-                event.need_rescan()
-                    || event
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-            }
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+        let is_ours = |p: &PathBuf| p.file_name().map(|n| n.to_os_string()) == name;
+        let sent = match &event {
+            Ok(event) => match event.kind {
+                // Written and closed, or renamed into place: complete.
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+                    if event.paths.last().is_some_and(is_ours) =>
+                {
+                    Some(Event::DesiredReplaced)
+                }
+                // Opening and reading the file (ours included) changes nothing.
+                _ if event.kind.is_access() => None,
+                _ if event.need_rescan() || event.paths.iter().any(is_ours) => {
+                    Some(Event::DesiredChanged)
+                }
+                _ => None,
+            },
             // An error from the watcher may hide a change: look again.
-            Err(_) => true,
+            Err(_) => Some(Event::DesiredChanged),
         };
-        if relevant {
-            let _ = tx.try_send(Event::DesiredChanged);
+        if let Some(event) = sent {
+            let _ = tx.try_send(event);
         }
     })
     .map_err(watch_error)?;

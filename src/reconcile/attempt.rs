@@ -29,6 +29,8 @@ pub const LABEL_GENERATION: &str = "fieldtrack.generation";
 
 /// Consecutive failed probes during the drain that send traffic back to the old color.
 const DRAIN_FAILURES: u32 = 3;
+/// The longest the drain waits for nginx's old workers beyond `rollout.drain`.
+pub(crate) const OLD_WORKERS_LIMIT: Duration = Duration::from_secs(60);
 /// Log lines of a failed candidate quoted in the error.
 const LOG_LINES: usize = 20;
 
@@ -460,6 +462,10 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
         };
         return switch_back(rc, at, name, reason).await;
     }
+    // The old color stops only once nginx's workers of the previous configuration are gone:
+    // until then they may still send it requests (for about 100 ms after any reload, and
+    // as long as a request they took lasts).
+    rc.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
     Ok(())
 }
 
@@ -492,6 +498,7 @@ async fn switch_back<R: Runtime, P: Proxy, H: Prober>(
     rc.proxy
         .switch(cfg.port(back), &rc.live_comment(back, back_image))
         .await?;
+    rc.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
     remove_candidate(rc, name).await;
     let back_reference = at
         .previous

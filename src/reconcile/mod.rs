@@ -43,7 +43,8 @@ impl LiveReconciler {
             cfg.nginx.upstream_name.clone(),
             cfg.nginx.test_command.clone(),
             cfg.nginx.reload_command.clone(),
-        );
+        )
+        .with_pid_file(cfg.nginx.pid_file.clone());
         let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
         let mut rc = Reconciler::new(cfg, docker, nginx, prober, trigger);
         rc.notifier = Notifier::new(&rc.cfg.notify);
@@ -158,6 +159,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                         // still hold requests nginx's old workers sent it. Drain first.
                         tracing::info!(drain = ?self.cfg.rollout.drain, "draining before removing the old color");
                         tokio::time::sleep(self.cfg.rollout.drain).await;
+                        self.proxy.wait_retired(attempt::OLD_WORKERS_LIMIT).await;
                     }
                     tracing::info!(container = %name, %reason, "removing container");
                     self.runtime

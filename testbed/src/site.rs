@@ -134,6 +134,10 @@ impl Site {
             ("nginx.upstream_name", quote(&self.upstream_name)),
             ("nginx.test_command", test),
             ("nginx.reload_command", reload),
+            (
+                "nginx.pid_file",
+                quote(&prefix.join("nginx.pid").display().to_string()),
+            ),
             ("rollout.drain", quote("1s")),
             // Sites share one registry repository: retention in one would remove images
             // another test is about to run. The retention test turns it on in its own repository.
@@ -192,6 +196,8 @@ impl Site {
         let conf = format!(
             r#"# nginx for one fieldtrack test site, run as: nginx -p {prefix} -c nginx.conf
 worker_processes 1;
+# Old workers finish their requests after a reload for at most this long.
+worker_shutdown_timeout 10s;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 512; }}

@@ -242,6 +242,16 @@ pub fn nginx_workers(site: &Site) -> Vec<i32> {
     workers
 }
 
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after a minute.
+#[track_caller]
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within a minute: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A spawned run whose stderr lines arrive through a channel.
 pub struct Spawned {
     pub child: Child,
@@ -309,6 +319,13 @@ impl Spawned {
                 }
             }
         }
+    }
+
+    /// Waits for the process to end; its exit code and its whole stderr.
+    pub fn finish(mut self) -> (i32, String) {
+        let status = self.child.wait().expect("the process is reaped");
+        self.seen.extend(self.lines.iter());
+        (status.code().unwrap_or(-1), self.seen.join("\n"))
     }
 
     /// SIGKILL, then reap.
