@@ -519,6 +519,43 @@ fn rollback_during_the_drain_switches_back_to_the_still_running_old_color() {
 }
 
 #[test]
+fn rollback_command_during_the_drain_goes_back_to_the_image_still_running() {
+    let mut site = quiet_site();
+    deploy_ok(&site, "v3");
+    deploy_ok(&site, "v1");
+    site.set("rollout.drain", "\"20s\"");
+    let daemon = Daemon::start(&site, &[]);
+    daemon.wait_converged(&site, "v1");
+    let v1_name = container_name(&site, live_color(&site));
+    let v1_id = container_id(&site, &v1_name);
+    write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
+    daemon.wait_step(&site, "v2", "draining");
+
+    // v2 serves but is recorded only after its drain: the history still says v1, v3.
+    let run = ft(&site, &["rollback", "--yes"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("Current deployment : v2")
+            && run.stdout.contains("Previous deployment: v1"),
+        "the screen counts the draining v2 as current:\n{}",
+        run.stdout
+    );
+    let written = desired(&site).expect("the desired file exists");
+    assert!(
+        written.contains("image = \"v1\"") && written.contains("rollback from v2 to v1"),
+        "{written}"
+    );
+    daemon.wait_converged(&site, "v1");
+    assert_eq!(
+        container_id(&site, &v1_name),
+        v1_id,
+        "the rollback switched back to the running v1"
+    );
+    assert_eq!(history(&site).lines().next(), Some("v1"));
+    assert!(!history(&site).contains("v2"), "{}", history(&site));
+}
+
+#[test]
 fn sigterm_during_the_health_gate_removes_the_candidate_and_exits_0() {
     let mut site = quiet_site();
     site.set("health.attempts", "30");
