@@ -264,7 +264,7 @@ pub struct Nginx {
     /// nginx's master pid file.
     pid_file: Option<PathBuf>,
     /// Worker pids of configurations replaced by our reloads, until they exit.
-    retiring: std::sync::Mutex<Vec<i32>>,
+    retiring: std::sync::Mutex<Vec<Worker>>,
 }
 
 impl Nginx {
@@ -294,7 +294,7 @@ impl Nginx {
     }
 
     /// The master's worker processes now (empty when the pid file cannot be read).
-    fn workers(&self) -> Vec<i32> {
+    fn workers(&self) -> Vec<Worker> {
         let Some(master) = self
             .pid_file
             .as_ref()
@@ -309,15 +309,9 @@ impl Nginx {
         entries
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|stat| {
-                        let rest = stat.rsplit_once(')')?.1.to_string();
-                        rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                    })
-                    == Some(master)
-            })
+            .filter_map(ProcStat::read)
+            .filter(|stat| stat.parent == master && stat.state != 'Z')
+            .map(|stat| stat.worker)
             .collect()
     }
 
@@ -461,7 +455,7 @@ impl Proxy for Nginx {
         loop {
             let left = match self.retiring.lock() {
                 Ok(mut retiring) => {
-                    retiring.retain(|&pid| alive(pid));
+                    retiring.retain(Worker::alive);
                     retiring.len()
                 }
                 Err(_) => 0,
@@ -495,13 +489,45 @@ impl Proxy for Nginx {
 /// stops waiting for the old ones (nginx starts them within milliseconds).
 const NO_NEW_WORKERS: Duration = Duration::from_secs(3);
 
-/// Whether `pid` runs (a zombie does not).
-fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
+/// A process, told apart from a later one given the same pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Worker {
+    pid: i32,
+    started: u64,
+}
+
+impl Worker {
+    /// Whether it still runs (a zombie does not).
+    fn alive(&self) -> bool {
+        ProcStat::read(self.pid).is_some_and(|stat| stat.worker == *self && stat.state != 'Z')
+    }
+}
+
+/// The fields of `/proc/PID/stat` the drain needs.
+struct ProcStat {
+    worker: Worker,
+    state: char,
+    parent: i32,
+}
+
+impl ProcStat {
+    fn read(pid: i32) -> Option<ProcStat> {
+        let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        ProcStat::parse(pid, &text)
+    }
+
+    /// `pid (comm) state ppid ... starttime ...`: the comm may hold spaces and parentheses,
+    /// so fields are counted from the last `)`. starttime is field 22, the 20th after it.
+    fn parse(pid: i32, text: &str) -> Option<ProcStat> {
+        let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(ProcStat {
+            worker: Worker {
+                pid,
+                started: fields.get(19)?.parse().ok()?,
+            },
+            state: fields.first()?.chars().next()?,
+            parent: fields.get(1)?.parse().ok()?,
+        })
     }
 }
 
@@ -638,6 +664,37 @@ mod tests {
             test.iter().map(|s| s.to_string()).collect(),
             reload.iter().map(|s| s.to_string()).collect(),
         )
+    }
+
+    #[test]
+    fn proc_stat_fields_count_from_the_last_parenthesis() {
+        let text = "4242 (nginx: wor) ker) S 4200 4200 4200 0 -1 4194624 1 0 0 0 0 0 0 0 20 0 1 0 \
+                    987654 1000 10 18446744073709551615";
+        let stat = ProcStat::parse(4242, text).expect("parses");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.parent, 4200);
+        assert_eq!(
+            stat.worker,
+            Worker {
+                pid: 4242,
+                started: 987654
+            }
+        );
+        assert!(ProcStat::parse(1, "1 (init) S").is_none());
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_changed_start_time_is_not() {
+        let me = ProcStat::read(std::process::id() as i32).expect("own stat");
+        assert!(me.worker.alive());
+        let reused = Worker {
+            started: me.worker.started + 1,
+            ..me.worker
+        };
+        assert!(
+            !reused.alive(),
+            "a pid given to a later process is not the worker"
+        );
     }
 
     #[test]

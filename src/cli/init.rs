@@ -342,6 +342,8 @@ fn render_location(app: &str, upstream_name: &str, path: &Path) -> String {
 # Put these lines in your site's `server {{ }}` block, or include this file there:
 #     include {path};
 # Change `location /` and add your own settings as you like; keep the proxy_* lines.
+# Also set `worker_shutdown_timeout 30s;` in the main context of nginx.conf: nginx's old
+# workers exit at the latest that long after a reload, and the drain waits for them.
 location / {{
     # The upstream block fieldtrack rewrites (its upstream file, included in `http {{ }}`).
     # This line never changes: a deployment only changes the port in that file.

@@ -279,7 +279,7 @@ fn settings_section(opts: &Opts) -> Section {
         ),
         (
             "nginx (test bed site)",
-            "1 worker; proxy_http_version 1.1; Connection \"\"; proxy_next_upstream error timeout http_502 http_503; no upstream keepalive; no worker_shutdown_timeout".into(),
+            "1 worker; proxy_http_version 1.1; Connection \"\"; proxy_next_upstream error timeout http_502 http_503; no upstream keepalive; worker_shutdown_timeout 10s; fieldtrack's nginx.pid_file is the site's (the drain waits for the old workers)".into(),
         ),
         (
             "load generator",
