@@ -36,6 +36,10 @@ eval "$($TB site new demo)"
 echo "site $SITE_DIR, nginx on $SITE_URL, images in $FIELDTRACK_TEST_REPOSITORY"
 cd "$SITE_DIR"
 export FIELDTRACK_CONFIG=$SITE_CONFIG
+# The production nginx settings of docs/operations.md: the bed's nginx.conf has
+# worker_shutdown_timeout and the proxy_* lines, its fieldtrack.toml names nginx's pid file
+# (the drain waits for nginx's old workers); here also idle connections to the app.
+sed -i '/^\[nginx\]$/a upstream_keepalive = 16' "$SITE_CONFIG"
 
 cleanup() {
     [ -n "${load_pid:-}" ] && kill "$load_pid" 2>/dev/null || true

@@ -502,3 +502,20 @@ fn a_pid_file_of_another_nginx_does_not_hold_the_drain() {
     assert_converged(&site, "v2");
     assert_eq!(site.containers().len(), 1, "v1 removed");
 }
+
+#[test]
+fn upstream_keepalive_is_written_into_the_block_and_nginx_takes_it() {
+    let mut site = Site::new();
+    site.set("nginx.upstream_keepalive", "16");
+    deploy_ok(&site, "v1");
+    deploy_ok(&site, "v2");
+    assert!(
+        upstream(&site).contains("    keepalive 16;\n"),
+        "{}",
+        upstream(&site)
+    );
+    assert_converged(&site, "v2");
+    for _ in 0..20 {
+        assert_eq!(served(&site).as_deref(), Some("v2"));
+    }
+}

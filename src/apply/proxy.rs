@@ -125,11 +125,12 @@ pub trait Proxy: Send + Sync {
     }
 }
 
-/// The text of the upstream file sending traffic to `127.0.0.1:port`.
+/// The text of the upstream file sending traffic to `127.0.0.1:port`, with `keepalive N;`
+/// when `keepalive` is not 0.
 ///
 /// `comment` is what follows "live: " in the header line; control characters (newlines
 /// above all) are replaced by spaces so it cannot break out of the comment.
-pub fn render(upstream_name: &str, port: u16, comment: &str) -> String {
+pub fn render(upstream_name: &str, port: u16, comment: &str, keepalive: u32) -> String {
     let comment: String = comment
         .chars()
         .map(|c| {
@@ -141,9 +142,13 @@ pub fn render(upstream_name: &str, port: u16, comment: &str) -> String {
         })
         .collect();
     let comment = comment.trim();
+    let keepalive = match keepalive {
+        0 => String::new(),
+        n => format!("    keepalive {n};\n"),
+    };
     format!(
         "# managed by fieldtrack: do not edit (live: {comment})\n\
-         upstream {upstream_name} {{\n    server 127.0.0.1:{port};\n}}\n"
+         upstream {upstream_name} {{\n    server 127.0.0.1:{port};\n{keepalive}}}\n"
     )
 }
 
@@ -261,6 +266,8 @@ pub struct Nginx {
     /// Serialises switches made through this value: two interleaved switches could each
     /// restore the other's file.
     switching: tokio::sync::Mutex<()>,
+    /// `keepalive N;` in the upstream block (0: none).
+    keepalive: u32,
     /// nginx's master pid file.
     pid_file: Option<PathBuf>,
     /// Worker pids of configurations replaced by our reloads, until they exit.
@@ -282,9 +289,16 @@ impl Nginx {
             reload_command,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             switching: tokio::sync::Mutex::new(()),
+            keepalive: 0,
             pid_file: None,
             retiring: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sets the idle connections to the app each worker keeps (`keepalive N;`, 0: none).
+    pub fn with_keepalive(mut self, keepalive: u32) -> Self {
+        self.keepalive = keepalive;
+        self
     }
 
     /// Sets nginx's master pid file, so the drain can wait for the old workers.
@@ -391,7 +405,7 @@ impl Nginx {
 
     async fn switch_locked(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
         let previous = self.read_bytes()?;
-        let text = render(&self.upstream_name, port, comment);
+        let text = render(&self.upstream_name, port, comment, self.keepalive);
         write_atomic(&self.upstream_file, text.as_bytes()).map_err(|source| ProxyError::Write {
             action: "write",
             path: self.upstream_file.clone(),
@@ -698,21 +712,37 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_is_a_line_of_the_block_and_the_port_still_parses() {
+        let text = render(NAME, 3002, "green", 16);
+        assert_eq!(
+            text,
+            "# managed by fieldtrack: do not edit (live: green)\n\
+             upstream fieldtrack_api {\n    server 127.0.0.1:3002;\n    keepalive 16;\n}\n"
+        );
+        assert_eq!(parse_port(&text, NAME), Some(3002));
+    }
+
+    #[test]
     fn render_matches_the_contract_and_parses_back() {
-        let text = render(NAME, 3002, "green api:a4f91c2");
+        let text = render(NAME, 3002, "green api:a4f91c2", 0);
         assert_eq!(
             text,
             "# managed by fieldtrack: do not edit (live: green api:a4f91c2)\n\
              upstream fieldtrack_api {\n    server 127.0.0.1:3002;\n}\n"
         );
         for port in [1, 3001, 3002, 65535] {
-            assert_eq!(parse_port(&render(NAME, port, "x"), NAME), Some(port));
+            assert_eq!(parse_port(&render(NAME, port, "x", 0), NAME), Some(port));
         }
     }
 
     #[test]
     fn render_keeps_a_hostile_comment_on_its_line() {
-        let text = render(NAME, 3001, "blue\n}\nupstream evil {\r server 10.0.0.1:80;");
+        let text = render(
+            NAME,
+            3001,
+            "blue\n}\nupstream evil {\r server 10.0.0.1:80;",
+            0,
+        );
         assert_eq!(text.lines().count(), 4);
         assert!(text.starts_with("# managed by fieldtrack: do not edit (live: blue } upstream"));
         assert_eq!(parse_port(&text, NAME), Some(3001));
@@ -776,10 +806,10 @@ mod tests {
 
     #[test]
     fn parse_ignores_another_upstream_name() {
-        let text = render("other_api", 3002, "green");
+        let text = render("other_api", 3002, "green", 0);
         assert_eq!(parse_port(&text, NAME), None);
         assert_eq!(parse_port(&text, "fieldtrack"), None);
-        let both = format!("{text}{}", render(NAME, 3001, "blue"));
+        let both = format!("{text}{}", render(NAME, 3001, "blue", 0));
         assert_eq!(parse_port(&both, NAME), Some(3001));
     }
 
@@ -794,7 +824,7 @@ mod tests {
         proxy.switch(3002, "green api:a4f91c2").await.unwrap();
         assert_eq!(
             proxy.read().unwrap().unwrap(),
-            render(NAME, 3002, "green api:a4f91c2")
+            render(NAME, 3002, "green api:a4f91c2", 0)
         );
         assert_eq!(proxy.live_port().unwrap(), Some(3002));
         assert!(marker.exists());
@@ -888,7 +918,7 @@ mod tests {
     async fn failed_reload_restores_previous_file() {
         let dir = tempfile::tempdir().unwrap();
         let proxy = nginx(dir.path(), &["true"], &["false"]);
-        let previous = render(NAME, 3001, "blue api:old");
+        let previous = render(NAME, 3001, "blue api:old", 0);
         fs::write(proxy.upstream_file(), &previous).unwrap();
         let err = proxy.switch(3002, "green api:new").await.unwrap_err();
         assert!(matches!(err, ProxyError::ReloadFailed { .. }), "{err:?}");
@@ -935,7 +965,7 @@ mod tests {
             .is_symlink());
         assert_eq!(
             fs::read_to_string(&real).unwrap(),
-            render(NAME, 3002, "green")
+            render(NAME, 3002, "green", 0)
         );
     }
 
@@ -994,7 +1024,10 @@ mod tests {
         );
         good.switch(3001, "blue api:a4f91c2").await.unwrap();
         let accepted = fs::read(&upstream).unwrap();
-        assert_eq!(accepted, render(NAME, 3001, "blue api:a4f91c2").as_bytes());
+        assert_eq!(
+            accepted,
+            render(NAME, 3001, "blue api:a4f91c2", 0).as_bytes()
+        );
 
         let marker = d.join("reloaded");
         let wrong = Nginx::new(

@@ -206,6 +206,7 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
                 &config.nginx.upstream_name,
                 config.container.blue_port,
                 "nothing yet; placeholder written by fieldtrack init, pointing at blue",
+                config.nginx.upstream_keepalive,
             ),
             what: format!(
                 "nginx upstream file fieldtrack rewrites; include it in http {{ }} (placeholder: 127.0.0.1:{})",

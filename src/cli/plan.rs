@@ -60,6 +60,7 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
             &rc.cfg.nginx.upstream_name,
             rc.cfg.port(color),
             &format!("{color} {}:{image}", rc.cfg.app),
+            rc.cfg.nginx.upstream_keepalive,
         );
         let diff = similar::TextDiff::from_lines(&before, &after);
         println!(

@@ -37,6 +37,8 @@ pub const CONFIG_ENV: &str = "FIELDTRACK_CONFIG";
 pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
 /// `docker.host` when neither the file nor `$DOCKER_HOST` sets it.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// The most idle upstream connections per nginx worker `nginx.upstream_keepalive` allows.
+const MAX_KEEPALIVE: u32 = 10_000;
 
 /// Why the config could not be loaded. Messages start with the config file's path.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +159,9 @@ pub struct NginxConfig {
     /// nginx's master pid file: the drain waits for the workers of the previous
     /// configuration to exit before the old color stops.
     pub pid_file: PathBuf,
+    /// Idle connections to the app each nginx worker keeps open (`keepalive N;` in the
+    /// upstream block); 0: none.
+    pub upstream_keepalive: u32,
 }
 
 /// `[rollout]`
@@ -458,6 +463,19 @@ impl Ctx<'_> {
                 &["nginx", "-s", "reload"],
             )?,
             pid_file: self.path_or("nginx.pid_file", n.pid_file, "/run/nginx.pid")?,
+            upstream_keepalive: match n.upstream_keepalive {
+                None => 0,
+                Some(k) => u32::try_from(k)
+                    .ok()
+                    .filter(|&k| k <= MAX_KEEPALIVE)
+                    .ok_or_else(|| {
+                        self.invalid(
+                            "nginx.upstream_keepalive",
+                            k.to_string(),
+                            format!("must be between 0 (off) and {MAX_KEEPALIVE}"),
+                        )
+                    })?,
+            },
         };
 
         let r = raw.rollout.unwrap_or_default();
@@ -673,6 +691,7 @@ mod tests {
                 test_command: vec!["nginx".into(), "-t".into()],
                 reload_command: vec!["nginx".into(), "-s".into(), "reload".into()],
                 pid_file: PathBuf::from("/run/nginx.pid"),
+                upstream_keepalive: 0,
             }
         );
         assert_eq!(
@@ -1062,6 +1081,15 @@ listen = "9187"
             );
         }
         assert_eq!(with("history_limit = 1\n").unwrap().history_limit, 1);
+        for bad in ["-1", "10001"] {
+            let msg = err_of(&format!("[nginx]\nupstream_keepalive = {bad}\n"));
+            assert!(
+                msg.contains(&format!("nginx.upstream_keepalive: invalid value {bad}")),
+                "{msg}"
+            );
+        }
+        let cfg = with("[nginx]\nupstream_keepalive = 16\n").unwrap();
+        assert_eq!(cfg.nginx.upstream_keepalive, 16);
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub struct RawNginx {
     pub test_command: Option<Vec<String>>,
     pub reload_command: Option<Vec<String>>,
     pub pid_file: Option<String>,
+    pub upstream_keepalive: Option<i64>,
 }
 
 /// `[rollout]`

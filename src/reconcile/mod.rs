@@ -44,7 +44,8 @@ impl LiveReconciler {
             cfg.nginx.test_command.clone(),
             cfg.nginx.reload_command.clone(),
         )
-        .with_pid_file(cfg.nginx.pid_file.clone());
+        .with_pid_file(cfg.nginx.pid_file.clone())
+        .with_keepalive(cfg.nginx.upstream_keepalive);
         let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
         let mut rc = Reconciler::new(cfg, docker, nginx, prober, trigger);
         rc.notifier = Notifier::new(&rc.cfg.notify);

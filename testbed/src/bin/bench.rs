@@ -2157,7 +2157,7 @@ fn nginx_lab(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
             },
         ]);
     }
-    s3.notes.push("Stand-in apps stop like the test app on SIGTERM: the port closes and open connections are cut. \"when the reload command returns\" is what rollout.drain 0s amounts to; \"after the old workers exit\" is the drain this report proposes (src/reconcile/attempt.rs).".into());
+    s3.notes.push("Stand-in apps stop like the test app on SIGTERM: the port closes and open connections are cut. \"when the reload command returns\" is what a fixed drain of 0 s without waiting for nginx amounts to (fieldtrack before it read nginx.pid_file); \"after the old workers exit\" is what fieldtrack's drain now waits for (src/reconcile/attempt.rs).".into());
     for app in &mut apps {
         app.stop();
     }
