@@ -556,6 +556,36 @@ fn rollback_command_during_the_drain_goes_back_to_the_image_still_running() {
 }
 
 #[test]
+fn deploy_and_rollback_stop_waiting_at_their_timeout_while_the_daemon_goes_on() {
+    let site = quiet_site();
+    let daemon = Daemon::on(&site, "v1");
+    // `slow` listens only after 5 s.
+    let run = ft(&site, &["deploy", "slow", "--timeout", "1s"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("gave up waiting after 1s for slow"),
+        "{}",
+        run.stderr
+    );
+    daemon.wait_converged(&site, "slow");
+    ft(&site, &["deploy", "v1"]).expect_code(0);
+    daemon.wait_converged(&site, "v1");
+
+    let run = ft(&site, &["rollback", "--yes", "--timeout", "1s"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("gave up waiting after 1s for slow"),
+        "{}",
+        run.stderr
+    );
+    // The rollback pins slow's recorded digest: the history says when it is done.
+    daemon.wait_until(&site, "the rollback to slow recorded", || {
+        history(&site) == "slow\nv1\n"
+    });
+    assert_eq!(served(&site).as_deref(), Some("slow"));
+}
+
+#[test]
 fn sigterm_during_the_health_gate_removes_the_candidate_and_exits_0() {
     let mut site = quiet_site();
     site.set("health.attempts", "30");

@@ -2,6 +2,7 @@
 //! earlier history entry (it is prepended to the history like any other).
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
 
 use clap::Args;
 
@@ -27,6 +28,9 @@ pub struct RollbackArgs {
     /// Who asks (default: $USER, or "ci" when $CI is set).
     #[arg(long)]
     pub by: Option<String>,
+    /// Give up waiting after this long (e.g. "10m"); the rollback itself goes on.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
 }
 
 pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
@@ -91,7 +95,7 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
             }
         }
     }
-    submit(cfg, &desired, args.no_wait, None).await
+    submit(cfg, &desired, args.no_wait, args.timeout).await
 }
 
 /// The image of the desired generation when it is live and draining (not yet in the history).
