@@ -1,8 +1,8 @@
 //! `fieldtrack daemon`: the long-running reconciler.
 //!
 //! One consumer loop owns all decisions; the sources ([`sources`]) only feed it events. A
-//! change of the desired file is debounced on the trailing edge, then the whole file is read
-//! again. A file that does not parse may be half-written (scp writes in place), so it is
+//! desired file renamed into place or closed by its writer is read at once; any other change
+//! is debounced on the trailing edge, then the whole file is read again. A file that does not parse may be half-written (scp writes in place), so it is
 //! read once more after the writer has been quiet before it is reported `invalid`; the last
 //! good desired state stays in force meanwhile. A new generation cancels a running attempt
 //! at its next safe point (before the switch), then runs. The resync timer runs the same

@@ -464,9 +464,11 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
     }
     // The old color stops only once nginx's workers of the previous configuration are gone:
     // until then they may still send it requests (for about 100 ms after any reload, and
-    // as long as a request they took lasts).
-    rc.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
-    Ok(())
+    // as long as a request they took lasts). A cancellation ends this wait like the drain.
+    tokio::select! {
+        _ = rc.proxy.wait_retired(OLD_WORKERS_LIMIT) => Ok(()),
+        _ = rc.cancel.cancelled() => Err(ReconcileError::Cancelled),
+    }
 }
 
 /// Sends traffic back to the old color after a failure during the drain.
