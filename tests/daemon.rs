@@ -727,6 +727,38 @@ fn failed_generation_is_not_retried_until_reconcile_asks_the_daemon() {
 }
 
 #[test]
+fn reconcile_reports_the_pass_it_asked_for_not_the_one_running_when_it_asked() {
+    let mut site = quiet_site();
+    fast_health(&mut site);
+    let daemon = Daemon::on(&site, "v1");
+    write_by_mv(&site, "desired.toml.tmp", &desired_text("unhealthy"));
+    daemon.wait_step(&site, "unhealthy", "health");
+    let attempts = |site: &Site| {
+        audit(site)
+            .iter()
+            .filter(|r| r["image"] == "unhealthy")
+            .count()
+    };
+
+    // Asked while the first attempt is in its health gate: that attempt's failure is not
+    // the answer; the pass by hand that follows it (a second attempt) is.
+    ft(&site, &["reconcile"]).expect_code(1);
+    assert_eq!(attempts(&site), 2, "{:#?}", audit(&site));
+    ft(&site, &["reconcile"]).expect_code(1);
+    assert_eq!(attempts(&site), 3, "{:#?}", audit(&site));
+
+    let log: serde_json::Value = serde_json::from_slice(
+        &fs::read(site.state_dir.join("by-hand.json")).expect("by-hand.json exists"),
+    )
+    .expect("by-hand.json is JSON");
+    assert_eq!(log["started"], 2);
+    assert_eq!(log["finished"], 2);
+    assert_eq!(log["outcome"]["phase"], "failed");
+    assert_eq!(log["outcome"]["desired"], "unhealthy");
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+}
+
+#[test]
 fn deploy_follows_the_daemon_and_exits_0_on_success() {
     let site = quiet_site();
     let daemon = Daemon::on(&site, "v1");

@@ -6,6 +6,7 @@ use super::CliError;
 use crate::config::Config;
 use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX};
 use crate::reconcile::{Outcome, ReconcileError};
+use crate::state::by_hand::{ByHand, BY_HAND_FILE};
 use crate::state::lock::{self, LockError, ReconcileLock};
 use crate::state::status::{Phase, Status};
 use crate::state::STATUS_FILE;
@@ -36,11 +37,11 @@ fn daemon_pid(holder: &str) -> Option<i32> {
         .ok()
 }
 
-/// The daemon holds the lock: ask it for a pass by hand (SIGUSR1) and wait for the outcome.
+/// The daemon holds the lock: ask it for a pass by hand (SIGUSR1) and report that pass's
+/// outcome, which it records in `by-hand.json` (a resync's status write meanwhile is not it).
 async fn ask_daemon(cfg: &Config, desired: &Desired, pid: i32) -> Result<u8, CliError> {
-    let path = cfg.state_dir.join(STATUS_FILE);
-    let written = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-    let before = written();
+    let path = cfg.state_dir.join(BY_HAND_FILE);
+    let asked = ByHand::load(&path).started;
     // SAFETY: kill has no memory-safety preconditions.
     if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
         return Err(CliError::Failed(format!(
@@ -51,28 +52,44 @@ async fn ask_daemon(cfg: &Config, desired: &Desired, pid: i32) -> Result<u8, Cli
     eprintln!("asked the daemon (pid {pid}) for a reconcile by hand; waiting for its outcome");
     let deadline = std::time::Instant::now() + Duration::from_secs(900);
     while std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if written() == before {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = ByHand::load(&path);
+        if log.finished <= asked {
+            // SAFETY: as above; signal 0 only checks that the process exists.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                return Err(CliError::Failed(format!(
+                    "the daemon (pid {pid}) exited before its pass ended; see fieldtrack status"
+                )));
+            }
             continue;
         }
-        let Ok(Some(status)) = Status::load(&path) else {
-            continue;
+        let Some(status) = log.outcome else {
+            return Err(CliError::Failed(
+                "the daemon's pass ended without a status; see fieldtrack status".into(),
+            ));
         };
         if status.generation.as_deref() != Some(desired.generation.as_str()) {
-            continue;
+            eprintln!(
+                "note: the desired file changed meanwhile; the pass reconciled {}",
+                status.desired.as_deref().unwrap_or("another generation")
+            );
         }
-        match status.phase {
+        return match status.phase {
             Phase::Converged | Phase::Paused => {
                 eprintln!("{}", status.phase);
-                return Ok(0);
+                Ok(0)
             }
-            Phase::Failed | Phase::Invalid => {
-                return Err(CliError::Failed(
-                    status.message.unwrap_or_else(|| "failed".into()),
-                ))
-            }
-            Phase::Progressing => {}
-        }
+            Phase::Failed | Phase::Invalid => Err(CliError::Failed(
+                status.message.unwrap_or_else(|| "failed".into()),
+            )),
+            Phase::Progressing => Err(CliError::Failed(format!(
+                "the pass was cancelled before it ended ({}); see fieldtrack status",
+                status
+                    .message
+                    .as_deref()
+                    .unwrap_or("a newer desired state or a stop")
+            ))),
+        };
     }
     Err(CliError::Failed(
         "gave up waiting for the daemon's pass after 15 minutes".into(),

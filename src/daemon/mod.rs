@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::observe::observe;
 use crate::plan::{plan, Verdict};
 use crate::reconcile::{error_policy, LiveReconciler, Outcome, ReconcileError, Requeue};
+use crate::state::by_hand::{ByHand, BY_HAND_FILE};
 use crate::state::lock::{self, LockError};
 use crate::state::status::Status;
 use crate::state::STATUS_FILE;
@@ -76,6 +77,8 @@ struct Running {
     handle: JoinHandle<Result<Outcome, ReconcileError>>,
     cancel: CancellationToken,
     desired: Desired,
+    /// The number of this by-hand pass in `by-hand.json`, when it is one.
+    by_hand: Option<u64>,
 }
 
 /// The loop's state. Everything here can be lost without harm: a restarted daemon rebuilds
@@ -89,6 +92,9 @@ struct Daemon {
     running: Option<Running>,
     /// A pass is wanted as soon as the running one ends (new generation, resync).
     pass_wanted: Option<&'static str>,
+    /// `fieldtrack reconcile` asked (SIGUSR1) and no by-hand pass has started since: the
+    /// next pass to start is one, whatever else asked for it (a retry after an error too).
+    by_hand_pending: bool,
     /// When to read the desired file (trailing-edge debounce).
     read_at: Option<Instant>,
     /// The last read did not parse: read once more after quiet before reporting it.
@@ -148,6 +154,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
         desired: None,
         running: None,
         pass_wanted: Some("start"),
+        by_hand_pending: false,
         read_at: Some(Instant::now()),
         parse_retry: false,
         retry_at: None,
@@ -195,6 +202,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
                     tracing::info!("reconcile asked for by hand");
                     d.read_at.get_or_insert(Instant::now());
                     d.pass_wanted = Some(BY_HAND);
+                    d.by_hand_pending = true;
                 }
                 Some(Event::Reload) => {
                     if let Some(new_desired_file) = d.reload_config() {
@@ -292,6 +300,11 @@ impl Daemon {
 
     /// Spawns a pass toward the last good desired state.
     async fn start_pass(&mut self, trigger: &'static str) {
+        let trigger = if self.by_hand_pending {
+            BY_HAND
+        } else {
+            trigger
+        };
         let Some(desired) = self.desired.clone() else {
             if !self.ready_sent {
                 self.ready();
@@ -334,6 +347,7 @@ impl Daemon {
             }
             self.ready();
         }
+        let by_hand = (trigger == BY_HAND).then(|| self.by_hand_started());
         let cancel = rc.cancel.clone();
         let pass_desired = desired.clone();
         let file_unusable = self.invalid.is_some();
@@ -355,7 +369,33 @@ impl Daemon {
             handle,
             cancel,
             desired,
+            by_hand,
         });
+    }
+
+    /// Counts a by-hand pass as started in `by-hand.json`; its number.
+    fn by_hand_started(&mut self) -> u64 {
+        self.by_hand_pending = false;
+        let path = self.cfg.state_dir.join(BY_HAND_FILE);
+        let mut log = ByHand::load(&path);
+        log.started = log.started.max(log.finished) + 1;
+        if let Err(e) = log.save(&path) {
+            tracing::error!(error = %e, path = %path.display(), "cannot write");
+        }
+        log.started
+    }
+
+    /// Records by-hand pass `number` as finished, with the status it left.
+    fn by_hand_finished(&self, number: u64) {
+        let path = self.cfg.state_dir.join(BY_HAND_FILE);
+        let mut log = ByHand::load(&path);
+        log.finished = number;
+        log.outcome = Status::load(&self.cfg.state_dir.join(STATUS_FILE))
+            .ok()
+            .flatten();
+        if let Err(e) = log.save(&path) {
+            tracing::error!(error = %e, path = %path.display(), "cannot write");
+        }
     }
 
     fn ready(&mut self) {
@@ -398,6 +438,9 @@ impl Daemon {
                 tracing::error!(error = %e, "pass panicked; retrying");
                 self.retry_at = Some(Instant::now() + self.backoff);
             }
+        }
+        if let Some(number) = running.by_hand {
+            self.by_hand_finished(number);
         }
     }
 

@@ -1,5 +1,5 @@
-//! The files fieldtrack owns: history, status, audit log, the reconcile lock, and the atomic
-//! write they share.
+//! The files fieldtrack owns: history, status, audit log, the reconcile lock, the daemon's
+//! answers to `fieldtrack reconcile`, and the atomic write they share.
 //!
 //! Everything a restarted daemon needs to know lives in these files or in the real world,
 //! never only in memory, so each module here is careful about what a crash at any instant
@@ -7,6 +7,7 @@
 
 pub mod atomic;
 pub mod audit;
+pub mod by_hand;
 pub mod history;
 pub mod lock;
 pub mod status;
