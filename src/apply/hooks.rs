@@ -14,15 +14,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
+use super::output_tail;
 use crate::config::Color;
 
 /// The hook run after the candidate is healthy and before the switch.
 pub const PRE_SWITCH: &str = "pre_switch";
 /// The hook run after a deployment fully succeeded.
 pub const POST_DEPLOY: &str = "post_deploy";
-
-/// How many trailing lines of a failed hook's output are kept in the error.
-const OUTPUT_TAIL_LINES: usize = 20;
 
 /// How many trailing bytes of each output stream are kept while a hook runs: a chatty hook
 /// must not grow the daemon's memory, and only the tail is ever shown.
@@ -219,20 +217,6 @@ async fn read_tail<R: AsyncRead + Unpin>(stream: Option<R>) -> io::Result<Vec<u8
             kept.drain(..kept.len() - OUTPUT_TAIL_BYTES);
         }
     }
-}
-
-/// The last [`OUTPUT_TAIL_LINES`] non-empty lines of stdout then stderr. stderr comes last
-/// so that it survives the cut: it is where a failing program says why.
-fn output_tail(stdout: &[u8], stderr: &[u8]) -> String {
-    let stdout = String::from_utf8_lossy(stdout);
-    let stderr = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = stdout
-        .lines()
-        .chain(stderr.lines())
-        .map(str::trim_end)
-        .filter(|line| !line.is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n")
 }
 
 #[cfg(test)]

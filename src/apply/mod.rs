@@ -8,6 +8,23 @@ pub mod notify;
 pub mod proxy;
 pub mod runtime;
 
+/// How many lines of a failed command's output an error message quotes.
+pub(crate) const OUTPUT_TAIL_LINES: usize = 20;
+
+/// The last [`OUTPUT_TAIL_LINES`] non-empty lines of stdout then stderr. stderr comes last
+/// so that it survives the cut: it is where a failing program says why.
+pub(crate) fn output_tail(stdout: &[u8], stderr: &[u8]) -> String {
+    let stdout = String::from_utf8_lossy(stdout);
+    let stderr = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .map(str::trim_end)
+        .filter(|line| !line.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n")
+}
+
 /// A command as an operator would type it, for messages (hooks and nginx commands run
 /// without a shell; this only shows them).
 pub(crate) fn display_command(argv: &[String]) -> String {

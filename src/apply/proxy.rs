@@ -17,11 +17,10 @@ use std::time::Duration;
 
 use tempfile::NamedTempFile;
 
+use super::output_tail;
+
 /// How long `test_command` or `reload_command` may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How many trailing lines of a failed command's output are kept in the error.
-const OUTPUT_TAIL_LINES: usize = 20;
 
 /// Permissions of a newly created upstream file (nginx's workers only need to read it).
 const NEW_FILE_MODE: u32 = 0o644;
@@ -601,22 +600,12 @@ async fn run_command(argv: &[String], timeout: Duration, step: Step) -> Result<(
     })
 }
 
-/// The exit status and the last lines of stdout then stderr, for an error message. stderr
-/// comes last so that it survives the cut: it is where nginx says what is wrong.
+/// The exit status and the last lines of stdout then stderr, for an error message (nginx
+/// says what is wrong on stderr).
 fn describe_failure(status: std::process::ExitStatus, stderr: &[u8], stdout: &[u8]) -> String {
-    let stderr = String::from_utf8_lossy(stderr);
-    let stdout = String::from_utf8_lossy(stdout);
-    let lines: Vec<&str> = stdout
-        .lines()
-        .chain(stderr.lines())
-        .map(str::trim_end)
-        .filter(|line| !line.is_empty())
-        .collect();
-    let tail = &lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..];
-    if tail.is_empty() {
-        format!("{status}, no output")
-    } else {
-        format!("{status}\n{}", tail.join("\n"))
+    match output_tail(stdout, stderr) {
+        tail if tail.is_empty() => format!("{status}, no output"),
+        tail => format!("{status}\n{tail}"),
     }
 }
 
@@ -911,7 +900,7 @@ mod tests {
             output.contains("line30") && !output.contains("line10\n"),
             "{output}"
         );
-        assert_eq!(output.lines().count(), 1 + OUTPUT_TAIL_LINES);
+        assert_eq!(output.lines().count(), 1 + crate::apply::OUTPUT_TAIL_LINES);
     }
 
     #[tokio::test]
