@@ -328,6 +328,8 @@ fn init_then_check_then_deploy_and_roll_back_through_the_generated_nginx_snippet
     assert_eq!(check.level("port green"), "OK", "{}", check.stdout);
     assert_eq!(check.level("desired"), "WARN", "{}", check.stdout);
     assert_eq!(check.level("registry"), "WARN", "{}", check.stdout);
+    // This nginx.conf does not bound the life of old workers after a reload.
+    assert_eq!(check.level("old workers"), "WARN", "{}", check.stdout);
     assert!(check.line("docker").contains("API 1."), "{}", check.stdout);
     assert!(
         check

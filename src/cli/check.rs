@@ -404,7 +404,7 @@ fn pid_file_finding(cfg: &Config) -> Finding {
     match pid {
         Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => Finding::new(
             Level::Ok,
-            "nginx pid",
+            "pid file",
             format!(
                 "nginx master {pid} (from {}): a drain lasts until its old workers exit",
                 path.display()
@@ -412,7 +412,7 @@ fn pid_file_finding(cfg: &Config) -> Finding {
         ),
         _ => Finding::new(
             Level::Warn,
-            "nginx pid",
+            "pid file",
             format!(
                 "{} names no running nginx: after a switch the drain cannot wait for nginx's \
                  old workers, which may send the old color requests a moment longer. Set \
@@ -486,7 +486,35 @@ async fn nginx_findings(cfg: &Config) -> Vec<Finding> {
         )];
     }
     let dump = String::from_utf8_lossy(&out.stdout);
-    judge_dump(&dump, &cfg.nginx.upstream_file, &cfg.nginx.upstream_name)
+    let mut findings = judge_dump(&dump, &cfg.nginx.upstream_file, &cfg.nginx.upstream_name);
+    findings.push(shutdown_finding(&dump));
+    findings
+}
+
+/// Whether nginx bounds the life of its old workers after a reload: the drain waits for
+/// them, so without `worker_shutdown_timeout` one long connection holds it up to 60 s.
+fn shutdown_finding(dump: &str) -> Finding {
+    let timeout = dump
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find_map(|l| l.strip_prefix("worker_shutdown_timeout"))
+        .map(|rest| rest.trim().trim_end_matches(';').trim().to_string());
+    match timeout {
+        Some(timeout) => Finding::new(
+            Level::Ok,
+            "old workers",
+            format!(
+                "old workers exit at the latest {timeout} after a reload (worker_shutdown_timeout)"
+            ),
+        ),
+        None => Finding::new(
+            Level::Warn,
+            "old workers",
+            "no worker_shutdown_timeout: after a reload an old worker lives as long as its \
+             longest connection (a websocket: forever), and each drain waits for it up to 60 s. \
+             Set `worker_shutdown_timeout 30s;` in the main context of nginx.conf",
+        ),
+    }
 }
 
 /// What a `nginx -T` dump says about the upstream file and the site proxying to it.
@@ -670,6 +698,18 @@ mod tests {
         let d = dump(&[link.to_str().unwrap()], "");
         let f = judge_dump(&d, &real, "fieldtrack_api");
         assert_eq!(f[0].level, Level::Ok, "{f:?}");
+    }
+
+    #[test]
+    fn worker_shutdown_timeout_is_found_outside_comments_only() {
+        let set = shutdown_finding(
+            "# configuration file /etc/nginx/nginx.conf:\nworker_shutdown_timeout 30s;\n",
+        );
+        assert_eq!(set.level, Level::Ok);
+        assert!(set.message.contains("30s"), "{}", set.message);
+        let commented = shutdown_finding("# worker_shutdown_timeout 30s;\nevents {}\n");
+        assert_eq!(commented.level, Level::Warn);
+        assert!(commented.message.contains("worker_shutdown_timeout 30s;"));
     }
 
     #[test]
