@@ -436,21 +436,7 @@ fn the_drain_lasts_until_nginx_workers_of_the_old_configuration_have_exited() {
     deploy_ok(&site, "v1");
     let v1 = container_name(&site, live_color(&site));
     let before = nginx_workers(&site);
-    let [worker] = before[..] else {
-        panic!("the site's nginx runs one worker: {before:?}");
-    };
-    let open_files = || fs::read_dir(format!("/proc/{worker}/fd")).map_or(0, |d| d.count());
-
-    // A request the worker has begun to read when the reload comes: it finishes it with the
-    // configuration it has, which sends it to v1.
-    let files = open_files();
-    let mut held = TcpStream::connect(site.nginx_addr()).expect("nginx listens");
-    held.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("a read timeout is set");
-    write!(held, "GET /version HTTP/1.1\r\nHost: held\r\n").expect("half a request is sent");
-    eventually("the worker accepted the held connection", || {
-        open_files() > files
-    });
+    let mut held = HeldRequest::start(&site);
 
     let deploy = Spawned::start(&site, &["deploy", "v2"], None);
     eventually("nginx reloaded", || {
@@ -464,10 +450,7 @@ fn the_drain_lasts_until_nginx_workers_of_the_old_configuration_have_exited() {
         "v1 was removed while nginx's old worker still held a request for it"
     );
 
-    write!(held, "Connection: close\r\n\r\n").expect("the request is completed");
-    let mut answer = String::new();
-    held.read_to_string(&mut answer)
-        .expect("the old worker answers");
+    let answer = held.finish();
     assert!(
         answer.starts_with("HTTP/1.1 200") && answer.ends_with("v1\n"),
         "the held request was answered by v1:\n{answer}"
@@ -517,5 +500,67 @@ fn upstream_keepalive_is_written_into_the_block_and_nginx_takes_it() {
     assert_converged(&site, "v2");
     for _ in 0..20 {
         assert_eq!(served(&site).as_deref(), Some("v2"));
+    }
+}
+
+#[test]
+fn the_new_color_is_probed_while_the_drain_waits_for_old_workers() {
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+    let v1_color = live_color(&site);
+    let mut held = HeldRequest::start(&site);
+
+    // flaky answers its health check with 500 from 3 s after its start: after the 1 s drain,
+    // while the old worker still holds its request.
+    let deploy = Spawned::start(&site, &["deploy", "flaky"], None);
+    eventually("flaky served", || served(&site).as_deref() == Some("flaky"));
+    // The upstream file first: the reload and nginx's new worker come a moment later.
+    eventually("traffic switched back to v1", || {
+        live_color(&site) == v1_color && served(&site).as_deref() == Some("v1")
+    });
+
+    let answer = held.finish();
+    assert!(answer.ends_with("v1\n"), "{answer}");
+    let (code, stderr) = deploy.finish();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("failed probes in a row"), "{stderr}");
+    assert_eq!(
+        site.containers(),
+        vec![container_name(&site, v1_color)],
+        "flaky removed"
+    );
+}
+
+/// A request nginx's worker has begun to read: the worker keeps it across a reload and
+/// finishes it with the configuration it had (so a worker of the old configuration stays).
+struct HeldRequest(TcpStream);
+
+impl HeldRequest {
+    /// Sends half a request and waits until the site's one worker has accepted it.
+    fn start(site: &Site) -> HeldRequest {
+        let workers = nginx_workers(site);
+        let [worker] = workers[..] else {
+            panic!("the site's nginx runs one worker: {workers:?}");
+        };
+        let open_files = || fs::read_dir(format!("/proc/{worker}/fd")).map_or(0, |d| d.count());
+        let files = open_files();
+        let mut held = TcpStream::connect(site.nginx_addr()).expect("nginx listens");
+        held.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("a read timeout is set");
+        write!(held, "GET /version HTTP/1.1\r\nHost: held\r\n").expect("half a request is sent");
+        eventually("the worker accepted the held connection", || {
+            open_files() > files
+        });
+        HeldRequest(held)
+    }
+
+    /// Completes the request; the whole answer.
+    fn finish(&mut self) -> String {
+        write!(self.0, "Connection: close\r\n\r\n").expect("the request is completed");
+        let mut answer = String::new();
+        self.0
+            .read_to_string(&mut answer)
+            .expect("the old worker answers");
+        answer
     }
 }

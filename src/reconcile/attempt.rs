@@ -417,7 +417,11 @@ async fn exited_check<R: Runtime, P: Proxy, H: Prober>(
 
 /// The drain window: the old color keeps running, the new one keeps being probed. Three
 /// failed probes in a row, or the new container exiting, send traffic back to the old color.
-/// A cancellation ends the drain early, leaving both colors running.
+/// It ends when `rollout.drain` has passed and nginx's workers of the previous configuration
+/// have exited (until then they may still send the old color requests: for about 100 ms
+/// after any reload, and as long as a request they took lasts), at most
+/// [`OLD_WORKERS_LIMIT`] after `rollout.drain`. A cancellation ends it early, leaving both
+/// colors running.
 async fn drain<R: Runtime, P: Proxy, H: Prober>(
     rc: &Reconciler<R, P, H>,
     at: &Attempt<'_>,
@@ -428,9 +432,23 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
     let end = Instant::now() + cfg.rollout.drain;
     let gap = cfg.health.interval.min(Duration::from_secs(1));
     let mut failures = 0u32;
-    while Instant::now() < end {
+    let retired = rc
+        .proxy
+        .wait_retired(cfg.rollout.drain.saturating_add(OLD_WORKERS_LIMIT));
+    tokio::pin!(retired);
+    let mut workers_gone = false;
+    loop {
+        let now = Instant::now();
+        if now >= end && workers_gone {
+            return Ok(());
+        }
+        let wait = if now < end { gap.min(end - now) } else { gap };
         tokio::select! {
-            _ = tokio::time::sleep(gap.min(end.saturating_duration_since(Instant::now()))) => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut retired, if !workers_gone => {
+                workers_gone = true;
+                continue;
+            }
             // A newer generation (or a stop) ends the drain: the new color stays live and the
             // old one keeps running, so a rollback to it is a pure nginx switch, and a
             // restarted daemon finishes the job. The history is not written: no full success.
@@ -461,13 +479,6 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
             ),
         };
         return switch_back(rc, at, name, reason).await;
-    }
-    // The old color stops only once nginx's workers of the previous configuration are gone:
-    // until then they may still send it requests (for about 100 ms after any reload, and
-    // as long as a request they took lasts). A cancellation ends this wait like the drain.
-    tokio::select! {
-        _ = rc.proxy.wait_retired(OLD_WORKERS_LIMIT) => Ok(()),
-        _ = rc.cancel.cancelled() => Err(ReconcileError::Cancelled),
     }
 }
 
