@@ -461,14 +461,7 @@ fn rollback_during_the_drain_switches_back_to_the_still_running_old_color() {
     let mut site = quiet_site();
     // v1 goes live before the long drain is configured: a first deployment drains too.
     deploy_ok(&site, "v1");
-    site.set("rollout.drain", "\"20s\"");
-    let daemon = Daemon::start(&site, &[]);
-    daemon.wait_converged(&site, "v1");
-    let v1_name = container_name(&site, live_color(&site));
-    let v1_id = container_id(&site, &v1_name);
-
-    write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
-    daemon.wait_step(&site, "v2", "draining");
+    let (daemon, v1_name, v1_id) = v2_draining_over_v1(&mut site);
     // nginx's old workers may answer a moment longer after the reload.
     daemon.wait_until(&site, "v2 served", || {
         served(&site).as_deref() == Some("v2")
@@ -523,13 +516,7 @@ fn rollback_command_during_the_drain_goes_back_to_the_image_still_running() {
     let mut site = quiet_site();
     deploy_ok(&site, "v3");
     deploy_ok(&site, "v1");
-    site.set("rollout.drain", "\"20s\"");
-    let daemon = Daemon::start(&site, &[]);
-    daemon.wait_converged(&site, "v1");
-    let v1_name = container_name(&site, live_color(&site));
-    let v1_id = container_id(&site, &v1_name);
-    write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
-    daemon.wait_step(&site, "v2", "draining");
+    let (daemon, v1_name, v1_id) = v2_draining_over_v1(&mut site);
 
     // v2 serves but is recorded only after its drain: the history still says v1, v3.
     let run = ft(&site, &["rollback", "--yes"]);
@@ -1071,6 +1058,19 @@ fn quiet_site() -> Site {
     let mut site = Site::new();
     site.set("rollout.resync", "\"1h\"");
     site
+}
+
+/// With v1 deployed: a 20 s drain, a daemon on v1, then v2 written and draining (v1 still
+/// running). The daemon, v1's container name and id.
+fn v2_draining_over_v1(site: &mut Site) -> (Daemon, String, String) {
+    site.set("rollout.drain", "\"20s\"");
+    let daemon = Daemon::start(site, &[]);
+    daemon.wait_converged(site, "v1");
+    let v1_name = container_name(site, live_color(site));
+    let v1_id = container_id(site, &v1_name);
+    write_by_mv(site, "desired.toml.tmp", &desired_text("v2"));
+    daemon.wait_step(site, "v2", "draining");
+    (daemon, v1_name, v1_id)
 }
 
 /// How long the daemon gets for anything it must do (pull, start, health gate, drain).
