@@ -17,3 +17,15 @@ pub mod observe;
 pub mod plan;
 pub mod reconcile;
 pub mod state;
+
+/// The test hook: with `FIELDTRACK_TEST_PAUSE_AT=<point>` the process blocks forever when it
+/// reaches that point (a reconcile step, `recording`, or `reload`: the upstream file written,
+/// nginx neither tested nor reloaded yet), so a test can SIGKILL it exactly there.
+pub(crate) async fn test_pause_point(point: &str) {
+    if std::env::var("FIELDTRACK_TEST_PAUSE_AT").as_deref() == Ok(point) {
+        eprintln!("fieldtrack: test pause at {point}");
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    }
+}

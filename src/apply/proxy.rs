@@ -410,7 +410,7 @@ impl Nginx {
             path: self.upstream_file.clone(),
             source,
         })?;
-        pause_point("reload").await;
+        crate::test_pause_point("reload").await;
 
         if let Err(e) = run_command(&self.test_command, self.command_timeout, Step::Test).await {
             self.restore(previous.as_deref(), &e)?;
@@ -465,6 +465,9 @@ impl Proxy for Nginx {
 
     async fn wait_retired(&self, limit: Duration) -> bool {
         let started = std::time::Instant::now();
+        // Whether the master was seen to start new workers: scanning /proc for them once is
+        // enough, the 10 ms polls below only look at the retiring pids.
+        let mut reloaded = false;
         loop {
             let left = match self.retiring.lock() {
                 Ok(mut retiring) => {
@@ -481,17 +484,20 @@ impl Proxy for Nginx {
                 tracing::warn!(left, "old nginx workers still running after {limit:?}");
                 return false;
             }
-            if started.elapsed() >= NO_NEW_WORKERS && self.no_new_workers() {
-                // The reload did not reach this master: waiting on it would only delay.
-                tracing::warn!(
-                    pid_file = ?self.pid_file,
-                    "the nginx master in nginx.pid_file started no new workers after the reload; \
-                     is it the nginx that nginx.reload_command reloads? Not waiting for its workers"
-                );
-                if let Ok(mut retiring) = self.retiring.lock() {
-                    retiring.clear();
+            if !reloaded && started.elapsed() >= NO_NEW_WORKERS {
+                if self.no_new_workers() {
+                    // The reload did not reach this master: waiting on it would only delay.
+                    tracing::warn!(
+                        pid_file = ?self.pid_file,
+                        "the nginx master in nginx.pid_file started no new workers after the reload; \
+                         is it the nginx that nginx.reload_command reloads? Not waiting for its workers"
+                    );
+                    if let Ok(mut retiring) = self.retiring.lock() {
+                        retiring.clear();
+                    }
+                    return false;
                 }
-                return false;
+                reloaded = true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -541,18 +547,6 @@ impl ProcStat {
             state: fields.first()?.chars().next()?,
             parent: fields.get(1)?.parse().ok()?,
         })
-    }
-}
-
-/// Test hook, as the reconciler's: `FIELDTRACK_TEST_PAUSE_AT=<point>` blocks here forever
-/// so a test can kill the process at this instant (`reload`: the upstream file is written,
-/// nginx is neither tested nor reloaded yet).
-async fn pause_point(point: &str) {
-    if std::env::var("FIELDTRACK_TEST_PAUSE_AT").as_deref() == Ok(point) {
-        eprintln!("fieldtrack: test pause at {point}");
-        loop {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
     }
 }
 

@@ -267,7 +267,7 @@ async fn attempt<R: Runtime, P: Proxy, H: Prober>(
     if let Some(old) = at.old {
         rc.runtime.remove(old, cfg.container.stop_timeout).await?;
     }
-    rc.pause_point("recording").await;
+    crate::test_pause_point("recording").await;
     history::record(&cfg.history_file, image, cfg.history_limit)?;
     // Reported only: the deployment is done whatever the hook says.
     if let Err(e) = run_hook(

@@ -76,9 +76,6 @@ pub struct Reconciler<R, P, H> {
     /// Cancels the running attempt at its next safe point (never between the upstream write
     /// and the nginx reload).
     pub cancel: CancellationToken,
-    /// Test hook: `FIELDTRACK_TEST_PAUSE_AT=<step>` stops the attempt at that step, so a test
-    /// can kill the process there.
-    pause_at: Option<String>,
     status: Mutex<Status>,
     /// Webhook notifications, fire-and-forget; None when no webhook is configured.
     pub notifier: Option<Notifier>,
@@ -95,7 +92,6 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
             prober,
             trigger: trigger.to_string(),
             cancel: CancellationToken::new(),
-            pause_at: std::env::var("FIELDTRACK_TEST_PAUSE_AT").ok(),
             status: Mutex::new(Status::new(Phase::Progressing)),
             notifier: None,
             metrics: Arc::new(Metrics::new()),
@@ -319,18 +315,8 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
             s.step = Some(step);
         })?;
         tracing::info!(step = step.as_str(), "step");
-        self.pause_point(step.as_str()).await;
+        crate::test_pause_point(step.as_str()).await;
         Ok(())
-    }
-
-    /// The test hook: blocks forever at the named point so a test can SIGKILL us there.
-    pub(crate) async fn pause_point(&self, point: &str) {
-        if self.pause_at.as_deref() == Some(point) {
-            eprintln!("fieldtrack: test pause at {point}");
-            loop {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            }
-        }
     }
 
     /// Records a failed attempt in status.json; transient errors do not mark the generation.
