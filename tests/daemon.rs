@@ -497,11 +497,8 @@ fn rollback_during_the_drain_switches_back_to_the_still_running_old_color() {
     daemon.wait_converged(&site, "v1");
     assert_eq!(container_id(&site, &v1_name), v1_id, "no new container");
     assert!(!site.containers().contains(&v2_name));
-    assert_eq!(
-        history(&site),
-        "v1\n",
-        "the cancelled v2 attempt left no line"
-    );
+    // v2 served: it is recorded when v1 takes over from it, below the rollback's v1.
+    assert_eq!(history(&site), "v1\nv2\n");
     let audit = audit(&site);
     assert!(
         !audit
@@ -538,8 +535,48 @@ fn rollback_command_during_the_drain_goes_back_to_the_image_still_running() {
         v1_id,
         "the rollback switched back to the running v1"
     );
-    assert_eq!(history(&site).lines().next(), Some("v1"));
-    assert!(!history(&site).contains("v2"), "{}", history(&site));
+    // v2 served before the rollback took over from it: recorded below it.
+    assert_eq!(history(&site), "v1\nv2\nv3\n");
+}
+
+#[test]
+fn an_image_that_served_is_recorded_when_a_newer_generation_cuts_its_drain_short() {
+    // CI merging twice within seconds: v3 arrives while v2, live, drains over v1.
+    let mut site = quiet_site();
+    deploy_ok(&site, "v1");
+    let (daemon, _, _) = v2_draining_over_v1(&mut site);
+
+    write_by_mv(&site, "desired.toml.tmp", &desired_text("v3"));
+    daemon.wait_converged(&site, "v3");
+
+    assert_eq!(history(&site), "v3\nv2\nv1\n");
+    let audit = audit(&site);
+    let v2 = audit
+        .iter()
+        .find(|r| r["image"] == "v2")
+        .expect("v2's attempt is audited");
+    assert_eq!(v2["outcome"], "cancelled", "{v2:#}");
+    assert!(
+        v2["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("drain of v2 was cut short")),
+        "{v2:#}"
+    );
+    let v3 = audit.last().expect("v3's attempt is audited");
+    assert_eq!(
+        (&v3["image"], &v3["previous"]),
+        (&"v3".into(), &"v2".into())
+    );
+
+    let run = ft(&site, &["rollback", "--yes"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("Previous deployment: v2"),
+        "the screen offers v2:\n{}",
+        run.stdout
+    );
+    daemon.wait_converged(&site, "v2");
+    assert_eq!(history(&site), "v2\nv3\nv1\n");
 }
 
 #[test]

@@ -55,6 +55,15 @@ pub enum ProxyError {
     /// was restored.
     #[error("command `{command}` timed out after {timeout:?} and was killed, previous upstream file restored")]
     CommandTimeout { command: String, timeout: Duration },
+    /// The reload failed, and so did the reload after the previous file was put back: nginx
+    /// may run either file.
+    #[error("{cause}; reloading the restored upstream file failed as well ({again}), so nginx may still send traffic to port {port}")]
+    Unsettled {
+        port: u16,
+        #[source]
+        cause: Box<ProxyError>,
+        again: Box<ProxyError>,
+    },
     /// A command could not be started (not installed, not executable, no resources); the
     /// previous file was restored.
     #[error("failed to start command `{command}`, previous upstream file restored: {source}")]
@@ -82,8 +91,22 @@ impl ProxyError {
             ),
             ProxyError::Read { .. }
             | ProxyError::Write { .. }
+            | ProxyError::Unsettled { .. }
             | ProxyError::TestFailed { .. }
             | ProxyError::ReloadFailed { .. } => false,
+        }
+    }
+}
+
+impl ProxyError {
+    /// Whether nginx may send traffic to the port switched to, now or at its next reload:
+    /// the upstream file could not be put back, or nginx could not be reloaded with it.
+    /// Anything that port reaches must then be kept.
+    pub fn leaves_nginx_unsettled(&self) -> bool {
+        match self {
+            ProxyError::Unsettled { .. } => true,
+            ProxyError::Write { action, .. } => *action != "write",
+            _ => false,
         }
     }
 }
@@ -96,7 +119,13 @@ pub trait Proxy: Send + Sync {
 
     /// The port traffic goes to now, from the file. None when there is no file, or no
     /// `upstream` block of the configured name with a loopback server in it.
-    fn live_port(&self) -> Result<Option<u16>, ProxyError>;
+    fn live_port(&self) -> Result<Option<u16>, ProxyError> {
+        Ok(self.upstream_ports()?.first().copied())
+    }
+
+    /// Every loopback port the file, as written on disk now, sends traffic to (see
+    /// [`parse_ports`]); empty when there is no file.
+    fn upstream_ports(&self) -> Result<Vec<u16>, ProxyError>;
 
     /// Points traffic at `port`: writes the file atomically, runs `test_command`, then
     /// `reload_command`.
@@ -159,20 +188,27 @@ pub fn render(upstream_name: &str, port: u16, comment: &str, keepalive: u32) -> 
 /// placeholder reads as well as [`render`]'s output. None when there is no such block or no
 /// such server in it.
 pub fn parse_port(text: &str, upstream_name: &str) -> Option<u16> {
+    parse_ports(text, upstream_name).first().copied()
+}
+
+/// The ports of every loopback `server` of the `upstream NAME { ... }` block, in the order
+/// written: everything nginx may send traffic to on this host.
+pub fn parse_ports(text: &str, upstream_name: &str) -> Vec<u16> {
     let tokens = tokenize(text);
     let mut i = 0;
     while i + 2 < tokens.len() {
         if tokens[i] == "upstream" && tokens[i + 1] == upstream_name && tokens[i + 2] == "{" {
-            return port_in_block(&tokens[i + 3..]);
+            return ports_in_block(&tokens[i + 3..]);
         }
         i += 1;
     }
-    None
+    Vec::new()
 }
 
-/// Scans the statements of an upstream block (the tokens after its `{`) for the first
-/// loopback server with an explicit port.
-fn port_in_block(tokens: &[String]) -> Option<u16> {
+/// Scans the statements of an upstream block (the tokens after its `{`) for loopback servers
+/// with an explicit port.
+fn ports_in_block(tokens: &[String]) -> Vec<u16> {
+    let mut ports = Vec::new();
     let mut depth = 0usize;
     let mut statement: Vec<&str> = Vec::new();
     for token in tokens {
@@ -181,7 +217,7 @@ fn port_in_block(tokens: &[String]) -> Option<u16> {
                 depth += 1;
                 statement.clear();
             }
-            "}" if depth == 0 => return None,
+            "}" if depth == 0 => return ports,
             "}" => {
                 depth -= 1;
                 statement.clear();
@@ -189,7 +225,7 @@ fn port_in_block(tokens: &[String]) -> Option<u16> {
             ";" => {
                 if depth == 0 && statement.first() == Some(&"server") {
                     if let Some(port) = statement.get(1).and_then(|a| loopback_port(a)) {
-                        return Some(port);
+                        ports.push(port);
                     }
                 }
                 statement.clear();
@@ -197,7 +233,7 @@ fn port_in_block(tokens: &[String]) -> Option<u16> {
             other => statement.push(other),
         }
     }
-    None
+    ports
 }
 
 /// The port of a loopback `host:port` address, None for any other address.
@@ -421,8 +457,9 @@ impl Nginx {
         if let Err(e) = run_command(&self.reload_command, self.command_timeout, Step::Reload).await
         {
             self.restore(previous.as_deref(), &e)?;
-            // The reload may have half happened; a second one brings nginx back in line
-            // with the restored file if it can.
+            // The reload may have half happened (a reload that timed out may still have taken
+            // effect); a second one brings nginx back in line with the restored file if it
+            // can. If it cannot, which file nginx runs is unknown.
             if let Err(again) =
                 run_command(&self.reload_command, self.command_timeout, Step::Reload).await
             {
@@ -430,6 +467,11 @@ impl Nginx {
                     error = %again,
                     "reload after restoring the nginx upstream file failed as well"
                 );
+                return Err(ProxyError::Unsettled {
+                    port,
+                    cause: Box::new(e),
+                    again: Box::new(again),
+                });
             }
             return Err(e);
         }
@@ -452,10 +494,11 @@ impl Proxy for Nginx {
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
-    fn live_port(&self) -> Result<Option<u16>, ProxyError> {
+    fn upstream_ports(&self) -> Result<Vec<u16>, ProxyError> {
         Ok(self
             .read()?
-            .and_then(|text| parse_port(&text, &self.upstream_name)))
+            .map(|text| parse_ports(&text, &self.upstream_name))
+            .unwrap_or_default())
     }
 
     async fn switch(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
@@ -898,15 +941,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failed_reload_restores_previous_file() {
+    async fn failed_reload_restores_previous_file_and_reloads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Fails the first time only.
+        let marker = dir.path().join("reloaded-once");
+        let script = format!(
+            "if [ -e {m} ]; then exit 0; fi; touch {m}; exit 1",
+            m = marker.display()
+        );
+        let proxy = nginx(dir.path(), &["true"], &["sh", "-c", &script]);
+        let previous = render(NAME, 3001, "blue api:old", 0);
+        fs::write(proxy.upstream_file(), &previous).unwrap();
+        let err = proxy.switch(3002, "green api:new").await.unwrap_err();
+        assert!(matches!(err, ProxyError::ReloadFailed { .. }), "{err:?}");
+        assert!(!err.leaves_nginx_unsettled(), "{err}");
+        assert_eq!(fs::read_to_string(proxy.upstream_file()).unwrap(), previous);
+        assert_eq!(proxy.live_port().unwrap(), Some(3001));
+    }
+
+    #[tokio::test]
+    async fn failed_reload_whose_second_reload_fails_too_leaves_nginx_unsettled() {
         let dir = tempfile::tempdir().unwrap();
         let proxy = nginx(dir.path(), &["true"], &["false"]);
         let previous = render(NAME, 3001, "blue api:old", 0);
         fs::write(proxy.upstream_file(), &previous).unwrap();
         let err = proxy.switch(3002, "green api:new").await.unwrap_err();
-        assert!(matches!(err, ProxyError::ReloadFailed { .. }), "{err:?}");
+        assert!(
+            matches!(err, ProxyError::Unsettled { port: 3002, .. }),
+            "{err:?}"
+        );
+        assert!(err.leaves_nginx_unsettled());
+        assert!(
+            err.to_string()
+                .contains("may still send traffic to port 3002"),
+            "{err}"
+        );
         assert_eq!(fs::read_to_string(proxy.upstream_file()).unwrap(), previous);
-        assert_eq!(proxy.live_port().unwrap(), Some(3001));
     }
 
     #[tokio::test]

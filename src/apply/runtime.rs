@@ -27,6 +27,10 @@ pub const LABEL_APP: &str = "fieldtrack.app";
 pub const LABEL_COLOR: &str = "fieldtrack.color";
 /// Label holding the full reference the container runs (`repo:tag`, `repo@sha256:…`).
 pub const LABEL_IMAGE: &str = "fieldtrack.image";
+/// Label holding the image exactly as the desired file wrote it (what the history records).
+pub const LABEL_DESIRED: &str = "fieldtrack.desired";
+/// Label holding the desired generation that started the container.
+pub const LABEL_GENERATION: &str = "fieldtrack.generation";
 
 /// What the runtime needs to start one color.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,9 +83,25 @@ pub struct Container {
     pub name: String,
     /// From the `fieldtrack.color` label; None when the label is missing or unknown.
     pub color: Option<Color>,
-    /// From the `fieldtrack.image` label (the image as the desired file wrote it).
+    /// From the `fieldtrack.image` label (the full reference it was started from).
     pub image: String,
+    /// From the `fieldtrack.desired` label: the image as the desired file wrote it (what the
+    /// history records); None on containers started before the label existed.
+    pub desired: Option<String>,
+    /// From the `fieldtrack.generation` label: the desired generation that started it.
+    pub generation: Option<String>,
     pub state: ContainerState,
+    /// Host ports it publishes (on loopback or all addresses): what an upstream `server
+    /// 127.0.0.1:PORT;` line reaches. The engine reports them for running containers only.
+    pub ports: Vec<u16>,
+}
+
+/// Whether a port published on `ip` answers on loopback: published there, or on every address.
+fn reaches_loopback(ip: &str) -> bool {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Err(_) => ip.is_empty(),
+    }
 }
 
 /// A local image.
@@ -345,12 +365,24 @@ impl Runtime for Docker {
                 Some(state) => state,
                 None => continue,
             };
+            let mut ports: Vec<u16> = summary
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .filter(|p| p.ip.as_deref().is_none_or(reaches_loopback))
+                .filter_map(|p| p.public_port)
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
             containers.push(Container {
                 id,
                 name,
                 color: labels.get(LABEL_COLOR).and_then(|c| c.parse().ok()),
                 image: labels.get(LABEL_IMAGE).cloned().unwrap_or_default(),
+                desired: labels.get(LABEL_DESIRED).cloned(),
+                generation: labels.get(LABEL_GENERATION).cloned(),
                 state,
+                ports,
             });
         }
         containers.sort_by(|a, b| a.name.cmp(&b.name));

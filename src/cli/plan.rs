@@ -43,6 +43,7 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
             println!("Paused: the desired file says paused = true; nothing would be changed.");
             return Ok(0);
         }
+        Verdict::Unclear { reason } => return Err(CliError::Failed(reason)),
         Verdict::AlreadyFailed | Verdict::Converge => {}
     }
     println!("\nPlan:");

@@ -424,7 +424,7 @@ impl Daemon {
                 tracing::info!(?outcome, "pass done");
                 self.backoff = BACKOFF_MIN;
             }
-            Ok(Err(ReconcileError::Cancelled)) => {
+            Ok(Err(e)) if e.is_cancellation() => {
                 tracing::info!("attempt cancelled");
                 self.pass_wanted.get_or_insert("file");
             }
@@ -488,7 +488,7 @@ async fn nothing_to_repair(
 ) -> Option<Outcome> {
     let observed = observe(&rc.cfg, &rc.runtime, &rc.proxy).await.ok()?;
     match plan(&rc.cfg, desired, &observed, by_hand).verdict {
-        Verdict::Converge => None,
+        Verdict::Converge | Verdict::Unclear { .. } => None,
         Verdict::InSync => Some(Outcome::Converged),
         Verdict::Paused => Some(Outcome::Paused),
         Verdict::AlreadyFailed => Some(Outcome::AlreadyFailed { message: None }),

@@ -16,6 +16,9 @@ pub struct Observed {
     /// The port the upstream file sends traffic to; None when the file is missing or holds
     /// no server line.
     pub upstream_port: Option<u16>,
+    /// Every loopback port the upstream file names (`upstream_port` first): what nginx may
+    /// send traffic to on its next reload, whatever the config's color ports say.
+    pub upstream_ports: Vec<u16>,
     /// The history file, newest first.
     pub history: Vec<String>,
     /// The generation whose attempt failed last (from status.json): not retried until the
@@ -37,11 +40,26 @@ impl Observed {
             .find(|c| c.name == name && c.color == Some(color))
     }
 
+    /// The running containers of the app that the upstream file, as written on disk, points
+    /// at (by published port). They are never removed before nginx was switched away from
+    /// them and reloaded.
+    pub fn served(&self) -> impl Iterator<Item = &Container> {
+        self.containers.iter().filter(|c| {
+            c.state.is_running() && c.ports.iter().any(|p| self.upstream_ports.contains(p))
+        })
+    }
+
     /// What is live: the running container of the color the upstream file points at. An
     /// upstream file that points at no running container of the app means nothing is live.
+    ///
+    /// The container must publish that port: one started before the config's ports changed
+    /// (and a SIGHUP) is not live under the new ones, though it may still serve
+    /// ([`Observed::served`]).
     pub fn live(&self, cfg: &Config) -> Option<&Container> {
         let color = self.upstream_color(cfg)?;
-        self.container(cfg, color).filter(|c| c.state.is_running())
+        let port = self.upstream_port?;
+        self.container(cfg, color)
+            .filter(|c| c.state.is_running() && c.ports.contains(&port))
     }
 }
 
@@ -78,12 +96,13 @@ pub async fn observe<R: Runtime, P: Proxy>(
     proxy: &P,
 ) -> Result<Observed, ObserveError> {
     let containers = runtime.containers(&cfg.app).await?;
-    let upstream_port = proxy.live_port()?;
+    let upstream_ports = proxy.upstream_ports()?;
     let history = history::read(&cfg.history_file)?;
     let status = Status::load(&cfg.state_dir.join(crate::state::STATUS_FILE))?;
     Ok(Observed {
         containers,
-        upstream_port,
+        upstream_port: upstream_ports.first().copied(),
+        upstream_ports,
         history,
         failed_generation: status.and_then(|s| s.failed_generation),
     })

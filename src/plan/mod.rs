@@ -10,7 +10,7 @@ use crate::desired::Desired;
 use crate::observe::Observed;
 
 /// The overall verdict of a pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// The desired image is live, nothing else of the app runs, history records it.
     InSync,
@@ -21,6 +21,9 @@ pub enum Verdict {
     /// This generation already failed; it is not retried until the desired file changes or
     /// a reconcile is asked for by hand.
     AlreadyFailed,
+    /// fieldtrack cannot tell which container nginx sends traffic to, so it changes nothing
+    /// (removing the wrong one would take production down). `reason` says what to check.
+    Unclear { reason: String },
 }
 
 /// One step of a plan, in the order given.
@@ -130,7 +133,28 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         return Plan::of(Verdict::AlreadyFailed);
     }
 
+    // Whatever the upstream file on disk points at may be serving: it is never removed before
+    // a switch away from it. More than one such container: which one serves is unknowable.
+    let served: Vec<&Container> = observed.served().collect();
+    if served.len() > 1 {
+        let names: Vec<&str> = served.iter().map(|c| c.name.as_str()).collect();
+        return Plan::of(Verdict::Unclear {
+            reason: format!(
+                "the nginx upstream file {} points at more than one container of {} ({}): \
+                 fieldtrack cannot tell which one serves, so it removes nothing; leave one \
+                 server line in the file, then run `fieldtrack reconcile`",
+                cfg.nginx.upstream_file.display(),
+                cfg.app,
+                names.join(", ")
+            ),
+        });
+    }
+    let served = served.first().copied();
+    let is_served = |c: &Container| served.is_some_and(|s| s.id == c.id);
+
     let mut actions = Vec::new();
+    // Containers that may serve are removed only after the switch away from them.
+    let mut after_switch = Vec::new();
     let is_color_container = |c: &Container| {
         c.color
             .is_some_and(|color| c.name == cfg.container_name(color))
@@ -140,13 +164,20 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         .iter()
         .filter(|c| !is_color_container(c))
     {
-        actions.push(Action::Remove {
+        let remove = Action::Remove {
             name: c.name.clone(),
             reason: "labelled for the app but not one of its color containers".to_string(),
-        });
+        };
+        if is_served(c) {
+            after_switch.push(remove);
+        } else {
+            actions.push(remove);
+        }
     }
 
     if let Some(live) = live.filter(|_| desired_is_live) {
+        // `live` is the one container served (it publishes the upstream's port), so nothing
+        // removed here is.
         for c in observed
             .containers
             .iter()
@@ -172,14 +203,41 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         };
     }
 
-    // The candidate goes into the color the upstream file does not point at; when it points
-    // at neither, into a color already running the desired image, else blue.
+    // The candidate goes into the color that does not serve: the one of the container the
+    // upstream file points at (its published port, even when the config's ports changed
+    // since), else the one the upstream port names; when neither tells, into a color already
+    // running the desired image, else blue.
     let runs_desired = |color: Color| {
         observed
             .container(cfg, color)
             .filter(|c| c.state.is_running() && runs(c, &reference, &image))
     };
-    let color = match observed.upstream_color(cfg) {
+    // The candidate needs a color name and a color port that the served container does not
+    // hold, so that it never needs the served one gone first.
+    let holds = |c: &Container, color: Color| {
+        c.name == cfg.container_name(color) || c.ports.contains(&cfg.port(color))
+    };
+    let served_color = match served {
+        Some(c) => match (holds(c, Color::Blue), holds(c, Color::Green)) {
+            (true, true) => {
+                return Plan::of(Verdict::Unclear {
+                    reason: format!(
+                        "{} serves (the nginx upstream file {} points at it) and holds the name \
+                         or the port of both colors: no candidate can start beside it, and \
+                         fieldtrack removes nothing that serves; check container.blue_port and \
+                         green_port against `docker ps`",
+                        c.name,
+                        cfg.nginx.upstream_file.display()
+                    ),
+                })
+            }
+            (true, false) => Some(Color::Blue),
+            (false, true) => Some(Color::Green),
+            (false, false) => c.color,
+        },
+        None => None,
+    };
+    let color = match served_color.or(observed.upstream_color(cfg)) {
         Some(from) => from.other(),
         None if runs_desired(Color::Green).is_some() => Color::Green,
         None => Color::Blue,
@@ -197,6 +255,15 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         }),
         None => {
             if let Some(stale) = observed.container(cfg, color) {
+                // A running one may still get requests: from nginx's workers of an earlier
+                // configuration (a drain cut short), or from an nginx whose last reload failed
+                // half-way. Reloading the file that points at the live color first (and
+                // draining) makes sure it gets none; if nginx cannot reload, nothing is removed.
+                if let Some(live) = live.filter(|_| stale.state.is_running()) {
+                    if let Some(live_color) = live.color {
+                        actions.push(Action::Reassert { color: live_color });
+                    }
+                }
                 actions.push(Action::Remove {
                     name: stale.name.clone(),
                     reason: format!("stale {color} container ({}, {})", stale.image, stale.state),
@@ -210,6 +277,7 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
             });
         }
     }
+    actions.extend(after_switch);
     Plan {
         verdict: Verdict::Converge,
         actions,
@@ -264,13 +332,21 @@ mod tests {
         .unwrap()
     }
 
+    /// A color container; a running one publishes its color's port, as fieldtrack starts it.
     fn container(color: Color, tag: &str, state: ContainerState) -> Container {
+        let ports = match state {
+            ContainerState::Running => vec![cfg().port(color)],
+            _ => Vec::new(),
+        };
         Container {
             id: format!("id-{color}"),
             name: format!("api-{color}"),
             color: Some(color),
             image: format!("{REPO}:{tag}"),
+            desired: Some(tag.to_string()),
+            generation: None,
             state,
+            ports,
         }
     }
 
@@ -282,6 +358,7 @@ mod tests {
         Observed {
             containers,
             upstream_port: port,
+            upstream_ports: port.into_iter().collect(),
             history: history.iter().map(|s| s.to_string()).collect(),
             failed_generation: None,
         }
@@ -534,6 +611,8 @@ mod tests {
     fn unlabelled_or_misnamed_app_containers_are_removed() {
         let mut odd = running(Color::Blue, "v1");
         odd.name = "api-blue-old".into();
+        odd.id = "id-odd".into();
+        odd.ports = vec![];
         let mut unlabelled = running(Color::Green, "v1");
         unlabelled.color = None;
         let o = observed(
@@ -584,5 +663,260 @@ mod tests {
                 image: format!("{REPO}:v1")
             }]
         );
+    }
+
+    fn cfg_with_ports(blue: u16, green: u16) -> Config {
+        Config::parse(
+            &format!(
+                "repository = \"{REPO}\"\n[container]\nblue_port = {blue}\ngreen_port = {green}\n"
+            ),
+            Path::new("/srv/api/fieldtrack.toml"),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn removed_before_any_switch(p: &Plan) -> Vec<&str> {
+        p.actions
+            .iter()
+            .take_while(|a| matches!(a, Action::Remove { .. }))
+            .filter_map(|a| match a {
+                Action::Remove { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_serving_container_started_on_ports_the_config_no_longer_names_is_not_removed() {
+        // Blue was started on 3001 and the upstream file still points there; then the ports
+        // moved to 4001/4002 and the config was reloaded. Blue still serves.
+        let cfg = cfg_with_ports(4001, 4002);
+        let o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
+        let p = plan(&cfg, &desired("v2"), &o, false);
+        assert_eq!(removed_before_any_switch(&p), Vec::<&str>::new(), "{p:?}");
+        assert_eq!(
+            p.actions,
+            vec![deploy(Color::Green, "v2", Some("api-blue"))]
+        );
+        // The same image: redeployed on the new port into the other color, blue retired
+        // only after the switch.
+        let p = plan(&cfg, &desired("v1"), &o, false);
+        assert_eq!(
+            p.actions,
+            vec![deploy(Color::Green, "v1", Some("api-blue"))]
+        );
+    }
+
+    #[test]
+    fn a_misnamed_container_the_upstream_points_at_is_removed_only_after_the_switch() {
+        let mut odd = running(Color::Blue, "v1");
+        odd.name = "api-old".into();
+        odd.id = "id-odd".into();
+        odd.ports = vec![8080];
+        let o = observed(vec![odd], Some(8080), &["v1"]);
+        let p = plan(&cfg(), &desired("v2"), &o, false);
+        assert_eq!(p.actions[0], deploy(Color::Green, "v2", None));
+        assert!(matches!(&p.actions[1], Action::Remove { name, .. } if name == "api-old"));
+    }
+
+    #[test]
+    fn an_upstream_pointing_at_two_containers_changes_nothing_and_says_what_to_check() {
+        let o = Observed {
+            upstream_ports: vec![3001, 3002],
+            ..observed(
+                vec![running(Color::Blue, "v1"), running(Color::Green, "v2")],
+                BLUE,
+                &["v1"],
+            )
+        };
+        let p = plan(&cfg(), &desired("v3"), &o, false);
+        assert!(p.actions.is_empty());
+        let Verdict::Unclear { reason } = p.verdict else {
+            panic!("{p:?}")
+        };
+        assert!(reason.contains("api-blue, api-green"), "{reason}");
+        assert!(reason.contains("fieldtrack reconcile"), "{reason}");
+        assert!(reason.contains("removes nothing"), "{reason}");
+    }
+
+    #[test]
+    fn a_container_on_the_upstream_port_that_does_not_publish_it_is_not_live() {
+        // Blue runs, but on another port than the upstream names (ports swapped in the
+        // config): it is not live, and the one that does publish the port is kept.
+        let cfg = cfg_with_ports(3002, 3001);
+        let mut green = running(Color::Green, "v1");
+        green.ports = vec![3002];
+        let mut blue = running(Color::Blue, "v1");
+        blue.ports = vec![3001];
+        let o = observed(vec![blue, green], Some(3002), &["v1"]);
+        let p = plan(&cfg, &desired("v1"), &o, false);
+        assert_ne!(p.verdict, Verdict::InSync);
+        let removed = removed_before_any_switch(&p);
+        assert!(!removed.contains(&"api-green"), "{p:?}");
+    }
+
+    #[test]
+    fn a_running_stale_container_is_removed_only_after_nginx_reloaded_the_live_color() {
+        // v3 arrives while v2 (green, live) drains over v1 (blue): blue may still hold
+        // requests from nginx's workers of before v2's switch.
+        let o = observed(
+            vec![running(Color::Blue, "v1"), running(Color::Green, "v2")],
+            GREEN,
+            &["v1"],
+        );
+        let p = plan(&cfg(), &desired("v3"), &o, false);
+        assert_eq!(p.actions.len(), 3, "{p:?}");
+        assert_eq!(
+            p.actions[0],
+            Action::Reassert {
+                color: Color::Green
+            }
+        );
+        assert!(matches!(&p.actions[1], Action::Remove { name, .. } if name == "api-blue"));
+        assert_eq!(p.actions[2], deploy(Color::Blue, "v3", Some("api-green")));
+    }
+
+    mod never_removes_what_serves {
+        //! Property: over arbitrary observed worlds, desired images and upstream files, no
+        //! plan removes a container the upstream file points at before a switch away from it.
+        use super::*;
+        use proptest::prelude::*;
+
+        const PORTS: [u16; 5] = [3001, 3002, 4001, 4002, 8080];
+        const NAMES: [&str; 4] = ["api-blue", "api-green", "api-blue-old", "api-x"];
+        const TAGS: [&str; 3] = ["v1", "v2", "v3"];
+
+        fn arb_container(i: usize) -> impl Strategy<Value = Container> {
+            (
+                0..NAMES.len(),
+                prop_oneof![
+                    Just(None),
+                    Just(Some(Color::Blue)),
+                    Just(Some(Color::Green))
+                ],
+                0..TAGS.len(),
+                0..4usize,
+                proptest::option::of(0..PORTS.len()),
+            )
+                .prop_map(move |(name, color, tag, state, port)| {
+                    let state = match state {
+                        0 => ContainerState::Created,
+                        1 => ContainerState::Exited { code: 1 },
+                        _ => ContainerState::Running,
+                    };
+                    let ports = match (&state, port) {
+                        (ContainerState::Running, Some(p)) => vec![PORTS[p]],
+                        _ => vec![],
+                    };
+                    Container {
+                        id: format!("id-{i}"),
+                        name: NAMES[name].to_string(),
+                        color,
+                        image: format!("{REPO}:{}", TAGS[tag]),
+                        desired: Some(TAGS[tag].to_string()),
+                        generation: None,
+                        state,
+                        ports,
+                    }
+                })
+        }
+
+        /// A world the engine could hold: names unique, a host port published once.
+        fn arb_world() -> impl Strategy<Value = (Config, Observed, Desired, bool)> {
+            (
+                prop::collection::vec((0..4usize).prop_flat_map(arb_container), 0..5),
+                prop::collection::vec(0..PORTS.len(), 0..3),
+                0..TAGS.len(),
+                prop::collection::vec(0..TAGS.len(), 0..4),
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(containers, upstream, tag, history, moved, failed, by_hand)| {
+                        let cfg = if moved {
+                            cfg_with_ports(4001, 4002)
+                        } else {
+                            cfg()
+                        };
+                        let mut seen_names = Vec::new();
+                        let mut seen_ports = Vec::new();
+                        let mut kept = Vec::new();
+                        for (i, mut c) in containers.into_iter().enumerate() {
+                            if seen_names.contains(&c.name) {
+                                continue;
+                            }
+                            c.id = format!("id-{i}");
+                            c.ports.retain(|p| !seen_ports.contains(p));
+                            seen_names.push(c.name.clone());
+                            seen_ports.extend(c.ports.iter().copied());
+                            kept.push(c);
+                        }
+                        let upstream_ports: Vec<u16> =
+                            upstream.into_iter().map(|i| PORTS[i]).collect();
+                        let d = desired(TAGS[tag]);
+                        let o = Observed {
+                            containers: kept,
+                            upstream_port: upstream_ports.first().copied(),
+                            upstream_ports,
+                            history: history.into_iter().map(|i| TAGS[i].to_string()).collect(),
+                            failed_generation: failed.then(|| d.generation.clone()),
+                        };
+                        (cfg, o, d, by_hand)
+                    },
+                )
+        }
+
+        /// Walks the plan, keeping the upstream file as each switching action leaves it.
+        fn check(cfg: &Config, o: &Observed, p: &Plan) -> Result<(), TestCaseError> {
+            let mut upstream = o.upstream_ports.clone();
+            let serves = |name: &str, upstream: &[u16]| {
+                o.containers.iter().any(|c| {
+                    c.name == name
+                        && c.state.is_running()
+                        && c.ports.iter().any(|p| upstream.contains(p))
+                })
+            };
+            for action in &p.actions {
+                match action {
+                    Action::Remove { name, .. } => prop_assert!(
+                        !serves(name, &upstream),
+                        "removes {name}, which {upstream:?} points at: {p:?}"
+                    ),
+                    Action::Reassert { color } => upstream = vec![cfg.port(*color)],
+                    Action::Deploy { color, old, .. } | Action::Switch { color, old, .. } => {
+                        let port = cfg.port(*color);
+                        // The candidate publishes `port`; a running container holding it
+                        // already makes the start fail before anything is removed.
+                        let taken = o.containers.iter().any(|c| {
+                            c.state.is_running()
+                                && c.ports.contains(&port)
+                                && c.name != cfg.container_name(*color)
+                        });
+                        upstream = vec![port];
+                        if let (Some(old), false) = (old, taken) {
+                            prop_assert!(
+                                !serves(old, &upstream),
+                                "retires {old} after switching to {port}, which it publishes"
+                            );
+                        }
+                    }
+                    Action::RecordHistory { .. } => {}
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+            #[test]
+            fn no_plan_removes_what_nginx_points_at_before_switching_away(
+                (cfg, o, d, by_hand) in arb_world()
+            ) {
+                let p = plan(&cfg, &d, &o, by_hand);
+                check(&cfg, &o, &p)?;
+            }
+        }
     }
 }

@@ -12,7 +12,8 @@ use crate::apply::hooks::{run_hook, HookContext, POST_DEPLOY, PRE_SWITCH};
 use crate::apply::notify::{Event, Notification};
 use crate::apply::proxy::Proxy;
 use crate::apply::runtime::{
-    ContainerSpec, ContainerState, Runtime, LABEL_APP, LABEL_COLOR, LABEL_IMAGE,
+    ContainerSpec, ContainerState, Runtime, LABEL_APP, LABEL_COLOR, LABEL_DESIRED,
+    LABEL_GENERATION, LABEL_IMAGE,
 };
 use crate::config::Color;
 use crate::desired::{Desired, ImageRef, AUTO_ROLLBACK_NOTE_PREFIX};
@@ -21,11 +22,6 @@ use crate::plan::Action;
 use crate::state::audit::{self, AuditRecord};
 use crate::state::history;
 use crate::state::status::{HealthProgress, Live, Step};
-
-/// Label holding the image exactly as the desired file wrote it (what the history records).
-pub const LABEL_DESIRED: &str = "fieldtrack.desired";
-/// Label holding the desired generation that started the container.
-pub const LABEL_GENERATION: &str = "fieldtrack.generation";
 
 /// Consecutive failed probes during the drain that send traffic back to the old color.
 const DRAIN_FAILURES: u32 = 3;
@@ -43,8 +39,12 @@ struct Attempt<'a> {
     reference: &'a str,
     /// The old color's container, retired after the drain.
     old: Option<&'a str>,
-    /// The history's head before the attempt: what the old color runs.
-    previous: Option<&'a str>,
+    /// What traffic goes back to when the new color fails: the live image when one is live,
+    /// else the history's head.
+    previous: Option<String>,
+    /// The live image when the history does not start with it (its own drain was cut short
+    /// by this generation): it served, so it is recorded once traffic has left it.
+    unrecorded_live: Option<String>,
     /// Deploy starts a candidate; Switch reuses the one running.
     start: bool,
 }
@@ -71,13 +71,27 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
         } => (*color, image, reference, old, false),
         _ => unreachable!("only deploy and switch actions are attempts"),
     };
+    let live = observed.live(&rc.cfg).map(|c| {
+        let image = served_image(&rc.cfg, c, observed.history.first());
+        // A generation that failed and stayed live (nothing to go back to) never enters the
+        // history.
+        let failed = c.generation.is_some() && c.generation == observed.failed_generation;
+        (image, failed)
+    });
+    let unrecorded_live = live
+        .clone()
+        .filter(|(image, failed)| !failed && observed.history.first() != Some(image))
+        .map(|(image, _)| image);
     let at = Attempt {
         desired,
         color,
         image,
         reference,
         old: old.as_deref(),
-        previous: observed.history.first().map(String::as_str),
+        previous: live
+            .map(|(image, _)| image)
+            .or_else(|| observed.history.first().cloned()),
+        unrecorded_live,
         start,
     };
     let started = Instant::now();
@@ -89,7 +103,7 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
         event: "deploy".into(),
         outcome: match &result {
             Ok(()) => "succeeded",
-            Err(ReconcileError::Cancelled) => "cancelled",
+            Err(e) if e.is_cancellation() => "cancelled",
             Err(ReconcileError::FailedAfterSwitch { .. }) => "rolled_back",
             Err(_) => "failed",
         }
@@ -97,7 +111,7 @@ pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
         image: image.clone(),
         reference: reference.clone(),
         digest: digest.clone(),
-        previous: at.previous.map(str::to_string),
+        previous: at.previous.clone(),
         trigger: rc.trigger.clone(),
         by: desired.by.clone(),
         note: desired.note.clone(),
@@ -134,7 +148,7 @@ fn auto_rollback<R: Runtime, P: Proxy, H: Prober>(
     reason: &str,
 ) {
     let cfg = &rc.cfg;
-    let Some(previous) = at.previous else {
+    let Some(previous) = at.previous.as_deref() else {
         tracing::warn!("no previous image in the history: the desired file is left as it is");
         return;
     };
@@ -246,10 +260,24 @@ async fn attempt<R: Runtime, P: Proxy, H: Prober>(
     rc.step(Step::Switching).await?;
     // From here on the switch runs to its end: a cancellation is only honoured before it.
     if let Err(e) = rc.proxy.switch(port, &rc.live_comment(color, image)).await {
+        if e.leaves_nginx_unsettled() {
+            // nginx may send traffic to the candidate (or will at its next reload): it stays.
+            tracing::error!(error = %e, container = %name, "switch failed half-way; the candidate is kept");
+            return Err(ReconcileError::StillServed {
+                container: name.clone(),
+                reason: e.to_string(),
+                upstream_file: cfg.nginx.upstream_file.clone(),
+            });
+        }
         remove_candidate(rc, &name).await;
         return Err(e.into());
     }
     tracing::info!(%color, port, "nginx switched");
+    if let Some(served) = &at.unrecorded_live {
+        // Traffic left an image that served: it is a version to roll back to.
+        history::record(&cfg.history_file, served, cfg.history_limit)?;
+        tracing::info!(image = %served, "recorded the image switched away from");
+    }
     rc.set_status(|s| {
         s.health = None;
         s.live = Some(Live {
@@ -265,7 +293,7 @@ async fn attempt<R: Runtime, P: Proxy, H: Prober>(
 
     rc.step(Step::Cleanup).await?;
     if let Some(old) = at.old {
-        rc.runtime.remove(old, cfg.container.stop_timeout).await?;
+        rc.retire(old, cfg.container.stop_timeout).await?;
     }
     crate::test_pause_point("recording").await;
     history::record(&cfg.history_file, image, cfg.history_limit)?;
@@ -292,7 +320,7 @@ fn hook_context<R: Runtime, P: Proxy, H: Prober>(
         app: rc.cfg.app.clone(),
         image: at.image.to_string(),
         reference: at.reference.to_string(),
-        previous: at.previous.map(str::to_string),
+        previous: at.previous.clone(),
         color: at.color,
         port,
     }
@@ -312,14 +340,14 @@ fn notify<R: Runtime, P: Proxy, H: Prober>(
     let event = match result {
         Ok(()) if is_rollback(at.desired) => Event::RolledBack,
         Ok(()) => Event::Succeeded,
-        Err(ReconcileError::Cancelled) => return,
+        Err(e) if e.is_cancellation() => return,
         Err(ReconcileError::FailedAfterSwitch {
             back_to: Some(_), ..
         }) if rc.cfg.rollout.auto_rollback => Event::AutoRollback,
         Err(_) => Event::Failed,
     };
     notifier.send(Notification {
-        previous: at.previous.map(str::to_string),
+        previous: at.previous.clone(),
         color: Some(at.color),
         digest: digest.clone(),
         message: result.as_ref().err().map(|e| e.to_string()),
@@ -452,7 +480,13 @@ async fn drain<R: Runtime, P: Proxy, H: Prober>(
             // A newer generation (or a stop) ends the drain: the new color stays live and the
             // old one keeps running, so a rollback to it is a pure nginx switch, and a
             // restarted daemon finishes the job. The history is not written: no full success.
-            _ = rc.cancel.cancelled() => return Err(ReconcileError::Cancelled),
+            _ = rc.cancel.cancelled() => return Err(match at.old {
+                Some(old) => ReconcileError::DrainCutShort {
+                    image: at.image.to_string(),
+                    old: old.to_string(),
+                },
+                None => ReconcileError::Cancelled,
+            }),
         }
         let reason = match rc.runtime.state(name).await? {
             Some(ContainerState::Running) => match rc.prober.probe(port).await {
@@ -507,7 +541,7 @@ async fn switch_back<R: Runtime, P: Proxy, H: Prober>(
         });
     };
     tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
-    let back_image = at.previous.unwrap_or("previous");
+    let back_image = at.previous.as_deref().unwrap_or("previous");
     rc.proxy
         .switch(cfg.port(back), &rc.live_comment(back, back_image))
         .await?;
@@ -515,6 +549,7 @@ async fn switch_back<R: Runtime, P: Proxy, H: Prober>(
     remove_candidate(rc, name).await;
     let back_reference = at
         .previous
+        .as_deref()
         .and_then(|p| ImageRef::parse(p, &cfg.repository, &cfg.allowed_repositories).ok())
         .map(|i| cfg.image_reference(&i))
         .unwrap_or_default();
@@ -546,8 +581,32 @@ async fn check_cancel<R: Runtime, P: Proxy, H: Prober>(
 
 /// Removes a failed candidate; a failure here is logged (the next pass removes it).
 async fn remove_candidate<R: Runtime, P: Proxy, H: Prober>(rc: &Reconciler<R, P, H>, name: &str) {
-    if let Err(e) = rc.runtime.remove(name, Duration::from_secs(1)).await {
+    if let Err(e) = rc.retire(name, Duration::from_secs(1)).await {
         tracing::error!(container = %name, error = %e, "cannot remove the candidate; the next pass will");
+    }
+}
+
+/// The image a served container runs, as the history writes it: its `fieldtrack.desired`
+/// label; for a container started before that label, the history's head when that names the
+/// same image, else the full reference it runs.
+fn served_image(
+    cfg: &crate::config::Config,
+    c: &crate::apply::runtime::Container,
+    head: Option<&String>,
+) -> String {
+    if let Some(desired) = &c.desired {
+        return desired.clone();
+    }
+    let head_reference = head.and_then(|h| {
+        ImageRef::parse(h, &cfg.repository, &cfg.allowed_repositories)
+            .ok()
+            .map(|i| cfg.image_reference(&i))
+    });
+    match (head, head_reference) {
+        (Some(head), Some(r)) if c.image == r || c.image.starts_with(&format!("{r}@")) => {
+            head.clone()
+        }
+        _ => c.image.clone(),
     }
 }
 

@@ -76,6 +76,21 @@ pub enum ReconcileError {
     /// its candidate is removed; during the drain both colors are left running.
     #[error("attempt cancelled by a newer desired generation or a stop signal")]
     Cancelled,
+    /// A newer desired generation (or a stop signal) arrived during the drain: the new color
+    /// stays live, the old one keeps running until the next pass retires it.
+    #[error("the drain of {image} was cut short by a newer desired generation or a stop signal: {image} is live, {old} keeps running until the next pass retires it")]
+    DrainCutShort { image: String, old: String },
+    /// fieldtrack cannot tell which container nginx sends traffic to: nothing was changed.
+    #[error("{reason}")]
+    Unclear { reason: String },
+    /// A container that nginx may send traffic to was about to be removed: it was kept, and
+    /// the pass stopped.
+    #[error("{container} was kept running: {reason}; fieldtrack removed nothing. Check the nginx upstream file {upstream_file} and `nginx -t`, reload nginx, then run `fieldtrack reconcile`")]
+    StillServed {
+        container: String,
+        reason: String,
+        upstream_file: std::path::PathBuf,
+    },
 }
 
 impl ReconcileError {
@@ -89,6 +104,20 @@ impl ReconcileError {
             ReconcileError::Switch(e) => e.is_transient(),
             _ => false,
         }
+    }
+
+    /// Superseded or stopped, not failed: the generation stays eligible.
+    pub fn is_cancellation(&self) -> bool {
+        matches!(
+            self,
+            ReconcileError::Cancelled | ReconcileError::DrainCutShort { .. }
+        )
+    }
+
+    /// Nothing was attempted because the world needs an operator first (which container
+    /// serves is unknown): not a verdict on the desired generation, which stays eligible.
+    pub fn is_blocked(&self) -> bool {
+        matches!(self, ReconcileError::Unclear { .. })
     }
 }
 

@@ -135,6 +135,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                 self.publish_live();
                 Ok(Outcome::Converged)
             }
+            Verdict::Unclear { reason } => Err(ReconcileError::Unclear { reason }),
             Verdict::Converge => self.apply(desired, &observed, &plan).await,
         }
     }
@@ -159,9 +160,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                         self.proxy.wait_retired(attempt::OLD_WORKERS_LIMIT).await;
                     }
                     tracing::info!(container = %name, %reason, "removing container");
-                    self.runtime
-                        .remove(name, self.cfg.container.stop_timeout)
-                        .await?;
+                    self.retire(name, self.cfg.container.stop_timeout).await?;
                 }
                 Action::Reassert { color } => {
                     // A pass may have died between writing the upstream file and reloading
@@ -258,6 +257,42 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
         }
     }
 
+    /// Stops and removes a container of the app, unless the upstream file, as written on disk
+    /// now, points at it: that one may serve, and is kept (the pass stops, saying what to
+    /// check) until nginx was switched away from it. The plan never asks for such a removal;
+    /// this is the last look before it happens, for a world that changed since.
+    pub(crate) async fn retire(
+        &self,
+        name: &str,
+        stop_timeout: Duration,
+    ) -> Result<(), ReconcileError> {
+        let still_served = |reason: String| ReconcileError::StillServed {
+            container: name.to_string(),
+            reason,
+            upstream_file: self.cfg.nginx.upstream_file.clone(),
+        };
+        let upstream = self.proxy.upstream_ports().map_err(|e| {
+            still_served(format!(
+                "fieldtrack cannot tell whether nginx sends it traffic ({e})"
+            ))
+        })?;
+        let containers = self.runtime.containers(&self.cfg.app).await?;
+        let served = containers.iter().find(|c| {
+            c.name == name && c.state.is_running() && c.ports.iter().any(|p| upstream.contains(p))
+        });
+        if let Some(c) = served {
+            return Err(still_served(format!(
+                "the nginx upstream file points at it (port {})",
+                c.ports
+                    .iter()
+                    .find(|p| upstream.contains(p))
+                    .map_or(0, |p| *p)
+            )));
+        }
+        self.runtime.remove(name, stop_timeout).await?;
+        Ok(())
+    }
+
     /// Mirrors the status into the metrics.
     fn publish_live(&self) {
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -325,7 +360,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
         desired: &Desired,
         error: &ReconcileError,
     ) -> Result<(), ReconcileError> {
-        if matches!(error, ReconcileError::Cancelled) {
+        if error.is_cancellation() {
             // Superseded or stopped, not failed: the generation stays eligible.
             return self.set_status(|s| {
                 s.phase = Phase::Progressing;
@@ -335,6 +370,9 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
             });
         }
         let permanent = !error.is_transient();
+        // Not this generation's fault: the world needs an operator, and every resync looks
+        // again.
+        let marks_generation = permanent && !error.is_blocked();
         self.metrics
             .reconcile_error(if permanent { "permanent" } else { "transient" });
         self.metrics.set_converged(false);
@@ -342,7 +380,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
             s.phase = Phase::Failed;
             s.health = None;
             s.message = Some(format!("{error}"));
-            if permanent {
+            if marks_generation {
                 s.failed_generation = Some(desired.generation.clone());
             }
         })
