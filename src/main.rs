@@ -25,8 +25,9 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // Every message already carries its causes, so it is printed once, as is.
-            eprintln!("fieldtrack: {e}");
+            // Every message already carries its causes, so it is printed once, as is, but
+            // for escape sequences: it may quote a container's log tail.
+            eprintln!("fieldtrack: {}", cli::terminal::printable(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }

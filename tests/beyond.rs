@@ -32,6 +32,7 @@ fn new_color_failing_during_the_drain_goes_back_and_rewrites_the_desired_file() 
     let mut site = Site::new();
     let webhook = Webhook::start();
     site.set("notify.webhook", &toml_str(&webhook.url()));
+    site.set("notify.allow_http", "true");
     deploy_ok(&site, "v1");
     let live = container_name(&site, live_color(&site));
     let live_id = container_id(&site, &live);
@@ -425,6 +426,7 @@ fn webhook_hears_of_success_and_failure() {
     fast_health(&mut site);
     let webhook = Webhook::start();
     site.set("notify.webhook", &toml_str(&webhook.url()));
+    site.set("notify.allow_http", "true");
 
     let ok = ft(&site, &["deploy", "v1"]);
     ok.expect_code(0);
@@ -471,6 +473,7 @@ fn webhook_that_never_answers_never_delays_the_deploy_and_its_secret_stays_hidde
 
     let silent = SilentWebhook::start();
     site.set("notify.webhook", &toml_str(&silent.url()));
+    site.set("notify.allow_http", "true");
     site.set("notify.timeout", "\"5s\"");
     let run = ft(&site, &["deploy", "v2"]);
     let with = run.duration;

@@ -4,7 +4,9 @@
 //! failing hook (smoke test, migration check) stops the attempt while production is
 //! untouched. `post_deploy` runs after a full success (cache purge, chat message, ...).
 //! Hooks are argument arrays run without a shell, like every command fieldtrack runs, and
-//! they learn what is being deployed from `FIELDTRACK_*` environment variables. Each one
+//! they learn what is being deployed from `FIELDTRACK_*` environment variables (not the
+//! env file's: that is the container's). What a hook prints is kept only with the env
+//! file's values redacted, in case it reads them anyway. Each one
 //! is killed, with every process it started in its own process group, once
 //! `hooks.hook_timeout` is up, so a hung hook cannot hold a deployment forever.
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::output_tail;
+use super::redact::Redactor;
 use crate::config::Color;
 
 /// The hook run after the candidate is healthy and before the switch.
@@ -89,6 +92,9 @@ pub struct HookContext {
     pub color: Color,
     /// `FIELDTRACK_PORT`: the port that color is published on (127.0.0.1).
     pub port: u16,
+    /// Not told to the hook: cleans its output of the env file's values before it goes into
+    /// a message or a log.
+    pub redactor: Redactor,
 }
 
 impl HookContext {
@@ -180,7 +186,7 @@ pub async fn run_hook(
         name: name.to_owned(),
         command,
         status,
-        output: output_tail(&stdout, &stderr),
+        output: output_tail(&stdout, &stderr, &ctx.redactor),
     })
 }
 
@@ -200,23 +206,35 @@ fn kill_group(pgid: Option<u32>) {
     }
 }
 
-/// Reads a stream to its end, keeping only the last [`OUTPUT_TAIL_BYTES`].
+/// Reads a stream to its end, keeping only about the last [`OUTPUT_TAIL_BYTES`], from the
+/// start of a line: a line cut in its middle could show the end of a secret that redaction
+/// no longer recognises.
 async fn read_tail<R: AsyncRead + Unpin>(stream: Option<R>) -> io::Result<Vec<u8>> {
     let Some(mut stream) = stream else {
         return Ok(Vec::new());
     };
     let mut kept = Vec::new();
+    let mut cut = false;
     let mut buf = [0u8; 8192];
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
-            return Ok(kept);
+            break;
         }
         kept.extend_from_slice(&buf[..n]);
         if kept.len() > 2 * OUTPUT_TAIL_BYTES {
             kept.drain(..kept.len() - OUTPUT_TAIL_BYTES);
+            cut = true;
         }
     }
+    if cut {
+        let first_line = kept
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(kept.len(), |i| i + 1);
+        kept.drain(..first_line);
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -233,6 +251,7 @@ mod tests {
             previous: Some("v1".into()),
             color: Color::Green,
             port: 3002,
+            redactor: Redactor::default(),
         }
     }
 
@@ -299,6 +318,42 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("failed (exit status: 3): out12\n"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn env_values_in_a_failing_hooks_output_are_redacted() {
+        let ctx = HookContext {
+            redactor: Redactor::new(&["SECRET_TOKEN=hunter2-xyz"]),
+            ..ctx()
+        };
+        let script = argv(&[
+            "sh",
+            "-c",
+            "s=$(printf hunter2-%s xyz); echo token=$s; echo \"$s\" >&2; exit 1",
+        ]);
+        let err = run_hook(PRE_SWITCH, &script, &ctx, TIMEOUT)
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.ends_with("token=[redacted]\n[redacted]"), "{msg}");
+        assert!(!format!("{err:?}").contains("hunter2-xyz"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_long_output_is_cut_at_a_line_start() {
+        // A secret-looking line longer than what is kept: no end of it survives the cut.
+        let script = argv(&[
+            "sh",
+            "-c",
+            "head -c 200000 /dev/zero | tr '\\0' x; echo; echo last; exit 1",
+        ]);
+        let err = run_hook(PRE_SWITCH, &script, &ctx(), TIMEOUT)
+            .await
+            .unwrap_err();
+        let HookError::Failed { output, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(output, "last");
     }
 
     #[tokio::test]

@@ -6,19 +6,24 @@ pub mod health;
 pub mod hooks;
 pub mod notify;
 pub mod proxy;
+pub mod redact;
 pub mod runtime;
 
 /// How many lines of a failed command's output an error message quotes.
 pub(crate) const OUTPUT_TAIL_LINES: usize = 20;
 
-/// The last [`OUTPUT_TAIL_LINES`] non-empty lines of stdout then stderr. stderr comes last
-/// so that it survives the cut: it is where a failing program says why.
-pub(crate) fn output_tail(stdout: &[u8], stderr: &[u8]) -> String {
-    let stdout = String::from_utf8_lossy(stdout);
-    let stderr = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = stdout
+/// The last [`OUTPUT_TAIL_LINES`] non-empty lines of stdout then stderr, the env file's
+/// values redacted. stderr comes last so that it survives the cut: it is where a failing
+/// program says why.
+pub(crate) fn output_tail(stdout: &[u8], stderr: &[u8], redactor: &redact::Redactor) -> String {
+    // Redacted whole, before the cut, so that the cut splits no value.
+    let text = redactor.redact(&format!(
+        "{}\n{}",
+        String::from_utf8_lossy(stdout),
+        String::from_utf8_lossy(stderr)
+    ));
+    let lines: Vec<&str> = text
         .lines()
-        .chain(stderr.lines())
         .map(str::trim_end)
         .filter(|line| !line.is_empty())
         .collect();

@@ -5,7 +5,8 @@
 //! returns at once, and a webhook that is down, slow or refusing only costs a warning in
 //! the log. The webhook URL usually carries its token in the path or query, so it never
 //! appears in a log line or an error: only its scheme and host do
-//! ([`NotifyConfig::webhook_redacted`]).
+//! ([`NotifyConfig::webhook_redacted`]). Both the host shown and the request come from the
+//! one parsed [`url::Url`] of the config, so the host shown is the host connected to.
 //!
 //! The body is JSON with a Slack-compatible `text` (Mattermost, Rocket.Chat and most chat
 //! webhooks read the same field) beside structured fields for anything else.
@@ -229,7 +230,7 @@ pub fn hostname() -> String {
 #[derive(Clone)]
 pub struct Notifier {
     client: reqwest::Client,
-    webhook: Arc<str>,
+    webhook: Arc<url::Url>,
     redacted: Arc<str>,
     timeout: Duration,
     in_flight: Arc<InFlight>,
@@ -261,7 +262,7 @@ impl Notifier {
 
     /// [`Notifier::new`], reporting a client that cannot be built.
     pub fn try_new(cfg: &NotifyConfig) -> Result<Option<Notifier>, NotifyError> {
-        let Some(webhook) = cfg.webhook.as_deref() else {
+        let Some(webhook) = cfg.webhook.clone() else {
             return Ok(None);
         };
         let redacted = cfg.webhook_redacted().unwrap_or_else(|| "…".to_owned());
@@ -278,7 +279,7 @@ impl Notifier {
             })?;
         Ok(Some(Notifier {
             client,
-            webhook: webhook.into(),
+            webhook: Arc::new(webhook),
             redacted: redacted.into(),
             timeout: cfg.timeout,
             in_flight: Arc::new(InFlight::default()),
@@ -326,7 +327,7 @@ impl Notifier {
     pub async fn send_now(&self, n: Notification) -> Result<(), NotifyError> {
         let response = self
             .client
-            .post(&*self.webhook)
+            .post(url::Url::clone(&self.webhook))
             .json(&n.to_json())
             .send()
             .await
@@ -439,7 +440,8 @@ mod tests {
 
     fn config(webhook: String, timeout: Duration) -> NotifyConfig {
         NotifyConfig {
-            webhook: Some(webhook),
+            webhook: Some(url::Url::parse(&webhook).unwrap()),
+            allow_http: true,
             timeout,
         }
     }
@@ -534,6 +536,7 @@ mod tests {
     fn no_webhook_no_notifier() {
         let cfg = NotifyConfig {
             webhook: None,
+            allow_http: false,
             timeout: Duration::from_secs(5),
         };
         assert!(Notifier::new(&cfg).is_none());
@@ -645,6 +648,39 @@ mod tests {
         assert_eq!(json["generation"], "g7");
         assert_eq!(json["host"], hostname());
         assert!(json["time"].as_str().unwrap().ends_with('Z'), "{json}");
+    }
+
+    /// The host shown in messages is the host the request goes to, for a URL a hand-made
+    /// parser reads otherwise (`\` is `/`, so what follows the `@` is path).
+    #[tokio::test]
+    async fn the_host_shown_is_the_host_connected_to() {
+        let (url, rx) = receiver("403 Forbidden");
+        let addr = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap()
+            .to_owned();
+        let tricky = format!(r"http://{addr}\@evil.invalid{SECRET_PATH}");
+        let webhook = url::Url::parse(&tricky).unwrap();
+        let cfg = NotifyConfig {
+            webhook: Some(webhook),
+            allow_http: true,
+            timeout: Duration::from_secs(5),
+        };
+        let notifier = Notifier::new(&cfg).unwrap();
+        assert_eq!(notifier.webhook_redacted(), format!("http://{addr}/…"));
+        let err = notifier.send_now(sample()).await.unwrap_err();
+        let (head, _) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            head.starts_with(&format!("POST /@evil.invalid{SECRET_PATH} HTTP/1.1\r\n")),
+            "{head}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("webhook http://{addr}/… answered 403")),
+            "{msg}"
+        );
+        assert!(!msg.contains("evil"), "{msg}");
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tempfile::NamedTempFile;
 
 use super::output_tail;
+use super::redact::Redactor;
 
 /// How long `test_command` or `reload_command` may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -307,6 +308,8 @@ pub struct Nginx {
     pid_file: Option<PathBuf>,
     /// Worker pids of configurations replaced by our reloads, until they exit.
     retiring: std::sync::Mutex<Vec<Worker>>,
+    /// Cleans the commands' output of the env file's values before it goes into an error.
+    redactor: Redactor,
 }
 
 impl Nginx {
@@ -327,7 +330,14 @@ impl Nginx {
             keepalive: 0,
             pid_file: None,
             retiring: std::sync::Mutex::new(Vec::new()),
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Sets what the commands' output is cleaned of (the env file's values).
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Sets the idle connections to the app each worker keeps (`keepalive N;`, 0: none).
@@ -448,20 +458,38 @@ impl Nginx {
         })?;
         crate::test_pause_point("reload").await;
 
-        if let Err(e) = run_command(&self.test_command, self.command_timeout, Step::Test).await {
+        if let Err(e) = run_command(
+            &self.test_command,
+            self.command_timeout,
+            Step::Test,
+            &self.redactor,
+        )
+        .await
+        {
             self.restore(previous.as_deref(), &e)?;
             return Err(e);
         }
 
         let workers = self.workers();
-        if let Err(e) = run_command(&self.reload_command, self.command_timeout, Step::Reload).await
+        if let Err(e) = run_command(
+            &self.reload_command,
+            self.command_timeout,
+            Step::Reload,
+            &self.redactor,
+        )
+        .await
         {
             self.restore(previous.as_deref(), &e)?;
             // The reload may have half happened (a reload that timed out may still have taken
             // effect); a second one brings nginx back in line with the restored file if it
             // can. If it cannot, which file nginx runs is unknown.
-            if let Err(again) =
-                run_command(&self.reload_command, self.command_timeout, Step::Reload).await
+            if let Err(again) = run_command(
+                &self.reload_command,
+                self.command_timeout,
+                Step::Reload,
+                &self.redactor,
+            )
+            .await
             {
                 tracing::warn!(
                     error = %again,
@@ -601,8 +629,13 @@ enum Step {
 }
 
 /// Runs `argv` without a shell, stdin closed, killed after `timeout`. A non-zero exit
-/// becomes the `step`'s error with the exit status and the tail of its output.
-async fn run_command(argv: &[String], timeout: Duration, step: Step) -> Result<(), ProxyError> {
+/// becomes the `step`'s error with the exit status and the tail of its output, redacted.
+async fn run_command(
+    argv: &[String],
+    timeout: Duration,
+    step: Step,
+    redactor: &Redactor,
+) -> Result<(), ProxyError> {
     let command = super::display_command(argv);
     let Some((program, args)) = argv.split_first() else {
         return Err(ProxyError::Spawn {
@@ -630,7 +663,7 @@ async fn run_command(argv: &[String], timeout: Duration, step: Step) -> Result<(
     if output.status.success() {
         return Ok(());
     }
-    let output = describe_failure(output.status, &output.stderr, &output.stdout);
+    let output = describe_failure(output.status, &output.stderr, &output.stdout, redactor);
     Err(match step {
         Step::Test => ProxyError::TestFailed { command, output },
         Step::Reload => ProxyError::ReloadFailed { command, output },
@@ -639,8 +672,13 @@ async fn run_command(argv: &[String], timeout: Duration, step: Step) -> Result<(
 
 /// The exit status and the last lines of stdout then stderr, for an error message (nginx
 /// says what is wrong on stderr).
-fn describe_failure(status: std::process::ExitStatus, stderr: &[u8], stdout: &[u8]) -> String {
-    match output_tail(stdout, stderr) {
+fn describe_failure(
+    status: std::process::ExitStatus,
+    stderr: &[u8],
+    stdout: &[u8],
+    redactor: &Redactor,
+) -> String {
+    match output_tail(stdout, stderr, redactor) {
         tail if tail.is_empty() => format!("{status}, no output"),
         tail => format!("{status}\n{tail}"),
     }
@@ -918,6 +956,18 @@ mod tests {
         assert!(!marker.exists());
         // Only the test's temp file would be left otherwise.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn env_values_in_a_commands_output_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "printf 'nginx: [emerg] unknown directive \"hunter2-%s\"\\n' xyz >&2; exit 1";
+        let proxy = nginx(dir.path(), &["sh", "-c", script], &["true"])
+            .with_redactor(Redactor::new(&["SECRET_TOKEN=hunter2-xyz"]));
+        let err = proxy.switch(3002, "green").await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.ends_with("unknown directive \"[redacted]\""), "{msg}");
+        assert!(!format!("{err:?}").contains("hunter2-xyz"), "{err:?}");
     }
 
     #[tokio::test]

@@ -69,7 +69,10 @@ pub(crate) async fn submit(
     match lock::try_acquire(&cfg.state_dir, "fieldtrack deploy") {
         Ok(_lock) => converge_unless_superseded(cfg, desired).await,
         Err(LockError::Held { holder }) if holder.starts_with("daemon") => {
-            eprintln!("the daemon ({holder}) converges it; following its progress");
+            eprintln!(
+                "the daemon ({}) converges it; following its progress",
+                super::terminal::printable(&holder)
+            );
             follow(&cfg, desired, timeout).await
         }
         Err(LockError::Held { .. }) => {

@@ -9,6 +9,7 @@ mod plan;
 mod reconcile;
 mod rollback;
 mod show;
+pub mod terminal;
 
 use std::path::PathBuf;
 use std::time::Duration;

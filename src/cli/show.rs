@@ -1,7 +1,10 @@
-//! `fieldtrack status` and `fieldtrack history`: read-only views of the state files.
+//! `fieldtrack status` and `fieldtrack history`: read-only views of the state files. Text
+//! that came from outside (a log tail in the message, a note) is printed through
+//! [`printable`]; `--json` is safe as it is, since JSON escapes every control character.
 
 use serde_json::json;
 
+use super::terminal::printable;
 use super::CliError;
 use crate::apply::proxy::parse_port;
 use crate::config::Config;
@@ -37,14 +40,14 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
         Ok(d) => {
             print!("Desired   : {} (generation {}", d.image, d.generation);
             if let Some(by) = &d.by {
-                print!(", by {by}");
+                print!(", by {}", printable(by));
             }
             println!("{})", if d.paused { ", paused" } else { "" });
             if let Some(note) = &d.note {
-                println!("Note      : {note}");
+                println!("Note      : {}", printable(note));
             }
         }
-        Err(e) => println!("Desired   : unusable: {e}"),
+        Err(e) => println!("Desired   : unusable: {}", printable(&e.to_string())),
     }
     match status {
         None => println!("Phase     : no reconcile has run yet"),
@@ -52,19 +55,26 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
             match &s.live {
                 Some(live) => println!(
                     "Live      : {} {} ({}, 127.0.0.1:{})",
-                    live.color, live.image, live.container, live.port
+                    printable(&live.color),
+                    printable(&live.image),
+                    printable(&live.container),
+                    live.port
                 ),
                 None => println!("Live      : nothing"),
             }
             let step = s.step.map(|st| format!(" ({st})")).unwrap_or_default();
-            println!("Phase     : {}{step} since {}", s.phase, s.since);
+            println!(
+                "Phase     : {}{step} since {}",
+                s.phase,
+                printable(&s.since)
+            );
             if let Some(digest) = &s.digest {
-                println!("Digest    : {digest}");
+                println!("Digest    : {}", printable(digest));
             }
             if let Some(message) = &s.message {
-                println!("Message   : {message}");
+                println!("Message   : {}", printable(message));
             }
-            println!("Updated   : {}", s.updated_at);
+            println!("Updated   : {}", printable(&s.updated_at));
         }
     }
     match upstream {
@@ -80,7 +90,7 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
     if history.is_empty() {
         println!("History   : empty");
     } else {
-        println!("History   : {}", history.join(", "));
+        println!("History   : {}", printable(&history.join(", ")));
     }
     Ok(0)
 }
@@ -158,7 +168,7 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
                 line.push_str(&format!("  \"{note}\""));
             }
         }
-        println!("{line}");
+        println!("{}", printable(&line));
     }
     Ok(0)
 }

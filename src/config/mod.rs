@@ -195,8 +195,12 @@ pub struct HooksConfig {
 /// `[notify]`
 #[derive(Clone, PartialEq, Eq)]
 pub struct NotifyConfig {
-    /// `http(s)://` URL. It usually carries a token: print [`NotifyConfig::webhook_redacted`].
-    pub webhook: Option<String>,
+    /// `https://` URL (`http://` with `allow_http`), parsed once: it is what reqwest is
+    /// given, so the host shown is the host connected to. It usually carries a token:
+    /// print [`NotifyConfig::webhook_redacted`].
+    pub webhook: Option<url::Url>,
+    /// `notify.allow_http`: an `http://` webhook was accepted (default false).
+    pub allow_http: bool,
     /// Not zero.
     pub timeout: Duration,
 }
@@ -204,7 +208,7 @@ pub struct NotifyConfig {
 impl NotifyConfig {
     /// The webhook as it may appear in logs: scheme and host only.
     pub fn webhook_redacted(&self) -> Option<String> {
-        self.webhook.as_deref().map(rules::redact_url)
+        self.webhook.as_ref().map(rules::redact_url)
     }
 }
 
@@ -213,6 +217,7 @@ impl fmt::Debug for NotifyConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NotifyConfig")
             .field("webhook", &self.webhook_redacted())
+            .field("allow_http", &self.allow_http)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -503,17 +508,20 @@ impl Ctx<'_> {
         };
 
         let t = raw.notify.unwrap_or_default();
-        if let Some(url) = &t.webhook {
-            rules::check_webhook(url).map_err(|r| {
+        let allow_http = t.allow_http.unwrap_or(false);
+        let webhook = match &t.webhook {
+            None => None,
+            Some(url) => Some(rules::check_webhook(url, allow_http).map_err(|r| {
                 self.invalid(
                     "notify.webhook",
                     "(not shown: it may hold a token)".into(),
                     r,
                 )
-            })?;
-        }
+            })?),
+        };
         let notify = NotifyConfig {
-            webhook: t.webhook,
+            webhook,
+            allow_http,
             timeout: self.duration("notify.timeout", t.timeout, "5s", Zero::Refused)?,
         };
 
@@ -716,6 +724,7 @@ mod tests {
             cfg.notify,
             NotifyConfig {
                 webhook: None,
+                allow_http: false,
                 timeout: Duration::from_secs(5),
             }
         );
@@ -867,7 +876,7 @@ listen = "9187"
         assert_eq!(cfg.hooks.post_deploy, vec!["/usr/local/bin/announce"]);
         assert_eq!(cfg.hooks.timeout, Duration::from_secs(90));
         assert_eq!(
-            cfg.notify.webhook.as_deref(),
+            cfg.notify.webhook.as_ref().map(url::Url::as_str),
             Some("https://hooks.example.com/services/T0/B0/SECRET")
         );
         assert_eq!(cfg.notify.timeout, Duration::from_secs(1));
@@ -1258,6 +1267,12 @@ listen = "9187"
             "ftp://x/SECRET",
             "https://",
             "https://x/SEC RET",
+            "https://hooks.exa\nmple.com/SECRET",
+            "https://hooks.example.com:99999/SECRET",
+            "https://exa mple.com/SECRET",
+            "https:///SECRET",
+            "https://xn--/SECRET",
+            "file:///etc/SECRET",
         ] {
             let err = with(&format!("[notify]\nwebhook = {bad:?}\n")).unwrap_err();
             let msg = message(&err);
@@ -1276,6 +1291,87 @@ listen = "9187"
         let debug = format!("{cfg:?}");
         assert!(!debug.contains("SECRET"), "{debug}");
         assert!(debug.contains("hooks.example.com"), "{debug}");
+    }
+
+    /// Webhook URLs whose host a hand-made parser gets wrong: the host shown is the one the
+    /// URL parser (and so reqwest) finds. `\` is `/` to the URL standard, so what follows an
+    /// `@` after it is path: such URLs are refused, as is anything but `scheme://host`.
+    #[test]
+    fn the_webhook_host_shown_is_the_one_connected_to() {
+        for url in [
+            r"https://hooks.example.com\x@evil.com/T0/SECRET",
+            r"https://evil.com\@hooks.example.com/T0/SECRET",
+            "https:///hooks.example.com/SECRET",
+            "https:/hooks.example.com/SECRET",
+        ] {
+            let msg = err_of(&format!("[notify]\nwebhook = {url:?}\n"));
+            assert!(
+                msg.contains("notify.webhook: invalid value (not shown"),
+                "{msg}"
+            );
+            assert!(!msg.contains("SECRET"), "{msg}");
+        }
+        for (url, shown) in [
+            (
+                "https://hooks.example.com:SECRET@evil.com/T0",
+                "https://evil.com/…",
+            ),
+            (
+                "https://user:SECRET@hooks.example.com/",
+                "https://hooks.example.com/…",
+            ),
+            (
+                "https://hooks.example.com#@evil.com/SECRET",
+                "https://hooks.example.com/…",
+            ),
+            (
+                "https://hooks.example.com?@evil.com/SECRET",
+                "https://hooks.example.com/…",
+            ),
+            (
+                "https://HOOKS.Example.COM:8443/SECRET",
+                "https://hooks.example.com:8443/…",
+            ),
+            (
+                "https://hooks.example.com:443/SECRET",
+                "https://hooks.example.com/…",
+            ),
+            (
+                "https://bücher.example/SECRET",
+                "https://xn--bcher-kva.example/…",
+            ),
+            ("https://[::1]:8443/SECRET", "https://[::1]:8443/…"),
+        ] {
+            let cfg = with(&format!("[notify]\nwebhook = {url:?}\n"))
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(
+                cfg.notify.webhook_redacted().as_deref(),
+                Some(shown),
+                "{url}"
+            );
+            let debug = format!("{cfg:?}");
+            assert!(!debug.contains("SECRET"), "{debug}");
+        }
+    }
+
+    #[test]
+    fn a_webhook_over_http_needs_allow_http() {
+        let msg = err_of("[notify]\nwebhook = \"http://hooks.example.com/SECRET\"\n");
+        assert!(
+            msg.contains("notify.webhook: invalid value (not shown"),
+            "{msg}"
+        );
+        assert!(msg.contains("allow_http = true"), "{msg}");
+        assert!(!msg.contains("SECRET"), "{msg}");
+        let cfg = with("[notify]\nwebhook = \"http://127.0.0.1:8080/SECRET\"\nallow_http = true\n")
+            .unwrap();
+        assert_eq!(
+            cfg.notify.webhook_redacted().as_deref(),
+            Some("http://127.0.0.1:8080/…")
+        );
+        // allow_http allows http, nothing else.
+        let msg = err_of("[notify]\nwebhook = \"ftp://x/SECRET\"\nallow_http = true\n");
+        assert!(msg.contains("https://"), "{msg}");
     }
 
     #[test]

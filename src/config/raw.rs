@@ -96,6 +96,7 @@ pub struct RawHooks {
 #[serde(deny_unknown_fields)]
 pub struct RawNotify {
     pub webhook: Option<String>,
+    pub allow_http: Option<bool>,
     pub timeout: Option<RawDuration>,
 }
 

@@ -136,37 +136,58 @@ pub fn check_docker_host(host: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An `http://` or `https://` URL with a host. The reason never repeats the URL: webhook
-/// URLs carry their token in the path.
-pub fn check_webhook(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    let Some(rest) = rest else {
-        return Err("must start with http:// or https://".into());
-    };
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+/// The webhook URL, parsed by the `url` crate, the same parser reqwest uses to decide where
+/// to connect, so that the host fieldtrack shows ([`redact_url`]) is exactly the host it
+/// sends to. (A hand-made split got `https://evil.com\@hooks.example.com/` wrong: to the URL
+/// standard `\` is `/`, so the host is evil.com, not what follows the `@`. A backslash in a
+/// webhook URL can only mislead, so it is refused outright.)
+///
+/// `https://` only, or `http://` when `allow_http` (a receiver on loopback or a private
+/// network): the payload names images and failures, and the URL carries a token. The
+/// reason never repeats the URL.
+pub fn check_webhook(value: &str, allow_http: bool) -> Result<url::Url, String> {
+    // The URL standard silently drops tabs and newlines inside a URL; refuse them instead.
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain whitespace or control characters".into());
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    if host.is_empty() || host.starts_with(':') {
+    // The parser reads `\` as `/` and forgives missing or extra slashes after the scheme
+    // (`https:/host`, `https:///host`): refused, so that the host is where it seems to be.
+    if value.contains('\\') {
+        return Err(r"must not contain '\' (URL parsers read it as '/')".into());
+    }
+    if !value
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'))
+    {
+        return Err("must name a host right after the scheme and its //".into());
+    }
+    let url = url::Url::parse(value).map_err(|e| format!("is not a valid URL: {e}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" => {
+            return Err(
+                "must start with https:// (set allow_http = true in [notify] for a receiver \
+                 on a trusted network)"
+                    .into(),
+            )
+        }
+        _ => return Err("must start with https://".into()),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
         return Err("must name a host after the scheme".into());
     }
-    Ok(())
+    Ok(url)
 }
 
-/// The part of a URL that is safe to print: scheme and host, without user info, path or
-/// query (where tokens live). `https://hooks.example.com/services/T0/B0/XYZ` gives
-/// `https://hooks.example.com/…`.
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = authority.rsplit('@').next().unwrap_or("");
-            format!("{scheme}://{host}/…")
-        }
-        None => "…".into(),
+/// The part of a URL that is safe to print: scheme, host and a port other than the
+/// scheme's default, without user info, path or query (where tokens live).
+/// `https://hooks.example.com/services/T0/B0/XYZ` gives `https://hooks.example.com/…`.
+pub fn redact_url(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}/…", url.scheme()),
+        None => format!("{}://{host}/…", url.scheme()),
     }
 }
 
@@ -345,41 +366,66 @@ mod tests {
     fn webhooks() {
         for ok in [
             "https://hooks.example.com/services/T0/B0/XYZ",
-            "http://127.0.0.1:9000/hook",
             "https://user:pass@example.com",
+            "https://[::1]:8443/x",
         ] {
-            check_webhook(ok).unwrap();
+            check_webhook(ok, false).unwrap();
         }
-        for bad in [
-            "",
-            "hooks.example.com/x",
-            "ftp://example.com",
-            "https://",
-            "https:///path",
-            "https://:443/x",
-            "https://a b/",
-            "https://x/\n",
+        check_webhook("http://127.0.0.1:9000/hook", true).unwrap();
+        for (bad, allow_http) in [
+            ("", false),
+            ("hooks.example.com/x", false),
+            ("ftp://example.com", true),
+            ("file:///etc/passwd", true),
+            ("https://", false),
+            ("https:///path", false),
+            ("https://:443/x", false),
+            ("https://a b/", false),
+            ("https://x/\n", false),
+            ("https://hooks.exa\tmple.com/", false),
+            ("http://127.0.0.1:9000/hook", false),
+            ("https://example.com:65536/", false),
+            ("https://exa%20mple.com/", false),
+            (r"https://hooks.example.com\x@evil.com/", false),
+            (r"https://evil.com\@hooks.example.com/", false),
+            ("https:/hooks.example.com/", false),
+            ("https:hooks.example.com/", false),
         ] {
-            let reason = check_webhook(bad).expect_err(bad);
+            let reason = check_webhook(bad, allow_http).expect_err(bad);
             assert!(bad.is_empty() || !reason.contains(bad), "{reason}");
         }
+        let reason = check_webhook("http://hooks.example.com/x", false).unwrap_err();
+        assert!(reason.contains("allow_http = true"), "{reason}");
     }
 
     #[test]
-    fn redaction_keeps_only_scheme_and_host() {
+    fn redaction_keeps_only_scheme_host_and_port() {
+        let redact = |url: &str| redact_url(&url::Url::parse(url).unwrap());
         assert_eq!(
-            redact_url("https://hooks.example.com/services/T0/B0/SECRET"),
+            redact("https://hooks.example.com/services/T0/B0/SECRET"),
             "https://hooks.example.com/…"
         );
         assert_eq!(
-            redact_url("https://user:SECRET@example.com:8443/x?token=SECRET"),
+            redact("https://user:SECRET@example.com:8443/x?token=SECRET"),
             "https://example.com:8443/…"
         );
         assert_eq!(
-            redact_url("https://example.com?token=SECRET"),
+            redact("https://example.com?token=SECRET"),
             "https://example.com/…"
         );
-        assert_eq!(redact_url("SECRET"), "…");
+        // The host reqwest connects to, whatever the text around it suggests.
+        assert_eq!(
+            redact(r"https://evil.example\@hooks.example.com/SECRET"),
+            "https://evil.example/…"
+        );
+        assert_eq!(
+            redact("https://hooks.example.com@evil.example/SECRET"),
+            "https://evil.example/…"
+        );
+        assert_eq!(
+            redact("https://ÉXAMPLE.com/x"),
+            "https://xn--xample-9ua.com/…"
+        );
     }
 
     #[test]

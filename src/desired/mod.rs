@@ -324,11 +324,22 @@ pub fn generation_of(bytes: &[u8]) -> String {
 }
 
 /// The rule for `note` and `by`: no control characters (newline and tab included: the
-/// text ends up on one line of the audit log and the terminal), at most `max_chars`
-/// characters.
+/// text ends up on one line of the audit log and the terminal), no bidi controls (they
+/// reorder what is shown: a note could display as something it does not say) and no
+/// Unicode line separators, at most `max_chars` characters.
 pub fn check_text(text: &str, max_chars: usize) -> Result<(), String> {
     if let Some(c) = text.chars().find(|c| c.is_control()) {
         return Err(format!("must not contain control characters (found {c:?})"));
+    }
+    if let Some(c) = text.chars().find(|&c| is_bidi_control(c)) {
+        return Err(format!(
+            "must not contain bidi control characters (found {c:?})"
+        ));
+    }
+    if let Some(c) = text.chars().find(|&c| is_line_separator(c)) {
+        return Err(format!(
+            "must not contain a Unicode line separator (found {c:?})"
+        ));
     }
     let len = text.chars().count();
     if len > max_chars {
@@ -339,11 +350,27 @@ pub fn check_text(text: &str, max_chars: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes any text pass [`check_text`]: control characters become spaces and the text is cut
-/// to `max_chars` characters.
+/// Bidi embeddings and overrides (U+202A-U+202E) and isolates (U+2066-U+2069).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The Unicode line and paragraph separators (U+2028, U+2029).
+pub fn is_line_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Makes any text pass [`check_text`]: control characters, bidi controls and line
+/// separators become spaces and the text is cut to `max_chars` characters.
 pub fn sanitize_text(text: &str, max_chars: usize) -> String {
     text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() || is_bidi_control(c) || is_line_separator(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .take(max_chars)
         .collect()
 }
@@ -566,6 +593,17 @@ mod tests {
                 "image = \"v1\"\nnote = \"\"\"\nmulti\nline\"\"\"\n".to_string(),
                 "note",
             ),
+            // Bidi controls reorder what a terminal shows; line separators break a line.
+            (
+                "image = \"v1\"\nnote = \"deploy \\u202Eolleh\"\n".to_string(),
+                "note",
+            ),
+            (
+                "image = \"v1\"\nby = \"ci\\u2066x\\u2069\"\n".to_string(),
+                "by",
+            ),
+            ("image = \"v1\"\nnote = \"a\\u2028b\"\n".to_string(), "note"),
+            ("image = \"v1\"\nby = \"a\\u2029b\"\n".to_string(), "by"),
         ] {
             let err = parse(&text).expect_err(&text);
             assert!(
@@ -675,7 +713,18 @@ mod tests {
         assert!(check_text("a\u{7f}", 10).is_err());
         assert!(check_text("a\u{85}", 10).is_err());
         assert!(check_text("abc", 2).is_err());
+        for c in ('\u{202a}'..='\u{202e}').chain('\u{2066}'..='\u{2069}') {
+            let err = check_text(&format!("a{c}b"), 10).unwrap_err();
+            assert!(err.contains("bidi"), "{c:?}: {err}");
+        }
+        for c in ['\u{2028}', '\u{2029}'] {
+            let err = check_text(&format!("a{c}b"), 10).unwrap_err();
+            assert!(err.contains("line separator"), "{c:?}: {err}");
+        }
+        // Neighbours that are harmless stay allowed: zero-width joiner (emoji), LRM's range.
+        assert_eq!(check_text("👩\u{200d}💻 ok", 10), Ok(()));
         assert_eq!(sanitize_text("a\nb\tc", 10), "a b c");
+        assert_eq!(sanitize_text("a\u{202e}b\u{2028}c", 10), "a b c");
         assert_eq!(sanitize_text("éééé", 2), "éé");
     }
 

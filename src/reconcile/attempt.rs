@@ -11,6 +11,7 @@ use crate::apply::health::{probe_delays, ProbeOutcome, Prober};
 use crate::apply::hooks::{run_hook, HookContext, POST_DEPLOY, PRE_SWITCH};
 use crate::apply::notify::{Event, Notification};
 use crate::apply::proxy::Proxy;
+use crate::apply::redact::Redactor;
 use crate::apply::runtime::{
     ContainerSpec, ContainerState, Runtime, LABEL_APP, LABEL_COLOR, LABEL_DESIRED,
     LABEL_GENERATION, LABEL_IMAGE,
@@ -323,6 +324,7 @@ fn hook_context<R: Runtime, P: Proxy, H: Prober>(
         previous: at.previous.clone(),
         color: at.color,
         port,
+        redactor: Redactor::from_env_file(&rc.cfg.container.env_file),
     }
 }
 
@@ -638,14 +640,16 @@ fn describe(outcome: &ProbeOutcome) -> String {
     }
 }
 
-/// The candidate's last log lines, for the error message.
+/// The candidate's last log lines, for the error message (and so status.json, the audit
+/// log, the webhook): the env file's values redacted, since an app may print its own.
 async fn last_logs<R: Runtime, P: Proxy, H: Prober>(
     rc: &Reconciler<R, P, H>,
     name: &str,
 ) -> String {
-    match rc.runtime.logs(name, LOG_LINES).await {
+    let logs = match rc.runtime.logs(name, LOG_LINES).await {
         Ok(logs) if logs.trim().is_empty() => "(no output)".to_string(),
         Ok(logs) => logs.trim_end().to_string(),
         Err(e) => format!("(cannot read the logs: {e})"),
-    }
+    };
+    Redactor::from_env_file(&rc.cfg.container.env_file).redact(&logs)
 }

@@ -23,6 +23,7 @@ pub use error::{error_policy, ReconcileError, Requeue};
 use crate::apply::health::{HealthError, HttpProber, Prober};
 use crate::apply::notify::Notifier;
 use crate::apply::proxy::{Nginx, Proxy};
+use crate::apply::redact::Redactor;
 use crate::apply::runtime::{Docker, Runtime};
 use crate::config::Config;
 use crate::desired::Desired;
@@ -45,7 +46,8 @@ impl LiveReconciler {
             cfg.nginx.reload_command.clone(),
         )
         .with_pid_file(cfg.nginx.pid_file.clone())
-        .with_keepalive(cfg.nginx.upstream_keepalive);
+        .with_keepalive(cfg.nginx.upstream_keepalive)
+        .with_redactor(Redactor::from_env_file(&cfg.container.env_file));
         let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
         let mut rc = Reconciler::new(cfg, docker, nginx, prober, trigger);
         rc.notifier = Notifier::new(&rc.cfg.notify);
