@@ -44,8 +44,8 @@ pub struct Site {
     docker_host: String,
     nginx: PathBuf,
     keep: bool,
-    /// Local images made for this site alone, removed with it.
-    local_images: Vec<String>,
+    /// A repository made for this site alone, whose local images go with it.
+    own_repository: Option<String>,
     /// Config values, section -> key -> TOML literal; section "" is the top level.
     config: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -69,7 +69,7 @@ impl Site {
             .unwrap_or_else(|e| panic!("cannot push to the private registry: {e}"));
         site.set("repository", &quote(&repository));
         site.repository = repository;
-        site.local_images = ["v1", "v2"].iter().map(|t| site.image(t)).collect();
+        site.own_repository = Some(site.repository.clone());
         site
     }
 
@@ -106,7 +106,7 @@ impl Site {
             docker_host: bed.docker_host.clone(),
             nginx: bed.nginx.clone(),
             keep: options.keep,
-            local_images: Vec::new(),
+            own_repository: None,
             nginx_port: ports[0],
             blue_port: ports[1],
             green_port: ports[2],
@@ -323,8 +323,14 @@ http {{
     /// Stops nginx, removes the containers and the folder.
     pub fn teardown(&self) {
         teardown_dir(&self.dir, &self.app, &self.docker_host);
-        if !self.local_images.is_empty() {
-            let _ = util::run(self.docker().arg("rmi").args(&self.local_images));
+        if let Some(repository) = &self.own_repository {
+            // By id: an image pulled by digest has no tag to remove it by.
+            let ids =
+                util::run(self.docker().args(["images", "-q", repository])).unwrap_or_default();
+            let ids: Vec<&str> = ids.lines().collect();
+            if !ids.is_empty() {
+                let _ = util::run(self.docker().args(["rmi", "-f"]).args(&ids));
+            }
         }
     }
 }
