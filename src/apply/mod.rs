@@ -1,6 +1,7 @@
 //! Applying a plan: the only code that touches the outside world. One module per external
 //! system, each behind a trait so the decision logic can be tested with fakes.
 
+pub mod credentials;
 pub mod env_file;
 pub mod health;
 pub mod hooks;

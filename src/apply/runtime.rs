@@ -19,6 +19,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+use crate::apply::credentials::{self, Login};
 use crate::config::Color;
 
 /// Label naming the app a container belongs to.
@@ -132,15 +133,40 @@ pub enum RuntimeError {
         #[source]
         source: bollard::errors::Error,
     },
-    /// The registry has no such image (or tag).
-    #[error("image {reference} was not found in its registry: {message}")]
-    ImageNotFound { reference: String, message: String },
-    /// The registry refused our credentials or requires some.
-    #[error("registry refused access to {reference}: {message}")]
-    Unauthorized { reference: String, message: String },
+    /// The registry has no such image: no such tag or repository (manifest unknown).
+    #[error("image {reference} was not found in registry {registry} (no such tag or repository): {message}")]
+    ImageNotFound {
+        reference: String,
+        registry: String,
+        message: String,
+    },
+    /// The registry wants a login and fieldtrack had no credentials to give it.
+    #[error("registry {registry} wants a login, and fieldtrack has no credentials for it ({why}): run `docker login {registry}` as the user that runs fieldtrack (root for the systemd unit), or set DOCKER_CONFIG for the unit to a folder whose config.json holds them. The registry said: {message}")]
+    LoginRequired {
+        registry: String,
+        /// Where fieldtrack looked, or why the lookup failed.
+        why: String,
+        message: String,
+    },
+    /// The registry refused the credentials fieldtrack sent (wrong user or password, an
+    /// expired token, or a user without pull access).
+    #[error("registry {registry} refused the credentials fieldtrack sent (from {from}): check the user and password (or token) and that it may pull this repository, then run `docker login {registry}` again as the user that runs fieldtrack (root for the systemd unit), or set DOCKER_CONFIG for the unit to the right config. The registry said: {message}")]
+    CredentialsRefused {
+        registry: String,
+        /// Where the credentials came from (a file or a credential helper).
+        from: String,
+        message: String,
+    },
     /// The registry could not be reached while pulling.
     #[error("registry for {reference} is unreachable: {message}")]
     RegistryUnreachable { reference: String, message: String },
+    /// Any other refusal of the registry or the engine to pull.
+    #[error("pulling {reference} from registry {registry} failed: {message}")]
+    PullFailed {
+        reference: String,
+        registry: String,
+        message: String,
+    },
     /// A container that fieldtrack does not manage (no labels for the app) holds the name of
     /// the color to start; it is left alone.
     #[error("a container named {name} exists but is not managed by fieldtrack (no fieldtrack.app label); it was left alone: remove or rename it (docker rm -f {name}) once nothing depends on it, then deploy again")]
@@ -293,32 +319,25 @@ pub(crate) fn registry_of(reference: &str) -> String {
     }
 }
 
-/// Credentials for a registry from the Docker config (`auths`, `credsStore`, `credHelpers`).
-/// None means anonymous; a broken helper is logged, not fatal, since public images need none.
-fn credentials(reference: &str) -> Option<bollard::auth::DockerCredentials> {
+/// The registry as messages and `docker login` name it: `docker.io` for Docker Hub.
+fn registry_shown(reference: &str) -> String {
+    match registry_of(reference) {
+        server if server.starts_with("https://") => "docker.io".to_string(),
+        server => server,
+    }
+}
+
+/// Credentials for the registry of `reference` from the Docker config. A lookup that fails
+/// (a broken helper, an unreadable config) is logged, without any secret or helper output,
+/// and the pull goes anonymous, since public images need none; the pull's error then says
+/// why there were no credentials.
+async fn login_for(reference: &str) -> Login {
     let server = registry_of(reference);
-    match docker_credential::get_credential(&server) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(username, password)) => {
-            Some(bollard::auth::DockerCredentials {
-                username: Some(username),
-                password: Some(password),
-                serveraddress: Some(server),
-                ..Default::default()
-            })
-        }
-        Ok(docker_credential::DockerCredential::IdentityToken(token)) => {
-            Some(bollard::auth::DockerCredentials {
-                identitytoken: Some(token),
-                serveraddress: Some(server),
-                ..Default::default()
-            })
-        }
-        Err(docker_credential::CredentialRetrievalError::ConfigNotFound)
-        | Err(docker_credential::CredentialRetrievalError::ConfigReadError)
-        | Err(docker_credential::CredentialRetrievalError::NoCredentialConfigured) => None,
+    match credentials::lookup(&server, &credentials::Source::from_env()).await {
+        Ok(login) => login,
         Err(e) => {
-            tracing::warn!(registry = %server, error = ?e, "cannot read registry credentials; pulling anonymously");
-            None
+            tracing::warn!(registry = %server, error = %e, "cannot read registry credentials; pulling anonymously");
+            Login::Missing { why: e.to_string() }
         }
     }
 }
@@ -406,9 +425,10 @@ impl Runtime for Docker {
             .from_image(repo)
             .tag(tag)
             .build();
+        let login = login_for(reference).await;
         let mut stream = self
             .client
-            .create_image(Some(options), None, credentials(reference));
+            .create_image(Some(options), None, login.credentials());
         while let Some(item) = stream.next().await {
             let message = match item {
                 Ok(info) => match info.error_detail.and_then(|d| d.message) {
@@ -419,7 +439,7 @@ impl Runtime for Docker {
                 Err(bollard::errors::Error::DockerStreamError { error }) => error,
                 Err(e) => return Err(self.classify(format!("pull {reference}"), e)),
             };
-            return Err(pull_error(reference, message));
+            return Err(pull_error(reference, &login, message));
         }
         Ok(())
     }
@@ -561,7 +581,7 @@ impl Runtime for Docker {
     async fn registry_digest(&self, reference: &str) -> Option<String> {
         match self
             .client
-            .inspect_registry_image(reference, credentials(reference))
+            .inspect_registry_image(reference, login_for(reference).await.credentials())
             .await
         {
             Ok(inspect) => inspect.descriptor.digest,
@@ -597,28 +617,67 @@ impl Runtime for Docker {
     }
 }
 
-/// Sorts a pull failure: a missing image waits for a new desired state, an unreachable
-/// registry is retried.
-fn pull_error(reference: &str, message: String) -> RuntimeError {
-    let lower = message.to_lowercase();
-    let reference = reference.to_string();
-    if lower.contains("not found") || lower.contains("manifest unknown") {
-        RuntimeError::ImageNotFound { reference, message }
-    } else if lower.contains("unauthorized")
-        || lower.contains("denied")
-        || lower.contains("authentication required")
-    {
-        RuntimeError::Unauthorized { reference, message }
-    } else if lower.contains("connection refused")
-        || lower.contains("no such host")
-        || lower.contains("timeout")
-        || lower.contains("i/o timeout")
-        || lower.contains("dial tcp")
-        || lower.contains("tls handshake")
-    {
+/// Sorts a pull failure by what the operator must do: log in (no credentials, or refused
+/// ones), fix the image name, or wait for the registry (retried); anything else waits for a
+/// new desired state too. `login` is what was sent, which tells "wants a login" apart from
+/// "refused the login".
+fn pull_error(reference: &str, login: &Login, message: String) -> RuntimeError {
+    // The reference's own words (a repository named `denied`) must not steer the sort.
+    let lower = message
+        .to_lowercase()
+        .replace(&reference.to_lowercase(), "");
+    let has = |phrases: &[&str]| phrases.iter().any(|p| lower.contains(p));
+    let (reference, registry) = (reference.to_string(), registry_shown(reference));
+    // Docker Hub answers a missing repository as it answers a private one ("pull access
+    // denied ... may require 'docker login'"): without credentials that is a login to give.
+    if has(&[
+        "no basic auth credentials",
+        "unauthorized",
+        "authentication required",
+        "denied",
+        "docker login",
+    ]) {
+        return match login {
+            Login::Found { from, .. } => RuntimeError::CredentialsRefused {
+                registry,
+                from: from.clone(),
+                message,
+            },
+            Login::Missing { why } => RuntimeError::LoginRequired {
+                registry,
+                why: why.clone(),
+                message,
+            },
+        };
+    }
+    if has(&[
+        "not found",
+        "manifest unknown",
+        "name unknown",
+        "does not exist",
+    ]) {
+        RuntimeError::ImageNotFound {
+            reference,
+            registry,
+            message,
+        }
+    } else if has(&[
+        "connection refused",
+        "connection reset",
+        "no such host",
+        "no route to host",
+        "network is unreachable",
+        "timeout",
+        "dial tcp",
+        "tls handshake",
+    ]) {
         RuntimeError::RegistryUnreachable { reference, message }
     } else {
-        RuntimeError::ImageNotFound { reference, message }
+        RuntimeError::PullFailed {
+            reference,
+            registry,
+            message,
+        }
     }
 }
 
@@ -661,21 +720,98 @@ mod tests {
         );
     }
 
+    fn anonymous() -> Login {
+        Login::Missing {
+            why: "none for 127.0.0.1:5056 in /root/.docker/config.json".into(),
+        }
+    }
+
+    fn logged_in() -> Login {
+        Login::Found {
+            credentials: bollard::auth::DockerCredentials::default(),
+            from: "/root/.docker/config.json".into(),
+        }
+    }
+
     #[test]
     fn pull_errors_are_sorted_by_retry_worth() {
+        let r = "127.0.0.1:5056/private/app:v1";
         let missing = pull_error(
-            "r/app:v1",
-            "manifest for r/app:v1 not found: manifest unknown".into(),
+            r,
+            &logged_in(),
+            format!("manifest for {r} not found: manifest unknown: manifest unknown"),
         );
-        assert!(matches!(missing, RuntimeError::ImageNotFound { .. }));
+        assert!(
+            matches!(missing, RuntimeError::ImageNotFound { .. }),
+            "{missing}"
+        );
         assert!(!missing.is_transient());
         let down = pull_error(
-            "r/app:v1",
+            r,
+            &anonymous(),
             "Get \"http://127.0.0.1:1/v2/\": dial tcp 127.0.0.1:1: connect: connection refused"
                 .into(),
         );
+        assert!(
+            matches!(down, RuntimeError::RegistryUnreachable { .. }),
+            "{down}"
+        );
         assert!(down.is_transient());
-        let denied = pull_error("r/app:v1", "unauthorized: authentication required".into());
-        assert!(matches!(denied, RuntimeError::Unauthorized { .. }));
+        let odd = pull_error(r, &anonymous(), "something else entirely".into());
+        assert!(matches!(odd, RuntimeError::PullFailed { .. }), "{odd}");
+        assert!(!odd.is_transient());
+    }
+
+    /// The engine's words (20.10) for a registry with htpasswd auth.
+    #[test]
+    fn a_registry_wanting_a_login_is_not_a_missing_image() {
+        let r = "127.0.0.1:5056/private/app:v1";
+        for message in [
+            "Head \"http://127.0.0.1:5056/v2/private/app/manifests/v1\": no basic auth credentials",
+            "error pulling image configuration: download failed after attempts=1: no basic auth credentials",
+            "pull access denied for private/app, repository does not exist or may require 'docker login': denied: requested access to the resource is denied",
+        ] {
+            let err = pull_error(r, &anonymous(), message.into());
+            assert!(matches!(err, RuntimeError::LoginRequired { .. }), "{err}");
+            assert!(!err.is_transient());
+            let text = err.to_string();
+            assert!(
+                text.starts_with("registry 127.0.0.1:5056 wants a login"),
+                "{text}"
+            );
+            assert!(text.contains("docker login 127.0.0.1:5056"), "{text}");
+            assert!(text.contains("DOCKER_CONFIG"), "{text}");
+            assert!(text.contains("none for 127.0.0.1:5056 in"), "{text}");
+        }
+        let refused = pull_error(
+            r,
+            &logged_in(),
+            "unauthorized: authentication required".into(),
+        );
+        assert!(
+            matches!(refused, RuntimeError::CredentialsRefused { .. }),
+            "{refused}"
+        );
+        assert!(!refused.is_transient());
+        assert!(refused
+            .to_string()
+            .starts_with("registry 127.0.0.1:5056 refused the credentials fieldtrack sent (from /root/.docker/config.json)"));
+    }
+
+    #[test]
+    fn words_of_the_reference_do_not_steer_the_sort() {
+        let r = "127.0.0.1:5000/denied/app:v1";
+        let err = pull_error(
+            r,
+            &anonymous(),
+            format!("manifest for {r} not found: manifest unknown"),
+        );
+        assert!(matches!(err, RuntimeError::ImageNotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn docker_hub_is_named_as_docker_login_takes_it() {
+        assert_eq!(registry_shown("library/nginx:1"), "docker.io");
+        assert_eq!(registry_shown("ghcr.io/x/api:v1"), "ghcr.io");
     }
 }

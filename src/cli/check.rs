@@ -120,7 +120,7 @@ pub async fn check(path: &Path) -> Vec<Finding> {
             None
         }
     };
-    out.push(credentials_finding(&cfg.repository));
+    out.push(credentials_finding(&cfg.repository).await);
     out.push(upstream_file_finding(&cfg));
     out.extend(nginx_findings(&cfg).await);
     out.push(pid_file_finding(&cfg));
@@ -269,19 +269,24 @@ fn docker_unreachable(cfg: &Config, reason: &str) -> Finding {
 
 /// Whether the Docker config has credentials for the repository's registry. Never prints
 /// them, nor a credential helper's output (it may hold one).
-fn credentials_finding(repository: &str) -> Finding {
-    use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+async fn credentials_finding(repository: &str) -> Finding {
+    use crate::apply::credentials::{self, CredentialError, Login};
     let registry = registry_of(repository);
-    let config_file = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))
-        .map(|d| d.join("config.json"));
-    let shown = config_file
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "no Docker config ($HOME and $DOCKER_CONFIG unset)".into());
-    let anonymous = |why: &str| {
-        Finding::new(
+    let source = credentials::Source::from_env();
+    match credentials::lookup(&registry, &source).await {
+        Ok(Login::Found { credentials, from }) => {
+            let kind = if credentials.identitytoken.is_some() {
+                "identity token"
+            } else {
+                "user and password"
+            };
+            Finding::new(
+                Level::Ok,
+                "registry",
+                format!("credentials for {registry} found in {from} ({kind})"),
+            )
+        }
+        Ok(Login::Missing { why }) => Finding::new(
             Level::Warn,
             "registry",
             format!(
@@ -289,57 +294,26 @@ fn credentials_finding(repository: &str) -> Finding {
                  repository; for a private one run `docker login {registry}` as the user that \
                  runs fieldtrack (or set DOCKER_CONFIG)"
             ),
-        )
-    };
-    match docker_credential::get_credential(&registry) {
-        Ok(DockerCredential::UsernamePassword(..)) => Finding::new(
-            Level::Ok,
-            "registry",
-            format!("credentials for {registry} found in {shown} (user and password)"),
         ),
-        Ok(DockerCredential::IdentityToken(_)) => Finding::new(
-            Level::Ok,
-            "registry",
-            format!("credentials for {registry} found in {shown} (identity token)"),
-        ),
-        Err(E::NoCredentialConfigured) => anonymous(&format!("none in {shown}")),
-        Err(E::ConfigNotFound) => anonymous(&shown),
-        Err(E::ConfigReadError) if !config_file.as_ref().is_some_and(|p| p.exists()) => {
-            anonymous(&format!("{shown} does not exist"))
-        }
-        Err(E::ConfigReadError) => Finding::new(
+        Err(e @ CredentialError::Config { .. }) => Finding::new(
             Level::Fail,
             "registry",
-            format!(
-                "cannot read {shown} (not JSON, or unreadable): fieldtrack would pull \
-                 {registry} anonymously. Fix or remove the file"
-            ),
+            format!("{e}: fieldtrack would pull {registry} anonymously. Fix or remove the file"),
         ),
-        Err(E::HelperFailure { helper, stderr, .. }) => Finding::new(
+        Err(e @ CredentialError::Invalid { .. }) => Finding::new(
             Level::Fail,
             "registry",
-            format!(
-                "credential helper `{helper}` for {registry} (from {shown}) failed: {}. Install \
-                 or fix it, or remove it from the file",
-                first_line(&stderr)
-            ),
+            format!("{e}: run `docker login {registry}` again as the user that runs fieldtrack"),
         ),
         Err(e) => Finding::new(
             Level::Fail,
             "registry",
             format!(
-                "cannot get credentials for {registry} from {shown}: {}. Fix the file or \
-                 `docker login {registry}` again",
-                first_line(&e.to_string())
+                "{e} (named in {}): install or fix the helper, or remove it from the file",
+                source.shown()
             ),
         ),
     }
-}
-
-fn first_line(text: &str) -> String {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty());
-    let line = line.unwrap_or("no output");
-    line.chars().take(200).collect()
 }
 
 /// The upstream file exists and holds the configured block: nginx refuses to start

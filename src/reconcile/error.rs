@@ -160,6 +160,7 @@ mod tests {
             reference: "r:v".into(),
             source: RuntimeError::ImageNotFound {
                 reference: "r:v".into(),
+                registry: "r".into(),
                 message: "manifest unknown".into(),
             },
         };
@@ -167,6 +168,29 @@ mod tests {
             error_policy(&missing, Duration::from_secs(1)),
             Requeue::AwaitChange
         );
+        // A login to give (or to fix) waits for the operator, as a missing image does.
+        for source in [
+            RuntimeError::LoginRequired {
+                registry: "r".into(),
+                why: "none for r in /root/.docker/config.json".into(),
+                message: "no basic auth credentials".into(),
+            },
+            RuntimeError::CredentialsRefused {
+                registry: "r".into(),
+                from: "/root/.docker/config.json".into(),
+                message: "unauthorized: authentication required".into(),
+            },
+        ] {
+            let login = ReconcileError::Pull {
+                reference: "r:v".into(),
+                source,
+            };
+            assert_eq!(
+                error_policy(&login, Duration::from_secs(1)),
+                Requeue::AwaitChange,
+                "{login}"
+            );
+        }
         let down = ReconcileError::Pull {
             reference: "r:v".into(),
             source: RuntimeError::RegistryUnreachable {

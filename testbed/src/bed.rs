@@ -39,7 +39,16 @@ const PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("cc", "gcc"),
     ("systemd-analyze", "systemd"),
+    ("htpasswd", "apache2-utils"),
 ];
+
+/// The repository path of the test images in the private registry.
+const PRIVATE_IMAGE_PATH: &str = "private/app";
+/// The tags copied into the private registry.
+const PRIVATE_TAGS: &[&str] = &["v1", "v2"];
+/// The one user of the private registry; a loopback test registry needs no secret password.
+pub const PRIVATE_USER: &str = "fieldtrack";
+pub const PRIVATE_PASSWORD: &str = "testbed-password";
 
 /// A running bed. Cheap to clone; everything in it is a name or an address.
 #[derive(Debug, Clone)]
@@ -56,6 +65,14 @@ pub struct Bed {
     pub repository: String,
     /// Absolute path of the nginx binary.
     pub nginx: PathBuf,
+    /// `127.0.0.1:PORT` of the second registry, which wants a login (htpasswd): pulls without
+    /// credentials, or with wrong ones, are refused.
+    pub private_registry: String,
+    /// `127.0.0.1:PORT/private/app`, holding `v1` and `v2` of the test images.
+    pub private_repository: String,
+    /// The user and password the private registry accepts.
+    pub private_user: String,
+    pub private_password: String,
 }
 
 impl Bed {
@@ -91,16 +108,22 @@ impl Bed {
         let nginx = which("nginx").ok_or_else(|| BedError("nginx is not on PATH".into()))?;
         let docker_host = engine(&dir)?;
         let registry = registry(&dir)?;
+        let private_registry = private_registry(&dir)?;
         let bed = Bed {
             repository: format!("{registry}/{IMAGE_PATH}"),
+            private_repository: format!("{private_registry}/{PRIVATE_IMAGE_PATH}"),
             dir,
             workspace,
             docker_host,
             registry,
             nginx,
+            private_registry,
+            private_user: PRIVATE_USER.to_string(),
+            private_password: PRIVATE_PASSWORD.to_string(),
         };
         crate::site::sweep(&bed);
         bed.images()?;
+        bed.private_images()?;
         Ok(bed)
     }
 
@@ -113,8 +136,10 @@ impl Bed {
         let _lock = Flock::take(&dir.join("lock"))?;
         let host = format!("unix://{}", dir.join("docker.sock").display());
         crate::site::sweep_all(&dir, &host);
-        if let Some(pid) = util::read_pid(&dir.join("registry.pid")) {
-            util::stop_pid(pid, libc::SIGTERM, Duration::from_secs(5));
+        for pid_file in ["registry.pid", "private-registry.pid"] {
+            if let Some(pid) = util::read_pid(&dir.join(pid_file)) {
+                util::stop_pid(pid, libc::SIGTERM, Duration::from_secs(5));
+            }
         }
         stop_own_engine(&dir);
         Ok(())
@@ -156,15 +181,112 @@ impl Bed {
         Ok(repository)
     }
 
+    /// Copies `v1` and `v2` into a repository of the private registry of its own
+    /// (`private/NAME`), for tests that need tags nobody has pulled yet. Returns the new
+    /// repository. The local copies are removed, so that a deploy really pulls.
+    pub fn push_private(&self, name: &str) -> Result<String> {
+        let repository = format!("{}/private/{name}", self.private_registry);
+        self.copy_to_private(&repository)?;
+        Ok(repository)
+    }
+
+    /// Writes `DIR/config.json` as `docker login` would, holding `user:password` for the
+    /// private registry; `DOCKER_CONFIG=DIR` then makes fieldtrack (and the docker CLI) use it.
+    pub fn write_private_login(&self, dir: &Path, user: &str, password: &str) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| BedError(format!("{}: {e}", dir.display())))?;
+        let auth = util::base64(format!("{user}:{password}").as_bytes());
+        let config = format!(
+            "{{\n  \"auths\": {{\n    \"{}\": {{ \"auth\": \"{auth}\" }}\n  }}\n}}\n",
+            self.private_registry
+        );
+        let path = dir.join("config.json");
+        fs::write(&path, config).map_err(|e| BedError(format!("{}: {e}", path.display())))
+    }
+
     /// Lines of `KEY=value` describing the bed, for scripts (`eval "$(testbed up)"`).
     pub fn env_lines(&self) -> String {
         format!(
-            "export DOCKER_HOST={}\nexport FIELDTRACK_TEST_REGISTRY={}\nexport FIELDTRACK_TEST_REPOSITORY={}\nexport FIELDTRACK_TESTBED_DIR={}\n",
+            "export DOCKER_HOST={}\nexport FIELDTRACK_TEST_REGISTRY={}\nexport FIELDTRACK_TEST_REPOSITORY={}\nexport FIELDTRACK_TEST_PRIVATE_REGISTRY={}\nexport FIELDTRACK_TEST_PRIVATE_REPOSITORY={}\nexport FIELDTRACK_TEST_PRIVATE_USER={}\nexport FIELDTRACK_TEST_PRIVATE_PASSWORD={}\nexport FIELDTRACK_TESTBED_DIR={}\n",
             self.docker_host,
             self.registry,
             self.repository,
+            self.private_registry,
+            self.private_repository,
+            self.private_user,
+            self.private_password,
             self.dir.display()
         )
+    }
+
+    /// Copies the public `PRIVATE_TAGS` into the private registry unless it holds them,
+    /// copied from the public images as they are now (the stamp of `images`).
+    fn private_images(&self) -> Result<()> {
+        let stamp = fs::read_to_string(self.dir.join("images.stamp")).unwrap_or_default();
+        let stamp_file = self.dir.join("private-images.stamp");
+        let registry: SocketAddr = self.private_registry.parse().expect("registry is ip:port");
+        let listed = util::http_get_auth(
+            registry,
+            &format!("/v2/{PRIVATE_IMAGE_PATH}/tags/list"),
+            Some((&self.private_user, &self.private_password)),
+            Duration::from_secs(5),
+        )
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+        let all_there = PRIVATE_TAGS
+            .iter()
+            .all(|t| listed.contains(&format!("\"{t}\"")));
+        if all_there && fs::read_to_string(&stamp_file).ok() == Some(stamp.clone()) {
+            return Ok(());
+        }
+        eprintln!(
+            "testbed: pushing {} to the private registry",
+            PRIVATE_TAGS.join(" ")
+        );
+        self.copy_to_private(&self.private_repository)?;
+        fs::write(&stamp_file, stamp)
+            .map_err(|e| BedError(format!("cannot write {}: {e}", stamp_file.display())))
+    }
+
+    /// Pushes `PRIVATE_TAGS` to `repository` in the private registry and removes every local
+    /// copy. Each is the public tag with a label naming `repository`: an image (and digest)
+    /// of its own, so that removing it locally really makes the next pull go to the registry
+    /// (layers are shared, so this costs no space). The push logs in through a Docker config
+    /// of the bed's own, so no login is left where a test or fieldtrack would find it.
+    fn copy_to_private(&self, repository: &str) -> Result<()> {
+        let login = self.dir.join("private-docker-config");
+        self.write_private_login(&login, &self.private_user, &self.private_password)?;
+        let context = self.dir.join("build-private");
+        let dockerfile = context.join("Dockerfile");
+        if !dockerfile.exists() {
+            // Written once, by rename, so a concurrent build never reads half a file.
+            fs::create_dir_all(&context)
+                .map_err(|e| BedError(format!("{}: {e}", context.display())))?;
+            let temp = context.join(format!("Dockerfile.{}", std::process::id()));
+            fs::write(&temp, "ARG FROM\nFROM ${FROM}\n")
+                .and_then(|_| fs::rename(&temp, &dockerfile))
+                .map_err(|e| BedError(format!("{}: {e}", dockerfile.display())))?;
+        }
+        for tag in PRIVATE_TAGS {
+            let (from, to) = (self.image(tag), format!("{repository}:{tag}"));
+            util::run(self.docker().args(["pull", "-q", &from]))?;
+            util::run(
+                self.docker()
+                    .env("DOCKER_BUILDKIT", "0")
+                    .args(["build", "-q", "--build-arg"])
+                    .arg(format!("FROM={from}"))
+                    .arg("--label")
+                    .arg(format!("fieldtrack.testbed.repository={repository}"))
+                    .args(["-t", &to])
+                    .arg(&context),
+            )?;
+            util::run(
+                self.docker()
+                    .env("DOCKER_CONFIG", &login)
+                    .args(["push", "-q", &to]),
+            )?;
+            util::run(self.docker().args(["rmi", &to]))?;
+        }
+        Ok(())
     }
 
     /// Builds, pushes and removes locally the test images, unless the registry already holds
@@ -430,6 +552,81 @@ fn registry(dir: &Path) -> Result<String> {
         ));
     }
     Ok(format!("127.0.0.1:{port}"))
+}
+
+/// The private registry: like [`registry`], with htpasswd auth (bcrypt, `htpasswd -B`), its
+/// own port, storage and pid file.
+fn private_registry(dir: &Path) -> Result<String> {
+    let pid_file = dir.join("private-registry.pid");
+    let port_file = dir.join("private-registry.port");
+    let previous: Option<u16> = fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    if let (Some(pid), Some(port)) = (util::read_pid(&pid_file), previous) {
+        if util::pid_alive(pid) && private_registry_answers(port) {
+            return Ok(format!("127.0.0.1:{port}"));
+        }
+        util::stop_pid(pid, libc::SIGTERM, Duration::from_secs(5));
+    }
+    let port = match previous {
+        Some(p) if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() => p,
+        _ => util::free_ports(1)?[0],
+    };
+    let htpasswd = dir.join("private-registry.htpasswd");
+    let line = util::run(
+        Command::new(
+            which("htpasswd").ok_or_else(|| BedError("htpasswd is not installed".into()))?,
+        )
+        .args(["-n", "-b", "-B", PRIVATE_USER, PRIVATE_PASSWORD]),
+    )?;
+    fs::write(&htpasswd, line.trim())
+        .map_err(|e| BedError(format!("cannot write {}: {e}", htpasswd.display())))?;
+    let config = dir.join("private-registry.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nauth:\n  htpasswd:\n    realm: fieldtrack-testbed\n    path: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("private-registry-data").display(),
+            htpasswd.display()
+        ),
+    )
+    .map_err(|e| BedError(format!("cannot write {}: {e}", config.display())))?;
+    let program = which("docker-registry")
+        .ok_or_else(|| BedError("docker-registry is not installed".into()))?;
+    let log = dir.join("private-registry.log");
+    let mut child = spawn_detached(Command::new(program).arg("serve").arg(&config), &log)?;
+    fs::write(&pid_file, child.id().to_string())
+        .and_then(|_| fs::write(&port_file, port.to_string()))
+        .map_err(|e| BedError(format!("cannot write {}: {e}", pid_file.display())))?;
+    let ready = util::wait_until(Duration::from_secs(30), || {
+        matches!(child.try_wait(), Ok(Some(_))) || private_registry_answers(port)
+    });
+    if !ready || matches!(child.try_wait(), Ok(Some(_))) {
+        return err(format!(
+            "the private registry did not answer on 127.0.0.1:{port}; last lines of {}:\n{}",
+            log.display(),
+            util::tail_file(&log, 30)
+        ));
+    }
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+/// The private registry answers `/v2/` with 401 to a client without credentials, and 200 to
+/// one with the right ones.
+fn private_registry_answers(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    matches!(
+        util::http_get(addr, "/v2/", Duration::from_secs(2)),
+        Ok((401, _))
+    ) && matches!(
+        util::http_get_auth(
+            addr,
+            "/v2/",
+            Some((PRIVATE_USER, PRIVATE_PASSWORD)),
+            Duration::from_secs(2)
+        ),
+        Ok((200, _))
+    )
 }
 
 fn registry_answers(port: u16) -> bool {

@@ -44,6 +44,8 @@ pub struct Site {
     docker_host: String,
     nginx: PathBuf,
     keep: bool,
+    /// A repository made for this site alone, whose local images go with it.
+    own_repository: Option<String>,
     /// Config values, section -> key -> TOML literal; section "" is the top level.
     config: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -53,6 +55,22 @@ impl Site {
     pub fn new() -> Site {
         Site::create(Bed::shared(), SiteOptions::default())
             .unwrap_or_else(|e| panic!("cannot set up a test site: {e}"))
+    }
+
+    /// A new site whose repository is one of its own in the bed's private registry (which
+    /// wants a login), holding `v1` and `v2`, pulled by nobody yet. Fieldtrack finds no
+    /// credentials for it unless a test gives them (`DOCKER_CONFIG`, see
+    /// [`Bed::write_private_login`]).
+    pub fn private() -> Site {
+        let bed = Bed::shared();
+        let mut site = Site::new();
+        let repository = bed
+            .push_private(&site.app)
+            .unwrap_or_else(|e| panic!("cannot push to the private registry: {e}"));
+        site.set("repository", &quote(&repository));
+        site.repository = repository;
+        site.own_repository = Some(site.repository.clone());
+        site
     }
 
     pub fn create(bed: &Bed, options: SiteOptions) -> Result<Site> {
@@ -88,6 +106,7 @@ impl Site {
             docker_host: bed.docker_host.clone(),
             nginx: bed.nginx.clone(),
             keep: options.keep,
+            own_repository: None,
             nginx_port: ports[0],
             blue_port: ports[1],
             green_port: ports[2],
@@ -304,6 +323,15 @@ http {{
     /// Stops nginx, removes the containers and the folder.
     pub fn teardown(&self) {
         teardown_dir(&self.dir, &self.app, &self.docker_host);
+        if let Some(repository) = &self.own_repository {
+            // By id: an image pulled by digest has no tag to remove it by.
+            let ids =
+                util::run(self.docker().args(["images", "-q", repository])).unwrap_or_default();
+            let ids: Vec<&str> = ids.lines().collect();
+            if !ids.is_empty() {
+                let _ = util::run(self.docker().args(["rmi", "-f"]).args(&ids));
+            }
+        }
     }
 }
 

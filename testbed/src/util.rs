@@ -122,12 +122,30 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
 
 /// A minimal HTTP/1.1 GET; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    http_get_auth(addr, path, None, timeout)
+}
+
+/// [`http_get`] with HTTP basic auth when `login` holds a user and password.
+pub fn http_get_auth(
+    addr: SocketAddr,
+    path: &str,
+    login: Option<(&str, &str)>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    let authorization = login
+        .map(|(user, password)| {
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64(format!("{user}:{password}").as_bytes())
+            )
+        })
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: fieldtrack-testbed\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: fieldtrack-testbed\r\n{authorization}\r\n"
     )?;
     // No half-close after the request: nginx takes it for a client gone away (499).
     let mut raw = Vec::new();
@@ -140,6 +158,28 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
     Ok((status, body.to_string()))
+}
+
+/// Standard base64 with padding (HTTP basic auth, Docker config `auth` entries).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Polls `probe` every 100 ms until it holds or `limit` passes.
@@ -164,3 +204,15 @@ pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
 }
 
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_pads_like_the_standard() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"user:pass"), "dXNlcjpwYXNz");
+    }
+}
