@@ -1,7 +1,8 @@
 //! fieldtrack: a reconciler that keeps one containerised web app deployed blue/green behind
 //! nginx, converging the real world toward a desired-state file.
 //!
-//! The module tree follows the reconcile loop: [`config`] and [`desired`] say what should be,
+//! The module tree follows the reconcile loop: [`image`] is the image reference grammar both
+//! of the next use; [`config`] and [`desired`] say what should be,
 //! [`observe`] finds what is, [`plan`] decides (pure), [`apply`] talks to the outside world
 //! (container runtime, proxy, health probes), [`reconcile`] runs one pass of all that, and
 //! [`state`] owns the files fieldtrack writes (history, status, audit log, lock). [`cli`]
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod desired;
+pub mod image;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
@@ -21,11 +23,17 @@ pub mod state;
 /// The test hook: with `FIELDTRACK_TEST_PAUSE_AT=<point>` the process blocks forever when it
 /// reaches that point (a reconcile step, `recording`, or `reload`: the upstream file written,
 /// nginx neither tested nor reloaded yet), so a test can SIGKILL it exactly there.
+///
+/// Compiled into debug builds only (the tests' binary); a release build, the one packaged and
+/// run in production, has no such variable to stop it with.
 pub(crate) async fn test_pause_point(point: &str) {
+    #[cfg(debug_assertions)]
     if std::env::var("FIELDTRACK_TEST_PAUSE_AT").as_deref() == Ok(point) {
         eprintln!("fieldtrack: test pause at {point}");
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
     }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::desired::image::{check_repository, ImageRef};
+use crate::image::{check_repository, ImageRef};
 use raw::{RawConfig, RawDuration};
 
 pub use safety::{check_file_safety, SafetyError};

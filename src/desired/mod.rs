@@ -6,8 +6,6 @@
 //! the writer goes quiet, while a file that parses but names a bad image is wrong until
 //! someone changes it.
 
-pub mod image;
-
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,7 +14,8 @@ use serde::Deserialize;
 
 use crate::config::safety::{self, check_file_safety, SafetyError};
 use crate::config::{Config, TomlErrorDetail};
-pub use image::{ImageError, ImageRef};
+use crate::image::check_digest;
+pub use crate::image::{ImageError, ImageRef};
 
 /// How the rollback command's note starts: `rollback from X to Y`.
 pub const ROLLBACK_NOTE_PREFIX: &str = "rollback from ";
@@ -247,14 +246,14 @@ impl Desired {
             paused: raw.paused.unwrap_or(false),
             digest: match raw.digest {
                 None => None,
-                Some(value) => {
-                    Some(check_digest(&value).map_err(|reason| DesiredError::Field {
+                Some(value) => Some(check_digest(&value).map(|()| value.clone()).map_err(
+                    |reason| DesiredError::Field {
                         path: path.to_path_buf(),
                         key: "digest",
                         value: format!("{value:?}"),
                         reason,
-                    })?)
-                }
+                    },
+                )?),
             },
             generation: generation_of(text.as_bytes()),
         })
@@ -288,17 +287,6 @@ impl fmt::Display for Desired {
         }
         Ok(())
     }
-}
-
-/// Checks a `sha256:<64 lowercase hex>` digest.
-pub fn check_digest(value: &str) -> Result<String, String> {
-    let hex = value
-        .strip_prefix("sha256:")
-        .ok_or_else(|| "must start with sha256:".to_string())?;
-    if hex.len() != 64 || !hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
-        return Err("must be sha256: followed by 64 lowercase hex digits".to_string());
-    }
-    Ok(value.to_string())
 }
 
 fn toml_string(value: &str) -> String {

@@ -1,4 +1,5 @@
-//! The `image` of the desired file, validated.
+//! Image references, validated: the grammar shared by the config (`repository`,
+//! `allowed_repositories`) and the desired file's `image` and `digest`.
 //!
 //! Whoever can write the desired file chooses what runs, so the value is checked by hand
 //! against Docker's reference grammar (no regex engine, no surprises) and against the
@@ -252,8 +253,8 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `sha256:` followed by 64 lowercase hex digits.
-fn check_digest(digest: &str) -> Result<(), String> {
+/// `sha256:` followed by 64 lowercase hex digits; the `Err` says what is wrong.
+pub fn check_digest(digest: &str) -> Result<(), String> {
     match digest.split_once(':') {
         Some((DIGEST_ALGORITHM, hex)) => check_digest_hex(hex),
         Some((algorithm, _)) => Err(format!(
