@@ -6,25 +6,37 @@
 //! ([`Proxy::switch`]) is the one moment production can break, so every step is guarded: the
 //! file is replaced atomically, `test_command` must accept it before nginx is reloaded, and any
 //! failure puts the previous bytes back exactly.
+//!
+//! The file is read and written like fieldtrack's state files (see `crate::state::file`):
+//! never through a symlink. One at the upstream file's name is refused with a message, not
+//! followed and not replaced: replacing an operator's link would leave nginx reading the
+//! link's stale target if that is the name it includes, and fieldtrack would then remove
+//! the container nginx still points at.
 
-use std::fs::{self, File, Permissions};
+use std::fs;
 use std::future::Future;
-use std::io::{self, Write as _};
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tempfile::NamedTempFile;
-
 use super::output_tail;
 use super::redact::Redactor;
+use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
+use crate::state::file::read_capped;
 
 /// How long `test_command` or `reload_command` may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Permissions of a newly created upstream file (nginx's workers only need to read it).
-const NEW_FILE_MODE: u32 = 0o644;
+/// How the upstream file is replaced: atomically, keeping the mode and owner an operator
+/// gave it (a new one is 0644: nginx's workers may read it), never through a symlink.
+const WRITE: WriteOptions = WriteOptions {
+    mode: Mode::Keep { new: 0o644 },
+    refuse_symlink: true,
+};
+
+/// A few lines; anything this large is not an upstream file fieldtrack wrote.
+const READ_CAP: u64 = 1 << 20;
 
 /// Errors of reading or switching the nginx upstream file.
 #[derive(Debug, thiserror::Error)]
@@ -401,14 +413,10 @@ impl Nginx {
 
     /// The file's exact bytes, None when it does not exist.
     fn read_bytes(&self) -> Result<Option<Vec<u8>>, ProxyError> {
-        match fs::read(&self.upstream_file) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ProxyError::Read {
-                path: self.upstream_file.clone(),
-                source,
-            }),
-        }
+        read_capped(&self.upstream_file, READ_CAP).map_err(|source| ProxyError::Read {
+            path: self.upstream_file.clone(),
+            source,
+        })
     }
 
     /// Puts `previous` back exactly, or removes the file when there was none.
@@ -417,24 +425,26 @@ impl Nginx {
     /// that led here: that one is logged and the restore error returned.
     fn restore(&self, previous: Option<&[u8]>, cause: &ProxyError) -> Result<(), ProxyError> {
         let result = match previous {
-            Some(bytes) => {
-                write_atomic(&self.upstream_file, bytes).map_err(|source| ProxyError::Write {
+            Some(bytes) => write_atomic_with(&self.upstream_file, bytes, WRITE).map_err(|source| {
+                ProxyError::Write {
                     action: "restore",
                     path: self.upstream_file.clone(),
                     source,
-                })
-            }
+                }
+            }),
             None => match fs::remove_file(&self.upstream_file) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ProxyError::Write {
                     action: "remove",
                     path: self.upstream_file.clone(),
                     source: e,
                 }),
-                _ => sync_parent(&self.upstream_file).map_err(|source| ProxyError::Write {
-                    action: "remove",
-                    path: self.upstream_file.clone(),
-                    source,
-                }),
+                _ => {
+                    fsync_dir(parent_dir(&self.upstream_file)).map_err(|source| ProxyError::Write {
+                        action: "remove",
+                        path: self.upstream_file.clone(),
+                        source,
+                    })
+                }
             },
         };
         if let Err(e) = &result {
@@ -451,10 +461,12 @@ impl Nginx {
     async fn switch_locked(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
         let previous = self.read_bytes()?;
         let text = render(&self.upstream_name, port, comment, self.keepalive);
-        write_atomic(&self.upstream_file, text.as_bytes()).map_err(|source| ProxyError::Write {
-            action: "write",
-            path: self.upstream_file.clone(),
-            source,
+        write_atomic_with(&self.upstream_file, text.as_bytes(), WRITE).map_err(|source| {
+            ProxyError::Write {
+                action: "write",
+                path: self.upstream_file.clone(),
+                source,
+            }
         })?;
         crate::test_pause_point("reload").await;
 
@@ -684,54 +696,11 @@ fn describe_failure(
     }
 }
 
-/// Replaces `path` with `bytes` so that a crash leaves the old or the new file, never a mix:
-/// temp file in the same folder, fsync, rename over, fsync the folder. The file keeps its
-/// permissions and, where allowed, its owner (a new one gets 0644). A symlink is followed
-/// and its target replaced, so an operator's link stays a link.
-///
-/// Blocking I/O on a file of a few hundred bytes; not worth a blocking-pool hop.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let target = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(path)?,
-        _ => path.to_path_buf(),
-    };
-    let existing = match fs::metadata(&target) {
-        Ok(meta) => Some(meta),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    let dir = parent_dir(&target);
-    let mut tmp = NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    let mode = existing
-        .as_ref()
-        .map_or(NEW_FILE_MODE, |meta| meta.permissions().mode() & 0o7777);
-    tmp.as_file()
-        .set_permissions(Permissions::from_mode(mode))?;
-    if let Some(meta) = &existing {
-        // Only root may give a file away; anyone else keeps their own ownership.
-        let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid()));
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(&target).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
-}
-
-/// Makes a rename or removal in `path`'s folder durable.
-fn sync_parent(path: &Path) -> io::Result<()> {
-    File::open(parent_dir(path))?.sync_all()
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt as _;
 
     const NAME: &str = "fieldtrack_api";
 
@@ -1055,21 +1024,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn switch_through_a_symlink_replaces_its_target() {
+    async fn an_upstream_file_that_is_a_symlink_is_refused_and_nothing_changes() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real.conf");
-        fs::write(&real, "old").unwrap();
-        let proxy = nginx(dir.path(), &["true"], &["true"]);
+        let before = render(NAME, 3001, "blue", 0);
+        fs::write(&real, &before).unwrap();
+        let reloaded = dir.path().join("reloaded");
+        let reload = format!("touch {}", reloaded.display());
+        let proxy = nginx(dir.path(), &["true"], &["sh", "-c", &reload]);
         std::os::unix::fs::symlink(&real, proxy.upstream_file()).unwrap();
-        proxy.switch(3002, "green").await.unwrap();
+
+        let read = proxy.live_port().unwrap_err().to_string();
+        let switched = proxy.switch(3002, "green").await.unwrap_err().to_string();
+
+        for msg in [read, switched] {
+            assert!(
+                msg.contains("is a symlink") && msg.contains("real.conf"),
+                "{msg}"
+            );
+        }
         assert!(fs::symlink_metadata(proxy.upstream_file())
             .unwrap()
             .file_type()
             .is_symlink());
-        assert_eq!(
-            fs::read_to_string(&real).unwrap(),
-            render(NAME, 3002, "green", 0)
-        );
+        assert_eq!(fs::read_to_string(&real).unwrap(), before);
+        assert!(!reloaded.exists(), "nginx was reloaded");
     }
 
     /// Runs the real `nginx -t` against a config in a temp dir that includes the upstream

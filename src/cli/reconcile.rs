@@ -16,25 +16,20 @@ pub(crate) const TRIES: u32 = 5;
 
 pub async fn run(cfg: Config) -> Result<u8, CliError> {
     let desired = load_desired(&cfg)?;
-    if let Err(LockError::Held { holder }) =
-        lock::try_acquire(&cfg.state_dir, "fieldtrack reconcile")
-    {
-        if let Some(pid) = daemon_pid(&holder) {
-            return ask_daemon(&cfg, &desired, pid).await;
-        }
-    }
-    let _lock = take_lock(&cfg, "fieldtrack reconcile", Duration::from_secs(600)).await?;
+    let _lock = match lock::try_acquire(&cfg.state_dir, "fieldtrack reconcile") {
+        Ok(lock) => lock,
+        Err(LockError::Held { holder }) => match lock::daemon_pid(&holder) {
+            Some(pid) => {
+                // The holder line is only text: signal nothing it names before checking
+                // that it is a fieldtrack process that really holds the lock.
+                lock::check_daemon(&cfg.state_dir, pid)?;
+                return ask_daemon(&cfg, &desired, pid).await;
+            }
+            None => take_lock(&cfg, "fieldtrack reconcile", Duration::from_secs(600)).await?,
+        },
+        Err(e) => return Err(e.into()),
+    };
     converge(cfg, &desired, "cli").await
-}
-
-/// The pid of a daemon holding the lock, from its holder line `daemon pid N since …`.
-fn daemon_pid(holder: &str) -> Option<i32> {
-    holder
-        .strip_prefix("daemon pid ")?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// The daemon holds the lock: ask it for a pass by hand (SIGUSR1) and report that pass's
@@ -42,7 +37,8 @@ fn daemon_pid(holder: &str) -> Option<i32> {
 async fn ask_daemon(cfg: &Config, desired: &Desired, pid: i32) -> Result<u8, CliError> {
     let path = cfg.state_dir.join(BY_HAND_FILE);
     let asked = ByHand::load(&path).started;
-    // SAFETY: kill has no memory-safety preconditions.
+    // SAFETY: kill has no memory-safety preconditions. `pid` passed `lock::check_daemon`:
+    // above 1, a fieldtrack process holding the lock.
     if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
         return Err(CliError::Failed(format!(
             "cannot signal the daemon (pid {pid}): {}",

@@ -45,6 +45,9 @@ const PARSE_QUIET: Duration = Duration::from_secs(1);
 /// The trigger of a pass asked for by hand (`fieldtrack reconcile`): it retries a failed
 /// generation.
 pub const BY_HAND: &str = "by-hand";
+/// How long a starting daemon waits for the lock of a previous daemon (which may be exiting)
+/// before it refuses to run beside it.
+const PREVIOUS_DAEMON_WAIT: Duration = Duration::from_secs(5);
 /// Backoff bounds for transient errors.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -117,8 +120,16 @@ struct Daemon {
 pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
     let _lock = match lock::try_acquire(&cfg.state_dir, "daemon") {
         Ok(lock) => lock,
+        // A daemon on its way out (killed, and its supervisor restarting us at once) can
+        // still hold the lock for a moment: give it a few seconds before calling it a
+        // second daemon.
         Err(LockError::Held { holder }) if holder.starts_with("daemon") => {
-            return Err(DaemonError::AlreadyRunning(holder))
+            tracing::info!(%holder, "waiting up to 5s for the previous daemon's lock");
+            match lock::acquire_waiting(&cfg.state_dir, "daemon", PREVIOUS_DAEMON_WAIT).await {
+                Ok(lock) => lock,
+                Err(LockError::Held { holder }) => return Err(DaemonError::AlreadyRunning(holder)),
+                Err(e) => return Err(e.into()),
+            }
         }
         Err(LockError::Held { holder }) => {
             tracing::info!(%holder, "waiting for the reconcile lock");

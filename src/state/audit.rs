@@ -5,18 +5,26 @@
 //! does. Each record goes out in one `write` on an `O_APPEND` descriptor and is fsynced; a
 //! crash can at worst tear the last line, which [`read`] skips and [`append`] terminates
 //! before adding the next record.
+//!
+//! The log is opened without following a symlink and must be a regular file (see
+//! [`super::file`]). It grows without bound, so only its last 16 MiB are read: thousands of
+//! attempts, far more than the history ever names.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::fsync_dir;
+use super::atomic::{fsync_dir, parent_dir};
+use super::file::{open_regular, prepare_state_dir, read_tail, tighten};
 
-/// Mode of a newly created audit log.
-const NEW_FILE_MODE: u32 = 0o644;
+/// Mode of the audit log: it holds container log tails, for root and the admin group.
+const MODE: u32 = 0o640;
+
+/// How much of the log's end is read.
+const READ_CAP: u64 = 16 << 20;
 
 /// What can go wrong with the audit log.
 #[derive(Debug, thiserror::Error)]
@@ -102,20 +110,20 @@ pub fn append(path: &Path, record: &AuditRecord) -> Result<(), AuditError> {
     })?;
     line.push('\n');
 
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).map_err(append_error)?;
-    let created = !path.exists();
+    let dir = parent_dir(path);
+    prepare_state_dir(dir).map_err(append_error)?;
+    let created = std::fs::symlink_metadata(path).is_err();
     // Readable too, to look at the last byte.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(NEW_FILE_MODE)
-        .open(path)
-        .map_err(append_error)?;
+    let mut file = open_regular(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(MODE),
+    )
+    .map_err(append_error)?;
+    tighten(&file, MODE).map_err(append_error)?;
 
     // A crash mid-append can leave a last line without its newline; glued to it, this record
     // would be unreadable too.
@@ -151,9 +159,9 @@ pub fn read(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
 
 /// Like [`read`], but reports how many lines were skipped instead of logging it.
 pub fn read_log(path: &Path) -> Result<AuditLog, AuditError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AuditLog::default()),
+    let (bytes, cut) = match read_tail(path, READ_CAP) {
+        Ok(Some(tail)) => tail,
+        Ok(None) => return Ok(AuditLog::default()),
         Err(source) => {
             return Err(AuditError::Read {
                 path: path.to_path_buf(),
@@ -161,9 +169,15 @@ pub fn read_log(path: &Path) -> Result<AuditLog, AuditError> {
             })
         }
     };
+    // A tail starts inside some record: that part line is not a torn one, just cut.
+    let lines = match (cut, bytes.iter().position(|&b| b == b'\n')) {
+        (true, Some(end)) => &bytes[end + 1..],
+        (true, None) => &[][..],
+        (false, _) => &bytes[..],
+    };
     // Parsed line by line from bytes: a line torn inside a UTF-8 sequence spoils only itself.
     let mut log = AuditLog::default();
-    for line in bytes.split(|&b| b == b'\n') {
+    for line in lines.split(|&b| b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -189,6 +203,9 @@ fn ends_with_newline(file: &File) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::test_support::{link_to_victim, mkfifo, within_5s, VICTIM};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn record(image: &str, outcome: &str) -> AuditRecord {
         AuditRecord {
@@ -341,5 +358,83 @@ mod tests {
         fs::create_dir(&path).unwrap();
         let err = read(&path).unwrap_err();
         assert!(err.to_string().contains("audit.jsonl"), "{err}");
+    }
+
+    #[test]
+    fn append_through_a_symlink_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let victim = dir.path().join("victim");
+        link_to_victim(&path, &victim);
+
+        let err = append(&path, &record("a", "succeeded")).unwrap_err();
+
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), VICTIM);
+    }
+
+    #[test]
+    fn read_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let victim = dir.path().join("victim.jsonl");
+        fs::write(
+            &victim,
+            serde_json::to_string(&record("a", "succeeded")).unwrap(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+
+        let err = read_log(&path).unwrap_err();
+
+        assert!(err.to_string().contains("symlink"), "{err}");
+    }
+
+    #[test]
+    fn read_and_append_of_a_fifo_do_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        mkfifo(&path);
+
+        let read_path = path.clone();
+        let read = within_5s("reading an audit.jsonl that is a FIFO", move || {
+            read_log(&read_path).map_err(|e| e.to_string())
+        });
+        let appended = within_5s("appending to an audit.jsonl that is a FIFO", move || {
+            append(&path, &record("a", "succeeded")).map_err(|e| e.to_string())
+        });
+
+        assert!(read.unwrap_err().contains("not a regular file"));
+        assert!(appended.unwrap_err().contains("not a regular file"));
+    }
+
+    #[test]
+    fn a_log_larger_than_the_cap_is_read_from_its_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let line = serde_json::to_string(&record("old", "succeeded")).unwrap() + "\n";
+        let old = line.repeat(READ_CAP as usize / line.len() + 1);
+        fs::write(&path, old).unwrap();
+        append(&path, &record("newest", "succeeded")).unwrap();
+
+        let log = read_log(&path).unwrap();
+
+        assert_eq!(log.records.last().unwrap().image, "newest");
+        assert_eq!(log.skipped, 0, "the cut first line is not a torn line");
+        assert!(log.records.len() < READ_CAP as usize / line.len() + 2);
+    }
+
+    #[test]
+    fn appended_log_is_0640_and_a_looser_one_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+
+        append(&path, &record("a", "succeeded")).unwrap();
+        assert_eq!(mode(&path), 0o640);
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        append(&path, &record("b", "succeeded")).unwrap();
+        assert_eq!(mode(&path), 0o640);
     }
 }

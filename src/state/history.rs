@@ -6,13 +6,26 @@
 //! nothing else, a newline after the last line. Each image appears once: recording one that is
 //! already there moves it to the front, so the file always names up to `limit` distinct
 //! versions to roll back to.
+//!
+//! It is read and replaced without following a symlink at its name (see [`super::file`]);
+//! a new file is 0640, an existing one keeps its mode and owner.
 
 use std::collections::HashSet;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::atomic::write_atomic;
+use super::atomic::{write_atomic_with, Mode, WriteOptions};
+use super::file::read_capped;
+
+/// How the file is replaced: its mode and owner kept (operators' scripts read it), never
+/// through a symlink.
+const WRITE: WriteOptions = WriteOptions {
+    mode: Mode::Keep { new: 0o640 },
+    refuse_symlink: true,
+};
+
+/// A few lines of image names; anything near this is not a history file.
+const READ_CAP: u64 = 1 << 20;
 
 /// What can go wrong with the history file.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +52,9 @@ pub enum HistoryError {
 /// The history, newest first. A missing file is an empty history; blank lines and whitespace
 /// around entries are ignored so that a hand-edited file still works.
 pub fn read(path: &Path) -> Result<Vec<String>, HistoryError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+    let bytes = match read_capped(path, READ_CAP) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(Vec::new()),
         Err(source) => {
             return Err(HistoryError::Read {
                 path: path.to_path_buf(),
@@ -49,6 +62,10 @@ pub fn read(path: &Path) -> Result<Vec<String>, HistoryError> {
             })
         }
     };
+    let text = String::from_utf8(bytes).map_err(|e| HistoryError::Read {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    })?;
     Ok(text
         .lines()
         .map(str::trim)
@@ -70,9 +87,11 @@ pub fn record(path: &Path, image: &str, limit: usize) -> Result<Vec<String>, His
         });
     }
     let list = prepend_list(&read(path)?, image, limit);
-    write_atomic(path, render(&list).as_bytes()).map_err(|source| HistoryError::Write {
-        path: path.to_path_buf(),
-        source,
+    write_atomic_with(path, render(&list).as_bytes(), WRITE).map_err(|source| {
+        HistoryError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     Ok(list)
 }
@@ -97,6 +116,8 @@ fn render(list: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::test_support::{link_to_victim, mkfifo, within_5s, VICTIM};
+    use std::fs;
 
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
@@ -279,5 +300,32 @@ mod tests {
             assert!(matches!(err, HistoryError::InvalidImage { .. }), "{bad:?}");
         }
         assert_eq!(fs::read_to_string(&path).unwrap(), "a4f91c2\n");
+    }
+
+    #[test]
+    fn record_through_a_symlink_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".deploy_history");
+        let victim = dir.path().join("victim");
+        link_to_victim(&path, &victim);
+
+        let err = record(&path, "a4f91c2", 5).unwrap_err();
+
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), VICTIM);
+        assert!(fs::symlink_metadata(&path).unwrap().is_symlink());
+    }
+
+    #[test]
+    fn read_of_a_fifo_does_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".deploy_history");
+        mkfifo(&path);
+
+        let result = within_5s("reading a history file that is a FIFO", move || {
+            read(&path).map_err(|e| e.to_string())
+        });
+
+        assert!(result.unwrap_err().contains("not a regular file"));
     }
 }

@@ -1,5 +1,6 @@
 //! The files fieldtrack owns: history, status, audit log, the reconcile lock, the daemon's
-//! answers to `fieldtrack reconcile`, and the atomic write they share.
+//! answers to `fieldtrack reconcile`, the atomic write they share, and the safe way to open
+//! them (never through a symlink, only regular files, reads capped: see [`file`]).
 //!
 //! Everything a restarted daemon needs to know lives in these files or in the real world,
 //! never only in memory, so each module here is careful about what a crash at any instant
@@ -8,6 +9,7 @@
 pub mod atomic;
 pub mod audit;
 pub mod by_hand;
+pub mod file;
 pub mod history;
 pub mod lock;
 pub mod status;
@@ -26,4 +28,44 @@ pub use lock::LOCK_FILE;
 /// timestamp format of every state file.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// What the state files' tests share: hostile things to put where a state file belongs.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A victim's content: what a symlinked state file must never change.
+    pub const VICTIM: &str = "root:x:0:0:victim line that must survive\n";
+
+    /// Writes a victim file at `victim` and a symlink to it at `link`.
+    pub fn link_to_victim(link: &Path, victim: &Path) {
+        std::fs::write(victim, VICTIM).unwrap();
+        std::os::unix::fs::symlink(victim, link).unwrap();
+    }
+
+    /// Makes a FIFO at `path`: opening it for reading blocks until a writer comes.
+    pub fn mkfifo(path: &Path) {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    }
+
+    /// Runs `f` on a thread; panics when it has not returned within 5 s (a FIFO read that
+    /// blocks, a /dev/zero read that never ends). The stuck thread is left behind.
+    #[track_caller]
+    pub fn within_5s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(value) => value,
+            Err(_) => panic!("{what} did not return within 5 s (hung)"),
+        }
+    }
 }

@@ -6,14 +6,20 @@
 //! failed is not retried until the desired file changes.
 
 use std::fmt;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::write_atomic;
+use super::atomic::{parent_dir, write_atomic_with, WriteOptions};
+use super::file::{prepare_state_dir, read_capped};
 use super::now_rfc3339;
+
+/// Mode of the status file: it holds container log tails, for root and the admin group.
+const MODE: u32 = 0o640;
+
+/// Far more than any status fieldtrack writes (a few log tails of a few KiB).
+const READ_CAP: u64 = 1 << 20;
 
 /// What can go wrong with the status file.
 #[derive(Debug, thiserror::Error)]
@@ -195,11 +201,12 @@ impl Status {
         }
     }
 
-    /// Reads the status file; `None` when there is none yet.
+    /// Reads the status file; `None` when there is none yet. A symlink, a file that is not
+    /// regular, or one larger than 1 MiB is an error.
     pub fn load(path: &Path) -> Result<Option<Status>, StatusError> {
-        let text = match fs::read(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        let text = match read_capped(path, READ_CAP) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(None),
             Err(source) => {
                 return Err(StatusError::Read {
                     path: path.to_path_buf(),
@@ -228,7 +235,8 @@ impl Status {
         status.save(path)
     }
 
-    /// Writes the status atomically as pretty JSON, stamping `updated_at` and `pid`.
+    /// Writes the status atomically as pretty JSON (0640, never through a symlink, in a
+    /// state folder checked by [`prepare_state_dir`]), stamping `updated_at` and `pid`.
     ///
     /// `since` is taken from the file on disk while the phase stays the same there, so a
     /// status built afresh on every pass still says how long the phase has lasted; it becomes
@@ -254,16 +262,21 @@ impl Status {
                 source,
             })?;
         json.push('\n');
-        write_atomic(path, json.as_bytes()).map_err(|source| StatusError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
+        prepare_state_dir(parent_dir(path))
+            .and_then(|()| write_atomic_with(path, json.as_bytes(), WriteOptions::state(MODE)))
+            .map_err(|source| StatusError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::test_support::{link_to_victim, mkfifo, within_5s, VICTIM};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn converged() -> Status {
         Status {
@@ -433,5 +446,90 @@ mod tests {
         fs::write(&path, "{\"phase\": \"paused\"}\n").unwrap();
         let status = Status::load(&path).unwrap().unwrap();
         assert_eq!(status, Status::new(Phase::Paused));
+    }
+
+    #[test]
+    fn save_through_a_symlink_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let victim = dir.path().join("victim");
+        link_to_victim(&path, &victim);
+
+        let err = converged().save(&path).unwrap_err();
+
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), VICTIM);
+        assert!(fs::symlink_metadata(&path).unwrap().is_symlink());
+    }
+
+    #[test]
+    fn load_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let victim = dir.path().join("victim.json");
+        fs::write(&victim, "{\"phase\": \"paused\"}\n").unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+
+        let err = Status::load(&path).unwrap_err();
+
+        assert!(err.to_string().contains("symlink"), "{err}");
+    }
+
+    #[test]
+    fn load_of_a_link_to_dev_zero_ends_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+
+        let result = within_5s("loading a status.json linked to /dev/zero", move || {
+            Status::load(&path).map_err(|e| e.to_string())
+        });
+
+        assert!(result.is_err(), "{result:?}");
+    }
+
+    #[test]
+    fn load_of_a_fifo_does_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        mkfifo(&path);
+
+        let result = within_5s("loading a status.json that is a FIFO", move || {
+            Status::load(&path).map_err(|e| e.to_string())
+        });
+
+        let err = result.unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn load_of_an_oversized_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let mut json = String::from("{\"phase\": \"paused\", \"message\": \"");
+        json.push_str(&"x".repeat(2 << 20));
+        json.push_str("\"}\n");
+        fs::write(&path, json).unwrap();
+
+        let err = Status::load(&path).map(|_| ()).unwrap_err();
+
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn saved_status_is_0640_in_a_0700_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join(".fieldtrack");
+        let path = state_dir.join("status.json");
+
+        converged().save(&path).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&path), 0o640);
+        assert_eq!(mode(&state_dir), 0o700);
+
+        // An older, looser file is tightened on the next write.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        converged().save(&path).unwrap();
+        assert_eq!(mode(&path), 0o640);
     }
 }
