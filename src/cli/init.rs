@@ -237,16 +237,15 @@ fn group_id(name: &str) -> Option<u32> {
 
 /// Gives the deploy group the desired file's folder that `init` just created.
 fn share_desired_dir(dir: &Path, group: &DeployGroup) -> Result<(), CliError> {
-    let DeployGroup::Found { gid, .. } = group else {
+    let DeployGroup::Found { name, gid } = group else {
         return Ok(());
     };
     chown(dir, None, Some(*gid))
         .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(DESIRED_DIR_MODE)))
         .map_err(|e| {
             CliError::Failed(format!(
-                "init: wrote every file, but cannot give {} to the deploy group: {e}; run \
-                 `chgrp {gid} {dir} && chmod 2775 {dir}`",
-                dir.display(),
+                "init: wrote every file, but cannot give {dir} to the group {name}: {e}; run \
+                 `chgrp {name} {dir} && chmod 2775 {dir}`",
                 dir = dir.display()
             ))
         })

@@ -283,7 +283,9 @@ impl FromStr for Color {
 
 impl Config {
     /// Which config file to use: `--config`, else `$FIELDTRACK_CONFIG`, else
-    /// `./fieldtrack.toml` if it exists, else `/etc/fieldtrack/fieldtrack.toml`.
+    /// `./fieldtrack.toml` if it exists, else `/etc/fieldtrack/fieldtrack.toml`. Whichever
+    /// it is, [`Config::load`] then refuses it unless only root (or this user) can change it:
+    /// a `./fieldtrack.toml` planted in a shared folder is an error, never used.
     pub fn locate(cli: Option<&Path>) -> PathBuf {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let env = std::env::var_os(CONFIG_ENV);
