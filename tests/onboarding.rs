@@ -321,7 +321,9 @@ fn init_then_check_then_deploy_and_roll_back_through_the_generated_nginx_snippet
     // Fresh: everything OK but the desired file (no image yet) and the registry (no login).
     let check = site.check();
     check.expect_code(0);
-    for subject in ["config", "files", "docker", "upstream", "nginx", "site"] {
+    for subject in [
+        "config", "layout", "files", "docker", "upstream", "nginx", "site",
+    ] {
         assert_eq!(check.level(subject), "OK", "{}", check.stdout);
     }
     assert_eq!(check.level("port blue"), "OK", "{}", check.stdout);
@@ -397,8 +399,24 @@ fn check_reports_each_failure_it_claims_to_detect() {
     );
     site.set_config(&good);
 
+    // A desired file beside the config: CI's folder would hold the config too.
+    site.edit_config(
+        "desired_file = \"desired/desired.toml\"",
+        "desired_file = \"desired.toml\"",
+    );
+    let run = site.check();
+    run.expect_code(0);
+    assert_eq!(run.level("layout"), "WARN", "{}", run.stdout);
+    assert!(
+        run.line("layout").contains("the config (")
+            && run.line("layout").contains("folder of its own"),
+        "{}",
+        run.stdout
+    );
+    site.set_config(&good);
+
     // A desired file naming another repository.
-    let desired = site.dir.join("desired.toml");
+    let desired = site.dir.join("desired/desired.toml");
     let fresh = fs::read_to_string(&desired).unwrap();
     fs::write(&desired, "image = \"docker.io/library/nginx:1\"\n").unwrap();
     let run = site.check();
@@ -582,7 +600,9 @@ fn init_with_a_config_named_after_the_app_keeps_each_apps_files_apart() {
         let status = run(&["--config", &config, "status"]);
         status.expect_code(0);
         assert!(
-            status.stdout.contains(&format!("{app}/desired.toml")),
+            status
+                .stdout
+                .contains(&format!("{app}/desired/desired.toml")),
             "{}",
             status.stdout
         );
@@ -593,7 +613,7 @@ fn init_with_a_config_named_after_the_app_keeps_each_apps_files_apart() {
         );
         let text = fs::read_to_string(dir.path().join(&config)).unwrap();
         assert!(text.contains(&format!("app = \"{app}\"")), "{text}");
-        assert!(dir.path().join(app).join("desired.toml").exists());
+        assert!(dir.path().join(app).join("desired/desired.toml").exists());
         assert!(dir
             .path()
             .join(format!("nginx/{app}-upstream.conf"))
@@ -625,4 +645,87 @@ fn walk(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+#[test]
+fn init_gives_the_desired_file_a_folder_of_its_own_for_the_deploy_group() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let docker_config = dir.path().join("docker");
+    let run = |args: &[&str]| fieldtrack(args, dir.path(), &docker_config);
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+
+    // No fieldtrack-deploy group on this machine: the folder stays root's 0755, and the
+    // next steps say how to hand it to CI.
+    let groups = fs::read_to_string("/etc/group").unwrap_or_default();
+    assert!(
+        !groups.lines().any(|l| l.starts_with("fieldtrack-deploy:")),
+        "this test expects no fieldtrack-deploy group on the machine"
+    );
+    let init = run(&["init", "--dir", "plain", "--repository", "ghcr.io/acme/api"]);
+    init.expect_code(0);
+    let plain = dir.path().join("plain");
+    assert_eq!(mode(&plain.join("desired")), 0o755);
+    assert!(
+        init.stdout
+            .contains(&format!("chmod 2775 {}", plain.join("desired").display())),
+        "{}",
+        init.stdout
+    );
+    // Nothing but the desired file in its folder; state and history in their own.
+    let names: Vec<String> = fs::read_dir(plain.join("desired"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["desired.toml"]);
+    let status = run(&["--config", "plain/fieldtrack.toml", "status"]);
+    status.expect_code(0);
+
+    // A deploy group named on the command line: setgid, group-writable, that group. The
+    // config holds a webhook: 0600. Both load under the trust rule.
+    let init = run(&[
+        "init",
+        "--dir",
+        "shared",
+        "--repository",
+        "ghcr.io/acme/api",
+        "--deploy-group",
+        "nogroup",
+        "--webhook",
+        "https://hooks.example.com/services/T0/SECRET",
+    ]);
+    init.expect_code(0);
+    assert!(!init.stdout.contains("SECRET"), "{}", init.stdout);
+    let shared = dir.path().join("shared");
+    assert_eq!(mode(&shared.join("desired")), 0o2775);
+    assert_eq!(fs::metadata(shared.join("desired")).unwrap().gid(), 65534);
+    assert_eq!(mode(&shared.join("fieldtrack.toml")), 0o600);
+    assert_eq!(mode(&shared.join("desired/desired.toml")), 0o644);
+    assert!(
+        init.stdout.contains("usermod -aG nogroup CIUSER"),
+        "{}",
+        init.stdout
+    );
+    // Found from the current folder, trusted: root's, no group or world write above it.
+    fieldtrack(&["status"], &shared, &docker_config).expect_code(0);
+    let check = fieldtrack(&["check"], &shared, &docker_config);
+    assert_eq!(check.level("layout"), "OK", "{}", check.stdout);
+
+    // A group that does not exist: exit 2, nothing written.
+    let refused = run(&[
+        "init",
+        "--dir",
+        "nogroup",
+        "--deploy-group",
+        "fieldtrack-no-such-group",
+    ]);
+    refused.expect_code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("no group named \"fieldtrack-no-such-group\""),
+        "{}",
+        refused.stderr
+    );
+    assert!(!dir.path().join("nogroup").exists());
 }

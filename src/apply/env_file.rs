@@ -1,19 +1,26 @@
 //! The container's env file (`container.env_file`): `KEY=value` lines handed to the
 //! container. Values are secrets: they are never logged, and errors name the line number,
-//! never its content.
+//! never its content. Like the config, the file is believed only when root or the user
+//! running fieldtrack alone may change it (checked at every read: the daemon runs for
+//! months, and a folder's rights may change meanwhile).
 
 use std::path::Path;
+
+use crate::config::safety::{self, SafetyError};
 
 /// Errors reading the env file.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvFileError {
-    /// The file exists but cannot be read.
+    /// The file exists but cannot be read (or is over the size cap, or not UTF-8).
     #[error("cannot read env file {path}: {source}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
+    /// Someone other than root and this user may change the file or a folder above it.
+    #[error("env file: {0}")]
+    Untrusted(#[source] SafetyError),
     /// A line is not `KEY=value` with a valid key.
     #[error(
         "env file {path}, line {line}: expected KEY=value with KEY made of letters, digits and _"
@@ -23,16 +30,21 @@ pub enum EnvFileError {
 
 /// Reads the env file; a missing file is no env at all (the key is optional).
 pub fn read(path: &Path) -> Result<Vec<String>, EnvFileError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(EnvFileError::Read {
-                path: path.display().to_string(),
-                source,
-            })
-        }
+    let read_error = |source| EnvFileError::Read {
+        path: path.display().to_string(),
+        source,
     };
+    match safety::check_trusted(path) {
+        Ok(()) => {}
+        Err(SafetyError::Inspect { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(Vec::new())
+        }
+        Err(SafetyError::Inspect { source, .. }) => return Err(read_error(source)),
+        Err(other) => return Err(EnvFileError::Untrusted(other)),
+    }
+    let text = safety::read_small_file(path).map_err(read_error)?;
     parse(&text).map_err(|line| EnvFileError::Malformed {
         path: path.display().to_string(),
         line,
@@ -96,5 +108,21 @@ mod tests {
     #[test]
     fn a_missing_file_is_no_env() {
         assert!(read(Path::new("/nonexistent/.env")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_others_may_change_is_refused_without_its_content() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "TOKEN=s3cr3t\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read(&path).unwrap(), vec!["TOKEN=s3cr3t"]);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o620)).unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(matches!(err, EnvFileError::Untrusted(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("chmod go-w"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
     }
 }

@@ -93,6 +93,7 @@ pub async fn check(path: &Path) -> Vec<Finding> {
     };
     let mut out = vec![config_finding(&cfg)];
     out.push(desired_finding(&cfg));
+    out.push(layout_finding(&cfg));
     out.extend(folder_findings(&cfg));
     let docker = match tokio::time::timeout(DOCKER_TIMEOUT, Docker::connect(&cfg.docker.host)).await
     {
@@ -201,6 +202,77 @@ fn desired_finding(cfg: &Config) -> Finding {
             "desired",
             format!("{e}. Fix the file (rules: desired.toml.example) or `fieldtrack deploy TAG` to replace it"),
         ),
+    }
+}
+
+/// The desired file's folder is the one CI's user may write, and whoever may write a folder
+/// may rename, and so replace, anything in it: nothing else fieldtrack reads or runs
+/// belongs there.
+fn layout_finding(cfg: &Config) -> Finding {
+    let folder = parent(&cfg.desired_file);
+    let mut others: Vec<(&str, &Path)> = vec![
+        ("the config", &cfg.path),
+        ("the env file", &cfg.container.env_file),
+        ("the history", &cfg.history_file),
+        ("state_dir", &cfg.state_dir),
+        ("the upstream file", &cfg.nginx.upstream_file),
+    ];
+    let commands = [
+        ("nginx.test_command", &cfg.nginx.test_command),
+        ("nginx.reload_command", &cfg.nginx.reload_command),
+        ("hooks.pre_switch", &cfg.hooks.pre_switch),
+        ("hooks.post_deploy", &cfg.hooks.post_deploy),
+    ];
+    for (key, argv) in &commands {
+        // A bare name is looked up in PATH; only a path can point into the folder.
+        if let Some(program) = argv.first().filter(|p| p.contains('/')) {
+            others.push((key, Path::new(program)));
+        }
+    }
+    let inside: Vec<String> = others
+        .iter()
+        .filter(|(_, path)| is_within(path, &folder))
+        .map(|(what, path)| format!("{what} ({})", path.display()))
+        .collect();
+    if inside.is_empty() {
+        return Finding::new(
+            Level::Ok,
+            "layout",
+            format!(
+                "the desired file's folder {} holds nothing else fieldtrack uses",
+                folder.display()
+            ),
+        );
+    }
+    Finding::new(
+        Level::Warn,
+        "layout",
+        format!(
+            "the desired file's folder {} also holds {}: whoever may write the desired file \
+             (CI's user) could replace those by a rename. Give the desired file a folder of its \
+             own, e.g. desired_file = \"desired/desired.toml\" (as `fieldtrack init` writes; \
+             docs/ci.md)",
+            folder.display(),
+            inside.join(", ")
+        ),
+    )
+}
+
+/// `path` is `folder` or below it, as written or with symlinks resolved.
+fn is_within(path: &Path, folder: &Path) -> bool {
+    if path.starts_with(folder) {
+        return true;
+    }
+    // A path that does not exist yet counts by its nearest existing ancestor.
+    let resolve = |p: &Path| {
+        p.ancestors().find_map(|a| {
+            let real = std::fs::canonicalize(a).ok()?;
+            Some(real.join(p.strip_prefix(a).ok()?))
+        })
+    };
+    match (resolve(path), std::fs::canonicalize(folder)) {
+        (Some(path), Ok(folder)) => path.starts_with(folder),
+        _ => false,
     }
 }
 
@@ -684,6 +756,60 @@ mod tests {
         let commented = shutdown_finding("# worker_shutdown_timeout 30s;\nevents {}\n");
         assert_eq!(commented.level, Level::Warn);
         assert!(commented.message.contains("worker_shutdown_timeout 30s;"));
+    }
+
+    fn config_in(dir: &Path, extra: &str) -> Config {
+        let text = format!("repository = \"ghcr.io/acme/api\"\n{extra}");
+        Config::parse(&text, &dir.join("fieldtrack.toml"), None).unwrap()
+    }
+
+    #[test]
+    fn a_desired_file_beside_the_config_is_a_layout_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        // The defaults: everything in the config's folder.
+        let f = layout_finding(&config_in(dir.path(), ""));
+        assert_eq!(f.level, Level::Warn, "{f:?}");
+        for what in [
+            "the config (",
+            "the env file (",
+            "the history (",
+            "state_dir (",
+        ] {
+            assert!(f.message.contains(what), "{what}: {}", f.message);
+        }
+        assert!(f.message.contains("desired/desired.toml"), "{}", f.message);
+        // State below the desired folder, or a hook program in it, counts too.
+        let f = layout_finding(&config_in(
+            dir.path(),
+            "desired_file = \"d/desired.toml\"\nstate_dir = \"d/state\"\nhistory_file = \"h\"\n\
+             [container]\nenv_file = \"e/.env\"\n[hooks]\npre_switch = [\"d/smoke.sh\"]\n",
+        ));
+        assert_eq!(f.level, Level::Warn, "{f:?}");
+        assert!(f.message.contains("state_dir ("), "{}", f.message);
+        assert!(f.message.contains("hooks.pre_switch ("), "{}", f.message);
+        assert!(!f.message.contains("the config ("), "{}", f.message);
+    }
+
+    #[test]
+    fn a_desired_file_in_a_folder_of_its_own_is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_in(
+            dir.path(),
+            "desired_file = \"desired/desired.toml\"\nstate_dir = \"state\"\n\
+             history_file = \"state/.deploy_history\"\n[nginx]\nupstream_file = \"nginx/up.conf\"\n",
+        );
+        let f = layout_finding(&cfg);
+        assert_eq!(f.level, Level::Ok, "{f:?}");
+        // A folder reached through a symlink is the same folder.
+        std::fs::create_dir(dir.path().join("desired")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("desired"), dir.path().join("alias")).unwrap();
+        let cfg = config_in(
+            dir.path(),
+            "desired_file = \"desired/desired.toml\"\nstate_dir = \"alias/state\"\n",
+        );
+        let f = layout_finding(&cfg);
+        assert_eq!(f.level, Level::Warn, "{f:?}");
+        assert!(f.message.contains("state_dir ("), "{}", f.message);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::reconcile::{converge, take_lock};
 use super::CliError;
-use crate::config::Config;
+use crate::config::{Config, MAX_DURATION};
 use crate::desired::{
     check_text, Desired, DesiredErrorKind, ImageRef, BY_MAX_CHARS, NOTE_MAX_CHARS,
 };
@@ -30,7 +30,8 @@ pub struct DeployArgs {
     #[arg(long)]
     pub no_wait: bool,
     /// Give up waiting after this long (e.g. "10m"); the deployment itself goes on.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// At most 7 days.
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub timeout: Option<Duration>,
 }
 
@@ -124,19 +125,24 @@ pub(crate) fn default_by() -> String {
         })
 }
 
-/// Long enough for a pull, the whole health gate and the drain.
+/// Long enough for a pull, the whole health gate and the drain. Each term is at most a
+/// week (the config's bound), so the sum cannot overflow; saturating all the same.
 fn default_timeout(cfg: &Config) -> Duration {
-    cfg.health.deadline()
-        + cfg.rollout.drain
-        + cfg.container.stop_timeout
-        + Duration::from_secs(300)
+    cfg.health
+        .deadline()
+        .saturating_add(cfg.rollout.drain)
+        .saturating_add(cfg.container.stop_timeout)
+        .saturating_add(Duration::from_secs(300))
 }
 
 /// Follows status.json until our generation converged (0) or failed (1), printing each new
 /// phase and step.
 async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8, CliError> {
     let path = cfg.state_dir.join(STATUS_FILE);
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    // `timeout` is at most a few weeks (flag or config bound): no overflow in practice, and
+    // a far deadline is what an unrepresentable one would mean anyway.
+    let deadline = start.checked_add(timeout).unwrap_or(start + MAX_DURATION);
     let mut progress = Progress::new();
     while Instant::now() < deadline {
         if let Ok(Some(status)) = Status::load(&path) {

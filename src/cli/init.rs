@@ -1,14 +1,21 @@
 //! `fieldtrack init`: the files a new server needs, written once, never over anything.
 //!
 //! The config is the shipped `fieldtrack.toml.example` itself, with the app's values put in,
-//! so the reference of every key has one source. Every path in it is relative to the
-//! config's folder, so the same files work under `/etc/fieldtrack`, a home folder or a test's
-//! private prefix. The desired file names no image yet: the first `fieldtrack deploy` writes
-//! it. Until then `fieldtrack check` warns and a pass has nothing to converge to.
+//! so the reference of every key has one source. The desired file names no image yet: the
+//! first `fieldtrack deploy` writes it. Until then `fieldtrack check` warns and a pass has
+//! nothing to converge to.
+//!
+//! The layout keeps the desired file, the one file CI writes, in a folder of its own
+//! (`desired/`, group-writable by `fieldtrack-deploy` when that group exists): whoever may
+//! write a folder may rename anything in it, so the config, the env file and the state must
+//! not share it. Under `/etc/fieldtrack` (the systemd units' place) the app's files go to
+//! `/etc/fieldtrack/NAME/` and its state and history to `/var/lib/fieldtrack/NAME` (the
+//! units' StateDirectory); anywhere else (a home folder, a test's private prefix) everything
+//! stays below the config's folder, every path relative to it.
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{chown, DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -28,12 +35,26 @@ const EXAMPLE_REPOSITORY: &str = "ghcr.io/fieldtrack-tech/api";
 /// (example.com is reserved), so `fieldtrack check` can insist that it be changed.
 pub(crate) const PLACEHOLDER_REGISTRY: &str = "registry.example.com";
 
+/// The desired file's folder in the example's instructions; replaced by the app's.
+const EXAMPLE_DESIRED_DIR: &str = "/etc/fieldtrack/api/desired/";
+
 /// The keys of the desired file, commented out in the generated one.
 const DESIRED_KEYS: &[&str] = &["image", "digest", "note", "by", "paused"];
 
 /// Permissions of every file written: the config and desired file must not be
 /// world-writable (they are refused), nginx's workers must read the snippets.
 const FILE_MODE: u32 = 0o644;
+/// The config's permissions when it holds a webhook URL (its token is a secret).
+const SECRET_FILE_MODE: u32 = 0o600;
+/// The desired file's folder when the deploy group exists: its members may add and rename
+/// files there (rwx for the group), and new files get the folder's group (setgid).
+const DESIRED_DIR_MODE: u32 = 0o2775;
+/// The group whose members may write the desired file's folder, unless --deploy-group.
+pub(crate) const DEPLOY_GROUP: &str = "fieldtrack-deploy";
+/// The folder of the units' configs; a config there gets the system layout.
+const SYSTEM_CONFIG_DIR: &str = "/etc/fieldtrack";
+/// Where the system layout keeps each app's state and history (systemd's StateDirectory).
+const SYSTEM_STATE_DIR: &str = "/var/lib/fieldtrack";
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -56,6 +77,14 @@ pub struct InitArgs {
     /// Host port of the green container (default 3002).
     #[arg(long, value_name = "PORT")]
     pub green_port: Option<u16>,
+    /// The group whose members (CI's user) may write the desired file's folder, which then
+    /// gets mode 2775 and this group (default: fieldtrack-deploy, when it exists).
+    #[arg(long, value_name = "GROUP")]
+    pub deploy_group: Option<String>,
+    /// A webhook notified after each deployment attempt (notify.webhook); the config is
+    /// then written with mode 0600, since the URL usually holds a token.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
 }
 
 /// What the operator chose; everything else is the example's default.
@@ -65,6 +94,7 @@ pub struct Choices {
     pub repository: Option<String>,
     pub blue_port: Option<u16>,
     pub green_port: Option<u16>,
+    pub webhook: Option<String>,
 }
 
 /// One file `init` writes.
@@ -74,6 +104,8 @@ pub struct Planned {
     pub text: String,
     /// What it is, for the summary.
     pub what: String,
+    /// Its permissions.
+    pub mode: u32,
 }
 
 /// Everything `init` would write, and what to tell the operator afterwards.
@@ -81,9 +113,21 @@ pub struct Planned {
 pub struct Layout {
     pub config: Config,
     pub files: Vec<Planned>,
+    /// The desired file's folder: CI's only way in.
+    pub desired_dir: PathBuf,
     pub upstream_snippet: PathBuf,
     pub location_snippet: PathBuf,
     pub placeholder_repository: bool,
+}
+
+/// Who may write the desired file's folder besides root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeployGroup {
+    /// The group exists: the folder gets it and mode 2775.
+    Found { name: String, gid: u32 },
+    /// The default group does not exist (yet): the folder stays 0755, and the next steps
+    /// say how to make it.
+    Missing { name: String },
 }
 
 /// Runs `fieldtrack init`: exit 0 with every file written, or 2 with none.
@@ -107,8 +151,10 @@ pub fn run(config_flag: Option<&Path>, args: InitArgs) -> Result<u8, CliError> {
         repository: args.repository,
         blue_port: args.blue_port,
         green_port: args.green_port,
+        webhook: args.webhook,
     };
     let layout = plan(&config_path, &choices)?;
+    let group = deploy_group(args.deploy_group.as_deref())?;
     let existing: Vec<String> = layout
         .files
         .iter()
@@ -121,7 +167,11 @@ pub fn run(config_flag: Option<&Path>, args: InitArgs) -> Result<u8, CliError> {
             existing.join(", ")
         )));
     }
+    let new_desired_dir = !layout.desired_dir.exists();
     write_all(&layout.files)?;
+    if new_desired_dir {
+        share_desired_dir(&layout.desired_dir, &group)?;
+    }
 
     println!("Wrote:");
     let width = layout
@@ -139,20 +189,79 @@ pub fn run(config_flag: Option<&Path>, args: InitArgs) -> Result<u8, CliError> {
     }
     let env = std::env::var_os(CONFIG_ENV);
     let found = Config::locate_with(None, env.as_deref(), &cwd);
-    println!("\n{}", next_steps(&layout, found == layout.config.path));
+    println!(
+        "\n{}",
+        next_steps(&layout, found == layout.config.path, &group)
+    );
     Ok(0)
+}
+
+/// The deploy group: the one named by --deploy-group, which must exist (exit 2), else
+/// `fieldtrack-deploy` if it exists.
+fn deploy_group(flag: Option<&str>) -> Result<DeployGroup, CliError> {
+    let name = flag.unwrap_or(DEPLOY_GROUP);
+    match (group_id(name), flag) {
+        (Some(gid), _) => Ok(DeployGroup::Found {
+            name: name.to_owned(),
+            gid,
+        }),
+        (None, None) => Ok(DeployGroup::Missing {
+            name: name.to_owned(),
+        }),
+        (None, Some(_)) => Err(CliError::Invalid(format!(
+            "init: --deploy-group: no group named {name:?} (create it first: groupadd --system {name})"
+        ))),
+    }
+}
+
+/// The id of the group `name`, if there is one.
+fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: all-zero bytes are a valid `group` (integers and null pointers).
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf.len()` is the buffer's size;
+    // getgrnam_r writes only into `grp` and `buf`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(grp.gr_gid)
+}
+
+/// Gives the deploy group the desired file's folder that `init` just created.
+fn share_desired_dir(dir: &Path, group: &DeployGroup) -> Result<(), CliError> {
+    let DeployGroup::Found { name, gid } = group else {
+        return Ok(());
+    };
+    chown(dir, None, Some(*gid))
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(DESIRED_DIR_MODE)))
+        .map_err(|e| {
+            CliError::Failed(format!(
+                "init: wrote every file, but cannot give {dir} to the group {name}: {e}; run \
+                 `chgrp {name} {dir} && chmod 2775 {dir}`",
+                dir = dir.display()
+            ))
+        })
 }
 
 /// What `init` writes for the config at `config_path` (absolute): validated, nothing
 /// touched yet. An invalid choice: exit 2, naming the key and the value.
 pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
-    let data = data_prefix(config_path);
-    let app = match (&choices.app, data.strip_suffix('/')) {
+    let stem = config_stem(config_path);
+    let app = match (&choices.app, &stem) {
         (Some(app), _) => app.clone(),
-        (None, Some(stem)) => stem.to_string(),
+        (None, Some(stem)) => stem.clone(),
         (None, None) => "api".to_string(),
     };
     let app = app.as_str();
+    let places = Places::new(config_path, stem.as_deref(), app);
     let placeholder_repository = choices.repository.is_none();
     let repository = match &choices.repository {
         Some(repo) => repo.clone(),
@@ -173,13 +282,19 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
         app,
         repository: &repository,
         upstream_name: &base.nginx.upstream_name,
-        data: &data,
+        places: &places,
         upstream_rel: &upstream_rel,
         placeholder_repository,
         blue_port: choices.blue_port.unwrap_or(base.container.blue_port),
         green_port: choices.green_port.unwrap_or(base.container.green_port),
+        webhook: choices.webhook.as_deref(),
     });
     let config = Config::parse(&config_text, config_path, None)?;
+    let config_mode = if config.notify.webhook.is_some() {
+        SECRET_FILE_MODE
+    } else {
+        FILE_MODE
+    };
 
     let desired_dir = config
         .desired_file
@@ -194,11 +309,15 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
             path: config.path.clone(),
             text: config_text,
             what: "the config: every key, commented".into(),
+            mode: config_mode,
         },
         Planned {
             path: config.desired_file.clone(),
             text: render_desired(&repository, &desired_dir),
-            what: "what should run: no image yet (`fieldtrack deploy` writes it)".into(),
+            what: "what should run: no image yet (`fieldtrack deploy` writes it); its folder \
+                   is the only one CI may write"
+                .into(),
+            mode: FILE_MODE,
         },
         Planned {
             path: upstream_snippet.clone(),
@@ -212,32 +331,68 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
                 "nginx upstream file fieldtrack rewrites; include it in http {{ }} (placeholder: 127.0.0.1:{})",
                 config.container.blue_port
             ),
+            mode: FILE_MODE,
         },
         Planned {
             path: location_snippet.clone(),
             text: render_location(app, &config.nginx.upstream_name, &location_snippet),
             what: "nginx location with the zero-downtime proxy settings, for your server { }"
                 .into(),
+            mode: FILE_MODE,
         },
     ];
     Ok(Layout {
         config,
         files,
+        desired_dir,
         upstream_snippet,
         location_snippet,
         placeholder_repository,
     })
 }
 
-/// Where the app's own files go, relative to the config's folder: beside
-/// `fieldtrack.toml`, or in a folder named after any other config file (`api.toml`:
-/// `api/`), so that one folder can hold the configs of several apps.
-fn data_prefix(config_path: &Path) -> String {
+/// The name of a config file other than `fieldtrack.toml`, without `.toml` (`api.toml`:
+/// `api`): its app's files go into a folder of that name, so that one folder can hold the
+/// configs of several apps.
+fn config_stem(config_path: &Path) -> Option<String> {
     match config_path.file_name().and_then(|n| n.to_str()) {
-        Some(FILE_NAME) | None => String::new(),
-        Some(name) => {
-            let stem = name.strip_suffix(".toml").unwrap_or(name);
-            format!("{stem}/")
+        Some(FILE_NAME) | None => None,
+        Some(name) => Some(name.strip_suffix(".toml").unwrap_or(name).to_owned()),
+    }
+}
+
+/// Where the app's files go, as written into the config: relative to its folder, or
+/// absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Places {
+    desired_file: String,
+    env_file: String,
+    state_dir: String,
+    history_file: String,
+}
+
+impl Places {
+    /// The system layout for a config in `/etc/fieldtrack` (what the units run):
+    /// `NAME/desired/desired.toml` and `NAME/.env` beside it, state and history in
+    /// `/var/lib/fieldtrack/NAME`, NAME being the config's stem (`api.toml`, the unit
+    /// `fieldtrack@api`) or else the app. Anywhere else, everything below the config's
+    /// folder: `desired/desired.toml`, `.env`, `state/` (each below `STEM/` for a config
+    /// named `STEM.toml`).
+    fn new(config_path: &Path, stem: Option<&str>, app: &str) -> Places {
+        let system = config_path.parent() == Some(Path::new(SYSTEM_CONFIG_DIR));
+        let (data, state_dir) = if system {
+            let name = stem.unwrap_or(app);
+            (format!("{name}/"), format!("{SYSTEM_STATE_DIR}/{name}"))
+        } else {
+            let data = stem.map(|s| format!("{s}/")).unwrap_or_default();
+            let state = format!("{data}state");
+            (data, state)
+        };
+        Places {
+            desired_file: format!("{data}desired/desired.toml"),
+            env_file: format!("{data}.env"),
+            history_file: format!("{state_dir}/.deploy_history"),
+            state_dir,
         }
     }
 }
@@ -247,17 +402,17 @@ struct Rendered<'a> {
     app: &'a str,
     repository: &'a str,
     upstream_name: &'a str,
-    /// Folder of the app's own files, relative to the config's: "" or "NAME/".
-    data: &'a str,
+    places: &'a Places,
     upstream_rel: &'a str,
     placeholder_repository: bool,
     blue_port: u16,
     green_port: u16,
+    webhook: Option<&'a str>,
 }
 
 /// The example config with the app's values.
 fn render_config(r: &Rendered<'_>) -> String {
-    let Rendered { app, data, .. } = *r;
+    let Rendered { app, places, .. } = *r;
     let repository_line = if r.placeholder_repository {
         format!(
             "repository = {}   # placeholder: set your image repository",
@@ -274,22 +429,28 @@ fn render_config(r: &Rendered<'_>) -> String {
         ),
         (
             "desired_file = \"desired.toml\"",
-            format!("desired_file = \"{data}desired.toml\""),
+            format!(
+                "desired_file = {}   # a folder of its own",
+                toml_string(&places.desired_file)
+            ),
         ),
         (
             "history_file = \".deploy_history\"",
-            format!("history_file = \"{data}.deploy_history\""),
+            format!("history_file = {}", toml_string(&places.history_file)),
         ),
         (
             "state_dir = \".fieldtrack\"",
-            format!("state_dir = \"{data}.fieldtrack\""),
+            format!("state_dir = {}", toml_string(&places.state_dir)),
         ),
         ("blue_port = 3001", format!("blue_port = {}", r.blue_port)),
         (
             "green_port = 3002",
             format!("green_port = {}", r.green_port),
         ),
-        ("env_file = \".env\"", format!("env_file = \"{data}.env\"")),
+        (
+            "env_file = \".env\"",
+            format!("env_file = {}", toml_string(&places.env_file)),
+        ),
         (
             "upstream_file = \"/etc/nginx/conf.d/fieldtrack-api.conf\"",
             format!(
@@ -302,11 +463,19 @@ fn render_config(r: &Rendered<'_>) -> String {
             format!("upstream_name = {}", toml_string(r.upstream_name)),
         ),
     ];
+    let mut replacements = replacements;
+    if let Some(url) = r.webhook {
+        replacements.push((
+            "# webhook = \"https://hooks.example.com/services/XXXX\"",
+            format!("webhook = {}", toml_string(url)),
+        ));
+    }
     let mut text = format!(
         "# Written by `fieldtrack init` for the app {app:?}. Below: the reference of every key\n\
          # (also /usr/share/doc/fieldtrack/fieldtrack.toml.example), set to its default except\n\
-         # the app, the repository and the paths fieldtrack init chose. All paths are relative\n\
-         # to this file's folder.\n#\n"
+         # the app, the repository and the paths fieldtrack init chose. Relative paths are\n\
+         # relative to this file's folder. The desired file has a folder of its own: CI may\n\
+         # write there, and nowhere else (docs/ci.md).\n#\n"
     );
     text.push_str(&replace_lines(CONFIG_EXAMPLE, &replacements));
     text
@@ -322,7 +491,7 @@ fn render_desired(repository: &str, desired_dir: &Path) -> String {
     );
     let body = DESIRED_EXAMPLE
         .replace(EXAMPLE_REPOSITORY, repository)
-        .replace("/etc/fieldtrack/", &format!("{}/", desired_dir.display()));
+        .replace(EXAMPLE_DESIRED_DIR, &format!("{}/", desired_dir.display()));
     for line in body.lines() {
         let is_value = DESIRED_KEYS
             .iter()
@@ -366,7 +535,7 @@ location / {{
 
 /// The three things to do next, with the commands for this layout. `found` says the
 /// config is the one `fieldtrack` finds without `--config` from here.
-fn next_steps(layout: &Layout, found: bool) -> String {
+fn next_steps(layout: &Layout, found: bool, group: &DeployGroup) -> String {
     let cfg = &layout.config;
     let ft = if found {
         "fieldtrack".to_string()
@@ -385,6 +554,18 @@ fn next_steps(layout: &Layout, found: bool) -> String {
         Some(unit) => format!("systemctl enable --now {unit}"),
         None => format!("{ft} daemon"),
     };
+    let desired_dir = layout.desired_dir.display();
+    let ci = match group {
+        DeployGroup::Found { name, .. } => format!(
+            "{desired_dir} is writable by the group {name}; add CI's user to it:\n\
+             \x20      usermod -aG {name} CIUSER"
+        ),
+        DeployGroup::Missing { name } => format!(
+            "make {desired_dir} (and nothing else) writable by a group of CI's user:\n\
+             \x20      groupadd --system {name} && usermod -aG {name} CIUSER\n\
+             \x20      chgrp {name} {desired_dir} && chmod 2775 {desired_dir}"
+        ),
+    };
     format!(
         "Next steps:\n\
          \x20 1. nginx: include the upstream file in the http context and proxy your site to it.\n\
@@ -397,7 +578,9 @@ fn next_steps(layout: &Layout, found: bool) -> String {
          \x20      {ft} check\n\
          \x20 3. Deploy a first image and keep it converged:\n\
          \x20      {ft} deploy TAG\n\
-         \x20      {daemon}",
+         \x20      {daemon}\n\
+         \x20 4. If CI uploads the desired file (docs/ci.md, \"Upload the desired file\"):\n\
+         \x20    {ci}",
         upstream = layout.upstream_snippet.display(),
         location = layout.location_snippet.display(),
         app = cfg.app,
@@ -420,7 +603,7 @@ fn daemon_unit(config: &Path) -> Option<String> {
 fn write_all(files: &[Planned]) -> Result<(), CliError> {
     let mut written: Vec<&Path> = Vec::new();
     for file in files {
-        if let Err(e) = write_new(&file.path, &file.text) {
+        if let Err(e) = write_new(&file.path, &file.text, file.mode) {
             for path in written {
                 let _ = fs::remove_file(path);
             }
@@ -439,18 +622,23 @@ fn write_all(files: &[Planned]) -> Result<(), CliError> {
     Ok(())
 }
 
-fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
+fn write_new(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        // 0755 whatever the umask: a group-writable folder above the config would make
+        // fieldtrack refuse it.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
     }
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(FILE_MODE)
+        .mode(mode)
         .open(path)?;
     // The mode above is filtered by the umask; a permissive umask must not make the
     // config world-writable (it would be refused), nor a strict one hide it from nginx.
-    file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.write_all(text.as_bytes())?;
     file.sync_all()
 }
@@ -497,11 +685,12 @@ mod tests {
             app: "x",
             repository: "r.io/x",
             upstream_name: "fieldtrack_x",
-            data: "d/",
+            places: &Places::new(Path::new("/srv/x.toml"), Some("x"), "x"),
             upstream_rel: "nginx/x.conf",
             placeholder_repository: false,
             blue_port: 4001,
             green_port: 4002,
+            webhook: Some("https://hooks.example.com/x"),
         });
         for line in [
             "app = \"api\"",
@@ -514,6 +703,7 @@ mod tests {
             "env_file = \".env\"",
             "upstream_file = \"/etc/nginx/conf.d/fieldtrack-api.conf\"",
             "upstream_name = \"fieldtrack_api\"",
+            "# webhook = \"https://hooks.example.com/services/XXXX\"",
         ] {
             let count = CONFIG_EXAMPLE.lines().filter(|l| *l == line).count();
             assert_eq!(count, 1, "{line:?} in fieldtrack.toml.example");
@@ -549,10 +739,23 @@ mod tests {
         assert_eq!(cfg.app, "web-1");
         assert_eq!(cfg.repository, "ghcr.io/acme/web");
         assert_eq!(cfg.nginx.upstream_name, "fieldtrack_web_1");
-        assert_eq!(cfg.desired_file, Path::new("/srv/site/desired.toml"));
-        assert_eq!(cfg.history_file, Path::new("/srv/site/.deploy_history"));
-        assert_eq!(cfg.state_dir, Path::new("/srv/site/.fieldtrack"));
+        assert_eq!(
+            cfg.desired_file,
+            Path::new("/srv/site/desired/desired.toml")
+        );
+        assert_eq!(l.desired_dir, Path::new("/srv/site/desired"));
+        assert_eq!(
+            cfg.history_file,
+            Path::new("/srv/site/state/.deploy_history")
+        );
+        assert_eq!(cfg.state_dir, Path::new("/srv/site/state"));
         assert_eq!(cfg.container.env_file, Path::new("/srv/site/.env"));
+        assert!(
+            text.contains("desired_file = \"desired/desired.toml\""),
+            "{text}"
+        );
+        assert!(text.contains("state_dir = \"state\""), "{text}");
+        assert_eq!(l.files[0].mode, 0o644);
         assert_eq!(
             cfg.nginx.upstream_file,
             Path::new("/srv/site/nginx/web-1-upstream.conf")
@@ -563,20 +766,89 @@ mod tests {
 
     #[test]
     fn a_config_named_after_the_app_keeps_its_files_in_a_folder_of_that_name() {
-        let l = layout("/etc/fieldtrack/worker.toml", "worker", Some("ghcr.io/a/w"));
+        let l = layout("/srv/apps/worker.toml", "worker", Some("ghcr.io/a/w"));
         assert_eq!(
             l.config.desired_file,
-            Path::new("/etc/fieldtrack/worker/desired.toml")
+            Path::new("/srv/apps/worker/desired/desired.toml")
+        );
+        assert_eq!(l.config.state_dir, Path::new("/srv/apps/worker/state"));
+        assert_eq!(
+            l.config.container.env_file,
+            Path::new("/srv/apps/worker/.env")
+        );
+    }
+
+    #[test]
+    fn under_etc_fieldtrack_state_goes_to_var_lib_and_the_desired_file_to_its_own_folder() {
+        // The unit fieldtrack@worker: config /etc/fieldtrack/worker.toml.
+        let l = layout("/etc/fieldtrack/worker.toml", "worker", Some("ghcr.io/a/w"));
+        let cfg = &l.config;
+        assert_eq!(
+            cfg.desired_file,
+            Path::new("/etc/fieldtrack/worker/desired/desired.toml")
+        );
+        assert_eq!(l.desired_dir, Path::new("/etc/fieldtrack/worker/desired"));
+        assert_eq!(
+            cfg.container.env_file,
+            Path::new("/etc/fieldtrack/worker/.env")
+        );
+        assert_eq!(cfg.state_dir, Path::new("/var/lib/fieldtrack/worker"));
+        assert_eq!(
+            cfg.history_file,
+            Path::new("/var/lib/fieldtrack/worker/.deploy_history")
         );
         assert_eq!(
-            l.config.state_dir,
-            Path::new("/etc/fieldtrack/worker/.fieldtrack")
-        );
-        assert_eq!(
-            l.config.nginx.upstream_file,
+            cfg.nginx.upstream_file,
             Path::new("/etc/fieldtrack/nginx/worker-upstream.conf")
         );
-        let steps = next_steps(&l, false);
+        // The unit fieldtrack: config /etc/fieldtrack/fieldtrack.toml, named after the app.
+        let l = layout(
+            "/etc/fieldtrack/fieldtrack.toml",
+            "shop",
+            Some("ghcr.io/a/s"),
+        );
+        assert_eq!(
+            l.config.desired_file,
+            Path::new("/etc/fieldtrack/shop/desired/desired.toml")
+        );
+        assert_eq!(l.config.state_dir, Path::new("/var/lib/fieldtrack/shop"));
+        // Nothing but the desired file in its folder.
+        for other in [
+            &l.config.path,
+            &l.config.container.env_file,
+            &l.config.history_file,
+            &l.config.state_dir,
+            &l.config.nginx.upstream_file,
+        ] {
+            assert!(!other.starts_with(&l.desired_dir), "{}", other.display());
+        }
+    }
+
+    #[test]
+    fn next_steps_name_the_unit_and_how_ci_gets_the_desired_folder() {
+        let l = layout("/etc/fieldtrack/worker.toml", "worker", Some("ghcr.io/a/w"));
+        let missing = DeployGroup::Missing {
+            name: DEPLOY_GROUP.into(),
+        };
+        let steps = next_steps(&l, false, &missing);
+        assert!(
+            steps.contains(
+                "chgrp fieldtrack-deploy /etc/fieldtrack/worker/desired && chmod 2775 \
+                 /etc/fieldtrack/worker/desired"
+            ),
+            "{steps}"
+        );
+        assert!(
+            steps.contains("groupadd --system fieldtrack-deploy"),
+            "{steps}"
+        );
+        let found = DeployGroup::Found {
+            name: "ci".into(),
+            gid: 1001,
+        };
+        let steps = next_steps(&l, false, &found);
+        assert!(steps.contains("usermod -aG ci CIUSER"), "{steps}");
+        assert!(!steps.contains("chmod 2775"), "{steps}");
         assert!(
             steps.contains("systemctl enable --now fieldtrack@worker"),
             "{steps}"
@@ -614,7 +886,12 @@ mod tests {
         assert!(matches!(err, DesiredError::MissingImage { .. }), "{err:?}");
         assert!(text.contains("# image = \"a4f91c2\""));
         assert!(text.contains("ghcr.io/acme/api:a4f91c2"));
-        assert!(text.contains("ssh host mv /srv/site/.desired.toml.tmp /srv/site/desired.toml"));
+        assert!(
+            text.contains(
+                "ssh host mv /srv/site/desired/.desired.toml.tmp /srv/site/desired/desired.toml"
+            ),
+            "{text}"
+        );
         // Uncommenting the image line is all it takes.
         let fixed = text.replace("# image = \"a4f91c2\"", "image = \"a4f91c2\"");
         let d = Desired::parse(&fixed, &l.config.desired_file, &l.config).unwrap();
@@ -646,7 +923,13 @@ mod tests {
         let l = layout("/etc/fieldtrack/fieldtrack.toml", "api", None);
         assert_eq!(l.config.repository, "registry.example.com/api");
         assert!(l.placeholder_repository);
-        let steps = next_steps(&l, true);
+        let steps = next_steps(
+            &l,
+            true,
+            &DeployGroup::Missing {
+                name: DEPLOY_GROUP.into(),
+            },
+        );
         assert!(steps.contains("Set `repository`"), "{steps}");
         assert!(steps.contains("      fieldtrack check"), "{steps}");
         assert!(
@@ -664,6 +947,33 @@ mod tests {
         let err = plan(path, &choices(Some("api"), Some("Not/Valid"))).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("repository"), "{err}");
+    }
+
+    #[test]
+    fn a_webhook_goes_into_the_config_which_is_then_private() {
+        let mut c = choices(Some("api"), Some("ghcr.io/acme/api"));
+        c.webhook = Some("https://hooks.example.com/services/T0/SECRET".into());
+        let l = plan(Path::new("/srv/site/fieldtrack.toml"), &c).unwrap();
+        assert_eq!(
+            l.config.notify.webhook.as_deref(),
+            Some("https://hooks.example.com/services/T0/SECRET")
+        );
+        assert_eq!(l.files[0].mode, 0o600);
+        assert!(l.files[1..].iter().all(|f| f.mode == 0o644));
+        // Checked by the config's own rule, and never repeated in the error.
+        c.webhook = Some("ftp://x/SECRET".into());
+        let err = plan(Path::new("/srv/site/fieldtrack.toml"), &c).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("notify.webhook"), "{err}");
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_name_cannot_inject_keys() {
+        let path = Path::new("/srv/x\"\nhooks = 1\n#.toml");
+        let l = plan(path, &choices(Some("api"), Some("ghcr.io/acme/api"))).unwrap();
+        assert!(l.config.hooks.pre_switch.is_empty());
+        assert!(l.config.desired_file.starts_with("/srv/x\"\nhooks = 1\n#/"));
     }
 
     #[test]

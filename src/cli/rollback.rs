@@ -29,7 +29,8 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub by: Option<String>,
     /// Give up waiting after this long (e.g. "10m"); the rollback itself goes on.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// At most 7 days.
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub timeout: Option<Duration>,
 }
 

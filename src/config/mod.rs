@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::image::{check_repository, ImageRef};
 use raw::{RawConfig, RawDuration};
 
+pub use rules::{parse_duration, DurationError, MAX_DURATION};
 pub use safety::{check_file_safety, SafetyError};
 pub use toml_error::TomlErrorDetail;
 
@@ -50,7 +51,8 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
-    /// The file failed the file-safety check (world-writable, symlink out of its folder).
+    /// The config or its env file failed a file-safety check (world-writable, symlink out of
+    /// its folder, or someone other than root and this user may change it).
     #[error(transparent)]
     Unsafe(SafetyError),
     /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
@@ -62,14 +64,14 @@ pub enum ConfigError {
     /// A key without a default is missing.
     #[error("{path}: {key}: missing; it is required and has no default")]
     Missing { path: PathBuf, key: &'static str },
-    /// A duration is not a number with a unit.
+    /// A duration is not a number with a unit, or is longer than a week.
     #[error("{path}: {key}: invalid duration {value:?}: {source}")]
     Duration {
         path: PathBuf,
         key: String,
         value: String,
         #[source]
-        source: humantime::DurationError,
+        source: DurationError,
     },
     /// A value has the right type but breaks a rule; `value` is already quoted as needed.
     #[error("{path}: {key}: invalid value {value}: {reason}")]
@@ -139,11 +141,13 @@ pub struct HealthConfig {
 }
 
 impl HealthConfig {
-    /// How long a new container gets to become healthy: `attempts` x `interval`.
+    /// How long a new container gets to become healthy: `attempts` x `interval`, at most
+    /// [`MAX_DURATION`] (the config refuses more).
     pub fn deadline(&self) -> Duration {
         self.interval
             .checked_mul(self.attempts)
-            .unwrap_or(Duration::MAX)
+            .unwrap_or(MAX_DURATION)
+            .min(MAX_DURATION)
     }
 }
 
@@ -284,7 +288,9 @@ impl FromStr for Color {
 
 impl Config {
     /// Which config file to use: `--config`, else `$FIELDTRACK_CONFIG`, else
-    /// `./fieldtrack.toml` if it exists, else `/etc/fieldtrack/fieldtrack.toml`.
+    /// `./fieldtrack.toml` if it exists, else `/etc/fieldtrack/fieldtrack.toml`. Whichever
+    /// it is, [`Config::load`] then refuses it unless only root (or this user) can change it:
+    /// a `./fieldtrack.toml` planted in a shared folder is an error, never used.
     pub fn locate(cli: Option<&Path>) -> PathBuf {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let env = std::env::var_os(CONFIG_ENV);
@@ -309,18 +315,30 @@ impl Config {
 
     /// Reads, safety-checks, parses and validates the config at `path`. `docker.host`
     /// defaults to `$DOCKER_HOST` from this process's environment.
+    ///
+    /// The config and the env file it names (when that exists) must pass
+    /// [`safety::check_trusted`]: whoever could change them could run anything as the user
+    /// running fieldtrack. This is also what makes `./fieldtrack.toml` in the current folder
+    /// safe to pick up: one planted in a shared folder or another user's clone is refused.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let path = absolute(path);
-        check_file_safety(&path).map_err(|err| match err {
+        let refused = |err| match err {
             SafetyError::Inspect { path, source } => ConfigError::Read { path, source },
             other => ConfigError::Unsafe(other),
-        })?;
+        };
+        check_file_safety(&path).map_err(refused)?;
+        safety::check_trusted(&path).map_err(refused)?;
         let text = safety::read_small_file(&path).map_err(|source| ConfigError::Read {
             path: path.clone(),
             source,
         })?;
         let docker_host = std::env::var(DOCKER_HOST_ENV).ok();
-        Config::parse(&text, &path, docker_host.as_deref())
+        let cfg = Config::parse(&text, &path, docker_host.as_deref())?;
+        // A missing env file is no env (the key is optional); it is checked again when read.
+        if cfg.container.env_file.symlink_metadata().is_ok() {
+            safety::check_trusted(&cfg.container.env_file).map_err(ConfigError::Unsafe)?;
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates `text`, the content of the config file at `path`. Relative
@@ -447,6 +465,19 @@ impl Ctx<'_> {
             },
             timeout: self.duration("health.timeout", h.timeout, "2s", Zero::Refused)?,
         };
+        // The deadline is a product: each factor in range does not make it so.
+        let deadline = health.interval.checked_mul(health.attempts);
+        if deadline.is_none_or(|d| rules::check_duration(d).is_err()) {
+            return Err(self.invalid(
+                "health.attempts",
+                health.attempts.to_string(),
+                format!(
+                    "the deadline health.attempts x health.interval ({}) is {}",
+                    humantime::format_duration(health.interval),
+                    DurationError::TooLong
+                ),
+            ));
+        }
 
         let n = raw.nginx.unwrap_or_default();
         let upstream_name = n
@@ -1102,9 +1133,55 @@ listen = "9187"
     }
 
     #[test]
-    fn deadline_does_not_overflow() {
-        let cfg = with("[health]\ninterval = \"100000000000s\"\nattempts = 4000000000\n").unwrap();
-        assert_eq!(cfg.health.deadline(), Duration::MAX);
+    fn durations_are_at_most_seven_days() {
+        for (section, key) in [
+            ("container", "stop_timeout"),
+            ("health", "interval"),
+            ("health", "timeout"),
+            ("rollout", "drain"),
+            ("rollout", "resync"),
+            ("hooks", "hook_timeout"),
+            ("notify", "timeout"),
+        ] {
+            for bad in ["99999999999d", "8d", "7days 1ms", "1w 1s"] {
+                let msg = err_of(&format!("[{section}]\n{key} = {bad:?}\n"));
+                assert!(
+                    msg.contains(&format!(
+                        "{section}.{key}: invalid duration {bad:?}: longer than 7days"
+                    )),
+                    "{msg}"
+                );
+            }
+            // One attempt, or the health deadline would be 20 x 7 days.
+            let one = if section == "health" {
+                ""
+            } else {
+                "[health]\n"
+            };
+            let cfg = with(&format!("[{section}]\n{key} = \"7d\"\n{one}attempts = 1\n")).unwrap();
+            assert_eq!(
+                format!("{cfg:?}").matches("604800s").count(),
+                1,
+                "{section}.{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_health_deadline_is_at_most_seven_days_and_names_attempts() {
+        for text in [
+            "[health]\ninterval = \"7d\"\nattempts = 4294967295\n",
+            "[health]\ninterval = \"7d\"\nattempts = 2\n",
+            "[health]\ninterval = \"1h\"\nattempts = 169\n",
+        ] {
+            let msg = err_of(text);
+            assert!(msg.contains("health.attempts: invalid value"), "{msg}");
+            assert!(msg.contains("longer than 7days"), "{msg}");
+        }
+        let cfg = with("[health]\ninterval = \"1h\"\nattempts = 168\n").unwrap();
+        assert_eq!(cfg.health.deadline(), Duration::from_secs(7 * 24 * 3600));
+        let cfg = with("[health]\ninterval = \"1ms\"\nattempts = 604800000\n").unwrap();
+        assert_eq!(cfg.health.deadline(), MAX_DURATION);
     }
 
     #[test]

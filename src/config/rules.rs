@@ -61,9 +61,38 @@ pub fn check_health_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a humantime duration ("500ms", "3s", "2m").
-pub fn parse_duration(value: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(value)
+/// The longest duration the config or a flag may give: a week. Anything longer is a typo
+/// ("99999999999d"), and the bound keeps every sum of durations (a deadline, a timeout)
+/// far from overflowing an `Instant`.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Why a duration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DurationError {
+    /// Not a number with a unit.
+    #[error(transparent)]
+    Syntax(#[from] humantime::DurationError),
+    /// Longer than [`MAX_DURATION`].
+    #[error(
+        "longer than {}, the longest allowed",
+        humantime::format_duration(MAX_DURATION)
+    )]
+    TooLong,
+}
+
+/// Parses a humantime duration ("500ms", "3s", "2m") of at most [`MAX_DURATION`].
+pub fn parse_duration(value: &str) -> Result<Duration, DurationError> {
+    let duration = humantime::parse_duration(value)?;
+    check_duration(duration)?;
+    Ok(duration)
+}
+
+/// Refuses a duration longer than [`MAX_DURATION`].
+pub fn check_duration(duration: Duration) -> Result<(), DurationError> {
+    if duration > MAX_DURATION {
+        return Err(DurationError::TooLong);
+    }
+    Ok(())
 }
 
 /// A path from the config, made absolute against the config file's folder. `.` components
@@ -288,8 +317,25 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         for bad in ["3", "3 parsecs", "", "-1s", "s", "1.5.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+            assert!(
+                matches!(parse_duration(bad), Err(DurationError::Syntax(_))),
+                "{bad:?}"
+            );
         }
+        assert_eq!(parse_duration("7d").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration("1w").unwrap(), MAX_DURATION);
+        for bad in ["7d 1ns", "8d", "99999999999d", "18446744073709551615s"] {
+            assert!(
+                matches!(parse_duration(bad), Err(DurationError::TooLong)),
+                "{bad:?}"
+            );
+        }
+        // Beyond u64 seconds: humantime's own overflow error, refused all the same.
+        assert!(parse_duration("584942417355y").is_err());
+        assert_eq!(
+            DurationError::TooLong.to_string(),
+            "longer than 7days, the longest allowed"
+        );
     }
 
     #[test]

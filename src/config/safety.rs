@@ -1,13 +1,20 @@
-//! The file-safety rule shared by the config and the desired-state file.
+//! The file-safety rules: which files fieldtrack believes.
 //!
 //! Whoever can write the desired file chooses what runs in production, and whoever can write
-//! the config chooses which commands fieldtrack runs. So both are refused when anyone on the
-//! machine could have written them: a world-writable file, or a symlink that leads out of
-//! the file's own folder (to somewhere its owner may not control, such as `/tmp`).
+//! the config chooses which commands fieldtrack runs (as root, next to the Docker socket). Two
+//! rules follow:
+//!
+//! - [`check_file_safety`], for the config and the desired file: refused when anyone on the
+//!   machine could have written it (world-writable), or when it is a symlink that leads out
+//!   of its own folder (to somewhere its owner may not control, such as `/tmp`).
+//! - [`check_trusted`], for the config and the env file, like sshd's `StrictModes`: the file
+//!   and every folder above it must be owned by root or by the user running fieldtrack, and
+//!   writable by no one else. The desired file is exempt: CI writes it, through a group.
 
+use std::ffi::CStr;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Largest config or desired file fieldtrack reads. Both are a few hundred bytes; the cap
@@ -40,6 +47,39 @@ pub enum SafetyError {
     /// The path names a directory, device, FIFO or socket rather than a regular file.
     #[error("refusing {path}: it is not a regular file")]
     NotAFile { path: PathBuf },
+    /// The file, or a folder above it, belongs to a user other than root and the user
+    /// running fieldtrack: that user could change what fieldtrack trusts.
+    #[error(
+        "refusing {file}: {what} is owned by {owner} (mode {mode:04o}), not by root or the \
+         user running fieldtrack; run `chown root {path}`"
+    )]
+    ForeignOwner {
+        /// The file that was to be read.
+        file: PathBuf,
+        /// "it", or "its folder /x" / "the folder /x above it".
+        what: String,
+        /// The file or folder at fault.
+        path: PathBuf,
+        /// User name, or `uid N` when it has none.
+        owner: String,
+        mode: u32,
+    },
+    /// The file, or a folder above it, is writable by its group or by everyone.
+    #[error(
+        "refusing {file}: {what} is writable by others than its owner (owner {owner}, mode \
+         {mode:04o}); run `chmod go-w {path}`"
+    )]
+    OthersMayWrite {
+        /// The file that was to be read.
+        file: PathBuf,
+        /// "it", or "its folder /x" / "the folder /x above it".
+        what: String,
+        /// The file or folder at fault.
+        path: PathBuf,
+        /// User name, or `uid N` when it has none.
+        owner: String,
+        mode: u32,
+    },
 }
 
 /// Refuses a world-writable file, a symlink leading outside its own folder, and anything
@@ -82,6 +122,105 @@ pub fn check_file_safety(path: &Path) -> Result<(), SafetyError> {
         });
     }
     Ok(())
+}
+
+/// Refuses `path` unless it is a regular file that only root or the user running fieldtrack
+/// can change: the file and every folder above it, up to `/`, owned by one of them and
+/// without group or world write bits. A folder above the file's own folder may be sticky
+/// and world-writable (`/tmp`, `/var/tmp`): there, only an entry's owner may rename or
+/// remove it, and the entry below is itself checked to be root's or ours.
+///
+/// Both the path as written and the path with every symlink resolved are checked: a link
+/// in a folder someone else controls could be swapped, and a link's target must be as safe
+/// as the file it stands for. Does not open the file, so a FIFO cannot block the caller.
+pub fn check_trusted(path: &Path) -> Result<(), SafetyError> {
+    let inspect = |source| SafetyError::Inspect {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(inspect)?;
+    if !meta.is_file() {
+        return Err(SafetyError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let written = std::path::absolute(path).map_err(inspect)?;
+    check_chain(path, &written)?;
+    let real = fs::canonicalize(path).map_err(inspect)?;
+    if real != written {
+        check_chain(path, &real)?;
+    }
+    Ok(())
+}
+
+/// Checks `chain` (absolute: `file` as written, or its resolved form) and every folder
+/// above it. `..` components are simply followed, as the kernel does.
+fn check_chain(file: &Path, chain: &Path) -> Result<(), SafetyError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    for (depth, entry) in chain.ancestors().enumerate() {
+        let meta = fs::metadata(entry).map_err(|source| SafetyError::Inspect {
+            path: entry.to_path_buf(),
+            source,
+        })?;
+        let what = || match depth {
+            0 => "it".to_owned(),
+            1 => format!("its folder {}", entry.display()),
+            _ => format!("the folder {} above it", entry.display()),
+        };
+        let mode = meta.mode() & 0o7777;
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(SafetyError::ForeignOwner {
+                file: file.to_path_buf(),
+                what: what(),
+                path: entry.to_path_buf(),
+                owner: user_name(meta.uid()),
+                mode,
+            });
+        }
+        // Sticky: others may add entries but not rename or remove ours. Fine above the
+        // file's own folder, never as it (anyone could plant a file beside ours there).
+        let sticky_above = depth >= 2 && mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !sticky_above {
+            return Err(SafetyError::OthersMayWrite {
+                file: file.to_path_buf(),
+                what: what(),
+                path: entry.to_path_buf(),
+                owner: user_name(meta.uid()),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The login name of `uid`, else `uid N`.
+fn user_name(uid: u32) -> String {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: all-zero bytes are a valid `passwd` (integers and null pointers).
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, and `buf.len()` is the buffer's size;
+    // getpwuid_r writes only into `pwd` and `buf`.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return format!("uid {uid}");
+    }
+    // SAFETY: on success `pw_name` points at a NUL-terminated string inside `buf`, which
+    // outlives this borrow.
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+    match name.to_str() {
+        Ok(name) if !name.is_empty() => name.to_owned(),
+        _ => format!("uid {uid}"),
+    }
 }
 
 /// Reads a whole UTF-8 file of at most [`MAX_FILE_BYTES`].
@@ -234,6 +373,180 @@ mod tests {
         // does not exist, so the answer is "cannot inspect", not a panic.
         let err = check_file_safety(Path::new("surely-not-here-fieldtrack.toml")).unwrap_err();
         assert!(matches!(err, SafetyError::Inspect { .. }));
+    }
+
+    /// `root/app/fieldtrack.toml` below a private tempdir (0700 in sticky /tmp), every
+    /// entry root's: 0755 folder, 0644 file.
+    fn trusted_layout() -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let folder = root.path().join("app");
+        fs::create_dir(&folder).unwrap();
+        fs::set_permissions(&folder, fs::Permissions::from_mode(0o755)).unwrap();
+        let file = folder.join("fieldtrack.toml");
+        write(&file, 0o644);
+        (root, file)
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn root_owned_file_and_folders_below_sticky_tmp_are_trusted() {
+        let (_root, file) = trusted_layout();
+        check_trusted(&file).unwrap();
+        chmod(&file, 0o600);
+        check_trusted(&file).unwrap();
+    }
+
+    #[test]
+    fn a_file_owned_by_another_user_is_refused_naming_owner_mode_and_fix() {
+        let (_root, file) = trusted_layout();
+        std::os::unix::fs::chown(&file, Some(1000), None).unwrap();
+        let err = check_trusted(&file).unwrap_err();
+        assert!(
+            matches!(&err, SafetyError::ForeignOwner { path, .. } if *path == file),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        let shown = file.display().to_string();
+        assert!(
+            msg.starts_with(&format!("refusing {shown}: it is owned by ")),
+            "{msg}"
+        );
+        assert!(msg.contains("(mode 0644)"), "{msg}");
+        assert!(msg.contains(&format!("run `chown root {shown}`")), "{msg}");
+    }
+
+    #[test]
+    fn a_folder_owned_by_another_user_is_refused_by_name() {
+        let (root, file) = trusted_layout();
+        let folder = file.parent().unwrap();
+        std::os::unix::fs::chown(folder, Some(65534), None).unwrap();
+        let msg = check_trusted(&file).unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!(
+                "its folder {} is owned by nobody",
+                folder.display()
+            )),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("`chown root {}`", folder.display())),
+            "{msg}"
+        );
+        // Higher up too, and an owner without a name is shown by uid.
+        std::os::unix::fs::chown(folder, Some(0), None).unwrap();
+        std::os::unix::fs::chown(root.path(), Some(54321), None).unwrap();
+        let msg = check_trusted(&file).unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!(
+                "the folder {} above it is owned by uid 54321",
+                root.path().display()
+            )),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn group_or_world_write_anywhere_on_the_way_is_refused() {
+        let (root, file) = trusted_layout();
+        let folder = file.parent().unwrap().to_path_buf();
+        for (path, mode) in [
+            (&file, 0o664),
+            (&file, 0o646),
+            (&folder, 0o775),
+            (&folder, 0o757),
+            (&root.path().to_path_buf(), 0o770),
+            (&root.path().to_path_buf(), 0o777),
+        ] {
+            let before = fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+            chmod(path, mode);
+            let err = check_trusted(&file).unwrap_err();
+            assert!(
+                matches!(&err, SafetyError::OthersMayWrite { path: p, .. } if p == path),
+                "{mode:o}: {err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("mode {mode:04o}")), "{msg}");
+            assert!(msg.contains("owner root"), "{msg}");
+            assert!(
+                msg.contains(&format!("`chmod go-w {}`", path.display())),
+                "{msg}"
+            );
+            chmod(path, before);
+        }
+        check_trusted(&file).unwrap();
+    }
+
+    #[test]
+    fn a_sticky_folder_is_fine_above_a_safe_folder_but_not_as_the_files_own() {
+        let (root, file) = trusted_layout();
+        // Like /tmp: root's, 1777, above the 0755 folder of the file.
+        chmod(root.path(), 0o1777);
+        check_trusted(&file).unwrap();
+        // A sticky folder of another user's: that user may rename anything in it.
+        std::os::unix::fs::chown(root.path(), Some(1000), None).unwrap();
+        assert!(matches!(
+            check_trusted(&file).unwrap_err(),
+            SafetyError::ForeignOwner { .. }
+        ));
+        std::os::unix::fs::chown(root.path(), Some(0), None).unwrap();
+        // As the file's own folder: anyone could plant files beside it.
+        chmod(root.path(), 0o700);
+        let folder = file.parent().unwrap();
+        chmod(folder, 0o1777);
+        let err = check_trusted(&file).unwrap_err();
+        assert!(
+            matches!(&err, SafetyError::OthersMayWrite { path, mode: 0o1777, .. } if path == folder),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn symlinks_are_checked_as_written_and_as_resolved() {
+        let (root, file) = trusted_layout();
+        let folder = file.parent().unwrap();
+        // A link to a file in a folder of another user's.
+        let foreign = root.path().join("foreign");
+        fs::create_dir(&foreign).unwrap();
+        write(&foreign.join("real.toml"), 0o644);
+        std::os::unix::fs::chown(&foreign, Some(1000), None).unwrap();
+        let link = folder.join("linked.toml");
+        symlink(foreign.join("real.toml"), &link).unwrap();
+        let err = check_trusted(&link).unwrap_err();
+        assert!(
+            matches!(&err, SafetyError::ForeignOwner { path, .. } if *path == foreign),
+            "{err:?}"
+        );
+        // A safe file reached through a link that sits in a folder of another user's: the
+        // link could be swapped.
+        let through = foreign.join("app");
+        symlink(folder, &through).unwrap();
+        let err = check_trusted(&through.join("fieldtrack.toml")).unwrap_err();
+        assert!(
+            matches!(&err, SafetyError::ForeignOwner { path, .. } if *path == foreign),
+            "{err:?}"
+        );
+        // A link inside a safe folder to a safe file is fine.
+        let near = folder.join("near.toml");
+        symlink("fieldtrack.toml", &near).unwrap();
+        check_trusted(&near).unwrap();
+    }
+
+    #[test]
+    fn trusted_means_a_regular_file_that_exists() {
+        let (_root, file) = trusted_layout();
+        let folder = file.parent().unwrap();
+        assert!(matches!(
+            check_trusted(folder).unwrap_err(),
+            SafetyError::NotAFile { .. }
+        ));
+        assert!(matches!(
+            check_trusted(&folder.join("missing.env")).unwrap_err(),
+            SafetyError::Inspect { .. }
+        ));
     }
 
     #[test]
