@@ -375,14 +375,18 @@ impl Places {
     /// The system layout for a config in `/etc/fieldtrack` (what the units run):
     /// `NAME/desired/desired.toml` and `NAME/.env` beside it, state and history in
     /// `/var/lib/fieldtrack/NAME`, NAME being the config's stem (`api.toml`, the unit
-    /// `fieldtrack@api`) or else the app. Anywhere else, everything below the config's
+    /// `fieldtrack@api`); for `fieldtrack.toml` (the unit `fieldtrack`) `desired/desired.toml`,
+    /// `.env` and `/var/lib/fieldtrack` itself. Anywhere else, everything below the config's
     /// folder: `desired/desired.toml`, `.env`, `state/` (each below `STEM/` for a config
     /// named `STEM.toml`).
     fn new(config_path: &Path, stem: Option<&str>, app: &str) -> Places {
         let system = config_path.parent() == Some(Path::new(SYSTEM_CONFIG_DIR));
         let (data, state_dir) = if system {
-            let name = stem.unwrap_or(app);
-            (format!("{name}/"), format!("{SYSTEM_STATE_DIR}/{name}"))
+            match stem {
+                Some(name) => (format!("{name}/"), format!("{SYSTEM_STATE_DIR}/{name}")),
+                // The single unit's app: its paths are fixed, so the unit can name them.
+                None => (String::new(), SYSTEM_STATE_DIR.to_string()),
+            }
         } else {
             let data = stem.map(|s| format!("{s}/")).unwrap_or_default();
             let state = format!("{data}state");
@@ -801,7 +805,8 @@ mod tests {
             cfg.nginx.upstream_file,
             Path::new("/etc/fieldtrack/nginx/worker-upstream.conf")
         );
-        // The unit fieldtrack: config /etc/fieldtrack/fieldtrack.toml, named after the app.
+        // The unit fieldtrack: config /etc/fieldtrack/fieldtrack.toml, fixed paths the unit
+        // names, whatever the app.
         let l = layout(
             "/etc/fieldtrack/fieldtrack.toml",
             "shop",
@@ -809,9 +814,9 @@ mod tests {
         );
         assert_eq!(
             l.config.desired_file,
-            Path::new("/etc/fieldtrack/shop/desired/desired.toml")
+            Path::new("/etc/fieldtrack/desired/desired.toml")
         );
-        assert_eq!(l.config.state_dir, Path::new("/var/lib/fieldtrack/shop"));
+        assert_eq!(l.config.state_dir, Path::new("/var/lib/fieldtrack"));
         // Nothing but the desired file in its folder.
         for other in [
             &l.config.path,
@@ -955,7 +960,7 @@ mod tests {
         c.webhook = Some("https://hooks.example.com/services/T0/SECRET".into());
         let l = plan(Path::new("/srv/site/fieldtrack.toml"), &c).unwrap();
         assert_eq!(
-            l.config.notify.webhook.as_deref(),
+            l.config.notify.webhook.as_ref().map(|u| u.as_str()),
             Some("https://hooks.example.com/services/T0/SECRET")
         );
         assert_eq!(l.files[0].mode, 0o600);
