@@ -261,7 +261,7 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
         (None, None) => "api".to_string(),
     };
     let app = app.as_str();
-    let places = Places::new(config_path, stem.as_deref(), app);
+    let places = Places::new(config_path, stem.as_deref());
     let placeholder_repository = choices.repository.is_none();
     let repository = match &choices.repository {
         Some(repo) => repo.clone(),
@@ -379,7 +379,7 @@ impl Places {
     /// `.env` and `/var/lib/fieldtrack` itself. Anywhere else, everything below the config's
     /// folder: `desired/desired.toml`, `.env`, `state/` (each below `STEM/` for a config
     /// named `STEM.toml`).
-    fn new(config_path: &Path, stem: Option<&str>, app: &str) -> Places {
+    fn new(config_path: &Path, stem: Option<&str>) -> Places {
         let system = config_path.parent() == Some(Path::new(SYSTEM_CONFIG_DIR));
         let (data, state_dir) = if system {
             match stem {
@@ -689,7 +689,7 @@ mod tests {
             app: "x",
             repository: "r.io/x",
             upstream_name: "fieldtrack_x",
-            places: &Places::new(Path::new("/srv/x.toml"), Some("x"), "x"),
+            places: &Places::new(Path::new("/srv/x.toml"), Some("x")),
             upstream_rel: "nginx/x.conf",
             placeholder_repository: false,
             blue_port: 4001,
