@@ -67,7 +67,9 @@ async fn ask_daemon(cfg: &Config, desired: &Desired, pid: i32) -> Result<u8, Cli
         if status.generation.as_deref() != Some(desired.generation.as_str()) {
             eprintln!(
                 "note: the desired file changed meanwhile; the pass reconciled {}",
-                status.desired.as_deref().unwrap_or("another generation")
+                super::terminal::printable(
+                    status.desired.as_deref().unwrap_or("another generation")
+                )
             );
         }
         return match status.phase {

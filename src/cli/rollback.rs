@@ -76,7 +76,8 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
             ))
         })?;
 
-    println!("{}", screen(&entries, args.to));
+    // The history file is read as it is on disk: no escape sequence of it reaches the terminal.
+    println!("{}", super::terminal::printable(&screen(&entries, args.to)));
     if !args.yes && !confirmed()? {
         return Err(CliError::Failed(
             "Rollback cancelled. Nothing was changed.".to_string(),
