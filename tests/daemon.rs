@@ -1423,15 +1423,6 @@ fn container_ids(site: &Site) -> Vec<String> {
     ids
 }
 
-/// `blue` or `green`, from a container name.
-fn color_of(name: &str) -> &'static str {
-    if name.ends_with("-blue") {
-        "blue"
-    } else {
-        "green"
-    }
-}
-
 /// `nginx -s reload` on the site's nginx, as an operator would after editing its config.
 fn reload_nginx(site: &Site) {
     let prefix = site.dir.join("nginx");

@@ -3,6 +3,10 @@
 //! served by an nginx under a private prefix. Also: `init` never overwrites anything, and
 //! `check` reports each failure it claims to detect, broken one at a time.
 
+// Not every helper of the shared harness is used here.
+#[allow(dead_code)]
+mod common;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -10,28 +14,12 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use common::{fieldtrack_in, Run};
 use fieldtrack_testbed::util::{free_ports, http_get, read_pid, stop_pid, wait_until};
 use fieldtrack_testbed::Bed;
 
-/// A finished run of the binary.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
+/// Reading what `check` printed.
 impl Run {
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Run {
-        assert_eq!(
-            self.code, code,
-            "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-
     /// The `check` line about `subject`, e.g. `OK    docker      engine at ...`.
     #[track_caller]
     fn line(&self, subject: &str) -> &str {
@@ -53,21 +41,12 @@ impl Run {
 
 /// `fieldtrack ARGS` with nothing inherited that could steer it.
 fn fieldtrack(args: &[&str], cwd: &Path, docker_config: &Path) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldtrack"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("FIELDTRACK_CONFIG")
-        .env_remove("FIELDTRACK_LOG")
-        .env_remove("DOCKER_HOST")
-        .env("DOCKER_CONFIG", docker_config)
-        .stdin(Stdio::null())
-        .output()
-        .expect("the fieldtrack binary runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(
+        fieldtrack_in(cwd)
+            .args(args)
+            .env_remove("DOCKER_HOST")
+            .env("DOCKER_CONFIG", docker_config),
+    )
 }
 
 /// A folder set up by `fieldtrack init` (on free ports), adapted only where a test bed

@@ -2,6 +2,8 @@
 //! `fieldtrack` binary: what nginx serves, what runs in Docker and the bytes of the files
 //! fieldtrack owns are the observations; nothing here trusts the binary's own word.
 
+// Not every helper of the shared harness is used here.
+#[allow(dead_code)]
 mod common;
 
 use std::fs;

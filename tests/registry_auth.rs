@@ -11,7 +11,6 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use common::*;
 use fieldtrack_testbed::{Bed, Site};
@@ -55,17 +54,7 @@ fn docker_config(site: &Site, login: Login) -> PathBuf {
 
 /// `fieldtrack ARGS...` with `DOCKER_CONFIG` set to `config`.
 fn ft_with(site: &Site, config: &Path, args: &[&str]) -> Run {
-    let started = Instant::now();
-    let out = command(site, args)
-        .env("DOCKER_CONFIG", config)
-        .output()
-        .expect("the fieldtrack binary runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        duration: started.elapsed(),
-    }
+    Run::of(command(site, args).env("DOCKER_CONFIG", config))
 }
 
 /// What a test compares before and after a failed attempt.

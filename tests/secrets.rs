@@ -12,11 +12,8 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
+use common::webhook::Webhook;
 use common::*;
 use fieldtrack_testbed::Site;
 
@@ -200,92 +197,4 @@ fn assert_printable(what: &str, text: &str) {
     {
         panic!("{what} holds the control character {c:?}:\n{text:?}");
     }
-}
-
-/// A TOML string literal.
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serializes")
-}
-
-/// A TOML array of strings.
-fn toml_array(items: &[&str]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
-/// A webhook receiver on loopback that answers 200 and keeps every JSON body.
-struct Webhook {
-    addr: SocketAddr,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Webhook {
-    fn start() -> Webhook {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-        let addr = listener.local_addr().unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let kept = bodies.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let kept = kept.clone();
-                std::thread::spawn(move || {
-                    let mut stream = stream;
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                    let Ok(body) = read_body(&stream) else {
-                        return;
-                    };
-                    kept.lock().unwrap().push(body);
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                    );
-                });
-            }
-        });
-        Webhook { addr, bodies }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook/T000/token", self.addr)
-    }
-
-    /// The first notification with `event`, waiting up to a minute for it.
-    #[track_caller]
-    fn wait_for_event(&self, event: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let events: Vec<serde_json::Value> = self
-                .bodies
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|b| serde_json::from_slice(b).expect("the webhook body is JSON"))
-                .collect();
-            if let Some(e) = events.iter().find(|e| e["event"] == event) {
-                return e.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {event:?} notification within a minute; got {events:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// Reads one HTTP/1.1 request and returns its `Content-Length` body.
-fn read_body(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut reader = BufReader::new(stream);
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    Ok(body)
 }

@@ -8,9 +8,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Command;
 
+use common::tmpfs::Tmpfs;
 use common::*;
 use fieldtrack_testbed::{util, Bed, Site};
 
@@ -183,26 +183,11 @@ fn an_image_that_served_is_recorded_when_a_newer_deploy_takes_over_after_a_kill_
 }
 
 /// A site whose upstream file lives on a 64 KiB tmpfs of its own (nginx's own include file
-/// includes it), and the tmpfs's folder.
+/// includes it), and the tmpfs.
 fn site_with_upstream_on_a_tmpfs() -> Option<(Site, Tmpfs)> {
     let mut site = Site::new();
     let dir = site.dir.join("upstream");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"])
-        .arg({
-            fs::create_dir_all(&dir).unwrap();
-            &dir
-        })
-        .output()
-        .expect("mount runs");
-    if !mounted.status.success() {
-        let why = String::from_utf8_lossy(&mounted.stderr);
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("cannot mount a tmpfs on {}: {why}", dir.display());
-        }
-        eprintln!("SKIPPED: cannot mount a tmpfs on {}: {why}", dir.display());
-        return None;
-    }
+    let disk = Tmpfs::mount(&dir, "64k")?;
     let inner = dir.join("upstream.conf");
     fs::copy(&site.upstream_file, &inner).unwrap();
     fs::write(
@@ -215,7 +200,7 @@ fn site_with_upstream_on_a_tmpfs() -> Option<(Site, Tmpfs)> {
         &format!("{:?}", inner.display().to_string()),
     );
     site.upstream_file = inner;
-    Some((site, Tmpfs(dir)))
+    Some((site, disk))
 }
 
 /// An executable shell script in the site folder; its path.
@@ -245,19 +230,4 @@ fn reload_nginx(site: &Site) {
         .status()
         .expect("sh runs");
     assert!(status.success(), "nginx reloads");
-}
-
-/// A tmpfs mounted on a folder, unmounted when dropped (before the site's teardown).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }

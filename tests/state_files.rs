@@ -5,6 +5,10 @@
 //! None of this needs the test bed: every command here stops, or is stopped, before it would
 //! reach Docker, whose host points at a socket that does not exist.
 
+// Only the bed-less part of the shared harness is used here.
+#[allow(dead_code)]
+mod common;
+
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
@@ -57,15 +61,11 @@ impl Fixture {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldtrack"));
+        let mut cmd = common::fieldtrack_in(&self.root);
         cmd.arg("--config")
             .arg(&self.config)
             .args(args)
-            .current_dir(&self.root)
-            .env_remove("FIELDTRACK_CONFIG")
-            .env_remove("FIELDTRACK_TEST_PAUSE_AT")
             .env_remove("DOCKER_HOST")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // A process group of its own: a signal meant for "the daemon" that went to group

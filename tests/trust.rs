@@ -7,60 +7,19 @@
 //! These need no test bed: each runs a read-only command (`status`) or one refused before
 //! anything is done. The tests run as root (chown to another uid needs it).
 
+// Only the bed-less part of the shared harness is used here.
+#[allow(dead_code)]
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-/// A finished run of the binary.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Run {
-        assert_eq!(
-            self.code, code,
-            "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-
-    /// Panics unless stderr holds every one of `parts`.
-    #[track_caller]
-    fn says(&self, parts: &[&str]) -> &Run {
-        for part in parts {
-            assert!(
-                self.stderr.contains(part),
-                "stderr lacks {part:?}:\n{}",
-                self.stderr
-            );
-        }
-        self
-    }
-}
+use common::{fieldtrack_in, Run};
 
 /// `fieldtrack ARGS` run in `cwd`, with nothing inherited that could steer it.
 fn fieldtrack(args: &[&str], cwd: &Path) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldtrack"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("FIELDTRACK_CONFIG")
-        .env_remove("FIELDTRACK_LOG")
-        .env_remove("DOCKER_HOST")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the fieldtrack binary runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(fieldtrack_in(cwd).args(args).env_remove("DOCKER_HOST"))
 }
 
 /// A config that needs nothing else: the engine is nowhere, so a command that got as far as

@@ -1,6 +1,10 @@
-//! The harness of the real-engine tests: run the `fieldtrack` binary against a test bed
-//! [`Site`], and read back what it left in the world (the state files, nginx, Docker), so that
-//! each test reads as a story.
+//! The harness of the integration tests: run the `fieldtrack` binary (against a test bed
+//! [`Site`], or in a folder of its own for the tests that need no bed), and read back what it
+//! left in the world (the state files, nginx, Docker, a webhook receiver), so that each test
+//! reads as a story.
+
+pub mod tmpfs;
+pub mod webhook;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,6 +19,10 @@ use fieldtrack_testbed::Site;
 /// How long a spawned command may take to reach the line a test waits for.
 pub const LINE_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a test waits for something that should happen "soon" (a webhook POST, a
+/// metric, a step in status.json). Generous: the engine may be busy with other tests.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
 /// A finished run of the binary.
 #[derive(Debug)]
 pub struct Run {
@@ -26,6 +34,18 @@ pub struct Run {
 }
 
 impl Run {
+    /// Runs `cmd` to completion and keeps what it printed.
+    pub fn of(cmd: &mut Command) -> Run {
+        let started = Instant::now();
+        let out = cmd.output().expect("the fieldtrack binary runs");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            duration: started.elapsed(),
+        }
+    }
+
     /// Panics with the run's output unless it exited with `code`.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Run {
@@ -36,15 +56,25 @@ impl Run {
         );
         self
     }
+
+    /// Panics unless stderr holds every one of `parts`.
+    #[track_caller]
+    pub fn says(&self, parts: &[&str]) -> &Run {
+        for part in parts {
+            assert!(
+                self.stderr.contains(part),
+                "stderr lacks {part:?}:\n{}",
+                self.stderr
+            );
+        }
+        self
+    }
 }
 
-/// The binary aimed at the site's config, with nothing inherited that could steer it.
-pub fn command(site: &Site, args: &[&str]) -> Command {
+/// The binary run in `cwd`, with nothing inherited that could steer it; arguments to add.
+pub fn fieldtrack_in(cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldtrack"));
-    cmd.arg("--config")
-        .arg(&site.config_path)
-        .args(args)
-        .current_dir(&site.dir)
+    cmd.current_dir(cwd)
         .env_remove("FIELDTRACK_CONFIG")
         .env_remove("FIELDTRACK_TEST_PAUSE_AT")
         .env_remove("FIELDTRACK_LOG")
@@ -52,18 +82,16 @@ pub fn command(site: &Site, args: &[&str]) -> Command {
     cmd
 }
 
+/// The binary aimed at the site's config, with nothing inherited that could steer it.
+pub fn command(site: &Site, args: &[&str]) -> Command {
+    let mut cmd = fieldtrack_in(&site.dir);
+    cmd.arg("--config").arg(&site.config_path).args(args);
+    cmd
+}
+
 /// Runs `fieldtrack --config <site> ARGS...` to completion.
 pub fn ft(site: &Site, args: &[&str]) -> Run {
-    let started = Instant::now();
-    let out = command(site, args)
-        .output()
-        .expect("the fieldtrack binary runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        duration: started.elapsed(),
-    }
+    Run::of(&mut command(site, args))
 }
 
 /// What the site's nginx answers on `/version` (the live app's tag), None on anything but a
@@ -250,6 +278,83 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "not within a minute: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Polls `f` every 100 ms until it gives a value; panics naming `what` after `within`.
+#[track_caller]
+pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what} after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TOML basic string (JSON's escaping is valid TOML for these values).
+pub fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// A TOML array of strings.
+pub fn toml_array(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The names, sorted.
+pub fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
+}
+
+/// `blue` or `green`, from a container name.
+pub fn color_of(container: &str) -> &'static str {
+    if container.ends_with("-blue") {
+        "blue"
+    } else {
+        "green"
+    }
+}
+
+/// The published port of a color container, by its name.
+pub fn port_of(site: &Site, container: &str) -> u16 {
+    match color_of(container) {
+        "blue" => site.blue_port,
+        _ => site.green_port,
+    }
+}
+
+/// The digest `docker image inspect` reports for `image` in `repository`.
+pub fn repo_digest(site: &Site, image: &str, repository: &str) -> String {
+    let out = site
+        .docker()
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            image,
+        ])
+        .output()
+        .expect("docker runs");
+    assert!(
+        out.status.success(),
+        "docker image inspect {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digests: Vec<String> =
+        serde_json::from_slice(&out.stdout).expect("RepoDigests is a JSON list");
+    digests
+        .iter()
+        .find_map(|d| d.strip_prefix(&format!("{repository}@")))
+        .unwrap_or_else(|| panic!("no digest of {repository} for {image}: {digests:?}"))
+        .to_string()
 }
 
 /// A spawned run whose stderr lines arrive through a channel.
