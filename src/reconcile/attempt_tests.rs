@@ -506,7 +506,9 @@ async fn drain_failure_with_no_old_color_keeps_traffic_on_the_new_one() {
     );
     let world = site.world();
     assert_eq!(world.upstream_port(), Some(BLUE));
+    assert_eq!(world.loaded_port(), Some(BLUE));
     assert!(world.is_running("api-blue"), "it is all there is");
+    assert!(!world.called(&Call::Remove("api-blue".into())));
     drop(world);
     assert!(site.history().is_empty());
 }
