@@ -118,7 +118,7 @@ pub struct World {
     pub upstream: Option<String>,
     /// The config nginx runs: the upstream file as it was at the last successful reload.
     pub loaded: Option<String>,
-    /// Every call that changes something, in order.
+    /// The calls made, in order (see [`Call`]).
     pub calls: Vec<Call>,
     /// The name of the upstream block, for rendering and parsing the file.
     pub upstream_name: String,
@@ -575,7 +575,6 @@ impl Prober for FakeProber {
     }
 }
 
-#[cfg(test)]
 mod tests {
     use super::*;
 
