@@ -11,7 +11,11 @@
 //! and the history is written only after a full success.
 
 mod attempt;
+#[cfg(test)]
+mod attempt_tests;
 mod error;
+#[cfg(test)]
+mod fakes;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,0 +1,757 @@
+//! The attempt's state machine on the fakes: health gate, switch, drain, switch-back,
+//! cancellation and cleanup, each driven through a whole pass (`Reconciler::reconcile`) in
+//! milliseconds, with no Docker engine and no nginx. The real-engine tests in `tests/`
+//! stay the proof that the real systems behave as the fakes do.
+//!
+//! Durations are real but short (10 ms probe interval): the attempt measures time with
+//! `std::time::Instant`, which `tokio::time::pause` does not move.
+
+use std::collections::HashMap;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use super::fakes::{Call, FakeProber, FakeProxy, FakeRuntime, Fakes, PullFailure, World};
+use super::{error_policy, Outcome, ReconcileError, Reconciler, Requeue};
+use crate::apply::health::ProbeOutcome;
+use crate::apply::hooks::HookError;
+use crate::apply::proxy::ProxyError;
+use crate::apply::runtime::{
+    RuntimeError, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
+};
+use crate::config::{Color, Config};
+use crate::desired::Desired;
+use crate::state::{audit, history};
+
+const REPO: &str = "registry.test/fieldtrack/api";
+const BLUE: u16 = 3001;
+const GREEN: u16 = 3002;
+/// Long enough that a drain only ends early, by a failure or a cancellation.
+const LONG_DRAIN: Duration = Duration::from_secs(2);
+
+type FakeReconciler = Reconciler<FakeRuntime, FakeProxy, FakeProber>;
+
+/// A fieldtrack site: its config and state files in a temp folder, and the fake world.
+struct Site {
+    _dir: tempfile::TempDir,
+    cfg: Config,
+    fakes: Fakes,
+}
+
+impl Site {
+    /// Probes every 10 ms, a 50 ms health deadline, no drain, no auto-rollback.
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("repository = \"{REPO}\"\n[nginx]\nupstream_file = \"upstream.conf\"\n");
+        let mut cfg = Config::parse(&text, &dir.path().join("fieldtrack.toml"), None).unwrap();
+        assert_eq!(
+            (cfg.port(Color::Blue), cfg.port(Color::Green)),
+            (BLUE, GREEN)
+        );
+        cfg.health.interval = Duration::from_millis(10);
+        cfg.health.attempts = 5;
+        cfg.rollout.drain = Duration::ZERO;
+        cfg.rollout.auto_rollback = false;
+        cfg.container.stop_timeout = Duration::ZERO;
+        std::fs::create_dir_all(&cfg.state_dir).unwrap();
+        let fakes = Fakes::new(&cfg.nginx.upstream_name, cfg.nginx.upstream_file.clone());
+        Site {
+            _dir: dir,
+            cfg,
+            fakes,
+        }
+    }
+
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.fakes.world()
+    }
+
+    /// A running container of `color` that was started for `image`.
+    fn running(&self, color: Color, image: &str) {
+        let reference = format!("{REPO}:{image}");
+        let labels = HashMap::from([
+            (LABEL_APP.to_string(), self.cfg.app.clone()),
+            (LABEL_COLOR.to_string(), color.to_string()),
+            (LABEL_IMAGE.to_string(), reference.clone()),
+            (LABEL_DESIRED.to_string(), image.to_string()),
+            (
+                LABEL_GENERATION.to_string(),
+                format!("generation-of-{image}"),
+            ),
+        ]);
+        let mut world = self.world();
+        world.add_container(
+            &self.cfg.container_name(color),
+            labels,
+            self.cfg.port(color),
+        );
+        world.images.push(reference);
+    }
+
+    /// `color` runs `image` and nginx sends it the traffic.
+    fn live(&self, color: Color, image: &str) {
+        self.running(color, image);
+        let comment = format!("{color} {}:{image}", self.cfg.app);
+        self.world().serve(self.cfg.port(color), &comment);
+    }
+
+    fn set_history(&self, entries: &[&str]) {
+        std::fs::write(&self.cfg.history_file, entries.join("\n") + "\n").unwrap();
+    }
+
+    fn history(&self) -> Vec<String> {
+        history::read(&self.cfg.history_file).unwrap()
+    }
+
+    fn last_audit_outcome(&self) -> String {
+        let records = audit::read(&self.cfg.state_dir.join(crate::state::AUDIT_FILE)).unwrap();
+        records.last().expect("an audit line").outcome.clone()
+    }
+
+    fn reconciler(&self) -> FakeReconciler {
+        Reconciler::new(
+            self.cfg.clone(),
+            self.fakes.runtime(),
+            self.fakes.proxy(),
+            self.fakes.prober(),
+            "test",
+        )
+    }
+
+    /// Writes the desired file for `image` and returns what it says.
+    fn desired(&self, image: &str) -> Desired {
+        let text = format!("image = \"{image}\"\n");
+        std::fs::write(&self.cfg.desired_file, &text).unwrap();
+        Desired::parse(&text, &self.cfg.desired_file, &self.cfg).unwrap()
+    }
+
+    /// One pass towards `image` by a fresh reconciler.
+    async fn pass(&self, image: &str) -> Result<Outcome, ReconcileError> {
+        pass(&self.reconciler(), &self.desired(image)).await
+    }
+}
+
+/// One pass, which must end (a broken branch may otherwise probe or drain forever).
+async fn pass(rc: &FakeReconciler, desired: &Desired) -> Result<Outcome, ReconcileError> {
+    tokio::time::timeout(Duration::from_secs(20), rc.reconcile(desired, false))
+        .await
+        .expect("the pass ends")
+}
+
+/// Blue serves v1, the history says v1: the usual start of a deployment of v2 into green.
+fn site_with_blue_live() -> Site {
+    let site = Site::new();
+    site.live(Color::Blue, "v1");
+    site.set_history(&["v1"]);
+    site
+}
+
+/// Production as [`site_with_blue_live`] left it: upstream file and nginx on blue, blue
+/// running, the history unchanged.
+fn assert_production_untouched(site: &Site, upstream_before: &Option<String>) {
+    let world = site.world();
+    assert_eq!(&world.upstream, upstream_before, "upstream file changed");
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(world.is_running("api-blue"));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+}
+
+#[tokio::test]
+async fn first_deployment_goes_live_in_blue_with_no_old_color_to_retire() {
+    let site = Site::new();
+
+    let outcome = site.pass("v1").await.unwrap();
+
+    assert_eq!(outcome, Outcome::Converged);
+    let world = site.world();
+    assert_eq!(world.upstream_port(), Some(BLUE));
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(world.is_running("api-blue"));
+    assert!(world.called(&Call::Pull(format!("{REPO}:v1"))));
+    assert!(world.called(&Call::Run("api-blue".into())));
+    assert!(!world.calls.iter().any(|c| matches!(c, Call::Remove(_))));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+    assert_eq!(site.last_audit_outcome(), "succeeded");
+}
+
+#[tokio::test]
+async fn candidate_that_exits_during_the_gate_is_removed_at_once_and_production_untouched() {
+    let mut site = site_with_blue_live();
+    // A deadline of a second: an exit must end the gate long before it.
+    site.cfg.health.attempts = 100;
+    site.world().answer(GREEN, ProbeOutcome::Unhealthy(503));
+    site.world()
+        .crash_after("api-green", 2, 1, "panic: DATABASE_URL is not set");
+    let before = site.world().upstream.clone();
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    match &e {
+        ReconcileError::CandidateExited {
+            container,
+            state,
+            logs,
+            ..
+        } => {
+            assert_eq!(container, "api-green");
+            assert_eq!(state, "exited with code 1");
+            assert!(logs.contains("DATABASE_URL is not set"), "{logs}");
+        }
+        other => panic!("expected CandidateExited, got {other:?}"),
+    }
+    assert!(
+        site.world().probes() <= 3,
+        "{} probes",
+        site.world().probes()
+    );
+    assert!(site.world().container("api-green").is_none());
+    assert!(!site.world().called(&Call::Write(GREEN)));
+    assert_production_untouched(&site, &before);
+    assert_eq!(site.last_audit_outcome(), "failed");
+}
+
+#[tokio::test]
+async fn candidate_never_answering_2xx_fails_at_the_gate_deadline() {
+    let site = site_with_blue_live();
+    site.world().answer(GREEN, ProbeOutcome::Unhealthy(500));
+    let before = site.world().upstream.clone();
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    match &e {
+        ReconcileError::Unhealthy { last, deadline, .. } => {
+            assert_eq!(last, "HTTP 500");
+            assert_eq!(*deadline, Duration::from_millis(50));
+        }
+        other => panic!("expected Unhealthy, got {other:?}"),
+    }
+    assert_eq!(
+        error_policy(&e, Duration::from_secs(1)),
+        Requeue::AwaitChange
+    );
+    assert!(site.world().container("api-green").is_none());
+    assert!(!site.world().called(&Call::Write(GREEN)));
+    assert_production_untouched(&site, &before);
+}
+
+#[tokio::test]
+async fn candidate_slow_to_answer_passes_the_gate_once_it_does() {
+    let mut site = site_with_blue_live();
+    site.cfg.health.attempts = 100;
+    site.world().script(
+        GREEN,
+        [
+            ProbeOutcome::Unreachable("connection refused".into()),
+            ProbeOutcome::Unreachable("connection refused".into()),
+            ProbeOutcome::Unhealthy(503),
+        ],
+    );
+
+    site.pass("v2").await.unwrap();
+
+    let world = site.world();
+    assert_eq!(world.probes(), 4);
+    assert_eq!(world.upstream_port(), Some(GREEN));
+    assert!(world.container("api-blue").is_none());
+    drop(world);
+    assert_eq!(site.history(), ["v2", "v1"]);
+}
+
+#[tokio::test]
+async fn cancel_during_the_gate_removes_the_candidate_and_leaves_production_untouched() {
+    let mut site = site_with_blue_live();
+    site.cfg.health.attempts = 100;
+    site.world().answer(GREEN, ProbeOutcome::Unhealthy(503));
+    let rc = site.reconciler();
+    let token = rc.cancel.clone();
+    site.world().at_probe(2, move |_| token.cancel());
+    let before = site.world().upstream.clone();
+
+    let e = pass(&rc, &site.desired("v2")).await.unwrap_err();
+
+    assert!(matches!(e, ReconcileError::Cancelled), "{e:?}");
+    assert!(
+        site.world().probes() <= 3,
+        "{} probes",
+        site.world().probes()
+    );
+    assert!(site.world().container("api-green").is_none());
+    assert!(!site.world().called(&Call::Write(GREEN)));
+    assert_production_untouched(&site, &before);
+    assert_eq!(site.last_audit_outcome(), "cancelled");
+}
+
+#[tokio::test]
+async fn cancel_after_the_gate_passed_stops_before_the_switch() {
+    let site = site_with_blue_live();
+    let rc = site.reconciler();
+    let token = rc.cancel.clone();
+    // The first probe answers 200; the cancellation arrives while it is in flight.
+    site.world().at_probe(1, move |_| token.cancel());
+    let before = site.world().upstream.clone();
+
+    let e = pass(&rc, &site.desired("v2")).await.unwrap_err();
+
+    assert!(matches!(e, ReconcileError::Cancelled), "{e:?}");
+    assert!(site.world().container("api-green").is_none());
+    assert!(!site.world().called(&Call::Write(GREEN)));
+    assert_production_untouched(&site, &before);
+}
+
+#[tokio::test]
+async fn cancel_before_the_candidate_starts_starts_nothing() {
+    let site = site_with_blue_live();
+    let rc = site.reconciler();
+    rc.cancel.cancel();
+    let before = site.world().upstream.clone();
+
+    let e = pass(&rc, &site.desired("v2")).await.unwrap_err();
+
+    assert!(matches!(e, ReconcileError::Cancelled), "{e:?}");
+    assert!(!site.world().called(&Call::Run("api-green".into())));
+    assert!(site.world().container("api-green").is_none());
+    assert_production_untouched(&site, &before);
+}
+
+#[tokio::test]
+async fn nginx_test_failure_restores_the_exact_upstream_bytes_and_removes_the_candidate() {
+    let site = site_with_blue_live();
+    // The operator's own placeholder: restored byte for byte, not re-rendered.
+    let hand_written = format!(
+        "# by hand, before fieldtrack\nupstream {} {{\n\tserver 127.0.0.1:{BLUE} max_fails=0;\n}}\n",
+        site.cfg.nginx.upstream_name
+    );
+    site.world().upstream = Some(hand_written.clone());
+    site.world().loaded = Some(hand_written.clone());
+    site.world().test_failures = 1;
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    assert!(
+        matches!(e, ReconcileError::Switch(ProxyError::TestFailed { .. })),
+        "{e:?}"
+    );
+    let world = site.world();
+    assert_eq!(world.upstream.as_deref(), Some(hand_written.as_str()));
+    assert_eq!(world.loaded.as_deref(), Some(hand_written.as_str()));
+    assert!(!world.called(&Call::Reload));
+    assert!(world.container("api-green").is_none());
+    drop(world);
+    assert_production_untouched(&site, &Some(hand_written));
+}
+
+#[tokio::test]
+async fn reload_failure_restores_the_upstream_file_and_removes_the_candidate() {
+    let site = site_with_blue_live();
+    site.world().reload_failures = 1;
+    let before = site.world().upstream.clone();
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    assert!(
+        matches!(e, ReconcileError::Switch(ProxyError::ReloadFailed { .. })),
+        "{e:?}"
+    );
+    assert!(site.world().container("api-green").is_none());
+    assert_production_untouched(&site, &before);
+}
+
+#[tokio::test]
+async fn switch_that_failed_half_way_keeps_the_candidate_when_the_second_reload_fails() {
+    let site = site_with_blue_live();
+    site.world().reload_failures = 2;
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    match &e {
+        ReconcileError::StillServed { container, .. } => assert_eq!(container, "api-green"),
+        other => panic!("expected StillServed, got {other:?}"),
+    }
+    let world = site.world();
+    assert!(world.is_running("api-green"), "nginx may send it traffic");
+    assert!(world.is_running("api-blue"));
+    assert!(!world.calls.iter().any(|c| matches!(c, Call::Remove(_))));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+}
+
+#[tokio::test]
+async fn switch_that_failed_half_way_keeps_the_candidate_when_the_restore_fails() {
+    let site = site_with_blue_live();
+    site.world().test_failures = 1;
+    site.world().restore_fails = true;
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    match &e {
+        ReconcileError::StillServed { container, .. } => assert_eq!(container, "api-green"),
+        other => panic!("expected StillServed, got {other:?}"),
+    }
+    let world = site.world();
+    // The file still points at green: the next reload would send it traffic.
+    assert_eq!(world.upstream_port(), Some(GREEN));
+    assert!(world.is_running("api-green"));
+    assert!(world.is_running("api-blue"));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+}
+
+#[tokio::test]
+async fn three_failed_probes_in_the_drain_switch_traffic_back_to_the_old_color() {
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.drain = LONG_DRAIN;
+    site.world().script(
+        GREEN,
+        [
+            ProbeOutcome::Healthy(200),
+            ProbeOutcome::Unhealthy(500),
+            ProbeOutcome::Unreachable("connection reset".into()),
+            ProbeOutcome::Unhealthy(500),
+        ],
+    );
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    match &e {
+        ReconcileError::FailedAfterSwitch {
+            back_to, reason, ..
+        } => {
+            assert_eq!(back_to.as_deref(), Some("blue"));
+            assert!(reason.contains("3 failed probes in a row"), "{reason}");
+        }
+        other => panic!("expected FailedAfterSwitch, got {other:?}"),
+    }
+    let world = site.world();
+    assert_eq!(world.upstream_port(), Some(BLUE));
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(world.called(&Call::Write(GREEN)));
+    assert!(world.container("api-green").is_none());
+    assert!(world.is_running("api-blue"));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+    assert_eq!(site.last_audit_outcome(), "rolled_back");
+}
+
+#[tokio::test]
+async fn failed_probes_in_the_drain_must_come_in_a_row_to_switch_back() {
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.drain = Duration::from_millis(300);
+    let bad = ProbeOutcome::Unhealthy(500);
+    let good = ProbeOutcome::Healthy(200);
+    site.world().script(
+        GREEN,
+        [
+            good.clone(),
+            bad.clone(),
+            bad.clone(),
+            good.clone(),
+            bad.clone(),
+            bad.clone(),
+            good,
+            bad.clone(),
+            bad,
+        ],
+    );
+
+    site.pass("v2").await.unwrap();
+
+    assert_eq!(site.world().upstream_port(), Some(GREEN));
+    assert!(site.world().container("api-blue").is_none());
+    assert_eq!(site.history(), ["v2", "v1"]);
+}
+
+#[tokio::test]
+async fn candidate_exiting_in_the_drain_switches_traffic_back() {
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.drain = LONG_DRAIN;
+    // One state check in the gate, the next one in the drain finds it gone.
+    site.world().crash_after("api-green", 1, 137, "killed");
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    match &e {
+        ReconcileError::FailedAfterSwitch {
+            back_to, reason, ..
+        } => {
+            assert_eq!(back_to.as_deref(), Some("blue"));
+            assert_eq!(reason, "the container exited with code 137");
+        }
+        other => panic!("expected FailedAfterSwitch, got {other:?}"),
+    }
+    assert_eq!(site.world().upstream_port(), Some(BLUE));
+    assert!(site.world().container("api-green").is_none());
+    assert_eq!(site.history(), ["v1"]);
+}
+
+#[tokio::test]
+async fn drain_failure_with_no_old_color_keeps_traffic_on_the_new_one() {
+    let mut site = Site::new();
+    site.cfg.rollout.drain = LONG_DRAIN;
+    site.world().script(
+        BLUE,
+        [
+            ProbeOutcome::Healthy(200),
+            ProbeOutcome::Unhealthy(500),
+            ProbeOutcome::Unhealthy(500),
+            ProbeOutcome::Unhealthy(500),
+        ],
+    );
+
+    let e = site.pass("v1").await.unwrap_err();
+
+    assert!(
+        matches!(e, ReconcileError::FailedAfterSwitch { back_to: None, .. }),
+        "{e:?}"
+    );
+    let world = site.world();
+    assert_eq!(world.upstream_port(), Some(BLUE));
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(world.is_running("api-blue"), "it is all there is");
+    assert!(!world.called(&Call::Remove("api-blue".into())));
+    drop(world);
+    assert!(site.history().is_empty());
+}
+
+#[tokio::test]
+async fn cancel_during_the_drain_leaves_both_colors_running_and_the_history_untouched() {
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.drain = LONG_DRAIN;
+    let rc = site.reconciler();
+    let token = rc.cancel.clone();
+    // Probe 1 passes the gate; probe 2 is the drain's first.
+    site.world().at_probe(2, move |_| token.cancel());
+
+    let e = pass(&rc, &site.desired("v2")).await.unwrap_err();
+
+    match &e {
+        ReconcileError::DrainCutShort { image, old } => {
+            assert_eq!((image.as_str(), old.as_str()), ("v2", "api-blue"));
+        }
+        other => panic!("expected DrainCutShort, got {other:?}"),
+    }
+    let world = site.world();
+    assert_eq!(world.upstream_port(), Some(GREEN));
+    assert!(world.is_running("api-green"));
+    assert!(world.is_running("api-blue"));
+    assert!(!world.calls.iter().any(|c| matches!(c, Call::Remove(_))));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+    assert_eq!(site.last_audit_outcome(), "cancelled");
+}
+
+#[tokio::test]
+async fn cleanup_failure_fails_the_pass_and_leaves_the_history_unwritten() {
+    let site = site_with_blue_live();
+    site.world().remove_fails.push("api-blue".into());
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    assert!(
+        matches!(e, ReconcileError::Runtime(RuntimeError::Api { .. })),
+        "{e:?}"
+    );
+    let world = site.world();
+    assert_eq!(world.upstream_port(), Some(GREEN));
+    assert!(world.is_running("api-green"));
+    assert!(world.is_running("api-blue"));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+}
+
+#[tokio::test]
+async fn switch_to_an_idle_color_already_running_the_image_starts_no_container() {
+    let site = site_with_blue_live();
+    site.running(Color::Green, "v2");
+
+    site.pass("v2").await.unwrap();
+
+    let world = site.world();
+    assert!(!world.calls.iter().any(|c| matches!(c, Call::Run(_))));
+    assert!(!world.calls.iter().any(|c| matches!(c, Call::Pull(_))));
+    assert_eq!(world.upstream_port(), Some(GREEN));
+    assert!(world.is_running("api-green"));
+    assert!(world.container("api-blue").is_none());
+    drop(world);
+    assert_eq!(site.history(), ["v2", "v1"]);
+}
+
+#[tokio::test]
+async fn image_that_served_is_recorded_at_the_switch_when_a_newer_generation_takes_over() {
+    let site = Site::new();
+    // v2 went live, but its drain was cut short: the history never got it.
+    site.live(Color::Blue, "v2");
+    site.set_history(&["v1"]);
+    // The cleanup fails, so only what was recorded at the switch is in the history.
+    site.world().remove_fails.push("api-blue".into());
+
+    let e = site.pass("v3").await.unwrap_err();
+
+    assert!(matches!(e, ReconcileError::Runtime(_)), "{e:?}");
+    assert_eq!(site.world().upstream_port(), Some(GREEN));
+    assert_eq!(site.history(), ["v2", "v1"]);
+}
+
+#[tokio::test]
+async fn transient_pull_failure_starts_nothing_and_is_retried() {
+    let site = site_with_blue_live();
+    site.world().pull_failure = Some(PullFailure::Transient);
+    let before = site.world().upstream.clone();
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    assert!(
+        matches!(
+            e,
+            ReconcileError::Pull {
+                source: RuntimeError::RegistryUnreachable { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        error_policy(&e, Duration::from_secs(4)),
+        Requeue::After(Duration::from_secs(4))
+    );
+    assert!(!site.world().called(&Call::Run("api-green".into())));
+    assert_production_untouched(&site, &before);
+}
+
+#[tokio::test]
+async fn missing_image_starts_nothing_and_waits_for_a_new_desired_state() {
+    let site = site_with_blue_live();
+    site.world().pull_failure = Some(PullFailure::Permanent);
+    let before = site.world().upstream.clone();
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    assert!(
+        matches!(
+            e,
+            ReconcileError::Pull {
+                source: RuntimeError::ImageNotFound { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        error_policy(&e, Duration::from_secs(4)),
+        Requeue::AwaitChange
+    );
+    assert!(!site.world().called(&Call::Run("api-green".into())));
+    assert_production_untouched(&site, &before);
+}
+
+#[tokio::test]
+async fn pre_switch_hook_failure_removes_the_candidate_before_any_switch() {
+    let mut site = site_with_blue_live();
+    site.cfg.hooks.pre_switch = vec!["false".into()];
+    let before = site.world().upstream.clone();
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    assert!(
+        matches!(e, ReconcileError::Hook(HookError::Failed { .. })),
+        "{e:?}"
+    );
+    assert!(site.world().container("api-green").is_none());
+    assert!(!site.world().called(&Call::Write(GREEN)));
+    assert_production_untouched(&site, &before);
+}
+
+#[tokio::test]
+async fn retire_refuses_to_remove_the_old_color_once_the_upstream_points_back_at_it() {
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.drain = Duration::from_millis(300);
+    // During the drain an operator points the upstream file back at blue by hand.
+    let comment = "blue by hand".to_string();
+    site.world()
+        .at_probe(2, move |world| world.serve(BLUE, &comment));
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    match &e {
+        ReconcileError::StillServed {
+            container, reason, ..
+        } => {
+            assert_eq!(container, "api-blue");
+            assert!(reason.contains(&format!("port {BLUE}")), "{reason}");
+        }
+        other => panic!("expected StillServed, got {other:?}"),
+    }
+    let world = site.world();
+    assert!(world.is_running("api-blue"));
+    assert!(!world.called(&Call::Remove("api-blue".into())));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+}
+
+#[tokio::test]
+async fn reassert_reloads_then_drains_before_removing_the_old_color() {
+    let site = Site::new();
+    // A pass died after the switch to green: blue still runs, the history has v2.
+    site.running(Color::Blue, "v1");
+    site.live(Color::Green, "v2");
+    site.set_history(&["v2", "v1"]);
+
+    site.pass("v2").await.unwrap();
+
+    let world = site.world();
+    let changes: Vec<&Call> = world
+        .calls
+        .iter()
+        .filter(|c| !matches!(c, Call::RemoveImage(_)))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            &Call::Write(GREEN),
+            &Call::Test,
+            &Call::Reload,
+            &Call::WaitRetired,
+            &Call::Remove("api-blue".into()),
+        ]
+    );
+    assert!(world.is_running("api-green"));
+}
+
+#[tokio::test]
+async fn failure_after_the_switch_rolls_the_desired_file_back_with_auto_rollback() {
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.drain = LONG_DRAIN;
+    site.cfg.rollout.auto_rollback = true;
+    site.world().script(
+        GREEN,
+        [
+            ProbeOutcome::Healthy(200),
+            ProbeOutcome::Unhealthy(500),
+            ProbeOutcome::Unhealthy(500),
+            ProbeOutcome::Unhealthy(500),
+        ],
+    );
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    assert!(
+        matches!(
+            e,
+            ReconcileError::FailedAfterSwitch {
+                back_to: Some(_),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let now = Desired::load(&site.cfg.desired_file, &site.cfg).unwrap();
+    assert_eq!(now.image.as_written(), "v1");
+    assert!(
+        now.note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("v2 failed after the switch"),
+        "{:?}",
+        now.note
+    );
+}

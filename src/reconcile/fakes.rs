@@ -1,0 +1,658 @@
+//! In-process fakes of the three external systems ([`Runtime`], [`Proxy`], [`Prober`]), so
+//! the attempt's state machine (health gate, switch, drain, switch-back, cancellation) is
+//! tested in milliseconds without a Docker engine or an nginx. They never replace the
+//! real-engine tests; they make the decision logic cheap to test.
+//!
+//! The three fakes share one [`World`] (like controller-rs's `fixtures.rs` fakes one API
+//! server): the containers, the images known locally, the upstream file's text, the config
+//! nginx runs, and a log of the calls made. A test sets the world up, scripts its knobs
+//! (a candidate that exits, probes per port, `nginx -t` or a reload failing, a removal or a
+//! pull failing), runs a pass, then reads the world back.
+//!
+//! The fake proxy keeps the [`Proxy::switch`] contract of the real `Nginx`: a failed test
+//! puts the previous bytes back exactly (or removes the file when there was none) and never
+//! reloads; a failed reload restores and reloads again, and when that fails too, or the
+//! restore does, the error says nginx is unsettled.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::apply::health::{ProbeOutcome, Prober};
+use crate::apply::proxy::{parse_ports, render, Proxy, ProxyError};
+use crate::apply::runtime::{
+    Container, ContainerSpec, ContainerState, ImageInfo, LocalImage, Runtime, RuntimeError,
+    LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
+};
+
+/// One call the reconciler made to the outside world, in the order made. State checks,
+/// listings and reads are not logged: they change nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `pull(reference)`.
+    Pull(String),
+    /// `run(spec)`, by container name.
+    Run(String),
+    /// `remove(name)`, whether it succeeded or not.
+    Remove(String),
+    /// `remove_image(name)`.
+    RemoveImage(String),
+    /// The upstream file written to point at this port (the start of a switch).
+    Write(u16),
+    /// `test_command` run on the file as written.
+    Test,
+    /// `reload_command` run.
+    Reload,
+    /// The previous upstream file put back after a failed test or reload.
+    Restore,
+    /// `wait_retired`: the drain waited for nginx's old workers.
+    WaitRetired,
+    /// One probe of this port.
+    Probe(u16),
+}
+
+/// How a scripted pull fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFailure {
+    /// The registry does not answer: worth retrying.
+    Transient,
+    /// The registry has no such image: wait for a new desired state.
+    Permanent,
+}
+
+/// One container of the fake engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeContainer {
+    pub id: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub state: ContainerState,
+    /// Host ports it publishes; like the engine, listed only while it runs.
+    pub ports: Vec<u16>,
+    /// What `logs` returns.
+    pub logs: String,
+}
+
+impl FakeContainer {
+    /// The container as the runtime reports it, from its labels (as `Docker` reads them).
+    fn observed(&self) -> Container {
+        Container {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            color: self.labels.get(LABEL_COLOR).and_then(|c| c.parse().ok()),
+            image: self.labels.get(LABEL_IMAGE).cloned().unwrap_or_default(),
+            desired: self.labels.get(LABEL_DESIRED).cloned(),
+            generation: self.labels.get(LABEL_GENERATION).cloned(),
+            state: self.state.clone(),
+            ports: if self.state.is_running() {
+                self.ports.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// A scripted crash: the container keeps running for `checks` more state checks, then the
+/// next one finds it exited with `code`, having printed `logs`.
+#[derive(Debug, Clone)]
+struct Crash {
+    checks: u32,
+    code: i64,
+    logs: String,
+}
+
+/// Something a test makes happen in the world at a given probe (an operator's edit, a
+/// cancellation): run inside the prober, before that probe is answered.
+type Event = Box<dyn FnOnce(&mut World) + Send>;
+
+/// What the fakes share: the world outside fieldtrack, and the knobs a test scripts.
+pub struct World {
+    /// The app's containers (the engine's labels say which app; the fakes hold one).
+    pub containers: Vec<FakeContainer>,
+    /// References of the images present locally.
+    pub images: Vec<String>,
+    /// The upstream file's text; None when there is no file.
+    pub upstream: Option<String>,
+    /// The config nginx runs: the upstream file as it was at the last successful reload.
+    pub loaded: Option<String>,
+    /// The calls made, in order (see [`Call`]).
+    pub calls: Vec<Call>,
+    /// The name of the upstream block, for rendering and parsing the file.
+    pub upstream_name: String,
+    /// Where the real file would be, for error messages.
+    pub upstream_path: PathBuf,
+
+    /// The next pull fails so.
+    pub pull_failure: Option<PullFailure>,
+    /// Containers whose removal fails (the engine refuses).
+    pub remove_fails: Vec<String>,
+    /// How many of the next `nginx -t` runs fail.
+    pub test_failures: u32,
+    /// How many of the next reloads fail (2: the reload after the restore fails too).
+    pub reload_failures: u32,
+    /// Putting the previous upstream file back fails.
+    pub restore_fails: bool,
+    /// Reading the upstream file fails.
+    pub read_fails: bool,
+
+    crashes: HashMap<String, Crash>,
+    /// Per port: outcomes answered in order, before `answers` applies.
+    scripts: HashMap<u16, VecDeque<ProbeOutcome>>,
+    /// Per port: the outcome once the script is used up. Without one, a port a running
+    /// container publishes answers 200.
+    answers: HashMap<u16, ProbeOutcome>,
+    probes: u32,
+    events: Vec<(u32, Event)>,
+    next_id: u32,
+}
+
+impl World {
+    fn new(upstream_name: &str, upstream_path: PathBuf) -> World {
+        World {
+            containers: Vec::new(),
+            images: Vec::new(),
+            upstream: None,
+            loaded: None,
+            calls: Vec::new(),
+            upstream_name: upstream_name.to_string(),
+            upstream_path,
+            pull_failure: None,
+            remove_fails: Vec::new(),
+            test_failures: 0,
+            reload_failures: 0,
+            restore_fails: false,
+            read_fails: false,
+            crashes: HashMap::new(),
+            scripts: HashMap::new(),
+            answers: HashMap::new(),
+            probes: 0,
+            events: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Adds a running container publishing `port`.
+    pub fn add_container(&mut self, name: &str, labels: HashMap<String, String>, port: u16) {
+        self.next_id += 1;
+        self.containers.push(FakeContainer {
+            id: format!("fake{:04}", self.next_id),
+            name: name.to_string(),
+            labels,
+            state: ContainerState::Running,
+            ports: vec![port],
+            logs: String::new(),
+        });
+    }
+
+    /// The container of that name.
+    pub fn container(&self, name: &str) -> Option<&FakeContainer> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// Whether a container of that name exists and runs.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.container(name).is_some_and(|c| c.state.is_running())
+    }
+
+    /// The port the upstream file sends traffic to.
+    pub fn upstream_port(&self) -> Option<u16> {
+        self.upstream
+            .as_deref()
+            .and_then(|t| parse_ports(t, &self.upstream_name).first().copied())
+    }
+
+    /// The port the config nginx runs sends traffic to.
+    pub fn loaded_port(&self) -> Option<u16> {
+        self.loaded
+            .as_deref()
+            .and_then(|t| parse_ports(t, &self.upstream_name).first().copied())
+    }
+
+    /// Points the upstream file, and nginx, at `port` (as a finished switch leaves them).
+    pub fn serve(&mut self, port: u16, comment: &str) {
+        let text = render(&self.upstream_name, port, comment, 0);
+        self.upstream = Some(text.clone());
+        self.loaded = Some(text);
+    }
+
+    /// The container `name` keeps running for `checks` more state checks, then exits with
+    /// `code` after printing `logs`.
+    pub fn crash_after(&mut self, name: &str, checks: u32, code: i64, logs: &str) {
+        self.crashes.insert(
+            name.to_string(),
+            Crash {
+                checks,
+                code,
+                logs: logs.to_string(),
+            },
+        );
+    }
+
+    /// Probes of `port` answer these outcomes first, in order.
+    pub fn script(&mut self, port: u16, outcomes: impl IntoIterator<Item = ProbeOutcome>) {
+        self.scripts.entry(port).or_default().extend(outcomes);
+    }
+
+    /// Once its script is used up, every probe of `port` answers `outcome`.
+    pub fn answer(&mut self, port: u16, outcome: ProbeOutcome) {
+        self.answers.insert(port, outcome);
+    }
+
+    /// Runs `event` just before the `nth` probe (counted over every port, from 1) is answered.
+    pub fn at_probe(&mut self, nth: u32, event: impl FnOnce(&mut World) + Send + 'static) {
+        self.events.push((nth, Box::new(event)));
+    }
+
+    /// Probes made so far.
+    pub fn probes(&self) -> u32 {
+        self.probes
+    }
+
+    /// Whether the calls include `call`.
+    pub fn called(&self, call: &Call) -> bool {
+        self.calls.contains(call)
+    }
+
+    fn state(&mut self, name: &str) -> Option<ContainerState> {
+        let index = self.containers.iter().position(|c| c.name == name)?;
+        if let Some(crash) = self.crashes.get_mut(name) {
+            if crash.checks == 0 {
+                let crash = self.crashes.remove(name).expect("present");
+                let c = &mut self.containers[index];
+                c.state = ContainerState::Exited { code: crash.code };
+                c.logs = crash.logs;
+            } else {
+                crash.checks -= 1;
+            }
+        }
+        Some(self.containers[index].state.clone())
+    }
+
+    fn probe(&mut self, port: u16) -> ProbeOutcome {
+        self.calls.push(Call::Probe(port));
+        self.probes += 1;
+        let nth = self.probes;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.events)
+            .into_iter()
+            .partition(|(at, _)| *at == nth);
+        self.events = later;
+        for (_, event) in due {
+            event(self);
+        }
+        let published = self
+            .containers
+            .iter()
+            .any(|c| c.state.is_running() && c.ports.contains(&port));
+        if !published {
+            return ProbeOutcome::Unreachable("connection refused".into());
+        }
+        if let Some(outcome) = self.scripts.get_mut(&port).and_then(VecDeque::pop_front) {
+            return outcome;
+        }
+        self.answers
+            .get(&port)
+            .cloned()
+            .unwrap_or(ProbeOutcome::Healthy(200))
+    }
+
+    /// Puts `previous` back after a failed test or reload, as `Nginx::restore` does.
+    fn restore(&mut self, previous: Option<String>) -> Result<(), ProxyError> {
+        self.calls.push(Call::Restore);
+        if self.restore_fails {
+            return Err(ProxyError::Write {
+                action: if previous.is_some() {
+                    "restore"
+                } else {
+                    "remove"
+                },
+                path: self.upstream_path.clone(),
+                source: io::Error::other("fake: disk full"),
+            });
+        }
+        self.upstream = previous;
+        Ok(())
+    }
+
+    fn reload(&mut self) -> Result<(), ProxyError> {
+        self.calls.push(Call::Reload);
+        if self.reload_failures > 0 {
+            self.reload_failures -= 1;
+            return Err(ProxyError::ReloadFailed {
+                command: "nginx -s reload".into(),
+                output: "exit status: 1\nfake: nginx: [error] reload refused".into(),
+            });
+        }
+        self.loaded = self.upstream.clone();
+        Ok(())
+    }
+
+    /// [`Proxy::switch`], keeping the contract of `Nginx::switch_locked`.
+    fn switch(&mut self, port: u16, comment: &str) -> Result<(), ProxyError> {
+        self.calls.push(Call::Write(port));
+        let previous = self.upstream.clone();
+        self.upstream = Some(render(&self.upstream_name, port, comment, 0));
+
+        self.calls.push(Call::Test);
+        if self.test_failures > 0 {
+            self.test_failures -= 1;
+            let e = ProxyError::TestFailed {
+                command: "nginx -t".into(),
+                output: "exit status: 1\nfake: nginx: [emerg] test failed".into(),
+            };
+            self.restore(previous)?;
+            return Err(e);
+        }
+
+        if let Err(e) = self.reload() {
+            self.restore(previous)?;
+            if let Err(again) = self.reload() {
+                return Err(ProxyError::Unsettled {
+                    port,
+                    cause: Box::new(e),
+                    again: Box::new(again),
+                });
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// The shared world, and the three fakes over it.
+#[derive(Clone)]
+pub struct Fakes {
+    world: Arc<Mutex<World>>,
+}
+
+impl Fakes {
+    /// An empty world: no container, no image, no upstream file.
+    pub fn new(upstream_name: &str, upstream_path: PathBuf) -> Fakes {
+        Fakes {
+            world: Arc::new(Mutex::new(World::new(upstream_name, upstream_path))),
+        }
+    }
+
+    /// The world, to set up or read back. Never held across an await.
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn runtime(&self) -> FakeRuntime {
+        FakeRuntime(self.clone())
+    }
+
+    pub fn proxy(&self) -> FakeProxy {
+        FakeProxy(self.clone())
+    }
+
+    pub fn prober(&self) -> FakeProber {
+        FakeProber(self.clone())
+    }
+}
+
+fn api_error(action: String, message: &str) -> RuntimeError {
+    RuntimeError::Api {
+        action,
+        source: bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: message.to_string(),
+        },
+    }
+}
+
+/// The container engine of the [`World`].
+pub struct FakeRuntime(Fakes);
+
+impl Runtime for FakeRuntime {
+    async fn containers(&self, _app: &str) -> Result<Vec<Container>, RuntimeError> {
+        let world = self.0.world();
+        let mut containers: Vec<Container> = world
+            .containers
+            .iter()
+            .map(FakeContainer::observed)
+            .collect();
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(containers)
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        let world = self.0.world();
+        Ok(world
+            .images
+            .iter()
+            .position(|i| i == reference)
+            .map(|i| ImageInfo {
+                id: format!("sha256:fake{i:04}"),
+                repo_digests: Vec::new(),
+            }))
+    }
+
+    async fn pull(&self, reference: &str) -> Result<(), RuntimeError> {
+        let mut world = self.0.world();
+        world.calls.push(Call::Pull(reference.to_string()));
+        match world.pull_failure.take() {
+            Some(PullFailure::Transient) => Err(RuntimeError::RegistryUnreachable {
+                reference: reference.to_string(),
+                message: "fake: connection refused".into(),
+            }),
+            Some(PullFailure::Permanent) => Err(RuntimeError::ImageNotFound {
+                reference: reference.to_string(),
+                registry: "registry.test".into(),
+                message: "fake: manifest unknown".into(),
+            }),
+            None => {
+                world.images.push(reference.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    async fn run(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let mut world = self.0.world();
+        world.calls.push(Call::Run(spec.name.clone()));
+        if world.container(&spec.name).is_some() {
+            return Err(RuntimeError::NameTaken {
+                name: spec.name.clone(),
+            });
+        }
+        if !world.images.contains(&spec.image) {
+            return Err(api_error(
+                format!("create container {}", spec.name),
+                &format!("No such image: {}", spec.image),
+            ));
+        }
+        world.add_container(&spec.name, spec.labels.clone(), spec.host_port);
+        Ok(())
+    }
+
+    async fn state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {
+        Ok(self.0.world().state(name))
+    }
+
+    async fn logs(&self, name: &str, _lines: usize) -> Result<String, RuntimeError> {
+        let world = self.0.world();
+        Ok(world
+            .container(name)
+            .map(|c| c.logs.clone())
+            .unwrap_or_default())
+    }
+
+    async fn images(&self, repository: &str) -> Result<Vec<LocalImage>, RuntimeError> {
+        let world = self.0.world();
+        Ok(world
+            .images
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.starts_with(repository))
+            .map(|(i, r)| {
+                let pinned = r.contains('@');
+                LocalImage {
+                    id: format!("sha256:fake{i:04}"),
+                    tags: if pinned { Vec::new() } else { vec![r.clone()] },
+                    digests: if pinned { vec![r.clone()] } else { Vec::new() },
+                }
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut world = self.0.world();
+        world.calls.push(Call::RemoveImage(id.to_string()));
+        let in_use = world
+            .containers
+            .iter()
+            .any(|c| c.labels.get(LABEL_IMAGE).map(String::as_str) == Some(id));
+        if in_use {
+            return Err(api_error(
+                format!("remove image {id}"),
+                "image is being used by a container",
+            ));
+        }
+        world.images.retain(|i| i != id);
+        Ok(())
+    }
+
+    async fn registry_digest(&self, _reference: &str) -> Option<String> {
+        None
+    }
+
+    async fn remove(&self, name: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        let mut world = self.0.world();
+        world.calls.push(Call::Remove(name.to_string()));
+        if world.remove_fails.iter().any(|n| n == name) {
+            return Err(api_error(
+                format!("remove container {name}"),
+                "fake: the engine refused",
+            ));
+        }
+        world.containers.retain(|c| c.name != name);
+        Ok(())
+    }
+}
+
+/// nginx and its upstream file in the [`World`].
+pub struct FakeProxy(Fakes);
+
+impl Proxy for FakeProxy {
+    fn read(&self) -> Result<Option<String>, ProxyError> {
+        let world = self.0.world();
+        if world.read_fails {
+            return Err(ProxyError::Read {
+                path: world.upstream_path.clone(),
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            });
+        }
+        Ok(world.upstream.clone())
+    }
+
+    fn upstream_ports(&self) -> Result<Vec<u16>, ProxyError> {
+        let name = self.0.world().upstream_name.clone();
+        Ok(self
+            .read()?
+            .map(|text| parse_ports(&text, &name))
+            .unwrap_or_default())
+    }
+
+    async fn switch(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
+        self.0.world().switch(port, comment)
+    }
+
+    async fn wait_retired(&self, _limit: Duration) -> bool {
+        self.0.world().calls.push(Call::WaitRetired);
+        true
+    }
+}
+
+/// Health probes answered by the [`World`]'s script.
+pub struct FakeProber(Fakes);
+
+impl Prober for FakeProber {
+    async fn probe(&self, port: u16) -> ProbeOutcome {
+        self.0.world().probe(port)
+    }
+}
+
+mod tests {
+    use super::*;
+
+    fn fakes() -> Fakes {
+        Fakes::new("fieldtrack_api", PathBuf::from("/fake/upstream.conf"))
+    }
+
+    #[tokio::test]
+    async fn a_failed_test_puts_the_previous_bytes_back_and_never_reloads() {
+        let fakes = fakes();
+        let hand_written = "upstream fieldtrack_api {\n  server 127.0.0.1:3001; # by hand\n}\n";
+        {
+            let mut world = fakes.world();
+            world.upstream = Some(hand_written.to_string());
+            world.loaded = Some(hand_written.to_string());
+            world.test_failures = 1;
+        }
+        let e = fakes.proxy().switch(3002, "green").await.unwrap_err();
+        assert!(matches!(e, ProxyError::TestFailed { .. }), "{e}");
+        let world = fakes.world();
+        assert_eq!(world.upstream.as_deref(), Some(hand_written));
+        assert_eq!(world.loaded.as_deref(), Some(hand_written));
+        assert!(!world.called(&Call::Reload));
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_switch_leaves_no_file() {
+        let fakes = fakes();
+        fakes.world().test_failures = 1;
+        assert!(fakes.proxy().switch(3001, "blue").await.is_err());
+        assert_eq!(fakes.world().upstream, None);
+        assert_eq!(fakes.proxy().upstream_ports().unwrap(), Vec::<u16>::new());
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_restores_and_reloads_again_or_is_unsettled() {
+        let fakes = fakes();
+        fakes.world().serve(3001, "blue");
+        let before = fakes.world().upstream.clone();
+        fakes.world().reload_failures = 1;
+        let e = fakes.proxy().switch(3002, "green").await.unwrap_err();
+        assert!(matches!(e, ProxyError::ReloadFailed { .. }), "{e}");
+        assert!(!e.leaves_nginx_unsettled());
+        assert_eq!(fakes.world().upstream, before);
+        assert_eq!(fakes.world().loaded_port(), Some(3001));
+
+        fakes.world().reload_failures = 2;
+        let e = fakes.proxy().switch(3002, "green").await.unwrap_err();
+        assert!(e.leaves_nginx_unsettled(), "{e}");
+
+        fakes.world().restore_fails = true;
+        fakes.world().test_failures = 1;
+        let e = fakes.proxy().switch(3002, "green").await.unwrap_err();
+        assert!(e.leaves_nginx_unsettled(), "{e}");
+        assert_eq!(fakes.world().upstream_port(), Some(3002));
+    }
+
+    #[tokio::test]
+    async fn a_crash_comes_after_the_scripted_checks_and_hides_the_ports() {
+        let fakes = fakes();
+        fakes
+            .world()
+            .add_container("api-green", HashMap::new(), 3002);
+        fakes.world().crash_after("api-green", 1, 3, "panic");
+        let runtime = fakes.runtime();
+        assert_eq!(
+            runtime.state("api-green").await.unwrap(),
+            Some(ContainerState::Running)
+        );
+        assert_eq!(
+            runtime.state("api-green").await.unwrap(),
+            Some(ContainerState::Exited { code: 3 })
+        );
+        assert_eq!(runtime.logs("api-green", 20).await.unwrap(), "panic");
+        assert!(runtime.containers("api").await.unwrap()[0].ports.is_empty());
+        assert_eq!(
+            fakes.prober().probe(3002).await,
+            ProbeOutcome::Unreachable("connection refused".into())
+        );
+    }
+}
