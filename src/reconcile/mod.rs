@@ -5,6 +5,10 @@
 //! step by step, writing `status.json` after every step. The trigger only shows in logs and
 //! in the audit log.
 //!
+//! What lasts (the config, the runtime, the proxy, the prober, the webhook, the metrics) is a
+//! [`Context`], built once; what belongs to one run (its trigger, its cancellation, the status
+//! it writes) is a [`Pass`] over it.
+//!
 //! Production is never left pointing at an unhealthy or missing container: traffic moves only
 //! after the candidate answered its health check through its published port, a failed
 //! attempt removes its candidate and leaves the upstream file and the history as they were,
