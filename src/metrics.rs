@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::state::audit::AttemptOutcome;
+
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -36,7 +38,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 32;
 
 /// Outcomes counted from zero, so that `rate()` and alerts see them before the first one.
-const OUTCOMES: [&str; 4] = ["succeeded", "failed", "cancelled", "rolled_back"];
+const OUTCOMES: [AttemptOutcome; 4] = AttemptOutcome::ALL;
 
 /// Reconcile error kinds counted from zero.
 const ERROR_KINDS: [&str; 2] = ["transient", "permanent"];
@@ -87,7 +89,7 @@ impl Metrics {
         Metrics {
             converged: AtomicBool::new(false),
             live: Mutex::new(None),
-            deployments: Mutex::new(zeros(&OUTCOMES)),
+            deployments: Mutex::new(zeros(&OUTCOMES.map(AttemptOutcome::as_str))),
             last_duration: Mutex::new(None),
             health_probe_failures: AtomicU64::new(0),
             reconcile_errors: Mutex::new(zeros(&ERROR_KINDS)),
@@ -113,11 +115,10 @@ impl Metrics {
         *lock(&self.live) = None;
     }
 
-    /// A deployment attempt ended with `outcome` (`succeeded`, `failed`, `cancelled`,
-    /// `rolled_back`) after `duration`.
-    pub fn deployment(&self, outcome: &str, duration: Duration) {
+    /// A deployment attempt ended with `outcome` after `duration`.
+    pub fn deployment(&self, outcome: AttemptOutcome, duration: Duration) {
         *lock(&self.deployments)
-            .entry(outcome.to_owned())
+            .entry(outcome.as_str().to_owned())
             .or_default() += 1;
         *lock(&self.last_duration) = Some(duration.as_secs_f64());
     }
@@ -414,9 +415,9 @@ mod tests {
         let m = Metrics::new();
         m.set_converged(true);
         m.set_live("green", "v2", Some("sha256:abc"));
-        m.deployment("succeeded", Duration::from_millis(1500));
-        m.deployment("succeeded", Duration::from_secs(2));
-        m.deployment("failed", Duration::from_millis(250));
+        m.deployment(AttemptOutcome::Succeeded, Duration::from_millis(1500));
+        m.deployment(AttemptOutcome::Succeeded, Duration::from_secs(2));
+        m.deployment(AttemptOutcome::Failed, Duration::from_millis(250));
         m.health_probe_failed();
         m.health_probe_failed();
         m.health_probe_failed();
@@ -440,7 +441,7 @@ mod tests {
 
         m.clear_live();
         m.set_converged(false);
-        m.deployment("rolled_back", Duration::from_secs(3));
+        m.deployment(AttemptOutcome::RolledBack, Duration::from_secs(3));
         let text = m.render();
         assert!(!text.contains("fieldtrack_live_info{"), "{text}");
         assert!(text.contains("\nfieldtrack_converged 0\n"), "{text}");

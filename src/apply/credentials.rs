@@ -331,6 +331,23 @@ mod tests {
 
     const SECRET: &str = "hunter2-in-the-output";
 
+    /// `lookup`, again while the helper written a moment ago cannot be run yet: a test running
+    /// beside this one may fork while the script's write handle is open, and until that child
+    /// execs, the kernel refuses to run the script ("Text file busy").
+    async fn lookup_settled(registry: &str, source: &Source) -> Result<Login, CredentialError> {
+        for _ in 0..50 {
+            match lookup(registry, source).await {
+                Err(CredentialError::HelperNotRun { reason, .. })
+                    if reason.contains("Text file busy") =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                other => return other,
+            }
+        }
+        lookup(registry, source).await
+    }
+
     /// A folder with `bin/docker-credential-NAME` (the given shell body) and `config.json`.
     fn fixture(helper: &str, body: &str, config: &str) -> (tempfile::TempDir, Source) {
         let dir = tempfile::tempdir().unwrap();
@@ -357,7 +374,7 @@ mod tests {
             r#"{"credHelpers": {"127.0.0.1:5000": "xyz"}}"#,
         ] {
             let (_dir, source) = fixture("xyz", &body, config);
-            let err = lookup("127.0.0.1:5000", &source).await.unwrap_err();
+            let err = lookup_settled("127.0.0.1:5000", &source).await.unwrap_err();
             let (text, debug) = (err.to_string(), format!("{err:?}"));
             assert!(text.contains("docker-credential-xyz"), "{text}");
             assert!(text.contains("exit code 3"), "{text}");
@@ -371,7 +388,7 @@ mod tests {
         let body = r#"read registry; [ "$1" = get ] || exit 9
 echo "{\"ServerURL\":\"$registry\",\"Username\":\"ci\",\"Secret\":\"pw-for-$registry\"}""#;
         let (_dir, source) = fixture("ok", body, r#"{"credsStore": "ok"}"#);
-        let Login::Found { credentials, from } = lookup("ghcr.io", &source).await.unwrap() else {
+        let Login::Found { credentials, from } = lookup_settled("ghcr.io", &source).await.unwrap() else {
             panic!("credentials expected");
         };
         assert_eq!(credentials.username.as_deref(), Some("ci"));
@@ -383,7 +400,7 @@ echo "{\"ServerURL\":\"$registry\",\"Username\":\"ci\",\"Secret\":\"pw-for-$regi
     async fn a_helper_holding_nothing_means_anonymous_not_failed() {
         let body = format!("echo '{HELPER_HAS_NONE}'\nexit 1");
         let (_dir, source) = fixture("empty", &body, r#"{"credsStore": "empty"}"#);
-        let login = lookup("ghcr.io", &source).await.unwrap();
+        let login = lookup_settled("ghcr.io", &source).await.unwrap();
         assert!(matches!(login, Login::Missing { .. }), "{login:?}");
     }
 
@@ -393,12 +410,12 @@ echo "{\"ServerURL\":\"$registry\",\"Username\":\"ci\",\"Secret\":\"pw-for-$regi
         let config =
             r#"{"credsStore": "none-such", "auths": {"127.0.0.1:5000": {"auth": "Y2k6czNjcjN0"}}}"#;
         let (_dir, source) = fixture("unused", "exit 0", config);
-        let login = lookup("127.0.0.1:5000", &source).await.unwrap();
+        let login = lookup_settled("127.0.0.1:5000", &source).await.unwrap();
         assert_eq!(
             login.credentials().and_then(|c| c.password).as_deref(),
             Some("s3cr3t")
         );
-        let err = lookup("ghcr.io", &source).await.unwrap_err();
+        let err = lookup_settled("ghcr.io", &source).await.unwrap_err();
         assert!(matches!(err, CredentialError::HelperNotRun { .. }), "{err}");
     }
 
@@ -409,24 +426,24 @@ echo "{\"ServerURL\":\"$registry\",\"Username\":\"ci\",\"Secret\":\"pw-for-$regi
             config_dir: Some(dir.path().to_path_buf()),
             path: None,
         };
-        let Login::Missing { why } = lookup("ghcr.io", &source).await.unwrap() else {
+        let Login::Missing { why } = lookup_settled("ghcr.io", &source).await.unwrap() else {
             panic!("no credentials expected");
         };
         assert!(why.ends_with("config.json does not exist"), "{why}");
         std::fs::write(dir.path().join("config.json"), "{}").unwrap();
-        let Login::Missing { why } = lookup("ghcr.io", &source).await.unwrap() else {
+        let Login::Missing { why } = lookup_settled("ghcr.io", &source).await.unwrap() else {
             panic!("no credentials expected");
         };
         assert!(why.starts_with("none for ghcr.io in "), "{why}");
         std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
-        let err = lookup("ghcr.io", &source).await.unwrap_err();
+        let err = lookup_settled("ghcr.io", &source).await.unwrap_err();
         assert!(err.to_string().starts_with("cannot read "), "{err}");
     }
 
     #[tokio::test]
     async fn a_helper_name_with_a_path_is_refused_unrun() {
         let (_dir, source) = fixture("x", "exit 0", r#"{"credsStore": "../../tmp/x"}"#);
-        let err = lookup("ghcr.io", &source).await.unwrap_err();
+        let err = lookup_settled("ghcr.io", &source).await.unwrap_err();
         assert!(matches!(err, CredentialError::HelperName { .. }), "{err}");
     }
 }

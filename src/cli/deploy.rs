@@ -12,6 +12,7 @@ use crate::config::{Config, MAX_DURATION};
 use crate::desired::{
     check_text, Desired, DesiredErrorKind, ImageRef, BY_MAX_CHARS, NOTE_MAX_CHARS,
 };
+use crate::reconcile::Trigger;
 use crate::state::lock::{self, LockError};
 use crate::state::status::{Phase, Status};
 use crate::state::STATUS_FILE;
@@ -91,7 +92,7 @@ async fn converge_unless_superseded(cfg: Config, desired: &Desired) -> Result<u8
     if superseded(&cfg, desired) {
         return Err(superseded_error(desired));
     }
-    converge(cfg, desired, "deploy").await
+    converge(cfg, desired, Trigger::Deploy).await
 }
 
 fn superseded_error(desired: &Desired) -> CliError {

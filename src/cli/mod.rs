@@ -20,7 +20,7 @@ use crate::apply::health::HealthError;
 use crate::apply::runtime::{Docker, RuntimeError};
 use crate::config::{Config, ConfigError};
 use crate::desired::DesiredError;
-use crate::reconcile::{LiveReconciler, ReconcileError};
+use crate::reconcile::{Backoff, LiveContext, ReconcileError};
 use crate::state::lock::LockError;
 
 /// Keeps one containerised web app deployed blue/green behind nginx, converging it toward a
@@ -202,22 +202,26 @@ fn print_manpage(out_dir: Option<&std::path::Path>) -> Result<u8, CliError> {
     Ok(0)
 }
 
-/// Builds the reconciler on the real Docker engine and nginx.
-pub(crate) async fn reconciler(cfg: Config, trigger: &str) -> Result<LiveReconciler, CliError> {
+/// The passes' context on the real Docker engine and nginx.
+pub(crate) async fn context(cfg: Config) -> Result<LiveContext, CliError> {
     let docker = connect(&cfg.docker.host).await?;
-    Ok(LiveReconciler::live(cfg, docker, trigger)?)
+    Ok(LiveContext::live(cfg, docker)?)
 }
+
+/// The engine may be restarting: three more tries, after 500 ms, 1 s and 2 s.
+const CONNECT_TRIES: usize = 3;
+const CONNECT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 2);
 
 /// Connects to the engine, retrying a few times: it may be restarting.
 async fn connect(host: &str) -> Result<Docker, CliError> {
-    let mut delay = Duration::from_millis(500);
-    for _ in 0..3 {
+    let mut backoff = CONNECT_BACKOFF;
+    for _ in 0..CONNECT_TRIES {
         match Docker::connect(host).await {
             Ok(docker) => return Ok(docker),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "docker engine unreachable, retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -5,19 +5,19 @@ use super::CliError;
 use crate::apply::proxy::{render, Proxy};
 use crate::config::Config;
 use crate::desired::Desired;
-use crate::observe::observe;
 use crate::plan::{plan, Verdict};
 
 pub async fn run(cfg: Config) -> Result<u8, CliError> {
     // Unlike a reconcile, plan writes nothing, not even `invalid` into status.json.
     let desired = Desired::load(&cfg.desired_file, &cfg).map_err(CliError::Desired)?;
-    let rc = super::reconciler(cfg, "plan").await?;
-    let observed = observe(&rc.cfg, &rc.runtime, &rc.proxy)
+    let ctx = super::context(cfg).await?;
+    let observed = ctx
+        .observe()
         .await
         .map_err(|e| CliError::Failed(e.to_string()))?;
     // `fieldtrack reconcile` is run by hand, so it would retry a failed generation.
-    let plan = plan(&rc.cfg, &desired, &observed, true);
-    let live = observed.live(&rc.cfg);
+    let plan = plan(&ctx.cfg, &desired, &observed, true);
+    let live = observed.live(&ctx.cfg);
     println!(
         "Desired : {} (generation {})",
         desired.image, desired.generation
@@ -51,17 +51,17 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
         println!("  {}. {action}", i + 1);
     }
     if let Some((color, image)) = plan.target() {
-        let path = &rc.cfg.nginx.upstream_file;
-        let before = rc
+        let path = &ctx.cfg.nginx.upstream_file;
+        let before = ctx
             .proxy
             .read()
             .map_err(|e| CliError::Failed(e.to_string()))?
             .unwrap_or_default();
         let after = render(
-            &rc.cfg.nginx.upstream_name,
-            rc.cfg.port(color),
-            &format!("{color} {}:{image}", rc.cfg.app),
-            rc.cfg.nginx.upstream_keepalive,
+            &ctx.cfg.nginx.upstream_name,
+            ctx.cfg.port(color),
+            &format!("{color} {}:{image}", ctx.cfg.app),
+            ctx.cfg.nginx.upstream_keepalive,
         );
         let diff = similar::TextDiff::from_lines(&before, &after);
         println!(

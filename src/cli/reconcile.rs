@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::CliError;
 use crate::config::Config;
 use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX};
-use crate::reconcile::{Outcome, ReconcileError};
+use crate::reconcile::{Pass, PassOutcome, ReconcileError, Trigger};
 use crate::state::by_hand::{ByHand, BY_HAND_FILE};
 use crate::state::lock::{self, LockError, ReconcileLock};
 use crate::state::status::{Phase, Status};
@@ -29,7 +29,7 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
         },
         Err(e) => return Err(e.into()),
     };
-    converge(cfg, &desired, "cli").await
+    converge(cfg, &desired, Trigger::Cli).await
 }
 
 /// The daemon holds the lock: ask it for a pass by hand (SIGUSR1) and report that pass's
@@ -129,11 +129,12 @@ pub(crate) async fn take_lock(
 pub(crate) async fn converge(
     cfg: Config,
     desired: &Desired,
-    trigger: &str,
+    trigger: Trigger,
 ) -> Result<u8, CliError> {
-    let rc = super::reconciler(cfg, trigger).await?;
-    let result = rc.reconcile_with_retries(desired, true, TRIES).await;
-    if let Some(notifier) = &rc.notifier {
+    let ctx = super::context(cfg).await?;
+    let pass = Pass::new(&ctx, trigger);
+    let result = pass.reconcile_with_retries(desired, true, TRIES).await;
+    if let Some(notifier) = &ctx.notifier {
         // This process exits next: give the webhook a moment, never more, since a webhook
         // that is down or slow must not delay a deployment.
         if !notifier.flush(Duration::from_secs(1)).await {
@@ -149,7 +150,7 @@ pub(crate) async fn converge(
     {
         // An auto-rollback rewrote the desired file: one more pass makes the status say
         // what runs now (no daemon is here to notice the file).
-        if let Ok(now) = Desired::load(&rc.cfg.desired_file, &rc.cfg) {
+        if let Ok(now) = Desired::load(&ctx.cfg.desired_file, &ctx.cfg) {
             let ours = now.by.as_deref() == Some("fieldtrack")
                 && now
                     .note
@@ -157,13 +158,13 @@ pub(crate) async fn converge(
                     .is_some_and(|n| n.starts_with(AUTO_ROLLBACK_NOTE_PREFIX));
             // Only our own rewrite: a desired state someone else wrote meanwhile is theirs.
             if ours && now.generation != desired.generation {
-                let _ = rc.reconcile(&now, false).await;
+                let _ = pass.reconcile(&now, false).await;
             }
         }
     }
     match result? {
-        Outcome::Converged => {
-            let status = Status::load(&rc.cfg.state_dir.join(STATUS_FILE))
+        PassOutcome::Converged => {
+            let status = Status::load(&ctx.cfg.state_dir.join(STATUS_FILE))
                 .ok()
                 .flatten();
             match status.and_then(|s| s.live) {
@@ -175,11 +176,11 @@ pub(crate) async fn converge(
             }
             Ok(0)
         }
-        Outcome::Paused => {
+        PassOutcome::Paused => {
             eprintln!("paused: the desired file says paused = true; nothing was changed");
             Ok(0)
         }
-        Outcome::AlreadyFailed { message } => Err(CliError::Failed(format!(
+        PassOutcome::AlreadyFailed { message } => Err(CliError::Failed(format!(
             "generation {} already failed: {}",
             desired.generation,
             message.unwrap_or_default()

@@ -11,8 +11,9 @@ use super::CliError;
 use crate::apply::runtime::{Docker, Runtime};
 use crate::config::Config;
 use crate::desired::{Desired, ImageRef, ROLLBACK_NOTE_PREFIX};
+use crate::state::audit::{self, AttemptOutcome};
 use crate::state::status::{Phase, Status, Step};
-use crate::state::{audit, history, AUDIT_FILE, STATUS_FILE};
+use crate::state::{history, AUDIT_FILE, STATUS_FILE};
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -119,7 +120,7 @@ fn recorded_digest(cfg: &Config, image: &str) -> Option<String> {
     records
         .iter()
         .rev()
-        .find(|r| r.image == image && r.outcome == "succeeded" && r.digest.is_some())
+        .find(|r| r.image == image && r.outcome == AttemptOutcome::Succeeded && r.digest.is_some())
         .and_then(|r| r.digest.clone())
 }
 

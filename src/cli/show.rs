@@ -9,7 +9,7 @@ use super::CliError;
 use crate::apply::proxy::parse_port;
 use crate::config::Config;
 use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
-use crate::state::audit::{self, AuditRecord};
+use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::history;
 use crate::state::status::Status;
 use crate::state::{AUDIT_FILE, STATUS_FILE};
@@ -102,14 +102,14 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
         records
             .iter()
             .rev()
-            .find(|r| r.image == image && r.outcome == "succeeded")
+            .find(|r| r.image == image && r.outcome == AttemptOutcome::Succeeded)
     };
     // Versions someone rolled back from (the rollback command's note names them), or that
     // fieldtrack itself rolled back after they failed during the drain.
     let rolled_back_from = |image: &str| -> bool {
         records.iter().any(|r| {
-            (r.outcome == "rolled_back" && r.image == image)
-                || (r.outcome == "succeeded"
+            (r.outcome == AttemptOutcome::RolledBack && r.image == image)
+                || (r.outcome == AttemptOutcome::Succeeded
                     && r.previous.as_deref() == Some(image)
                     && r.note
                         .as_deref()

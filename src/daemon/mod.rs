@@ -29,9 +29,10 @@ use crate::apply::runtime::{Docker, RuntimeError};
 use crate::config::{Config, ConfigError};
 use crate::desired::{Desired, DesiredError, DesiredErrorKind};
 use crate::metrics::Metrics;
-use crate::observe::observe;
 use crate::plan::{plan, Verdict};
-use crate::reconcile::{error_policy, LiveReconciler, Outcome, ReconcileError, Requeue};
+use crate::reconcile::{
+    error_policy, Backoff, LiveContext, Pass, PassOutcome, ReconcileError, Requeue, Trigger,
+};
 use crate::state::by_hand::{ByHand, BY_HAND_FILE};
 use crate::state::lock::{self, LockError};
 use crate::state::status::Status;
@@ -42,15 +43,11 @@ use sources::{Event, SourceError};
 const DEBOUNCE: Duration = Duration::from_millis(250);
 /// Quiet time before a file that did not parse is read again and, if still bad, reported.
 const PARSE_QUIET: Duration = Duration::from_secs(1);
-/// The trigger of a pass asked for by hand (`fieldtrack reconcile`): it retries a failed
-/// generation.
-pub const BY_HAND: &str = "by-hand";
 /// How long a starting daemon waits for the lock of a previous daemon (which may be exiting)
 /// before it refuses to run beside it.
 const PREVIOUS_DAEMON_WAIT: Duration = Duration::from_secs(5);
-/// Backoff bounds for transient errors.
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Transient errors are retried after 1 s, doubling up to 5 min, without end.
+const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300), 2);
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +74,7 @@ pub enum DaemonError {
 
 /// A pass running beside the loop.
 struct Running {
-    handle: JoinHandle<Result<Outcome, ReconcileError>>,
+    handle: JoinHandle<Result<PassOutcome, ReconcileError>>,
     cancel: CancellationToken,
     desired: Desired,
     /// The number of this by-hand pass in `by-hand.json`, when it is one.
@@ -90,11 +87,13 @@ struct Daemon {
     config_path: PathBuf,
     cfg: Config,
     docker: Option<Docker>,
+    /// What the passes share, built from `cfg` and `docker`; dropped when either changes.
+    context: Option<Arc<LiveContext>>,
     /// The last desired state that parsed and validated; stays in force while the file is bad.
     desired: Option<Desired>,
     running: Option<Running>,
     /// A pass is wanted as soon as the running one ends (new generation, resync).
-    pass_wanted: Option<&'static str>,
+    pass_wanted: Option<Trigger>,
     /// `fieldtrack reconcile` asked (SIGUSR1) and no by-hand pass has started since: the
     /// next pass to start is one, whatever else asked for it (a retry after an error too).
     by_hand_pending: bool,
@@ -104,7 +103,7 @@ struct Daemon {
     parse_retry: bool,
     /// When to retry after a transient error.
     retry_at: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     stopping: bool,
     ready_sent: bool,
     /// Shared by every pass and the metrics endpoint.
@@ -162,14 +161,15 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
         config_path,
         cfg,
         docker: None,
+        context: None,
         desired: None,
         running: None,
-        pass_wanted: Some("start"),
+        pass_wanted: Some(Trigger::Start),
         by_hand_pending: false,
         read_at: Some(Instant::now()),
         parse_retry: false,
         retry_at: None,
-        backoff: BACKOFF_MIN,
+        backoff: BACKOFF,
         stopping: false,
         ready_sent: false,
         metrics,
@@ -196,7 +196,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
                 Some(Event::DesiredReplaced) => d.read_at = Some(Instant::now()),
                 Some(Event::Resync) => {
                     d.read_at.get_or_insert(Instant::now());
-                    d.pass_wanted.get_or_insert("resync");
+                    d.pass_wanted.get_or_insert(Trigger::Resync);
                 }
                 Some(Event::Stop) => {
                     if d.stopping {
@@ -212,7 +212,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
                 Some(Event::ByHand) => {
                     tracing::info!("reconcile asked for by hand");
                     d.read_at.get_or_insert(Instant::now());
-                    d.pass_wanted = Some(BY_HAND);
+                    d.pass_wanted = Some(Trigger::ByHand);
                     d.by_hand_pending = true;
                 }
                 Some(Event::Reload) => {
@@ -233,7 +233,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
             }
             _ = sleep_until(d.retry_at.unwrap_or(far)), if d.retry_at.is_some() => {
                 d.retry_at = None;
-                d.pass_wanted.get_or_insert("retry");
+                d.pass_wanted.get_or_insert(Trigger::Retry);
             }
             result = async { (&mut d.running.as_mut().expect("guarded").handle).await }, if d.running.is_some() => {
                 let running = d.running.take().expect("guarded");
@@ -258,7 +258,7 @@ impl Daemon {
                     self.desired.as_ref().map(|d| &d.generation) != Some(&desired.generation);
                 let was_invalid = self.invalid.take().is_some();
                 if !changed && was_invalid {
-                    self.pass_wanted.get_or_insert("file");
+                    self.pass_wanted.get_or_insert(Trigger::File);
                 }
                 if changed {
                     tracing::info!(generation = %desired.generation, image = %desired.image, "new desired generation");
@@ -269,8 +269,8 @@ impl Daemon {
                     }
                     self.desired = Some(desired);
                     self.retry_at = None;
-                    self.backoff = BACKOFF_MIN;
-                    self.pass_wanted = Some("file");
+                    self.backoff.reset();
+                    self.pass_wanted = Some(Trigger::File);
                 }
             }
             Err(e) if e.kind() == DesiredErrorKind::Parse && !self.parse_retry => {
@@ -310,9 +310,9 @@ impl Daemon {
     }
 
     /// Spawns a pass toward the last good desired state.
-    async fn start_pass(&mut self, trigger: &'static str) {
+    async fn start_pass(&mut self, trigger: Trigger) {
         let trigger = if self.by_hand_pending {
-            BY_HAND
+            Trigger::ByHand
         } else {
             trigger
         };
@@ -322,6 +322,55 @@ impl Daemon {
             }
             return;
         };
+        let Some(ctx) = self.context().await else {
+            return;
+        };
+        if !self.ready_sent {
+            // READY=1 after the first observation of the world.
+            match ctx.observe().await {
+                Ok(observed) => {
+                    let live = observed.live(&ctx.cfg).map(|c| c.name.clone());
+                    tracing::info!(live = ?live, history = ?observed.history, "first observation");
+                }
+                Err(e) => tracing::warn!(error = %e, "first observation failed"),
+            }
+            self.ready();
+        }
+        let by_hand = trigger == Trigger::ByHand;
+        let number = by_hand.then(|| self.by_hand_started());
+        let cancel = CancellationToken::new();
+        let pass_cancel = cancel.clone();
+        let pass_desired = desired.clone();
+        let file_unusable = self.invalid.is_some();
+        let handle = tokio::spawn(async move {
+            if file_unusable {
+                if let Some(outcome) = nothing_to_repair(&ctx, &pass_desired, by_hand).await {
+                    return Ok(outcome);
+                }
+            }
+            let pass = Pass::new(&ctx, trigger).with_cancel(pass_cancel);
+            let result = pass.reconcile(&pass_desired, by_hand).await;
+            if let Err(e) = &result {
+                // The pass records the failure itself: it knows the status.
+                let _ = pass.record_failure(&pass_desired, e);
+            }
+            result
+        });
+        self.running = Some(Running {
+            handle,
+            cancel,
+            desired,
+            by_hand: number,
+        });
+    }
+
+    /// The context of the next pass: the one built before, unless the config or the engine
+    /// changed since. None when the engine cannot be reached (a retry is scheduled) or the
+    /// health prober cannot be built.
+    async fn context(&mut self) -> Option<Arc<LiveContext>> {
+        if let Some(ctx) = &self.context {
+            return Some(ctx.clone());
+        }
         let docker = match self.docker.clone() {
             Some(docker) => docker,
             None => match Docker::connect(&self.cfg.docker.host).await {
@@ -332,56 +381,22 @@ impl Daemon {
                 }
                 Err(e) => {
                     self.metrics.reconcile_error("transient");
-                    self.transient(&ReconcileError::Runtime(e));
-                    return;
+                    self.requeue(&ReconcileError::Runtime(e));
+                    return None;
                 }
             },
         };
-        let rc = match LiveReconciler::live(self.cfg.clone(), docker, trigger) {
-            Ok(mut rc) => {
-                rc.metrics = self.metrics.clone();
-                rc
+        match LiveContext::live(self.cfg.clone(), docker) {
+            Ok(ctx) => {
+                let ctx = Arc::new(ctx.with_metrics(self.metrics.clone()));
+                self.context = Some(ctx.clone());
+                Some(ctx)
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the health prober");
-                return;
+                None
             }
-        };
-        if !self.ready_sent {
-            // READY=1 after the first observation of the world.
-            match observe(&rc.cfg, &rc.runtime, &rc.proxy).await {
-                Ok(observed) => {
-                    let live = observed.live(&rc.cfg).map(|c| c.name.clone());
-                    tracing::info!(live = ?live, history = ?observed.history, "first observation");
-                }
-                Err(e) => tracing::warn!(error = %e, "first observation failed"),
-            }
-            self.ready();
         }
-        let by_hand = (trigger == BY_HAND).then(|| self.by_hand_started());
-        let cancel = rc.cancel.clone();
-        let pass_desired = desired.clone();
-        let file_unusable = self.invalid.is_some();
-        let handle = tokio::spawn(async move {
-            let by_hand = trigger == BY_HAND;
-            if file_unusable {
-                if let Some(outcome) = nothing_to_repair(&rc, &pass_desired, by_hand).await {
-                    return Ok(outcome);
-                }
-            }
-            let result = rc.reconcile(&pass_desired, by_hand).await;
-            if let Err(e) = &result {
-                // The pass's own reconciler records the failure: it knows the status.
-                let _ = rc.record_failure(&pass_desired, e);
-            }
-            result
-        });
-        self.running = Some(Running {
-            handle,
-            cancel,
-            desired,
-            by_hand,
-        });
     }
 
     /// Counts a by-hand pass as started in `by-hand.json`; its number.
@@ -418,7 +433,7 @@ impl Daemon {
     fn finish_pass(
         &mut self,
         running: Running,
-        result: Result<Result<Outcome, ReconcileError>, tokio::task::JoinError>,
+        result: Result<Result<PassOutcome, ReconcileError>, tokio::task::JoinError>,
     ) {
         // A pass that repaired drift toward the last good desired state wrote its own
         // status; the desired file is still unusable, and that is what it must keep saying.
@@ -433,21 +448,17 @@ impl Daemon {
         match result {
             Ok(Ok(outcome)) => {
                 tracing::info!(?outcome, "pass done");
-                self.backoff = BACKOFF_MIN;
+                self.backoff.reset();
             }
             Ok(Err(e)) if e.is_cancellation() => {
                 tracing::info!("attempt cancelled");
-                self.pass_wanted.get_or_insert("file");
+                self.pass_wanted.get_or_insert(Trigger::File);
             }
-            Ok(Err(e)) => match error_policy(&e, self.backoff) {
-                Requeue::After(_) => self.transient(&e),
-                Requeue::AwaitChange => {
-                    tracing::error!(error = %e, "attempt failed; waiting for the desired file to change");
-                }
-            },
+            Ok(Err(e)) => self.requeue(&e),
             Err(e) => {
-                tracing::error!(error = %e, "pass panicked; retrying");
-                self.retry_at = Some(Instant::now() + self.backoff);
+                let delay = self.backoff.next_delay();
+                tracing::error!(error = %e, retry_in = ?delay, "pass panicked; retrying");
+                self.retry_at = Some(Instant::now() + delay);
             }
         }
         if let Some(number) = running.by_hand {
@@ -455,13 +466,22 @@ impl Daemon {
         }
     }
 
-    fn transient(&mut self, e: &ReconcileError) {
-        tracing::warn!(error = %e, retry_in = ?self.backoff, "transient error");
-        if matches!(e, ReconcileError::Runtime(RuntimeError::Unreachable { .. })) {
-            self.docker = None;
+    /// Applies the error policy: a transient error comes back after the delay it returns,
+    /// a permanent one waits for the desired file to change.
+    fn requeue(&mut self, e: &ReconcileError) {
+        match error_policy(e, &mut self.backoff) {
+            Requeue::After(delay) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "transient error");
+                if matches!(e, ReconcileError::Runtime(RuntimeError::Unreachable { .. })) {
+                    self.docker = None;
+                    self.context = None;
+                }
+                self.retry_at = Some(Instant::now() + delay);
+            }
+            Requeue::AwaitChange => {
+                tracing::error!(error = %e, "attempt failed; waiting for the desired file to change");
+            }
         }
-        self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
     /// SIGHUP: a new valid config replaces the old one for the next passes; an invalid one
@@ -475,9 +495,10 @@ impl Daemon {
                 if cfg.docker.host != self.cfg.docker.host {
                     self.docker = None;
                 }
+                self.context = None;
                 self.cfg = cfg;
                 self.read_at = Some(Instant::now());
-                self.pass_wanted.get_or_insert("reload");
+                self.pass_wanted.get_or_insert(Trigger::Reload);
                 moved
             }
             Err(e) => {
@@ -493,16 +514,16 @@ impl Daemon {
 /// outcome it would have had, or None when there is drift to repair (or the world could
 /// not be observed, which the pass reports itself).
 async fn nothing_to_repair(
-    rc: &LiveReconciler,
+    ctx: &LiveContext,
     desired: &Desired,
     by_hand: bool,
-) -> Option<Outcome> {
-    let observed = observe(&rc.cfg, &rc.runtime, &rc.proxy).await.ok()?;
-    match plan(&rc.cfg, desired, &observed, by_hand).verdict {
+) -> Option<PassOutcome> {
+    let observed = ctx.observe().await.ok()?;
+    match plan(&ctx.cfg, desired, &observed, by_hand).verdict {
         Verdict::Converge | Verdict::Unclear { .. } => None,
-        Verdict::InSync => Some(Outcome::Converged),
-        Verdict::Paused => Some(Outcome::Paused),
-        Verdict::AlreadyFailed => Some(Outcome::AlreadyFailed { message: None }),
+        Verdict::InSync => Some(PassOutcome::Converged),
+        Verdict::Paused => Some(PassOutcome::Paused),
+        Verdict::AlreadyFailed => Some(PassOutcome::AlreadyFailed { message: None }),
     }
 }
 

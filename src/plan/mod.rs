@@ -31,58 +31,69 @@ pub enum Verdict {
 pub enum Action {
     /// Remove a container that has no place in the desired world.
     Remove { name: String, reason: String },
-    /// Start the desired image as a candidate in `color`, gate it on health, switch nginx to
-    /// it, drain and remove `old`, record the history.
-    Deploy {
-        color: Color,
-        image: String,
-        reference: String,
-        old: Option<String>,
-    },
-    /// The desired image already runs in `color`, not live (for example the previous color
-    /// still draining): gate it on health and switch to it; no container is started.
-    Switch {
-        color: Color,
-        image: String,
-        reference: String,
-        old: Option<String>,
-    },
+    /// Start the desired image as a candidate in the rollout's color, gate it on health,
+    /// switch nginx to it, drain and remove `old`, record the history.
+    Deploy(Rollout),
+    /// The desired image already runs in the rollout's color, not live (for example the
+    /// previous color still draining): gate it on health and switch to it; no container is
+    /// started.
+    Switch(Rollout),
     /// Make nginx load the upstream file that points at the live `color` again, before
     /// anything else changes: a pass may have died between writing the file and reloading.
     Reassert { color: Color },
+    /// Wait `rollout.drain`, then until nginx's workers of earlier configurations have
+    /// exited: after a [`Action::Reassert`], before the first removal, since a pass may have
+    /// died between a switch and its drain and those workers may still send requests to
+    /// what is removed next.
+    Drain,
     /// The desired image is live but the history does not start with it (a pass died
     /// between the switch and the history write): prepend it.
     RecordHistory { image: String },
 }
 
+/// Where traffic moves in a [`Action::Deploy`] or [`Action::Switch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// The color that gets the traffic.
+    pub color: Color,
+    /// The image as written in the desired file.
+    pub image: String,
+    /// The full pullable reference.
+    pub reference: String,
+    /// The other color's container, retired after the drain.
+    pub old: Option<String>,
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let then_retire = |f: &mut fmt::Formatter<'_>, old: &Option<String>| match old {
+            Some(old) => write!(f, ", then drain and remove {old}"),
+            None => Ok(()),
+        };
         match self {
             Action::Remove { name, reason } => write!(f, "remove container {name} ({reason})"),
-            Action::Deploy {
+            Action::Deploy(Rollout {
                 color, image, old, ..
-            } => {
+            }) => {
                 write!(f, "deploy {image} as {color}, switch nginx to {color}")?;
-                match old {
-                    Some(old) => write!(f, ", then drain and remove {old}"),
-                    None => Ok(()),
-                }
+                then_retire(f, old)
             }
-            Action::Switch {
+            Action::Switch(Rollout {
                 color, image, old, ..
-            } => {
+            }) => {
                 write!(
                     f,
                     "switch nginx to {color} (already running {image}), no new container"
                 )?;
-                match old {
-                    Some(old) => write!(f, ", then drain and remove {old}"),
-                    None => Ok(()),
-                }
+                then_retire(f, old)
             }
             Action::Reassert { color } => {
                 write!(f, "reload nginx with the upstream file pointing at {color}")
             }
+            Action::Drain => write!(
+                f,
+                "drain: wait rollout.drain and for nginx's old workers before removing"
+            ),
             Action::RecordHistory { image } => {
                 write!(f, "record {image} at the head of the history")
             }
@@ -108,9 +119,7 @@ impl Plan {
     /// The color traffic moves to, when the plan switches.
     pub fn target(&self) -> Option<(Color, &str)> {
         self.actions.iter().find_map(|a| match a {
-            Action::Deploy { color, image, .. } | Action::Switch { color, image, .. } => {
-                Some((*color, image.as_str()))
-            }
+            Action::Deploy(r) | Action::Switch(r) => Some((r.color, r.image.as_str())),
             _ => None,
         })
     }
@@ -195,6 +204,10 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
             return Plan::of(Verdict::InSync);
         }
         if let Some(color) = live.color {
+            // The removals come first: they wait for the drain after the reload.
+            if matches!(actions.first(), Some(Action::Remove { .. })) {
+                actions.insert(0, Action::Drain);
+            }
             actions.insert(0, Action::Reassert { color });
         }
         return Plan {
@@ -245,38 +258,36 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     let old = observed
         .container(cfg, color.other())
         .map(|c| c.name.clone());
-    let reusable = runs_desired(color);
-    match reusable {
-        Some(_) => actions.push(Action::Switch {
-            color,
-            image,
-            reference,
-            old,
-        }),
-        None => {
-            if let Some(stale) = observed.container(cfg, color) {
-                // A running one may still get requests: from nginx's workers of an earlier
-                // configuration (a drain cut short), or from an nginx whose last reload failed
-                // half-way. Reloading the file that points at the live color first (and
-                // draining) makes sure it gets none; if nginx cannot reload, nothing is removed.
-                if let Some(live) = live.filter(|_| stale.state.is_running()) {
-                    if let Some(live_color) = live.color {
-                        actions.push(Action::Reassert { color: live_color });
-                    }
+    let reusable = runs_desired(color).is_some();
+    if !reusable {
+        if let Some(stale) = observed.container(cfg, color) {
+            // A running one may still get requests: from nginx's workers of an earlier
+            // configuration (a drain cut short), or from an nginx whose last reload failed
+            // half-way. Reloading the file that points at the live color first, then
+            // draining, makes sure it gets none; if nginx cannot reload, nothing is removed.
+            if let Some(live) = live.filter(|_| stale.state.is_running()) {
+                if let Some(live_color) = live.color {
+                    actions.push(Action::Reassert { color: live_color });
+                    actions.push(Action::Drain);
                 }
-                actions.push(Action::Remove {
-                    name: stale.name.clone(),
-                    reason: format!("stale {color} container ({}, {})", stale.image, stale.state),
-                });
             }
-            actions.push(Action::Deploy {
-                color,
-                image,
-                reference,
-                old,
+            actions.push(Action::Remove {
+                name: stale.name.clone(),
+                reason: format!("stale {color} container ({}, {})", stale.image, stale.state),
             });
         }
     }
+    let rollout = Rollout {
+        color,
+        image,
+        reference,
+        old,
+    };
+    actions.push(if reusable {
+        Action::Switch(rollout)
+    } else {
+        Action::Deploy(rollout)
+    });
     actions.extend(after_switch);
     Plan {
         verdict: Verdict::Converge,
@@ -365,12 +376,12 @@ mod tests {
     }
 
     fn deploy(color: Color, tag: &str, old: Option<&str>) -> Action {
-        Action::Deploy {
+        Action::Deploy(Rollout {
             color,
             image: tag.to_string(),
             reference: format!("{REPO}:{tag}"),
             old: old.map(str::to_string),
-        }
+        })
     }
 
     const BLUE: Option<u16> = Some(3001);
@@ -396,12 +407,12 @@ mod tests {
         // Green already runs v1 but is not live: it is health-gated and switched to.
         assert_eq!(
             p.actions,
-            vec![Action::Switch {
+            vec![Action::Switch(Rollout {
                 color: Color::Green,
                 image: "v1".into(),
                 reference: format!("{REPO}:v1"),
                 old: None,
-            }]
+            })]
         );
         assert_eq!(p.target(), Some((Color::Green, "v1")));
     }
@@ -471,8 +482,10 @@ mod tests {
                 color: Color::Green
             }
         );
-        assert_eq!(p.actions.len(), 2);
-        assert!(matches!(&p.actions[1], Action::Remove { name, .. } if name == "api-blue"));
+        // A pass died between the switch and the drain: the old color waits for it.
+        assert_eq!(p.actions[1], Action::Drain);
+        assert_eq!(p.actions.len(), 3);
+        assert!(matches!(&p.actions[2], Action::Remove { name, .. } if name == "api-blue"));
     }
 
     #[test]
@@ -498,8 +511,9 @@ mod tests {
             &["v1"],
         );
         let p = plan(&cfg(), &desired("v1"), &o, false);
-        assert_eq!(p.actions.len(), 2);
-        assert!(matches!(&p.actions[1], Action::Remove { name, .. } if name == "api-green"));
+        assert_eq!(p.actions.len(), 3);
+        assert_eq!(p.actions[1], Action::Drain);
+        assert!(matches!(&p.actions[2], Action::Remove { name, .. } if name == "api-green"));
     }
 
     #[test]
@@ -513,12 +527,12 @@ mod tests {
         let p = plan(&cfg(), &desired("v1"), &o, false);
         assert_eq!(
             p.actions,
-            vec![Action::Switch {
+            vec![Action::Switch(Rollout {
                 color: Color::Blue,
                 image: "v1".into(),
                 reference: format!("{REPO}:v1"),
                 old: Some("api-green".into()),
-            }]
+            })]
         );
     }
 
@@ -554,12 +568,12 @@ mod tests {
         // Blue runs v1 but traffic goes to green, where nothing runs: switch back to blue.
         assert_eq!(
             p.actions,
-            vec![Action::Switch {
+            vec![Action::Switch(Rollout {
                 color: Color::Blue,
                 image: "v1".into(),
                 reference: format!("{REPO}:v1"),
                 old: None,
-            }]
+            })]
         );
     }
 
@@ -766,15 +780,64 @@ mod tests {
             &["v1"],
         );
         let p = plan(&cfg(), &desired("v3"), &o, false);
-        assert_eq!(p.actions.len(), 3, "{p:?}");
+        assert_eq!(p.actions.len(), 4, "{p:?}");
         assert_eq!(
             p.actions[0],
             Action::Reassert {
                 color: Color::Green
             }
         );
-        assert!(matches!(&p.actions[1], Action::Remove { name, .. } if name == "api-blue"));
-        assert_eq!(p.actions[2], deploy(Color::Blue, "v3", Some("api-green")));
+        assert_eq!(p.actions[1], Action::Drain);
+        assert!(matches!(&p.actions[2], Action::Remove { name, .. } if name == "api-blue"));
+        assert_eq!(p.actions[3], deploy(Color::Blue, "v3", Some("api-green")));
+    }
+
+    #[test]
+    fn a_reload_with_nothing_to_remove_needs_no_drain() {
+        let o = observed(vec![running(Color::Green, "v2")], GREEN, &["v1"]);
+        let p = plan(&cfg(), &desired("v2"), &o, false);
+        assert!(!p.actions.contains(&Action::Drain), "{p:?}");
+        // Nor does a stale candidate that does not run: nginx never sent it requests.
+        let o = observed(
+            vec![
+                running(Color::Green, "v2"),
+                container(Color::Blue, "v1", ContainerState::Exited { code: 0 }),
+            ],
+            GREEN,
+            &["v2"],
+        );
+        let p = plan(&cfg(), &desired("v3"), &o, false);
+        assert!(!p.actions.contains(&Action::Drain), "{p:?}");
+    }
+
+    #[test]
+    fn the_drain_after_a_reload_comes_once_before_the_first_removal() {
+        // Desired live on green, blue and a misnamed container left over.
+        let mut odd = container(Color::Blue, "v0", ContainerState::Exited { code: 0 });
+        odd.name = "api-old".into();
+        odd.id = "id-odd".into();
+        let o = observed(
+            vec![running(Color::Blue, "v1"), running(Color::Green, "v2"), odd],
+            GREEN,
+            &["v1"],
+        );
+        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let kinds: Vec<String> = p
+            .actions
+            .iter()
+            .map(|a| {
+                a.to_string()
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["reload", "drain:", "remove", "remove", "record"],
+            "{p:?}"
+        );
     }
 
     mod never_removes_what_serves {
@@ -868,9 +931,12 @@ mod tests {
                 )
         }
 
-        /// Walks the plan, keeping the upstream file as each switching action leaves it.
+        /// Walks the plan, keeping the upstream file as each switching action leaves it, and
+        /// whether nginx reloaded since the last drain (its old workers may still send
+        /// requests to what is removed then).
         fn check(cfg: &Config, o: &Observed, p: &Plan) -> Result<(), TestCaseError> {
             let mut upstream = o.upstream_ports.clone();
+            let mut undrained_reload = false;
             let serves = |name: &str, upstream: &[u16]| {
                 o.containers.iter().any(|c| {
                     c.name == name
@@ -880,12 +946,26 @@ mod tests {
             };
             for action in &p.actions {
                 match action {
-                    Action::Remove { name, .. } => prop_assert!(
-                        !serves(name, &upstream),
-                        "removes {name}, which {upstream:?} points at: {p:?}"
-                    ),
-                    Action::Reassert { color } => upstream = vec![cfg.port(*color)],
-                    Action::Deploy { color, old, .. } | Action::Switch { color, old, .. } => {
+                    Action::Remove { name, .. } => {
+                        prop_assert!(
+                            !serves(name, &upstream),
+                            "removes {name}, which {upstream:?} points at: {p:?}"
+                        );
+                        prop_assert!(
+                            !undrained_reload,
+                            "removes {name} after a reload without a drain: {p:?}"
+                        );
+                    }
+                    Action::Reassert { color } => {
+                        upstream = vec![cfg.port(*color)];
+                        undrained_reload = true;
+                    }
+                    Action::Drain => {
+                        prop_assert!(undrained_reload, "drains without a reload: {p:?}");
+                        undrained_reload = false;
+                    }
+                    Action::Deploy(Rollout { color, old, .. })
+                    | Action::Switch(Rollout { color, old, .. }) => {
                         let port = cfg.port(*color);
                         // The candidate publishes `port`; a running container holding it
                         // already makes the start fail before anything is removed.

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{ReconcileError, Reconciler};
+use super::{Context, Pass, ReconcileError};
 use crate::apply::env_file;
 use crate::apply::health::{probe_delays, ProbeOutcome, Prober};
 use crate::apply::hooks::{run_hook, HookContext, POST_DEPLOY, PRE_SWITCH};
@@ -19,8 +19,8 @@ use crate::apply::runtime::{
 use crate::config::Color;
 use crate::desired::{Desired, ImageRef, AUTO_ROLLBACK_NOTE_PREFIX};
 use crate::observe::Observed;
-use crate::plan::Action;
-use crate::state::audit::{self, AuditRecord};
+use crate::plan::Rollout;
+use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::history;
 use crate::state::status::{HealthProgress, Live, Step};
 
@@ -31,8 +31,10 @@ pub(crate) const OLD_WORKERS_LIMIT: Duration = Duration::from_secs(60);
 /// Log lines of a failed candidate quoted in the error.
 const LOG_LINES: usize = 20;
 
-/// What one attempt works with.
-struct Attempt<'a> {
+/// What one attempt works with: the pass it belongs to, where traffic moves, and what it
+/// moves away from.
+struct Attempt<'a, R, P, H> {
+    pass: &'a Pass<'a, R, P, H>,
     desired: &'a Desired,
     color: Color,
     /// As written in the desired file.
@@ -50,315 +52,550 @@ struct Attempt<'a> {
     start: bool,
 }
 
-/// Runs a Deploy or Switch action; audits the outcome either way.
-pub(super) async fn run<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    desired: &Desired,
-    observed: &Observed,
-    action: &Action,
-) -> Result<(), ReconcileError> {
-    let (color, image, reference, old, start) = match action {
-        Action::Deploy {
-            color,
-            image,
-            reference,
-            old,
-        } => (*color, image, reference, old, true),
-        Action::Switch {
-            color,
-            image,
-            reference,
-            old,
-        } => (*color, image, reference, old, false),
-        _ => unreachable!("only deploy and switch actions are attempts"),
-    };
-    let live = observed.live(&rc.cfg).map(|c| {
-        let image = served_image(&rc.cfg, c, observed.history.first());
-        // A generation that failed and stayed live (nothing to go back to) never enters the
-        // history.
-        let failed = c.generation.is_some() && c.generation == observed.failed_generation;
-        (image, failed)
-    });
-    let unrecorded_live = live
-        .clone()
-        .filter(|(image, failed)| !failed && observed.history.first() != Some(image))
-        .map(|(image, _)| image);
-    let at = Attempt {
-        desired,
-        color,
-        image,
-        reference,
-        old: old.as_deref(),
-        previous: live
-            .map(|(image, _)| image)
-            .or_else(|| observed.history.first().cloned()),
-        unrecorded_live,
-        start,
-    };
-    let started = Instant::now();
-    let mut digest = None;
-    let result = attempt(rc, &at, &mut digest).await;
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let record = AuditRecord {
-        time: crate::state::now_rfc3339(),
-        event: "deploy".into(),
-        outcome: match &result {
-            Ok(()) => "succeeded",
-            Err(e) if e.is_cancellation() => "cancelled",
-            Err(ReconcileError::FailedAfterSwitch { .. }) => "rolled_back",
-            Err(_) => "failed",
+impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
+    /// Runs a Deploy (`start`: a new candidate) or Switch (the one running) action; audits
+    /// the outcome either way.
+    pub(super) async fn attempt(
+        &self,
+        desired: &Desired,
+        observed: &Observed,
+        rollout: &Rollout,
+        start: bool,
+    ) -> Result<(), ReconcileError> {
+        let ctx = self.ctx;
+        let live = observed.live(&ctx.cfg).map(|c| {
+            let image = served_image(&ctx.cfg, c, observed.history.first());
+            // A generation that failed and stayed live (nothing to go back to) never enters
+            // the history.
+            let failed = c.generation.is_some() && c.generation == observed.failed_generation;
+            (image, failed)
+        });
+        let unrecorded_live = live
+            .clone()
+            .filter(|(image, failed)| !failed && observed.history.first() != Some(image))
+            .map(|(image, _)| image);
+        let at = Attempt {
+            pass: self,
+            desired,
+            color: rollout.color,
+            image: &rollout.image,
+            reference: &rollout.reference,
+            old: rollout.old.as_deref(),
+            previous: live
+                .map(|(image, _)| image)
+                .or_else(|| observed.history.first().cloned()),
+            unrecorded_live,
+            start,
+        };
+        let started = Instant::now();
+        let mut digest = None;
+        let result = at.run(&mut digest).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let record = AuditRecord {
+            time: crate::state::now_rfc3339(),
+            event: "deploy".into(),
+            outcome: match &result {
+                Ok(()) => AttemptOutcome::Succeeded,
+                Err(e) if e.is_cancellation() => AttemptOutcome::Cancelled,
+                Err(ReconcileError::FailedAfterSwitch { .. }) => AttemptOutcome::RolledBack,
+                Err(_) => AttemptOutcome::Failed,
+            },
+            image: rollout.image.clone(),
+            reference: rollout.reference.clone(),
+            digest: digest.clone(),
+            previous: at.previous.clone(),
+            trigger: self.trigger,
+            by: desired.by.clone(),
+            note: desired.note.clone(),
+            generation: desired.generation.clone(),
+            duration_ms,
+            message: result.as_ref().err().map(|e| e.to_string()),
+            color: Some(rollout.color.to_string()),
+        };
+        // Every attempt gets its line, a transient failure too (its retry gets another).
+        if let Err(e) = audit::append(&ctx.audit_file(), &record) {
+            tracing::error!(error = %e, "cannot append to the audit log");
         }
-        .into(),
-        image: image.clone(),
-        reference: reference.clone(),
-        digest: digest.clone(),
-        previous: at.previous.clone(),
-        trigger: rc.trigger.clone(),
-        by: desired.by.clone(),
-        note: desired.note.clone(),
-        generation: desired.generation.clone(),
-        duration_ms,
-        message: result.as_ref().err().map(|e| e.to_string()),
-        color: Some(color.to_string()),
-    };
-    // Every attempt gets its line, a transient failure too (its retry gets another).
-    if let Err(e) = audit::append(&rc.audit_file(), &record) {
-        tracing::error!(error = %e, "cannot append to the audit log");
+        if !matches!(&result, Err(e) if e.is_transient()) {
+            ctx.metrics.deployment(record.outcome, started.elapsed());
+            at.notify(&result, &digest, duration_ms);
+        }
+        match &result {
+            Ok(()) => self.set_status(|s| s.digest = digest)?,
+            Err(ReconcileError::FailedAfterSwitch {
+                back_to: Some(_),
+                reason,
+                ..
+            }) if ctx.cfg.rollout.auto_rollback => at.auto_rollback(reason),
+            Err(_) => {}
+        }
+        result
     }
-    if !matches!(&result, Err(e) if e.is_transient()) {
-        rc.metrics.deployment(&record.outcome, started.elapsed());
-        notify(rc, &at, &result, &digest, duration_ms);
-    }
-    match &result {
-        Ok(()) => rc.set_status(|s| s.digest = digest)?,
-        Err(ReconcileError::FailedAfterSwitch {
-            back_to: Some(_),
-            reason,
-            ..
-        }) if rc.cfg.rollout.auto_rollback => auto_rollback(rc, &at, reason),
-        Err(_) => {}
-    }
-    result
 }
 
-/// After traffic went back to the old color: rewrite the desired file to the previous
-/// image, so the desired state says what runs and the bad image is not tried again.
-fn auto_rollback<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    at: &Attempt<'_>,
-    reason: &str,
-) {
-    let cfg = &rc.cfg;
-    let Some(previous) = at.previous.as_deref() else {
-        tracing::warn!("no previous image in the history: the desired file is left as it is");
-        return;
-    };
-    // Someone (CI, an operator) wrote a newer desired state during the attempt: it wins.
-    match Desired::load(&cfg.desired_file, cfg) {
-        Ok(now) if now.generation == at.desired.generation => {}
-        _ => {
-            tracing::warn!(
-                "the desired file changed during the attempt: left as it is, no auto-rollback"
-            );
+impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
+    fn ctx(&self) -> &'a Context<R, P, H> {
+        self.pass.ctx
+    }
+
+    fn cancelled(&self) -> bool {
+        self.pass.cancel.is_cancelled()
+    }
+
+    /// After traffic went back to the old color: rewrite the desired file to the previous
+    /// image, so the desired state says what runs and the bad image is not tried again.
+    fn auto_rollback(&self, reason: &str) {
+        let ctx = self.ctx();
+        let cfg = &ctx.cfg;
+        let Some(previous) = self.previous.as_deref() else {
+            tracing::warn!("no previous image in the history: the desired file is left as it is");
             return;
+        };
+        // Someone (CI, an operator) wrote a newer desired state during the attempt: it wins.
+        match Desired::load(&cfg.desired_file, cfg) {
+            Ok(now) if now.generation == self.desired.generation => {}
+            _ => {
+                tracing::warn!(
+                    "the desired file changed during the attempt: left as it is, no auto-rollback"
+                );
+                return;
+            }
+        }
+        let image = match ImageRef::parse(previous, &cfg.repository, &cfg.allowed_repositories) {
+            Ok(image) => image,
+            Err(e) => {
+                tracing::error!(error = %e, "the history's head is not a valid image: no auto-rollback");
+                return;
+            }
+        };
+        let note = format!(
+            "{AUTO_ROLLBACK_NOTE_PREFIX}{} failed after the switch: {reason}",
+            self.image
+        );
+        // Pinned like any rollback: what comes back is what ran, even if the tag moved since.
+        let recorded = audit::read(&ctx.audit_file()).ok().and_then(|records| {
+            records
+                .into_iter()
+                .rev()
+                .find(|r| r.image == previous && r.outcome == AttemptOutcome::Succeeded)
+                .and_then(|r| r.digest)
+        });
+        let rollback = Desired::new(image, Some(&note), Some("fieldtrack"), false).pinned(recorded);
+        match rollback.write(&cfg.desired_file) {
+            Ok(()) => tracing::warn!(
+                image = %previous,
+                generation = %rollback.generation,
+                "auto-rollback: desired file rewritten to the previous image"
+            ),
+            Err(e) => tracing::error!(error = %e, "auto-rollback: cannot rewrite the desired file"),
         }
     }
-    let image = match ImageRef::parse(previous, &cfg.repository, &cfg.allowed_repositories) {
-        Ok(image) => image,
-        Err(e) => {
-            tracing::error!(error = %e, "the history's head is not a valid image: no auto-rollback");
-            return;
+
+    /// The steps, from the pull to the post_deploy hook.
+    async fn run(&self, digest: &mut Option<String>) -> Result<(), ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let cfg = &ctx.cfg;
+        let (color, image, reference) = (self.color, self.image, self.reference);
+        let name = cfg.container_name(color);
+        let port = cfg.port(color);
+
+        if self.start {
+            pass.step(Step::Pulling).await?;
+            let local = ctx.runtime.image(reference).await?;
+            if local.is_none() {
+                tracing::info!(%reference, "pulling");
+                ctx.runtime
+                    .pull(reference)
+                    .await
+                    .map_err(|source| ReconcileError::Pull {
+                        reference: reference.to_string(),
+                        source,
+                    })?;
+            }
+            *digest = self.image_digest().await;
+            // No candidate exists yet: nothing to remove (a container of that name is not
+            // ours).
+            if self.cancelled() {
+                return Err(ReconcileError::Cancelled);
+            }
+
+            pass.step(Step::Starting).await?;
+            let env = env_file::read(&cfg.container.env_file)?;
+            let labels = HashMap::from([
+                (LABEL_APP.to_string(), cfg.app.clone()),
+                (LABEL_COLOR.to_string(), color.to_string()),
+                (LABEL_IMAGE.to_string(), reference.to_string()),
+                (LABEL_DESIRED.to_string(), image.to_string()),
+                (
+                    LABEL_GENERATION.to_string(),
+                    self.desired.generation.clone(),
+                ),
+            ]);
+            let spec = ContainerSpec {
+                name: name.clone(),
+                image: reference.to_string(),
+                labels,
+                host_port: port,
+                container_port: cfg.container.port,
+                env,
+            };
+            // `run` cleans up after itself; removing by name here could hit a foreign
+            // container.
+            ctx.runtime.run(&spec).await?;
+        } else {
+            *digest = self.image_digest().await;
         }
-    };
-    let note = format!(
-        "{AUTO_ROLLBACK_NOTE_PREFIX}{} failed after the switch: {reason}",
-        at.image
-    );
-    // Pinned like any rollback: what comes back is what ran, even if the tag moved since.
-    let recorded = audit::read(&rc.audit_file()).ok().and_then(|records| {
-        records
+
+        pass.step(Step::Health).await?;
+        if let Err(e) = self.health_gate(&name, port).await {
+            self.remove_candidate(&name).await;
+            return Err(e);
+        }
+        self.check_cancel(&name).await?;
+
+        let hook = self.hook_context(port);
+        if let Err(e) = run_hook(PRE_SWITCH, &cfg.hooks.pre_switch, &hook, cfg.hooks.timeout).await
+        {
+            self.remove_candidate(&name).await;
+            return Err(e.into());
+        }
+
+        pass.step(Step::Switching).await?;
+        // From here on the switch runs to its end: a cancellation is only honoured before it.
+        if let Err(e) = ctx
+            .proxy
+            .switch(port, &ctx.live_comment(color, image))
+            .await
+        {
+            if e.leaves_nginx_unsettled() {
+                // nginx may send traffic to the candidate (or will at its next reload): it
+                // stays.
+                tracing::error!(error = %e, container = %name, "switch failed half-way; the candidate is kept");
+                return Err(ReconcileError::StillServed {
+                    container: name.clone(),
+                    reason: e.to_string(),
+                    upstream_file: cfg.nginx.upstream_file.clone(),
+                });
+            }
+            self.remove_candidate(&name).await;
+            return Err(e.into());
+        }
+        tracing::info!(%color, port, "nginx switched");
+        if let Some(served) = &self.unrecorded_live {
+            // Traffic left an image that served: it is a version to roll back to.
+            history::record(&cfg.history_file, served, cfg.history_limit)?;
+            tracing::info!(image = %served, "recorded the image switched away from");
+        }
+        pass.set_status(|s| {
+            s.health = None;
+            s.live = Some(Live {
+                color: color.to_string(),
+                image: reference.to_string(),
+                container: name.clone(),
+                port,
+            });
+        })?;
+
+        pass.step(Step::Draining).await?;
+        self.drain(&name, port).await?;
+
+        pass.step(Step::Cleanup).await?;
+        if let Some(old) = self.old {
+            ctx.retire(old, cfg.container.stop_timeout).await?;
+        }
+        crate::test_pause_point("recording").await;
+        history::record(&cfg.history_file, image, cfg.history_limit)?;
+        // Reported only: the deployment is done whatever the hook says.
+        if let Err(e) = run_hook(
+            POST_DEPLOY,
+            &cfg.hooks.post_deploy,
+            &hook,
+            cfg.hooks.timeout,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "post_deploy hook failed");
+        }
+        Ok(())
+    }
+
+    fn hook_context(&self, port: u16) -> HookContext {
+        let cfg = &self.ctx().cfg;
+        HookContext {
+            app: cfg.app.clone(),
+            image: self.image.to_string(),
+            reference: self.reference.to_string(),
+            previous: self.previous.clone(),
+            color: self.color,
+            port,
+            redactor: Redactor::from_env_file(&cfg.container.env_file),
+        }
+    }
+
+    /// Tells the webhook how the attempt ended (fire-and-forget: never delays the
+    /// deployment).
+    fn notify(
+        &self,
+        result: &Result<(), ReconcileError>,
+        digest: &Option<String>,
+        duration_ms: u64,
+    ) {
+        let ctx = self.ctx();
+        let Some(notifier) = &ctx.notifier else {
+            return;
+        };
+        let event = match result {
+            Ok(()) if is_rollback(self.desired) => Event::RolledBack,
+            Ok(()) => Event::Succeeded,
+            Err(e) if e.is_cancellation() => return,
+            Err(ReconcileError::FailedAfterSwitch {
+                back_to: Some(_), ..
+            }) if ctx.cfg.rollout.auto_rollback => Event::AutoRollback,
+            Err(_) => Event::Failed,
+        };
+        notifier.send(Notification {
+            previous: self.previous.clone(),
+            color: Some(self.color),
+            digest: digest.clone(),
+            message: result.as_ref().err().map(|e| e.to_string()),
+            by: self.desired.by.clone(),
+            note: self.desired.note.clone(),
+            generation: Some(self.desired.generation.clone()),
+            duration_ms: Some(duration_ms),
+            ..Notification::new(event, ctx.cfg.app.clone(), self.image)
+        });
+    }
+
+    /// Probes the candidate until it answers 2xx: the first probe right away, gaps growing to
+    /// `health.interval`, deadline `attempts x interval`. The container's state is checked
+    /// every 250 ms, so one that exits fails the attempt at once, with its last log lines.
+    async fn health_gate(&self, name: &str, port: u16) -> Result<(), ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let cfg = &ctx.cfg;
+        let deadline_len = cfg.health.deadline();
+        let deadline = Instant::now() + deadline_len;
+        let mut probes = 0u32;
+        let mut last = String::from("none yet");
+        for gap in probe_delays(cfg.health.interval) {
+            let wake = Instant::now() + gap;
+            loop {
+                self.exited_check(name).await?;
+                if self.cancelled() {
+                    return Err(ReconcileError::Cancelled);
+                }
+                let now = Instant::now();
+                if now >= wake {
+                    break;
+                }
+                tokio::time::sleep((wake - now).min(Duration::from_millis(250))).await;
+            }
+            probes += 1;
+            let outcome = ctx.prober.probe(port).await;
+            let passed = matches!(outcome, ProbeOutcome::Healthy(_));
+            pass.set_status(|s| {
+                s.health = Some(HealthProgress {
+                    passed,
+                    probes,
+                    deadline_secs: deadline_len.as_secs(),
+                })
+            })?;
+            if passed {
+                tracing::info!(probes, "candidate healthy");
+                return Ok(());
+            }
+            last = describe(&outcome);
+            ctx.metrics.health_probe_failed();
+            tracing::info!(probes, outcome = %last, "candidate not healthy yet");
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        // A last look: an exit explains more than a timeout.
+        self.exited_check(name).await?;
+        Err(ReconcileError::Unhealthy {
+            container: name.to_string(),
+            image: self.image.to_string(),
+            deadline: deadline_len,
+            last,
+            logs: self.last_logs(name).await,
+        })
+    }
+
+    async fn exited_check(&self, name: &str) -> Result<(), ReconcileError> {
+        let state = self.ctx().runtime.state(name).await?;
+        match state {
+            Some(ContainerState::Running) | Some(ContainerState::Created) => Ok(()),
+            other => Err(ReconcileError::CandidateExited {
+                container: name.to_string(),
+                image: self.image.to_string(),
+                state: other.map_or("disappeared".to_string(), |s| s.to_string()),
+                logs: self.last_logs(name).await,
+            }),
+        }
+    }
+
+    /// The drain window: the old color keeps running, the new one keeps being probed. Three
+    /// failed probes in a row, or the new container exiting, send traffic back to the old
+    /// color. It ends when `rollout.drain` has passed and nginx's workers of the previous
+    /// configuration have exited (until then they may still send the old color requests:
+    /// for about 100 ms after any reload, and as long as a request they took lasts), at most
+    /// [`OLD_WORKERS_LIMIT`] after `rollout.drain`. A cancellation ends it early, leaving
+    /// both colors running.
+    async fn drain(&self, name: &str, port: u16) -> Result<(), ReconcileError> {
+        let ctx = self.ctx();
+        let cfg = &ctx.cfg;
+        let end = Instant::now() + cfg.rollout.drain;
+        let gap = cfg.health.interval.min(Duration::from_secs(1));
+        let mut failures = 0u32;
+        let retired = ctx
+            .proxy
+            .wait_retired(cfg.rollout.drain.saturating_add(OLD_WORKERS_LIMIT));
+        tokio::pin!(retired);
+        let mut workers_gone = false;
+        loop {
+            let now = Instant::now();
+            if now >= end && workers_gone {
+                return Ok(());
+            }
+            let wait = if now < end { gap.min(end - now) } else { gap };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut retired, if !workers_gone => {
+                    workers_gone = true;
+                    continue;
+                }
+                // A newer generation (or a stop) ends the drain: the new color stays live and
+                // the old one keeps running, so a rollback to it is a pure nginx switch, and a
+                // restarted daemon finishes the job. The history is not written: no full
+                // success.
+                _ = self.pass.cancel.cancelled() => return Err(match self.old {
+                    Some(old) => ReconcileError::DrainCutShort {
+                        image: self.image.to_string(),
+                        old: old.to_string(),
+                    },
+                    None => ReconcileError::Cancelled,
+                }),
+            }
+            let reason = match ctx.runtime.state(name).await? {
+                Some(ContainerState::Running) => match ctx.prober.probe(port).await {
+                    ProbeOutcome::Healthy(_) => {
+                        failures = 0;
+                        continue;
+                    }
+                    outcome => {
+                        failures += 1;
+                        ctx.metrics.health_probe_failed();
+                        tracing::warn!(failures, outcome = %describe(&outcome), "probe failed during the drain");
+                        if failures < DRAIN_FAILURES {
+                            continue;
+                        }
+                        format!(
+                            "{DRAIN_FAILURES} failed probes in a row, last: {}",
+                            describe(&outcome)
+                        )
+                    }
+                },
+                other => format!(
+                    "the container {}",
+                    other.map_or("disappeared".to_string(), |s| s.to_string())
+                ),
+            };
+            return self.switch_back(name, reason).await;
+        }
+    }
+
+    /// Sends traffic back to the old color after a failure during the drain.
+    async fn switch_back(&self, name: &str, reason: String) -> Result<(), ReconcileError> {
+        let ctx = self.ctx();
+        let cfg = &ctx.cfg;
+        let old_color = Color::ALL
             .into_iter()
-            .rev()
-            .find(|r| r.image == previous && r.outcome == "succeeded")
-            .and_then(|r| r.digest)
-    });
-    let rollback = Desired::new(image, Some(&note), Some("fieldtrack"), false).pinned(recorded);
-    match rollback.write(&cfg.desired_file) {
-        Ok(()) => tracing::warn!(
-            image = %previous,
-            generation = %rollback.generation,
-            "auto-rollback: desired file rewritten to the previous image"
-        ),
-        Err(e) => tracing::error!(error = %e, "auto-rollback: cannot rewrite the desired file"),
+            .find(|c| Some(cfg.container_name(*c).as_str()) == self.old);
+        let old_running = match self.old {
+            Some(old) => matches!(ctx.runtime.state(old).await?, Some(ContainerState::Running)),
+            None => false,
+        };
+        let Some(back) = old_color.filter(|_| old_running) else {
+            // Nothing to go back to: the new color is all there is, so it keeps the traffic.
+            tracing::error!(%reason, "new color failed during the drain and no old color runs");
+            return Err(ReconcileError::FailedAfterSwitch {
+                image: self.image.to_string(),
+                reason,
+                back_to: None,
+            });
+        };
+        tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
+        let back_image = self.previous.as_deref().unwrap_or("previous");
+        ctx.proxy
+            .switch(cfg.port(back), &ctx.live_comment(back, back_image))
+            .await?;
+        ctx.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
+        self.remove_candidate(name).await;
+        let back_reference = self
+            .previous
+            .as_deref()
+            .and_then(|p| ImageRef::parse(p, &cfg.repository, &cfg.allowed_repositories).ok())
+            .map(|i| cfg.image_reference(&i))
+            .unwrap_or_default();
+        self.pass.set_status(|s| {
+            s.live = Some(Live {
+                color: back.to_string(),
+                image: back_reference,
+                container: cfg.container_name(back),
+                port: cfg.port(back),
+            })
+        })?;
+        Err(ReconcileError::FailedAfterSwitch {
+            image: self.image.to_string(),
+            reason,
+            back_to: Some(back.to_string()),
+        })
     }
-}
 
-async fn attempt<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    at: &Attempt<'_>,
-    digest: &mut Option<String>,
-) -> Result<(), ReconcileError> {
-    let cfg = &rc.cfg;
-    let (color, image, reference) = (at.color, at.image, at.reference);
-    let name = cfg.container_name(color);
-    let port = cfg.port(color);
-
-    if at.start {
-        rc.step(Step::Pulling).await?;
-        let local = rc.runtime.image(reference).await?;
-        if local.is_none() {
-            tracing::info!(%reference, "pulling");
-            rc.runtime
-                .pull(reference)
-                .await
-                .map_err(|source| ReconcileError::Pull {
-                    reference: reference.to_string(),
-                    source,
-                })?;
-        }
-        *digest = image_digest(rc, reference).await;
-        // No candidate exists yet: nothing to remove (a container of that name is not ours).
-        if rc.cancel.is_cancelled() {
+    async fn check_cancel(&self, name: &str) -> Result<(), ReconcileError> {
+        if self.cancelled() {
+            self.remove_candidate(name).await;
             return Err(ReconcileError::Cancelled);
         }
-
-        rc.step(Step::Starting).await?;
-        let env = env_file::read(&cfg.container.env_file)?;
-        let labels = HashMap::from([
-            (LABEL_APP.to_string(), cfg.app.clone()),
-            (LABEL_COLOR.to_string(), color.to_string()),
-            (LABEL_IMAGE.to_string(), reference.to_string()),
-            (LABEL_DESIRED.to_string(), image.to_string()),
-            (LABEL_GENERATION.to_string(), at.desired.generation.clone()),
-        ]);
-        let spec = ContainerSpec {
-            name: name.clone(),
-            image: reference.to_string(),
-            labels,
-            host_port: port,
-            container_port: cfg.container.port,
-            env,
-        };
-        // `run` cleans up after itself; removing by name here could hit a foreign container.
-        rc.runtime.run(&spec).await?;
-    } else {
-        *digest = image_digest(rc, reference).await;
+        Ok(())
     }
 
-    rc.step(Step::Health).await?;
-    if let Err(e) = health_gate(rc, &name, image, port).await {
-        remove_candidate(rc, &name).await;
-        return Err(e);
-    }
-    check_cancel(rc, &name).await?;
-
-    let hook = hook_context(rc, at, port);
-    if let Err(e) = run_hook(PRE_SWITCH, &cfg.hooks.pre_switch, &hook, cfg.hooks.timeout).await {
-        remove_candidate(rc, &name).await;
-        return Err(e.into());
-    }
-
-    rc.step(Step::Switching).await?;
-    // From here on the switch runs to its end: a cancellation is only honoured before it.
-    if let Err(e) = rc.proxy.switch(port, &rc.live_comment(color, image)).await {
-        if e.leaves_nginx_unsettled() {
-            // nginx may send traffic to the candidate (or will at its next reload): it stays.
-            tracing::error!(error = %e, container = %name, "switch failed half-way; the candidate is kept");
-            return Err(ReconcileError::StillServed {
-                container: name.clone(),
-                reason: e.to_string(),
-                upstream_file: cfg.nginx.upstream_file.clone(),
-            });
+    /// Removes a failed candidate; a failure here is logged (the next pass removes it).
+    async fn remove_candidate(&self, name: &str) {
+        if let Err(e) = self.ctx().retire(name, Duration::from_secs(1)).await {
+            tracing::error!(container = %name, error = %e, "cannot remove the candidate; the next pass will");
         }
-        remove_candidate(rc, &name).await;
-        return Err(e.into());
     }
-    tracing::info!(%color, port, "nginx switched");
-    if let Some(served) = &at.unrecorded_live {
-        // Traffic left an image that served: it is a version to roll back to.
-        history::record(&cfg.history_file, served, cfg.history_limit)?;
-        tracing::info!(image = %served, "recorded the image switched away from");
-    }
-    rc.set_status(|s| {
-        s.health = None;
-        s.live = Some(Live {
-            color: color.to_string(),
-            image: reference.to_string(),
-            container: name.clone(),
-            port,
-        });
-    })?;
 
-    rc.step(Step::Draining).await?;
-    drain(rc, at, &name, port).await?;
-
-    rc.step(Step::Cleanup).await?;
-    if let Some(old) = at.old {
-        rc.retire(old, cfg.container.stop_timeout).await?;
+    /// The registry digest of the local image (`sha256:…`), when the engine knows one.
+    async fn image_digest(&self) -> Option<String> {
+        let reference = self.reference;
+        let info = self.ctx().runtime.image(reference).await.ok().flatten()?;
+        let repository = reference
+            .split_once('@')
+            .map(|(r, _)| r)
+            .unwrap_or(reference);
+        let repository = match repository.rfind(':') {
+            Some(i) if !repository[i..].contains('/') => &repository[..i],
+            _ => repository,
+        };
+        info.repo_digests
+            .iter()
+            .find_map(|d| d.strip_prefix(repository)?.strip_prefix('@'))
+            .map(str::to_string)
     }
-    crate::test_pause_point("recording").await;
-    history::record(&cfg.history_file, image, cfg.history_limit)?;
-    // Reported only: the deployment is done whatever the hook says.
-    if let Err(e) = run_hook(
-        POST_DEPLOY,
-        &cfg.hooks.post_deploy,
-        &hook,
-        cfg.hooks.timeout,
-    )
-    .await
-    {
-        tracing::warn!(error = %e, "post_deploy hook failed");
-    }
-    Ok(())
-}
 
-fn hook_context<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    at: &Attempt<'_>,
-    port: u16,
-) -> HookContext {
-    HookContext {
-        app: rc.cfg.app.clone(),
-        image: at.image.to_string(),
-        reference: at.reference.to_string(),
-        previous: at.previous.clone(),
-        color: at.color,
-        port,
-        redactor: Redactor::from_env_file(&rc.cfg.container.env_file),
+    /// The candidate's last log lines, for the error message (and so status.json, the audit
+    /// log, the webhook): the env file's values redacted, since an app may print its own.
+    async fn last_logs(&self, name: &str) -> String {
+        let ctx = self.ctx();
+        let logs = match ctx.runtime.logs(name, LOG_LINES).await {
+            Ok(logs) if logs.trim().is_empty() => "(no output)".to_string(),
+            Ok(logs) => logs.trim_end().to_string(),
+            Err(e) => format!("(cannot read the logs: {e})"),
+        };
+        Redactor::from_env_file(&ctx.cfg.container.env_file).redact(&logs)
     }
-}
-
-/// Tells the webhook how the attempt ended (fire-and-forget: never delays the deployment).
-fn notify<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    at: &Attempt<'_>,
-    result: &Result<(), ReconcileError>,
-    digest: &Option<String>,
-    duration_ms: u64,
-) {
-    let Some(notifier) = &rc.notifier else {
-        return;
-    };
-    let event = match result {
-        Ok(()) if is_rollback(at.desired) => Event::RolledBack,
-        Ok(()) => Event::Succeeded,
-        Err(e) if e.is_cancellation() => return,
-        Err(ReconcileError::FailedAfterSwitch {
-            back_to: Some(_), ..
-        }) if rc.cfg.rollout.auto_rollback => Event::AutoRollback,
-        Err(_) => Event::Failed,
-    };
-    notifier.send(Notification {
-        previous: at.previous.clone(),
-        color: Some(at.color),
-        digest: digest.clone(),
-        message: result.as_ref().err().map(|e| e.to_string()),
-        by: at.desired.by.clone(),
-        note: at.desired.note.clone(),
-        generation: Some(at.desired.generation.clone()),
-        duration_ms: Some(duration_ms),
-        ..Notification::new(event, rc.cfg.app.clone(), at.image)
-    });
 }
 
 /// A rollback is a deployment like any other; the rollback command marks it in the note.
@@ -367,225 +604,6 @@ fn is_rollback(desired: &Desired) -> bool {
         .note
         .as_deref()
         .is_some_and(|n| n.starts_with(crate::desired::ROLLBACK_NOTE_PREFIX))
-}
-
-/// Probes the candidate until it answers 2xx: the first probe right away, gaps growing to
-/// `health.interval`, deadline `attempts x interval`. The container's state is checked every
-/// 250 ms, so one that exits fails the attempt at once, with its last log lines.
-async fn health_gate<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    name: &str,
-    image: &str,
-    port: u16,
-) -> Result<(), ReconcileError> {
-    let cfg = &rc.cfg;
-    let deadline_len = cfg.health.deadline();
-    let deadline = Instant::now() + deadline_len;
-    let mut probes = 0u32;
-    let mut last = String::from("none yet");
-    for gap in probe_delays(cfg.health.interval) {
-        let wake = Instant::now() + gap;
-        loop {
-            exited_check(rc, name, image).await?;
-            if rc.cancel.is_cancelled() {
-                return Err(ReconcileError::Cancelled);
-            }
-            let now = Instant::now();
-            if now >= wake {
-                break;
-            }
-            tokio::time::sleep((wake - now).min(Duration::from_millis(250))).await;
-        }
-        probes += 1;
-        let outcome = rc.prober.probe(port).await;
-        let passed = matches!(outcome, ProbeOutcome::Healthy(_));
-        rc.set_status(|s| {
-            s.health = Some(HealthProgress {
-                passed,
-                probes,
-                deadline_secs: deadline_len.as_secs(),
-            })
-        })?;
-        if passed {
-            tracing::info!(probes, "candidate healthy");
-            return Ok(());
-        }
-        last = describe(&outcome);
-        rc.metrics.health_probe_failed();
-        tracing::info!(probes, outcome = %last, "candidate not healthy yet");
-        if Instant::now() >= deadline {
-            break;
-        }
-    }
-    // A last look: an exit explains more than a timeout.
-    exited_check(rc, name, image).await?;
-    Err(ReconcileError::Unhealthy {
-        container: name.to_string(),
-        image: image.to_string(),
-        deadline: deadline_len,
-        last,
-        logs: last_logs(rc, name).await,
-    })
-}
-
-async fn exited_check<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    name: &str,
-    image: &str,
-) -> Result<(), ReconcileError> {
-    let state = rc.runtime.state(name).await?;
-    match state {
-        Some(ContainerState::Running) | Some(ContainerState::Created) => Ok(()),
-        other => Err(ReconcileError::CandidateExited {
-            container: name.to_string(),
-            image: image.to_string(),
-            state: other.map_or("disappeared".to_string(), |s| s.to_string()),
-            logs: last_logs(rc, name).await,
-        }),
-    }
-}
-
-/// The drain window: the old color keeps running, the new one keeps being probed. Three
-/// failed probes in a row, or the new container exiting, send traffic back to the old color.
-/// It ends when `rollout.drain` has passed and nginx's workers of the previous configuration
-/// have exited (until then they may still send the old color requests: for about 100 ms
-/// after any reload, and as long as a request they took lasts), at most
-/// [`OLD_WORKERS_LIMIT`] after `rollout.drain`. A cancellation ends it early, leaving both
-/// colors running.
-async fn drain<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    at: &Attempt<'_>,
-    name: &str,
-    port: u16,
-) -> Result<(), ReconcileError> {
-    let cfg = &rc.cfg;
-    let end = Instant::now() + cfg.rollout.drain;
-    let gap = cfg.health.interval.min(Duration::from_secs(1));
-    let mut failures = 0u32;
-    let retired = rc
-        .proxy
-        .wait_retired(cfg.rollout.drain.saturating_add(OLD_WORKERS_LIMIT));
-    tokio::pin!(retired);
-    let mut workers_gone = false;
-    loop {
-        let now = Instant::now();
-        if now >= end && workers_gone {
-            return Ok(());
-        }
-        let wait = if now < end { gap.min(end - now) } else { gap };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = &mut retired, if !workers_gone => {
-                workers_gone = true;
-                continue;
-            }
-            // A newer generation (or a stop) ends the drain: the new color stays live and the
-            // old one keeps running, so a rollback to it is a pure nginx switch, and a
-            // restarted daemon finishes the job. The history is not written: no full success.
-            _ = rc.cancel.cancelled() => return Err(match at.old {
-                Some(old) => ReconcileError::DrainCutShort {
-                    image: at.image.to_string(),
-                    old: old.to_string(),
-                },
-                None => ReconcileError::Cancelled,
-            }),
-        }
-        let reason = match rc.runtime.state(name).await? {
-            Some(ContainerState::Running) => match rc.prober.probe(port).await {
-                ProbeOutcome::Healthy(_) => {
-                    failures = 0;
-                    continue;
-                }
-                outcome => {
-                    failures += 1;
-                    rc.metrics.health_probe_failed();
-                    tracing::warn!(failures, outcome = %describe(&outcome), "probe failed during the drain");
-                    if failures < DRAIN_FAILURES {
-                        continue;
-                    }
-                    format!(
-                        "{DRAIN_FAILURES} failed probes in a row, last: {}",
-                        describe(&outcome)
-                    )
-                }
-            },
-            other => format!(
-                "the container {}",
-                other.map_or("disappeared".to_string(), |s| s.to_string())
-            ),
-        };
-        return switch_back(rc, at, name, reason).await;
-    }
-}
-
-/// Sends traffic back to the old color after a failure during the drain.
-async fn switch_back<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    at: &Attempt<'_>,
-    name: &str,
-    reason: String,
-) -> Result<(), ReconcileError> {
-    let cfg = &rc.cfg;
-    let old_color = Color::ALL
-        .into_iter()
-        .find(|c| Some(cfg.container_name(*c).as_str()) == at.old);
-    let old_running = match at.old {
-        Some(old) => matches!(rc.runtime.state(old).await?, Some(ContainerState::Running)),
-        None => false,
-    };
-    let Some(back) = old_color.filter(|_| old_running) else {
-        // Nothing to go back to: the new color is all there is, so it keeps the traffic.
-        tracing::error!(%reason, "new color failed during the drain and no old color runs");
-        return Err(ReconcileError::FailedAfterSwitch {
-            image: at.image.to_string(),
-            reason,
-            back_to: None,
-        });
-    };
-    tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
-    let back_image = at.previous.as_deref().unwrap_or("previous");
-    rc.proxy
-        .switch(cfg.port(back), &rc.live_comment(back, back_image))
-        .await?;
-    rc.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
-    remove_candidate(rc, name).await;
-    let back_reference = at
-        .previous
-        .as_deref()
-        .and_then(|p| ImageRef::parse(p, &cfg.repository, &cfg.allowed_repositories).ok())
-        .map(|i| cfg.image_reference(&i))
-        .unwrap_or_default();
-    rc.set_status(|s| {
-        s.live = Some(Live {
-            color: back.to_string(),
-            image: back_reference,
-            container: cfg.container_name(back),
-            port: cfg.port(back),
-        })
-    })?;
-    Err(ReconcileError::FailedAfterSwitch {
-        image: at.image.to_string(),
-        reason,
-        back_to: Some(back.to_string()),
-    })
-}
-
-async fn check_cancel<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    name: &str,
-) -> Result<(), ReconcileError> {
-    if rc.cancel.is_cancelled() {
-        remove_candidate(rc, name).await;
-        return Err(ReconcileError::Cancelled);
-    }
-    Ok(())
-}
-
-/// Removes a failed candidate; a failure here is logged (the next pass removes it).
-async fn remove_candidate<R: Runtime, P: Proxy, H: Prober>(rc: &Reconciler<R, P, H>, name: &str) {
-    if let Err(e) = rc.retire(name, Duration::from_secs(1)).await {
-        tracing::error!(container = %name, error = %e, "cannot remove the candidate; the next pass will");
-    }
 }
 
 /// The image a served container runs, as the history writes it: its `fieldtrack.desired`
@@ -612,44 +630,10 @@ fn served_image(
     }
 }
 
-/// The registry digest of a local image (`sha256:…`), when the engine knows one.
-async fn image_digest<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    reference: &str,
-) -> Option<String> {
-    let info = rc.runtime.image(reference).await.ok().flatten()?;
-    let repository = reference
-        .split_once('@')
-        .map(|(r, _)| r)
-        .unwrap_or(reference);
-    let repository = match repository.rfind(':') {
-        Some(i) if !repository[i..].contains('/') => &repository[..i],
-        _ => repository,
-    };
-    info.repo_digests
-        .iter()
-        .find_map(|d| d.strip_prefix(repository)?.strip_prefix('@'))
-        .map(str::to_string)
-}
-
 fn describe(outcome: &ProbeOutcome) -> String {
     match outcome {
         ProbeOutcome::Healthy(code) => format!("HTTP {code}"),
         ProbeOutcome::Unhealthy(code) => format!("HTTP {code}"),
         ProbeOutcome::Unreachable(reason) => reason.clone(),
     }
-}
-
-/// The candidate's last log lines, for the error message (and so status.json, the audit
-/// log, the webhook): the env file's values redacted, since an app may print its own.
-async fn last_logs<R: Runtime, P: Proxy, H: Prober>(
-    rc: &Reconciler<R, P, H>,
-    name: &str,
-) -> String {
-    let logs = match rc.runtime.logs(name, LOG_LINES).await {
-        Ok(logs) if logs.trim().is_empty() => "(no output)".to_string(),
-        Ok(logs) => logs.trim_end().to_string(),
-        Err(e) => format!("(cannot read the logs: {e})"),
-    };
-    Redactor::from_env_file(&rc.cfg.container.env_file).redact(&logs)
 }

@@ -11,7 +11,7 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 
 use super::fakes::{Call, FakeProber, FakeProxy, FakeRuntime, Fakes, PullFailure, World};
-use super::{error_policy, Outcome, ReconcileError, Reconciler, Requeue};
+use super::{error_policy, Backoff, Context, Pass, PassOutcome, ReconcileError, Requeue, Trigger};
 use crate::apply::health::ProbeOutcome;
 use crate::apply::hooks::HookError;
 use crate::apply::proxy::ProxyError;
@@ -21,6 +21,7 @@ use crate::apply::runtime::{
 use crate::config::{Color, Config};
 use crate::desired::Desired;
 use crate::state::{audit, history};
+use tokio_util::sync::CancellationToken;
 
 const REPO: &str = "registry.test/fieldtrack/api";
 const BLUE: u16 = 3001;
@@ -28,7 +29,7 @@ const GREEN: u16 = 3002;
 /// Long enough that a drain only ends early, by a failure or a cancellation.
 const LONG_DRAIN: Duration = Duration::from_secs(2);
 
-type FakeReconciler = Reconciler<FakeRuntime, FakeProxy, FakeProber>;
+type FakeContext = Context<FakeRuntime, FakeProxy, FakeProber>;
 
 /// A fieldtrack site: its config and state files in a temp folder, and the fake world.
 struct Site {
@@ -104,16 +105,15 @@ impl Site {
 
     fn last_audit_outcome(&self) -> String {
         let records = audit::read(&self.cfg.state_dir.join(crate::state::AUDIT_FILE)).unwrap();
-        records.last().expect("an audit line").outcome.clone()
+        records.last().expect("an audit line").outcome.to_string()
     }
 
-    fn reconciler(&self) -> FakeReconciler {
-        Reconciler::new(
+    fn context(&self) -> FakeContext {
+        Context::new(
             self.cfg.clone(),
             self.fakes.runtime(),
             self.fakes.proxy(),
             self.fakes.prober(),
-            "test",
         )
     }
 
@@ -124,15 +124,26 @@ impl Site {
         Desired::parse(&text, &self.cfg.desired_file, &self.cfg).unwrap()
     }
 
-    /// One pass towards `image` by a fresh reconciler.
-    async fn pass(&self, image: &str) -> Result<Outcome, ReconcileError> {
-        pass(&self.reconciler(), &self.desired(image)).await
+    /// One pass towards `image` by a fresh process.
+    async fn pass(&self, image: &str) -> Result<PassOutcome, ReconcileError> {
+        pass(
+            &self.context(),
+            &self.desired(image),
+            CancellationToken::new(),
+        )
+        .await
     }
 }
 
-/// One pass, which must end (a broken branch may otherwise probe or drain forever).
-async fn pass(rc: &FakeReconciler, desired: &Desired) -> Result<Outcome, ReconcileError> {
-    tokio::time::timeout(Duration::from_secs(20), rc.reconcile(desired, false))
+/// One pass, which must end (a broken branch may otherwise probe or drain forever);
+/// `cancel` cancels it.
+async fn pass(
+    ctx: &FakeContext,
+    desired: &Desired,
+    cancel: CancellationToken,
+) -> Result<PassOutcome, ReconcileError> {
+    let pass = Pass::new(ctx, Trigger::Cli).with_cancel(cancel);
+    tokio::time::timeout(Duration::from_secs(20), pass.reconcile(desired, false))
         .await
         .expect("the pass ends")
 }
@@ -162,7 +173,7 @@ async fn first_deployment_goes_live_in_blue_with_no_old_color_to_retire() {
 
     let outcome = site.pass("v1").await.unwrap();
 
-    assert_eq!(outcome, Outcome::Converged);
+    assert_eq!(outcome, PassOutcome::Converged);
     let world = site.world();
     assert_eq!(world.upstream_port(), Some(BLUE));
     assert_eq!(world.loaded_port(), Some(BLUE));
@@ -227,7 +238,10 @@ async fn candidate_never_answering_2xx_fails_at_the_gate_deadline() {
         other => panic!("expected Unhealthy, got {other:?}"),
     }
     assert_eq!(
-        error_policy(&e, Duration::from_secs(1)),
+        error_policy(
+            &e,
+            &mut Backoff::new(Duration::from_secs(1), Duration::from_secs(300), 2)
+        ),
         Requeue::AwaitChange
     );
     assert!(site.world().container("api-green").is_none());
@@ -263,12 +277,13 @@ async fn cancel_during_the_gate_removes_the_candidate_and_leaves_production_unto
     let mut site = site_with_blue_live();
     site.cfg.health.attempts = 100;
     site.world().answer(GREEN, ProbeOutcome::Unhealthy(503));
-    let rc = site.reconciler();
-    let token = rc.cancel.clone();
+    let ctx = site.context();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
     site.world().at_probe(2, move |_| token.cancel());
     let before = site.world().upstream.clone();
 
-    let e = pass(&rc, &site.desired("v2")).await.unwrap_err();
+    let e = pass(&ctx, &site.desired("v2"), cancel).await.unwrap_err();
 
     assert!(matches!(e, ReconcileError::Cancelled), "{e:?}");
     assert!(
@@ -285,13 +300,14 @@ async fn cancel_during_the_gate_removes_the_candidate_and_leaves_production_unto
 #[tokio::test]
 async fn cancel_after_the_gate_passed_stops_before_the_switch() {
     let site = site_with_blue_live();
-    let rc = site.reconciler();
-    let token = rc.cancel.clone();
+    let ctx = site.context();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
     // The first probe answers 200; the cancellation arrives while it is in flight.
     site.world().at_probe(1, move |_| token.cancel());
     let before = site.world().upstream.clone();
 
-    let e = pass(&rc, &site.desired("v2")).await.unwrap_err();
+    let e = pass(&ctx, &site.desired("v2"), cancel).await.unwrap_err();
 
     assert!(matches!(e, ReconcileError::Cancelled), "{e:?}");
     assert!(site.world().container("api-green").is_none());
@@ -302,11 +318,12 @@ async fn cancel_after_the_gate_passed_stops_before_the_switch() {
 #[tokio::test]
 async fn cancel_before_the_candidate_starts_starts_nothing() {
     let site = site_with_blue_live();
-    let rc = site.reconciler();
-    rc.cancel.cancel();
+    let ctx = site.context();
+    let cancel = CancellationToken::new();
+    cancel.cancel();
     let before = site.world().upstream.clone();
 
-    let e = pass(&rc, &site.desired("v2")).await.unwrap_err();
+    let e = pass(&ctx, &site.desired("v2"), cancel).await.unwrap_err();
 
     assert!(matches!(e, ReconcileError::Cancelled), "{e:?}");
     assert!(!site.world().called(&Call::Run("api-green".into())));
@@ -517,12 +534,13 @@ async fn drain_failure_with_no_old_color_keeps_traffic_on_the_new_one() {
 async fn cancel_during_the_drain_leaves_both_colors_running_and_the_history_untouched() {
     let mut site = site_with_blue_live();
     site.cfg.rollout.drain = LONG_DRAIN;
-    let rc = site.reconciler();
-    let token = rc.cancel.clone();
+    let ctx = site.context();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
     // Probe 1 passes the gate; probe 2 is the drain's first.
     site.world().at_probe(2, move |_| token.cancel());
 
-    let e = pass(&rc, &site.desired("v2")).await.unwrap_err();
+    let e = pass(&ctx, &site.desired("v2"), cancel).await.unwrap_err();
 
     match &e {
         ReconcileError::DrainCutShort { image, old } => {
@@ -611,7 +629,10 @@ async fn transient_pull_failure_starts_nothing_and_is_retried() {
         "{e:?}"
     );
     assert_eq!(
-        error_policy(&e, Duration::from_secs(4)),
+        error_policy(
+            &e,
+            &mut Backoff::new(Duration::from_secs(4), Duration::from_secs(300), 2)
+        ),
         Requeue::After(Duration::from_secs(4))
     );
     assert!(!site.world().called(&Call::Run("api-green".into())));
@@ -637,7 +658,10 @@ async fn missing_image_starts_nothing_and_waits_for_a_new_desired_state() {
         "{e:?}"
     );
     assert_eq!(
-        error_policy(&e, Duration::from_secs(4)),
+        error_policy(
+            &e,
+            &mut Backoff::new(Duration::from_secs(4), Duration::from_secs(300), 2)
+        ),
         Requeue::AwaitChange
     );
     assert!(!site.world().called(&Call::Run("api-green".into())));

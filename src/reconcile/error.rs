@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::backoff::Backoff;
 use crate::apply::env_file::EnvFileError;
 use crate::apply::proxy::ProxyError;
 use crate::apply::runtime::RuntimeError;
@@ -130,10 +131,11 @@ pub enum Requeue {
     AwaitChange,
 }
 
-/// The error policy: transient errors come back with backoff, permanent ones wait.
-pub fn error_policy(error: &ReconcileError, backoff: Duration) -> Requeue {
+/// The error policy: transient errors come back after the backoff's next delay, which is
+/// the delay the caller waits; permanent ones wait for a change (the backoff is untouched).
+pub fn error_policy(error: &ReconcileError, backoff: &mut Backoff) -> Requeue {
     if error.is_transient() {
-        Requeue::After(backoff)
+        Requeue::After(backoff.next_delay())
     } else {
         Requeue::AwaitChange
     }
@@ -143,8 +145,13 @@ pub fn error_policy(error: &ReconcileError, backoff: Duration) -> Requeue {
 mod tests {
     use super::*;
 
+    fn backoff() -> Backoff {
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(4), 2)
+    }
+
     #[test]
     fn unreachable_engine_requeues_and_an_unhealthy_image_waits() {
+        let mut b = backoff();
         let unhealthy = ReconcileError::Unhealthy {
             container: "api-green".into(),
             image: "v2".into(),
@@ -152,10 +159,7 @@ mod tests {
             last: "500".into(),
             logs: String::new(),
         };
-        assert_eq!(
-            error_policy(&unhealthy, Duration::from_secs(1)),
-            Requeue::AwaitChange
-        );
+        assert_eq!(error_policy(&unhealthy, &mut b), Requeue::AwaitChange);
         let missing = ReconcileError::Pull {
             reference: "r:v".into(),
             source: RuntimeError::ImageNotFound {
@@ -164,10 +168,7 @@ mod tests {
                 message: "manifest unknown".into(),
             },
         };
-        assert_eq!(
-            error_policy(&missing, Duration::from_secs(1)),
-            Requeue::AwaitChange
-        );
+        assert_eq!(error_policy(&missing, &mut b), Requeue::AwaitChange);
         // A login to give (or to fix) waits for the operator, as a missing image does.
         for source in [
             RuntimeError::LoginRequired {
@@ -186,7 +187,7 @@ mod tests {
                 source,
             };
             assert_eq!(
-                error_policy(&login, Duration::from_secs(1)),
+                error_policy(&login, &mut b),
                 Requeue::AwaitChange,
                 "{login}"
             );
@@ -198,9 +199,12 @@ mod tests {
                 message: "connection refused".into(),
             },
         };
-        assert_eq!(
-            error_policy(&down, Duration::from_secs(2)),
-            Requeue::After(Duration::from_secs(2))
-        );
+        // Waiting for a change leaves the backoff as it was; each requeue takes its next delay.
+        for secs in [1, 2, 4, 4] {
+            assert_eq!(
+                error_policy(&down, &mut b),
+                Requeue::After(Duration::from_secs(secs))
+            );
+        }
     }
 }

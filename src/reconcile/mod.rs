@@ -5,6 +5,10 @@
 //! step by step, writing `status.json` after every step. The trigger only shows in logs and
 //! in the audit log.
 //!
+//! What lasts (the config, the runtime, the proxy, the prober, the webhook, the metrics) is a
+//! [`Context`], built once; what belongs to one run (its trigger, its cancellation, the status
+//! it writes) is a [`Pass`] over it.
+//!
 //! Production is never left pointing at an unhealthy or missing container: traffic moves only
 //! after the candidate answered its health check through its published port, a failed
 //! attempt removes its candidate and leaves the upstream file and the history as they were,
@@ -13,6 +17,7 @@
 mod attempt;
 #[cfg(test)]
 mod attempt_tests;
+mod backoff;
 mod error;
 #[cfg(test)]
 mod fakes;
@@ -22,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+pub use crate::state::audit::Trigger;
+pub use backoff::Backoff;
 pub use error::{error_policy, ReconcileError, Requeue};
 
 use crate::apply::health::{HealthError, HttpProber, Prober};
@@ -32,17 +39,21 @@ use crate::apply::runtime::{Docker, Runtime};
 use crate::config::Config;
 use crate::desired::Desired;
 use crate::metrics::Metrics;
-use crate::observe::{observe, Observed};
+use crate::observe::{observe, ObserveError, Observed};
 use crate::plan::{plan, Action, Plan, Verdict};
 use crate::state::status::{Live, Phase, Status, Step};
 use crate::state::{self, history};
 
-/// The reconciler on the real Docker engine and nginx.
-pub type LiveReconciler = Reconciler<Docker, Nginx, HttpProber>;
+/// A pass run in-process retries transient errors after 1 s, doubling up to 30 s.
+const IN_PROCESS_BACKOFF: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 2);
 
-impl LiveReconciler {
-    /// Assembles the reconciler for `cfg` on a connected engine.
-    pub fn live(cfg: Config, docker: Docker, trigger: &str) -> Result<Self, HealthError> {
+/// The context on the real Docker engine and nginx.
+pub type LiveContext = Context<Docker, Nginx, HttpProber>;
+
+impl LiveContext {
+    /// Assembles the context for `cfg` on a connected engine, with the webhook it names.
+    pub fn live(cfg: Config, docker: Docker) -> Result<Self, HealthError> {
         let nginx = Nginx::new(
             cfg.nginx.upstream_file.clone(),
             cfg.nginx.upstream_name.clone(),
@@ -53,15 +64,17 @@ impl LiveReconciler {
         .with_keepalive(cfg.nginx.upstream_keepalive)
         .with_redactor(Redactor::from_env_file(&cfg.container.env_file));
         let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
-        let mut rc = Reconciler::new(cfg, docker, nginx, prober, trigger);
-        rc.notifier = Notifier::new(&rc.cfg.notify);
-        Ok(rc)
+        let notifier = Notifier::new(&cfg.notify);
+        Ok(Context {
+            notifier,
+            ..Context::new(cfg, docker, nginx, prober)
+        })
     }
 }
 
 /// How a pass ended, when it did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum PassOutcome {
     /// The desired image is live and nothing else of the app runs.
     Converged,
     /// The desired file is paused: nothing was changed.
@@ -70,138 +83,53 @@ pub enum Outcome {
     AlreadyFailed { message: Option<String> },
 }
 
-/// The reconciler: the config, one implementation of each external system, and the context
-/// of the passes it runs (trigger, cancellation).
-pub struct Reconciler<R, P, H> {
+/// What every pass works with, built once: the config, one implementation of each external
+/// system, the webhook and the metrics. A daemon shares it (in an `Arc`) between its passes
+/// until the config is reloaded or the engine is reconnected.
+pub struct Context<R, P, H> {
     pub cfg: Config,
     pub runtime: R,
     pub proxy: P,
     pub prober: H,
-    /// Why passes run (`cli`, `deploy`, `file`, `resync`...): informational only.
-    pub trigger: String,
-    /// Cancels the running attempt at its next safe point (never between the upstream write
-    /// and the nginx reload).
-    pub cancel: CancellationToken,
-    status: Mutex<Status>,
     /// Webhook notifications, fire-and-forget; None when no webhook is configured.
     pub notifier: Option<Notifier>,
     /// Shared with the metrics endpoint (and across a daemon's passes).
     pub metrics: Arc<Metrics>,
 }
 
-impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
-    pub fn new(cfg: Config, runtime: R, proxy: P, prober: H, trigger: &str) -> Self {
-        Reconciler {
+/// One run of observe, plan, apply, and what belongs to it alone: why it runs, the token
+/// that cancels it, and the status it writes.
+pub struct Pass<'c, R, P, H> {
+    ctx: &'c Context<R, P, H>,
+    /// Why the pass runs: informational only (logs, the audit log).
+    trigger: Trigger,
+    /// Cancels the running attempt at its next safe point (never between the upstream write
+    /// and the nginx reload).
+    cancel: CancellationToken,
+    status: Mutex<Status>,
+}
+
+impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
+    /// A context without webhook, with metrics of its own.
+    pub fn new(cfg: Config, runtime: R, proxy: P, prober: H) -> Self {
+        Context {
             cfg,
             runtime,
             proxy,
             prober,
-            trigger: trigger.to_string(),
-            cancel: CancellationToken::new(),
-            status: Mutex::new(Status::new(Phase::Progressing)),
             notifier: None,
             metrics: Arc::new(Metrics::new()),
         }
     }
 
-    /// One full pass. `by_hand` retries a generation that failed before (an operator asked).
-    #[tracing::instrument(name = "reconcile", skip_all, fields(trigger = %self.trigger, generation = %desired.generation, image = %desired.image))]
-    pub async fn reconcile(
-        &self,
-        desired: &Desired,
-        by_hand: bool,
-    ) -> Result<Outcome, ReconcileError> {
-        self.unobserved(desired);
-        let observed = observe(&self.cfg, &self.runtime, &self.proxy).await?;
-        let plan = plan(&self.cfg, desired, &observed, by_hand);
-        self.begin(desired, &observed)?;
-        match plan.verdict {
-            Verdict::Paused => {
-                self.set_status(|s| {
-                    s.phase = Phase::Paused;
-                    s.message = Some("paused by the desired file: nothing is changed".into());
-                })?;
-                Ok(Outcome::Paused)
-            }
-            Verdict::AlreadyFailed => {
-                let previous = Status::load(&self.status_file()).ok().flatten();
-                let message = previous.and_then(|s| s.message);
-                self.set_status(|s| {
-                    s.phase = Phase::Failed;
-                    s.failed_generation = Some(desired.generation.clone());
-                    s.message = message.clone();
-                })?;
-                Ok(Outcome::AlreadyFailed { message })
-            }
-            Verdict::InSync => {
-                self.set_status(|s| {
-                    s.phase = Phase::Converged;
-                    s.message = None;
-                })?;
-                self.publish_live();
-                Ok(Outcome::Converged)
-            }
-            Verdict::Unclear { reason } => Err(ReconcileError::Unclear { reason }),
-            Verdict::Converge => self.apply(desired, &observed, &plan).await,
-        }
+    /// Records into `metrics` (a daemon's, which its endpoint serves).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        Context { metrics, ..self }
     }
 
-    /// Runs the plan's actions in order.
-    async fn apply(
-        &self,
-        desired: &Desired,
-        observed: &Observed,
-        plan: &Plan,
-    ) -> Result<Outcome, ReconcileError> {
-        let mut reasserted = false;
-        for action in &plan.actions {
-            tracing::info!(%action, "applying");
-            match action {
-                Action::Remove { name, reason } => {
-                    if std::mem::take(&mut reasserted) {
-                        // A pass died between the switch and the drain: the old color may
-                        // still hold requests nginx's old workers sent it. Drain first.
-                        tracing::info!(drain = ?self.cfg.rollout.drain, "draining before removing the old color");
-                        tokio::time::sleep(self.cfg.rollout.drain).await;
-                        self.proxy.wait_retired(attempt::OLD_WORKERS_LIMIT).await;
-                    }
-                    tracing::info!(container = %name, %reason, "removing container");
-                    self.retire(name, self.cfg.container.stop_timeout).await?;
-                }
-                Action::Reassert { color } => {
-                    // A pass may have died between writing the upstream file and reloading
-                    // nginx: make nginx load the file before anything it might still send
-                    // traffic to is removed.
-                    let port = self.cfg.port(*color);
-                    let comment = self.live_comment(*color, desired.image.as_written());
-                    self.proxy.switch(port, &comment).await?;
-                    reasserted = plan
-                        .actions
-                        .iter()
-                        .any(|a| matches!(a, Action::Remove { .. }));
-                }
-                Action::RecordHistory { image } => {
-                    history::record(&self.cfg.history_file, image, self.cfg.history_limit)?;
-                }
-                Action::Deploy { .. } | Action::Switch { .. } => {
-                    attempt::run(self, desired, observed, action).await?;
-                }
-            }
-        }
-        if plan.target().is_some() && self.cfg.rollout.keep_images {
-            self.retain_images().await;
-        }
-        let live = self.observed_live().await?;
-        self.set_status(|s| {
-            s.phase = Phase::Converged;
-            s.step = None;
-            s.health = None;
-            s.message = None;
-            s.failed_generation = None;
-            s.live = live.clone();
-        })?;
-        self.publish_live();
-        Ok(Outcome::Converged)
+    /// The world as it is now.
+    pub async fn observe(&self) -> Result<Observed, ObserveError> {
+        observe(&self.cfg, &self.runtime, &self.proxy).await
     }
 
     /// Image retention: removes local images of `repository` that no history entry names,
@@ -299,15 +227,158 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
         Ok(())
     }
 
+    pub(crate) fn status_file(&self) -> std::path::PathBuf {
+        self.cfg.state_dir.join(state::STATUS_FILE)
+    }
+
+    pub(crate) fn audit_file(&self) -> std::path::PathBuf {
+        self.cfg.state_dir.join(state::AUDIT_FILE)
+    }
+
+    /// `green api:a4f91c2`, the upstream file's comment.
+    pub(crate) fn live_comment(&self, color: crate::config::Color, image: &str) -> String {
+        format!("{color} {}:{image}", self.cfg.app)
+    }
+
+    fn live_of(&self, c: &crate::apply::runtime::Container) -> Live {
+        let color = c.color.unwrap_or(crate::config::Color::Blue);
+        Live {
+            color: color.to_string(),
+            image: c.image.clone(),
+            container: c.name.clone(),
+            port: self.cfg.port(color),
+        }
+    }
+
+    /// What is live now, observed afresh.
+    async fn observed_live(&self) -> Result<Option<Live>, ReconcileError> {
+        let observed = self.observe().await?;
+        Ok(observed.live(&self.cfg).map(|c| self.live_of(c)))
+    }
+}
+
+impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
+    /// A pass over `ctx`, for `trigger`.
+    pub fn new(ctx: &'c Context<R, P, H>, trigger: Trigger) -> Self {
+        Pass {
+            ctx,
+            trigger,
+            cancel: CancellationToken::new(),
+            status: Mutex::new(Status::new(Phase::Progressing)),
+        }
+    }
+
+    /// Cancelled by `cancel` (whoever keeps a clone of it: the daemon, on a newer generation
+    /// or a stop signal).
+    pub fn with_cancel(self, cancel: CancellationToken) -> Self {
+        Pass { cancel, ..self }
+    }
+
+    /// One full pass. `by_hand` retries a generation that failed before (an operator asked).
+    #[tracing::instrument(name = "reconcile", skip_all, fields(trigger = %self.trigger, generation = %desired.generation, image = %desired.image))]
+    pub async fn reconcile(
+        &self,
+        desired: &Desired,
+        by_hand: bool,
+    ) -> Result<PassOutcome, ReconcileError> {
+        let ctx = self.ctx;
+        self.unobserved(desired);
+        let observed = ctx.observe().await?;
+        let plan = plan(&ctx.cfg, desired, &observed, by_hand);
+        self.begin(desired, &observed)?;
+        match plan.verdict {
+            Verdict::Paused => {
+                self.set_status(|s| {
+                    s.phase = Phase::Paused;
+                    s.message = Some("paused by the desired file: nothing is changed".into());
+                })?;
+                Ok(PassOutcome::Paused)
+            }
+            Verdict::AlreadyFailed => {
+                let previous = Status::load(&ctx.status_file()).ok().flatten();
+                let message = previous.and_then(|s| s.message);
+                self.set_status(|s| {
+                    s.phase = Phase::Failed;
+                    s.failed_generation = Some(desired.generation.clone());
+                    s.message = message.clone();
+                })?;
+                Ok(PassOutcome::AlreadyFailed { message })
+            }
+            Verdict::InSync => {
+                self.set_status(|s| {
+                    s.phase = Phase::Converged;
+                    s.message = None;
+                })?;
+                self.publish_live();
+                Ok(PassOutcome::Converged)
+            }
+            Verdict::Unclear { reason } => Err(ReconcileError::Unclear { reason }),
+            Verdict::Converge => self.apply(desired, &observed, &plan).await,
+        }
+    }
+
+    /// Carries out the plan's actions in order; every decision is the plan's.
+    async fn apply(
+        &self,
+        desired: &Desired,
+        observed: &Observed,
+        plan: &Plan,
+    ) -> Result<PassOutcome, ReconcileError> {
+        let ctx = self.ctx;
+        let cfg = &ctx.cfg;
+        for action in &plan.actions {
+            tracing::info!(%action, "applying");
+            match action {
+                Action::Remove { name, reason } => {
+                    tracing::info!(container = %name, %reason, "removing container");
+                    ctx.retire(name, cfg.container.stop_timeout).await?;
+                }
+                Action::Reassert { color } => {
+                    // A pass may have died between writing the upstream file and reloading
+                    // nginx: make nginx load the file before anything it might still send
+                    // traffic to is removed.
+                    let port = cfg.port(*color);
+                    let comment = ctx.live_comment(*color, desired.image.as_written());
+                    ctx.proxy.switch(port, &comment).await?;
+                }
+                Action::Drain => {
+                    // A pass died between the switch and the drain: the old color may still
+                    // hold requests nginx's old workers sent it.
+                    tracing::info!(drain = ?cfg.rollout.drain, "draining before removing the old color");
+                    tokio::time::sleep(cfg.rollout.drain).await;
+                    ctx.proxy.wait_retired(attempt::OLD_WORKERS_LIMIT).await;
+                }
+                Action::RecordHistory { image } => {
+                    history::record(&cfg.history_file, image, cfg.history_limit)?;
+                }
+                Action::Deploy(rollout) => self.attempt(desired, observed, rollout, true).await?,
+                Action::Switch(rollout) => self.attempt(desired, observed, rollout, false).await?,
+            }
+        }
+        if plan.target().is_some() && cfg.rollout.keep_images {
+            ctx.retain_images().await;
+        }
+        let live = ctx.observed_live().await?;
+        self.set_status(|s| {
+            s.phase = Phase::Converged;
+            s.step = None;
+            s.health = None;
+            s.message = None;
+            s.failed_generation = None;
+            s.live = live.clone();
+        })?;
+        self.publish_live();
+        Ok(PassOutcome::Converged)
+    }
+
     /// Mirrors the status into the metrics.
     fn publish_live(&self) {
+        let metrics = &self.ctx.metrics;
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        self.metrics.set_converged(status.phase == Phase::Converged);
+        metrics.set_converged(status.phase == Phase::Converged);
         match &status.live {
-            Some(live) => self
-                .metrics
-                .set_live(&live.color, &live.image, status.digest.as_deref()),
-            None => self.metrics.clear_live(),
+            Some(live) => metrics.set_live(&live.color, &live.image, status.digest.as_deref()),
+            None => metrics.clear_live(),
         }
     }
 
@@ -315,7 +386,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
     /// desired state: a failure to observe (the engine unreachable) must not report the
     /// live color, the digest or the desired image as gone.
     fn unobserved(&self, desired: &Desired) {
-        let previous = Status::load(&self.status_file()).ok().flatten();
+        let previous = Status::load(&self.ctx.status_file()).ok().flatten();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         *status = previous.unwrap_or_else(|| Status::new(Phase::Progressing));
         status.desired = Some(desired.image.as_written().to_string());
@@ -326,8 +397,9 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
 
     /// Starts the status of a pass from what was observed.
     fn begin(&self, desired: &Desired, observed: &Observed) -> Result<(), ReconcileError> {
-        let live = observed.live(&self.cfg).map(|c| self.live_of(c));
-        let previous = Status::load(&self.status_file()).ok().flatten();
+        let ctx = self.ctx;
+        let live = observed.live(&ctx.cfg).map(|c| ctx.live_of(c));
+        let previous = Status::load(&ctx.status_file()).ok().flatten();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         *status = Status::new(Phase::Progressing);
         status.desired = Some(desired.image.as_written().to_string());
@@ -345,7 +417,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
         if status.phase != Phase::Progressing {
             status.step = None;
         }
-        status.save(&self.status_file())?;
+        status.save(&self.ctx.status_file())?;
         Ok(())
     }
 
@@ -379,9 +451,9 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
         // Not this generation's fault: the world needs an operator, and every resync looks
         // again.
         let marks_generation = permanent && !error.is_blocked();
-        self.metrics
-            .reconcile_error(if permanent { "permanent" } else { "transient" });
-        self.metrics.set_converged(false);
+        let metrics = &self.ctx.metrics;
+        metrics.reconcile_error(if permanent { "permanent" } else { "transient" });
+        metrics.set_converged(false);
         self.set_status(|s| {
             s.phase = Phase::Failed;
             s.health = None;
@@ -392,50 +464,26 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
         })
     }
 
-    pub(crate) fn status_file(&self) -> std::path::PathBuf {
-        self.cfg.state_dir.join(state::STATUS_FILE)
-    }
-
-    pub(crate) fn audit_file(&self) -> std::path::PathBuf {
-        self.cfg.state_dir.join(state::AUDIT_FILE)
-    }
-
-    /// `green api:a4f91c2`, the upstream file's comment.
-    pub(crate) fn live_comment(&self, color: crate::config::Color, image: &str) -> String {
-        format!("{color} {}:{image}", self.cfg.app)
-    }
-
-    fn live_of(&self, c: &crate::apply::runtime::Container) -> Live {
-        let color = c.color.unwrap_or(crate::config::Color::Blue);
-        Live {
-            color: color.to_string(),
-            image: c.image.clone(),
-            container: c.name.clone(),
-            port: self.cfg.port(color),
-        }
-    }
-
-    /// What is live now, observed afresh.
-    async fn observed_live(&self) -> Result<Option<Live>, ReconcileError> {
-        let observed = observe(&self.cfg, &self.runtime, &self.proxy).await?;
-        Ok(observed.live(&self.cfg).map(|c| self.live_of(c)))
-    }
-
     /// Passes with retries: transient errors (Docker or the registry unreachable) are retried
-    /// with exponential backoff up to `attempts` times; anything else returns at once.
+    /// after the error policy's delay, up to `attempts` passes in all; anything else returns
+    /// at once.
     pub async fn reconcile_with_retries(
         &self,
         desired: &Desired,
         by_hand: bool,
         attempts: u32,
-    ) -> Result<Outcome, ReconcileError> {
-        let mut delay = Duration::from_secs(1);
+    ) -> Result<PassOutcome, ReconcileError> {
+        let mut backoff = IN_PROCESS_BACKOFF;
         let started = Instant::now();
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.reconcile(desired, by_hand).await {
-                Err(e) if e.is_transient() && tries < attempts && !self.cancel.is_cancelled() => {
+            let e = match self.reconcile(desired, by_hand).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => e,
+            };
+            match error_policy(&e, &mut backoff) {
+                Requeue::After(delay) if tries < attempts && !self.cancel.is_cancelled() => {
                     tracing::warn!(error = %e, retry_in = ?delay, "transient error, retrying");
                     let _ = self.set_status(|s| {
                         s.phase = Phase::Progressing;
@@ -445,15 +493,13 @@ impl<R: Runtime, P: Proxy, H: Prober> Reconciler<R, P, H> {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.cancel.cancelled() => return Err(ReconcileError::Cancelled),
                     }
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
-                Err(e) => {
+                _ => {
                     // The caller reports the error itself; this line is for the debug log only.
                     tracing::debug!(error = %e, elapsed = ?started.elapsed(), "reconcile failed");
                     let _ = self.record_failure(desired, &e);
                     return Err(e);
                 }
-                Ok(outcome) => return Ok(outcome),
             }
         }
     }

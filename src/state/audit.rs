@@ -10,6 +10,7 @@
 //! [`super::file`]). It grows without bound, so only its last 16 MiB are read: thousands of
 //! attempts, far more than the history ever names.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -52,6 +53,103 @@ pub enum AuditError {
     },
 }
 
+/// Why a pass ran: a tracing field and the audit log's `trigger`, never a reason for the pass
+/// to act differently (whether it retries a failed generation is the separate `by_hand`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// The daemon started.
+    Start,
+    /// The desired file changed (or a cancelled attempt's generation is due again).
+    File,
+    /// The resync timer (`rollout.resync`).
+    Resync,
+    /// The backoff after a transient error ran out.
+    Retry,
+    /// SIGHUP reloaded the config.
+    Reload,
+    /// `fieldtrack reconcile` asked the daemon (SIGUSR1).
+    ByHand,
+    /// `fieldtrack reconcile` run in-process.
+    Cli,
+    /// `fieldtrack deploy` or `rollback` run in-process.
+    Deploy,
+    /// A line written by a fieldtrack that knows a trigger this one does not (or none): read,
+    /// never written.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl Trigger {
+    /// The name in logs and in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::File => "file",
+            Trigger::Resync => "resync",
+            Trigger::Retry => "retry",
+            Trigger::Reload => "reload",
+            Trigger::ByHand => "by-hand",
+            Trigger::Cli => "cli",
+            Trigger::Deploy => "deploy",
+            Trigger::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a deployment attempt ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The new image is live, the old color retired, the history records it.
+    Succeeded,
+    /// The attempt stopped before its end; production as the error says.
+    Failed,
+    /// A newer generation or a stop signal ended it at a safe point.
+    Cancelled,
+    /// The new color failed during the drain and traffic went back to the old one.
+    RolledBack,
+    /// A line written by a fieldtrack that knows an outcome this one does not (or none):
+    /// read, never written.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl AttemptOutcome {
+    /// Every outcome an attempt can have (not [`AttemptOutcome::Unknown`]).
+    pub const ALL: [AttemptOutcome; 4] = [
+        AttemptOutcome::Succeeded,
+        AttemptOutcome::Failed,
+        AttemptOutcome::Cancelled,
+        AttemptOutcome::RolledBack,
+    ];
+
+    /// The name in the audit log and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::RolledBack => "rolled_back",
+            AttemptOutcome::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One deployment attempt and its outcome: one line of the audit log.
 ///
 /// Fields missing from a line (written by an older or newer fieldtrack) read as their
@@ -64,7 +162,7 @@ pub struct AuditRecord {
     /// What happened: `deploy`.
     pub event: String,
     /// `succeeded`, `failed`, `cancelled` or `rolled_back`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     /// The image as written in the desired file.
     pub image: String,
     /// The full pullable reference.
@@ -74,7 +172,7 @@ pub struct AuditRecord {
     /// The image that was live before the attempt.
     pub previous: Option<String>,
     /// Why the reconcile ran (file change, resync, CLI, ...); informational only.
-    pub trigger: String,
+    pub trigger: Trigger,
     /// Who asked, from the desired file.
     pub by: Option<String>,
     /// Free text from the desired file.
@@ -207,16 +305,16 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
-    fn record(image: &str, outcome: &str) -> AuditRecord {
+    fn record(image: &str, outcome: AttemptOutcome) -> AuditRecord {
         AuditRecord {
             time: "2026-11-26T12:00:00Z".to_string(),
             event: "deploy".to_string(),
-            outcome: outcome.to_string(),
+            outcome,
             image: image.to_string(),
             reference: format!("ghcr.io/fieldtrack-tech/api:{image}"),
             digest: Some("sha256:0123".to_string()),
             previous: Some("a4f91c2".to_string()),
-            trigger: "desired_file".to_string(),
+            trigger: Trigger::File,
             by: Some("ci".to_string()),
             note: Some("hotfix login\nsecond line".to_string()),
             generation: "g1".to_string(),
@@ -236,8 +334,8 @@ mod tests {
     fn append_writes_one_line_per_record_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".fieldtrack/audit.jsonl");
-        let first = record("b8c4d2e", "succeeded");
-        let second = record("c5f7a1b", "failed");
+        let first = record("b8c4d2e", AttemptOutcome::Succeeded);
+        let second = record("c5f7a1b", AttemptOutcome::Failed);
 
         append(&path, &first).unwrap();
         append(&path, &second).unwrap();
@@ -252,12 +350,59 @@ mod tests {
     fn append_never_rewrites_earlier_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        append(&path, &record("a", "succeeded")).unwrap();
+        append(&path, &record("a", AttemptOutcome::Succeeded)).unwrap();
         let before = fs::read(&path).unwrap();
 
-        append(&path, &record("b", "succeeded")).unwrap();
+        append(&path, &record("b", AttemptOutcome::Succeeded)).unwrap();
 
         assert!(fs::read(&path).unwrap().starts_with(&before));
+    }
+
+    #[test]
+    fn triggers_and_outcomes_are_written_as_they_always_were() {
+        let triggers = [
+            (Trigger::Start, "start"),
+            (Trigger::File, "file"),
+            (Trigger::Resync, "resync"),
+            (Trigger::Retry, "retry"),
+            (Trigger::Reload, "reload"),
+            (Trigger::ByHand, "by-hand"),
+            (Trigger::Cli, "cli"),
+            (Trigger::Deploy, "deploy"),
+        ];
+        for (trigger, name) in triggers {
+            assert_eq!(serde_json::to_value(trigger).unwrap(), name);
+            assert_eq!(trigger.to_string(), name);
+            assert_eq!(
+                serde_json::from_value::<Trigger>(name.into()).unwrap(),
+                trigger
+            );
+        }
+        let outcomes = ["succeeded", "failed", "cancelled", "rolled_back"];
+        for (outcome, name) in AttemptOutcome::ALL.into_iter().zip(outcomes) {
+            assert_eq!(serde_json::to_value(outcome).unwrap(), name);
+            assert_eq!(outcome.to_string(), name);
+            assert_eq!(
+                serde_json::from_value::<AttemptOutcome>(name.into()).unwrap(),
+                outcome
+            );
+        }
+    }
+
+    #[test]
+    fn a_trigger_or_outcome_this_version_does_not_know_keeps_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut line = serde_json::to_value(record("a", AttemptOutcome::Succeeded)).unwrap();
+        line["trigger"] = "canary".into();
+        line["outcome"] = "paused".into();
+        fs::write(&path, format!("{line}\n{{\"image\":\"b\"}}\n")).unwrap();
+        let log = read_log(&path).unwrap();
+        assert_eq!(log.skipped, 0);
+        assert_eq!(log.records[0].trigger, Trigger::Unknown);
+        assert_eq!(log.records[0].outcome, AttemptOutcome::Unknown);
+        assert_eq!(log.records[0].digest.as_deref(), Some("sha256:0123"));
+        assert_eq!(log.records[1].outcome, AttemptOutcome::Unknown);
     }
 
     #[test]
@@ -289,13 +434,13 @@ mod tests {
     fn read_skips_and_counts_a_torn_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        append(&path, &record("a", "succeeded")).unwrap();
+        append(&path, &record("a", AttemptOutcome::Succeeded)).unwrap();
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"{\"time\":\"2026-11-26T12:0").unwrap();
 
         let log = read_log(&path).unwrap();
 
-        assert_eq!(log.records, vec![record("a", "succeeded")]);
+        assert_eq!(log.records, vec![record("a", AttemptOutcome::Succeeded)]);
         assert_eq!(log.skipped, 1);
         assert_eq!(read(&path).unwrap().len(), 1);
     }
@@ -304,16 +449,19 @@ mod tests {
     fn append_after_a_torn_line_starts_a_new_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        append(&path, &record("a", "succeeded")).unwrap();
+        append(&path, &record("a", AttemptOutcome::Succeeded)).unwrap();
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"{\"time\":\"2026-").unwrap();
 
-        append(&path, &record("b", "failed")).unwrap();
+        append(&path, &record("b", AttemptOutcome::Failed)).unwrap();
 
         let log = read_log(&path).unwrap();
         assert_eq!(
             log.records,
-            vec![record("a", "succeeded"), record("b", "failed")]
+            vec![
+                record("a", AttemptOutcome::Succeeded),
+                record("b", AttemptOutcome::Failed)
+            ]
         );
         assert_eq!(log.skipped, 1);
     }
@@ -322,7 +470,7 @@ mod tests {
     fn read_ignores_blank_lines_and_tolerates_invalid_utf8() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let line = serde_json::to_string(&record("a", "succeeded")).unwrap();
+        let line = serde_json::to_string(&record("a", AttemptOutcome::Succeeded)).unwrap();
         let mut bytes = b"\n  \n".to_vec();
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(b"\n{\"image\":\"\xff\xfe\n");
@@ -330,7 +478,7 @@ mod tests {
 
         let log = read_log(&path).unwrap();
 
-        assert_eq!(log.records, vec![record("a", "succeeded")]);
+        assert_eq!(log.records, vec![record("a", AttemptOutcome::Succeeded)]);
         assert_eq!(log.skipped, 1);
     }
 
@@ -367,7 +515,7 @@ mod tests {
         let victim = dir.path().join("victim");
         link_to_victim(&path, &victim);
 
-        let err = append(&path, &record("a", "succeeded")).unwrap_err();
+        let err = append(&path, &record("a", AttemptOutcome::Succeeded)).unwrap_err();
 
         assert!(err.to_string().contains("symlink"), "{err}");
         assert_eq!(fs::read_to_string(&victim).unwrap(), VICTIM);
@@ -380,7 +528,7 @@ mod tests {
         let victim = dir.path().join("victim.jsonl");
         fs::write(
             &victim,
-            serde_json::to_string(&record("a", "succeeded")).unwrap(),
+            serde_json::to_string(&record("a", AttemptOutcome::Succeeded)).unwrap(),
         )
         .unwrap();
         std::os::unix::fs::symlink(&victim, &path).unwrap();
@@ -401,7 +549,7 @@ mod tests {
             read_log(&read_path).map_err(|e| e.to_string())
         });
         let appended = within_5s("appending to an audit.jsonl that is a FIFO", move || {
-            append(&path, &record("a", "succeeded")).map_err(|e| e.to_string())
+            append(&path, &record("a", AttemptOutcome::Succeeded)).map_err(|e| e.to_string())
         });
 
         assert!(read.unwrap_err().contains("not a regular file"));
@@ -412,10 +560,10 @@ mod tests {
     fn a_log_larger_than_the_cap_is_read_from_its_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let line = serde_json::to_string(&record("old", "succeeded")).unwrap() + "\n";
+        let line = serde_json::to_string(&record("old", AttemptOutcome::Succeeded)).unwrap() + "\n";
         let old = line.repeat(READ_CAP as usize / line.len() + 1);
         fs::write(&path, old).unwrap();
-        append(&path, &record("newest", "succeeded")).unwrap();
+        append(&path, &record("newest", AttemptOutcome::Succeeded)).unwrap();
 
         let log = read_log(&path).unwrap();
 
@@ -430,11 +578,11 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
 
-        append(&path, &record("a", "succeeded")).unwrap();
+        append(&path, &record("a", AttemptOutcome::Succeeded)).unwrap();
         assert_eq!(mode(&path), 0o640);
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
-        append(&path, &record("b", "succeeded")).unwrap();
+        append(&path, &record("b", AttemptOutcome::Succeeded)).unwrap();
         assert_eq!(mode(&path), 0o640);
     }
 }
