@@ -19,6 +19,7 @@ pub mod observe;
 pub mod plan;
 pub mod reconcile;
 pub mod state;
+pub mod upstream;
 
 /// The test hook: with `FIELDTRACK_TEST_PAUSE_AT=<point>` the process blocks forever when it
 /// reaches that point (a reconcile step, `recording`, or `reload`: the upstream file written,

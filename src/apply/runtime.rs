@@ -20,7 +20,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use crate::apply::credentials::{self, Login};
-use crate::config::Color;
+use crate::observe::{Container, ContainerState};
 
 /// Label naming the app a container belongs to.
 pub const LABEL_APP: &str = "fieldtrack.app";
@@ -47,54 +47,6 @@ pub struct ContainerSpec {
     pub container_port: u16,
     /// `KEY=value` pairs (from the env file). Never logged.
     pub env: Vec<String>,
-}
-
-/// The state of a container as the engine reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContainerState {
-    Created,
-    Running,
-    Restarting,
-    Exited { code: i64 },
-    Other(String),
-}
-
-impl ContainerState {
-    pub fn is_running(&self) -> bool {
-        matches!(self, ContainerState::Running)
-    }
-}
-
-impl std::fmt::Display for ContainerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ContainerState::Created => f.write_str("created"),
-            ContainerState::Running => f.write_str("running"),
-            ContainerState::Restarting => f.write_str("restarting"),
-            ContainerState::Exited { code } => write!(f, "exited with code {code}"),
-            ContainerState::Other(s) => f.write_str(s),
-        }
-    }
-}
-
-/// One container of the app, as observed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    /// From the `fieldtrack.color` label; None when the label is missing or unknown.
-    pub color: Option<Color>,
-    /// From the `fieldtrack.image` label (the full reference it was started from).
-    pub image: String,
-    /// From the `fieldtrack.desired` label: the image as the desired file wrote it (what the
-    /// history records); None on containers started before the label existed.
-    pub desired: Option<String>,
-    /// From the `fieldtrack.generation` label: the desired generation that started it.
-    pub generation: Option<String>,
-    pub state: ContainerState,
-    /// Host ports it publishes (on loopback or all addresses): what an upstream `server
-    /// 127.0.0.1:PORT;` line reaches. The engine reports them for running containers only.
-    pub ports: Vec<u16>,
 }
 
 /// Whether a port published on `ip` answers on loopback: published there, or on every address.

@@ -12,10 +12,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::CliError;
-use crate::apply::proxy::{self, DEFAULT_COMMAND_TIMEOUT};
-use crate::apply::runtime::{registry_of, Container, Docker, Runtime as _};
+use crate::apply::proxy::DEFAULT_COMMAND_TIMEOUT;
+use crate::apply::runtime::{registry_of, Docker, Runtime as _};
 use crate::config::{Color, Config};
 use crate::desired::{Desired, DesiredError};
+use crate::observe::Container;
 
 /// How long the engine gets to answer before it counts as unreachable.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -412,7 +413,7 @@ fn upstream_file_finding(cfg: &Config) -> Finding {
             "upstream",
             format!("cannot read {}: {e}", path.display()),
         ),
-        Ok(text) => match proxy::parse_port(&text, name) {
+        Ok(text) => match crate::upstream::parse_port(&text, name) {
             Some(port) => {
                 let color = cfg
                     .color_of_port(port)

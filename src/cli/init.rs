@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::CliError;
-use crate::apply::proxy;
 use crate::config::{Config, CONFIG_ENV, DEFAULT_PATH, FILE_NAME};
 
 /// The shipped config reference; `init` writes it with the app's values.
@@ -321,7 +320,7 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
         },
         Planned {
             path: upstream_snippet.clone(),
-            text: proxy::render(
+            text: crate::upstream::render(
                 &config.nginx.upstream_name,
                 config.container.blue_port,
                 "nothing yet; placeholder written by fieldtrack init, pointing at blue",
@@ -874,7 +873,7 @@ mod tests {
         assert_eq!(l.config.container.blue_port, 3003);
         assert_eq!(l.config.container.green_port, 3004);
         assert_eq!(
-            proxy::parse_port(&l.files[2].text, "fieldtrack_worker"),
+            crate::upstream::parse_port(&l.files[2].text, "fieldtrack_worker"),
             Some(3003)
         );
         c.green_port = Some(3003);
@@ -909,7 +908,7 @@ mod tests {
         let l = layout("/srv/site/fieldtrack.toml", "api", Some("ghcr.io/acme/api"));
         let upstream = &l.files[2].text;
         assert_eq!(
-            proxy::parse_port(upstream, "fieldtrack_api"),
+            crate::upstream::parse_port(upstream, "fieldtrack_api"),
             Some(l.config.container.blue_port)
         );
         let location = &l.files[3].text;

@@ -2,10 +2,11 @@
 //! of the nginx upstream file. Exit 0 in sync, 3 when it would change something.
 
 use super::CliError;
-use crate::apply::proxy::{render, Proxy};
+use crate::apply::proxy::Proxy;
 use crate::config::Config;
 use crate::desired::Desired;
 use crate::plan::{plan, Verdict};
+use crate::upstream::render;
 
 pub async fn run(cfg: Config) -> Result<u8, CliError> {
     // Unlike a reconcile, plan writes nothing, not even `invalid` into status.json.

@@ -6,13 +6,13 @@ use serde_json::json;
 
 use super::terminal::printable;
 use super::CliError;
-use crate::apply::proxy::parse_port;
 use crate::config::Config;
 use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::history;
 use crate::state::status::Status;
 use crate::state::{AUDIT_FILE, STATUS_FILE};
+use crate::upstream::parse_port;
 
 pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
     let status = Status::load(&cfg.state_dir.join(STATUS_FILE))

@@ -3,10 +3,59 @@
 //! between passes, so a restarted process finds the same truth as the one that died.
 
 use crate::apply::proxy::{Proxy, ProxyError};
-use crate::apply::runtime::{Container, Runtime, RuntimeError};
+use crate::apply::runtime::{Runtime, RuntimeError};
 use crate::config::{Color, Config};
 use crate::state::history::{self, HistoryError};
 use crate::state::status::{Status, StatusError};
+
+/// The state of a container as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Restarting,
+    Exited { code: i64 },
+    Other(String),
+}
+
+impl ContainerState {
+    pub fn is_running(&self) -> bool {
+        matches!(self, ContainerState::Running)
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerState::Created => f.write_str("created"),
+            ContainerState::Running => f.write_str("running"),
+            ContainerState::Restarting => f.write_str("restarting"),
+            ContainerState::Exited { code } => write!(f, "exited with code {code}"),
+            ContainerState::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One container of the app, as observed: what any runtime backend reports, in the words
+/// the plan uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    /// From the `fieldtrack.color` label; None when the label is missing or unknown.
+    pub color: Option<Color>,
+    /// From the `fieldtrack.image` label (the full reference it was started from).
+    pub image: String,
+    /// From the `fieldtrack.desired` label: the image as the desired file wrote it (what the
+    /// history records); None on containers started before the label existed.
+    pub desired: Option<String>,
+    /// From the `fieldtrack.generation` label: the desired generation that started it.
+    pub generation: Option<String>,
+    pub state: ContainerState,
+    /// Host ports it publishes (on loopback or all addresses): what an upstream `server
+    /// 127.0.0.1:PORT;` line reaches. The engine reports them for running containers only.
+    pub ports: Vec<u16>,
+}
 
 /// What is, as opposed to what should be ([`crate::desired::Desired`]).
 #[derive(Debug, Clone, Default, PartialEq)]

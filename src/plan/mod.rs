@@ -4,10 +4,9 @@
 
 use std::fmt;
 
-use crate::apply::runtime::Container;
 use crate::config::{Color, Config};
 use crate::desired::Desired;
-use crate::observe::Observed;
+use crate::observe::{Container, Observed};
 
 /// The overall verdict of a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,7 +320,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::apply::runtime::ContainerState;
+    use crate::observe::ContainerState;
 
     const REPO: &str = "ghcr.io/fieldtrack-tech/api";
 

@@ -13,11 +13,11 @@ use crate::apply::notify::{Event, Notification};
 use crate::apply::proxy::Proxy;
 use crate::apply::redact::Redactor;
 use crate::apply::runtime::{
-    ContainerSpec, ContainerState, Runtime, LABEL_APP, LABEL_COLOR, LABEL_DESIRED,
-    LABEL_GENERATION, LABEL_IMAGE,
+    ContainerSpec, Runtime, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
 use crate::config::Color;
 use crate::desired::{Desired, ImageRef, AUTO_ROLLBACK_NOTE_PREFIX};
+use crate::observe::ContainerState;
 use crate::observe::Observed;
 use crate::plan::Rollout;
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
@@ -611,7 +611,7 @@ fn is_rollback(desired: &Desired) -> bool {
 /// same image, else the full reference it runs.
 fn served_image(
     cfg: &crate::config::Config,
-    c: &crate::apply::runtime::Container,
+    c: &crate::observe::Container,
     head: Option<&String>,
 ) -> String {
     if let Some(desired) = &c.desired {

@@ -21,11 +21,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::apply::health::{ProbeOutcome, Prober};
-use crate::apply::proxy::{parse_ports, render, Proxy, ProxyError};
+use crate::apply::proxy::{Proxy, ProxyError};
 use crate::apply::runtime::{
-    Container, ContainerSpec, ContainerState, ImageInfo, LocalImage, Runtime, RuntimeError,
-    LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
+    ContainerSpec, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_COLOR, LABEL_DESIRED,
+    LABEL_GENERATION, LABEL_IMAGE,
 };
+use crate::observe::{Container, ContainerState};
+use crate::upstream::{parse_ports, render};
 
 /// One call the reconciler made to the outside world, in the order made. State checks,
 /// listings and reads are not logged: they change nothing.

@@ -240,7 +240,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
         format!("{color} {}:{image}", self.cfg.app)
     }
 
-    fn live_of(&self, c: &crate::apply::runtime::Container) -> Live {
+    fn live_of(&self, c: &crate::observe::Container) -> Live {
         let color = c.color.unwrap_or(crate::config::Color::Blue);
         Live {
             color: color.to_string(),

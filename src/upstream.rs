@@ -1,0 +1,249 @@
+//! The nginx upstream file's format, pure: the block fieldtrack writes ([`render`]) and the
+//! loopback servers any block holds ([`parse_ports`]). The proxy writes it, observe and the
+//! commands read it; none of this touches a file or nginx.
+
+/// The text of the upstream file sending traffic to `127.0.0.1:port`, with `keepalive N;`
+/// when `keepalive` is not 0.
+///
+/// `comment` is what follows "live: " in the header line; control characters (newlines
+/// above all) are replaced by spaces so it cannot break out of the comment.
+pub fn render(upstream_name: &str, port: u16, comment: &str, keepalive: u32) -> String {
+    let comment: String = comment
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    let comment = comment.trim();
+    let keepalive = match keepalive {
+        0 => String::new(),
+        n => format!("    keepalive {n};\n"),
+    };
+    format!(
+        "# managed by fieldtrack: do not edit (live: {comment})\n\
+         upstream {upstream_name} {{\n    server 127.0.0.1:{port};\n{keepalive}}}\n"
+    )
+}
+
+/// The port of the first loopback `server` (`127.0.0.1:PORT`, `localhost:PORT` or
+/// `[::1]:PORT`, with any parameters after it) inside the `upstream NAME { ... }` block.
+///
+/// Reads nginx syntax loosely: comments (`#` to end of line) are ignored and whitespace,
+/// newlines and line breaks inside a statement are free, so the operator's hand-written
+/// placeholder reads as well as [`render`]'s output. None when there is no such block or no
+/// such server in it.
+pub fn parse_port(text: &str, upstream_name: &str) -> Option<u16> {
+    parse_ports(text, upstream_name).first().copied()
+}
+
+/// The ports of every loopback `server` of the `upstream NAME { ... }` block, in the order
+/// written: everything nginx may send traffic to on this host.
+pub fn parse_ports(text: &str, upstream_name: &str) -> Vec<u16> {
+    let tokens = tokenize(text);
+    let mut i = 0;
+    while i + 2 < tokens.len() {
+        if tokens[i] == "upstream" && tokens[i + 1] == upstream_name && tokens[i + 2] == "{" {
+            return ports_in_block(&tokens[i + 3..]);
+        }
+        i += 1;
+    }
+    Vec::new()
+}
+
+/// Scans the statements of an upstream block (the tokens after its `{`) for loopback servers
+/// with an explicit port.
+fn ports_in_block(tokens: &[String]) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut depth = 0usize;
+    let mut statement: Vec<&str> = Vec::new();
+    for token in tokens {
+        match token.as_str() {
+            "{" => {
+                depth += 1;
+                statement.clear();
+            }
+            "}" if depth == 0 => return ports,
+            "}" => {
+                depth -= 1;
+                statement.clear();
+            }
+            ";" => {
+                if depth == 0 && statement.first() == Some(&"server") {
+                    if let Some(port) = statement.get(1).and_then(|a| loopback_port(a)) {
+                        ports.push(port);
+                    }
+                }
+                statement.clear();
+            }
+            other => statement.push(other),
+        }
+    }
+    ports
+}
+
+/// The port of a loopback `host:port` address, None for any other address.
+fn loopback_port(address: &str) -> Option<u16> {
+    let port = ["127.0.0.1:", "localhost:", "[::1]:"]
+        .iter()
+        .find_map(|prefix| address.strip_prefix(prefix))?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse().ok()
+}
+
+/// Splits nginx config text into words and the punctuation `{`, `}` and `;`, dropping
+/// comments. Quoted words lose their quotes; escapes are not interpreted (an upstream
+/// file has no use for them).
+fn tokenize(text: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut word = String::new();
+    let mut chars = text.chars();
+    let flush = |word: &mut String, tokens: &mut Vec<String>| {
+        if !word.is_empty() {
+            tokens.push(std::mem::take(word));
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => {
+                flush(&mut word, &mut tokens);
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '{' | '}' | ';' => {
+                flush(&mut word, &mut tokens);
+                tokens.push(c.to_string());
+            }
+            '"' | '\'' if word.is_empty() => {
+                for q in chars.by_ref() {
+                    if q == c {
+                        break;
+                    }
+                    word.push(q);
+                }
+                flush(&mut word, &mut tokens);
+            }
+            c if c.is_whitespace() => flush(&mut word, &mut tokens),
+            c => word.push(c),
+        }
+    }
+    flush(&mut word, &mut tokens);
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAME: &str = "fieldtrack_api";
+
+    #[test]
+    fn keepalive_is_a_line_of_the_block_and_the_port_still_parses() {
+        let text = render(NAME, 3002, "green", 16);
+        assert_eq!(
+            text,
+            "# managed by fieldtrack: do not edit (live: green)\n\
+             upstream fieldtrack_api {\n    server 127.0.0.1:3002;\n    keepalive 16;\n}\n"
+        );
+        assert_eq!(parse_port(&text, NAME), Some(3002));
+    }
+
+    #[test]
+    fn render_matches_the_contract_and_parses_back() {
+        let text = render(NAME, 3002, "green api:a4f91c2", 0);
+        assert_eq!(
+            text,
+            "# managed by fieldtrack: do not edit (live: green api:a4f91c2)\n\
+             upstream fieldtrack_api {\n    server 127.0.0.1:3002;\n}\n"
+        );
+        for port in [1, 3001, 3002, 65535] {
+            assert_eq!(parse_port(&render(NAME, port, "x", 0), NAME), Some(port));
+        }
+    }
+
+    #[test]
+    fn render_keeps_a_hostile_comment_on_its_line() {
+        let text = render(
+            NAME,
+            3001,
+            "blue\n}\nupstream evil {\r server 10.0.0.1:80;",
+            0,
+        );
+        assert_eq!(text.lines().count(), 4);
+        assert!(text.starts_with("# managed by fieldtrack: do not edit (live: blue } upstream"));
+        assert_eq!(parse_port(&text, NAME), Some(3001));
+        assert_eq!(parse_port(&text, "evil"), None);
+    }
+
+    #[test]
+    fn parse_reads_the_contract_example() {
+        let text = "# managed by fieldtrack: do not edit (live: green api:a4f91c2)\n\
+                    upstream fieldtrack_api {\n    server 127.0.0.1:3002;\n}\n";
+        assert_eq!(parse_port(text, NAME), Some(3002));
+    }
+
+    #[test]
+    fn parse_reads_a_hand_written_placeholder() {
+        let text = "# placeholder until the first deploy\n\
+                    upstream   fieldtrack_api{ # blue for now\n\
+                    \tkeepalive 16;\n\
+                    \t# server 127.0.0.1:9999;\n\
+                    \tserver\n\t\tlocalhost:3001   max_fails=3\n fail_timeout=10s ;server 127.0.0.1:3002;\n\
+                    }";
+        assert_eq!(parse_port(text, NAME), Some(3001));
+        assert_eq!(
+            parse_port(
+                "upstream fieldtrack_api {server [::1]:3002 weight=2;}",
+                NAME
+            ),
+            Some(3002)
+        );
+        assert_eq!(
+            parse_port(
+                "upstream fieldtrack_api {\n server 10.0.0.9:80;\n server 127.0.0.1:3001;\n}",
+                NAME
+            ),
+            Some(3001)
+        );
+    }
+
+    #[test]
+    fn parse_without_block_or_server_is_none() {
+        assert_eq!(parse_port("", NAME), None);
+        assert_eq!(
+            parse_port("# upstream fieldtrack_api { server 127.0.0.1:3001; }", NAME),
+            None
+        );
+        assert_eq!(parse_port("upstream fieldtrack_api {\n}\n", NAME), None);
+        assert_eq!(
+            parse_port("upstream fieldtrack_api { server 127.0.0.1; }", NAME),
+            None
+        );
+        assert_eq!(
+            parse_port("upstream fieldtrack_api { server 127.0.0.1:99999; }", NAME),
+            None
+        );
+        // A server after the block is not in it.
+        assert_eq!(
+            parse_port("upstream fieldtrack_api { } server 127.0.0.1:3001;", NAME),
+            None
+        );
+    }
+
+    #[test]
+    fn parse_ignores_another_upstream_name() {
+        let text = render("other_api", 3002, "green", 0);
+        assert_eq!(parse_port(&text, NAME), None);
+        assert_eq!(parse_port(&text, "fieldtrack"), None);
+        let both = format!("{text}{}", render(NAME, 3001, "blue", 0));
+        assert_eq!(parse_port(&both, NAME), Some(3001));
+    }
+}
