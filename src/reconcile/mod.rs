@@ -16,6 +16,8 @@ mod attempt_tests;
 mod error;
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod simulation;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
