@@ -9,6 +9,13 @@
 //! (a candidate that exits, probes per port, `nginx -t` or a reload failing, a removal or a
 //! pull failing), runs a pass, then reads the world back.
 //!
+//! For the simulation (`simulation.rs`) the world also plays a process that dies: armed with
+//! [`World::kill_after`], it kills the process at its K-th call (a call whose effect is done,
+//! and whose answer never comes back), and keeps the bookkeeping the simulation's invariants
+//! read: the images nginx sent traffic to, the ports its old workers may still use, and the
+//! [`World::violations`] seen as they happened (a removal of a container nginx may send
+//! traffic to, a reload pointing nginx at a container that never answered healthy).
+//!
 //! The fake proxy keeps the [`Proxy::switch`] contract of the real `Nginx`: a failed test
 //! puts the previous bytes back exactly (or removes the file when there was none) and never
 //! reloads; a failed reload restores and reloads again, and when that fails too, or the
@@ -19,6 +26,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::apply::health::{ProbeOutcome, Prober};
 use crate::apply::proxy::{Proxy, ProxyError};
@@ -65,7 +74,7 @@ pub enum PullFailure {
 }
 
 /// One container of the fake engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FakeContainer {
     pub id: String,
     pub name: String,
@@ -75,6 +84,13 @@ pub struct FakeContainer {
     pub ports: Vec<u16>,
     /// What `logs` returns.
     pub logs: String,
+    /// Once the port's own script and answer (see [`World::script`]) say nothing, probes of
+    /// its port answer these, in order...
+    pub probes: VecDeque<ProbeOutcome>,
+    /// ...then this; None: 200.
+    pub answer: Option<ProbeOutcome>,
+    /// It has answered a probe with 2xx since it started (it passed, or could pass, a gate).
+    pub answered_healthy: bool,
 }
 
 impl FakeContainer {
@@ -104,6 +120,18 @@ struct Crash {
     checks: u32,
     code: i64,
     logs: String,
+}
+
+/// How the containers of an image behave (see [`World::behave`]): how their probes answer, and
+/// whether they exit by themselves.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// The first probes answer these, in order.
+    pub probes: Vec<ProbeOutcome>,
+    /// Then every probe answers this.
+    pub answer: ProbeOutcome,
+    /// The container exits (code 1) after this many state checks.
+    pub crash_after: Option<u32>,
 }
 
 /// Something a test makes happen in the world at a given probe (an operator's edit, a
@@ -139,6 +167,26 @@ pub struct World {
     pub restore_fails: bool,
     /// Reading the upstream file fails.
     pub read_fails: bool,
+    /// How many of the next engine calls fail as if the engine did not answer (transient).
+    pub engine_errors: u32,
+
+    /// Every image (its `fieldtrack.desired` label) nginx's loaded config sent traffic to.
+    pub served: Vec<String>,
+    /// Ports nginx's loaded config pointed at before its last reloads: its old workers may
+    /// still send them requests until [`Proxy::wait_retired`] is called.
+    pub unretired: Vec<u16>,
+    /// Invariants broken as it happened, in words (see the module's header).
+    pub violations: Vec<String>,
+    /// The process is dead (see [`World::kill_after`]): its calls never return.
+    pub dead: bool,
+    /// A switch counts as one call for [`World::kill_after`]: the process dies before or
+    /// after it, never between writing the upstream file and nginx's reload.
+    pub whole_switch: bool,
+    /// Counted calls left before the process dies, and who to tell.
+    kill: Option<(u32, Arc<Notify>)>,
+    /// The process dies right after its next write of the upstream file, and who to tell.
+    kill_at_write: Option<Arc<Notify>>,
+    behaviours: HashMap<String, Behaviour>,
 
     crashes: HashMap<String, Crash>,
     /// Per port: outcomes answered in order, before `answers` applies.
@@ -167,6 +215,15 @@ impl World {
             reload_failures: 0,
             restore_fails: false,
             read_fails: false,
+            engine_errors: 0,
+            served: Vec::new(),
+            unretired: Vec::new(),
+            violations: Vec::new(),
+            dead: false,
+            whole_switch: false,
+            kill: None,
+            kill_at_write: None,
+            behaviours: HashMap::new(),
             crashes: HashMap::new(),
             scripts: HashMap::new(),
             answers: HashMap::new(),
@@ -186,7 +243,95 @@ impl World {
             state: ContainerState::Running,
             ports: vec![port],
             logs: String::new(),
+            probes: VecDeque::new(),
+            answer: None,
+            answered_healthy: false,
         });
+    }
+
+    /// Containers started from `reference` behave so (a container started from an image
+    /// without a behaviour answers as the port's script says, else 200).
+    pub fn behave(&mut self, reference: &str, behaviour: Behaviour) {
+        self.behaviours.insert(reference.to_string(), behaviour);
+    }
+
+    /// The process dies at its `calls`-th call from now, counted from 1: every call but the
+    /// probes and state checks (their number depends on timing), and each step of a switch
+    /// (the write, `nginx -t`, the reload, the restore) unless `whole_switch`. That call's
+    /// effect is done and its answer never returns; the returned notification fires then, so
+    /// the simulation drops the pass. A later [`World::revive`] starts a new process.
+    pub fn kill_after(&mut self, calls: u32) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.kill = Some((calls.max(1), notify.clone()));
+        notify
+    }
+
+    /// The process dies right after its next write of the upstream file, before `nginx -t`
+    /// and the reload: the file then says what nginx does not run.
+    pub fn kill_at_next_write(&mut self) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.kill_at_write = Some(notify.clone());
+        notify
+    }
+
+    /// A new process: its calls are answered again.
+    pub fn revive(&mut self) {
+        self.dead = false;
+        self.kill = None;
+        self.kill_at_write = None;
+    }
+
+    /// Counts one step of a switch as a call, unless the switch counts as one.
+    fn switch_step(&mut self) -> bool {
+        self.whole_switch || self.tick()
+    }
+
+    /// Counts one call of the process; false when the process died at it.
+    fn tick(&mut self) -> bool {
+        if let Some((left, notify)) = &mut self.kill {
+            *left -= 1;
+            if *left == 0 {
+                notify.notify_one();
+                self.kill = None;
+                self.dead = true;
+            }
+        }
+        !self.dead
+    }
+
+    /// The engine does not answer this call, when so scripted.
+    fn engine_error(&mut self, action: &str) -> Result<(), RuntimeError> {
+        if self.engine_errors == 0 {
+            return Ok(());
+        }
+        self.engine_errors -= 1;
+        Err(RuntimeError::Unreachable {
+            host: "unix:///fake/docker.sock".into(),
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: 503,
+                message: format!("fake: the engine does not answer ({action})"),
+            },
+        })
+    }
+
+    /// Ends the scripted faults: the next calls all succeed (the simulation's quiet phase).
+    pub fn calm(&mut self) {
+        self.pull_failure = None;
+        self.remove_fails.clear();
+        self.test_failures = 0;
+        self.reload_failures = 0;
+        self.restore_fails = false;
+        self.read_fails = false;
+        self.engine_errors = 0;
+        self.scripts.clear();
+        self.answers.clear();
+    }
+
+    /// The running container publishing `port`.
+    fn running_on(&self, port: u16) -> Option<&FakeContainer> {
+        self.containers
+            .iter()
+            .find(|c| c.state.is_running() && c.ports.contains(&port))
     }
 
     /// The container of that name.
@@ -258,6 +403,30 @@ impl World {
         self.calls.contains(call)
     }
 
+    /// Bookkeeping before `name` is removed: a running container nginx may send traffic to
+    /// (its loaded config, the upstream file it loads next, or its old workers not yet
+    /// retired) must not go.
+    fn removing(&mut self, name: &str) {
+        let Some(c) = self.container(name).filter(|c| c.state.is_running()) else {
+            return;
+        };
+        let at_risk = [self.loaded_port(), self.upstream_port()]
+            .into_iter()
+            .flatten()
+            .chain(self.unretired.iter().copied())
+            .find(|p| c.ports.contains(p));
+        if let Some(port) = at_risk {
+            let violation = format!(
+                "{name} was removed while nginx may send it traffic (port {port}: loaded {:?}, \
+                 upstream file {:?}, old workers on {:?})",
+                self.loaded_port(),
+                self.upstream_port(),
+                self.unretired
+            );
+            self.violations.push(violation);
+        }
+    }
+
     fn state(&mut self, name: &str) -> Option<ContainerState> {
         let index = self.containers.iter().position(|c| c.name == name)?;
         if let Some(crash) = self.crashes.get_mut(name) {
@@ -284,20 +453,26 @@ impl World {
         for (_, event) in due {
             event(self);
         }
-        let published = self
+        let Some(index) = self
             .containers
             .iter()
-            .any(|c| c.state.is_running() && c.ports.contains(&port));
-        if !published {
+            .position(|c| c.state.is_running() && c.ports.contains(&port))
+        else {
             return ProbeOutcome::Unreachable("connection refused".into());
+        };
+        let container = &mut self.containers[index];
+        let outcome = self
+            .scripts
+            .get_mut(&port)
+            .and_then(VecDeque::pop_front)
+            .or_else(|| self.answers.get(&port).cloned())
+            .or_else(|| container.probes.pop_front())
+            .or_else(|| container.answer.clone())
+            .unwrap_or(ProbeOutcome::Healthy(200));
+        if matches!(outcome, ProbeOutcome::Healthy(_)) {
+            container.answered_healthy = true;
         }
-        if let Some(outcome) = self.scripts.get_mut(&port).and_then(VecDeque::pop_front) {
-            return outcome;
-        }
-        self.answers
-            .get(&port)
-            .cloned()
-            .unwrap_or(ProbeOutcome::Healthy(200))
+        outcome
     }
 
     /// Puts `previous` back after a failed test or reload, as `Nginx::restore` does.
@@ -327,8 +502,44 @@ impl World {
                 output: "exit status: 1\nfake: nginx: [error] reload refused".into(),
             });
         }
+        let before = self.loaded_port();
         self.loaded = self.upstream.clone();
+        let after = self.loaded_port();
+        if after != before {
+            self.unretired.extend(before);
+        }
+        if let Some(port) = after {
+            self.now_served(port, after != before);
+        }
         Ok(())
+    }
+
+    /// Bookkeeping after nginx was reloaded to send traffic to `port` (`moved`: it sent it
+    /// elsewhere before).
+    fn now_served(&mut self, port: u16, moved: bool) {
+        match self.running_on(port) {
+            Some(c) if c.answered_healthy => {
+                let image = c.labels.get(LABEL_DESIRED).cloned().unwrap_or_default();
+                if !self.served.contains(&image) {
+                    self.served.push(image);
+                }
+            }
+            // Reloading the config it runs: the traffic goes nowhere new.
+            None if !moved => {}
+            Some(c) => {
+                let violation = format!(
+                    "nginx was reloaded to send traffic to {}, which never answered healthy",
+                    c.name
+                );
+                self.violations.push(violation);
+            }
+            None => {
+                let violation = format!(
+                    "nginx was reloaded to send traffic to port {port}, where nothing runs"
+                );
+                self.violations.push(violation);
+            }
+        }
     }
 
     /// [`Proxy::switch`], keeping the contract of `Nginx::switch_locked`.
@@ -336,6 +547,14 @@ impl World {
         self.calls.push(Call::Write(port));
         let previous = self.upstream.clone();
         self.upstream = Some(render(&self.upstream_name, port, comment, 0));
+        if let Some(notify) = self.kill_at_write.take() {
+            notify.notify_one();
+            self.dead = true;
+        }
+        // A process that dies part-way gets no answer: what it returns then is never seen.
+        if !self.switch_step() || self.dead {
+            return Ok(());
+        }
 
         self.calls.push(Call::Test);
         if self.test_failures > 0 {
@@ -344,12 +563,25 @@ impl World {
                 command: "nginx -t".into(),
                 output: "exit status: 1\nfake: nginx: [emerg] test failed".into(),
             };
+            if !self.switch_step() {
+                return Ok(());
+            }
             self.restore(previous)?;
             return Err(e);
         }
+        if !self.switch_step() {
+            return Ok(());
+        }
 
-        if let Err(e) = self.reload() {
+        let reloaded = self.reload();
+        if !self.switch_step() {
+            return Ok(());
+        }
+        if let Err(e) = reloaded {
             self.restore(previous)?;
+            if !self.switch_step() {
+                return Ok(());
+            }
             if let Err(again) = self.reload() {
                 return Err(ProxyError::Unsettled {
                     port,
@@ -393,6 +625,28 @@ impl Fakes {
     pub fn prober(&self) -> FakeProber {
         FakeProber(self.clone())
     }
+
+    /// One call of the process: `f` on the world, counted for [`World::kill_after`] when
+    /// `counted`. A dead process's calls never return: neither the one it died at nor any
+    /// later one (the simulation drops its pass).
+    async fn call<T>(&self, counted: bool, f: impl FnOnce(&mut World) -> T) -> T {
+        let answer = {
+            let mut world = self.world();
+            if world.dead {
+                None
+            } else {
+                let answer = f(&mut world);
+                if counted {
+                    world.tick();
+                }
+                (!world.dead).then_some(answer)
+            }
+        };
+        match answer {
+            Some(answer) => answer,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 fn api_error(action: String, message: &str) -> RuntimeError {
@@ -410,111 +664,162 @@ pub struct FakeRuntime(Fakes);
 
 impl Runtime for FakeRuntime {
     async fn containers(&self, _app: &str) -> Result<Vec<Container>, RuntimeError> {
-        let world = self.0.world();
-        let mut containers: Vec<Container> = world
-            .containers
-            .iter()
-            .map(FakeContainer::observed)
-            .collect();
-        containers.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(containers)
+        self.0
+            .call(true, |world| {
+                world.engine_error("list containers")?;
+                let mut containers: Vec<Container> = world
+                    .containers
+                    .iter()
+                    .map(FakeContainer::observed)
+                    .collect();
+                containers.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(containers)
+            })
+            .await
     }
 
     async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
-        let world = self.0.world();
-        Ok(world
-            .images
-            .iter()
-            .position(|i| i == reference)
-            .map(|i| ImageInfo {
-                id: format!("sha256:fake{i:04}"),
-                repo_digests: Vec::new(),
-            }))
+        self.0
+            .call(true, |world| {
+                world.engine_error("inspect image")?;
+                Ok(world
+                    .images
+                    .iter()
+                    .position(|i| i == reference)
+                    .map(|i| ImageInfo {
+                        id: format!("sha256:fake{i:04}"),
+                        repo_digests: Vec::new(),
+                    }))
+            })
+            .await
     }
 
     async fn pull(&self, reference: &str) -> Result<(), RuntimeError> {
-        let mut world = self.0.world();
-        world.calls.push(Call::Pull(reference.to_string()));
-        match world.pull_failure.take() {
-            Some(PullFailure::Transient) => Err(RuntimeError::RegistryUnreachable {
-                reference: reference.to_string(),
-                message: "fake: connection refused".into(),
-            }),
-            Some(PullFailure::Permanent) => Err(RuntimeError::ImageNotFound {
-                reference: reference.to_string(),
-                registry: "registry.test".into(),
-                message: "fake: manifest unknown".into(),
-            }),
-            None => {
-                world.images.push(reference.to_string());
-                Ok(())
-            }
-        }
+        self.0
+            .call(true, |world| {
+                world.calls.push(Call::Pull(reference.to_string()));
+                world.engine_error("pull")?;
+                match world.pull_failure.take() {
+                    Some(PullFailure::Transient) => Err(RuntimeError::RegistryUnreachable {
+                        reference: reference.to_string(),
+                        message: "fake: connection refused".into(),
+                    }),
+                    Some(PullFailure::Permanent) => Err(RuntimeError::ImageNotFound {
+                        reference: reference.to_string(),
+                        registry: "registry.test".into(),
+                        message: "fake: manifest unknown".into(),
+                    }),
+                    None => {
+                        world.images.push(reference.to_string());
+                        Ok(())
+                    }
+                }
+            })
+            .await
     }
 
     async fn run(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let mut world = self.0.world();
-        world.calls.push(Call::Run(spec.name.clone()));
-        if world.container(&spec.name).is_some() {
-            return Err(RuntimeError::NameTaken {
-                name: spec.name.clone(),
-            });
-        }
-        if !world.images.contains(&spec.image) {
-            return Err(api_error(
-                format!("create container {}", spec.name),
-                &format!("No such image: {}", spec.image),
-            ));
-        }
-        world.add_container(&spec.name, spec.labels.clone(), spec.host_port);
-        Ok(())
+        self.0
+            .call(true, |world| {
+                world.calls.push(Call::Run(spec.name.clone()));
+                world.engine_error("create container")?;
+                if world.container(&spec.name).is_some() {
+                    return Err(RuntimeError::NameTaken {
+                        name: spec.name.clone(),
+                    });
+                }
+                if !world.images.contains(&spec.image) {
+                    return Err(api_error(
+                        format!("create container {}", spec.name),
+                        &format!("No such image: {}", spec.image),
+                    ));
+                }
+                if world.loaded_port() == Some(spec.host_port) {
+                    let violation = format!(
+                        "{} was started on port {}, where nginx sends traffic, before any \
+                         health check",
+                        spec.name, spec.host_port
+                    );
+                    world.violations.push(violation);
+                }
+                world.add_container(&spec.name, spec.labels.clone(), spec.host_port);
+                if let Some(behaviour) = world.behaviours.get(&spec.image).cloned() {
+                    let c = world.containers.last_mut().expect("just added");
+                    c.probes = behaviour.probes.into();
+                    c.answer = Some(behaviour.answer);
+                    match behaviour.crash_after {
+                        Some(checks) => world.crash_after(&spec.name, checks, 1, "fake: crashed"),
+                        None => {
+                            world.crashes.remove(&spec.name);
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {
-        Ok(self.0.world().state(name))
+        self.0
+            .call(false, |world| {
+                world.engine_error("inspect container")?;
+                Ok(world.state(name))
+            })
+            .await
     }
 
     async fn logs(&self, name: &str, _lines: usize) -> Result<String, RuntimeError> {
-        let world = self.0.world();
-        Ok(world
-            .container(name)
-            .map(|c| c.logs.clone())
-            .unwrap_or_default())
+        self.0
+            .call(true, |world| {
+                Ok(world
+                    .container(name)
+                    .map(|c| c.logs.clone())
+                    .unwrap_or_default())
+            })
+            .await
     }
 
     async fn images(&self, repository: &str) -> Result<Vec<LocalImage>, RuntimeError> {
-        let world = self.0.world();
-        Ok(world
-            .images
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.starts_with(repository))
-            .map(|(i, r)| {
-                let pinned = r.contains('@');
-                LocalImage {
-                    id: format!("sha256:fake{i:04}"),
-                    tags: if pinned { Vec::new() } else { vec![r.clone()] },
-                    digests: if pinned { vec![r.clone()] } else { Vec::new() },
-                }
+        self.0
+            .call(true, |world| {
+                world.engine_error("list images")?;
+                Ok(world
+                    .images
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.starts_with(repository))
+                    .map(|(i, r)| {
+                        let pinned = r.contains('@');
+                        LocalImage {
+                            id: format!("sha256:fake{i:04}"),
+                            tags: if pinned { Vec::new() } else { vec![r.clone()] },
+                            digests: if pinned { vec![r.clone()] } else { Vec::new() },
+                        }
+                    })
+                    .collect())
             })
-            .collect())
+            .await
     }
 
     async fn remove_image(&self, id: &str) -> Result<(), RuntimeError> {
-        let mut world = self.0.world();
-        world.calls.push(Call::RemoveImage(id.to_string()));
-        let in_use = world
-            .containers
-            .iter()
-            .any(|c| c.labels.get(LABEL_IMAGE).map(String::as_str) == Some(id));
-        if in_use {
-            return Err(api_error(
-                format!("remove image {id}"),
-                "image is being used by a container",
-            ));
-        }
-        world.images.retain(|i| i != id);
-        Ok(())
+        self.0
+            .call(true, |world| {
+                world.calls.push(Call::RemoveImage(id.to_string()));
+                world.engine_error("remove image")?;
+                let in_use = world
+                    .containers
+                    .iter()
+                    .any(|c| c.labels.get(LABEL_IMAGE).map(String::as_str) == Some(id));
+                if in_use {
+                    return Err(api_error(
+                        format!("remove image {id}"),
+                        "image is being used by a container",
+                    ));
+                }
+                world.images.retain(|i| i != id);
+                Ok(())
+            })
+            .await
     }
 
     async fn registry_digest(&self, _reference: &str) -> Option<String> {
@@ -522,16 +827,22 @@ impl Runtime for FakeRuntime {
     }
 
     async fn remove(&self, name: &str, _grace: Duration) -> Result<(), RuntimeError> {
-        let mut world = self.0.world();
-        world.calls.push(Call::Remove(name.to_string()));
-        if world.remove_fails.iter().any(|n| n == name) {
-            return Err(api_error(
-                format!("remove container {name}"),
-                "fake: the engine refused",
-            ));
-        }
-        world.containers.retain(|c| c.name != name);
-        Ok(())
+        self.0
+            .call(true, |world| {
+                world.calls.push(Call::Remove(name.to_string()));
+                world.engine_error("remove container")?;
+                if world.remove_fails.iter().any(|n| n == name) {
+                    return Err(api_error(
+                        format!("remove container {name}"),
+                        "fake: the engine refused",
+                    ));
+                }
+                world.removing(name);
+                world.containers.retain(|c| c.name != name);
+                world.crashes.remove(name);
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -539,8 +850,11 @@ impl Runtime for FakeRuntime {
 pub struct FakeProxy(Fakes);
 
 impl Proxy for FakeProxy {
+    /// A read changes nothing: a dead process's reads are answered (they cannot hang, and
+    /// its next call that can does).
     fn read(&self) -> Result<Option<String>, ProxyError> {
-        let world = self.0.world();
+        let mut world = self.0.world();
+        world.tick();
         if world.read_fails {
             return Err(ProxyError::Read {
                 path: world.upstream_path.clone(),
@@ -559,12 +873,21 @@ impl Proxy for FakeProxy {
     }
 
     async fn switch(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
-        self.0.world().switch(port, comment)
+        // Each step of the switch counts as a call of its own (see `World::switch`).
+        let whole = self.0.world().whole_switch;
+        self.0
+            .call(whole, |world| world.switch(port, comment))
+            .await
     }
 
     async fn wait_retired(&self, _limit: Duration) -> bool {
-        self.0.world().calls.push(Call::WaitRetired);
-        true
+        self.0
+            .call(true, |world| {
+                world.calls.push(Call::WaitRetired);
+                world.unretired.clear();
+                true
+            })
+            .await
     }
 }
 
@@ -573,7 +896,7 @@ pub struct FakeProber(Fakes);
 
 impl Prober for FakeProber {
     async fn probe(&self, port: u16) -> ProbeOutcome {
-        self.0.world().probe(port)
+        self.0.call(false, |world| world.probe(port)).await
     }
 }
 

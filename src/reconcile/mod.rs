@@ -21,6 +21,8 @@ mod backoff;
 mod error;
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod simulation;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

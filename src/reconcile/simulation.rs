@@ -1,0 +1,730 @@
+//! A seeded simulation over the fakes, in the spirit of FoundationDB's simulation testing.
+//!
+//! A seed draws a schedule: new desired generations (good images, a slow starter, images that
+//! never answer healthy, crash at once or crash after their gate), probe failure bursts,
+//! `nginx -t` and reload failures, engine errors, pull failures, containers exiting by
+//! themselves, and passes, some by hand and some killed at their K-th call to the world (the
+//! fakes keep the world; the next pass is a new reconciler over it, as a restarted process).
+//! After every step the invariants hold:
+//! - nginx (its loaded config, and the upstream file it loads next) points at no port, or at
+//!   a container that answered healthy, and every reload that moved traffic moved it to a
+//!   running container that answered healthy (checked by the world as it happens);
+//! - a running container nginx may send traffic to (loaded config, upstream file, old
+//!   workers not yet retired) is never removed (checked by the world as it happens);
+//! - the history holds distinct images, at most the limit, each of which served;
+//! - a generation that failed is not retried without a change: a pass that finds it failed
+//!   changes nothing, and a permanent failure marks its generation.
+//!
+//! Then the events stop: within [`SETTLE_PASSES`] passes the world converges to the desired
+//! image (and a further pass changes nothing), unless that generation failed, and then
+//! further passes leave the world as it is.
+//!
+//! Replay one seed, with its schedule printed: `SIM_SEED=N cargo test --lib simulation`;
+//! run more seeds: `SIM_SEEDS=20000 cargo test --lib simulation`. Time is real (the attempt
+//! measures it with `std::time::Instant`), so a schedule replays the same events, but the
+//! number of probes within a deadline may vary with the machine's load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::fakes::{Behaviour, Call, Fakes, PullFailure};
+use super::{Outcome, ReconcileError, Reconciler};
+use crate::apply::health::ProbeOutcome;
+use crate::config::{Color, Config};
+use crate::desired::Desired;
+use crate::state::status::Status;
+use crate::state::{history, STATUS_FILE};
+
+const REPO: &str = "registry.test/fieldtrack/api";
+/// Seeds run by default, in one test.
+const SEEDS: u64 = 2000;
+/// Schedules run at once (they mostly wait: probe intervals, drains).
+const CONCURRENCY: usize = 200;
+/// Passes allowed to converge once the events stop.
+const SETTLE_PASSES: usize = 4;
+/// A pass that takes longer is stuck.
+const PASS_LIMIT: Duration = Duration::from_secs(20);
+
+/// Images the desired file may name. v1..v5 are healthy; `slow` answers healthy after three
+/// failed probes; `unhealthy` never does; `crash` exits during its gate; `late` passes its
+/// gate and exits at the next look (during the drain, when there is one).
+const IMAGES: [&str; 9] = [
+    "v1",
+    "v2",
+    "v3",
+    "v4",
+    "v5",
+    "slow",
+    "unhealthy",
+    "crash",
+    "late",
+];
+
+fn behaviour(image: &str) -> Behaviour {
+    let refused = || ProbeOutcome::Unreachable("connection refused".into());
+    let healthy = Behaviour {
+        probes: Vec::new(),
+        answer: ProbeOutcome::Healthy(200),
+        crash_after: None,
+    };
+    match image {
+        "slow" => Behaviour {
+            probes: vec![refused(), refused(), ProbeOutcome::Unhealthy(503)],
+            ..healthy
+        },
+        "unhealthy" => Behaviour {
+            answer: ProbeOutcome::Unhealthy(500),
+            ..healthy
+        },
+        "crash" => Behaviour {
+            answer: refused(),
+            crash_after: Some(1),
+            ..healthy
+        },
+        "late" => Behaviour {
+            crash_after: Some(1),
+            ..healthy
+        },
+        _ => healthy,
+    }
+}
+
+/// splitmix64: a few lines, so the seed -> schedule mapping never changes under us.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u32) -> u32 {
+        (self.next() % u64::from(n)) as u32
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u32) as usize]
+    }
+}
+
+/// What a seed fixes about the site.
+#[derive(Debug, Clone)]
+struct Setup {
+    drain: Duration,
+    auto_rollback: bool,
+    history_limit: usize,
+}
+
+/// One step of a schedule.
+#[derive(Debug, Clone)]
+enum Step {
+    /// The desired file names `image`, as a new generation.
+    Desire { image: &'static str },
+    /// One pass by a new process, killed at its `kill_at`-th world call if it gets that far.
+    Pass { by_hand: bool, kill_at: Option<u32> },
+    /// The next probes of that color's port fail, whatever runs there.
+    ProbeFailures { color: Color, failures: u32 },
+    /// The next `nginx -t` fails.
+    TestFails,
+    /// The next reloads fail (two: the one after the restore too).
+    ReloadFails { times: u32 },
+    /// The next engine calls go unanswered.
+    EngineErrors { calls: u32 },
+    /// The next pull fails so.
+    PullFails(PullFailure),
+    /// That color's container exits by itself, if it runs.
+    Exits { color: Color },
+}
+
+/// The seed's setup and schedule: every draw happens here, before anything runs.
+fn schedule(seed: u64) -> (Setup, Vec<Step>) {
+    let mut rng = Rng(seed);
+    let setup = Setup {
+        drain: rng.pick(&[Duration::ZERO, Duration::from_millis(30)]),
+        auto_rollback: rng.below(2) == 0,
+        history_limit: rng.pick(&[2, 3, 5]),
+    };
+    let image = |rng: &mut Rng| {
+        // Healthy images two times in three.
+        if rng.below(3) < 2 {
+            IMAGES[rng.below(5) as usize]
+        } else {
+            IMAGES[5 + rng.below(4) as usize]
+        }
+    };
+    let color = |rng: &mut Rng| rng.pick(&[Color::Blue, Color::Green]);
+    let mut steps = vec![Step::Desire {
+        image: image(&mut rng),
+    }];
+    for _ in 0..8 + rng.below(9) {
+        let step = match rng.below(100) {
+            0..=24 => Step::Desire {
+                image: image(&mut rng),
+            },
+            25..=59 => Step::Pass {
+                by_hand: rng.below(10) == 0,
+                kill_at: (rng.below(5) < 2).then(|| 1 + rng.below(25)),
+            },
+            60..=67 => Step::ProbeFailures {
+                color: color(&mut rng),
+                failures: 1 + rng.below(4),
+            },
+            68..=73 => Step::TestFails,
+            74..=78 => Step::ReloadFails {
+                times: 1 + rng.below(2),
+            },
+            79..=85 => Step::EngineErrors {
+                calls: 1 + rng.below(3),
+            },
+            86..=91 => Step::PullFails(rng.pick(&[PullFailure::Transient, PullFailure::Permanent])),
+            _ => Step::Exits {
+                color: color(&mut rng),
+            },
+        };
+        steps.push(step);
+    }
+    (setup, steps)
+}
+
+/// One pass as the daemon runs it, by a reconciler built afresh over the same world (a
+/// restarted process keeps nothing but the world and the state files).
+async fn pass(
+    cfg: &Config,
+    fakes: &Fakes,
+    desired: &Desired,
+    by_hand: bool,
+) -> Result<Outcome, ReconcileError> {
+    let rc = Reconciler::new(
+        cfg.clone(),
+        fakes.runtime(),
+        fakes.proxy(),
+        fakes.prober(),
+        "simulation",
+    );
+    let result = rc.reconcile(desired, by_hand).await;
+    if let Err(e) = &result {
+        let _ = rc.record_failure(desired, e);
+    }
+    result
+}
+
+/// How the process of a pass dies, if it gets that far.
+#[derive(Debug, Clone, Copy)]
+enum Death {
+    /// At its K-th counted call to the world (see `World::kill_after`).
+    AtCall(u32),
+    /// Right after writing the upstream file, before nginx reloads it.
+    AtWrite,
+}
+
+/// How a pass step ended: None when its process was killed.
+struct PassEnd {
+    outcome: Option<Result<Outcome, ReconcileError>>,
+    /// The calls it made that change the world.
+    changes: Vec<Call>,
+}
+
+fn changes_world(call: &Call) -> bool {
+    !matches!(call, Call::Probe(_) | Call::WaitRetired)
+}
+
+/// A site in a temp folder (on tmpfs when there is one: status.json is fsynced often) and
+/// the world of the fakes.
+struct Sim {
+    _dir: tempfile::TempDir,
+    cfg: Config,
+    fakes: Fakes,
+    generations: u32,
+    /// What each step did, for the report.
+    log: Vec<String>,
+}
+
+impl Sim {
+    fn new(setup: &Setup) -> Sim {
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("a temp folder");
+        let text = format!(
+            "repository = \"{REPO}\"\nhistory_limit = {}\n[nginx]\nupstream_file = \"upstream.conf\"\n",
+            setup.history_limit
+        );
+        let mut cfg = Config::parse(&text, &dir.path().join("fieldtrack.toml"), None)
+            .expect("a valid config");
+        cfg.health.interval = Duration::from_millis(10);
+        cfg.health.attempts = 6;
+        cfg.rollout.drain = setup.drain;
+        cfg.rollout.auto_rollback = setup.auto_rollback;
+        cfg.container.stop_timeout = Duration::ZERO;
+        std::fs::create_dir_all(&cfg.state_dir).expect("the state folder");
+        let fakes = Fakes::new(&cfg.nginx.upstream_name, cfg.nginx.upstream_file.clone());
+        fakes.world().whole_switch = std::env::var_os("SIM_KILL_INSIDE_SWITCH").is_none();
+        for image in IMAGES {
+            fakes
+                .world()
+                .behave(&format!("{REPO}:{image}"), behaviour(image));
+        }
+        Sim {
+            _dir: dir,
+            cfg,
+            fakes,
+            generations: 0,
+            log: Vec::new(),
+        }
+    }
+
+    async fn step(&mut self, step: &Step) -> Result<String, String> {
+        let mut world = self.fakes.world();
+        match *step {
+            Step::Desire { image } => {
+                drop(world);
+                self.generations += 1;
+                let text = format!(
+                    "image = \"{image}\"\nnote = \"generation {}\"\n",
+                    self.generations
+                );
+                std::fs::write(&self.cfg.desired_file, text).map_err(|e| e.to_string())?;
+                Ok(String::new())
+            }
+            Step::Pass { by_hand, kill_at } => {
+                drop(world);
+                let end = self.pass(by_hand, kill_at.map(Death::AtCall)).await?;
+                Ok(describe(&end))
+            }
+            Step::ProbeFailures { color, failures } => {
+                let failed = ProbeOutcome::Unhealthy(500);
+                world.script(self.cfg.port(color), vec![failed; failures as usize]);
+                Ok(String::new())
+            }
+            Step::TestFails => {
+                world.test_failures += 1;
+                Ok(String::new())
+            }
+            Step::ReloadFails { times } => {
+                world.reload_failures += times;
+                Ok(String::new())
+            }
+            Step::EngineErrors { calls } => {
+                world.engine_errors += calls;
+                Ok(String::new())
+            }
+            Step::PullFails(failure) => {
+                world.pull_failure = Some(failure);
+                Ok(String::new())
+            }
+            Step::Exits { color } => {
+                let name = self.cfg.container_name(color);
+                let running = world
+                    .containers
+                    .iter_mut()
+                    .find(|c| c.name == name && c.state.is_running());
+                Ok(match running {
+                    Some(c) => {
+                        c.state = crate::apply::runtime::ContainerState::Exited { code: 137 };
+                        c.logs = "fake: killed".into();
+                        format!("{name} exited")
+                    }
+                    None => "nothing ran there".into(),
+                })
+            }
+        }
+    }
+
+    /// A pass, checking on its way that a failed generation is not retried without a change.
+    async fn pass(&mut self, by_hand: bool, death: Option<Death>) -> Result<PassEnd, String> {
+        let desired = Desired::load(&self.cfg.desired_file, &self.cfg)
+            .map_err(|e| format!("cannot read the desired file: {e}"))?;
+        let failed_before = self.failed_generation().as_deref() == Some(&desired.generation);
+        let (calls_before, killed) = {
+            let mut world = self.fakes.world();
+            world.revive();
+            let killed = death.map(|death| match death {
+                Death::AtCall(k) => world.kill_after(k),
+                Death::AtWrite => world.kill_at_next_write(),
+            });
+            (world.calls.len(), killed)
+        };
+        let run = pass(&self.cfg, &self.fakes, &desired, by_hand);
+        let ended = async {
+            match killed {
+                Some(killed) => tokio::select! {
+                    biased;
+                    outcome = run => Some(outcome),
+                    _ = killed.notified() => None,
+                },
+                None => Some(run.await),
+            }
+        };
+        let outcome = tokio::time::timeout(PASS_LIMIT, ended)
+            .await
+            .map_err(|_| format!("the pass did not end within {PASS_LIMIT:?}"))?;
+        let changes: Vec<Call> = self.fakes.world().calls[calls_before..]
+            .iter()
+            .filter(|c| changes_world(c))
+            .cloned()
+            .collect();
+        let end = PassEnd { outcome, changes };
+        if failed_before && !by_hand {
+            if !end.changes.is_empty() {
+                return Err(format!(
+                    "generation {} had failed and was retried without a change: {:?}",
+                    desired.generation, end.changes
+                ));
+            }
+            if let Some(outcome) = &end.outcome {
+                // An engine that does not answer is noticed before the failure is.
+                let noticed = match outcome {
+                    Ok(Outcome::AlreadyFailed { .. }) => true,
+                    Err(e) => e.is_transient(),
+                    Ok(_) => false,
+                };
+                if !noticed {
+                    return Err(format!(
+                        "generation {} had failed, yet the pass ended {}",
+                        desired.generation,
+                        describe(&end)
+                    ));
+                }
+            }
+        }
+        if let Some(Err(e)) = &end.outcome {
+            let marks = !e.is_transient() && !e.is_cancellation() && !e.is_blocked();
+            if marks && self.failed_generation().as_deref() != Some(&desired.generation) {
+                return Err(format!(
+                    "a permanent failure did not mark generation {}: {e}",
+                    desired.generation
+                ));
+            }
+        }
+        Ok(end)
+    }
+
+    fn failed_generation(&self) -> Option<String> {
+        Status::load(&self.cfg.state_dir.join(STATUS_FILE))
+            .ok()
+            .flatten()
+            .and_then(|s| s.failed_generation)
+    }
+
+    fn history(&self) -> Result<Vec<String>, String> {
+        history::read(&self.cfg.history_file).map_err(|e| e.to_string())
+    }
+
+    /// The invariants that hold after every step.
+    fn check(&self) -> Result<(), String> {
+        let world = self.fakes.world();
+        if let Some(violation) = world.violations.first() {
+            return Err(violation.clone());
+        }
+        for (what, port) in [
+            ("nginx's loaded config", world.loaded_port()),
+            ("the upstream file", world.upstream_port()),
+        ] {
+            let Some(port) = port else { continue };
+            match world.containers.iter().find(|c| c.ports.contains(&port)) {
+                None => return Err(format!("{what} points at port {port}, where nothing is")),
+                Some(c) if !c.answered_healthy => {
+                    return Err(format!(
+                        "{what} points at {}, which never answered healthy",
+                        c.name
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let history = self.history()?;
+        if history.len() > self.cfg.history_limit {
+            return Err(format!("the history is over its limit: {history:?}"));
+        }
+        for (i, image) in history.iter().enumerate() {
+            if history[..i].contains(image) {
+                return Err(format!("the history names {image} twice: {history:?}"));
+            }
+            if !world.served.contains(image) {
+                return Err(format!(
+                    "the history names {image}, which never served: {history:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the world is what `desired` asks: its image alone runs, nginx and the upstream
+    /// file point at it, the history starts with it.
+    fn converged(&self, desired: &Desired) -> Result<bool, String> {
+        let image = desired.image.as_written();
+        let head = self.history()?.first().cloned();
+        let world = self.fakes.world();
+        let [only] = world.containers.as_slice() else {
+            return Ok(false);
+        };
+        let runs = only.state.is_running()
+            && only
+                .labels
+                .get(crate::apply::runtime::LABEL_DESIRED)
+                .map(String::as_str)
+                == Some(image);
+        let served = world.loaded_port().is_some_and(|p| only.ports.contains(&p))
+            && world.upstream_port() == world.loaded_port();
+        Ok(runs && served && head.as_deref() == Some(image))
+    }
+
+    /// What the world is, to compare before and after passes.
+    fn snapshot(&self) -> Result<String, String> {
+        let world = self.fakes.world();
+        let containers: Vec<String> = world
+            .containers
+            .iter()
+            .map(|c| format!("{} {} {:?}", c.name, c.state, c.labels))
+            .collect();
+        Ok(format!(
+            "containers {containers:?}, upstream {:?}, loaded {:?}, history {:?}",
+            world.upstream,
+            world.loaded,
+            self.history()?
+        ))
+    }
+
+    /// The events have stopped: the world converges, or stays as it is when the desired
+    /// generation failed.
+    async fn settle(&mut self) -> Result<(), String> {
+        self.fakes.world().calm();
+        for n in 1..=SETTLE_PASSES {
+            let desired = Desired::load(&self.cfg.desired_file, &self.cfg)
+                .map_err(|e| format!("cannot read the desired file: {e}"))?;
+            if self.failed_generation().as_deref() == Some(&desired.generation) {
+                let before = self.snapshot()?;
+                for _ in 0..2 {
+                    let end = self.pass(false, None).await?;
+                    self.log.push(format!("settle: {}", describe(&end)));
+                    self.check()?;
+                }
+                if self.snapshot()? != before {
+                    return Err(format!(
+                        "generation {} failed, yet passes changed the world:\nbefore {before}\nafter  {}",
+                        desired.generation,
+                        self.snapshot()?
+                    ));
+                }
+                return Ok(());
+            }
+            let end = self.pass(false, None).await?;
+            self.log
+                .push(format!("settle pass {n}: {}", describe(&end)));
+            self.check()?;
+            if matches!(end.outcome, Some(Ok(Outcome::Converged))) && self.converged(&desired)? {
+                let end = self.pass(false, None).await?;
+                self.log.push(format!("settle, again: {}", describe(&end)));
+                self.check()?;
+                if !end.changes.is_empty() || !matches!(end.outcome, Some(Ok(Outcome::Converged))) {
+                    return Err(format!(
+                        "a pass after convergence ended {}, changing {:?}",
+                        describe(&end),
+                        end.changes
+                    ));
+                }
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "no convergence within {SETTLE_PASSES} passes once the events stopped: {}",
+            self.snapshot()?
+        ))
+    }
+}
+
+fn describe(end: &PassEnd) -> String {
+    match &end.outcome {
+        None => "killed".to_string(),
+        Some(Ok(outcome)) => format!("{outcome:?}"),
+        Some(Err(e)) => {
+            let text = e.to_string();
+            format!("error: {}", text.lines().next().unwrap_or_default())
+        }
+    }
+}
+
+/// Runs the schedule of `seed`; the error is the report, seed and schedule included.
+async fn simulate(seed: u64) -> Result<Vec<String>, String> {
+    let (setup, steps) = schedule(seed);
+    let mut sim = Sim::new(&setup);
+    let report = |sim: &Sim, at: &str, message: &str| {
+        format!(
+            "simulation seed {seed} broke an invariant at {at}: {message}\n\
+             replay: SIM_SEED={seed} cargo test --lib simulation\n\
+             setup: {setup:?}\nschedule so far:\n  {}\nthe world's calls, last first: {:?}",
+            sim.log.join("\n  "),
+            sim.fakes
+                .world()
+                .calls
+                .iter()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+        )
+    };
+    for (i, step) in steps.iter().enumerate() {
+        let done = sim.step(step).await;
+        let line = format!("{}. {step:?}", i + 1);
+        let checked = match done {
+            Ok(said) => {
+                sim.log.push(match said.as_str() {
+                    "" => line,
+                    said => format!("{line} -> {said}"),
+                });
+                sim.check()
+            }
+            Err(message) => {
+                sim.log.push(format!("{line} -> !!"));
+                Err(message)
+            }
+        };
+        if let Err(message) = checked {
+            return Err(report(&sim, &format!("step {}", i + 1), &message));
+        }
+    }
+    if let Err(message) = sim.settle().await {
+        return Err(report(&sim, "the settling passes", &message));
+    }
+    Ok(sim.log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_schedules_keep_the_invariants_and_converge() {
+    if let Ok(seed) = std::env::var("SIM_SEED") {
+        let seed: u64 = seed.parse().expect("SIM_SEED is a number");
+        match simulate(seed).await {
+            Ok(log) => eprintln!("seed {seed} held:\n  {}", log.join("\n  ")),
+            Err(report) => panic!("{report}"),
+        }
+        return;
+    }
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(SEEDS);
+    let started = Instant::now();
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut runs = tokio::task::JoinSet::new();
+    for seed in 1..=seeds {
+        let slot = slots.clone().acquire_owned().await.expect("open");
+        runs.spawn(async move {
+            let result = simulate(seed).await;
+            drop(slot);
+            (seed, result)
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = runs.join_next().await {
+        let (seed, result) = joined.expect("a schedule panicked");
+        if let Err(report) = result {
+            failures.push((seed, report));
+        }
+    }
+    eprintln!("{seeds} schedules in {:?}", started.elapsed());
+    failures.sort_by_key(|(seed, _)| *seed);
+    if let Some((_, report)) = failures.first() {
+        let each: Vec<&str> = failures
+            .iter()
+            .map(|(_, report)| report.lines().next().unwrap_or_default())
+            .collect();
+        panic!(
+            "{} of {seeds} schedules failed:\n{}\n\nthe first:\n{report}",
+            failures.len(),
+            each.join("\n")
+        );
+    }
+}
+
+// Bugs the simulation found (with `SIM_KILL_INSIDE_SWITCH=1`), each in a plain test. They
+// share one cause: a pass that dies between writing the upstream file and nginx's reload
+// leaves the file saying what nginx does not run, and the next pass takes the file's word for
+// what serves. It reasserts (reloads nginx with the file) only when the file's color runs
+// and the other color's container runs too. Until that is fixed, the simulation kills a
+// process before or after a switch, never inside it.
+
+/// v1 went live in blue; then a pass toward v2 wrote the upstream file (green) and died before
+/// nginx reloaded it: the file says green, nginx still sends traffic to blue.
+async fn died_between_the_write_and_the_reload() -> Sim {
+    let mut sim = Sim::new(&Setup {
+        drain: Duration::ZERO,
+        auto_rollback: false,
+        history_limit: 5,
+    });
+    sim.step(&Step::Desire { image: "v1" }).await.unwrap();
+    sim.pass(false, None).await.unwrap();
+    sim.step(&Step::Desire { image: "v2" }).await.unwrap();
+    let end = sim.pass(false, Some(Death::AtWrite)).await.unwrap();
+    assert!(end.outcome.is_none(), "the process died");
+    let (blue, green) = (sim.cfg.port(Color::Blue), sim.cfg.port(Color::Green));
+    let world = sim.fakes.world();
+    assert_eq!(world.upstream_port(), Some(green));
+    assert_eq!(world.loaded_port(), Some(blue));
+    drop(world);
+    sim.check().unwrap();
+    sim
+}
+
+#[tokio::test]
+#[ignore = "bug: after a pass died before nginx's reload, the next one removes the container nginx serves (seeds 1042, 2538)"]
+async fn the_container_nginx_serves_is_kept_when_the_upstream_file_points_at_an_exited_one() {
+    let mut sim = died_between_the_write_and_the_reload().await;
+    // The candidate the file points at exits: the next pass sees nothing live.
+    sim.step(&Step::Exits {
+        color: Color::Green,
+    })
+    .await
+    .unwrap();
+
+    let _ = sim.pass(false, None).await.unwrap();
+
+    // Today: "api-blue was removed while nginx may send it traffic (port 3001: loaded
+    // Some(3001), upstream file Some(3002), old workers on [])".
+    sim.check().unwrap();
+}
+
+#[tokio::test]
+#[ignore = "bug: after a pass died before nginx's reload, a candidate starts on the port nginx sends traffic to (seeds 136, 216, 2652)"]
+async fn no_candidate_starts_on_the_port_nginx_sends_traffic_to() {
+    let mut sim = died_between_the_write_and_the_reload().await;
+    // The blue container nginx still serves exits; a new generation comes.
+    sim.step(&Step::Exits { color: Color::Blue }).await.unwrap();
+    sim.step(&Step::Desire { image: "v3" }).await.unwrap();
+
+    let _ = sim.pass(false, None).await.unwrap();
+
+    // Today: "api-blue was started on port 3001, where nginx sends traffic, before any health
+    // check": nginx sends production traffic to v3 before its gate.
+    sim.check().unwrap();
+}
+
+#[tokio::test]
+#[ignore = "bug: after a pass died before nginx's reload, the history gains an image that never served (seeds 926, 2126)"]
+async fn the_history_gains_no_image_that_never_served() {
+    let mut sim = Sim::new(&Setup {
+        drain: Duration::ZERO,
+        auto_rollback: false,
+        history_limit: 5,
+    });
+    // The first deployment, v3, wrote the upstream file and died before nginx loaded it.
+    sim.step(&Step::Desire { image: "v3" }).await.unwrap();
+    let end = sim.pass(false, Some(Death::AtWrite)).await.unwrap();
+    assert!(end.outcome.is_none(), "the process died");
+    assert_eq!(sim.fakes.world().loaded_port(), None);
+    sim.step(&Step::Desire { image: "v1" }).await.unwrap();
+
+    let end = sim.pass(false, None).await.unwrap();
+
+    assert!(matches!(end.outcome, Some(Ok(Outcome::Converged))));
+    // Today: "the history names v3, which never served: ["v1", "v3"]": v3 is taken as the
+    // live image traffic left, recorded at the switch.
+    sim.check().unwrap();
+}
