@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::fakes::{Behaviour, Call, Fakes, PullFailure};
-use super::{Outcome, ReconcileError, Reconciler};
+use super::{Context, Pass, PassOutcome as Outcome, ReconcileError, Trigger};
 use crate::apply::health::ProbeOutcome;
 use crate::config::{Color, Config};
 use crate::desired::Desired;
@@ -199,16 +199,11 @@ async fn pass(
     desired: &Desired,
     by_hand: bool,
 ) -> Result<Outcome, ReconcileError> {
-    let rc = Reconciler::new(
-        cfg.clone(),
-        fakes.runtime(),
-        fakes.proxy(),
-        fakes.prober(),
-        "simulation",
-    );
-    let result = rc.reconcile(desired, by_hand).await;
+    let ctx = Context::new(cfg.clone(), fakes.runtime(), fakes.proxy(), fakes.prober());
+    let pass = Pass::new(&ctx, Trigger::Resync);
+    let result = pass.reconcile(desired, by_hand).await;
     if let Err(e) = &result {
-        let _ = rc.record_failure(desired, e);
+        let _ = pass.record_failure(desired, e);
     }
     result
 }
@@ -328,7 +323,7 @@ impl Sim {
                     .find(|c| c.name == name && c.state.is_running());
                 Ok(match running {
                     Some(c) => {
-                        c.state = crate::apply::runtime::ContainerState::Exited { code: 137 };
+                        c.state = crate::observe::ContainerState::Exited { code: 137 };
                         c.logs = "fake: killed".into();
                         format!("{name} exited")
                     }
