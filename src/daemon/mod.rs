@@ -215,14 +215,12 @@ async fn serve_metrics(
     Ok(Some(server))
 }
 
-/// Why a source's worker ended (they run for the daemon's whole life).
+/// A source's worker ended: they run for the daemon's whole life, so it panicked.
 fn source_stopped(ended: Result<(), tokio::task::JoinError>) -> DaemonError {
-    let why = match ended {
+    DaemonError::SourceStopped(match ended {
         Ok(()) => "it returned".to_string(),
         Err(e) => e.to_string(),
-    };
-    tracing::error!(%why, "an event source stopped");
-    DaemonError::SourceStopped(why)
+    })
 }
 
 impl Daemon {
