@@ -1,25 +1,28 @@
 //! `fieldtrack daemon`: the long-running reconciler.
 //!
-//! One consumer loop owns all decisions; the sources ([`sources`]) only feed it events. A
-//! desired file renamed into place or closed by its writer is read at once; any other change
-//! is debounced on the trailing edge, then the whole file is read again. A file that does not parse may be half-written (scp writes in place), so it is
-//! read once more after the writer has been quiet before it is reported `invalid`; the last
-//! good desired state stays in force meanwhile. A new generation cancels a running attempt
-//! at its next safe point (before the switch), then runs. The resync timer runs the same
-//! full pass, which is what repairs drift.
+//! One consumer loop owns all decisions; the sources ([`sources`]: the file watcher, the
+//! resync and retry timers, the signals) only feed it events, and their errors on a channel
+//! of their own. A desired file renamed into place or closed by its writer is read at once;
+//! any other change is debounced on the trailing edge, then the whole file is read again. A
+//! file that does not parse may be half-written (scp writes in place), so it is read once
+//! more after the writer has been quiet before it is reported `invalid`; the last good
+//! desired state stays in force meanwhile. A new generation cancels a running attempt at its
+//! next safe point (before the switch), then runs. The resync timer runs the same full pass,
+//! which is what repairs drift.
 //!
 //! Passes run in a task beside the loop, so signals and file events are handled while a
-//! pass works. The loop pings the systemd watchdog itself: if the loop hangs, systemd
-//! restarts the daemon, and the restarted one finds the same truth (nothing is kept only in
-//! memory).
+//! pass works. The loop pings the systemd watchdog itself (not a source: if the loop hangs,
+//! the pings stop and systemd restarts the daemon), and the restarted one finds the same
+//! truth (nothing is kept only in memory).
 
 pub mod sources;
 
-use std::path::PathBuf;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -34,10 +37,10 @@ use crate::reconcile::{
     error_policy, Backoff, LiveContext, Pass, PassOutcome, ReconcileError, Requeue, Trigger,
 };
 use crate::state::by_hand::{ByHand, BY_HAND_FILE};
-use crate::state::lock::{self, LockError};
+use crate::state::lock::{self, LockError, ReconcileLock};
 use crate::state::status::Status;
 use crate::state::STATUS_FILE;
-use sources::{Event, SourceError};
+use sources::{Event, Settings, SourceError};
 
 /// Quiet time after the last file event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -48,6 +51,11 @@ const PARSE_QUIET: Duration = Duration::from_secs(1);
 const PREVIOUS_DAEMON_WAIT: Duration = Duration::from_secs(5);
 /// Transient errors are retried after 1 s, doubling up to 5 min, without end.
 const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300), 2);
+/// Room for events not yet handled; beyond it, file and resync events are dropped (harmless:
+/// reconciling is level-triggered).
+const EVENTS: usize = 64;
+/// Room for source errors not yet logged.
+const ERRORS: usize = 16;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +72,10 @@ pub enum DaemonError {
     /// An event source could not be set up.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// An event source stopped (it panicked): the daemon would go deaf, so it exits and its
+    /// supervisor starts it again.
+    #[error("an event source stopped: {0}")]
+    SourceStopped(String),
     /// The health prober could not be built.
     #[error(transparent)]
     Health(#[from] HealthError),
@@ -86,6 +98,8 @@ struct Running {
 struct Daemon {
     config_path: PathBuf,
     cfg: Config,
+    /// The config as the sources follow it, sent again on every reload.
+    sources_config: watch::Sender<Config>,
     docker: Option<Docker>,
     /// What the passes share, built from `cfg` and `docker`; dropped when either changes.
     context: Option<Arc<LiveContext>>,
@@ -101,8 +115,8 @@ struct Daemon {
     read_at: Option<Instant>,
     /// The last read did not parse: read once more after quiet before reporting it.
     parse_retry: bool,
-    /// When to retry after a transient error.
-    retry_at: Option<Instant>,
+    /// When to retry after a transient error, as the retry timer follows it.
+    retry_at: watch::Sender<Option<Instant>>,
     backoff: Backoff,
     stopping: bool,
     ready_sent: bool,
@@ -117,123 +131,41 @@ struct Daemon {
 
 /// Runs the daemon until a stop signal; Ok(exit code).
 pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
-    let _lock = match lock::try_acquire(&cfg.state_dir, "daemon") {
-        Ok(lock) => lock,
-        // A daemon on its way out (killed, and its supervisor restarting us at once) can
-        // still hold the lock for a moment: give it a few seconds before calling it a
-        // second daemon.
-        Err(LockError::Held { holder }) if holder.starts_with("daemon") => {
-            tracing::info!(%holder, "waiting up to 5s for the previous daemon's lock");
-            match lock::acquire_waiting(&cfg.state_dir, "daemon", PREVIOUS_DAEMON_WAIT).await {
-                Ok(lock) => lock,
-                Err(LockError::Held { holder }) => return Err(DaemonError::AlreadyRunning(holder)),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(LockError::Held { holder }) => {
-            tracing::info!(%holder, "waiting for the reconcile lock");
-            lock::acquire_waiting(&cfg.state_dir, "daemon", Duration::from_secs(3600)).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-
-    let (tx, mut rx) = mpsc::channel::<Event>(64);
-    let mut watcher = sources::watch_desired(&cfg.desired_file, tx.clone())?;
-    let mut resync = sources::resync_timer(cfg.rollout.resync, tx.clone());
-    let _signals = sources::signals(tx.clone())?;
+    let _lock = take_lock(&cfg.state_dir).await?;
+    let (events_tx, mut events) = mpsc::channel(EVENTS);
+    let (errors_tx, mut errors) = mpsc::channel(ERRORS);
+    let (config_tx, config) = watch::channel(cfg.clone());
+    let (retry_tx, retry_at) = watch::channel(None);
+    let settings = Settings { config, retry_at };
+    let mut workers = sources::spawn(&settings, &errors_tx, &events_tx)?;
+    drop((events_tx, errors_tx));
     let mut watchdog = watchdog_interval();
     let metrics = Arc::new(Metrics::new());
-    let _metrics_server = match cfg.metrics.listen {
-        Some(listen) => {
-            let server = crate::metrics::serve(metrics.clone(), listen).await?;
-            tracing::info!(%listen, "metrics served on http://{listen}/metrics");
-            Some(server)
-        }
-        None => None,
-    };
+    let _metrics_server = serve_metrics(&cfg, &metrics).await?;
     tracing::info!(
         desired_file = %cfg.desired_file.display(),
         resync = %humantime::format_duration(cfg.rollout.resync),
         "daemon started"
     );
-
-    let mut d = Daemon {
-        config_path,
-        cfg,
-        docker: None,
-        context: None,
-        desired: None,
-        running: None,
-        pass_wanted: Some(Trigger::Start),
-        by_hand_pending: false,
-        read_at: Some(Instant::now()),
-        parse_retry: false,
-        retry_at: None,
-        backoff: BACKOFF,
-        stopping: false,
-        ready_sent: false,
-        metrics,
-        invalid: None,
-    };
+    let mut d = Daemon::new(config_path, cfg, config_tx, retry_tx, metrics);
 
     loop {
         if d.stopping && d.running.is_none() {
             tracing::info!("stopped");
             return Ok(0);
         }
-        if d.running.is_none() && !d.stopping && d.read_at.is_none() {
-            if let Some(trigger) = d.pass_wanted.take() {
-                d.start_pass(trigger).await;
-            }
-        }
+        d.start_wanted_pass().await;
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
-            event = rx.recv() => match event {
-                Some(Event::DesiredChanged) => {
-                    let quiet = if d.parse_retry { PARSE_QUIET } else { DEBOUNCE };
-                    d.read_at = Some(Instant::now() + quiet);
+            Some(event) = events.recv() => {
+                if let ControlFlow::Break(code) = d.handle_event(event) {
+                    return Ok(code);
                 }
-                Some(Event::DesiredReplaced) => d.read_at = Some(Instant::now()),
-                Some(Event::Resync) => {
-                    d.read_at.get_or_insert(Instant::now());
-                    d.pass_wanted.get_or_insert(Trigger::Resync);
-                }
-                Some(Event::Stop) => {
-                    if d.stopping {
-                        tracing::warn!("second stop signal: exiting at once");
-                        return Ok(130);
-                    }
-                    tracing::info!("stop signal: finishing at the next safe point");
-                    d.stopping = true;
-                    if let Some(running) = &d.running {
-                        running.cancel.cancel();
-                    }
-                }
-                Some(Event::ByHand) => {
-                    tracing::info!("reconcile asked for by hand");
-                    d.read_at.get_or_insert(Instant::now());
-                    d.pass_wanted = Some(Trigger::ByHand);
-                    d.by_hand_pending = true;
-                }
-                Some(Event::Reload) => {
-                    if let Some(new_desired_file) = d.reload_config() {
-                        match sources::watch_desired(&new_desired_file, tx.clone()) {
-                            Ok(w) => watcher = w,
-                            Err(e) => tracing::error!(error = %e, "keeping the old watcher"),
-                        }
-                    }
-                    resync.abort();
-                    resync = sources::resync_timer(d.cfg.rollout.resync, tx.clone());
-                }
-                None => return Ok(0),
-            },
+            }
+            Some(error) = errors.recv() => d.handle_error(error),
             _ = sleep_until(d.read_at.unwrap_or(far)), if d.read_at.is_some() => {
                 d.read_at = None;
                 d.read_desired();
-            }
-            _ = sleep_until(d.retry_at.unwrap_or(far)), if d.retry_at.is_some() => {
-                d.retry_at = None;
-                d.pass_wanted.get_or_insert(Trigger::Retry);
             }
             result = async { (&mut d.running.as_mut().expect("guarded").handle).await }, if d.running.is_some() => {
                 let running = d.running.take().expect("guarded");
@@ -242,13 +174,167 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
+            Some(stopped) = workers.join_next() => return Err(source_stopped(stopped)),
         }
-        // The watcher must live as long as the loop.
-        let _ = &watcher;
     }
 }
 
+/// The reconcile lock, held as `daemon` for the daemon's whole life.
+async fn take_lock(state_dir: &Path) -> Result<ReconcileLock, DaemonError> {
+    match lock::try_acquire(state_dir, "daemon") {
+        Ok(lock) => Ok(lock),
+        // A daemon on its way out (killed, and its supervisor restarting us at once) can
+        // still hold the lock for a moment: give it a few seconds before calling it a
+        // second daemon.
+        Err(LockError::Held { holder }) if holder.starts_with("daemon") => {
+            tracing::info!(%holder, "waiting up to 5s for the previous daemon's lock");
+            match lock::acquire_waiting(state_dir, "daemon", PREVIOUS_DAEMON_WAIT).await {
+                Ok(lock) => Ok(lock),
+                Err(LockError::Held { holder }) => Err(DaemonError::AlreadyRunning(holder)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(LockError::Held { holder }) => {
+            tracing::info!(%holder, "waiting for the reconcile lock");
+            Ok(lock::acquire_waiting(state_dir, "daemon", Duration::from_secs(3600)).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Serves `metrics` on `metrics.listen`, when set.
+async fn serve_metrics(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<JoinHandle<()>>, DaemonError> {
+    let Some(listen) = cfg.metrics.listen else {
+        return Ok(None);
+    };
+    let server = crate::metrics::serve(metrics.clone(), listen).await?;
+    tracing::info!(%listen, "metrics served on http://{listen}/metrics");
+    Ok(Some(server))
+}
+
+/// A source's worker ended: they run for the daemon's whole life, so it panicked.
+fn source_stopped(ended: Result<(), tokio::task::JoinError>) -> DaemonError {
+    DaemonError::SourceStopped(match ended {
+        Ok(()) => "it returned".to_string(),
+        Err(e) => e.to_string(),
+    })
+}
+
 impl Daemon {
+    fn new(
+        config_path: PathBuf,
+        cfg: Config,
+        sources_config: watch::Sender<Config>,
+        retry_at: watch::Sender<Option<Instant>>,
+        metrics: Arc<Metrics>,
+    ) -> Daemon {
+        Daemon {
+            config_path,
+            cfg,
+            sources_config,
+            docker: None,
+            context: None,
+            desired: None,
+            running: None,
+            pass_wanted: Some(Trigger::Start),
+            by_hand_pending: false,
+            read_at: Some(Instant::now()),
+            parse_retry: false,
+            retry_at,
+            backoff: BACKOFF,
+            stopping: false,
+            ready_sent: false,
+            metrics,
+            invalid: None,
+        }
+    }
+
+    /// Reacts to one event from the sources; Break(exit code) when the daemon must exit now.
+    fn handle_event(&mut self, event: Event) -> ControlFlow<u8> {
+        match event {
+            Event::DesiredChanged => self.read_after_quiet(),
+            Event::DesiredReplaced => self.read_at = Some(Instant::now()),
+            Event::Resync => {
+                self.read_at.get_or_insert(Instant::now());
+                self.pass_wanted.get_or_insert(Trigger::Resync);
+            }
+            Event::Retry { due } => {
+                // A retry cancelled (a new generation) or rescheduled since it fell due is
+                // stale.
+                if *self.retry_at.borrow() == Some(due) {
+                    self.retry_at.send_replace(None);
+                    self.pass_wanted.get_or_insert(Trigger::Retry);
+                }
+            }
+            Event::Stop => {
+                if self.stopping {
+                    tracing::warn!("second stop signal: exiting at once");
+                    return ControlFlow::Break(130);
+                }
+                tracing::info!("stop signal: finishing at the next safe point");
+                self.stopping = true;
+                if let Some(running) = &self.running {
+                    running.cancel.cancel();
+                }
+            }
+            Event::ByHand => {
+                tracing::info!("reconcile asked for by hand");
+                self.read_at.get_or_insert(Instant::now());
+                self.pass_wanted = Some(Trigger::ByHand);
+                self.by_hand_pending = true;
+            }
+            Event::Reload => {
+                self.reload_config();
+                // Valid or not, the sources get it again: the resync period starts anew,
+                // and the watcher follows a desired file that moved.
+                self.sources_config.send_replace(self.cfg.clone());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Logs an error a source met while running.
+    fn handle_error(&mut self, e: SourceError) {
+        match e {
+            SourceError::Watcher(_) => {
+                // The change it may hide is seen by reading the whole file again.
+                tracing::warn!(error = %e, "reading the desired file again");
+                self.read_after_quiet();
+            }
+            SourceError::Watch { .. } => tracing::error!(error = %e, "keeping the old watcher"),
+            SourceError::Signals(_) => tracing::error!(error = %e, "event source error"),
+        }
+    }
+
+    /// Reads the desired file once the writer has been quiet (longer after a read that did
+    /// not parse).
+    fn read_after_quiet(&mut self) {
+        let quiet = if self.parse_retry {
+            PARSE_QUIET
+        } else {
+            DEBOUNCE
+        };
+        self.read_at = Some(Instant::now() + quiet);
+    }
+
+    /// Starts the pass wanted, unless one runs, the daemon stops or a read is due first.
+    async fn start_wanted_pass(&mut self) {
+        if self.running.is_some() || self.stopping || self.read_at.is_some() {
+            return;
+        }
+        if let Some(trigger) = self.pass_wanted.take() {
+            self.start_pass(trigger).await;
+        }
+    }
+
+    /// Retries after `delay`; replaces a retry scheduled before.
+    fn retry_after(&mut self, delay: Duration) {
+        self.retry_at.send_replace(Some(Instant::now() + delay));
+    }
+
     /// Reads the desired file; a new generation cancels the running attempt and asks for a pass.
     fn read_desired(&mut self) {
         match Desired::load(&self.cfg.desired_file, &self.cfg) {
@@ -268,7 +354,7 @@ impl Daemon {
                         }
                     }
                     self.desired = Some(desired);
-                    self.retry_at = None;
+                    self.retry_at.send_replace(None);
                     self.backoff.reset();
                     self.pass_wanted = Some(Trigger::File);
                 }
@@ -458,7 +544,7 @@ impl Daemon {
             Err(e) => {
                 let delay = self.backoff.next_delay();
                 tracing::error!(error = %e, retry_in = ?delay, "pass panicked; retrying");
-                self.retry_at = Some(Instant::now() + delay);
+                self.retry_after(delay);
             }
         }
         if let Some(number) = running.by_hand {
@@ -476,7 +562,7 @@ impl Daemon {
                     self.docker = None;
                     self.context = None;
                 }
-                self.retry_at = Some(Instant::now() + delay);
+                self.retry_after(delay);
             }
             Requeue::AwaitChange => {
                 tracing::error!(error = %e, "attempt failed; waiting for the desired file to change");
@@ -485,13 +571,11 @@ impl Daemon {
     }
 
     /// SIGHUP: a new valid config replaces the old one for the next passes; an invalid one
-    /// is logged and the old one kept. Returns the new desired file path when it moved.
-    fn reload_config(&mut self) -> Option<PathBuf> {
+    /// is logged and the old one kept.
+    fn reload_config(&mut self) {
         match Config::load(&self.config_path) {
             Ok(cfg) => {
                 tracing::info!(config = %self.config_path.display(), "config reloaded");
-                let moved =
-                    (cfg.desired_file != self.cfg.desired_file).then(|| cfg.desired_file.clone());
                 if cfg.docker.host != self.cfg.docker.host {
                     self.docker = None;
                 }
@@ -499,11 +583,9 @@ impl Daemon {
                 self.cfg = cfg;
                 self.read_at = Some(Instant::now());
                 self.pass_wanted.get_or_insert(Trigger::Reload);
-                moved
             }
             Err(e) => {
                 tracing::error!(error = %e, "new config is invalid; keeping the old one");
-                None
             }
         }
     }
@@ -535,4 +617,70 @@ fn watchdog_interval() -> Option<tokio::time::Interval> {
     }
     let period = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
     Some(tokio::time::interval(period))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// A daemon that has started its first pass: nothing is wanted.
+    fn daemon() -> Daemon {
+        let cfg = Config::parse(
+            "repository = \"ghcr.io/fieldtrack-tech/api\"\n",
+            Path::new("/srv/api/fieldtrack.toml"),
+            None,
+        )
+        .unwrap();
+        let (config_tx, _) = watch::channel(cfg.clone());
+        let (retry_tx, _) = watch::channel(None);
+        let metrics = Arc::new(Metrics::new());
+        let mut d = Daemon::new(cfg.path.clone(), cfg, config_tx, retry_tx, metrics);
+        d.pass_wanted = None;
+        d.read_at = None;
+        d
+    }
+
+    #[test]
+    fn a_retry_asks_for_a_pass_only_when_it_is_the_one_scheduled() {
+        let mut d = daemon();
+        d.retry_after(Duration::from_secs(1));
+        let due = d.retry_at.borrow().expect("scheduled");
+
+        let stale = Event::Retry {
+            due: due - Duration::from_millis(1),
+        };
+        assert!(d.handle_event(stale).is_continue());
+        assert_eq!(d.pass_wanted, None, "a retry rescheduled since is stale");
+
+        assert!(d.handle_event(Event::Retry { due }).is_continue());
+        assert_eq!(d.pass_wanted, Some(Trigger::Retry));
+        assert_eq!(*d.retry_at.borrow(), None, "a retry runs once");
+
+        d.pass_wanted = None;
+        let _ = d.handle_event(Event::Retry { due });
+        assert_eq!(d.pass_wanted, None, "a retry that ran is stale");
+    }
+
+    #[test]
+    fn a_watcher_error_reads_the_desired_file_again_after_the_debounce() {
+        let mut d = daemon();
+        let before = Instant::now();
+        d.handle_error(SourceError::Watcher(notify::Error::generic("queue lost")));
+        let read_at = d.read_at.expect("a read is due");
+        assert!(read_at >= before + DEBOUNCE, "debounced like a change");
+        assert_eq!(
+            d.pass_wanted, None,
+            "the read decides whether a pass is wanted"
+        );
+    }
+
+    #[test]
+    fn the_second_stop_signal_exits_at_once_with_130() {
+        let mut d = daemon();
+        assert!(d.handle_event(Event::Stop).is_continue());
+        assert!(d.stopping);
+        assert_eq!(d.handle_event(Event::Stop), ControlFlow::Break(130));
+    }
 }
