@@ -388,7 +388,8 @@ mod tests {
         let body = r#"read registry; [ "$1" = get ] || exit 9
 echo "{\"ServerURL\":\"$registry\",\"Username\":\"ci\",\"Secret\":\"pw-for-$registry\"}""#;
         let (_dir, source) = fixture("ok", body, r#"{"credsStore": "ok"}"#);
-        let Login::Found { credentials, from } = lookup_settled("ghcr.io", &source).await.unwrap() else {
+        let Login::Found { credentials, from } = lookup_settled("ghcr.io", &source).await.unwrap()
+        else {
             panic!("credentials expected");
         };
         assert_eq!(credentials.username.as_deref(), Some("ci"));
