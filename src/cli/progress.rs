@@ -207,7 +207,24 @@ impl Follower {
             return events;
         };
         if Some(step) != self.step {
+            // What a step shorter than the polling interval left behind: the health gate's
+            // outcome stays until the switch, and a drain means the switch happened.
+            let passed = status.health.as_ref().filter(|h| h.passed);
+            if let Some(h) = passed.filter(|_| step != Step::Health) {
+                if self.health != Some((h.probes, true)) {
+                    if self.step != Some(Step::Health) {
+                        events.push(Progress::Step(Step::Health));
+                    }
+                    events.push(Progress::Health {
+                        probes: h.probes,
+                        passed: true,
+                    });
+                }
+            }
             if matches!(step, Step::Draining | Step::Cleanup) && !self.switched {
+                if self.step != Some(Step::Switching) {
+                    events.push(Progress::Step(Step::Switching));
+                }
                 if let Some(live) = &status.live {
                     events.push(Progress::Switched {
                         color: live.color.clone(),
@@ -585,6 +602,7 @@ converged: v1 live on blue (api-blue, 127.0.0.1:3001)
         assert_eq!(
             follower.events(&status(Some(Step::Cleanup), None, Some("green"))),
             vec![
+                Progress::Step(Step::Switching),
                 Progress::Switched {
                     color: "green".into(),
                     port: 3001
@@ -595,6 +613,30 @@ converged: v1 live on blue (api-blue, 127.0.0.1:3001)
         // The daemon's next attempt switches again.
         follower.events(&status(Some(Step::Pulling), None, Some("green")));
         let events = follower.events(&status(Some(Step::Draining), None, Some("blue")));
-        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events.len(), 3, "{events:?}");
+    }
+
+    #[test]
+    fn a_health_gate_passed_between_two_reads_is_still_told() {
+        let mut follower = Follower::default();
+        follower.events(&status(Some(Step::Starting), None, None));
+        assert_eq!(
+            follower.events(&status(Some(Step::Switching), Some((3, true)), None)),
+            vec![
+                Progress::Step(Step::Health),
+                Progress::Health {
+                    probes: 3,
+                    passed: true
+                },
+                Progress::Step(Step::Switching),
+            ]
+        );
+        // Seen passing already: not told twice.
+        let mut follower = Follower::default();
+        follower.events(&status(Some(Step::Health), Some((2, true)), None));
+        assert_eq!(
+            follower.events(&status(Some(Step::Switching), Some((2, true)), None)),
+            vec![Progress::Step(Step::Switching)]
+        );
     }
 }
