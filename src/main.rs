@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         // SAFETY: called before any thread exists; SIG_DFL is a valid disposition.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    init_logging(cli.log_format, cli.command.is_quiet());
+    init_logging(cli.log_format.unwrap_or(LogFormat::Text), cli.log_level());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -33,25 +33,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat, quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("FIELDTRACK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+fn init_logging(format: LogFormat, default: &str) {
+    let (mut filter, cap) = match tracing_subscriber::EnvFilter::try_from_env("FIELDTRACK_LOG") {
+        Ok(filter) => (filter, "info"),
+        Err(_) => (tracing_subscriber::EnvFilter::new(default), default),
+    };
     // The HTTP layers log request and answer bodies at debug, and a container's create body
-    // holds its env file's values: they never go past info, whatever FIELDTRACK_LOG says.
-    for quiet in [
-        "bollard=info",
-        "hyper=info",
-        "hyper_util=info",
-        "reqwest=info",
-    ] {
-        if let Ok(directive) = quiet.parse() {
+    // holds its env file's values: they never go past info, whatever FIELDTRACK_LOG says
+    // (nor past the default level when it says nothing).
+    for quiet in ["bollard", "hyper", "hyper_util", "reqwest"] {
+        if let Ok(directive) = format!("{quiet}={cap}").parse() {
             filter = filter.add_directive(directive);
         }
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // A log line first erases the progress spinner it would be written after.
+        .with_writer(cli::progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     match format {

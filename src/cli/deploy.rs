@@ -1,11 +1,11 @@
 //! `fieldtrack deploy IMAGE`: validate, write the desired file atomically, then wait for that
 //! generation to converge, reconciling in-process when no daemon does.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use super::progress::{End, Follower, Shown, TICK};
 use super::reconcile::{converge, take_lock};
 use super::CliError;
 use crate::config::{Config, MAX_DURATION};
@@ -136,104 +136,59 @@ fn default_timeout(cfg: &Config) -> Duration {
         .saturating_add(Duration::from_secs(300))
 }
 
-/// Follows status.json until our generation converged (0) or failed (1), printing each new
-/// phase and step.
+/// Follows status.json until our generation converged (0) or failed (1), showing its
+/// progress as a pass in this process would.
 async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8, CliError> {
     let path = cfg.state_dir.join(STATUS_FILE);
     let start = Instant::now();
     // `timeout` is at most a few weeks (flag or config bound): no overflow in practice, and
     // a far deadline is what an unrepresentable one would mean anyway.
     let deadline = start.checked_add(timeout).unwrap_or(start + MAX_DURATION);
-    let mut progress = Progress::new();
+    let shown = Shown::stderr();
+    let mut follower = Follower::default();
     while Instant::now() < deadline {
         if let Ok(Some(status)) = Status::load(&path) {
             if status.generation.as_deref() != Some(desired.generation.as_str())
                 && superseded(cfg, desired)
             {
+                shown.abandon();
                 return Err(superseded_error(desired));
             }
             if status.generation.as_deref() == Some(desired.generation.as_str()) {
-                progress.show(progress_line(&status), status.phase != Phase::Progressing);
+                for event in follower.events(&status) {
+                    shown.event(&event);
+                }
                 match status.phase {
-                    Phase::Converged => return Ok(0),
+                    Phase::Converged => {
+                        shown.end(&End::Converged {
+                            image: desired.image.to_string(),
+                            live: status.live,
+                        });
+                        return Ok(0);
+                    }
                     Phase::Failed | Phase::Invalid => {
+                        shown.end(&End::Failed);
                         return Err(CliError::Failed(status.message.unwrap_or_else(|| {
                             format!("deployment of {} failed", desired.image)
-                        })))
+                        })));
                     }
-                    Phase::Paused => return Ok(0),
+                    Phase::Paused => {
+                        shown.end(&End::Paused);
+                        return Ok(0);
+                    }
                     Phase::Progressing => {}
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        progress.tick();
+        tokio::time::sleep(TICK).await;
+        shown.tick();
     }
-    progress.finish();
+    shown.abandon();
     Err(CliError::Failed(format!(
         "gave up waiting after {} for {} to converge; it may still be in progress (see fieldtrack status)",
         humantime::format_duration(timeout),
         desired.image
     )))
-}
-
-/// Progress on stderr: a spinner redrawn in place on a terminal, plain lines otherwise
-/// (journald, CI logs), one per change.
-struct Progress {
-    terminal: bool,
-    line: String,
-    frame: usize,
-}
-
-impl Progress {
-    const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
-
-    fn new() -> Progress {
-        Progress {
-            terminal: std::io::stderr().is_terminal(),
-            line: String::new(),
-            frame: 0,
-        }
-    }
-
-    /// Shows `line` when it changed; `last` ends the spinner.
-    fn show(&mut self, line: String, last: bool) {
-        if line != self.line {
-            if self.terminal {
-                eprint!("\r\x1b[2K");
-                if !self.line.is_empty() {
-                    eprintln!("  {}", self.line);
-                }
-            } else {
-                eprintln!("{line}");
-            }
-            self.line = line;
-        }
-        if last {
-            self.finish();
-        } else {
-            self.draw();
-        }
-    }
-
-    fn tick(&mut self) {
-        self.frame = self.frame.wrapping_add(1);
-        self.draw();
-    }
-
-    fn draw(&self) {
-        if self.terminal && !self.line.is_empty() {
-            let frame = Self::FRAMES[self.frame % Self::FRAMES.len()];
-            eprint!("\r\x1b[2K{frame} {}", self.line);
-        }
-    }
-
-    fn finish(&mut self) {
-        if self.terminal && !self.line.is_empty() {
-            eprintln!("\r\x1b[2K  {}", self.line);
-            self.line.clear();
-        }
-    }
 }
 
 /// The desired file no longer holds our generation (someone wrote a newer one).
@@ -243,15 +198,4 @@ fn superseded(cfg: &Config, desired: &Desired) -> bool {
         // Unreadable or half-written right now: not proof of anything yet.
         Err(_) => false,
     }
-}
-
-fn progress_line(status: &Status) -> String {
-    let mut line = format!("{}", status.phase);
-    if let Some(step) = status.step {
-        line.push_str(&format!(": {step}"));
-        if let Some(h) = &status.health {
-            line.push_str(&format!(" (probe {})", h.probes));
-        }
-    }
-    line
 }

@@ -6,6 +6,7 @@ mod check;
 mod deploy;
 mod init;
 mod plan;
+pub mod progress;
 mod reconcile;
 mod rollback;
 mod show;
@@ -31,9 +32,13 @@ pub struct Cli {
     /// The config file (else $FIELDTRACK_CONFIG, ./fieldtrack.toml, /etc/fieldtrack/fieldtrack.toml).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format on stderr (text by default). Given, the commands log at info as well.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log what is done at info on stderr too (the daemon always does); FIELDTRACK_LOG
+    /// sets any level.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -90,19 +95,15 @@ pub enum Command {
     },
 }
 
-impl Command {
-    /// Commands that change things log their progress; the others stay quiet.
-    pub fn is_quiet(&self) -> bool {
-        matches!(
-            self,
-            Command::Status { .. }
-                | Command::History { .. }
-                | Command::Plan
-                | Command::Init(_)
-                | Command::Check
-                | Command::Completions { .. }
-                | Command::Manpage { .. }
-        )
+impl Cli {
+    /// The log level unless FIELDTRACK_LOG says otherwise: the daemon logs what it does at
+    /// info; a command shows its progress instead and logs only warnings, unless asked.
+    pub fn log_level(&self) -> &'static str {
+        if self.verbose || self.log_format.is_some() || matches!(self.command, Command::Daemon) {
+            "info"
+        } else {
+            "warn"
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::progress::{End, Follower, Shown, TICK};
 use super::CliError;
 use crate::config::Config;
 use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX};
@@ -47,22 +48,61 @@ async fn ask_daemon(cfg: &Config, desired: &Desired, pid: i32) -> Result<u8, Cli
     }
     eprintln!("asked the daemon (pid {pid}) for a reconcile by hand; waiting for its outcome");
     let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    let shown = Shown::stderr();
+    let mut follower = Follower::default();
     while std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(TICK).await;
         let log = ByHand::load(&path);
         if log.finished <= asked {
             // SAFETY: as above; signal 0 only checks that the process exists.
             if unsafe { libc::kill(pid, 0) } != 0 {
+                shown.abandon();
                 return Err(CliError::Failed(format!(
                     "the daemon (pid {pid}) exited before its pass ended; see fieldtrack status"
                 )));
             }
+            if let Ok(Some(status)) = Status::load(&cfg.state_dir.join(STATUS_FILE)) {
+                for event in follower.events(&status) {
+                    shown.event(&event);
+                }
+            }
+            shown.tick();
             continue;
         }
         let Some(status) = log.outcome else {
+            shown.abandon();
             return Err(CliError::Failed(
                 "the daemon's pass ended without a status; see fieldtrack status".into(),
             ));
+        };
+        let result = match status.phase {
+            Phase::Converged => {
+                shown.end(&End::Converged {
+                    image: status.desired.clone().unwrap_or_default(),
+                    live: status.live.clone(),
+                });
+                Ok(0)
+            }
+            Phase::Paused => {
+                shown.end(&End::Paused);
+                Ok(0)
+            }
+            Phase::Failed | Phase::Invalid => {
+                shown.end(&End::Failed);
+                Err(CliError::Failed(
+                    status.message.clone().unwrap_or_else(|| "failed".into()),
+                ))
+            }
+            Phase::Progressing => {
+                shown.abandon();
+                Err(CliError::Failed(format!(
+                    "the pass was cancelled before it ended ({}); see fieldtrack status",
+                    status
+                        .message
+                        .as_deref()
+                        .unwrap_or("a newer desired state or a stop")
+                )))
+            }
         };
         if status.generation.as_deref() != Some(desired.generation.as_str()) {
             eprintln!(
@@ -72,23 +112,9 @@ async fn ask_daemon(cfg: &Config, desired: &Desired, pid: i32) -> Result<u8, Cli
                 )
             );
         }
-        return match status.phase {
-            Phase::Converged | Phase::Paused => {
-                eprintln!("{}", status.phase);
-                Ok(0)
-            }
-            Phase::Failed | Phase::Invalid => Err(CliError::Failed(
-                status.message.unwrap_or_else(|| "failed".into()),
-            )),
-            Phase::Progressing => Err(CliError::Failed(format!(
-                "the pass was cancelled before it ended ({}); see fieldtrack status",
-                status
-                    .message
-                    .as_deref()
-                    .unwrap_or("a newer desired state or a stop")
-            ))),
-        };
+        return result;
     }
+    shown.abandon();
     Err(CliError::Failed(
         "gave up waiting for the daemon's pass after 15 minutes".into(),
     ))
@@ -131,9 +157,18 @@ pub(crate) async fn converge(
     desired: &Desired,
     trigger: Trigger,
 ) -> Result<u8, CliError> {
-    let ctx = super::context(cfg).await?;
-    let pass = Pass::new(&ctx, trigger);
-    let result = pass.reconcile_with_retries(desired, true, TRIES).await;
+    let shown = Shown::stderr();
+    let ctx = match super::context(cfg).await {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            shown.end(&End::Failed);
+            return Err(e);
+        }
+    };
+    let pass = Pass::new(&ctx, trigger).with_progress(shown.sink());
+    let result = shown
+        .during(pass.reconcile_with_retries(desired, true, TRIES))
+        .await;
     if let Some(notifier) = &ctx.notifier {
         // This process exits next: give the webhook a moment, never more, since a webhook
         // that is down or slow must not delay a deployment.
@@ -162,28 +197,35 @@ pub(crate) async fn converge(
             }
         }
     }
-    match result? {
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            shown.end(&End::Failed);
+            return Err(e.into());
+        }
+    };
+    match outcome {
         PassOutcome::Converged => {
             let status = Status::load(&ctx.cfg.state_dir.join(STATUS_FILE))
                 .ok()
                 .flatten();
-            match status.and_then(|s| s.live) {
-                Some(live) => eprintln!(
-                    "converged: {} live on {} ({}, 127.0.0.1:{})",
-                    desired.image, live.color, live.container, live.port
-                ),
-                None => eprintln!("converged: {}", desired.image),
-            }
+            shown.end(&End::Converged {
+                image: desired.image.to_string(),
+                live: status.and_then(|s| s.live),
+            });
             Ok(0)
         }
         PassOutcome::Paused => {
-            eprintln!("paused: the desired file says paused = true; nothing was changed");
+            shown.end(&End::Paused);
             Ok(0)
         }
-        PassOutcome::AlreadyFailed { message } => Err(CliError::Failed(format!(
-            "generation {} already failed: {}",
-            desired.generation,
-            message.unwrap_or_default()
-        ))),
+        PassOutcome::AlreadyFailed { message } => {
+            shown.end(&End::Failed);
+            Err(CliError::Failed(format!(
+                "generation {} already failed: {}",
+                desired.generation,
+                message.unwrap_or_default()
+            )))
+        }
     }
 }

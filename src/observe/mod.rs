@@ -6,7 +6,7 @@ use crate::apply::proxy::{Proxy, ProxyError};
 use crate::apply::runtime::{Runtime, RuntimeError};
 use crate::config::{Color, Config};
 use crate::state::history::{self, HistoryError};
-use crate::state::status::{Status, StatusError};
+use crate::state::status::{Status, StatusError, SwitchMark};
 
 /// The state of a container as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +73,9 @@ pub struct Observed {
     /// The generation whose attempt failed last (from status.json): not retried until the
     /// desired file changes or a reconcile is asked for by hand.
     pub failed_generation: Option<String>,
+    /// A switch of the upstream file that nginx was not seen to settle on (a process died
+    /// inside it): nginx may still run the file from before.
+    pub switching: Option<SwitchMark>,
 }
 
 impl Observed {
@@ -153,6 +156,7 @@ pub async fn observe<R: Runtime, P: Proxy>(
         upstream_port: upstream_ports.first().copied(),
         upstream_ports,
         history,
+        switching: status.as_ref().and_then(|s| s.switching.clone()),
         failed_generation: status.and_then(|s| s.failed_generation),
     })
 }

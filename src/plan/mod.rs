@@ -371,6 +371,7 @@ mod tests {
             upstream_ports: port.into_iter().collect(),
             history: history.iter().map(|s| s.to_string()).collect(),
             failed_generation: None,
+            switching: None,
         }
     }
 
@@ -924,6 +925,7 @@ mod tests {
                             upstream_ports,
                             history: history.into_iter().map(|i| TAGS[i].to_string()).collect(),
                             failed_generation: failed.then(|| d.generation.clone()),
+                            switching: None,
                         };
                         (cfg, o, d, by_hand)
                     },

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{Context, Pass, ReconcileError};
+use super::{Context, Pass, Progress, ReconcileError};
 use crate::apply::env_file;
 use crate::apply::health::{probe_delays, ProbeOutcome, Prober};
 use crate::apply::hooks::{run_hook, HookContext, POST_DEPLOY, PRE_SWITCH};
@@ -281,6 +281,10 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             return Err(e.into());
         }
         tracing::info!(%color, port, "nginx switched");
+        pass.emit(Progress::Switched {
+            color: color.to_string(),
+            port,
+        });
         if let Some(served) = &self.unrecorded_live {
             // Traffic left an image that served: it is a version to roll back to.
             history::record(&cfg.history_file, served, cfg.history_limit)?;
@@ -399,6 +403,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                     deadline_secs: deadline_len.as_secs(),
                 })
             })?;
+            pass.emit(Progress::Health { probes, passed });
             if passed {
                 tracing::info!(probes, "candidate healthy");
                 return Ok(());

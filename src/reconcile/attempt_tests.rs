@@ -11,7 +11,9 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 
 use super::fakes::{Call, FakeProber, FakeProxy, FakeRuntime, Fakes, PullFailure, World};
-use super::{error_policy, Backoff, Context, Pass, PassOutcome, ReconcileError, Requeue, Trigger};
+use super::{
+    error_policy, Backoff, Context, Pass, PassOutcome, Progress, ReconcileError, Requeue, Trigger,
+};
 use crate::apply::health::ProbeOutcome;
 use crate::apply::hooks::HookError;
 use crate::apply::proxy::ProxyError;
@@ -20,6 +22,7 @@ use crate::apply::runtime::{
 };
 use crate::config::{Color, Config};
 use crate::desired::Desired;
+use crate::state::status::Step;
 use crate::state::{audit, history};
 use tokio_util::sync::CancellationToken;
 
@@ -184,6 +187,40 @@ async fn first_deployment_goes_live_in_blue_with_no_old_color_to_retire() {
     drop(world);
     assert_eq!(site.history(), ["v1"]);
     assert_eq!(site.last_audit_outcome(), "succeeded");
+}
+
+#[tokio::test]
+async fn a_pass_tells_its_watcher_each_step_the_health_gate_and_the_switch_in_order() {
+    let site = site_with_blue_live();
+    let ctx = site.context();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let pass = Pass::new(&ctx, Trigger::Cli)
+        .with_progress(Box::new(move |p| sink.lock().unwrap().push(p)));
+
+    pass.reconcile(&site.desired("v2"), false).await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    let step = |s| Progress::Step(s);
+    assert_eq!(
+        *seen,
+        [
+            step(Step::Pulling),
+            step(Step::Starting),
+            step(Step::Health),
+            Progress::Health {
+                probes: 1,
+                passed: true
+            },
+            step(Step::Switching),
+            Progress::Switched {
+                color: "green".into(),
+                port: GREEN
+            },
+            step(Step::Draining),
+            step(Step::Cleanup),
+        ]
+    );
 }
 
 #[tokio::test]

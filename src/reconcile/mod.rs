@@ -21,6 +21,7 @@ mod backoff;
 mod error;
 #[cfg(test)]
 mod fakes;
+mod progress;
 #[cfg(test)]
 mod simulation;
 
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::state::audit::Trigger;
 pub use backoff::Backoff;
 pub use error::{error_policy, ReconcileError, Requeue};
+pub use progress::{Progress, ProgressSink};
 
 use crate::apply::health::{HealthError, HttpProber, Prober};
 use crate::apply::notify::Notifier;
@@ -109,6 +111,8 @@ pub struct Pass<'c, R, P, H> {
     /// and the nginx reload).
     cancel: CancellationToken,
     status: Mutex<Status>,
+    /// Who watches the pass (the CLI), if anyone.
+    progress: Option<ProgressSink>,
 }
 
 impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
@@ -267,6 +271,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             trigger,
             cancel: CancellationToken::new(),
             status: Mutex::new(Status::new(Phase::Progressing)),
+            progress: None,
         }
     }
 
@@ -274,6 +279,20 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
     /// or a stop signal).
     pub fn with_cancel(self, cancel: CancellationToken) -> Self {
         Pass { cancel, ..self }
+    }
+
+    /// Tells `sink` the pass's progress (steps, health probes, the switch) as it happens.
+    pub fn with_progress(self, sink: ProgressSink) -> Self {
+        Pass {
+            progress: Some(sink),
+            ..self
+        }
+    }
+
+    pub(crate) fn emit(&self, progress: Progress) {
+        if let Some(sink) = &self.progress {
+            sink(progress);
+        }
     }
 
     /// One full pass. `by_hand` retries a generation that failed before (an operator asked).
@@ -430,6 +449,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             s.step = Some(step);
         })?;
         tracing::info!(step = step.as_str(), "step");
+        self.emit(Progress::Step(step));
         crate::test_pause_point(step.as_str()).await;
         Ok(())
     }

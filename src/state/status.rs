@@ -151,6 +151,18 @@ pub struct HealthProgress {
     pub deadline_secs: u64,
 }
 
+/// A switch of the upstream file that nginx has not been seen to settle on: written before the
+/// file changes, cleared once nginx reloaded the file (or the previous file was put back and
+/// reloaded). Still there at the next pass, it says a process died inside a switch (or left
+/// nginx unsettled): nginx may run the file from before (`from`) or the new one (`to`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchMark {
+    /// The ports the upstream file named before the switch.
+    pub from: Vec<u16>,
+    /// The port switched to.
+    pub to: u16,
+}
+
 /// The content of `status.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -180,6 +192,9 @@ pub struct Status {
     pub health: Option<HealthProgress>,
     /// The process that wrote the file; set by [`Status::save`].
     pub pid: Option<u32>,
+    /// A switch nginx has not been seen to settle on (see [`SwitchMark`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switching: Option<SwitchMark>,
 }
 
 impl Status {
@@ -198,6 +213,7 @@ impl Status {
             digest: None,
             health: None,
             pid: None,
+            switching: None,
         }
     }
 
