@@ -143,7 +143,23 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
 
     // Whatever the upstream file on disk points at may be serving: it is never removed before
     // a switch away from it. More than one such container: which one serves is unknowable.
-    let served: Vec<&Container> = observed.served().collect();
+    //
+    // A process that died inside a switch (or a switch that failed half-way) leaves nginx
+    // running either file: when the file's own color is live, the pass reloads nginx with it
+    // before anything else (below); when it is not, what the file before pointed at is kept
+    // too.
+    let mut served: Vec<&Container> = observed.served().collect();
+    if let (Some(mark), None) = (&observed.switching, live) {
+        for c in observed
+            .containers
+            .iter()
+            .filter(|c| c.state.is_running() && c.ports.iter().any(|p| mark.from.contains(p)))
+        {
+            if !served.iter().any(|s| s.id == c.id) {
+                served.push(c);
+            }
+        }
+    }
     if served.len() > 1 {
         let names: Vec<&str> = served.iter().map(|c| c.name.as_str()).collect();
         return Plan::of(Verdict::Unclear {
@@ -199,7 +215,8 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         if observed.history.first() != Some(&image) {
             actions.push(Action::RecordHistory { image });
         }
-        if actions.is_empty() {
+        // A switch nginx was not seen to settle on: reloading the file is still to do.
+        if actions.is_empty() && observed.switching.is_none() {
             return Plan::of(Verdict::InSync);
         }
         if let Some(color) = live.color {
@@ -258,23 +275,45 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         .container(cfg, color.other())
         .map(|c| c.name.clone());
     let reusable = runs_desired(color).is_some();
+    let mut stale_running = false;
     if !reusable {
         if let Some(stale) = observed.container(cfg, color) {
-            // A running one may still get requests: from nginx's workers of an earlier
-            // configuration (a drain cut short), or from an nginx whose last reload failed
-            // half-way. Reloading the file that points at the live color first, then
-            // draining, makes sure it gets none; if nginx cannot reload, nothing is removed.
-            if let Some(live) = live.filter(|_| stale.state.is_running()) {
-                if let Some(live_color) = live.color {
-                    actions.push(Action::Reassert { color: live_color });
-                    actions.push(Action::Drain);
-                }
-            }
+            stale_running = stale.state.is_running();
             actions.push(Action::Remove {
                 name: stale.name.clone(),
                 reason: format!("stale {color} container ({}, {})", stale.image, stale.state),
             });
         }
+    }
+    // nginx first runs the file that points at the live color, when a stale container still
+    // runs (it may get requests from nginx's workers of an earlier configuration, a drain cut
+    // short) or a switch was left unsettled; then the drain, before anything is removed. If
+    // nginx cannot reload, nothing is removed.
+    // With the file's own color not live, nginx is settled back onto the color that ran
+    // before the unsettled switch, when it still runs: it is what nginx may serve now.
+    let fallback = match (&observed.switching, live) {
+        (Some(mark), None) => served
+            .filter(|c| is_color_container(c) && c.ports.iter().any(|p| mark.from.contains(p)))
+            .and_then(|c| c.color),
+        _ => None,
+    };
+    // Nothing of that runs either: nginx is settled on the file, which points where nothing
+    // runs (production is down already), so that no candidate gets requests before its gate.
+    let down = match (&observed.switching, live, fallback) {
+        (Some(_), None, None) => observed.upstream_color(cfg),
+        _ => None,
+    };
+    let settle = live
+        .and_then(|l| l.color)
+        .filter(|_| stale_running || observed.switching.is_some())
+        .or(fallback)
+        .or(down);
+    if let Some(live_color) = settle {
+        let mut head = vec![Action::Reassert { color: live_color }];
+        if actions.iter().any(|a| matches!(a, Action::Remove { .. })) {
+            head.push(Action::Drain);
+        }
+        actions.splice(0..0, head);
     }
     let rollout = Rollout {
         color,
@@ -321,6 +360,7 @@ mod tests {
 
     use super::*;
     use crate::observe::ContainerState;
+    use crate::state::status::SwitchMark;
 
     const REPO: &str = "ghcr.io/fieldtrack-tech/api";
 
@@ -840,6 +880,97 @@ mod tests {
         );
     }
 
+    fn with_mark(mut o: Observed, from: &[u16]) -> Observed {
+        o.switching = Some(SwitchMark {
+            from: from.to_vec(),
+            to: o.upstream_port.expect("the file names a port"),
+        });
+        o
+    }
+
+    #[test]
+    fn a_switch_left_unsettled_is_reloaded_before_the_pass_calls_itself_in_sync() {
+        // The file says green (v2, running): a process died before nginx reloaded it.
+        let o = with_mark(
+            observed(vec![running(Color::Green, "v2")], GREEN, &["v2"]),
+            &[3001],
+        );
+        let p = plan(&cfg(), &desired("v2"), &o, false);
+        assert_eq!(p.verdict, Verdict::Converge);
+        assert_eq!(
+            p.actions,
+            vec![Action::Reassert {
+                color: Color::Green
+            }]
+        );
+        // And before a deployment starts anything.
+        let p = plan(&cfg(), &desired("v3"), &o, false);
+        assert_eq!(
+            p.actions[0],
+            Action::Reassert {
+                color: Color::Green
+            }
+        );
+    }
+
+    #[test]
+    fn when_the_unsettled_file_points_where_nothing_runs_nginx_goes_back_to_the_color_before() {
+        // The file says green, whose container exited; nginx may still send traffic to blue.
+        let o = with_mark(
+            observed(
+                vec![
+                    running(Color::Blue, "v1"),
+                    container(Color::Green, "v2", ContainerState::Exited { code: 1 }),
+                ],
+                GREEN,
+                &["v1"],
+            ),
+            &[3001],
+        );
+        let p = plan(&cfg(), &desired("v2"), &o, false);
+        assert_eq!(p.actions[0], Action::Reassert { color: Color::Blue });
+        assert!(
+            !removed_before_any_switch(&p).contains(&"api-blue"),
+            "{p:?}"
+        );
+        assert!(matches!(
+            p.actions.last(),
+            Some(Action::Deploy(Rollout { color: Color::Green, old: Some(old), .. })) if old == "api-blue"
+        ));
+    }
+
+    #[test]
+    fn when_nothing_runs_after_an_unsettled_switch_nginx_settles_on_the_file_before_a_candidate_starts(
+    ) {
+        let o = with_mark(
+            observed(
+                vec![container(
+                    Color::Blue,
+                    "v1",
+                    ContainerState::Exited { code: 1 },
+                )],
+                GREEN,
+                &["v1"],
+            ),
+            &[3001],
+        );
+        let p = plan(&cfg(), &desired("v3"), &o, false);
+        // nginx then points at green's port, and the candidate starts in blue, out of its way.
+        assert_eq!(
+            p.actions[0],
+            Action::Reassert {
+                color: Color::Green
+            }
+        );
+        assert!(matches!(
+            p.actions.last(),
+            Some(Action::Deploy(Rollout {
+                color: Color::Blue,
+                ..
+            }))
+        ));
+    }
+
     mod never_removes_what_serves {
         //! Property: over arbitrary observed worlds, desired images and upstream files, no
         //! plan removes a container the upstream file points at before a switch away from it.
@@ -895,9 +1026,10 @@ mod tests {
                 any::<bool>(),
                 any::<bool>(),
                 any::<bool>(),
+                proptest::option::of(prop::collection::vec(0..PORTS.len(), 0..2)),
             )
                 .prop_map(
-                    |(containers, upstream, tag, history, moved, failed, by_hand)| {
+                    |(containers, upstream, tag, history, moved, failed, by_hand, mark)| {
                         let cfg = if moved {
                             cfg_with_ports(4001, 4002)
                         } else {
@@ -919,13 +1051,22 @@ mod tests {
                         let upstream_ports: Vec<u16> =
                             upstream.into_iter().map(|i| PORTS[i]).collect();
                         let d = desired(TAGS[tag]);
+                        // A process died inside a switch: the file names `to`, nginx may
+                        // still run the file before, which named `from`.
+                        let switching = match (mark, upstream_ports.first()) {
+                            (Some(from), Some(&to)) => Some(SwitchMark {
+                                from: from.into_iter().map(|i| PORTS[i]).collect(),
+                                to,
+                            }),
+                            _ => None,
+                        };
                         let o = Observed {
                             containers: kept,
                             upstream_port: upstream_ports.first().copied(),
                             upstream_ports,
                             history: history.into_iter().map(|i| TAGS[i].to_string()).collect(),
                             failed_generation: failed.then(|| d.generation.clone()),
-                            switching: None,
+                            switching,
                         };
                         (cfg, o, d, by_hand)
                     },
@@ -936,7 +1077,12 @@ mod tests {
         /// whether nginx reloaded since the last drain (its old workers may still send
         /// requests to what is removed then).
         fn check(cfg: &Config, o: &Observed, p: &Plan) -> Result<(), TestCaseError> {
+            // Until a reload settles it, nginx may run the file or, after a switch that did
+            // not settle, the file before it.
             let mut upstream = o.upstream_ports.clone();
+            if let Some(mark) = &o.switching {
+                upstream.extend(mark.from.iter().copied());
+            }
             let mut undrained_reload = false;
             let serves = |name: &str, upstream: &[u16]| {
                 o.containers.iter().any(|c| {
@@ -976,6 +1122,8 @@ mod tests {
                                 && c.name != cfg.container_name(*color)
                         });
                         upstream = vec![port];
+                        // The attempt drains after its own switch.
+                        undrained_reload = false;
                         if let (Some(old), false) = (old, taken) {
                             prop_assert!(
                                 !serves(old, &upstream),

@@ -262,12 +262,11 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
 
         pass.step(Step::Switching).await?;
         // From here on the switch runs to its end: a cancellation is only honoured before it.
-        if let Err(e) = ctx
-            .proxy
-            .switch(port, &ctx.live_comment(color, image))
+        if let Err(e) = pass
+            .switch_nginx(port, &ctx.live_comment(color, image))
             .await
         {
-            if e.leaves_nginx_unsettled() {
+            if matches!(&e, ReconcileError::Switch(e) if e.leaves_nginx_unsettled()) {
                 // nginx may send traffic to the candidate (or will at its next reload): it
                 // stays.
                 tracing::error!(error = %e, container = %name, "switch failed half-way; the candidate is kept");
@@ -278,7 +277,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 });
             }
             self.remove_candidate(&name).await;
-            return Err(e.into());
+            return Err(e);
         }
         tracing::info!(%color, port, "nginx switched");
         pass.emit(Progress::Switched {
@@ -531,8 +530,8 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         };
         tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
         let back_image = self.previous.as_deref().unwrap_or("previous");
-        ctx.proxy
-            .switch(cfg.port(back), &ctx.live_comment(back, back_image))
+        self.pass
+            .switch_nginx(cfg.port(back), &ctx.live_comment(back, back_image))
             .await?;
         ctx.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
         self.remove_candidate(name).await;

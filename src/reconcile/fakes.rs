@@ -503,20 +503,23 @@ impl World {
             });
         }
         let before = self.loaded_port();
+        // Traffic moves away from a running container: what it moves to must run. (From a
+        // port where nothing runs, production was down already.)
+        let from_running = before.is_some_and(|p| self.running_on(p).is_some());
         self.loaded = self.upstream.clone();
         let after = self.loaded_port();
         if after != before {
             self.unretired.extend(before);
         }
         if let Some(port) = after {
-            self.now_served(port, after != before);
+            self.now_served(port, after != before, from_running);
         }
         Ok(())
     }
 
     /// Bookkeeping after nginx was reloaded to send traffic to `port` (`moved`: it sent it
-    /// elsewhere before).
-    fn now_served(&mut self, port: u16, moved: bool) {
+    /// elsewhere before; `from_running`: to a running container).
+    fn now_served(&mut self, port: u16, moved: bool, from_running: bool) {
         match self.running_on(port) {
             Some(c) if c.answered_healthy => {
                 let image = c.labels.get(LABEL_DESIRED).cloned().unwrap_or_default();
@@ -524,8 +527,9 @@ impl World {
                     self.served.push(image);
                 }
             }
-            // Reloading the config it runs: the traffic goes nowhere new.
-            None if !moved => {}
+            // Reloading the config it runs: the traffic goes nowhere new; or it went nowhere
+            // before either.
+            None if !moved || !from_running => {}
             Some(c) => {
                 let violation = format!(
                     "nginx was reloaded to send traffic to {}, which never answered healthy",

@@ -45,7 +45,7 @@ use crate::desired::Desired;
 use crate::metrics::Metrics;
 use crate::observe::{observe, ObserveError, Observed};
 use crate::plan::{plan, Action, Plan, Verdict};
-use crate::state::status::{Live, Phase, Status, Step};
+use crate::state::status::{Live, Phase, Status, Step, SwitchMark};
 use crate::state::{self, history};
 
 /// A pass run in-process retries transient errors after 1 s, doubling up to 30 s.
@@ -360,7 +360,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                     // traffic to is removed.
                     let port = cfg.port(*color);
                     let comment = ctx.live_comment(*color, desired.image.as_written());
-                    ctx.proxy.switch(port, &comment).await?;
+                    self.switch_nginx(port, &comment).await?;
                 }
                 Action::Drain => {
                     // A pass died between the switch and the drain: the old color may still
@@ -428,7 +428,46 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         status.live = live;
         status.failed_generation = observed.failed_generation.clone();
         status.digest = previous.and_then(|p| p.digest);
+        status.switching = observed.switching.clone();
         Ok(())
+    }
+
+    /// Points nginx at `port` ([`Proxy::switch`]) with a [`SwitchMark`] in status.json for as
+    /// long as nginx may run either file: a process that dies inside the switch leaves the
+    /// mark to the next pass, which then reloads nginx with the file before anything else, or
+    /// keeps what the file before pointed at when the file's own color does not run. The mark
+    /// also stays when the switch failed half-way ([`ProxyError::leaves_nginx_unsettled`]).
+    pub(crate) async fn switch_nginx(
+        &self,
+        port: u16,
+        comment: &str,
+    ) -> Result<(), ReconcileError> {
+        let ctx = self.ctx;
+        let mut from = ctx.proxy.upstream_ports().unwrap_or_default();
+        let mut earlier = None;
+        self.set_status(|s| {
+            // A mark left by a pass before: nginx may still run any of its files.
+            earlier = s.switching.take();
+            if let Some(earlier) = &earlier {
+                from.extend(earlier.from.iter().copied());
+                from.push(earlier.to);
+            }
+            from.sort_unstable();
+            from.dedup();
+            s.switching = Some(SwitchMark { from, to: port });
+        })?;
+        let result = ctx.proxy.switch(port, comment).await;
+        let settled = match &result {
+            Ok(()) => true,
+            Err(e) => !e.leaves_nginx_unsettled(),
+        };
+        if settled {
+            // Reloaded: nginx runs the file. Refused before any reload (or reloaded with the
+            // file put back): nginx runs what it ran before, as uncertain as it was then.
+            let after = if result.is_ok() { None } else { earlier };
+            self.set_status(|s| s.switching = after)?;
+        }
+        result.map_err(ReconcileError::Switch)
     }
 
     /// Updates the in-memory status and writes status.json.
