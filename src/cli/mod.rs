@@ -13,15 +13,12 @@ mod show;
 pub mod terminal;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::apply::health::HealthError;
-use crate::apply::runtime::{Docker, RuntimeError};
 use crate::config::{Config, ConfigError};
 use crate::desired::DesiredError;
-use crate::reconcile::{Backoff, LiveContext, ReconcileError};
+use crate::reconcile::{ContextError, LiveContext, ReconcileError};
 use crate::state::lock::LockError;
 
 /// Keeps one containerised web app deployed blue/green behind nginx, converging it toward a
@@ -119,12 +116,9 @@ pub enum CliError {
     /// Other invalid input (an image, a note, a flag value); nothing was changed.
     #[error("{0}")]
     Invalid(String),
-    /// The Docker engine could not be reached.
+    /// The Docker engine could not be reached, or the health prober not built.
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    /// The health prober could not be built.
-    #[error(transparent)]
-    Health(#[from] HealthError),
+    Context(#[from] ContextError),
     /// The reconcile lock could not be taken.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -205,27 +199,5 @@ fn print_manpage(out_dir: Option<&std::path::Path>) -> Result<u8, CliError> {
 
 /// The passes' context on the real Docker engine and nginx.
 pub(crate) async fn context(cfg: Config) -> Result<LiveContext, CliError> {
-    let docker = connect(&cfg.docker.host).await?;
-    Ok(LiveContext::live(cfg, docker)?)
-}
-
-/// The engine may be restarting: three more tries, after 500 ms, 1 s and 2 s.
-const CONNECT_TRIES: usize = 3;
-const CONNECT_BACKOFF: Backoff =
-    Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 2);
-
-/// Connects to the engine, retrying a few times: it may be restarting.
-async fn connect(host: &str) -> Result<Docker, CliError> {
-    let mut backoff = CONNECT_BACKOFF;
-    for _ in 0..CONNECT_TRIES {
-        match Docker::connect(host).await {
-            Ok(docker) => return Ok(docker),
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "docker engine unreachable, retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Docker::connect(host).await?)
+    Ok(LiveContext::connect(cfg).await?)
 }

@@ -8,7 +8,6 @@ use clap::Args;
 
 use super::deploy::{default_by, submit};
 use super::CliError;
-use crate::apply::runtime::{Docker, Runtime};
 use crate::config::Config;
 use crate::desired::{Desired, ImageRef, ROLLBACK_NOTE_PREFIX};
 use crate::state::audit::{self, AttemptOutcome};
@@ -127,10 +126,7 @@ fn recorded_digest(cfg: &Config, image: &str) -> Option<String> {
 /// What the image's tag resolves to in the registry now (None when it cannot be asked).
 async fn registry_digest(cfg: &Config, desired: &Desired) -> Option<String> {
     desired.image.tag()?;
-    let docker = Docker::connect(&cfg.docker.host).await.ok()?;
-    docker
-        .registry_digest(&cfg.image_reference(&desired.image))
-        .await
+    crate::reconcile::registry_digest(cfg, &cfg.image_reference(&desired.image)).await
 }
 
 /// The seed's screen: current, previous, the numbered history with the target marked.

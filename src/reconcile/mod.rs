@@ -39,7 +39,7 @@ use crate::apply::health::{HealthError, HttpProber, Prober};
 use crate::apply::notify::Notifier;
 use crate::apply::proxy::{Nginx, Proxy};
 use crate::apply::redact::Redactor;
-use crate::apply::runtime::{Docker, Runtime};
+use crate::apply::runtime::{Docker, Runtime, RuntimeError};
 use crate::config::Config;
 use crate::desired::Desired;
 use crate::metrics::Metrics;
@@ -55,7 +55,41 @@ const IN_PROCESS_BACKOFF: Backoff =
 /// The context on the real Docker engine and nginx.
 pub type LiveContext = Context<Docker, Nginx, HttpProber>;
 
+/// Why a live context could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The Docker engine could not be reached.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The health prober could not be built.
+    #[error(transparent)]
+    Health(#[from] HealthError),
+}
+
+/// The engine may be restarting: a command tries three more times, after 500 ms, 1 s and 2 s.
+const CONNECT_TRIES: usize = 3;
+const CONNECT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 2);
+
 impl LiveContext {
+    /// Connects to the engine at `docker.host` (retrying a few times: it may be restarting)
+    /// and assembles the context: what a command runs its passes with.
+    pub async fn connect(cfg: Config) -> Result<Self, ContextError> {
+        let mut backoff = CONNECT_BACKOFF;
+        for _ in 0..CONNECT_TRIES {
+            match Docker::connect(&cfg.docker.host).await {
+                Ok(docker) => return Ok(LiveContext::live(cfg, docker)?),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "docker engine unreachable, retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let docker = Docker::connect(&cfg.docker.host).await?;
+        Ok(LiveContext::live(cfg, docker)?)
+    }
+
     /// Assembles the context for `cfg` on a connected engine, with the webhook it names.
     pub fn live(cfg: Config, docker: Docker) -> Result<Self, HealthError> {
         let nginx = Nginx::new(
@@ -74,6 +108,14 @@ impl LiveContext {
             ..Context::new(cfg, docker, nginx, prober)
         })
     }
+}
+
+/// What the registry says `reference`'s tag points at now, asked through the engine at
+/// `docker.host` (no retry: a rollback only wants to warn when the tag moved); None when
+/// either cannot be asked.
+pub async fn registry_digest(cfg: &Config, reference: &str) -> Option<String> {
+    let docker = Docker::connect(&cfg.docker.host).await.ok()?;
+    docker.registry_digest(reference).await
 }
 
 /// How a pass ended, when it did not fail.
