@@ -2,7 +2,6 @@
 //! of the nginx upstream file. Exit 0 in sync, 3 when it would change something.
 
 use super::CliError;
-use crate::apply::proxy::Proxy;
 use crate::config::Config;
 use crate::desired::Desired;
 use crate::plan::{plan, Verdict};
@@ -54,8 +53,7 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
     if let Some((color, image)) = plan.target() {
         let path = &ctx.cfg.nginx.upstream_file;
         let before = ctx
-            .proxy
-            .read()
+            .upstream_text()
             .map_err(|e| CliError::Failed(e.to_string()))?
             .unwrap_or_default();
         let after = render(

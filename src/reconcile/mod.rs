@@ -158,6 +158,11 @@ pub struct Pass<'c, R, P, H> {
 }
 
 impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
+    /// The upstream file's text as on disk now (None when there is none): what `plan` diffs.
+    pub fn upstream_text(&self) -> Result<Option<String>, crate::apply::proxy::ProxyError> {
+        self.proxy.read()
+    }
+
     /// A context without webhook, with metrics of its own.
     pub fn new(cfg: Config, runtime: R, proxy: P, prober: H) -> Self {
         Context {
