@@ -1060,17 +1060,20 @@ listen = "9187"
         assert!(msg.contains("a duration string with a unit"), "{msg}");
     }
 
+    /// Every duration key of the config, by section.
+    const DURATION_KEYS: [(&str, &str); 7] = [
+        ("container", "stop_timeout"),
+        ("health", "interval"),
+        ("health", "timeout"),
+        ("rollout", "drain"),
+        ("rollout", "resync"),
+        ("hooks", "hook_timeout"),
+        ("notify", "timeout"),
+    ];
+
     #[test]
     fn every_duration_key_is_checked() {
-        for (section, key) in [
-            ("container", "stop_timeout"),
-            ("health", "interval"),
-            ("health", "timeout"),
-            ("rollout", "drain"),
-            ("rollout", "resync"),
-            ("hooks", "hook_timeout"),
-            ("notify", "timeout"),
-        ] {
+        for (section, key) in DURATION_KEYS {
             let msg = err_of(&format!("[{section}]\n{key} = \"soon\"\n"));
             assert!(
                 msg.contains(&format!("{section}.{key}: invalid duration \"soon\"")),
@@ -1134,15 +1137,7 @@ listen = "9187"
 
     #[test]
     fn durations_are_at_most_seven_days() {
-        for (section, key) in [
-            ("container", "stop_timeout"),
-            ("health", "interval"),
-            ("health", "timeout"),
-            ("rollout", "drain"),
-            ("rollout", "resync"),
-            ("hooks", "hook_timeout"),
-            ("notify", "timeout"),
-        ] {
+        for (section, key) in DURATION_KEYS {
             for bad in ["99999999999d", "8d", "7days 1ms", "1w 1s"] {
                 let msg = err_of(&format!("[{section}]\n{key} = {bad:?}\n"));
                 assert!(

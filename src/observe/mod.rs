@@ -62,10 +62,7 @@ pub struct Container {
 pub struct Observed {
     /// Every container labelled for the app, running or not.
     pub containers: Vec<Container>,
-    /// The port the upstream file sends traffic to; None when the file is missing or holds
-    /// no server line.
-    pub upstream_port: Option<u16>,
-    /// Every loopback port the upstream file names (`upstream_port` first): what nginx may
+    /// Every loopback port the upstream file names, in the order written: what nginx may
     /// send traffic to on its next reload, whatever the config's color ports say.
     pub upstream_ports: Vec<u16>,
     /// The history file, newest first.
@@ -79,9 +76,16 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// The port the upstream file sends traffic to (its first server); None when the file is
+    /// missing or holds no loopback server line.
+    pub fn upstream_port(&self) -> Option<u16> {
+        self.upstream_ports.first().copied()
+    }
+
     /// The color the upstream file points at, if its port is one of the app's color ports.
     pub fn upstream_color(&self, cfg: &Config) -> Option<Color> {
-        self.upstream_port.and_then(|port| cfg.color_of_port(port))
+        self.upstream_port()
+            .and_then(|port| cfg.color_of_port(port))
     }
 
     /// The container of a color, by its name and label.
@@ -109,7 +113,7 @@ impl Observed {
     /// ([`Observed::served`]).
     pub fn live(&self, cfg: &Config) -> Option<&Container> {
         let color = self.upstream_color(cfg)?;
-        let port = self.upstream_port?;
+        let port = self.upstream_port()?;
         self.container(cfg, color)
             .filter(|c| c.state.is_running() && c.ports.contains(&port))
     }
@@ -153,7 +157,6 @@ pub async fn observe<R: Runtime, P: Proxy>(
     let status = Status::load(&cfg.state_dir.join(crate::state::STATUS_FILE))?;
     Ok(Observed {
         containers,
-        upstream_port: upstream_ports.first().copied(),
         upstream_ports,
         history,
         switching: status.as_ref().and_then(|s| s.switching.clone()),

@@ -407,7 +407,6 @@ mod tests {
     fn observed(containers: Vec<Container>, port: Option<u16>, history: &[&str]) -> Observed {
         Observed {
             containers,
-            upstream_port: port,
             upstream_ports: port.into_iter().collect(),
             history: history.iter().map(|s| s.to_string()).collect(),
             failed_generation: None,
@@ -883,7 +882,7 @@ mod tests {
     fn with_mark(mut o: Observed, from: &[u16]) -> Observed {
         o.switching = Some(SwitchMark {
             from: from.to_vec(),
-            to: o.upstream_port.expect("the file names a port"),
+            to: o.upstream_port().expect("the file names a port"),
         });
         o
     }
@@ -1062,7 +1061,6 @@ mod tests {
                         };
                         let o = Observed {
                             containers: kept,
-                            upstream_port: upstream_ports.first().copied(),
                             upstream_ports,
                             history: history.into_iter().map(|i| TAGS[i].to_string()).collect(),
                             failed_generation: failed.then(|| d.generation.clone()),
