@@ -96,21 +96,12 @@ impl Observed {
             .find(|c| c.name == name && c.color == Some(color))
     }
 
-    /// The running containers of the app that the upstream file, as written on disk, points
-    /// at (by published port). They are never removed before nginx was switched away from
-    /// them and reloaded.
-    pub fn served(&self) -> impl Iterator<Item = &Container> {
-        self.containers.iter().filter(|c| {
-            c.state.is_running() && c.ports.iter().any(|p| self.upstream_ports.contains(p))
-        })
-    }
-
     /// What is live: the running container of the color the upstream file points at. An
     /// upstream file that points at no running container of the app means nothing is live.
     ///
     /// The container must publish that port: one started before the config's ports changed
-    /// (and a SIGHUP) is not live under the new ones, though it may still serve
-    /// ([`Observed::served`]).
+    /// (and a SIGHUP) is not live under the new ones, though it may still serve: the plan
+    /// keeps whatever publishes a port of `upstream_ports`.
     pub fn live(&self, cfg: &Config) -> Option<&Container> {
         let color = self.upstream_color(cfg)?;
         let port = self.upstream_port()?;

@@ -148,18 +148,20 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     // running either file: when the file's own color is live, the pass reloads nginx with it
     // before anything else (below); when it is not, what the file before pointed at is kept
     // too.
-    let mut served: Vec<&Container> = observed.served().collect();
-    if let (Some(mark), None) = (&observed.switching, live) {
-        for c in observed
-            .containers
-            .iter()
-            .filter(|c| c.state.is_running() && c.ports.iter().any(|p| mark.from.contains(p)))
-        {
-            if !served.iter().any(|s| s.id == c.id) {
-                served.push(c);
-            }
-        }
-    }
+    let unsettled_from: &[u16] = match (&observed.switching, live) {
+        (Some(mark), None) => &mark.from,
+        _ => &[],
+    };
+    let served: Vec<&Container> = observed
+        .containers
+        .iter()
+        .filter(|c| {
+            c.state.is_running()
+                && c.ports
+                    .iter()
+                    .any(|p| observed.upstream_ports.contains(p) || unsettled_from.contains(p))
+        })
+        .collect();
     if served.len() > 1 {
         let names: Vec<&str> = served.iter().map(|c| c.name.as_str()).collect();
         return Plan::of(Verdict::Unclear {
