@@ -1,13 +1,33 @@
-//! The nginx upstream file's format, pure: the block fieldtrack writes ([`render`]) and the
-//! loopback servers any block holds ([`parse_ports`]). The proxy writes it, observe and the
-//! commands read it; none of this touches a file or nginx.
+//! The nginx upstream file's format, pure: the block fieldtrack writes ([`render`],
+//! [`render_servers`]) and the servers any block holds ([`parse_ports`] on loopback,
+//! [`parse_servers`] on any address). The proxy writes it, observe and the commands read it;
+//! none of this touches a file or nginx.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// The text of the upstream file sending traffic to `127.0.0.1:port`, with `keepalive N;`
 /// when `keepalive` is not 0.
+pub fn render(upstream_name: &str, port: u16, comment: &str, keepalive: u32) -> String {
+    render_servers(
+        upstream_name,
+        &[SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)],
+        comment,
+        keepalive,
+    )
+}
+
+/// The text of the upstream file sending traffic to `servers` (one `server` line each, in
+/// the order given: a Swarm color's tasks on their nodes), with `keepalive N;` when
+/// `keepalive` is not 0.
 ///
 /// `comment` is what follows "live: " in the header line; control characters (newlines
 /// above all) are replaced by spaces so it cannot break out of the comment.
-pub fn render(upstream_name: &str, port: u16, comment: &str, keepalive: u32) -> String {
+pub fn render_servers(
+    upstream_name: &str,
+    servers: &[SocketAddr],
+    comment: &str,
+    keepalive: u32,
+) -> String {
     let comment: String = comment
         .chars()
         .map(|c| {
@@ -23,9 +43,13 @@ pub fn render(upstream_name: &str, port: u16, comment: &str, keepalive: u32) -> 
         0 => String::new(),
         n => format!("    keepalive {n};\n"),
     };
+    let servers: String = servers
+        .iter()
+        .map(|s| format!("    server {s};\n"))
+        .collect();
     format!(
         "# managed by fieldtrack: do not edit (live: {comment})\n\
-         upstream {upstream_name} {{\n    server 127.0.0.1:{port};\n{keepalive}}}\n"
+         upstream {upstream_name} {{\n{servers}{keepalive}}}\n"
     )
 }
 
@@ -43,21 +67,44 @@ pub fn parse_port(text: &str, upstream_name: &str) -> Option<u16> {
 /// The ports of every loopback `server` of the `upstream NAME { ... }` block, in the order
 /// written: everything nginx may send traffic to on this host.
 pub fn parse_ports(text: &str, upstream_name: &str) -> Vec<u16> {
+    server_addresses(text, upstream_name)
+        .iter()
+        .filter_map(|a| loopback_port(a))
+        .collect()
+}
+
+/// Every `server ADDRESS:PORT` of the `upstream NAME { ... }` block whose address is an IP
+/// address (or `localhost`, read as 127.0.0.1), in the order written: where nginx may send
+/// traffic, on this host or others. Servers named by a DNS name are left out.
+pub fn parse_servers(text: &str, upstream_name: &str) -> Vec<SocketAddr> {
+    server_addresses(text, upstream_name)
+        .iter()
+        .filter_map(|a| {
+            if let Some(port) = a.strip_prefix("localhost:") {
+                let port = port.parse().ok()?;
+                return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+            }
+            a.parse().ok()
+        })
+        .collect()
+}
+
+/// The address word of every `server` statement of the block, in order.
+fn server_addresses(text: &str, upstream_name: &str) -> Vec<String> {
     let tokens = tokenize(text);
     let mut i = 0;
     while i + 2 < tokens.len() {
         if tokens[i] == "upstream" && tokens[i + 1] == upstream_name && tokens[i + 2] == "{" {
-            return ports_in_block(&tokens[i + 3..]);
+            return servers_in_block(&tokens[i + 3..]);
         }
         i += 1;
     }
     Vec::new()
 }
 
-/// Scans the statements of an upstream block (the tokens after its `{`) for loopback servers
-/// with an explicit port.
-fn ports_in_block(tokens: &[String]) -> Vec<u16> {
-    let mut ports = Vec::new();
+/// Scans the statements of an upstream block (the tokens after its `{`) for servers.
+fn servers_in_block(tokens: &[String]) -> Vec<String> {
+    let mut servers = Vec::new();
     let mut depth = 0usize;
     let mut statement: Vec<&str> = Vec::new();
     for token in tokens {
@@ -66,15 +113,15 @@ fn ports_in_block(tokens: &[String]) -> Vec<u16> {
                 depth += 1;
                 statement.clear();
             }
-            "}" if depth == 0 => return ports,
+            "}" if depth == 0 => return servers,
             "}" => {
                 depth -= 1;
                 statement.clear();
             }
             ";" => {
                 if depth == 0 && statement.first() == Some(&"server") {
-                    if let Some(port) = statement.get(1).and_then(|a| loopback_port(a)) {
-                        ports.push(port);
+                    if let Some(address) = statement.get(1) {
+                        servers.push(address.to_string());
                     }
                 }
                 statement.clear();
@@ -82,7 +129,7 @@ fn ports_in_block(tokens: &[String]) -> Vec<u16> {
             other => statement.push(other),
         }
     }
-    ports
+    servers
 }
 
 /// The port of a loopback `host:port` address, None for any other address.
@@ -235,6 +282,33 @@ mod tests {
         assert_eq!(
             parse_port("upstream fieldtrack_api { } server 127.0.0.1:3001;", NAME),
             None
+        );
+    }
+
+    #[test]
+    fn servers_on_nodes_render_one_line_each_and_parse_back() {
+        let servers: Vec<SocketAddr> = ["10.231.0.11:3001", "10.231.0.12:3001", "10.231.0.13:3001"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let text = render_servers(NAME, &servers, "blue api:v1", 0);
+        assert_eq!(
+            text,
+            "# managed by fieldtrack: do not edit (live: blue api:v1)\n\
+             upstream fieldtrack_api {\n    server 10.231.0.11:3001;\n    server 10.231.0.12:3001;\n    server 10.231.0.13:3001;\n}\n"
+        );
+        assert_eq!(parse_servers(&text, NAME), servers);
+        // Not on loopback: not a local container's port.
+        assert_eq!(parse_ports(&text, NAME), Vec::<u16>::new());
+        assert_eq!(
+            parse_servers(
+                "upstream fieldtrack_api { server localhost:3001; server app.internal:80; server [::1]:3002 weight=2; }",
+                NAME
+            ),
+            vec![
+                "127.0.0.1:3001".parse::<SocketAddr>().unwrap(),
+                "[::1]:3002".parse().unwrap()
+            ]
         );
     }
 

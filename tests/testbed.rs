@@ -41,6 +41,7 @@ async fn pulled_image_serves_its_version_through_the_site_nginx() {
             host_port: site.blue_port,
             container_port: 8080,
             env: vec![],
+            stop_grace: Duration::from_secs(10),
         })
         .await
         .expect("container runs");

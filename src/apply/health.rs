@@ -6,6 +6,7 @@
 //! prober itself is tested against a real socket.
 
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// The gap between probes while a candidate is young: a loopback probe costs next to
@@ -44,14 +45,20 @@ impl ProbeOutcome {
     }
 }
 
-/// Probes a color through the port it publishes on the loopback interface.
+/// Probes a color where it answers: the port it publishes on the loopback interface, or
+/// each of its Swarm tasks on its node.
 pub trait Prober: Send + Sync {
     /// One probe of the app published on `127.0.0.1:port`. Never fails: every problem is an
     /// outcome.
-    fn probe(&self, port: u16) -> impl Future<Output = ProbeOutcome> + Send;
+    fn probe(&self, port: u16) -> impl Future<Output = ProbeOutcome> + Send {
+        self.probe_at(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
+    }
+
+    /// One probe of the app at `addr`. Never fails: every problem is an outcome.
+    fn probe_at(&self, addr: SocketAddr) -> impl Future<Output = ProbeOutcome> + Send;
 }
 
-/// Probes `GET http://127.0.0.1:{port}{path}`.
+/// Probes `GET http://{addr}{path}` (`127.0.0.1:PORT` for a local container).
 #[derive(Debug, Clone)]
 pub struct HttpProber {
     client: reqwest::Client,
@@ -95,8 +102,8 @@ impl HttpProber {
 }
 
 impl Prober for HttpProber {
-    async fn probe(&self, port: u16) -> ProbeOutcome {
-        let url = format!("http://127.0.0.1:{port}{}", self.path);
+    async fn probe_at(&self, addr: SocketAddr) -> ProbeOutcome {
+        let url = format!("http://{addr}{}", self.path);
         match self.client.get(&url).send().await {
             Ok(response) if response.status().is_success() => {
                 ProbeOutcome::Healthy(response.status().as_u16())

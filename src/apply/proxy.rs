@@ -16,6 +16,7 @@
 use std::fs;
 use std::future::Future;
 use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use super::output_tail;
 use super::redact::Redactor;
 use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
 use crate::state::file::read_capped;
-use crate::upstream::{parse_ports, render};
+use crate::upstream::{parse_ports, parse_servers, render_servers};
 
 /// How long `test_command` or `reload_command` may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -138,8 +139,19 @@ pub trait Proxy: Send + Sync {
     }
 
     /// Every loopback port the file, as written on disk now, sends traffic to (see
-    /// [`parse_ports`]); empty when there is no file.
+    /// [`parse_ports`]); empty when there is no file. A proxy in front of Swarm nodes counts
+    /// the ports of servers on any address.
     fn upstream_ports(&self) -> Result<Vec<u16>, ProxyError>;
+
+    /// Every `ADDRESS:PORT` server of the file as written on disk now (see
+    /// [`crate::upstream::parse_servers`]); empty when there is no file.
+    fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
+        Ok(self
+            .upstream_ports()?
+            .into_iter()
+            .map(|port| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
+            .collect())
+    }
 
     /// Points traffic at `port`: writes the file atomically, runs `test_command`, then
     /// `reload_command`.
@@ -155,6 +167,17 @@ pub trait Proxy: Send + Sync {
     fn switch(
         &self,
         port: u16,
+        comment: &str,
+    ) -> impl Future<Output = Result<(), ProxyError>> + Send {
+        let servers = [SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)];
+        async move { self.switch_to(&servers, comment).await }
+    }
+
+    /// As [`Proxy::switch`], to every one of `servers` (not empty; all on the same port: a
+    /// Swarm color's tasks on their nodes).
+    fn switch_to(
+        &self,
+        servers: &[SocketAddr],
         comment: &str,
     ) -> impl Future<Output = Result<(), ProxyError>> + Send;
 
@@ -180,6 +203,8 @@ pub struct Nginx {
     switching: tokio::sync::Mutex<()>,
     /// `keepalive N;` in the upstream block (0: none).
     keepalive: u32,
+    /// Servers on any address are the app's (Swarm nodes), not only those on loopback.
+    remote_servers: bool,
     /// nginx's master pid file.
     pid_file: Option<PathBuf>,
     /// Worker pids of configurations replaced by our reloads, until they exit.
@@ -204,6 +229,7 @@ impl Nginx {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             switching: tokio::sync::Mutex::new(()),
             keepalive: 0,
+            remote_servers: false,
             pid_file: None,
             retiring: std::sync::Mutex::new(Vec::new()),
             redactor: Redactor::default(),
@@ -219,6 +245,12 @@ impl Nginx {
     /// Sets the idle connections to the app each worker keeps (`keepalive N;`, 0: none).
     pub fn with_keepalive(mut self, keepalive: u32) -> Self {
         self.keepalive = keepalive;
+        self
+    }
+
+    /// Counts servers on any address as the app's: nginx in front of Swarm nodes.
+    pub fn with_remote_servers(mut self, remote: bool) -> Self {
+        self.remote_servers = remote;
         self
     }
 
@@ -322,9 +354,10 @@ impl Nginx {
         result
     }
 
-    async fn switch_locked(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
+    async fn switch_locked(&self, servers: &[SocketAddr], comment: &str) -> Result<(), ProxyError> {
+        let port = servers.first().map_or(0, |s| s.port());
         let previous = self.read_bytes()?;
-        let text = render(&self.upstream_name, port, comment, self.keepalive);
+        let text = render_servers(&self.upstream_name, servers, comment, self.keepalive);
         write_atomic_with(&self.upstream_file, text.as_bytes(), WRITE).map_err(|source| {
             ProxyError::Write {
                 action: "write",
@@ -399,15 +432,32 @@ impl Proxy for Nginx {
     }
 
     fn upstream_ports(&self) -> Result<Vec<u16>, ProxyError> {
+        if self.remote_servers {
+            let mut ports: Vec<u16> = self.upstream_servers()?.iter().map(|s| s.port()).collect();
+            let mut seen = Vec::new();
+            ports.retain(|p| {
+                let new = !seen.contains(p);
+                seen.push(*p);
+                new
+            });
+            return Ok(ports);
+        }
         Ok(self
             .read()?
             .map(|text| parse_ports(&text, &self.upstream_name))
             .unwrap_or_default())
     }
 
-    async fn switch(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
+    fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
+        Ok(self
+            .read()?
+            .map(|text| parse_servers(&text, &self.upstream_name))
+            .unwrap_or_default())
+    }
+
+    async fn switch_to(&self, servers: &[SocketAddr], comment: &str) -> Result<(), ProxyError> {
         let _guard = self.switching.lock().await;
-        self.switch_locked(port, comment).await
+        self.switch_locked(servers, comment).await
     }
 
     async fn wait_retired(&self, limit: Duration) -> bool {
@@ -563,6 +613,7 @@ fn describe_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::render;
     use std::fs::Permissions;
     use std::os::unix::fs::PermissionsExt as _;
 

@@ -96,7 +96,7 @@ pub async fn check(path: &Path) -> Vec<Finding> {
     out.push(desired_finding(&cfg));
     out.push(layout_finding(&cfg));
     out.extend(folder_findings(&cfg));
-    let docker = match tokio::time::timeout(DOCKER_TIMEOUT, Docker::connect(&cfg.docker.host)).await
+    let docker = match tokio::time::timeout(DOCKER_TIMEOUT, Docker::connect_with(&cfg.docker)).await
     {
         Ok(Ok(docker)) => {
             out.push(Finding::new(

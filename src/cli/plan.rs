@@ -2,10 +2,10 @@
 //! of the nginx upstream file. Exit 0 in sync, 3 when it would change something.
 
 use super::CliError;
-use crate::config::Config;
+use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
-use crate::plan::{plan, Verdict};
-use crate::upstream::render;
+use crate::plan::{plan, Action, Verdict};
+use crate::upstream::{render, render_servers};
 
 pub async fn run(cfg: Config) -> Result<u8, CliError> {
     // Unlike a reconcile, plan writes nothing, not even `invalid` into status.json.
@@ -50,18 +50,39 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
     for (i, action) in plan.actions.iter().enumerate() {
         println!("  {}. {action}", i + 1);
     }
-    if let Some((color, image)) = plan.target() {
-        let path = &ctx.cfg.nginx.upstream_file;
-        let before = ctx
-            .upstream_text()
-            .map_err(|e| CliError::Failed(e.to_string()))?
-            .unwrap_or_default();
-        let after = render(
+    let path = &ctx.cfg.nginx.upstream_file;
+    let swarm = ctx.cfg.runtime == RuntimeKind::Swarm;
+    let after = match plan.target() {
+        Some((color, _)) if swarm => {
+            println!(
+                "\nnginx will name each {color} replica (node address, port {}) once it answers its health probe.",
+                ctx.cfg.port(color)
+            );
+            None
+        }
+        Some((color, image)) => Some(render(
             &ctx.cfg.nginx.upstream_name,
             ctx.cfg.port(color),
             &format!("{color} {}:{image}", ctx.cfg.app),
             ctx.cfg.nginx.upstream_keepalive,
-        );
+        )),
+        None => plan.actions.iter().find_map(|a| match a {
+            Action::Refresh { color } => observed.container(&ctx.cfg, *color).map(|c| {
+                render_servers(
+                    &ctx.cfg.nginx.upstream_name,
+                    &c.endpoints,
+                    &format!("{color} {}:{}", ctx.cfg.app, desired.image.as_written()),
+                    ctx.cfg.nginx.upstream_keepalive,
+                )
+            }),
+            _ => None,
+        }),
+    };
+    if let Some(after) = after {
+        let before = ctx
+            .upstream_text()
+            .map_err(|e| CliError::Failed(e.to_string()))?
+            .unwrap_or_default();
         let diff = similar::TextDiff::from_lines(&before, &after);
         println!(
             "\n{}",

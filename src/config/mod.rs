@@ -40,6 +40,8 @@ pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// The most idle upstream connections per nginx worker `nginx.upstream_keepalive` allows.
 const MAX_KEEPALIVE: u32 = 10_000;
+/// `swarm.replicas` at most: more tasks than any one-app cluster fieldtrack aims at has nodes.
+const MAX_REPLICAS: u64 = 1_000;
 
 /// Why the config could not be loaded. Messages start with the config file's path.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,10 @@ pub struct Config {
     pub nginx: NginxConfig,
     pub rollout: RolloutConfig,
     pub docker: DockerConfig,
+    /// `[runtime] kind`: which engine runs the colors.
+    pub runtime: RuntimeKind,
+    /// `[swarm]`: only read when `runtime` is [`RuntimeKind::Swarm`].
+    pub swarm: SwarmConfig,
     pub hooks: HooksConfig,
     pub notify: NotifyConfig,
     pub metrics: MetricsConfig,
@@ -185,6 +191,66 @@ pub struct RolloutConfig {
 pub struct DockerConfig {
     /// Docker endpoint, e.g. `unix:///var/run/docker.sock`.
     pub host: String,
+    /// Client certificates for a `tcp://` endpoint; None: plain unix socket or HTTP.
+    pub tls: Option<DockerTls>,
+}
+
+/// `[docker] tls_ca`, `tls_cert`, `tls_key`: PEM files, all three or none, as `docker
+/// --tlsverify` takes them. The engine's certificate must be signed by `ca` and name the
+/// host of `docker.host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[runtime] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeKind {
+    /// One local engine: each color is one container published on 127.0.0.1.
+    #[default]
+    Docker,
+    /// Docker Swarm: each color is a service whose tasks publish the color's port in host
+    /// mode on the nodes that run them; `docker.host` is a manager.
+    Swarm,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Swarm => "swarm",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[swarm]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmConfig {
+    /// Tasks per color, at least 1 (default 1).
+    pub replicas: u64,
+    /// Placement constraints, passed to Swarm as written (`node.labels.web==true`).
+    pub constraints: Vec<String>,
+    /// Always 1: a task publishes the color's port on its node's own address, and a node
+    /// can bind a port once.
+    pub max_replicas_per_node: u64,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig {
+            replicas: 1,
+            constraints: Vec::new(),
+            max_replicas_per_node: 1,
+        }
+    }
 }
 
 /// `[hooks]`: argument arrays; an empty one means no hook.
@@ -529,7 +595,92 @@ impl Ctx<'_> {
             (None, None) => (DEFAULT_DOCKER_HOST.to_owned(), "docker.host"),
         };
         rules::check_docker_host(&host).map_err(|r| self.invalid(host_key, quote(&host), r))?;
-        let docker = DockerConfig { host };
+        let tls = match (d.tls_ca, d.tls_cert, d.tls_key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => {
+                if !host.starts_with("tcp://") && !host.starts_with("https://") {
+                    return Err(self.invalid(
+                        "docker.tls_ca",
+                        quote(&ca),
+                        format!("TLS needs a tcp:// docker.host, not {}", quote(&host)),
+                    ));
+                }
+                Some(DockerTls {
+                    ca: self.path_or("docker.tls_ca", Some(ca), "")?,
+                    cert: self.path_or("docker.tls_cert", Some(cert), "")?,
+                    key: self.path_or("docker.tls_key", Some(key), "")?,
+                })
+            }
+            (ca, cert, key) => {
+                let missing = [("tls_ca", &ca), ("tls_cert", &cert), ("tls_key", &key)]
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| format!("docker.{k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(self.invalid(
+                    "docker",
+                    "(tls)".into(),
+                    format!("tls_ca, tls_cert and tls_key go together: {missing} missing"),
+                ));
+            }
+        };
+        let docker = DockerConfig { host, tls };
+
+        let runtime = match raw.runtime.unwrap_or_default().kind.as_deref() {
+            None | Some("docker") => RuntimeKind::Docker,
+            Some("swarm") => RuntimeKind::Swarm,
+            Some(other) => {
+                return Err(self.invalid(
+                    "runtime.kind",
+                    quote(other),
+                    "must be \"docker\" or \"swarm\"".into(),
+                ))
+            }
+        };
+        let swarm = match raw.swarm {
+            None => SwarmConfig::default(),
+            Some(_) if runtime != RuntimeKind::Swarm => {
+                return Err(self.invalid(
+                    "swarm",
+                    "(section)".into(),
+                    "[swarm] is only read with [runtime] kind = \"swarm\": set it, or remove the section".into(),
+                ))
+            }
+            Some(w) => {
+                let replicas = match w.replicas {
+                    None => 1,
+                    Some(n) => u64::try_from(n)
+                        .ok()
+                        .filter(|n| (1..=MAX_REPLICAS).contains(n))
+                        .ok_or_else(|| {
+                            self.invalid(
+                                "swarm.replicas",
+                                n.to_string(),
+                                format!("must be between 1 and {MAX_REPLICAS}"),
+                            )
+                        })?,
+                };
+                let constraints = w.constraints.unwrap_or_default();
+                for (i, c) in constraints.iter().enumerate() {
+                    rules::check_constraint(c).map_err(|r| {
+                        self.invalid(format!("swarm.constraints[{i}]"), quote(c), r)
+                    })?;
+                }
+                if let Some(n) = w.max_replicas_per_node.filter(|&n| n != 1) {
+                    return Err(self.invalid(
+                        "swarm.max_replicas_per_node",
+                        n.to_string(),
+                        "must be 1: each task publishes the color's port on its node, and a node can bind a port once".into(),
+                    ));
+                }
+                SwarmConfig {
+                    replicas,
+                    constraints,
+                    max_replicas_per_node: 1,
+                }
+            }
+        };
 
         let k = raw.hooks.unwrap_or_default();
         let hooks = HooksConfig {
@@ -579,6 +730,8 @@ impl Ctx<'_> {
             nginx,
             rollout,
             docker,
+            runtime,
+            swarm,
             hooks,
             notify,
             metrics: MetricsConfig { listen },

@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub nginx: Option<RawNginx>,
     pub rollout: Option<RawRollout>,
     pub docker: Option<RawDocker>,
+    pub runtime: Option<RawRuntime>,
+    pub swarm: Option<RawSwarm>,
     pub hooks: Option<RawHooks>,
     pub notify: Option<RawNotify>,
     pub metrics: Option<RawMetrics>,
@@ -80,6 +82,25 @@ pub struct RawRollout {
 #[serde(deny_unknown_fields)]
 pub struct RawDocker {
     pub host: Option<String>,
+    pub tls_ca: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+}
+
+/// `[runtime]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub kind: Option<String>,
+}
+
+/// `[swarm]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSwarm {
+    pub replicas: Option<i64>,
+    pub constraints: Option<Vec<String>>,
+    pub max_replicas_per_node: Option<i64>,
 }
 
 /// `[hooks]`

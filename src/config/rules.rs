@@ -165,6 +165,19 @@ pub fn check_docker_host(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A Swarm placement constraint, passed to Swarm as written: `node.labels.web==true`,
+/// `node.role!=manager`. Only its shape is checked here; Swarm refuses what it does not know
+/// when the service is created, and that error names it.
+pub fn check_constraint(constraint: &str) -> Result<(), String> {
+    if constraint.chars().any(|c| c.is_control()) {
+        return Err("must not contain control characters".into());
+    }
+    if !constraint.contains("==") && !constraint.contains("!=") {
+        return Err("must look like node.labels.web==true or node.role!=manager".into());
+    }
+    Ok(())
+}
+
 /// The webhook URL, parsed by the `url` crate, the same parser reqwest uses to decide where
 /// to connect, so that the host fieldtrack shows ([`redact_url`]) is exactly the host it
 /// sends to. (A hand-made split got `https://evil.com\@hooks.example.com/` wrong: to the URL

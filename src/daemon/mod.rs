@@ -28,7 +28,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::health::HealthError;
-use crate::apply::runtime::{Docker, RuntimeError};
+use crate::apply::runtime::{Engine, RuntimeError};
 use crate::config::{Config, ConfigError};
 use crate::desired::{Desired, DesiredError, DesiredErrorKind};
 use crate::metrics::Metrics;
@@ -100,7 +100,7 @@ struct Daemon {
     cfg: Config,
     /// The config as the sources follow it, sent again on every reload.
     sources_config: watch::Sender<Config>,
-    docker: Option<Docker>,
+    docker: Option<Engine>,
     /// What the passes share, built from `cfg` and `docker`; dropped when either changes.
     context: Option<Arc<LiveContext>>,
     /// The last desired state that parsed and validated; stays in force while the file is bad.
@@ -459,9 +459,9 @@ impl Daemon {
         }
         let docker = match self.docker.clone() {
             Some(docker) => docker,
-            None => match Docker::connect(&self.cfg.docker.host).await {
+            None => match Engine::connect(&self.cfg).await {
                 Ok(docker) => {
-                    tracing::info!(api = %docker.api_version(), "connected to the docker engine");
+                    tracing::info!(runtime = %self.cfg.runtime, "connected to the docker engine");
                     self.docker = Some(docker.clone());
                     docker
                 }
@@ -576,7 +576,10 @@ impl Daemon {
         match Config::load(&self.config_path) {
             Ok(cfg) => {
                 tracing::info!(config = %self.config_path.display(), "config reloaded");
-                if cfg.docker.host != self.cfg.docker.host {
+                if cfg.docker != self.cfg.docker
+                    || cfg.runtime != self.cfg.runtime
+                    || cfg.swarm != self.cfg.swarm
+                {
                     self.docker = None;
                 }
                 self.context = None;

@@ -2,11 +2,13 @@
 //! upstream file points at, the history file and the last status. Nothing is remembered
 //! between passes, so a restarted process finds the same truth as the one that died.
 
+use std::net::SocketAddr;
+
 use crate::apply::proxy::{Proxy, ProxyError};
 use crate::apply::runtime::{Runtime, RuntimeError};
 use crate::config::{Color, Config};
 use crate::state::history::{self, HistoryError};
-use crate::state::status::{Status, StatusError, SwitchMark};
+use crate::state::status::{Replica, Status, StatusError, SwitchMark};
 
 /// The state of a container as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +56,16 @@ pub struct Container {
     pub state: ContainerState,
     /// Host ports it publishes (on loopback or all addresses): what an upstream `server
     /// 127.0.0.1:PORT;` line reaches. The engine reports them for running containers only.
+    /// On Swarm: the port the service publishes on its nodes, while a task of it runs.
     pub ports: Vec<u16>,
+    /// Where it answers now, one address per running replica: `127.0.0.1:PORT` for a local
+    /// container; each running task's node address and the published port on Swarm.
+    pub endpoints: Vec<SocketAddr>,
+    /// Why it is no longer what fieldtrack started (a Swarm service edited by hand, or whose
+    /// replicas differ from the config): it is replaced blue/green like an outdated image.
+    pub drift: Option<String>,
+    /// The replicas (Swarm tasks) per node, for the status; empty for a local container.
+    pub replicas: Vec<Replica>,
 }
 
 /// What is, as opposed to what should be ([`crate::desired::Desired`]).
@@ -63,8 +74,11 @@ pub struct Observed {
     /// Every container labelled for the app, running or not.
     pub containers: Vec<Container>,
     /// Every loopback port the upstream file names, in the order written: what nginx may
-    /// send traffic to on its next reload, whatever the config's color ports say.
+    /// send traffic to on its next reload, whatever the config's color ports say. On Swarm,
+    /// the ports of every server line, whatever its address.
     pub upstream_ports: Vec<u16>,
+    /// Every `ADDRESS:PORT` server of the upstream file, in the order written.
+    pub upstream_servers: Vec<SocketAddr>,
     /// The history file, newest first.
     pub history: Vec<String>,
     /// The generation whose attempt failed last (from status.json): not retried until the
@@ -144,11 +158,13 @@ pub async fn observe<R: Runtime, P: Proxy>(
 ) -> Result<Observed, ObserveError> {
     let containers = runtime.containers(&cfg.app).await?;
     let upstream_ports = proxy.upstream_ports()?;
+    let upstream_servers = proxy.upstream_servers()?;
     let history = history::read(&cfg.history_file)?;
     let status = Status::load(&cfg.state_dir.join(crate::state::STATUS_FILE))?;
     Ok(Observed {
         containers,
         upstream_ports,
+        upstream_servers,
         history,
         switching: status.as_ref().and_then(|s| s.switching.clone()),
         failed_generation: status.and_then(|s| s.failed_generation),

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::config::{Color, Config};
+use crate::config::{Color, Config, RuntimeKind};
 use crate::desired::Desired;
 use crate::observe::{Container, Observed};
 
@@ -48,6 +48,10 @@ pub enum Action {
     /// The desired image is live but the history does not start with it (a pass died
     /// between the switch and the history write): prepend it.
     RecordHistory { image: String },
+    /// On Swarm: the live color's running replicas are not the servers the upstream file
+    /// names (a node died or was drained, a task moved): probe them and point nginx at
+    /// those that answer.
+    Refresh { color: Color },
 }
 
 /// Where traffic moves in a [`Action::Deploy`] or [`Action::Switch`].
@@ -96,6 +100,10 @@ impl fmt::Display for Action {
             Action::RecordHistory { image } => {
                 write!(f, "record {image} at the head of the history")
             }
+            Action::Refresh { color } => write!(
+                f,
+                "point nginx at the {color} replicas that run now, each once it answers its probe"
+            ),
         }
     }
 }
@@ -130,7 +138,7 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     let reference = desired.reference(cfg);
     let image = desired.image.as_written().to_string();
     let live = observed.live(cfg);
-    let desired_is_live = live.is_some_and(|c| runs(c, &reference, &image));
+    let desired_is_live = live.is_some_and(|c| c.drift.is_none() && runs(c, &reference, &image));
 
     if desired.paused {
         return Plan::of(Verdict::Paused);
@@ -217,9 +225,21 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         if observed.history.first() != Some(&image) {
             actions.push(Action::RecordHistory { image });
         }
+        let refresh = cfg.runtime == RuntimeKind::Swarm && {
+            let mut written = observed.upstream_servers.clone();
+            written.sort();
+            written.dedup();
+            written != live.endpoints
+        };
         // A switch nginx was not seen to settle on: reloading the file is still to do.
         if actions.is_empty() && observed.switching.is_none() {
-            return Plan::of(Verdict::InSync);
+            return match (refresh, live.color) {
+                (true, Some(color)) => Plan {
+                    verdict: Verdict::Converge,
+                    actions: vec![Action::Refresh { color }],
+                },
+                _ => Plan::of(Verdict::InSync),
+            };
         }
         if let Some(color) = live.color {
             // The removals come first: they wait for the drain after the reload.
@@ -227,6 +247,9 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
                 actions.insert(0, Action::Drain);
             }
             actions.insert(0, Action::Reassert { color });
+            if refresh {
+                actions.push(Action::Refresh { color });
+            }
         }
         return Plan {
             verdict: Verdict::Converge,
@@ -241,7 +264,7 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     let runs_desired = |color: Color| {
         observed
             .container(cfg, color)
-            .filter(|c| c.state.is_running() && runs(c, &reference, &image))
+            .filter(|c| c.state.is_running() && c.drift.is_none() && runs(c, &reference, &image))
     };
     // The candidate needs a color name and a color port that the served container does not
     // hold, so that it never needs the served one gone first.
@@ -398,8 +421,18 @@ mod tests {
             desired: Some(tag.to_string()),
             generation: None,
             state,
+            endpoints: loopback(&ports),
             ports,
+            drift: None,
+            replicas: Vec::new(),
         }
+    }
+
+    fn loopback(ports: &[u16]) -> Vec<std::net::SocketAddr> {
+        ports
+            .iter()
+            .map(|p| std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), *p))
+            .collect()
     }
 
     fn running(color: Color, tag: &str) -> Container {
@@ -410,6 +443,7 @@ mod tests {
         Observed {
             containers,
             upstream_ports: port.into_iter().collect(),
+            upstream_servers: loopback(&port.into_iter().collect::<Vec<_>>()),
             history: history.iter().map(|s| s.to_string()).collect(),
             failed_generation: None,
             switching: None,
@@ -1012,7 +1046,10 @@ mod tests {
                         desired: Some(TAGS[tag].to_string()),
                         generation: None,
                         state,
+                        endpoints: loopback(&ports),
                         ports,
+                        drift: None,
+                        replicas: Vec::new(),
                     }
                 })
         }
@@ -1063,6 +1100,7 @@ mod tests {
                         };
                         let o = Observed {
                             containers: kept,
+                            upstream_servers: loopback(&upstream_ports),
                             upstream_ports,
                             history: history.into_iter().map(|i| TAGS[i].to_string()).collect(),
                             failed_generation: failed.then(|| d.generation.clone()),
@@ -1107,6 +1145,7 @@ mod tests {
                         upstream = vec![cfg.port(*color)];
                         undrained_reload = true;
                     }
+                    Action::Refresh { .. } => prop_assert!(false, "refreshes on docker: {p:?}"),
                     Action::Drain => {
                         prop_assert!(undrained_reload, "drains without a reload: {p:?}");
                         undrained_reload = false;

@@ -3,7 +3,10 @@
 //! candidate and leaves production exactly as it was.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
 
 use super::{Context, Pass, Progress, ReconcileError};
 use crate::apply::env_file;
@@ -238,6 +241,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 host_port: port,
                 container_port: cfg.container.port,
                 env,
+                stop_grace: cfg.container.stop_timeout,
             };
             // `run` cleans up after itself; removing by name here could hit a foreign
             // container.
@@ -247,10 +251,13 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         }
 
         pass.step(Step::Health).await?;
-        if let Err(e) = self.health_gate(&name, port).await {
-            self.remove_candidate(&name).await;
-            return Err(e);
-        }
+        let servers = match self.health_gate(&name, port).await {
+            Ok(servers) => servers,
+            Err(e) => {
+                self.remove_candidate(&name).await;
+                return Err(e);
+            }
+        };
         self.check_cancel(&name).await?;
 
         let hook = self.hook_context(port);
@@ -263,7 +270,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         pass.step(Step::Switching).await?;
         // From here on the switch runs to its end: a cancellation is only honoured before it.
         if let Err(e) = pass
-            .switch_nginx(port, &ctx.live_comment(color, image))
+            .switch_nginx(port, &servers, &ctx.live_comment(color, image))
             .await
         {
             if matches!(&e, ReconcileError::Switch(e) if e.leaves_nginx_unsettled()) {
@@ -372,13 +379,18 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     /// Probes the candidate until it answers 2xx: the first probe right away, gaps growing to
     /// `health.interval`, deadline `attempts x interval`. The container's state is checked
     /// every 250 ms, so one that exits fails the attempt at once, with its last log lines.
-    async fn health_gate(&self, name: &str, port: u16) -> Result<(), ReconcileError> {
+    ///
+    /// A color of several replicas (Swarm tasks) passes once as many as it wants run and each
+    /// of them answered 2xx; a replica that passed is not probed again. Returns where they
+    /// answer, which is what nginx is pointed at.
+    async fn health_gate(&self, name: &str, port: u16) -> Result<Vec<SocketAddr>, ReconcileError> {
         let (pass, ctx) = (self.pass, self.ctx());
         let cfg = &ctx.cfg;
         let deadline_len = cfg.health.deadline();
         let deadline = Instant::now() + deadline_len;
         let mut probes = 0u32;
         let mut last = String::from("none yet");
+        let mut healthy: Vec<SocketAddr> = Vec::new();
         for gap in probe_delays(cfg.health.interval) {
             let wake = Instant::now() + gap;
             loop {
@@ -393,8 +405,25 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 tokio::time::sleep((wake - now).min(Duration::from_millis(250))).await;
             }
             probes += 1;
-            let outcome = ctx.prober.probe(port).await;
-            let passed = matches!(outcome, ProbeOutcome::Healthy(_));
+            let endpoints = ctx.runtime.endpoints(name, port).await?;
+            // A replica that went away (its node died) no longer counts.
+            healthy.retain(|a| endpoints.addrs.contains(a));
+            let unproven: Vec<SocketAddr> = endpoints
+                .addrs
+                .iter()
+                .filter(|a| !healthy.contains(a))
+                .copied()
+                .collect();
+            let outcomes = join_all(unproven.iter().map(|a| ctx.prober.probe_at(*a))).await;
+            let mut failed = None;
+            for (addr, outcome) in unproven.iter().zip(outcomes) {
+                match outcome {
+                    ProbeOutcome::Healthy(_) => healthy.push(*addr),
+                    outcome => failed = Some((*addr, outcome)),
+                }
+            }
+            let running_enough = endpoints.addrs.len() >= endpoints.wanted.max(1);
+            let passed = failed.is_none() && running_enough;
             pass.set_status(|s| {
                 s.health = Some(HealthProgress {
                     passed,
@@ -404,11 +433,24 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             })?;
             pass.emit(Progress::Health { probes, passed });
             if passed {
-                tracing::info!(probes, "candidate healthy");
-                return Ok(());
+                tracing::info!(probes, replicas = healthy.len(), "candidate healthy");
+                healthy.sort();
+                return Ok(healthy);
             }
-            last = describe(&outcome);
-            ctx.metrics.health_probe_failed();
+            last = match &failed {
+                Some((addr, outcome)) if endpoints.wanted > 1 => {
+                    format!("{addr}: {}", describe(outcome))
+                }
+                Some((_, outcome)) => describe(outcome),
+                None => format!(
+                    "{} of {} replicas running",
+                    endpoints.addrs.len(),
+                    endpoints.wanted
+                ),
+            };
+            if failed.is_some() {
+                ctx.metrics.health_probe_failed();
+            }
             tracing::info!(probes, outcome = %last, "candidate not healthy yet");
             if Instant::now() >= deadline {
                 break;
@@ -481,7 +523,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 }),
             }
             let reason = match ctx.runtime.state(name).await? {
-                Some(ContainerState::Running) => match ctx.prober.probe(port).await {
+                Some(ContainerState::Running) => match self.probe_all(name, port).await? {
                     ProbeOutcome::Healthy(_) => {
                         failures = 0;
                         continue;
@@ -508,6 +550,30 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         }
     }
 
+    /// One probe of every running replica of the color: the first failure, else healthy.
+    /// No replica running is a failure too.
+    async fn probe_all(&self, name: &str, port: u16) -> Result<ProbeOutcome, ReconcileError> {
+        let ctx = self.ctx();
+        let endpoints = ctx.runtime.endpoints(name, port).await?;
+        if endpoints.addrs.is_empty() {
+            return Ok(ProbeOutcome::Unreachable("no replica runs".to_string()));
+        }
+        let outcomes = join_all(endpoints.addrs.iter().map(|a| ctx.prober.probe_at(*a))).await;
+        let several = endpoints.addrs.len() > 1;
+        Ok(endpoints
+            .addrs
+            .iter()
+            .zip(outcomes)
+            .find(|(_, o)| !o.is_healthy())
+            .map(|(addr, outcome)| match outcome {
+                ProbeOutcome::Unreachable(why) if several => {
+                    ProbeOutcome::Unreachable(format!("{addr}: {why}"))
+                }
+                outcome => outcome,
+            })
+            .unwrap_or(ProbeOutcome::Healthy(200)))
+    }
+
     /// Sends traffic back to the old color after a failure during the drain.
     async fn switch_back(&self, name: &str, reason: String) -> Result<(), ReconcileError> {
         let ctx = self.ctx();
@@ -530,8 +596,17 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         };
         tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
         let back_image = self.previous.as_deref().unwrap_or("previous");
+        let back_port = cfg.port(back);
+        let mut servers = ctx
+            .runtime
+            .endpoints(&cfg.container_name(back), back_port)
+            .await?
+            .addrs;
+        if servers.is_empty() {
+            servers = crate::apply::runtime::Endpoints::loopback(back_port).addrs;
+        }
         self.pass
-            .switch_nginx(cfg.port(back), &ctx.live_comment(back, back_image))
+            .switch_nginx(back_port, &servers, &ctx.live_comment(back, back_image))
             .await?;
         ctx.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
         self.remove_candidate(name).await;

@@ -92,6 +92,10 @@ pub enum ReconcileError {
         reason: String,
         upstream_file: std::path::PathBuf,
     },
+    /// None of the live color's running replicas answered its probe: nginx is left as it
+    /// was, and the next resync looks again.
+    #[error("no replica of {service} answers its health probe ({running} running): the nginx upstream file was left as it is; check `docker service ps {service}` and the app's logs")]
+    NoReplicaAnswers { service: String, running: usize },
 }
 
 impl ReconcileError {
@@ -103,6 +107,7 @@ impl ReconcileError {
                 source.is_transient()
             }
             ReconcileError::Switch(e) => e.is_transient(),
+            ReconcileError::NoReplicaAnswers { .. } => true,
             _ => false,
         }
     }

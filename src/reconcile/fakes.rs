@@ -23,6 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -32,8 +33,8 @@ use tokio::sync::Notify;
 use crate::apply::health::{ProbeOutcome, Prober};
 use crate::apply::proxy::{Proxy, ProxyError};
 use crate::apply::runtime::{
-    ContainerSpec, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_COLOR, LABEL_DESIRED,
-    LABEL_GENERATION, LABEL_IMAGE,
+    ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_COLOR,
+    LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
 use crate::observe::{Container, ContainerState};
 use crate::upstream::{parse_ports, render};
@@ -109,6 +110,16 @@ impl FakeContainer {
             } else {
                 Vec::new()
             },
+            endpoints: if self.state.is_running() {
+                self.ports
+                    .iter()
+                    .map(|p| Endpoints::loopback(*p).addrs[0])
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            drift: None,
+            replicas: Vec::new(),
         }
     }
 }
@@ -682,6 +693,11 @@ impl Runtime for FakeRuntime {
             .await
     }
 
+    /// A local container answers on loopback; the engine is not asked (as [`crate::apply::runtime::Docker`]).
+    async fn endpoints(&self, _name: &str, port: u16) -> Result<Endpoints, RuntimeError> {
+        Ok(Endpoints::loopback(port))
+    }
+
     async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
         self.0
             .call(true, |world| {
@@ -876,7 +892,8 @@ impl Proxy for FakeProxy {
             .unwrap_or_default())
     }
 
-    async fn switch(&self, port: u16, comment: &str) -> Result<(), ProxyError> {
+    async fn switch_to(&self, servers: &[SocketAddr], comment: &str) -> Result<(), ProxyError> {
+        let port = servers.first().map_or(0, |s| s.port());
         // Each step of the switch counts as a call of its own (see `World::switch`).
         let whole = self.0.world().whole_switch;
         self.0
@@ -899,7 +916,8 @@ impl Proxy for FakeProxy {
 pub struct FakeProber(Fakes);
 
 impl Prober for FakeProber {
-    async fn probe(&self, port: u16) -> ProbeOutcome {
+    async fn probe_at(&self, addr: SocketAddr) -> ProbeOutcome {
+        let port = addr.port();
         self.0.call(false, |world| world.probe(port)).await
     }
 }

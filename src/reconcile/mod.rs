@@ -39,8 +39,8 @@ use crate::apply::health::{HealthError, HttpProber, Prober};
 use crate::apply::notify::Notifier;
 use crate::apply::proxy::{Nginx, Proxy};
 use crate::apply::redact::Redactor;
-use crate::apply::runtime::{Docker, Runtime, RuntimeError};
-use crate::config::Config;
+use crate::apply::runtime::{Engine, Runtime, RuntimeError};
+use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
 use crate::metrics::Metrics;
 use crate::observe::{observe, ObserveError, Observed};
@@ -52,8 +52,8 @@ use crate::state::{self, history};
 const IN_PROCESS_BACKOFF: Backoff =
     Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 2);
 
-/// The context on the real Docker engine and nginx.
-pub type LiveContext = Context<Docker, Nginx, HttpProber>;
+/// The context on the real Docker engine (or Swarm manager) and nginx.
+pub type LiveContext = Context<Engine, Nginx, HttpProber>;
 
 /// Why a live context could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +77,8 @@ impl LiveContext {
     pub async fn connect(cfg: Config) -> Result<Self, ContextError> {
         let mut backoff = CONNECT_BACKOFF;
         for _ in 0..CONNECT_TRIES {
-            match Docker::connect(&cfg.docker.host).await {
-                Ok(docker) => return Ok(LiveContext::live(cfg, docker)?),
+            match Engine::connect(&cfg).await {
+                Ok(engine) => return Ok(LiveContext::live(cfg, engine)?),
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "docker engine unreachable, retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -86,12 +86,12 @@ impl LiveContext {
                 Err(e) => return Err(e.into()),
             }
         }
-        let docker = Docker::connect(&cfg.docker.host).await?;
-        Ok(LiveContext::live(cfg, docker)?)
+        let engine = Engine::connect(&cfg).await?;
+        Ok(LiveContext::live(cfg, engine)?)
     }
 
     /// Assembles the context for `cfg` on a connected engine, with the webhook it names.
-    pub fn live(cfg: Config, docker: Docker) -> Result<Self, HealthError> {
+    pub fn live(cfg: Config, engine: Engine) -> Result<Self, HealthError> {
         let nginx = Nginx::new(
             cfg.nginx.upstream_file.clone(),
             cfg.nginx.upstream_name.clone(),
@@ -100,12 +100,13 @@ impl LiveContext {
         )
         .with_pid_file(cfg.nginx.pid_file.clone())
         .with_keepalive(cfg.nginx.upstream_keepalive)
+        .with_remote_servers(cfg.runtime == RuntimeKind::Swarm)
         .with_redactor(Redactor::from_env_file(&cfg.container.env_file));
         let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
         let notifier = Notifier::new(&cfg.notify);
         Ok(Context {
             notifier,
-            ..Context::new(cfg, docker, nginx, prober)
+            ..Context::new(cfg, engine, nginx, prober)
         })
     }
 }
@@ -114,8 +115,25 @@ impl LiveContext {
 /// `docker.host` (no retry: a rollback only wants to warn when the tag moved); None when
 /// either cannot be asked.
 pub async fn registry_digest(cfg: &Config, reference: &str) -> Option<String> {
-    let docker = Docker::connect(&cfg.docker.host).await.ok()?;
-    docker.registry_digest(reference).await
+    let engine = Engine::connect(cfg).await.ok()?;
+    engine.registry_digest(reference).await
+}
+
+/// Each color's replicas (Swarm tasks), for the status; empty on a single engine.
+fn replicas_of(cfg: &Config, observed: &Observed) -> Vec<crate::state::status::ColorReplicas> {
+    observed
+        .containers
+        .iter()
+        .filter(|c| !c.replicas.is_empty())
+        .map(|c| crate::state::status::ColorReplicas {
+            color: c
+                .color
+                .map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+            service: c.name.clone(),
+            replicas: c.replicas.clone(),
+        })
+        .filter(|_| cfg.runtime == RuntimeKind::Swarm)
+        .collect()
 }
 
 /// How a pass ended, when it did not fail.
@@ -303,6 +321,34 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
         }
     }
 
+    /// What a [`Action::Reassert`] of `color` writes: the servers of the file that are on
+    /// the color's port (nginx is reloaded with what it already names), else where the color
+    /// answers.
+    async fn reasserted_servers(
+        &self,
+        observed: &Observed,
+        color: crate::config::Color,
+    ) -> Result<Vec<std::net::SocketAddr>, ReconcileError> {
+        let port = self.cfg.port(color);
+        if self.cfg.runtime == RuntimeKind::Docker {
+            return Ok(crate::apply::runtime::Endpoints::loopback(port).addrs);
+        }
+        let written: Vec<std::net::SocketAddr> = observed
+            .upstream_servers
+            .iter()
+            .filter(|s| s.port() == port)
+            .copied()
+            .collect();
+        if !written.is_empty() {
+            return Ok(written);
+        }
+        let endpoints = self
+            .runtime
+            .endpoints(&self.cfg.container_name(color), port)
+            .await?;
+        Ok(endpoints.addrs)
+    }
+
     /// What is live now, observed afresh.
     async fn observed_live(&self) -> Result<Option<Live>, ReconcileError> {
         let observed = self.observe().await?;
@@ -407,8 +453,10 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                     // traffic to is removed.
                     let port = cfg.port(*color);
                     let comment = ctx.live_comment(*color, desired.image.as_written());
-                    self.switch_nginx(port, &comment).await?;
+                    let servers = ctx.reasserted_servers(observed, *color).await?;
+                    self.switch_nginx(port, &servers, &comment).await?;
                 }
+                Action::Refresh { color } => self.refresh(desired, *color).await?,
                 Action::Drain => {
                     // A pass died between the switch and the drain: the old color may still
                     // hold requests nginx's old workers sent it.
@@ -437,6 +485,51 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         })?;
         self.publish_live();
         Ok(PassOutcome::Converged)
+    }
+
+    /// Points nginx at the replicas of the live `color` that answer their probe now: one
+    /// that appeared (Swarm placed a task on another node) enters the upstream only after it
+    /// answered; one that is gone (its node died or was drained) leaves it. When none answers
+    /// the file is left as it is: nginx's own retries may still find one.
+    async fn refresh(
+        &self,
+        desired: &Desired,
+        color: crate::config::Color,
+    ) -> Result<(), ReconcileError> {
+        let ctx = self.ctx;
+        let cfg = &ctx.cfg;
+        let port = cfg.port(color);
+        let name = cfg.container_name(color);
+        let endpoints = ctx.runtime.endpoints(&name, port).await?;
+        let outcomes =
+            futures_util::future::join_all(endpoints.addrs.iter().map(|a| ctx.prober.probe_at(*a)))
+                .await;
+        let mut answering = Vec::new();
+        for (addr, outcome) in endpoints.addrs.iter().zip(outcomes) {
+            if outcome.is_healthy() {
+                answering.push(*addr);
+            } else {
+                tracing::warn!(%addr, ?outcome, "replica does not answer its probe: kept out of nginx");
+            }
+        }
+        let mut written = ctx.proxy.upstream_servers().unwrap_or_default();
+        written.sort();
+        if answering.is_empty() {
+            return Err(ReconcileError::NoReplicaAnswers {
+                service: name,
+                running: endpoints.addrs.len(),
+            });
+        }
+        if answering == written {
+            return Ok(());
+        }
+        tracing::info!(
+            before = ?written,
+            after = ?answering,
+            "the live color's replicas changed: nginx follows"
+        );
+        let comment = ctx.live_comment(color, desired.image.as_written());
+        self.switch_nginx(port, &answering, &comment).await
     }
 
     /// Mirrors the status into the metrics.
@@ -476,6 +569,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         status.failed_generation = observed.failed_generation.clone();
         status.digest = previous.and_then(|p| p.digest);
         status.switching = observed.switching.clone();
+        status.replicas = replicas_of(&ctx.cfg, observed);
         Ok(())
     }
 
@@ -487,6 +581,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
     pub(crate) async fn switch_nginx(
         &self,
         port: u16,
+        servers: &[std::net::SocketAddr],
         comment: &str,
     ) -> Result<(), ReconcileError> {
         let ctx = self.ctx;
@@ -503,7 +598,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             from.dedup();
             s.switching = Some(SwitchMark { from, to: port });
         })?;
-        let result = ctx.proxy.switch(port, comment).await;
+        let result = ctx.proxy.switch_to(servers, comment).await;
         let settled = match &result {
             Ok(()) => true,
             Err(e) => !e.leaves_nginx_unsettled(),

@@ -163,6 +163,29 @@ pub struct SwitchMark {
     pub to: u16,
 }
 
+/// One replica of a color on Docker Swarm (a task), as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// The node's hostname.
+    pub node: String,
+    /// `NODE_ADDRESS:PORT` where it answers, when the node's address is known.
+    pub address: Option<String>,
+    /// The task's state as Swarm reports it (`running`, `starting`, `failed`, ...), with
+    /// "(node down)" when its node is not ready.
+    pub state: String,
+    /// Swarm's error for a task that failed or was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The replicas of one color.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColorReplicas {
+    pub color: String,
+    pub service: String,
+    pub replicas: Vec<Replica>,
+}
+
 /// The content of `status.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -195,6 +218,9 @@ pub struct Status {
     /// A switch nginx has not been seen to settle on (see [`SwitchMark`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switching: Option<SwitchMark>,
+    /// On Docker Swarm: each color's tasks per node, as observed by the last pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ColorReplicas>,
 }
 
 impl Status {
@@ -214,6 +240,7 @@ impl Status {
             health: None,
             pid: None,
             switching: None,
+            replicas: Vec::new(),
         }
     }
 

@@ -1,25 +1,24 @@
-//! The container runtime: the [`Runtime`] trait the reconciler drives, and [`Docker`], its
-//! implementation over the Docker Engine API (bollard).
+//! The container runtime: the [`Runtime`] trait the reconciler drives, and its two
+//! implementations over the Docker Engine API (bollard), chosen by `[runtime] kind`:
+//! [`Docker`], one local engine, and [`Swarm`], a Swarm manager. [`Engine`] is whichever the
+//! config names.
 //!
 //! The API version is negotiated with the engine rather than pinned: Debian's engine speaks
 //! 1.41 while production hosts run newer ones.
 
+mod docker;
+mod swarm;
+
+pub use docker::Docker;
+pub use swarm::Swarm;
+
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum,
-};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
-};
-use futures_util::StreamExt;
-
 use crate::apply::credentials::{self, Login};
+use crate::config::{Config, DockerConfig, RuntimeKind};
 use crate::observe::{Container, ContainerState};
 
 /// Label naming the app a container belongs to.
@@ -47,10 +46,32 @@ pub struct ContainerSpec {
     pub container_port: u16,
     /// `KEY=value` pairs (from the env file). Never logged.
     pub env: Vec<String>,
+    /// SIGTERM grace before SIGKILL, for a runtime that fixes it when it starts a color.
+    pub stop_grace: Duration,
+}
+
+/// Where a color answers: one address per replica that runs now, and how many it should
+/// have.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `127.0.0.1:PORT` for a local container; a node's address and the published port for
+    /// each running task of a Swarm service. Sorted.
+    pub addrs: Vec<SocketAddr>,
+    pub wanted: usize,
+}
+
+impl Endpoints {
+    /// The one local container published on `127.0.0.1:port`.
+    pub fn loopback(port: u16) -> Endpoints {
+        Endpoints {
+            addrs: vec![SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)],
+            wanted: 1,
+        }
+    }
 }
 
 /// Whether a port published on `ip` answers on loopback: published there, or on every address.
-fn reaches_loopback(ip: &str) -> bool {
+pub(crate) fn reaches_loopback(ip: &str) -> bool {
     match ip.parse::<std::net::IpAddr>() {
         Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
         Err(_) => ip.is_empty(),
@@ -123,6 +144,10 @@ pub enum RuntimeError {
     /// the color to start; it is left alone.
     #[error("a container named {name} exists but is not managed by fieldtrack (no fieldtrack.app label); it was left alone: remove or rename it (docker rm -f {name}) once nothing depends on it, then deploy again")]
     NameTaken { name: String },
+    /// Tasks of a Swarm service that is to be updated still run on reachable nodes: they
+    /// hold the port the new tasks need.
+    #[error("tasks of service {service} still run after their stop grace period and a minute more, holding its port: {tasks}; check `docker service ps {service}` and the nodes' engines")]
+    TasksLinger { service: String, tasks: String },
     /// Any other answer of the engine.
     #[error("failed to {action}: {source}")]
     Api {
@@ -138,7 +163,9 @@ impl RuntimeError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            RuntimeError::Unreachable { .. } | RuntimeError::RegistryUnreachable { .. }
+            RuntimeError::Unreachable { .. }
+                | RuntimeError::RegistryUnreachable { .. }
+                | RuntimeError::TasksLinger { .. }
         )
     }
 }
@@ -161,6 +188,12 @@ pub trait Runtime: Send + Sync {
     /// error ([`RuntimeError::NameTaken`]), never removed; one created here that fails to
     /// start is removed here.
     fn run(&self, spec: &ContainerSpec) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Where the color of container `name` (which publishes `port`) answers now.
+    fn endpoints(
+        &self,
+        name: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<Endpoints, RuntimeError>> + Send;
     /// The state of a container, None when it does not exist.
     fn state(
         &self,
@@ -189,56 +222,7 @@ pub trait Runtime: Send + Sync {
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }
 
-/// The Docker engine.
-#[derive(Debug, Clone)]
-pub struct Docker {
-    client: bollard::Docker,
-    host: String,
-}
-
-impl Docker {
-    /// Connects to `host` (`unix:///…`, `tcp://…`, `http://…`) and negotiates the API version.
-    pub async fn connect(host: &str) -> Result<Docker, RuntimeError> {
-        let unreachable = |source| RuntimeError::Unreachable {
-            host: host.to_string(),
-            source,
-        };
-        let client = bollard::Docker::connect_with_host(host).map_err(unreachable)?;
-        let client = client.negotiate_version().await.map_err(unreachable)?;
-        Ok(Docker {
-            client,
-            host: host.to_string(),
-        })
-    }
-
-    /// The API version in use after negotiation, e.g. `1.41`.
-    pub fn api_version(&self) -> String {
-        let v = self.client.client_version();
-        format!("{}.{}", v.major_version, v.minor_version)
-    }
-
-    fn classify(&self, action: impl Into<String>, source: bollard::errors::Error) -> RuntimeError {
-        use bollard::errors::Error as E;
-        match source {
-            // HyperLegacyError is how the client reports a failed transport: connection
-            // refused, socket gone, the engine hanging up.
-            E::IOError { .. }
-            | E::HyperResponseError { .. }
-            | E::HyperLegacyError { .. }
-            | E::RequestTimeoutError
-            | E::SocketNotFoundError(_) => RuntimeError::Unreachable {
-                host: self.host.clone(),
-                source,
-            },
-            source => RuntimeError::Api {
-                action: action.into(),
-                source,
-            },
-        }
-    }
-}
-
-fn not_found(e: &bollard::errors::Error) -> bool {
+pub(crate) fn not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
         bollard::errors::Error::DockerResponseServerError {
@@ -248,18 +232,124 @@ fn not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
-fn state_of(status: Option<ContainerStateStatusEnum>, exit_code: Option<i64>) -> ContainerState {
-    match status {
-        Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
-        Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
-        Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
-        Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
-            ContainerState::Exited {
-                code: exit_code.unwrap_or(-1),
-            }
+/// Connects to `docker.host` (`unix:///…`, `tcp://…` with or without TLS, `http://…`) and
+/// negotiates the API version.
+pub(crate) async fn connect_client(docker: &DockerConfig) -> Result<bollard::Docker, RuntimeError> {
+    let host = &docker.host;
+    let unreachable = |source| RuntimeError::Unreachable {
+        host: host.to_string(),
+        source,
+    };
+    let client = match &docker.tls {
+        None => bollard::Docker::connect_with_host(host).map_err(unreachable)?,
+        Some(tls) => bollard::Docker::connect_with_ssl(
+            host,
+            &tls.key,
+            &tls.cert,
+            &tls.ca,
+            CONNECT_TIMEOUT_SECS,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(unreachable)?,
+    };
+    client.negotiate_version().await.map_err(unreachable)
+}
+
+/// bollard's request timeout, as its plain connections have it.
+const CONNECT_TIMEOUT_SECS: u64 = 120;
+
+/// The runtime `[runtime] kind` names.
+#[derive(Debug, Clone)]
+pub enum Engine {
+    Docker(Docker),
+    Swarm(Swarm),
+}
+
+impl Engine {
+    /// Connects to the engine (or manager) of `cfg`.
+    pub async fn connect(cfg: &Config) -> Result<Engine, RuntimeError> {
+        let docker = Docker::connect_with(&cfg.docker).await?;
+        Ok(match cfg.runtime {
+            RuntimeKind::Docker => Engine::Docker(docker),
+            RuntimeKind::Swarm => Engine::Swarm(Swarm::new(
+                docker.client(),
+                cfg.docker.host.clone(),
+                cfg.swarm.clone(),
+            )),
+        })
+    }
+}
+
+/// Every call goes to the engine in use.
+macro_rules! delegate {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Engine::Docker(d) => d.$method($($arg),*).await,
+            Engine::Swarm(s) => s.$method($($arg),*).await,
         }
-        Some(other) => ContainerState::Other(other.to_string()),
-        None => ContainerState::Other("unknown".to_string()),
+    };
+}
+
+impl Runtime for Engine {
+    async fn containers(&self, app: &str) -> Result<Vec<Container>, RuntimeError> {
+        delegate!(self.containers(app))
+    }
+    async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        delegate!(self.image(reference))
+    }
+    async fn pull(&self, reference: &str) -> Result<(), RuntimeError> {
+        delegate!(self.pull(reference))
+    }
+    async fn run(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        delegate!(self.run(spec))
+    }
+    async fn endpoints(&self, name: &str, port: u16) -> Result<Endpoints, RuntimeError> {
+        delegate!(self.endpoints(name, port))
+    }
+    async fn state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {
+        delegate!(self.state(name))
+    }
+    async fn logs(&self, name: &str, lines: usize) -> Result<String, RuntimeError> {
+        delegate!(self.logs(name, lines))
+    }
+    async fn images(&self, repository: &str) -> Result<Vec<LocalImage>, RuntimeError> {
+        delegate!(self.images(repository))
+    }
+    async fn remove_image(&self, id: &str) -> Result<(), RuntimeError> {
+        delegate!(self.remove_image(id))
+    }
+    async fn registry_digest(&self, reference: &str) -> Option<String> {
+        delegate!(self.registry_digest(reference))
+    }
+    async fn remove(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        delegate!(self.remove(name, grace))
+    }
+}
+
+/// Sorts an engine error: a failed transport (connection refused, socket gone, the engine
+/// hanging up, a timeout) is [`RuntimeError::Unreachable`], retried; anything else is an
+/// answer of the engine.
+pub(crate) fn classify(
+    host: &str,
+    action: impl Into<String>,
+    source: bollard::errors::Error,
+) -> RuntimeError {
+    use bollard::errors::Error as E;
+    match source {
+        // HyperLegacyError is how the client reports a failed transport: connection
+        // refused, socket gone, the engine hanging up.
+        E::IOError { .. }
+        | E::HyperResponseError { .. }
+        | E::HyperLegacyError { .. }
+        | E::RequestTimeoutError
+        | E::SocketNotFoundError(_) => RuntimeError::Unreachable {
+            host: host.to_string(),
+            source,
+        },
+        source => RuntimeError::Api {
+            action: action.into(),
+            source,
+        },
     }
 }
 
@@ -272,7 +362,7 @@ pub(crate) fn registry_of(reference: &str) -> String {
 }
 
 /// The registry as messages and `docker login` name it: `docker.io` for Docker Hub.
-fn registry_shown(reference: &str) -> String {
+pub(crate) fn registry_shown(reference: &str) -> String {
     match registry_of(reference) {
         server if server.starts_with("https://") => "docker.io".to_string(),
         server => server,
@@ -283,7 +373,7 @@ fn registry_shown(reference: &str) -> String {
 /// (a broken helper, an unreadable config) is logged, without any secret or helper output,
 /// and the pull goes anonymous, since public images need none; the pull's error then says
 /// why there were no credentials.
-async fn login_for(reference: &str) -> Login {
+pub(crate) async fn login_for(reference: &str) -> Login {
     let server = registry_of(reference);
     match credentials::lookup(&server, &credentials::Source::from_env()).await {
         Ok(login) => login,
@@ -295,7 +385,7 @@ async fn login_for(reference: &str) -> Login {
 }
 
 /// Splits `repo:tag` / `repo@digest` into what the create-image API takes.
-fn split_reference(reference: &str) -> (&str, &str) {
+pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
     if let Some((repo, digest)) = reference.split_once('@') {
         // A tag before the digest is ignored by the engine when a digest is given.
         let repo = match repo.rfind(':') {
@@ -310,270 +400,11 @@ fn split_reference(reference: &str) -> (&str, &str) {
     }
 }
 
-impl Runtime for Docker {
-    async fn containers(&self, app: &str) -> Result<Vec<Container>, RuntimeError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_APP}={app}")])]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let listed = self
-            .client
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| self.classify(format!("list containers of {app}"), e))?;
-        let mut containers = Vec::with_capacity(listed.len());
-        for summary in listed {
-            let labels = summary.labels.unwrap_or_default();
-            let name = summary
-                .names
-                .and_then(|n| n.into_iter().next())
-                .map(|n| n.trim_start_matches('/').to_string())
-                .unwrap_or_default();
-            let id = summary.id.unwrap_or_default();
-            // The list has no exit code; inspect for it. A container removed meanwhile is skipped.
-            let state = match self.state(&id).await? {
-                Some(state) => state,
-                None => continue,
-            };
-            let mut ports: Vec<u16> = summary
-                .ports
-                .unwrap_or_default()
-                .iter()
-                .filter(|p| p.ip.as_deref().is_none_or(reaches_loopback))
-                .filter_map(|p| p.public_port)
-                .collect();
-            ports.sort_unstable();
-            ports.dedup();
-            containers.push(Container {
-                id,
-                name,
-                color: labels.get(LABEL_COLOR).and_then(|c| c.parse().ok()),
-                image: labels.get(LABEL_IMAGE).cloned().unwrap_or_default(),
-                desired: labels.get(LABEL_DESIRED).cloned(),
-                generation: labels.get(LABEL_GENERATION).cloned(),
-                state,
-                ports,
-            });
-        }
-        containers.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(containers)
-    }
-
-    async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
-        match self.client.inspect_image(reference).await {
-            Ok(image) => Ok(Some(ImageInfo {
-                id: image.id.unwrap_or_default(),
-                repo_digests: image.repo_digests.unwrap_or_default(),
-            })),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(self.classify(format!("inspect image {reference}"), e)),
-        }
-    }
-
-    async fn pull(&self, reference: &str) -> Result<(), RuntimeError> {
-        let (repo, tag) = split_reference(reference);
-        let options = CreateImageOptionsBuilder::new()
-            .from_image(repo)
-            .tag(tag)
-            .build();
-        let login = login_for(reference).await;
-        let mut stream = self
-            .client
-            .create_image(Some(options), None, login.credentials());
-        while let Some(item) = stream.next().await {
-            let message = match item {
-                Ok(info) => match info.error_detail.and_then(|d| d.message) {
-                    Some(message) => message,
-                    None => continue,
-                },
-                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => message,
-                Err(bollard::errors::Error::DockerStreamError { error }) => error,
-                Err(e) => return Err(self.classify(format!("pull {reference}"), e)),
-            };
-            return Err(pull_error(reference, &login, message));
-        }
-        Ok(())
-    }
-
-    async fn run(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let port_key = format!("{}/tcp", spec.container_port);
-        let host_config = HostConfig {
-            port_bindings: Some(HashMap::from([(
-                port_key.clone(),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".to_string()),
-                    host_port: Some(spec.host_port.to_string()),
-                }]),
-            )])),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                maximum_retry_count: None,
-            }),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            labels: Some(spec.labels.clone()),
-            env: Some(spec.env.clone()),
-            exposed_ports: Some(vec![port_key]),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::new()
-            .name(&spec.name)
-            .build();
-        let created = match self.client.create_container(Some(options), body).await {
-            Ok(created) => created,
-            // Someone else's container holds the name: never ours to remove.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => {
-                return Err(RuntimeError::NameTaken {
-                    name: spec.name.clone(),
-                })
-            }
-            Err(e) => return Err(self.classify(format!("create container {}", spec.name), e)),
-        };
-        let started = self
-            .client
-            .start_container(
-                &created.id,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await;
-        if let Err(e) = started {
-            // The container is ours (just created, by id): leave nothing half-made behind.
-            let remove = RemoveContainerOptionsBuilder::new().force(true).build();
-            let _ = self
-                .client
-                .remove_container(&created.id, Some(remove))
-                .await;
-            return Err(self.classify(format!("start container {}", spec.name), e));
-        }
-        Ok(())
-    }
-
-    async fn state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {
-        match self
-            .client
-            .inspect_container(
-                name,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-        {
-            Ok(inspect) => {
-                let state = inspect.state.unwrap_or_default();
-                Ok(Some(state_of(state.status, state.exit_code)))
-            }
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(self.classify(format!("inspect container {name}"), e)),
-        }
-    }
-
-    async fn logs(&self, name: &str, lines: usize) -> Result<String, RuntimeError> {
-        let options = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .tail(&lines.to_string())
-            .build();
-        let mut stream = self.client.logs(name, Some(options));
-        let mut text = String::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(chunk) => text.push_str(&chunk.to_string()),
-                Err(e) if not_found(&e) => break,
-                Err(e) => return Err(self.classify(format!("read logs of {name}"), e)),
-            }
-        }
-        Ok(text)
-    }
-
-    async fn images(&self, repository: &str) -> Result<Vec<LocalImage>, RuntimeError> {
-        let filters = HashMap::from([("reference", vec![repository.to_string()])]);
-        let options = ListImagesOptionsBuilder::new().filters(&filters).build();
-        let listed = self
-            .client
-            .list_images(Some(options))
-            .await
-            .map_err(|e| self.classify(format!("list images of {repository}"), e))?;
-        // The reference filter also matches by name pattern; keep exact repository matches.
-        let ours = |name: &String| {
-            name.strip_prefix(repository)
-                .is_some_and(|rest| rest.starts_with(':') || rest.starts_with('@'))
-        };
-        Ok(listed
-            .into_iter()
-            .map(|image| LocalImage {
-                id: image.id,
-                tags: image.repo_tags.into_iter().filter(ours).collect(),
-                digests: image.repo_digests.into_iter().filter(ours).collect(),
-            })
-            .filter(|image| !image.tags.is_empty() || !image.digests.is_empty())
-            .collect())
-    }
-
-    async fn remove_image(&self, id: &str) -> Result<(), RuntimeError> {
-        match self
-            .client
-            .remove_image(
-                id,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(self.classify(format!("remove image {id}"), e)),
-        }
-    }
-
-    async fn registry_digest(&self, reference: &str) -> Option<String> {
-        match self
-            .client
-            .inspect_registry_image(reference, login_for(reference).await.credentials())
-            .await
-        {
-            Ok(inspect) => inspect.descriptor.digest,
-            Err(e) => {
-                tracing::debug!(%reference, error = %e, "cannot ask the registry for the digest");
-                None
-            }
-        }
-    }
-
-    async fn remove(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let secs = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
-        let stop = StopContainerOptionsBuilder::new().t(secs).build();
-        match self.client.stop_container(name, Some(stop)).await {
-            Ok(()) => {}
-            Err(e) if not_found(&e) => return Ok(()),
-            // 304: already stopped.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => {}
-            Err(e) => return Err(self.classify(format!("stop container {name}"), e)),
-        }
-        let remove = RemoveContainerOptionsBuilder::new().force(true).build();
-        match self.client.remove_container(name, Some(remove)).await {
-            Ok(()) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            // 409: removal already in progress.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(self.classify(format!("remove container {name}"), e)),
-        }
-    }
-}
-
 /// Sorts a pull failure by what the operator must do: log in (no credentials, or refused
 /// ones), fix the image name, or wait for the registry (retried); anything else waits for a
 /// new desired state too. `login` is what was sent, which tells "wants a login" apart from
 /// "refused the login".
-fn pull_error(reference: &str, login: &Login, message: String) -> RuntimeError {
+pub(crate) fn pull_error(reference: &str, login: &Login, message: String) -> RuntimeError {
     // The reference's own words (a repository named `denied`) must not steer the sort.
     let lower = message
         .to_lowercase()
