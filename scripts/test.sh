@@ -22,8 +22,12 @@ echo "engine $DOCKER_HOST, registry $FIELDTRACK_TEST_REGISTRY"
 
 if [ "${CI:-}" = "true" ]; then
     # CI leaves nothing running behind it; a developer keeps the bed for the next run.
-    trap './target/debug/testbed down || true' EXIT
+    trap './target/debug/testbed swarm down || true; ./target/debug/testbed down || true' EXIT
 fi
+
+step "swarm bed: three dockerd nodes in network namespaces, an edge namespace"
+eval "$(./target/debug/testbed swarm up)"
+echo "manager $FIELDTRACK_SWARM_MANAGER, nodes $FIELDTRACK_SWARM_NODES"
 
 step "packaging tools: cargo-deb (installed once; the package test builds a .deb)"
 ./scripts/package.sh --install-tools

@@ -417,7 +417,7 @@ pub(crate) fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn docker_answers(host: &str) -> std::result::Result<(), String> {
+pub(crate) fn docker_answers(host: &str) -> std::result::Result<(), String> {
     let out = Command::new("timeout")
         .args(["20", "docker", "version", "--format", "{{.Server.Version}}"])
         .env("DOCKER_HOST", host)
@@ -638,7 +638,7 @@ fn registry_answers(port: u16) -> bool {
 }
 
 /// Starts a long-lived service in its own session, output appended to `log`.
-fn spawn_detached(cmd: &mut Command, log: &Path) -> Result<std::process::Child> {
+pub(crate) fn spawn_detached(cmd: &mut Command, log: &Path) -> Result<std::process::Child> {
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)

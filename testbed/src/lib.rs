@@ -6,10 +6,19 @@
 //! [`Bed::up`] is idempotent: it installs what is missing from Debian's packages, reuses a
 //! running engine and registry or starts them, builds and pushes the test images only when
 //! their sources changed, and sweeps sites left by dead test processes.
+//!
+//! [`Swarm::up`] adds a real multi-node Docker Swarm beside it, each node a `dockerd` in a
+//! network namespace of its own (see `swarm.rs`), with [`SwarmSite`]s for the tests of
+//! fieldtrack's `swarm` runtime.
 
 mod bed;
 mod site;
+mod swarm;
 pub mod util;
 
 pub use bed::{Bed, TAGS};
 pub use site::{teardown_site_dir, Site, SiteOptions};
+pub use swarm::{
+    edge_get, edge_listens, in_netns, teardown_swarm_site_dir, ClusterUse, EdgeLoad, LoadReport,
+    Node, Swarm, SwarmSite, Task, DEFAULT_NODES, EDGE_ADDR, EDGE_NETNS,
+};

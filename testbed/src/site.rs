@@ -46,8 +46,37 @@ pub struct Site {
     keep: bool,
     /// A repository made for this site alone, whose local images go with it.
     own_repository: Option<String>,
-    /// Config values, section -> key -> TOML literal; section "" is the top level.
-    config: BTreeMap<String, BTreeMap<String, String>>,
+    config: ConfigValues,
+}
+
+/// A site's `fieldtrack.toml` as values: section -> key -> TOML literal; section "" is the
+/// top level. Shared with [`crate::SwarmSite`].
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ConfigValues(BTreeMap<String, BTreeMap<String, String>>);
+
+impl ConfigValues {
+    /// Sets a dotted key (`health.interval`) to a TOML literal.
+    pub(crate) fn set(&mut self, key: &str, literal: String) {
+        let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+        self.0
+            .entry(section.to_string())
+            .or_default()
+            .insert(name.to_string(), literal);
+    }
+
+    /// The `fieldtrack.toml` text.
+    pub(crate) fn text(&self) -> String {
+        let mut text = String::from("# written by the fieldtrack test bed\n");
+        for (section, values) in &self.0 {
+            if !section.is_empty() {
+                text.push_str(&format!("\n[{section}]\n"));
+            }
+            for (key, value) in values {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        text
+    }
 }
 
 impl Site {
@@ -112,7 +141,7 @@ impl Site {
             green_port: ports[2],
             dir,
             app,
-            config: BTreeMap::new(),
+            config: ConfigValues::default(),
         };
         site.default_config();
         site.write_config()?;
@@ -122,45 +151,19 @@ impl Site {
 
     fn default_config(&mut self) {
         let prefix = self.dir.join("nginx");
-        let nginx_args = |tail: &[&str]| {
-            let mut args = vec![
-                self.nginx.display().to_string(),
-                "-p".to_string(),
-                prefix.display().to_string(),
-                "-c".to_string(),
-                prefix.join("nginx.conf").display().to_string(),
-                "-e".to_string(),
-                prefix.join("logs/error.log").display().to_string(),
-            ];
-            args.extend(tail.iter().map(|s| s.to_string()));
-            toml_array(&args)
-        };
-        let test = nginx_args(&["-t", "-q"]);
-        let reload = nginx_args(&["-s", "reload"]);
+        for (key, value) in common_config(
+            &self.nginx,
+            &prefix,
+            &self.app,
+            &self.repository,
+            &self.upstream_file,
+            &self.upstream_name,
+        ) {
+            self.set_value(key, value);
+        }
         let values: Vec<(&str, String)> = vec![
-            ("app", quote(&self.app)),
-            ("repository", quote(&self.repository)),
             ("container.blue_port", self.blue_port.to_string()),
             ("container.green_port", self.green_port.to_string()),
-            ("container.stop_timeout", quote("2s")),
-            ("health.interval", quote("1s")),
-            ("health.attempts", "10".to_string()),
-            ("health.timeout", quote("1s")),
-            (
-                "nginx.upstream_file",
-                quote(&self.upstream_file.display().to_string()),
-            ),
-            ("nginx.upstream_name", quote(&self.upstream_name)),
-            ("nginx.test_command", test),
-            ("nginx.reload_command", reload),
-            (
-                "nginx.pid_file",
-                quote(&prefix.join("nginx.pid").display().to_string()),
-            ),
-            ("rollout.drain", quote("1s")),
-            // Sites share one registry repository: retention in one would remove images
-            // another test is about to run. The retention test turns it on in its own repository.
-            ("rollout.keep_images", "false".to_string()),
             ("docker.host", quote(&self.docker_host)),
         ];
         for (key, value) in values {
@@ -169,11 +172,7 @@ impl Site {
     }
 
     fn set_value(&mut self, key: &str, literal: String) {
-        let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
-        self.config
-            .entry(section.to_string())
-            .or_default()
-            .insert(name.to_string(), literal);
+        self.config.set(key, literal);
     }
 
     /// Sets a config key (dotted, e.g. `health.interval`) to a TOML literal and rewrites
@@ -186,16 +185,7 @@ impl Site {
 
     /// The current `fieldtrack.toml` text.
     pub fn config_text(&self) -> String {
-        let mut text = String::from("# written by the fieldtrack test bed\n");
-        for (section, values) in &self.config {
-            if !section.is_empty() {
-                text.push_str(&format!("\n[{section}]\n"));
-            }
-            for (key, value) in values {
-                text.push_str(&format!("{key} = {value}\n"));
-            }
-        }
-        text
+        self.config.text()
     }
 
     fn write_config(&self) -> Result<()> {
@@ -212,38 +202,11 @@ impl Site {
                 self.upstream_name, self.blue_port
             ),
         )?;
-        let conf = format!(
-            r#"# nginx for one fieldtrack test site, run as: nginx -p {prefix} -c nginx.conf
-worker_processes 1;
-# Old workers finish their requests after a reload for at most this long.
-worker_shutdown_timeout 10s;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log {prefix}/logs/access.log;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    include {upstream};
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://{name};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_connect_timeout 2s;
-            proxy_next_upstream error timeout http_502 http_503;
-        }}
-    }}
-}}
-"#,
-            prefix = prefix.display(),
-            upstream = self.upstream_file.display(),
-            port = self.nginx_port,
-            name = self.upstream_name,
+        let conf = nginx_conf(
+            &prefix,
+            &self.upstream_file,
+            self.nginx_addr(),
+            &self.upstream_name,
         );
         fs::create_dir_all(prefix.join("tmp"))
             .map_err(|e| BedError(format!("cannot create {}: {e}", prefix.display())))?;
@@ -416,11 +379,100 @@ pub fn teardown_site_dir(bed: &Bed, dir: &Path) {
     }
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+/// The config values every site has, whatever runs its app: names, fast health settings,
+/// the nginx files and commands (nginx under `prefix`).
+pub(crate) fn common_config(
+    nginx: &Path,
+    prefix: &Path,
+    app: &str,
+    repository: &str,
+    upstream_file: &Path,
+    upstream_name: &str,
+) -> Vec<(&'static str, String)> {
+    let nginx_args = |tail: &[&str]| {
+        let mut args = vec![
+            nginx.display().to_string(),
+            "-p".to_string(),
+            prefix.display().to_string(),
+            "-c".to_string(),
+            prefix.join("nginx.conf").display().to_string(),
+            "-e".to_string(),
+            prefix.join("logs/error.log").display().to_string(),
+        ];
+        args.extend(tail.iter().map(|s| s.to_string()));
+        toml_array(&args)
+    };
+    vec![
+        ("app", quote(app)),
+        ("repository", quote(repository)),
+        ("container.stop_timeout", quote("2s")),
+        ("health.interval", quote("1s")),
+        ("health.attempts", "10".to_string()),
+        ("health.timeout", quote("1s")),
+        (
+            "nginx.upstream_file",
+            quote(&upstream_file.display().to_string()),
+        ),
+        ("nginx.upstream_name", quote(upstream_name)),
+        ("nginx.test_command", nginx_args(&["-t", "-q"])),
+        ("nginx.reload_command", nginx_args(&["-s", "reload"])),
+        (
+            "nginx.pid_file",
+            quote(&prefix.join("nginx.pid").display().to_string()),
+        ),
+        ("rollout.drain", quote("1s")),
+        // Sites share one registry repository: retention in one would remove images
+        // another test is about to run. The retention test turns it on in its own repository.
+        ("rollout.keep_images", "false".to_string()),
+    ]
+}
+
+/// The nginx config of a site: run as `nginx -p PREFIX -c nginx.conf`, listening on
+/// `listen`, proxying everything to the upstream block in `upstream_file`.
+pub(crate) fn nginx_conf(
+    prefix: &Path,
+    upstream_file: &Path,
+    listen: SocketAddr,
+    upstream_name: &str,
+) -> String {
+    format!(
+        r#"# nginx for one fieldtrack test site, run as: nginx -p {prefix} -c nginx.conf
+worker_processes 1;
+# Old workers finish their requests after a reload for at most this long.
+worker_shutdown_timeout 10s;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log {prefix}/logs/access.log;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    include {upstream};
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://{upstream_name};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout http_502 http_503;
+        }}
+    }}
+}}
+"#,
+        prefix = prefix.display(),
+        upstream = upstream_file.display(),
+    )
+}
+
+pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).map_err(|e| BedError(format!("cannot write {}: {e}", path.display())))
 }
 
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {

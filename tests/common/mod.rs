@@ -3,6 +3,7 @@
 //! left in the world (the state files, nginx, Docker, a webhook receiver), so that each test
 //! reads as a story.
 
+pub mod swarm;
 pub mod tmpfs;
 pub mod webhook;
 
@@ -372,6 +373,11 @@ impl Spawned {
         if let Some(point) = pause_at {
             cmd.env("FIELDTRACK_TEST_PAUSE_AT", point);
         }
+        Spawned::of(cmd)
+    }
+
+    /// Starts `cmd` (a fieldtrack command made by a harness), its stderr read line by line.
+    pub fn of(mut cmd: Command) -> Spawned {
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
