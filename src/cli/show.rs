@@ -6,29 +6,43 @@ use serde_json::json;
 
 use super::terminal::printable;
 use super::CliError;
-use crate::config::Config;
+use crate::config::{Config, RuntimeKind};
 use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::history;
 use crate::state::status::Status;
 use crate::state::{AUDIT_FILE, STATUS_FILE};
-use crate::upstream::parse_port;
+use crate::upstream::{parse_port, parse_servers};
 
 pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
     let status = Status::load(&cfg.state_dir.join(STATUS_FILE))
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let history = history::read(&cfg.history_file).map_err(|e| CliError::Failed(e.to_string()))?;
     let desired = Desired::load(&cfg.desired_file, cfg);
-    let upstream = std::fs::read_to_string(&cfg.nginx.upstream_file)
-        .ok()
-        .and_then(|t| parse_port(&t, &cfg.nginx.upstream_name));
+    let upstream_text = std::fs::read_to_string(&cfg.nginx.upstream_file).ok();
+    let upstream = upstream_text
+        .as_deref()
+        .and_then(|t| parse_port(t, &cfg.nginx.upstream_name));
+    let swarm = cfg.runtime == RuntimeKind::Swarm;
+    let servers = upstream_text
+        .as_deref()
+        .map(|t| parse_servers(t, &cfg.nginx.upstream_name))
+        .unwrap_or_default();
     if json {
         let mut value = serde_json::to_value(&status).unwrap_or(serde_json::Value::Null);
         if value.is_null() {
             value = json!({ "phase": null });
         }
         value["history"] = json!(history);
-        value["upstream_port"] = json!(upstream);
+        value["upstream_port"] = json!(if swarm {
+            servers.first().map(|s| s.port())
+        } else {
+            upstream
+        });
+        if swarm {
+            value["upstream_servers"] =
+                json!(servers.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        }
         value["desired_file_error"] = json!(desired.as_ref().err().map(|e| e.to_string()));
         println!(
             "{}",
@@ -53,6 +67,13 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
         None => println!("Phase     : no reconcile has run yet"),
         Some(s) => {
             match &s.live {
+                Some(live) if swarm => println!(
+                    "Live      : {} {} (service {}, port {} on each node)",
+                    printable(&live.color),
+                    printable(&live.image),
+                    printable(&live.container),
+                    live.port
+                ),
                 Some(live) => println!(
                     "Live      : {} {} ({}, 127.0.0.1:{})",
                     printable(&live.color),
@@ -75,17 +96,53 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
                 println!("Message   : {}", printable(message));
             }
             println!("Updated   : {}", printable(&s.updated_at));
+            for color in &s.replicas {
+                println!(
+                    "Tasks     : {} ({}), as the last pass saw them:",
+                    printable(&color.color),
+                    printable(&color.service)
+                );
+                for r in &color.replicas {
+                    let message = r
+                        .message
+                        .as_deref()
+                        .map(|m| format!(": {}", printable(m)))
+                        .unwrap_or_default();
+                    println!(
+                        "            {:<16} {:<22} {}{message}",
+                        printable(&r.node),
+                        printable(r.address.as_deref().unwrap_or("-")),
+                        printable(&r.state)
+                    );
+                }
+            }
         }
     }
-    match upstream {
-        Some(port) => println!(
-            "Upstream  : {} -> 127.0.0.1:{port}",
-            cfg.nginx.upstream_file.display()
-        ),
-        None => println!(
-            "Upstream  : {} names no server",
-            cfg.nginx.upstream_file.display()
-        ),
+    if swarm {
+        if servers.is_empty() {
+            println!(
+                "Upstream  : {} names no server",
+                cfg.nginx.upstream_file.display()
+            );
+        } else {
+            let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+            println!(
+                "Upstream  : {} -> {}",
+                cfg.nginx.upstream_file.display(),
+                list.join(", ")
+            );
+        }
+    } else {
+        match upstream {
+            Some(port) => println!(
+                "Upstream  : {} -> 127.0.0.1:{port}",
+                cfg.nginx.upstream_file.display()
+            ),
+            None => println!(
+                "Upstream  : {} names no server",
+                cfg.nginx.upstream_file.display()
+            ),
+        }
     }
     if history.is_empty() {
         println!("History   : empty");
