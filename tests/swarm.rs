@@ -1,0 +1,346 @@
+//! fieldtrack on a real multi-node Docker Swarm: three dockerd nodes in network namespaces,
+//! nginx and fieldtrack in the edge namespace (see testbed/src/swarm.rs). Each color is a
+//! service whose tasks publish the color's port in host mode on their nodes; the upstream
+//! file lists one `server NODE:PORT;` per task that answered its probe.
+//!
+//! Tests that leave the cluster as it is take [`Swarm::steady`] (side by side); those that
+//! break nodes take [`Swarm::faults`] (alone; every node is made healthy again after).
+
+// The harness serves every test file; this one uses the Swarm part of it.
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::swarm::*;
+use common::{eventually, wait_for};
+use fieldtrack_testbed::{EdgeLoad, Swarm, SwarmSite};
+
+/// A site of three replicas (one per node) with fast probes and a short drain.
+fn site() -> SwarmSite {
+    let mut site = SwarmSite::new();
+    fast_health(&mut site);
+    site.set("rollout.drain", "\"1s\"");
+    site.set("swarm.replicas", "3");
+    site
+}
+
+fn node_addrs(swarm: &Swarm) -> BTreeSet<Ipv4Addr> {
+    swarm.nodes.iter().map(|n| n.addr).collect()
+}
+
+/// Replicas of a color's service as the manager has them set (None: no such service).
+fn set_replicas(site: &SwarmSite, color: &str) -> Option<u64> {
+    replicas(site, color)
+}
+
+#[test]
+fn deploy_and_rollback_run_one_task_per_node_and_nginx_names_all_three() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let site = site();
+
+    deploy_ok(&site, "v1");
+    // The site's placeholder upstream points at blue: the first deployment goes to green.
+    let first = live_color(&site);
+    let second = idle_color(&site);
+    assert_eq!(
+        upstream_addrs(&site),
+        node_addrs(swarm),
+        "{}",
+        upstream(&site)
+    );
+    assert_eq!(running_nodes(&site, first).len(), 3);
+    let pinned = service_image(&site, first).expect("the live service exists");
+    assert!(
+        pinned.contains("@sha256:"),
+        "the image is pinned by digest: {pinned}"
+    );
+
+    deploy_ok(&site, "v2");
+    assert_eq!(live_color(&site), second);
+    assert_eq!(
+        upstream_addrs(&site),
+        node_addrs(swarm),
+        "{}",
+        upstream(&site)
+    );
+    eventually("the old color scaled to 0", || {
+        set_replicas(&site, first) == Some(0)
+    });
+    assert_eq!(history(&site), "v2\nv1\n");
+
+    let run = ft(&site, &["rollback", "--yes"]);
+    run.expect_code(0);
+    assert_eq!(served(&site).as_deref(), Some("v1"), "{}", run.stderr);
+    assert_eq!(live_color(&site), first);
+    assert_eq!(upstream_addrs(&site), node_addrs(swarm));
+    assert_eq!(history(&site), "v1\nv2\n");
+
+    // The status names each task with its node, as the next pass sees them.
+    ft(&site, &["reconcile"]).expect_code(0);
+    let status = status(&site);
+    let tasks = status["replicas"]
+        .as_array()
+        .expect("status.json lists the replicas");
+    let live = tasks
+        .iter()
+        .find(|c| c["color"] == first)
+        .expect("the live color's tasks");
+    assert_eq!(
+        live["replicas"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    let text = ft(&site, &["status"]);
+    text.expect_code(0);
+    assert!(
+        text.stdout.contains(&format!("Tasks     : {first}")),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn an_unhealthy_image_leaves_production_untouched_and_the_idle_color_at_zero() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let site = site();
+    deploy_ok(&site, "v1");
+    let before = upstream(&site);
+
+    let run = ft(&site, &["deploy", "unhealthy"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("did not become healthy"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(upstream(&site), before);
+    let idle = idle_color(&site);
+    eventually("the candidate scaled back to 0", || {
+        set_replicas(&site, idle) == Some(0)
+    });
+    assert_eq!(history(&site), "v1\n");
+}
+
+#[test]
+fn a_crashing_image_fails_at_once_naming_the_exit() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let site = site();
+    deploy_ok(&site, "v1");
+    let before = upstream(&site);
+
+    let run = ft(&site, &["deploy", "crash"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("exit"), "{}", run.stderr);
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(upstream(&site), before);
+    let idle = idle_color(&site);
+    eventually("the candidate scaled back to 0", || {
+        set_replicas(&site, idle) == Some(0)
+    });
+}
+
+#[test]
+fn a_color_failing_during_the_drain_sends_traffic_back_and_rewrites_the_desired_file() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let mut site = site();
+    deploy_ok(&site, "v1");
+    // `flaky` answers its health, then 500 after 3 s: inside this drain.
+    site.set("rollout.drain", "\"15s\"");
+
+    let first = live_color(&site);
+    let run = ft(&site, &["deploy", "flaky"]);
+    run.expect_code(1);
+    assert_eq!(served(&site).as_deref(), Some("v1"), "{}", run.stderr);
+    assert_eq!(live_color(&site), first);
+    assert_eq!(upstream_addrs(&site), node_addrs(swarm));
+    let desired = desired(&site).expect("the desired file");
+    assert!(desired.contains("image = \"v1\""), "{desired}");
+    assert_eq!(history(&site), "v1\n");
+}
+
+#[test]
+fn a_kill_at_any_step_is_finished_by_the_next_pass() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let site = site();
+    deploy_ok(&site, "v1");
+    let mut tag = 1;
+    for step in [
+        "pulling",
+        "starting",
+        "health",
+        "reload",
+        "draining",
+        "cleanup",
+        "recording",
+    ] {
+        tag += 1;
+        let tag = format!("v{tag}");
+        let mut run = spawn(&site, &["deploy", &tag], Some(step));
+        run.wait_for_line(&format!("test pause at {step}"));
+        run.kill();
+
+        let converge = ft(&site, &["reconcile"]);
+        converge.expect_code(0);
+        assert_eq!(
+            served(&site).as_deref(),
+            Some(tag.as_str()),
+            "killed at {step}: {}",
+            converge.stderr
+        );
+        assert_eq!(
+            upstream_addrs(&site),
+            node_addrs(swarm),
+            "killed at {step}: {}",
+            upstream(&site)
+        );
+        let idle = idle_color(&site);
+        eventually(&format!("killed at {step}: {idle} scaled to 0"), || {
+            set_replicas(&site, idle).is_none_or(|n| n == 0)
+        });
+        assert!(
+            history(&site).starts_with(&format!("{tag}\n")),
+            "killed at {step}: {}",
+            history(&site)
+        );
+    }
+}
+
+#[test]
+fn a_service_changed_by_hand_is_replaced_blue_green() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let site = site();
+    deploy_ok(&site, "v1");
+    let first = live_color(&site);
+    let service = format!("{}-{first}", site.app);
+
+    // Scaled down by hand: one replica less than the config wants.
+    let out = swarm
+        .manager_docker()
+        .args(["service", "scale", "--detach", &format!("{service}=2")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let run = ft(&site, &["reconcile"]);
+    run.expect_code(0);
+    assert_eq!(served(&site).as_deref(), Some("v1"), "{}", run.stderr);
+    let second = idle_color(&site);
+    assert_ne!(live_color(&site), first, "{}", run.stderr);
+    assert_eq!(set_replicas(&site, live_color(&site)), Some(3));
+    assert_eq!(upstream_addrs(&site), node_addrs(swarm));
+    eventually("the edited service scaled to 0", || {
+        set_replicas(&site, second) == Some(0)
+    });
+    // And in sync after that.
+    ft(&site, &["plan"]).expect_code(0);
+}
+
+#[test]
+fn two_processes_racing_one_converges_the_other_reports_the_lock() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let site = site();
+    deploy_ok(&site, "v1");
+    std::fs::write(&site.desired_file, "image = \"v2\"\n").unwrap();
+
+    let first = spawn(&site, &["reconcile"], None);
+    let second = spawn(&site, &["reconcile"], None);
+    let (a, a_err) = first.finish();
+    let (b, b_err) = second.finish();
+    assert_eq!(served(&site).as_deref(), Some("v2"), "{a_err}\n{b_err}");
+    let codes = [a, b];
+    assert!(codes.contains(&0), "one converges: {a_err}\n---\n{b_err}");
+    assert_eq!(upstream_addrs(&site), node_addrs(swarm));
+    assert_eq!(history(&site), "v2\nv1\n");
+}
+
+/// A daemon with a short resync follows the cluster: `replicas` tasks, one per node.
+fn daemon_site(replicas: u64) -> (SwarmSite, common::Spawned) {
+    let mut site = site();
+    site.set("swarm.replicas", &replicas.to_string());
+    site.set("rollout.resync", "\"2s\"");
+    deploy_ok(&site, "v1");
+    let daemon = spawn(&site, &["daemon"], None);
+    (site, daemon)
+}
+
+#[test]
+fn a_partitioned_worker_leaves_the_upstream_and_its_replacement_enters_after_its_probe() {
+    let swarm = Swarm::shared();
+    let _use = swarm.faults();
+    let (site, daemon) = daemon_site(2);
+    let load = EdgeLoad::start(site.nginx_addr(), "/version").expect("load starts");
+
+    let before = upstream_addrs(&site);
+    assert_eq!(before.len(), 2);
+    let victim = swarm
+        .workers()
+        .iter()
+        .find(|n| before.contains(&n.addr))
+        .expect("a worker runs a task")
+        .clone();
+    swarm.partition(&victim).unwrap();
+    let after = wait_for(Duration::from_secs(90), "the upstream follows", || {
+        let now = upstream_addrs(&site);
+        (now.len() == 2 && !now.contains(&victim.addr)).then_some(now)
+    });
+    let report = load.stop();
+    eprintln!(
+        "partition: upstream {before:?} -> {after:?}; load {} ok, {} failed {:?}",
+        report.ok, report.failed, report.first_failures
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+
+    swarm.heal(&victim).unwrap();
+    assert!(swarm.wait_node_state(&victim, "ready", Duration::from_secs(90)));
+    daemon.kill();
+}
+
+#[test]
+fn a_worker_whose_engine_is_killed_leaves_the_upstream() {
+    let swarm = Swarm::shared();
+    let _use = swarm.faults();
+    let (site, daemon) = daemon_site(3);
+    let victim = swarm.workers()[0].clone();
+    swarm.kill_engine(&victim).unwrap();
+    wait_for(Duration::from_secs(90), "the dead node leaves", || {
+        let now = upstream_addrs(&site);
+        (now.len() == 2 && !now.contains(&victim.addr)).then_some(now)
+    });
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    let text = ft(&site, &["status"]);
+    eprintln!("{}", text.stdout);
+    daemon.kill();
+}
+
+#[test]
+fn a_drained_node_leaves_the_upstream_and_the_task_moves() {
+    let swarm = Swarm::shared();
+    let _use = swarm.faults();
+    let (site, daemon) = daemon_site(2);
+    let before = upstream_addrs(&site);
+    let victim = swarm
+        .nodes
+        .iter()
+        .find(|n| before.contains(&n.addr))
+        .expect("a node runs a task")
+        .clone();
+    swarm.drain(&victim).unwrap();
+    let after = wait_for(Duration::from_secs(90), "the task moves", || {
+        let now = upstream_addrs(&site);
+        (now.len() == 2 && !now.contains(&victim.addr)).then_some(now)
+    });
+    assert_ne!(before, after);
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    daemon.kill();
+}
