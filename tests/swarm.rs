@@ -241,8 +241,18 @@ fn a_service_changed_by_hand_is_replaced_blue_green() {
     eventually("the edited service scaled to 0", || {
         set_replicas(&site, second) == Some(0)
     });
-    // And in sync after that.
-    ft(&site, &["plan"]).expect_code(0);
+    // And in sync once the edited service's tasks have ended.
+    let mut last = String::new();
+    let in_sync = (0..120).any(|_| {
+        let plan = command(&site, &["plan"]).output().unwrap();
+        last = String::from_utf8_lossy(&plan.stdout).into_owned();
+        let done = plan.status.code() == Some(0);
+        if !done {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        done
+    });
+    assert!(in_sync && last.contains("In sync"), "{last}");
 }
 
 #[test]
