@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use super::CliError;
 use crate::apply::proxy::DEFAULT_COMMAND_TIMEOUT;
-use crate::apply::runtime::{registry_of, Docker, Runtime as _};
-use crate::config::{Color, Config};
+use crate::apply::runtime::{registry_of, Docker, Runtime as _, Swarm};
+use crate::config::{Color, Config, RuntimeKind};
 use crate::desired::{Desired, DesiredError};
 use crate::observe::Container;
 
@@ -126,6 +126,24 @@ pub async fn check(path: &Path) -> Vec<Finding> {
     out.push(upstream_file_finding(&cfg));
     out.extend(nginx_findings(&cfg).await);
     out.push(pid_file_finding(&cfg));
+    if cfg.runtime == RuntimeKind::Swarm {
+        // The color ports are the nodes', not this host's: nothing to look at here.
+        if let Some(docker) = &docker {
+            let swarm = Swarm::new(docker.client(), cfg.docker.host.clone(), cfg.swarm.clone());
+            out.push(match swarm.describe_nodes().await {
+                Ok(nodes) => Finding::new(Level::Ok, "swarm", nodes),
+                Err(e) => Finding::new(
+                    Level::Fail,
+                    "swarm",
+                    format!(
+                        "[runtime] kind = \"swarm\", but the engine at {} cannot list the swarm's nodes ({e}): point docker.host at a manager (`docker node ls` works there)",
+                        cfg.docker.host
+                    ),
+                ),
+            });
+        }
+        return out;
+    }
     let containers = match &docker {
         Some(docker) => docker.containers(&cfg.app).await.ok(),
         None => None,

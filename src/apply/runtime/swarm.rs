@@ -71,6 +71,27 @@ impl Swarm {
         classify(&self.host, action, source)
     }
 
+    /// The nodes in a line, for `fieldtrack check`: `3 nodes, 3 ready: n1 (10.0.0.11), ...`.
+    /// An error when the engine is not a manager of a swarm.
+    pub async fn describe_nodes(&self) -> Result<String, RuntimeError> {
+        let nodes = self.nodes().await?;
+        let mut names: Vec<String> = nodes
+            .values()
+            .map(|n| {
+                let addr = n.addr.map_or("no address".to_string(), |a| a.to_string());
+                let down = if n.ready { "" } else { ", not ready" };
+                format!("{} ({addr}{down})", n.name)
+            })
+            .collect();
+        names.sort();
+        let ready = nodes.values().filter(|n| n.ready).count();
+        Ok(format!(
+            "{} nodes, {ready} ready: {}",
+            nodes.len(),
+            names.join(", ")
+        ))
+    }
+
     async fn service(&self, name: &str) -> Result<Option<Service>, RuntimeError> {
         let options = InspectServiceOptions {
             insert_defaults: false,
