@@ -218,7 +218,12 @@ impl Swarm {
                 // throwing the cluster away.
                 let _alone = FileLock::exclusive(&swarm.dir.join("use.lock"))?;
                 let repaired = swarm.healthy().is_ok()
-                    || (swarm.repairable() && swarm.restore().is_ok() && swarm.healthy().is_ok());
+                    || (swarm.repairable()
+                        && swarm
+                            .restore()
+                            .map_err(|e| eprintln!("testbed: cannot repair the swarm: {e}"))
+                            .is_ok()
+                        && swarm.healthy().is_ok());
                 if !repaired {
                     if swarm.dir.join("nodes").exists() {
                         eprintln!("testbed: rebuilding the swarm ({why})");
@@ -609,6 +614,9 @@ impl Swarm {
             return Err("the edge registry does not answer".into());
         }
         for node in &self.nodes {
+            if !self.link_up(node).map_err(|e| e.to_string())? {
+                return Err(format!("the link of {} is down", node.name));
+            }
             if node.engine_pid().is_none() {
                 return Err(format!("the dockerd of {} is not running", node.name));
             }
@@ -846,6 +854,11 @@ fn spawn_engine(node: &Node) -> Result<std::process::Child> {
     fs::create_dir_all(&node.dir)
         .map_err(|e| BedError(format!("cannot create {}: {e}", node.dir.display())))?;
     let _ = fs::remove_file(node.dir.join("docker.sock"));
+    // dockerd refuses to start while the pid in its pid file exists, and a killed one may
+    // linger as a zombie until its parent reaps it.
+    if node.engine_pid().is_none() {
+        let _ = fs::remove_file(node.pid_file());
+    }
     spawn_detached(
         Command::new("nsenter")
             .arg(format!("--net={}", node.netns.display()))
