@@ -275,6 +275,8 @@ impl Swarm {
         fs::create_dir_all(&dir)
             .map_err(|e| BedError(format!("cannot create {}: {e}", dir.display())))?;
         let _lock = FileLock::exclusive(&dir.join("lock"))?;
+        // Not under a running test (of another process).
+        let _alone = FileLock::exclusive(&dir.join("use.lock"))?;
         teardown(&dir)
     }
 
