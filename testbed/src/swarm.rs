@@ -212,13 +212,25 @@ impl Swarm {
                 sweep_sites(&swarm.dir, Some(&swarm.manager_host), false);
             }
             Err(why) => {
-                if swarm.dir.join("nodes").exists() {
-                    eprintln!("testbed: rebuilding the swarm ({why})");
+                // A test of another process may be breaking nodes on purpose right now:
+                // wait until no test holds the cluster, then look again, and repair what a
+                // test may have left (a link down, an engine killed, a node drained) before
+                // throwing the cluster away.
+                let _alone = FileLock::exclusive(&swarm.dir.join("use.lock"))?;
+                let repaired = swarm.healthy().is_ok()
+                    || (swarm.repairable()
+                        && swarm
+                            .restore()
+                            .map_err(|e| eprintln!("testbed: cannot repair the swarm: {e}"))
+                            .is_ok()
+                        && swarm.healthy().is_ok());
+                if !repaired {
+                    if swarm.dir.join("nodes").exists() {
+                        eprintln!("testbed: rebuilding the swarm ({why})");
+                    }
+                    teardown(&swarm.dir)?;
+                    swarm.build()?;
                 }
-                // Tests of another process may be using the cluster: wait for them.
-                let _faults = FileLock::exclusive(&swarm.dir.join("use.lock"))?;
-                teardown(&swarm.dir)?;
-                swarm.build()?;
             }
         }
         swarm.read_node_ids()?;
@@ -263,6 +275,8 @@ impl Swarm {
         fs::create_dir_all(&dir)
             .map_err(|e| BedError(format!("cannot create {}: {e}", dir.display())))?;
         let _lock = FileLock::exclusive(&dir.join("lock"))?;
+        // Not under a running test (of another process).
+        let _alone = FileLock::exclusive(&dir.join("use.lock"))?;
         teardown(&dir)
     }
 
@@ -512,6 +526,19 @@ impl Swarm {
         if ids.is_empty() {
             return Vec::new();
         }
+        // Names by the manager's current IDs, not `Node::id`: those are gone if another
+        // process rebuilt the cluster since this one read them.
+        let names: BTreeMap<String, String> = util::run(self.manager_docker().args([
+            "node",
+            "ls",
+            "--format",
+            "{{.ID}} {{.Hostname}}",
+        ]))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, name)| (id.to_string(), name.trim().to_string()))
+        .collect();
         let Ok(out) = util::run(
             self.manager_docker()
                 .args([
@@ -536,12 +563,7 @@ impl Swarm {
                 };
                 Some(Task {
                     id: id.to_string(),
-                    node: node_id.and_then(|nid| {
-                        self.nodes
-                            .iter()
-                            .find(|n| n.id == nid)
-                            .map(|n| n.name.clone())
-                    }),
+                    node: node_id.and_then(|nid| names.get(nid).cloned()),
                     state: state.to_string(),
                     desired: desired.to_string(),
                 })
@@ -554,6 +576,18 @@ impl Swarm {
         for name in names {
             let _ = util::run(self.manager_docker().args(["service", "rm", name]));
         }
+    }
+
+    /// Is there a cluster of this size whose namespaces and registry are in place, so that
+    /// [`Swarm::restore`] may make it whole?
+    fn repairable(&self) -> bool {
+        let recorded = fs::read_to_string(self.dir.join("nodes")).unwrap_or_default();
+        recorded.trim() == self.nodes.len().to_string()
+            && std::iter::once(EDGE_NETNS.to_string())
+                .chain(self.nodes.iter().map(|n| n.name.clone()))
+                .all(|name| Path::new("/run/netns").join(name).exists())
+            && util::read_pid(&self.dir.join("registry.pid")).is_some_and(util::pid_alive)
+            && registry_answers()
     }
 
     /// Checks that the cluster described by `self` runs and is whole.
@@ -582,6 +616,9 @@ impl Swarm {
             return Err("the edge registry does not answer".into());
         }
         for node in &self.nodes {
+            if !self.link_up(node).map_err(|e| e.to_string())? {
+                return Err(format!("the link of {} is down", node.name));
+            }
             if node.engine_pid().is_none() {
                 return Err(format!("the dockerd of {} is not running", node.name));
             }
@@ -819,6 +856,11 @@ fn spawn_engine(node: &Node) -> Result<std::process::Child> {
     fs::create_dir_all(&node.dir)
         .map_err(|e| BedError(format!("cannot create {}: {e}", node.dir.display())))?;
     let _ = fs::remove_file(node.dir.join("docker.sock"));
+    // dockerd refuses to start while the pid in its pid file exists, and a killed one may
+    // linger as a zombie until its parent reaps it.
+    if node.engine_pid().is_none() {
+        let _ = fs::remove_file(node.pid_file());
+    }
     spawn_detached(
         Command::new("nsenter")
             .arg(format!("--net={}", node.netns.display()))
