@@ -354,3 +354,163 @@ fn a_drained_node_leaves_the_upstream_and_the_task_moves() {
     assert_eq!(served(&site).as_deref(), Some("v1"));
     daemon.kill();
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate signed by that CA, in
+/// `dir`, made with openssl as `docker --tlsverify` users make them; `prefix` names the set.
+fn certificates(dir: &std::path::Path, prefix: &str) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={prefix} test CA"),
+        "-keyout",
+        &format!("{prefix}ca-key.pem"),
+        "-out",
+        &format!("{prefix}ca.pem"),
+    ]);
+    for (who, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{prefix}{who}.ext")), ext).unwrap();
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={who}"),
+            "-keyout",
+            &format!("{prefix}{who}-key.pem"),
+            "-out",
+            &format!("{prefix}{who}.csr"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &format!("{prefix}{who}.csr"),
+            "-CA",
+            &format!("{prefix}ca.pem"),
+            "-CAkey",
+            &format!("{prefix}ca-key.pem"),
+            "-CAcreateserial",
+            "-extfile",
+            &format!("{prefix}{who}.ext"),
+            "-out",
+            &format!("{prefix}{who}.pem"),
+        ]);
+    }
+}
+
+#[test]
+fn the_manager_is_reached_over_tls_with_client_certificates() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let mut site = site();
+    let dir = site.dir.join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir, "");
+    certificates(&dir, "other-");
+    // The manager's API behind mutual TLS, on the edge namespace's loopback: nginx's stream
+    // module checks the client's certificate against the CA and forwards to the socket (its
+    // workers run as root: the socket is root's).
+    let port = fieldtrack_testbed::in_netns(&swarm.edge_netns, || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    })
+    .unwrap();
+    let socket = swarm
+        .manager_host
+        .strip_prefix("unix://")
+        .expect("the manager's unix socket");
+    let prefix = dir.join("front");
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             daemon off;\nuser root;\npid {pid};\nerror_log {prefix}/logs/error.log;\n\
+             events {{}}\n\
+             stream {{\n  server {{\n    listen 127.0.0.1:{port} ssl;\n\
+             ssl_certificate {dir}/server.pem;\n    ssl_certificate_key {dir}/server-key.pem;\n\
+             ssl_client_certificate {dir}/ca.pem;\n    ssl_verify_client on;\n\
+             proxy_pass unix:{socket};\n  }}\n}}\n",
+            pid = prefix.join("nginx.pid").display(),
+            prefix = prefix.display(),
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    let mut front = Swarm::edge_command("nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(prefix.join("logs/error.log"))
+        .spawn()
+        .expect("nginx starts");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    eventually("the TLS front listens", || {
+        fieldtrack_testbed::edge_listens(addr)
+    });
+
+    site.set("docker.host", &format!("\"tcp://127.0.0.1:{port}\""));
+    for (key, file) in [
+        ("tls_ca", "ca.pem"),
+        ("tls_cert", "client.pem"),
+        ("tls_key", "client-key.pem"),
+    ] {
+        site.set(
+            &format!("docker.{key}"),
+            &format!("\"{}\"", dir.join(file).display()),
+        );
+    }
+    deploy_ok(&site, "v1");
+    assert_eq!(upstream_addrs(&site), node_addrs(swarm));
+
+    // A client certificate of another CA: refused by the manager's side, and nothing changes.
+    site.set(
+        "docker.tls_cert",
+        &format!("\"{}\"", dir.join("other-client.pem").display()),
+    );
+    site.set(
+        "docker.tls_key",
+        &format!("\"{}\"", dir.join("other-client-key.pem").display()),
+    );
+    let before = upstream(&site);
+    let run = ft(&site, &["deploy", "v2"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("tcp://127.0.0.1"),
+        "the error names the engine: {}",
+        run.stderr
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(upstream(&site), before);
+    // SIGTERM to the master (nsenter execs it): it stops its workers too.
+    let _ = std::process::Command::new("kill")
+        .arg(front.id().to_string())
+        .status();
+    let _ = front.wait();
+}

@@ -40,6 +40,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cc", "gcc"),
     ("systemd-analyze", "systemd"),
     ("htpasswd", "apache2-utils"),
+    // The Docker API behind mutual TLS (tests/swarm.rs): certificates, and nginx's stream
+    // module as the TLS front of the manager's socket. (A path: a file, not a program.)
+    ("openssl", "openssl"),
+    (
+        "/usr/lib/nginx/modules/ngx_stream_module.so",
+        "libnginx-mod-stream",
+    ),
 ];
 
 /// The repository path of the test images in the private registry.
@@ -375,7 +382,10 @@ impl Bed {
 fn install_packages() -> Result<()> {
     let mut missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(program, _)| which(program).is_none())
+        .filter(|(program, _)| match program.strip_prefix('/') {
+            Some(_) => !Path::new(program).exists(),
+            None => which(program).is_none(),
+        })
         .map(|(_, package)| *package)
         .collect();
     missing.dedup();
