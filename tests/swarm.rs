@@ -508,6 +508,19 @@ fn the_manager_is_reached_over_tls_with_client_certificates() {
     );
     assert_eq!(served(&site).as_deref(), Some("v1"));
     assert_eq!(upstream(&site), before);
+
+    // A key anyone may rewrite is refused before anything is asked, naming the file.
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = dir.join("other-client-key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = ft(&site, &["deploy", "v2"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("other-client-key.pem"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(upstream(&site), before);
     // SIGTERM to the master (nsenter execs it): it stops its workers too.
     let _ = std::process::Command::new("kill")
         .arg(front.id().to_string())

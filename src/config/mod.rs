@@ -404,6 +404,12 @@ impl Config {
         if cfg.container.env_file.symlink_metadata().is_ok() {
             safety::check_trusted(&cfg.container.env_file).map_err(ConfigError::Unsafe)?;
         }
+        // The Docker TLS files decide which engine fieldtrack obeys and with whose key.
+        if let Some(tls) = &cfg.docker.tls {
+            for file in [&tls.ca, &tls.cert, &tls.key] {
+                safety::check_trusted(file).map_err(ConfigError::Unsafe)?;
+            }
+        }
         Ok(cfg)
     }
 
