@@ -1473,6 +1473,57 @@ listen = "9187"
     }
 
     #[test]
+    fn swarm_keys_need_the_swarm_runtime_and_sane_values() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.runtime, RuntimeKind::Docker);
+        assert_eq!(cfg.swarm, SwarmConfig::default());
+        let cfg = with(
+            "[runtime]\nkind = \"swarm\"\n[swarm]\nreplicas = 3\nconstraints = [\"node.labels.web==true\"]\nmax_replicas_per_node = 1\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.runtime, RuntimeKind::Swarm);
+        assert_eq!(cfg.swarm.replicas, 3);
+        assert_eq!(cfg.swarm.constraints, vec!["node.labels.web==true"]);
+
+        let msg = err_of("[runtime]\nkind = \"kubernetes\"\n");
+        assert!(
+            msg.contains("runtime.kind") && msg.contains("kubernetes"),
+            "{msg}"
+        );
+        let msg = err_of("[swarm]\nreplicas = 3\n");
+        assert!(msg.contains("kind = \"swarm\""), "{msg}");
+        let swarm = "[runtime]\nkind = \"swarm\"\n[swarm]\n";
+        let msg = err_of(&format!("{swarm}replicas = 0\n"));
+        assert!(msg.contains("swarm.replicas"), "{msg}");
+        let msg = err_of(&format!("{swarm}max_replicas_per_node = 2\n"));
+        assert!(msg.contains("a node can bind a port once"), "{msg}");
+        let msg = err_of(&format!("{swarm}constraints = [\"web\"]\n"));
+        assert!(msg.contains("swarm.constraints[0]"), "{msg}");
+    }
+
+    #[test]
+    fn docker_tls_takes_three_files_and_a_tcp_host() {
+        let cfg = with(
+            "[docker]\nhost = \"tcp://10.0.0.11:2376\"\ntls_ca = \"tls/ca.pem\"\ntls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"\n",
+        )
+        .unwrap();
+        let tls = cfg.docker.tls.expect("tls");
+        assert!(
+            tls.key.is_absolute() && tls.key.ends_with("tls/key.pem"),
+            "{tls:?}"
+        );
+        let msg = err_of("[docker]\nhost = \"tcp://10.0.0.11:2376\"\ntls_ca = \"ca.pem\"\n");
+        assert!(
+            msg.contains("docker.tls_cert, docker.tls_key missing"),
+            "{msg}"
+        );
+        let msg = err_of(
+            "[docker]\nhost = \"unix:///run/docker.sock\"\ntls_ca = \"a\"\ntls_cert = \"b\"\ntls_key = \"c\"\n",
+        );
+        assert!(msg.contains("TLS needs a tcp:// docker.host"), "{msg}");
+    }
+
+    #[test]
     fn docker_host_default_env_and_file() {
         let cfg = Config::parse(MINIMAL, Path::new(FILE), Some("tcp://10.1.1.1:2375")).unwrap();
         assert_eq!(cfg.docker.host, "tcp://10.1.1.1:2375");
