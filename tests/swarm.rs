@@ -502,8 +502,9 @@ fn the_manager_is_reached_over_tls_with_client_certificates() {
     let run = ft(&site, &["deploy", "v2"]);
     assert_ne!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stderr.contains("tcp://127.0.0.1"),
-        "the error names the engine: {}",
+        run.stderr
+            .contains("TLS handshake with the docker engine at tcp://127.0.0.1"),
+        "the error names the engine and the handshake: {}",
         run.stderr
     );
     assert_eq!(served(&site).as_deref(), Some("v1"));

@@ -100,12 +100,16 @@ pub struct LocalImage {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The engine does not answer (socket missing, connection refused, timeout).
-    #[error("docker engine at {host} is unreachable: {source}")]
+    #[error("docker engine at {host} is unreachable: {}", causes(source))]
     Unreachable {
         host: String,
         #[source]
         source: bollard::errors::Error,
     },
+    /// The TLS handshake with a `tcp://` engine failed: a certificate the other side does
+    /// not accept. Retrying does not help.
+    #[error("the TLS handshake with the docker engine at {host} failed ({detail}): check docker.tls_ca, tls_cert and tls_key against the engine's --tlscacert, --tlscert and --tlskey, and that its certificate names the address in docker.host")]
+    Tls { host: String, detail: String },
     /// The registry has no such image: no such tag or repository (manifest unknown).
     #[error("image {reference} was not found in registry {registry} (no such tag or repository): {message}")]
     ImageNotFound {
@@ -236,10 +240,7 @@ pub(crate) fn not_found(e: &bollard::errors::Error) -> bool {
 /// negotiates the API version.
 pub(crate) async fn connect_client(docker: &DockerConfig) -> Result<bollard::Docker, RuntimeError> {
     let host = &docker.host;
-    let unreachable = |source| RuntimeError::Unreachable {
-        host: host.to_string(),
-        source,
-    };
+    let unreachable = |source| classify_on(host, docker.tls.is_some(), "connect", source);
     let client = match &docker.tls {
         None => bollard::Docker::connect_with_host(host).map_err(unreachable)?,
         Some(tls) => bollard::Docker::connect_with_ssl(
@@ -326,11 +327,56 @@ impl Runtime for Engine {
     }
 }
 
+/// An error and its causes, one after the other: the transport's own words (a refused
+/// connection, a TLS alert) are at the end of the chain.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let words = cause.to_string();
+        if !text.contains(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether a transport failure is a TLS handshake refused for its certificates. With TLS
+/// 1.3 the engine checks the client's certificate after the client thinks the handshake is
+/// done: a refusal then reads as a connection closed before the first answer.
+fn tls_refused(error: &bollard::errors::Error, tls: bool) -> Option<String> {
+    let text = causes(error);
+    let lower = text.to_lowercase();
+    let words: &[&str] = if tls {
+        &[
+            "certificate",
+            "alert",
+            "handshake",
+            "connection closed before message completed",
+        ]
+    } else {
+        &["certificate", "alert", "handshake"]
+    };
+    words.iter().any(|w| lower.contains(w)).then_some(text)
+}
+
 /// Sorts an engine error: a failed transport (connection refused, socket gone, the engine
 /// hanging up, a timeout) is [`RuntimeError::Unreachable`], retried; anything else is an
 /// answer of the engine.
 pub(crate) fn classify(
     host: &str,
+    action: impl Into<String>,
+    source: bollard::errors::Error,
+) -> RuntimeError {
+    classify_on(host, false, action, source)
+}
+
+/// [`classify`], knowing whether the connection is TLS.
+fn classify_on(
+    host: &str,
+    tls: bool,
     action: impl Into<String>,
     source: bollard::errors::Error,
 ) -> RuntimeError {
@@ -342,9 +388,15 @@ pub(crate) fn classify(
         | E::HyperResponseError { .. }
         | E::HyperLegacyError { .. }
         | E::RequestTimeoutError
-        | E::SocketNotFoundError(_) => RuntimeError::Unreachable {
-            host: host.to_string(),
-            source,
+        | E::SocketNotFoundError(_) => match tls_refused(&source, tls) {
+            Some(detail) => RuntimeError::Tls {
+                host: host.to_string(),
+                detail,
+            },
+            None => RuntimeError::Unreachable {
+                host: host.to_string(),
+                source,
+            },
         },
         source => RuntimeError::Api {
             action: action.into(),
