@@ -253,6 +253,53 @@ fn a_service_changed_by_hand_is_replaced_blue_green() {
         done
     });
     assert!(in_sync && last.contains("In sync"), "{last}");
+
+    // The live service removed by hand: nothing is live, the desired image comes back.
+    let live = format!("{}-{}", site.app, live_color(&site));
+    let out = swarm
+        .manager_docker()
+        .args(["service", "rm", &live])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let run = ft(&site, &["reconcile"]);
+    run.expect_code(0);
+    assert_eq!(served(&site).as_deref(), Some("v1"), "{}", run.stderr);
+    assert_eq!(upstream_addrs(&site), node_addrs(swarm));
+}
+
+#[test]
+fn constraints_place_the_tasks_and_the_env_file_reaches_them() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let mut site = site();
+    let node = &swarm.nodes[1];
+    site.set("swarm.replicas", "1");
+    site.set(
+        "swarm.constraints",
+        &format!("[\"node.hostname=={}\"]", node.name),
+    );
+    std::fs::write(site.dir.join(".env"), "GREETING=hello-from-the-env-file\n").unwrap();
+    deploy_ok(&site, "v1");
+    let expected: BTreeSet<Ipv4Addr> = [node.addr].into();
+    assert_eq!(upstream_addrs(&site), expected, "{}", upstream(&site));
+    let service = format!("{}-{}", site.app, live_color(&site));
+    let out = swarm
+        .manager_docker()
+        .args([
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+            &service,
+        ])
+        .output()
+        .unwrap();
+    let env = String::from_utf8_lossy(&out.stdout);
+    assert!(env.contains("GREETING=hello-from-the-env-file"), "{env}");
+    // Never printed by fieldtrack.
+    let status = ft(&site, &["status"]);
+    assert!(!status.stdout.contains("hello-from-the-env-file"));
 }
 
 #[test]
@@ -268,8 +315,12 @@ fn two_processes_racing_one_converges_the_other_reports_the_lock() {
     let (a, a_err) = first.finish();
     let (b, b_err) = second.finish();
     assert_eq!(served(&site).as_deref(), Some("v2"), "{a_err}\n{b_err}");
-    let codes = [a, b];
-    assert!(codes.contains(&0), "one converges: {a_err}\n---\n{b_err}");
+    assert_eq!((a, b), (0, 0), "{a_err}\n---\n{b_err}");
+    let waited = "waiting for the reconcile lock, held by";
+    assert!(
+        a_err.contains(waited) || b_err.contains(waited),
+        "one reports the lock: {a_err}\n---\n{b_err}"
+    );
     assert_eq!(upstream_addrs(&site), node_addrs(swarm));
     assert_eq!(history(&site), "v2\nv1\n");
 }
