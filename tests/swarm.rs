@@ -579,3 +579,61 @@ fn the_manager_is_reached_over_tls_with_client_certificates() {
         .status();
     let _ = front.wait();
 }
+
+#[test]
+fn a_port_held_a_moment_longer_on_a_node_delays_the_candidate_without_failing_it() {
+    // A node's engine may release the host port of the color's last task a moment after
+    // the task ended; here a container of its own holds it for 4 s on one node. Swarm starts
+    // the rejected task again; the attempt waits for it instead of failing.
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let mut site = site();
+    site.set("health.attempts", "30");
+    deploy_ok(&site, "v1");
+    let port = if idle_color(&site) == "blue" {
+        site.blue_port
+    } else {
+        site.green_port
+    };
+    let node = swarm.nodes[1].clone();
+    let blocker = format!("{}-blocker", site.app);
+    let out = swarm
+        .docker(&node)
+        .args(["run", "-d", "--name", &blocker, "-p"])
+        .arg(format!("{port}:8080"))
+        .arg(swarm.image("v1"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let release = {
+        let (swarm, node, blocker) = (swarm.clone(), node.clone(), blocker.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(4));
+            let _ = swarm.docker(&node).args(["rm", "-f", &blocker]).output();
+        })
+    };
+    let run = ft(&site, &["deploy", "v2"]);
+    release.join().unwrap();
+    run.expect_code(0);
+    assert_eq!(served(&site).as_deref(), Some("v2"), "{}", run.stderr);
+    assert_eq!(upstream_addrs(&site), node_addrs(swarm));
+}
+
+#[test]
+fn back_to_back_deploys_reuse_the_color_just_scaled_down() {
+    // The color scaled to 0 by one deployment is updated by the next one at once: its node's
+    // engine may still hold the host port a moment after the old tasks ended.
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let mut site = site();
+    site.set("rollout.drain", "\"0s\"");
+    deploy_ok(&site, "v1");
+    // Under load: the old tasks hold connections until they end.
+    let load = EdgeLoad::start(site.nginx_addr(), "/version").expect("load starts");
+    for tag in ["v2", "v3", "v4", "v5", "v6", "v7"] {
+        deploy_ok(&site, tag);
+        assert_eq!(upstream_addrs(&site), node_addrs(swarm), "{tag}");
+    }
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.first_failures);
+}

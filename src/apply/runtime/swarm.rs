@@ -632,9 +632,17 @@ fn is_terminal(task: &Task) -> bool {
 }
 
 /// How a task failed: its container exited (with its code) or Swarm rejected it (an image
-/// the node could not pull, a port it could not bind).
+/// the node could not pull).
+///
+/// A task that could not bind its host port has not failed for fieldtrack: the node's
+/// engine releases the port of the color's last task a moment after that task ended, and
+/// Swarm starts the task again after its restart delay. The health gate waits for it; a port
+/// held for good ends in the gate's deadline, whose error quotes this very task.
 fn failed(task: &Task) -> Option<ContainerState> {
     let status = task.status.as_ref()?;
+    if port_held(status.err.as_deref().unwrap_or_default()) {
+        return None;
+    }
     match status.state? {
         TaskState::FAILED => Some(ContainerState::Exited {
             code: status
@@ -649,6 +657,11 @@ fn failed(task: &Task) -> Option<ContainerState> {
         ))),
         _ => None,
     }
+}
+
+/// Whether a task's error says its host port was held by something else on its node.
+fn port_held(err: &str) -> bool {
+    err.contains("port is already allocated") || err.contains("address already in use")
 }
 
 /// Whether a newer task took a failed task's slot and runs.
