@@ -27,7 +27,7 @@
 //! [`Instant`]s from the command's start; the served version is polled through the site's
 //! nginx every 10 ms, each time on a fresh connection. Std and libc only, like the bed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -271,10 +271,10 @@ struct Rig {
 }
 
 impl Rig {
-    /// A fieldtrack site of [`REPLICAS`] replicas, deployed at v1.
-    fn fieldtrack(swarm: &Swarm, opts: &Opts) -> Result<Rig> {
+    /// A fieldtrack site of `replicas` replicas, deployed at v1.
+    fn fieldtrack(swarm: &Swarm, opts: &Opts, replicas: u64) -> Result<Rig> {
         let mut site = new_site(swarm)?;
-        site.set("swarm.replicas", &REPLICAS.to_string());
+        site.set("swarm.replicas", &replicas.to_string());
         site.set("rollout.drain", "\"1s\"");
         let rig = Rig {
             driver: Driver::Fieldtrack,
@@ -462,8 +462,6 @@ struct Outcome {
     code: Option<i32>,
     /// User + system CPU of the command and the children it waited for (`wait4`).
     cpu: Duration,
-    /// `ru_maxrss` of `wait4`: the largest of the command and its waited-for children.
-    maxrss_kib: u64,
     /// VmHWM of the command itself, last sampled while it ran.
     hwm_kib: Option<u64>,
     /// Its stderr lines, each with when it arrived.
@@ -591,7 +589,6 @@ fn timed(mut cmd: Command, nginx: SocketAddr, target: &str) -> Result<Outcome> {
             exit,
             code,
             cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-            maxrss_kib: usage.ru_maxrss.max(0) as u64,
             hwm_kib,
             lines,
             started_at,
@@ -669,7 +666,7 @@ fn switch_section(out: &mut String, swarm: &Swarm, opts: &Opts) -> Result<()> {
             VERSIONS[0]
         );
         let rig = match driver {
-            Driver::Fieldtrack => Rig::fieldtrack(swarm, opts)?,
+            Driver::Fieldtrack => Rig::fieldtrack(swarm, opts, REPLICAS)?,
             Driver::Swarm { parallelism } => Rig::swarm(swarm, parallelism, opts)?,
         };
         results.push(switches(&rig, opts)?);
@@ -744,6 +741,33 @@ fn switch_section(out: &mut String, swarm: &Swarm, opts: &Opts) -> Result<()> {
     Ok(())
 }
 
+/// Runs the command `cmd` makes until nginx serves `target`. A switch that fails is a figure
+/// too: why is added to `retried`, and it is tried again after a pause (up to
+/// [`SWITCH_TRIES`] times), so that the next switches still start from the expected version.
+fn switch(
+    rig: &Rig,
+    cmd: impl Fn() -> Command,
+    target: &str,
+    what: &str,
+    retried: &mut Vec<String>,
+) -> Result<Outcome> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = timed(cmd(), rig.site.nginx_addr(), target)
+            .and_then(|o| o.expect_success(what).map(|()| o));
+        match result {
+            Ok(o) => return Ok(o),
+            Err(e) if tries < SWITCH_TRIES => {
+                eprintln!("bench-swarm: {e}\nbench-swarm: trying again in 2 s");
+                retried.push(format!("{what}: {}", reason(&e)));
+                thread::sleep(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// One cell of the switches table: a figure of one driver's switches.
 type Cell<'a> = &'a dyn Fn(&Switches) -> String;
 
@@ -759,36 +783,30 @@ fn switches(rig: &Rig, opts: &Opts) -> Result<Switches> {
     let mut rollbacks = Vec::new();
     let mut failed = None;
     let mut retried = Vec::new();
-    'switching: for i in 0..opts.switches {
+    for i in 0..opts.switches {
         let (target, what) = if i % 2 == 0 {
             (VERSIONS[1], "deploy")
         } else {
             (VERSIONS[0], "rollback")
         };
         let what = format!("{label}, switch {} ({what} to {target})", i + 1);
-        // A switch that fails is a figure too: it is noted, and tried again after a pause,
-        // so that the next switches still alternate.
-        let mut tries = 0;
-        let outcome = loop {
-            tries += 1;
-            let cmd = if i % 2 == 0 {
-                rig.deploy(target)
-            } else {
-                rig.rollback()
-            };
-            let result = timed(cmd, rig.site.nginx_addr(), target)
-                .and_then(|o| o.expect_success(&what).map(|()| o));
-            match result {
-                Ok(o) => break o,
-                Err(e) if tries < SWITCH_TRIES => {
-                    eprintln!("bench-swarm: {e}\nbench-swarm: trying again in 2 s");
-                    retried.push(format!("{what}: {}", reason(&e)));
-                    thread::sleep(Duration::from_secs(2));
+        let outcome = match switch(
+            rig,
+            || {
+                if i % 2 == 0 {
+                    rig.deploy(target)
+                } else {
+                    rig.rollback()
                 }
-                Err(e) => {
-                    failed = Some(e);
-                    break 'switching;
-                }
+            },
+            target,
+            &what,
+            &mut retried,
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                failed = Some(e);
+                break;
             }
         };
         eprintln!(
@@ -852,20 +870,31 @@ fn nginx_errors(site: &SwarmSite, from: usize) -> String {
         "reset by peer",
         "No route to host",
     ];
-    let mut counts = vec![0usize; kinds.len() + 1];
+    // (kind, the upstream's address) → count.
+    let mut counts: BTreeMap<(usize, String), usize> = BTreeMap::new();
     for line in log.lines().filter(|l| l.contains("[error]")) {
-        let k = kinds
+        let kind = kinds
             .iter()
             .position(|k| line.contains(k))
             .unwrap_or(kinds.len());
-        counts[k] += 1;
+        let upstream = line
+            .split("upstream: \"http://")
+            .nth(1)
+            .and_then(|rest| rest.split([':', '/']).next())
+            .unwrap_or_default()
+            .to_string();
+        *counts.entry((kind, upstream)).or_default() += 1;
     }
-    let parts: Vec<String> = kinds
+    let parts: Vec<String> = counts
         .iter()
-        .chain(std::iter::once(&"other"))
-        .zip(&counts)
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| format!("{n} {k}"))
+        .map(|((kind, upstream), n)| {
+            let what = kinds.get(*kind).copied().unwrap_or("other");
+            if upstream.is_empty() {
+                format!("{n} {what}")
+            } else {
+                format!("{n} {what} ({upstream})")
+            }
+        })
         .collect();
     if parts.is_empty() {
         "none".to_string()
@@ -1010,7 +1039,7 @@ struct Death {
 
 fn death_section(out: &mut String, swarm: &Swarm, opts: &Opts) -> Result<()> {
     eprintln!("bench-swarm: setting up a fieldtrack site with a daemon, and the Swarm service");
-    let mut ft = Rig::fieldtrack(swarm, opts)?;
+    let mut ft = Rig::fieldtrack(swarm, opts, REPLICAS)?;
     ft.site
         .set("rollout.resync", &format!("\"{}\"", opts.resync));
     let plain = Rig::swarm(swarm, 1, opts)?;
@@ -1194,6 +1223,8 @@ struct Scaled {
     runs: Vec<Outcome>,
     /// Per run: when the last task of the new color was Running, from the command's start.
     running: Vec<Option<Duration>>,
+    /// Deployments that failed and were tried again: why.
+    retried: Vec<String>,
 }
 
 fn scale_section(out: &mut String, bed: &Bed, opts: &Opts) -> Result<()> {
@@ -1231,14 +1262,12 @@ fn scale_section(out: &mut String, bed: &Bed, opts: &Opts) -> Result<()> {
             "bench-swarm: {replicas} replicas on {} nodes",
             big.nodes.len()
         );
-        let mut rig = Rig::fieldtrack(&big, opts)?;
-        rig.site.set("swarm.replicas", &replicas.to_string());
-        // The setup deploy ran with the default replicas: converge to these first.
-        rig.switch_untimed(&rig.ft(&["reconcile"]), VERSIONS[0])?;
+        let rig = Rig::fieldtrack(&big, opts, replicas)?;
         let mut row = Scaled {
             what: format!("{replicas} (warm: image on every node)"),
             runs: Vec::new(),
             running: Vec::new(),
+            retried: Vec::new(),
         };
         for run in 0..opts.scale_runs {
             let tag = VERSIONS[(run + 1) % 2];
@@ -1256,6 +1285,7 @@ fn scale_section(out: &mut String, bed: &Bed, opts: &Opts) -> Result<()> {
             what: format!("{replicas} (cold: {COLD} pulled by each node)"),
             runs: Vec::new(),
             running: Vec::new(),
+            retried: Vec::new(),
         };
         scaled_deploy(rig, COLD, &mut row)?;
         rows.push(row);
@@ -1273,7 +1303,7 @@ fn scale_section(out: &mut String, bed: &Bed, opts: &Opts) -> Result<()> {
          Times from the command's start, median of {} runs (min-max) for the warm rows, one run for the cold one. \
          \"tasks Running\": the manager's timestamp of the last new task's Running state; \
          \"health passed\": fieldtrack's own probes of every address answered. \
-         CPU: user + system of fieldtrack and the nginx commands it ran (wait4); VmHWM: fieldtrack's own peak RSS.\n",
+         CPU: user + system of fieldtrack and the nginx commands it ran (wait4's rusage); VmHWM: fieldtrack's own peak RSS (/proc, sampled every 10 ms; wait4's ru_maxrss is not used: Linux carries the peak of the process from before its exec, here the bench's own).\n",
         big.nodes.len(),
         rebuilt.as_secs_f64(),
         VERSIONS[0],
@@ -1283,7 +1313,7 @@ fn scale_section(out: &mut String, bed: &Bed, opts: &Opts) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "| replicas | nginx serves the new version | tasks Running | health passed (probes) | command exits | CPU | VmHWM | ru_maxrss |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| replicas | nginx serves the new version | tasks Running | health passed (probes) | command exits | CPU | VmHWM | failed tries |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for row in &rows {
         let running: Vec<Outcome> = row
@@ -1302,7 +1332,6 @@ fn scale_section(out: &mut String, bed: &Bed, opts: &Opts) -> Result<()> {
             .collect();
         let cpu = median_of(row.runs.iter().map(|o| o.cpu.as_secs_f64()).collect());
         let hwm = row.runs.iter().filter_map(|o| o.hwm_kib).max();
-        let maxrss = row.runs.iter().map(|o| o.maxrss_kib).max().unwrap_or(0);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} ({}) | {} | {:.3} s | {} | {} |",
@@ -1314,17 +1343,23 @@ fn scale_section(out: &mut String, bed: &Bed, opts: &Opts) -> Result<()> {
             stat(&row.runs, |o| Some(o.exit)),
             cpu,
             hwm.map_or("-".into(), mib),
-            mib(maxrss),
+            row.retried.len(),
         );
     }
     let _ = writeln!(out);
+    for why in rows.iter().flat_map(|r| &r.retried) {
+        let _ = writeln!(out, "- failed deployment, {why}");
+    }
+    if rows.iter().any(|r| !r.retried.is_empty()) {
+        let _ = writeln!(out);
+    }
     Ok(())
 }
 
 /// A timed `fieldtrack deploy TAG`, with when its tasks ran added to `row`.
 fn scaled_deploy(rig: &Rig, tag: &str, row: &mut Scaled) -> Result<()> {
-    let outcome = timed(rig.deploy(tag), rig.site.nginx_addr(), tag)?;
-    outcome.expect_success(&format!("deploy {tag}"))?;
+    let what = format!("{} replicas, deploy {tag}", rig_replicas(&row.what));
+    let outcome = switch(rig, || rig.deploy(tag), tag, &what, &mut row.retried)?;
     let running = last_task_running(&rig.site, outcome.started_at);
     eprintln!(
         "bench-swarm: {}: deploy {tag}: tasks running {}, served {}, exit {}, cpu {:.3} s",
@@ -1337,6 +1372,11 @@ fn scaled_deploy(rig: &Rig, tag: &str, row: &mut Scaled) -> Result<()> {
     row.runs.push(outcome);
     row.running.push(running);
     Ok(())
+}
+
+/// The replica count a scaling row's label starts with.
+fn rig_replicas(what: &str) -> &str {
+    what.split(' ').next().unwrap_or(what)
 }
 
 /// When the last task of the live color's service became Running, after `since` (the
