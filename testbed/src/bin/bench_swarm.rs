@@ -451,7 +451,7 @@ fn reload_nginx(site: &SwarmSite) -> Result<()> {
 // One timed command
 
 /// A command run to its end while the served version was polled through nginx.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Outcome {
     /// The first poll that got the target version.
     first: Option<Duration>,
@@ -693,24 +693,24 @@ fn switch_section(out: &mut String, swarm: &Swarm, opts: &Opts) -> Result<()> {
     let _ = writeln!(out, "{header}\n{rule}");
     let rows: [(&str, Cell); 11] = [
         ("1. deploy: nginx first serves the new version", &|r| {
-            stat(&r.deploys, |o| o.first)
+            stat(r.deploys.iter().map(|o| o.first))
         }),
         ("1. deploy: nginx serves only the new version", &|r| {
-            stat(&r.deploys, |o| o.settled)
+            stat(r.deploys.iter().map(|o| o.settled))
         }),
         ("1. deploy: the command exits", &|r| {
-            stat(&r.deploys, |o| Some(o.exit))
+            stat(r.deploys.iter().map(|o| Some(o.exit)))
         }),
         (
             "2. rollback: nginx first serves the previous version",
-            &|r| stat(&r.rollbacks, |o| o.first),
+            &|r| stat(r.rollbacks.iter().map(|o| o.first)),
         ),
         (
             "2. rollback: nginx serves only the previous version",
-            &|r| stat(&r.rollbacks, |o| o.settled),
+            &|r| stat(r.rollbacks.iter().map(|o| o.settled)),
         ),
         ("2. rollback: the command exits", &|r| {
-            stat(&r.rollbacks, |o| Some(o.exit))
+            stat(r.rollbacks.iter().map(|o| Some(o.exit)))
         }),
         ("3. requests ok / **failed** across the switches", &|r| {
             format!("{} / **{}**", r.load.ok, r.load.failed)
@@ -835,8 +835,10 @@ fn switches(rig: &Rig, opts: &Opts) -> Result<Switches> {
         return Err(e);
     }
     eprintln!(
-        "bench-swarm: {label}: load {} ok, {} failed {:?}",
-        load.ok, load.failed, load.first_failures
+        "bench-swarm: {label}: load {} ok, {} failed: {}",
+        load.ok,
+        load.failed,
+        failures(&load)
     );
     Ok(Switches {
         driver: rig.driver,
@@ -915,25 +917,23 @@ fn reason(error: &str) -> String {
     line.replace('|', "/").chars().take(300).collect()
 }
 
-/// "1.234 s (1.100-1.500)": the median and range of a figure over runs.
-fn stat(runs: &[Outcome], figure: impl Fn(&Outcome) -> Option<Duration>) -> String {
-    let mut values: Vec<f64> = runs
-        .iter()
-        .filter_map(&figure)
-        .map(|d| d.as_secs_f64())
-        .collect();
+/// "1.234 s (1.100-1.500)": the median and range of a figure over runs (None: the run never
+/// got there).
+fn stat(figures: impl IntoIterator<Item = Option<Duration>>) -> String {
+    let figures: Vec<Option<Duration>> = figures.into_iter().collect();
+    let mut values: Vec<f64> = figures.iter().flatten().map(|d| d.as_secs_f64()).collect();
     if values.is_empty() {
         return "-".to_string();
     }
-    let missing = runs.len() - values.len();
+    let missing = figures.len() - values.len();
     values.sort_by(f64::total_cmp);
     let n = values.len();
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
-    let mut text = format!("{median:.3} s ({:.3}-{:.3})", values[0], values[n - 1]);
+    let mut text = format!(
+        "{:.3} s ({:.3}-{:.3})",
+        median_of(values.clone()),
+        values[0],
+        values[n - 1]
+    );
     if missing > 0 {
         let _ = write!(text, ", never in {missing} runs");
     }
@@ -1161,14 +1161,14 @@ fn death(swarm: &Swarm, ft: &Rig, plain: &Rig, fault: Fault, node: &Node) -> Res
     stop.store(true, Ordering::Relaxed);
     let down = watcher.join().unwrap_or(None);
     eprintln!(
-        "bench-swarm: down {}, leaves {}; fieldtrack {} ok {} failed; static {} ok {} failed {:?}",
+        "bench-swarm: down {}, leaves {}; fieldtrack {} ok {} failed; static {} ok {} failed: {}",
         opt_secs(down),
         opt_secs(leaves),
         fieldtrack.ok,
         fieldtrack.failed,
         static_upstream.ok,
         static_upstream.failed,
-        static_upstream.first_failures
+        failures(&static_upstream)
     );
 
     fault.repair(swarm, node)?;
@@ -1316,15 +1316,6 @@ fn scale_section(out: &mut String, bed: &Bed, opts: &Opts) -> Result<()> {
         "| replicas | nginx serves the new version | tasks Running | health passed (probes) | command exits | CPU | VmHWM | failed tries |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for row in &rows {
-        let running: Vec<Outcome> = row
-            .runs
-            .iter()
-            .zip(&row.running)
-            .map(|(o, r)| Outcome {
-                first: *r,
-                ..o.clone()
-            })
-            .collect();
         let probes: Vec<String> = row
             .runs
             .iter()
@@ -1336,11 +1327,11 @@ fn scale_section(out: &mut String, bed: &Bed, opts: &Opts) -> Result<()> {
             out,
             "| {} | {} | {} | {} ({}) | {} | {:.3} s | {} | {} |",
             row.what,
-            stat(&row.runs, |o| o.settled),
-            stat(&running, |o| o.first),
-            stat(&row.runs, |o| o.line_at("health passed")),
+            stat(row.runs.iter().map(|o| o.settled)),
+            stat(row.running.iter().copied()),
+            stat(row.runs.iter().map(|o| o.line_at("health passed"))),
             probes.join(", "),
-            stat(&row.runs, |o| Some(o.exit)),
+            stat(row.runs.iter().map(|o| Some(o.exit))),
             cpu,
             hwm.map_or("-".into(), mib),
             row.retried.len(),
