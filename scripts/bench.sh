@@ -17,11 +17,67 @@
 #   ./scripts/bench.sh --set rollout.drain='"2s"'   override a key of every fieldtrack site
 #
 # Any option is passed to the bench binary (testbed/src/bin/bench.rs; --help lists them).
+#
+# The Swarm figures of issue 13 (testbed/src/bin/bench_swarm.rs, docs/performance.md "Swarm"):
+#
+#   ./scripts/bench.sh --swarm             only the Swarm bench on the bed's multi-node cluster
+#                                          (dockerd nodes in network namespaces, brought up
+#                                          when missing): switches under load against
+#                                          `docker service update/rollback`, a node's death,
+#                                          and scaling on a 10-node cluster (rebuilt, then
+#                                          back to 3 nodes); about 10 minutes. Its table goes
+#                                          to target/bench/swarm.md
+#   ./scripts/bench.sh --swarm --only switch,death   some sections (switch, death, scale)
+#   ./scripts/bench.sh --with-swarm [...]  the figures above, then the Swarm bench's table
+#                                          appended to target/bench/latest.md
+#
+# After --swarm, options go to bench-swarm (--help lists them). The Swarm bench takes the
+# cluster's exclusive lock for each section: tests on the cluster wait, and it waits for them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 started=$(date +%s)
+
+# The Swarm bench: builds, brings the bed and cluster up, prints its table (stdout) and keeps
+# it in the file $1; options after that go to bench-swarm.
+swarm_bench() {
+    local out=$1
+    shift
+    step "building fieldtrack (release) and the Swarm bench"
+    cargo build --quiet --release --bin fieldtrack
+    cargo build --quiet --release -p fieldtrack-testbed --bin bench-swarm --bin testbed
+    step "test bed and its swarm: dockerd nodes in network namespaces"
+    eval "$(./target/release/testbed up)"
+    eval "$(./target/release/testbed swarm up)"
+    echo "manager $FIELDTRACK_SWARM_MANAGER, nodes $FIELDTRACK_SWARM_NODES" >&2
+    step "bench-swarm $*"
+    mkdir -p target/bench
+    ./target/release/bench-swarm --fieldtrack target/release/fieldtrack "$@" >"$out.tmp"
+    {
+        echo "## Swarm (issue 13)"
+        echo
+        echo "fieldtrack $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with local changes)'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
+        echo
+        cat "$out.tmp"
+    } >"$out"
+    rm -f "$out.tmp"
+    cat "$out"
+}
+
+with_swarm=
+case "${1:-}" in
+--swarm)
+    shift
+    swarm_bench target/bench/swarm.md "$@"
+    step "done in $(($(date +%s) - started)) s; the table is also in target/bench/swarm.md"
+    exit 0
+    ;;
+--with-swarm)
+    shift
+    with_swarm=1
+    ;;
+esac
 
 step "building fieldtrack (release) and the bench"
 cargo build --quiet --release --bin fieldtrack
@@ -43,4 +99,9 @@ out=target/bench/latest.md
 } >"$out"
 rm -f "$out.tmp"
 cat "$out"
+if [ -n "$with_swarm" ]; then
+    swarm_bench target/bench/swarm.md >/dev/null
+    { echo; cat target/bench/swarm.md; } >>"$out"
+    cat target/bench/swarm.md
+fi
 step "done in $(($(date +%s) - started)) s; the table is also in $out"
