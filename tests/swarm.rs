@@ -379,8 +379,10 @@ fn a_worker_whose_engine_is_killed_leaves_the_upstream() {
         (now.len() == 2 && !now.contains(&victim.addr)).then_some(now)
     });
     assert_eq!(served(&site).as_deref(), Some("v1"));
+    // The status shows the loss: the dead node's task, marked.
     let text = ft(&site, &["status"]);
     eprintln!("{}", text.stdout);
+    assert!(text.stdout.contains("(node down)"), "{}", text.stdout);
     daemon.kill();
 }
 

@@ -178,7 +178,15 @@ impl Swarm {
         let mut replicas: Vec<Replica> = tasks
             .iter()
             .filter(|t| {
+                // A task on a node that is down still counts as running for the manager,
+                // which has told it to stop: shown, marked, so the node's loss is visible.
+                let on_down_node = t
+                    .node_id
+                    .as_deref()
+                    .and_then(|id| nodes.get(id))
+                    .is_some_and(|n| !n.ready);
                 t.desired_state == Some(TaskState::RUNNING)
+                    || (on_down_node && !is_terminal(t))
                     || (current(service, t) && failed(t).is_some() && !superseded(t, tasks))
             })
             .map(|t| {
