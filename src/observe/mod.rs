@@ -2,6 +2,8 @@
 //! upstream file points at, the history file and the last status. Nothing is remembered
 //! between passes, so a restarted process finds the same truth as the one that died.
 
+pub mod access_log;
+
 use std::net::SocketAddr;
 
 use crate::apply::proxy::{Proxy, ProxyError};
