@@ -53,6 +53,39 @@ pub fn render_servers(
     )
 }
 
+/// The text of the upstream file sharing traffic by weight (a canary step): one `server ADDR
+/// weight=W;` line per server, in the order given, stable color first (the first server's
+/// port is the one the live color is read from). A weight of 0 writes `down`: nginx takes no
+/// weight below 1.
+pub fn render_weighted(
+    upstream_name: &str,
+    servers: &[(SocketAddr, u32)],
+    comment: &str,
+    keepalive: u32,
+) -> String {
+    let plain: Vec<SocketAddr> = servers.iter().map(|(a, _)| *a).collect();
+    let text = render_servers(upstream_name, &plain, comment, keepalive);
+    let mut lines: Vec<String> = Vec::new();
+    let mut weights = servers.iter().map(|(_, w)| *w);
+    for line in text.lines() {
+        match line
+            .strip_prefix("    server ")
+            .and_then(|l| l.strip_suffix(';'))
+        {
+            Some(addr) => {
+                let param = match weights.next() {
+                    Some(0) => "down".to_string(),
+                    Some(w) => format!("weight={w}"),
+                    None => String::new(),
+                };
+                lines.push(format!("    server {addr} {param};"));
+            }
+            None => lines.push(line.to_string()),
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
 /// The port of the first loopback `server` (`127.0.0.1:PORT`, `localhost:PORT` or
 /// `[::1]:PORT`, with any parameters after it) inside the `upstream NAME { ... }` block.
 ///
@@ -310,6 +343,22 @@ mod tests {
                 "[::1]:3002".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn weighted_servers_render_with_their_weights_and_parse_back() {
+        let stable: SocketAddr = "127.0.0.1:3101".parse().unwrap();
+        let canary: SocketAddr = "127.0.0.1:3102".parse().unwrap();
+        let text = render_weighted(NAME, &[(stable, 90), (canary, 10)], "canary 10%", 0);
+        assert_eq!(
+            text,
+            "# managed by fieldtrack: do not edit (live: canary 10%)\n\
+             upstream fieldtrack_api {\n    server 127.0.0.1:3101 weight=90;\n    server 127.0.0.1:3102 weight=10;\n}\n"
+        );
+        assert_eq!(parse_servers(&text, NAME), vec![stable, canary]);
+        assert_eq!(parse_ports(&text, NAME), vec![3101, 3102]);
+        let off = render_weighted(NAME, &[(stable, 100), (canary, 0)], "x", 0);
+        assert!(off.contains("server 127.0.0.1:3102 down;"), "{off}");
     }
 
     #[test]
