@@ -28,6 +28,12 @@ pub fn render_servers(
     comment: &str,
     keepalive: u32,
 ) -> String {
+    let lines: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+    render_block(upstream_name, &lines, comment, keepalive)
+}
+
+/// The file around `server` statements (each an address and its parameters).
+fn render_block(upstream_name: &str, servers: &[String], comment: &str, keepalive: u32) -> String {
     let comment: String = comment
         .chars()
         .map(|c| {
@@ -63,27 +69,14 @@ pub fn render_weighted(
     comment: &str,
     keepalive: u32,
 ) -> String {
-    let plain: Vec<SocketAddr> = servers.iter().map(|(a, _)| *a).collect();
-    let text = render_servers(upstream_name, &plain, comment, keepalive);
-    let mut lines: Vec<String> = Vec::new();
-    let mut weights = servers.iter().map(|(_, w)| *w);
-    for line in text.lines() {
-        match line
-            .strip_prefix("    server ")
-            .and_then(|l| l.strip_suffix(';'))
-        {
-            Some(addr) => {
-                let param = match weights.next() {
-                    Some(0) => "down".to_string(),
-                    Some(w) => format!("weight={w}"),
-                    None => String::new(),
-                };
-                lines.push(format!("    server {addr} {param};"));
-            }
-            None => lines.push(line.to_string()),
-        }
-    }
-    lines.join("\n") + "\n"
+    let lines: Vec<String> = servers
+        .iter()
+        .map(|(addr, weight)| match weight {
+            0 => format!("{addr} down"),
+            w => format!("{addr} weight={w}"),
+        })
+        .collect();
+    render_block(upstream_name, &lines, comment, keepalive)
 }
 
 /// The port of the first loopback `server` (`127.0.0.1:PORT`, `localhost:PORT` or
