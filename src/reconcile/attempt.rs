@@ -675,10 +675,18 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         Ok(())
     }
 
-    /// Removes a failed candidate; a failure here is logged (the next pass removes it).
+    /// Removes a failed candidate; a failure here is logged (the next pass removes it). A
+    /// Switch's candidate may be the color kept warm: status.json stops naming it.
     async fn remove_candidate(&self, name: &str) {
         if let Err(e) = self.ctx().retire(name, Duration::from_secs(1)).await {
             tracing::error!(container = %name, error = %e, "cannot remove the candidate; the next pass will");
+            return;
+        }
+        let unwarm = self
+            .pass
+            .set_status(|s| s.warm = s.warm.take().filter(|w| w.container != name));
+        if let Err(e) = unwarm {
+            tracing::warn!(error = %e, "cannot update the status");
         }
     }
 

@@ -986,3 +986,17 @@ async fn a_new_image_takes_the_warm_color_and_the_status_stops_naming_it() {
         ("api-green", "v2")
     );
 }
+
+#[tokio::test]
+async fn a_warm_color_failing_its_gate_on_a_rollback_is_removed_and_no_longer_named_warm() {
+    // Found by the simulation: status.json went on naming the removed container.
+    let site = v2_deployed_with_v1_kept_warm().await;
+    site.world().answer(BLUE, ProbeOutcome::Unhealthy(500));
+
+    let e = site.pass("v1").await.unwrap_err();
+
+    assert!(matches!(e, ReconcileError::Unhealthy { .. }), "{e:?}");
+    assert!(site.world().container("api-blue").is_none());
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
+    assert_eq!(site.status().warm, None);
+}
