@@ -184,6 +184,9 @@ pub struct RolloutConfig {
     pub resync: Duration,
     /// Keep the images of replaced versions (so a rollback needs no pull).
     pub keep_images: bool,
+    /// How long the old color keeps running out of nginx after a deployment, so that a
+    /// rollback inside that window is a pure nginx switch; zero: removed at once (cleanup).
+    pub keep_previous: Duration,
 }
 
 /// `[docker]`
@@ -592,6 +595,12 @@ impl Ctx<'_> {
             auto_rollback: r.auto_rollback.unwrap_or(true),
             resync: self.duration("rollout.resync", r.resync, "30s", Zero::Refused)?,
             keep_images: r.keep_images.unwrap_or(true),
+            keep_previous: self.duration(
+                "rollout.keep_previous",
+                r.keep_previous,
+                "0s",
+                Zero::Allowed,
+            )?,
         };
 
         let d = raw.docker.unwrap_or_default();
@@ -899,6 +908,7 @@ mod tests {
                 auto_rollback: true,
                 resync: Duration::from_secs(30),
                 keep_images: true,
+                keep_previous: Duration::ZERO,
             }
         );
         assert_eq!(cfg.docker.host, "unix:///var/run/docker.sock");
@@ -996,6 +1006,7 @@ drain = "0s"
 auto_rollback = false
 resync = "2m"
 keep_images = false
+keep_previous = "15m"
 
 [docker]
 host = "tcp://10.0.0.5:2376"
@@ -1058,6 +1069,7 @@ listen = "9187"
         assert!(!cfg.rollout.auto_rollback);
         assert_eq!(cfg.rollout.resync, Duration::from_secs(120));
         assert!(!cfg.rollout.keep_images);
+        assert_eq!(cfg.rollout.keep_previous, Duration::from_secs(15 * 60));
         assert_eq!(cfg.docker.host, "tcp://10.0.0.5:2376");
         assert_eq!(
             cfg.hooks.pre_switch,
@@ -1220,7 +1232,7 @@ listen = "9187"
     }
 
     /// Every duration key of the config, by section.
-    const DURATION_KEYS: [(&str, &str); 7] = [
+    const DURATION_KEYS: [(&str, &str); 8] = [
         ("container", "stop_timeout"),
         ("health", "interval"),
         ("health", "timeout"),
@@ -1228,6 +1240,7 @@ listen = "9187"
         ("rollout", "resync"),
         ("hooks", "hook_timeout"),
         ("notify", "timeout"),
+        ("rollout", "keep_previous"),
     ];
 
     #[test]

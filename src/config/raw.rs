@@ -75,6 +75,7 @@ pub struct RawRollout {
     pub auto_rollback: Option<bool>,
     pub resync: Option<RawDuration>,
     pub keep_images: Option<bool>,
+    pub keep_previous: Option<RawDuration>,
 }
 
 /// `[docker]`
