@@ -39,7 +39,11 @@ pub enum Action {
     Switch(Rollout),
     /// Make nginx load the upstream file that points at the live `color` again, before
     /// anything else changes: a pass may have died between writing the file and reloading.
-    Reassert { color: Color },
+    ///
+    /// `port` is where that color runs now: the file's port for the live color, or the port
+    /// the color before an unsettled switch publishes, which may not be the config's port
+    /// any more (ports changed since it started).
+    Reassert { color: Color, port: u16 },
     /// Wait `rollout.drain`, then until nginx's workers of earlier configurations have
     /// exited: after a [`Action::Reassert`], before the first removal, since a pass may have
     /// died between a switch and its drain and those workers may still send requests to
@@ -90,8 +94,11 @@ impl fmt::Display for Action {
                 )?;
                 then_retire(f, old)
             }
-            Action::Reassert { color } => {
-                write!(f, "reload nginx with the upstream file pointing at {color}")
+            Action::Reassert { color, port } => {
+                write!(
+                    f,
+                    "reload nginx with the upstream file pointing at {color} (port {port})"
+                )
             }
             Action::Drain => write!(
                 f,
@@ -249,7 +256,8 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
             if matches!(actions.first(), Some(Action::Remove { .. })) {
                 actions.insert(0, Action::Drain);
             }
-            actions.insert(0, Action::Reassert { color });
+            let port = observed.upstream_port().unwrap_or(cfg.port(color));
+            actions.insert(0, Action::Reassert { color, port });
             if refresh {
                 actions.push(Action::Refresh { color });
             }
@@ -319,25 +327,31 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     // nginx cannot reload, nothing is removed.
     // With the file's own color not live, nginx is settled back onto the color that ran
     // before the unsettled switch, when it still runs: it is what nginx may serve now.
+    // Its port is the one it publishes and nginx had, which need not be the config's.
     let fallback = match (&observed.switching, live) {
-        (Some(mark), None) => served
-            .filter(|c| is_color_container(c) && c.ports.iter().any(|p| mark.from.contains(p)))
-            .and_then(|c| c.color),
+        (Some(mark), None) => served.filter(|c| is_color_container(c)).and_then(|c| {
+            let port = c.ports.iter().copied().find(|p| mark.from.contains(p))?;
+            Some((c.color?, port))
+        }),
         _ => None,
     };
     // Nothing of that runs either: nginx is settled on the file, which points where nothing
     // runs (production is down already), so that no candidate gets requests before its gate.
     let down = match (&observed.switching, live, fallback) {
-        (Some(_), None, None) => observed.upstream_color(cfg),
+        (Some(_), None, None) => observed.upstream_color(cfg).zip(observed.upstream_port()),
         _ => None,
     };
     let settle = live
         .and_then(|l| l.color)
         .filter(|_| stale_running || observed.switching.is_some())
+        .zip(observed.upstream_port())
         .or(fallback)
         .or(down);
-    if let Some(live_color) = settle {
-        let mut head = vec![Action::Reassert { color: live_color }];
+    if let Some((live_color, port)) = settle {
+        let mut head = vec![Action::Reassert {
+            color: live_color,
+            port,
+        }];
         if actions.iter().any(|a| matches!(a, Action::Remove { .. })) {
             head.push(Action::Drain);
         }
@@ -580,7 +594,8 @@ mod tests {
             p.actions,
             vec![
                 Action::Reassert {
-                    color: Color::Green
+                    color: Color::Green,
+                    port: 3002
                 },
                 Action::RecordHistory { image: "v2".into() }
             ]
@@ -598,7 +613,8 @@ mod tests {
         assert_eq!(
             p.actions[0],
             Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }
         );
         // A pass died between the switch and the drain: the old color waits for it.
@@ -903,7 +919,8 @@ mod tests {
         assert_eq!(
             p.actions[0],
             Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }
         );
         assert_eq!(p.actions[1], Action::Drain);
@@ -979,7 +996,8 @@ mod tests {
         assert_eq!(
             p.actions,
             vec![Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }]
         );
         // And before a deployment starts anything.
@@ -987,9 +1005,34 @@ mod tests {
         assert_eq!(
             p.actions[0],
             Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }
         );
+    }
+
+    #[test]
+    fn nginx_goes_back_to_the_port_the_color_before_publishes_not_the_configured_one() {
+        // Found by the property test: green runs v1 on 4002, a port the config no longer
+        // names, and a misnamed container runs on 3002, the config's green port. The file
+        // says 3001 (nothing runs there); an unsettled switch left `from: [4002]`. Settling
+        // nginx "on green" by the config's port would point it at the misnamed container,
+        // removed right after: production down.
+        let mut green = running(Color::Green, "v1");
+        green.ports = vec![4002];
+        green.endpoints = loopback(&[4002]);
+        let mut misnamed = running(Color::Blue, "v1");
+        misnamed.id = "id-old".into();
+        misnamed.name = "api-blue-old".into();
+        misnamed.ports = vec![3002];
+        misnamed.endpoints = loopback(&[3002]);
+        let o = with_mark(observed(vec![green, misnamed], BLUE, &["v1"]), &[4002]);
+        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let reasserted = p.actions.iter().find_map(|a| match a {
+            Action::Reassert { port, .. } => Some(*port),
+            _ => None,
+        });
+        assert_eq!(reasserted, Some(4002), "{p:?}");
     }
 
     #[test]
@@ -1007,7 +1050,13 @@ mod tests {
             &[3001],
         );
         let p = plan(&cfg(), &desired("v2"), &o, false);
-        assert_eq!(p.actions[0], Action::Reassert { color: Color::Blue });
+        assert_eq!(
+            p.actions[0],
+            Action::Reassert {
+                color: Color::Blue,
+                port: 3001
+            }
+        );
         assert!(
             !removed_before_any_switch(&p).contains(&"api-blue"),
             "{p:?}"
@@ -1038,7 +1087,8 @@ mod tests {
         assert_eq!(
             p.actions[0],
             Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }
         );
         assert!(matches!(
@@ -1112,7 +1162,8 @@ mod tests {
                 p.actions[..2],
                 [
                     Action::Reassert {
-                        color: Color::Green
+                        color: Color::Green,
+                        port: 3002
                     },
                     Action::Drain
                 ]
@@ -1198,7 +1249,8 @@ mod tests {
             p.actions[..2],
             [
                 Action::Reassert {
-                    color: Color::Green
+                    color: Color::Green,
+                    port: 3002
                 },
                 Action::Drain
             ]
@@ -1379,8 +1431,8 @@ mod tests {
                             "removes {name} after a reload without a drain: {p:?}"
                         );
                     }
-                    Action::Reassert { color } => {
-                        upstream = vec![cfg.port(*color)];
+                    Action::Reassert { port, .. } => {
+                        upstream = vec![*port];
                         undrained_reload = true;
                     }
                     Action::Refresh { .. } => prop_assert!(false, "refreshes on docker: {p:?}"),

@@ -328,15 +328,15 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
         }
     }
 
-    /// What a [`Action::Reassert`] of `color` writes: the servers of the file that are on
-    /// the color's port (nginx is reloaded with what it already names), else where the color
+    /// What a [`Action::Reassert`] of `color` on `port` writes: the servers of the file that
+    /// are on that port (nginx is reloaded with what it already names), else where the color
     /// answers.
     async fn reasserted_servers(
         &self,
         observed: &Observed,
         color: crate::config::Color,
+        port: u16,
     ) -> Result<Vec<std::net::SocketAddr>, ReconcileError> {
-        let port = self.cfg.port(color);
         if self.cfg.runtime == RuntimeKind::Docker {
             return Ok(crate::apply::runtime::Endpoints::loopback(port).addrs);
         }
@@ -456,14 +456,13 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                     ctx.retire(name, cfg.container.stop_timeout).await?;
                     self.set_status(|s| s.warm = s.warm.take().filter(|w| w.container != *name))?;
                 }
-                Action::Reassert { color } => {
+                Action::Reassert { color, port } => {
                     // A pass may have died between writing the upstream file and reloading
                     // nginx: make nginx load the file before anything it might still send
                     // traffic to is removed.
-                    let port = cfg.port(*color);
                     let comment = ctx.live_comment(*color, desired.image.as_written());
-                    let servers = ctx.reasserted_servers(observed, *color).await?;
-                    self.switch_nginx(port, &servers, &comment).await?;
+                    let servers = ctx.reasserted_servers(observed, *color, *port).await?;
+                    self.switch_nginx(*port, &servers, &comment).await?;
                 }
                 Action::Refresh { color } => self.refresh(desired, *color).await?,
                 Action::Drain => {
