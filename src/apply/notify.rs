@@ -443,6 +443,7 @@ mod tests {
             webhook: Some(url::Url::parse(&webhook).unwrap()),
             allow_http: true,
             timeout,
+            email: None,
         }
     }
 
@@ -538,6 +539,7 @@ mod tests {
             webhook: None,
             allow_http: false,
             timeout: Duration::from_secs(5),
+            email: None,
         };
         assert!(Notifier::new(&cfg).is_none());
     }
@@ -666,6 +668,7 @@ mod tests {
             webhook: Some(webhook),
             allow_http: true,
             timeout: Duration::from_secs(5),
+            email: None,
         };
         let notifier = Notifier::new(&cfg).unwrap();
         assert_eq!(notifier.webhook_redacted(), format!("http://{addr}/…"));
