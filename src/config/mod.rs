@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::image::{check_repository, ImageRef};
 use raw::{RawConfig, RawDuration};
 
+pub use rules::NOTIFY_EVENTS;
 pub use rules::{parse_duration, DurationError, MAX_DURATION};
 pub use safety::{check_file_safety, SafetyError};
 pub use toml_error::TomlErrorDetail;
