@@ -11,6 +11,7 @@
 //! test sees the subject and body decoded, as a mail client would.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -108,7 +109,11 @@ asyncio.run(main())
 
 const READER: &str = r#"
 import email, email.policy, mailbox, sys
-for key, message in sorted(mailbox.Maildir(sys.argv[1], create=False).items()):
+def arrival(item):
+    # A Maildir name starts SECONDS.MMICROSECONDSP...: in the order received.
+    seconds, rest = item[0].split(".", 2)[:2]
+    return (int(seconds), int(rest[1:].split("P")[0]))
+for key, message in sorted(mailbox.Maildir(sys.argv[1], create=False).items(), key=arrival):
     parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
     to = ",".join(a.addr_spec for a in parsed["to"].addresses)
     body = parsed.get_content()
@@ -147,6 +152,14 @@ impl SmtpServer {
         cmd.arg(&script).arg(dir).arg(mode);
         if let Some((user, password)) = &options.auth {
             cmd.env("SMTP_USER", user).env("SMTP_PASSWORD", password);
+        }
+        // SAFETY: prctl is async-signal-safe. The server dies with the thread that started
+        // it (the test's), so a test killed before its drop leaves no server behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         let mut child = cmd
             .stdin(Stdio::null())
