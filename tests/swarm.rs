@@ -639,3 +639,42 @@ fn back_to_back_deploys_reuse_the_color_just_scaled_down() {
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}", report.first_failures);
 }
+
+#[test]
+fn keep_previous_keeps_the_old_service_at_its_replicas_and_a_rollback_inside_the_window_is_a_switch(
+) {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let mut site = site();
+    site.set("rollout.keep_previous", "\"15m\"");
+    deploy_ok(&site, "v1");
+    let first = live_color(&site);
+    let first_image = service_image(&site, first).expect("the first service");
+    deploy_ok(&site, "v2");
+    // The old service keeps its tasks, out of nginx.
+    assert_eq!(set_replicas(&site, first), Some(3));
+    assert_eq!(running_nodes(&site, first).len(), 3);
+    assert_ne!(live_color(&site), first);
+    assert_eq!(status(&site)["warm"]["image"], "v1", "{:#}", status(&site));
+
+    // A rollback inside the window switches nginx back: the service is not updated, its
+    // tasks are the same.
+    let service = format!("{}-{first}", site.app);
+    let running_tasks = || -> BTreeSet<String> {
+        swarm
+            .tasks(&service)
+            .into_iter()
+            .filter(|t| t.state == "running" && t.desired == "running")
+            .map(|t| t.id)
+            .collect()
+    };
+    let before = running_tasks();
+    assert_eq!(before.len(), 3);
+    let run = ft(&site, &["rollback", "--yes"]);
+    run.expect_code(0);
+    assert_eq!(served(&site).as_deref(), Some("v1"), "{}", run.stderr);
+    assert_eq!(live_color(&site), first);
+    assert_eq!(service_image(&site, first), Some(first_image));
+    assert_eq!(running_tasks(), before);
+    assert_eq!(upstream_addrs(&site), node_addrs(swarm));
+}

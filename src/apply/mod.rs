@@ -2,6 +2,7 @@
 //! system, each behind a trait so the decision logic can be tested with fakes.
 
 pub mod credentials;
+pub mod email;
 pub mod env_file;
 pub mod health;
 pub mod hooks;

@@ -1,9 +1,10 @@
-//! Webhook notifications: telling the team's chat what a deployment did.
+//! Notifications: telling the team's chat (a webhook) and mailboxes (`[notify.email]`,
+//! see [`super::email`]) what a deployment did.
 //!
-//! A deployment must never wait for, or fail because of, a chat service. So
-//! [`Notifier::send`] is fire-and-forget: it hands the POST to a background task and
-//! returns at once, and a webhook that is down, slow or refusing only costs a warning in
-//! the log. The webhook URL usually carries its token in the path or query, so it never
+//! A deployment must never wait for, or fail because of, a chat or mail service. So
+//! [`Notifier::send`] is fire-and-forget: it hands each delivery to a background task and
+//! returns at once, and a webhook or SMTP server that is down, slow or refusing only costs
+//! a warning in the log. The webhook URL usually carries its token in the path or query, so it never
 //! appears in a log line or an error: only its scheme and host do
 //! ([`NotifyConfig::webhook_redacted`]). Both the host shown and the request come from the
 //! one parsed [`url::Url`] of the config, so the host shown is the host connected to.
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::email::{EmailError, Mailer};
 use crate::config::{Color, NotifyConfig};
 
 /// Where the machine's hostname is read, for the `host` field.
@@ -64,6 +66,12 @@ pub enum NotifyError {
         webhook: String,
         status: reqwest::StatusCode,
         body: String,
+    },
+    /// Email could not be set up (the SMTP password or the CA file unreadable).
+    #[error("{source}")]
+    Email {
+        #[from]
+        source: EmailError,
     },
 }
 
@@ -225,44 +233,182 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Sends notifications to the configured webhook. Cheap to clone; clones share the
-/// in-flight count that [`Notifier::flush`] waits on.
+/// Sends each notification to the configured webhook and, with `[notify.email]`, by email.
+/// Cheap to clone; clones share the in-flight count that [`Notifier::flush`] waits on.
 #[derive(Clone)]
 pub struct Notifier {
-    client: reqwest::Client,
-    webhook: Arc<url::Url>,
-    redacted: Arc<str>,
-    timeout: Duration,
+    webhook: Option<Webhook>,
+    email: Option<Mailer>,
     in_flight: Arc<InFlight>,
 }
 
-/// Shown without the webhook's path and query.
+/// The channels, without the webhook's path and query or the SMTP password.
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Notifier")
-            .field("webhook", &self.redacted)
+            .field("webhook", &self.webhook)
+            .field("email", &self.email)
+            .finish()
+    }
+}
+
+/// The webhook's client and URL.
+#[derive(Clone)]
+struct Webhook {
+    client: reqwest::Client,
+    url: Arc<url::Url>,
+    redacted: Arc<str>,
+    timeout: Duration,
+}
+
+/// Shown without the webhook's path and query.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.redacted)
             .field("timeout", &self.timeout)
             .finish()
     }
 }
 
 impl Notifier {
-    /// A notifier for `[notify]`, or `None` when no webhook is configured. A client that
-    /// cannot be built (which [`Notifier::try_new`] reports) is logged and also gives
-    /// `None`: notifications are never worth failing the daemon for.
+    /// A notifier for `[notify]`, or `None` when neither a webhook nor email is configured.
+    /// A channel that cannot be set up (which [`Notifier::try_new`] reports: a TLS client
+    /// that cannot be built, an SMTP password that cannot be read) is logged and left out:
+    /// notifications are never worth failing the daemon for.
     pub fn new(cfg: &NotifyConfig) -> Option<Notifier> {
-        match Notifier::try_new(cfg) {
-            Ok(notifier) => notifier,
-            Err(err) => {
-                tracing::warn!(error = %err, "webhook notifications disabled");
-                None
-            }
+        let webhook = Webhook::new(cfg).unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "webhook notifications disabled");
+            None
+        });
+        let email = cfg.email.as_ref().and_then(|email| {
+            Mailer::new(email, cfg.timeout)
+                .map_err(|err| tracing::warn!(error = %err, "email notifications disabled"))
+                .ok()
+        });
+        Notifier::of(webhook, email)
+    }
+
+    /// [`Notifier::new`], reporting a channel that cannot be set up.
+    pub fn try_new(cfg: &NotifyConfig) -> Result<Option<Notifier>, NotifyError> {
+        let webhook = Webhook::new(cfg)?;
+        let email = match &cfg.email {
+            None => None,
+            Some(email) => Some(Mailer::new(email, cfg.timeout)?),
+        };
+        Ok(Notifier::of(webhook, email))
+    }
+
+    fn of(webhook: Option<Webhook>, email: Option<Mailer>) -> Option<Notifier> {
+        if webhook.is_none() && email.is_none() {
+            return None;
+        }
+        Some(Notifier {
+            webhook,
+            email,
+            in_flight: Arc::new(InFlight::default()),
+        })
+    }
+
+    /// Where notifications go, as it may be shown: the webhook's scheme and host, the SMTP
+    /// server. E.g. `webhook https://hooks.example.com/…, email smtp.example.com:587`.
+    pub fn targets(&self) -> String {
+        let webhook = self
+            .webhook
+            .as_ref()
+            .map(|w| format!("webhook {}", w.redacted));
+        let email = self.email.as_ref().map(|m| format!("email {}", m.server()));
+        [webhook, email]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The webhook as it may be shown (scheme and host), if one is configured.
+    pub fn webhook_redacted(&self) -> Option<&str> {
+        self.webhook.as_ref().map(|w| &*w.redacted)
+    }
+
+    /// Sends `n` to every channel in the background and returns at once; a failure is
+    /// logged as a warning. Email goes only for the events `notify.email.events` lists.
+    /// Outside a tokio runtime nothing can run in the background, so the notification is
+    /// dropped with a warning.
+    pub fn send(&self, n: Notification) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                to = %self.targets(),
+                event = n.event.as_str(),
+                "notification dropped: no async runtime"
+            );
+            return;
+        };
+        if let Some(mailer) = self.email.as_ref().filter(|m| m.wants(&n)) {
+            let mailer = mailer.clone();
+            let guard = InFlightGuard::new(self.in_flight.clone());
+            let n = n.clone();
+            runtime.spawn(async move {
+                let _guard = guard;
+                match mailer.send_now(&n).await {
+                    Ok(()) => tracing::debug!(
+                        server = mailer.server(),
+                        event = n.event.as_str(),
+                        "email notification sent"
+                    ),
+                    Err(err) => tracing::warn!(
+                        event = n.event.as_str(),
+                        error = %err,
+                        "email notification failed"
+                    ),
+                }
+            });
+        }
+        if let Some(webhook) = &self.webhook {
+            let webhook = webhook.clone();
+            let guard = InFlightGuard::new(self.in_flight.clone());
+            runtime.spawn(async move {
+                let _guard = guard;
+                let event = n.event;
+                match webhook.send_now(n).await {
+                    Ok(()) => tracing::debug!(
+                        webhook = %webhook.redacted,
+                        event = event.as_str(),
+                        "webhook notification sent"
+                    ),
+                    Err(err) => tracing::warn!(
+                        event = event.as_str(),
+                        error = %err,
+                        "webhook notification failed"
+                    ),
+                }
+            });
         }
     }
 
-    /// [`Notifier::new`], reporting a client that cannot be built.
-    pub fn try_new(cfg: &NotifyConfig) -> Result<Option<Notifier>, NotifyError> {
-        let Some(webhook) = cfg.webhook.clone() else {
+    /// POSTs `n` to the webhook and waits for a 2xx answer, at most `notify.timeout`;
+    /// nothing to do without a webhook.
+    pub async fn send_webhook_now(&self, n: Notification) -> Result<(), NotifyError> {
+        match &self.webhook {
+            Some(webhook) => webhook.send_now(n).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every notification handed to [`Notifier::send`] (by this notifier or a
+    /// clone) is delivered or has failed, at most `within`. For a process about to exit
+    /// (`fieldtrack reconcile`, `deploy`): its runtime would drop the tasks unfinished.
+    /// Returns whether all were done.
+    pub async fn flush(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.in_flight.idle())
+            .await
+            .is_ok()
+    }
+}
+
+impl Webhook {
+    /// The webhook of `[notify]`, if any.
+    fn new(cfg: &NotifyConfig) -> Result<Option<Webhook>, NotifyError> {
+        let Some(url) = cfg.webhook.clone() else {
             return Ok(None);
         };
         let redacted = cfg.webhook_redacted().unwrap_or_else(|| "…".to_owned());
@@ -277,57 +423,18 @@ impl Notifier {
             .map_err(|source| NotifyError::Client {
                 source: source.without_url(),
             })?;
-        Ok(Some(Notifier {
+        Ok(Some(Webhook {
             client,
-            webhook: Arc::new(webhook),
+            url: Arc::new(url),
             redacted: redacted.into(),
             timeout: cfg.timeout,
-            in_flight: Arc::new(InFlight::default()),
         }))
     }
 
-    /// The webhook as it may be shown: scheme and host.
-    pub fn webhook_redacted(&self) -> &str {
-        &self.redacted
-    }
-
-    /// Sends `n` in the background and returns at once; a failure is logged as a warning.
-    /// Outside a tokio runtime nothing can run in the background, so the notification is
-    /// dropped with a warning.
-    pub fn send(&self, n: Notification) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(
-                webhook = %self.redacted,
-                event = n.event.as_str(),
-                "webhook notification dropped: no async runtime"
-            );
-            return;
-        };
-        let notifier = self.clone();
-        let guard = InFlightGuard::new(self.in_flight.clone());
-        runtime.spawn(async move {
-            let _guard = guard;
-            let event = n.event;
-            match notifier.send_now(n).await {
-                Ok(()) => tracing::debug!(
-                    webhook = %notifier.redacted,
-                    event = event.as_str(),
-                    "webhook notification sent"
-                ),
-                Err(err) => tracing::warn!(
-                    event = event.as_str(),
-                    error = %err,
-                    "webhook notification failed"
-                ),
-            }
-        });
-    }
-
-    /// POSTs `n` and waits for a 2xx answer, at most `notify.timeout`.
-    pub async fn send_now(&self, n: Notification) -> Result<(), NotifyError> {
+    async fn send_now(&self, n: Notification) -> Result<(), NotifyError> {
         let response = self
             .client
-            .post(url::Url::clone(&self.webhook))
+            .post(url::Url::clone(&self.url))
             .json(&n.to_json())
             .send()
             .await
@@ -342,16 +449,6 @@ impl Notifier {
             status,
             body: truncate(first_line(&body).as_str(), STATUS_BODY_CHARS),
         })
-    }
-
-    /// Waits until every notification handed to [`Notifier::send`] (by this notifier or a
-    /// clone) is delivered or has failed, at most `within`. For a process about to exit
-    /// (`fieldtrack reconcile`, `deploy`): its runtime would drop the tasks unfinished.
-    /// Returns whether all were done.
-    pub async fn flush(&self, within: Duration) -> bool {
-        tokio::time::timeout(within, self.in_flight.idle())
-            .await
-            .is_ok()
     }
 
     fn request_error(&self, source: reqwest::Error) -> NotifyError {
@@ -374,7 +471,7 @@ impl Notifier {
 }
 
 /// `error` and its sources in one line, skipping a source whose text is already there.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -443,6 +540,7 @@ mod tests {
             webhook: Some(url::Url::parse(&webhook).unwrap()),
             allow_http: true,
             timeout,
+            email: None,
         }
     }
 
@@ -538,6 +636,7 @@ mod tests {
             webhook: None,
             allow_http: false,
             timeout: Duration::from_secs(5),
+            email: None,
         };
         assert!(Notifier::new(&cfg).is_none());
     }
@@ -625,7 +724,7 @@ mod tests {
     async fn the_webhook_receives_the_json_body() {
         let (url, rx) = receiver("200 OK");
         let notifier = Notifier::new(&config(url, Duration::from_secs(5))).unwrap();
-        notifier.send_now(sample()).await.unwrap();
+        notifier.send_webhook_now(sample()).await.unwrap();
         let (head, body) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(
             head.starts_with(&format!("POST {SECRET_PATH}?token=x HTTP/1.1\r\n")),
@@ -666,10 +765,14 @@ mod tests {
             webhook: Some(webhook),
             allow_http: true,
             timeout: Duration::from_secs(5),
+            email: None,
         };
         let notifier = Notifier::new(&cfg).unwrap();
-        assert_eq!(notifier.webhook_redacted(), format!("http://{addr}/…"));
-        let err = notifier.send_now(sample()).await.unwrap_err();
+        assert_eq!(
+            notifier.webhook_redacted().unwrap(),
+            format!("http://{addr}/…")
+        );
+        let err = notifier.send_webhook_now(sample()).await.unwrap_err();
         let (head, _) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(
             head.starts_with(&format!("POST /@evil.invalid{SECRET_PATH} HTTP/1.1\r\n")),
@@ -698,7 +801,7 @@ mod tests {
     async fn an_error_status_is_reported_without_the_token() {
         let (url, _rx) = receiver("403 Forbidden");
         let notifier = Notifier::new(&config(url, Duration::from_secs(5))).unwrap();
-        let err = notifier.send_now(sample()).await.unwrap_err();
+        let err = notifier.send_webhook_now(sample()).await.unwrap_err();
         assert!(matches!(err, NotifyError::Status { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(
@@ -723,7 +826,7 @@ mod tests {
         );
 
         let start = Instant::now();
-        let err = notifier.send_now(sample()).await.unwrap_err();
+        let err = notifier.send_webhook_now(sample()).await.unwrap_err();
         let elapsed = start.elapsed();
         assert!(matches!(err, NotifyError::TimedOut { .. }), "{err:?}");
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
@@ -740,7 +843,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_connection_does_not_reveal_the_url_path() {
         let notifier = Notifier::new(&config(refused_url(), Duration::from_secs(2))).unwrap();
-        let err = notifier.send_now(sample()).await.unwrap_err();
+        let err = notifier.send_webhook_now(sample()).await.unwrap_err();
         assert!(matches!(err, NotifyError::Request { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(

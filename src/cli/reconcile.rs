@@ -170,12 +170,12 @@ pub(crate) async fn converge(
         .during(pass.reconcile_with_retries(desired, true, TRIES))
         .await;
     if let Some(notifier) = &ctx.notifier {
-        // This process exits next: give the webhook a moment, never more, since a webhook
-        // that is down or slow must not delay a deployment.
+        // This process exits next: give the webhook and email a moment, never more, since
+        // a server that is down or slow must not delay a deployment.
         if !notifier.flush(Duration::from_secs(1)).await {
             tracing::warn!(
-                webhook = %notifier.webhook_redacted(),
-                "webhook notification not delivered within 1s; dropped"
+                to = %notifier.targets(),
+                "notification not delivered within 1s; dropped"
             );
         }
     }

@@ -2,6 +2,8 @@
 //! that came from outside (a log tail in the message, a note) is printed through
 //! [`printable`]; `--json` is safe as it is, since JSON escapes every control character.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde_json::json;
 
 use super::terminal::printable;
@@ -10,7 +12,7 @@ use crate::config::{Config, RuntimeKind};
 use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::history;
-use crate::state::status::Status;
+use crate::state::status::{Status, Warm};
 use crate::state::{AUDIT_FILE, STATUS_FILE};
 use crate::upstream::{parse_port, parse_servers};
 
@@ -91,6 +93,12 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
             );
             if let Some(digest) = &s.digest {
                 println!("Digest    : {}", printable(digest));
+            }
+            if let Some(warm) = &s.warm {
+                println!(
+                    "Previous  : {}",
+                    printable(&warm_line(warm, SystemTime::now()))
+                );
             }
             if let Some(message) = &s.message {
                 println!("Message   : {}", printable(message));
@@ -230,6 +238,65 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// `v2 warm until 14:05 (api-blue): ...`, the previous color kept running out of nginx, its
+/// window's end in the server's local time (with the date when not today).
+fn warm_line(warm: &Warm, now: SystemTime) -> String {
+    let Some(until) = warm.until_time() else {
+        return format!(
+            "{} kept warm, until an unreadable time {}",
+            warm.image, warm.until
+        );
+    };
+    if until <= now {
+        return format!(
+            "{} was kept warm until {} ({}): the next pass removes it",
+            warm.image,
+            local_clock(until, now),
+            warm.container
+        );
+    }
+    format!(
+        "{} warm until {} ({}): a rollback to it is a pure nginx switch",
+        warm.image,
+        local_clock(until, now),
+        warm.container
+    )
+}
+
+/// `14:05 CET`, or `2026-11-27 14:05 CET` when that is not today, in the local time zone.
+fn local_clock(at: SystemTime, now: SystemTime) -> String {
+    let local = |t: SystemTime| -> Option<libc::tm> {
+        let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
+        let secs = libc::time_t::try_from(secs).ok()?;
+        // SAFETY: localtime_r writes only into `tm`, which is ours; a zeroed tm is valid.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+        ok.then_some(tm)
+    };
+    let Some(tm) = local(at) else {
+        return humantime::format_rfc3339_seconds(at).to_string();
+    };
+    let zone = if tm.tm_zone.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a non-null tm_zone points at a NUL-terminated name owned by libc.
+        let name = unsafe { std::ffi::CStr::from_ptr(tm.tm_zone) };
+        format!(" {}", name.to_string_lossy())
+    };
+    let clock = format!("{:02}:{:02}{zone}", tm.tm_hour, tm.tm_min);
+    let same_day = local(now).is_some_and(|n| (n.tm_year, n.tm_yday) == (tm.tm_year, tm.tm_yday));
+    if same_day {
+        clock
+    } else {
+        format!(
+            "{:04}-{:02}-{:02} {clock}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday
+        )
+    }
+}
+
 /// What brought a deployment about, in the operator's words: ci, cli, rollback or
 /// auto-rollback.
 fn trigger_of(r: &AuditRecord) -> &'static str {
@@ -242,5 +309,51 @@ fn trigger_of(r: &AuditRecord) -> &'static str {
         "ci"
     } else {
         "cli"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn warm(until: SystemTime) -> Warm {
+        Warm {
+            color: "blue".into(),
+            image: "v2".into(),
+            container: "api-blue".into(),
+            id: "abc".into(),
+            until: humantime::format_rfc3339_seconds(until).to_string(),
+        }
+    }
+
+    #[test]
+    fn the_warm_line_names_the_image_and_the_end_of_its_window() {
+        let now = SystemTime::now();
+        let line = warm_line(&warm(now + Duration::from_secs(600)), now);
+        assert!(line.starts_with("v2 warm until "), "{line}");
+        assert!(line.contains("(api-blue)"), "{line}");
+        assert!(line.contains("pure nginx switch"), "{line}");
+        // HH:MM, then the zone's name.
+        let clock = line["v2 warm until ".len()..].split(' ').next().unwrap();
+        assert_eq!(clock.len(), 5, "{line}");
+        assert_eq!(&clock[2..3], ":", "{line}");
+    }
+
+    #[test]
+    fn a_window_that_is_over_says_the_next_pass_removes_it() {
+        let now = SystemTime::now();
+        let line = warm_line(&warm(now - Duration::from_secs(5)), now);
+        assert!(line.contains("was kept warm until"), "{line}");
+        assert!(line.contains("the next pass removes it"), "{line}");
+    }
+
+    #[test]
+    fn a_window_ending_another_day_shows_the_date() {
+        let now = SystemTime::now();
+        let line = warm_line(&warm(now + Duration::from_secs(3 * 24 * 3600)), now);
+        let date = line["v2 warm until ".len()..].split(' ').next().unwrap();
+        assert_eq!(date.len(), 10, "{line}");
+        assert_eq!(&date[4..5], "-", "{line}");
     }
 }

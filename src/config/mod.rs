@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::image::{check_repository, ImageRef};
 use raw::{RawConfig, RawDuration};
 
+pub use rules::NOTIFY_EVENTS;
 pub use rules::{parse_duration, DurationError, MAX_DURATION};
 pub use safety::{check_file_safety, SafetyError};
 pub use toml_error::TomlErrorDetail;
@@ -184,6 +185,9 @@ pub struct RolloutConfig {
     pub resync: Duration,
     /// Keep the images of replaced versions (so a rollback needs no pull).
     pub keep_images: bool,
+    /// How long the old color keeps running out of nginx after a deployment, so that a
+    /// rollback inside that window is a pure nginx switch; zero: removed at once (cleanup).
+    pub keep_previous: Duration,
 }
 
 /// `[docker]`
@@ -271,8 +275,10 @@ pub struct NotifyConfig {
     pub webhook: Option<url::Url>,
     /// `notify.allow_http`: an `http://` webhook was accepted (default false).
     pub allow_http: bool,
-    /// Not zero.
+    /// Not zero. Bounds one webhook POST and one email delivery alike.
     pub timeout: Duration,
+    /// `[notify.email]`; None: no email.
+    pub email: Option<EmailConfig>,
 }
 
 impl NotifyConfig {
@@ -289,8 +295,99 @@ impl fmt::Debug for NotifyConfig {
             .field("webhook", &self.webhook_redacted())
             .field("allow_http", &self.allow_http)
             .field("timeout", &self.timeout)
+            .field("email", &self.email)
             .finish()
     }
+}
+
+/// `[notify.email]`: where and to whom notifications are mailed. Holds no secret: the
+/// password is read from its source when the mailer is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailConfig {
+    /// A host name or IP address.
+    pub host: String,
+    /// Default: 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    pub port: u16,
+    pub security: EmailSecurity,
+    /// A PEM file of CA certificates trusted besides the public ones (a relay with a
+    /// certificate of its own CA). Passes [`safety::check_trusted`].
+    pub tls_ca: Option<PathBuf>,
+    /// SMTP AUTH; None: the server is not asked to authenticate us.
+    pub auth: Option<EmailAuth>,
+    pub from: lettre::message::Mailbox,
+    /// At least one.
+    pub to: Vec<lettre::message::Mailbox>,
+    /// Which events are mailed, by the names in [`rules::NOTIFY_EVENTS`]; None: every one.
+    pub events: Option<Vec<String>>,
+}
+
+impl EmailConfig {
+    /// The SMTP password file and CA file pass [`safety::check_trusted`]: whoever could
+    /// change the one could read mail credentials elsewhere, the other decides which server
+    /// is believed. The error names the key.
+    fn check_files(&self, config: &Path) -> Result<(), ConfigError> {
+        let files = [
+            ("notify.email.tls_ca", self.tls_ca.as_ref()),
+            (
+                "notify.email.password_file",
+                match &self.auth {
+                    Some(EmailAuth {
+                        password: PasswordSource::File(file),
+                        ..
+                    }) => Some(file),
+                    _ => None,
+                },
+            ),
+        ];
+        for (key, file) in files {
+            let Some(file) = file else { continue };
+            safety::check_trusted(file).map_err(|e| ConfigError::Invalid {
+                path: config.to_path_buf(),
+                key: key.to_owned(),
+                value: quote(&file.display().to_string()),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `notify.email.security`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailSecurity {
+    /// Plain connection upgraded by STARTTLS, which the server must offer (port 587).
+    StartTls,
+    /// TLS from the first byte, "SMTPS" (port 465).
+    Tls,
+    /// No encryption: only allowed to a loopback host.
+    None,
+}
+
+impl EmailSecurity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailSecurity::StartTls => "starttls",
+            EmailSecurity::Tls => "tls",
+            EmailSecurity::None => "none",
+        }
+    }
+}
+
+/// `notify.email.user` and where its password is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAuth {
+    pub user: String,
+    pub password: PasswordSource,
+}
+
+/// Where the SMTP password is read from, when the mailer is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// `password_file`: its content, without the final line break. Passes
+    /// [`safety::check_trusted`].
+    File(PathBuf),
+    /// `password_env`: the value of this environment variable of the process.
+    Env(String),
 }
 
 /// `[metrics]`
@@ -409,6 +506,9 @@ impl Config {
             for file in [&tls.ca, &tls.cert, &tls.key] {
                 safety::check_trusted(file).map_err(ConfigError::Unsafe)?;
             }
+        }
+        if let Some(email) = &cfg.notify.email {
+            email.check_files(&cfg.path)?;
         }
         Ok(cfg)
     }
@@ -592,6 +692,12 @@ impl Ctx<'_> {
             auto_rollback: r.auto_rollback.unwrap_or(true),
             resync: self.duration("rollout.resync", r.resync, "30s", Zero::Refused)?,
             keep_images: r.keep_images.unwrap_or(true),
+            keep_previous: self.duration(
+                "rollout.keep_previous",
+                r.keep_previous,
+                "0s",
+                Zero::Allowed,
+            )?,
         };
 
         let d = raw.docker.unwrap_or_default();
@@ -711,6 +817,7 @@ impl Ctx<'_> {
             webhook,
             allow_http,
             timeout: self.duration("notify.timeout", t.timeout, "5s", Zero::Refused)?,
+            email: t.email.map(|e| self.email(e)).transpose()?,
         };
 
         let m = raw.metrics.unwrap_or_default();
@@ -803,6 +910,151 @@ impl Ctx<'_> {
     fn hook(&self, key: &str, value: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
         let argv = value.unwrap_or_default();
         rules::check_hook(&argv, self.dir).map_err(|r| self.invalid(key, format!("{argv:?}"), r))
+    }
+
+    /// `[notify.email]`
+    fn email(&self, e: raw::RawEmail) -> Result<EmailConfig, ConfigError> {
+        let missing = |key| ConfigError::Missing {
+            path: self.path.to_path_buf(),
+            key,
+        };
+        let host = e.host.ok_or_else(|| missing("notify.email.host"))?;
+        rules::check_smtp_host(&host)
+            .map_err(|r| self.invalid("notify.email.host", quote(&host), r))?;
+        let security = match e.security.as_deref() {
+            None | Some("starttls") => EmailSecurity::StartTls,
+            Some("tls") => EmailSecurity::Tls,
+            Some("none") => EmailSecurity::None,
+            Some(other) => {
+                return Err(self.invalid(
+                    "notify.email.security",
+                    quote(other),
+                    "must be \"starttls\", \"tls\" or \"none\"".into(),
+                ))
+            }
+        };
+        // Without TLS the password and the message cross the network in clear, readable
+        // and replayable by anyone on the way; over loopback nothing is on the way.
+        if security == EmailSecurity::None && !rules::is_loopback_host(&host) {
+            return Err(self.invalid(
+                "notify.email.security",
+                quote("none"),
+                format!(
+                    "sends the password and the message in clear, so it is only allowed to a loopback host (127.0.0.1, ::1, localhost), not {}: use \"starttls\" or \"tls\"",
+                    quote(&host)
+                ),
+            ));
+        }
+        let default_port = match security {
+            EmailSecurity::StartTls => 587,
+            EmailSecurity::Tls => 465,
+            EmailSecurity::None => 25,
+        };
+        let port = self.port("notify.email.port", e.port, default_port)?;
+        let tls_ca = match e.tls_ca {
+            None => None,
+            Some(_) if security == EmailSecurity::None => {
+                return Err(self.invalid(
+                    "notify.email.tls_ca",
+                    "(set)".into(),
+                    "is only read with security = \"starttls\" or \"tls\"".into(),
+                ))
+            }
+            Some(ca) => Some(self.path_or("notify.email.tls_ca", Some(ca), "")?),
+        };
+        let password = match (e.password_file, e.password_env) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    "notify.email.password_env",
+                    "(set)".into(),
+                    "set password_file or password_env, not both".into(),
+                ))
+            }
+            (Some(file), None) => Some(PasswordSource::File(self.path_or(
+                "notify.email.password_file",
+                Some(file),
+                "",
+            )?)),
+            (None, Some(name)) => {
+                rules::check_env_name(&name)
+                    .map_err(|r| self.invalid("notify.email.password_env", quote(&name), r))?;
+                Some(PasswordSource::Env(name))
+            }
+            (None, None) => None,
+        };
+        let auth = match (e.user, password) {
+            (None, None) => None,
+            (Some(user), Some(password)) => {
+                if user.is_empty() || user.chars().any(|c| c.is_control()) {
+                    return Err(self.invalid(
+                        "notify.email.user",
+                        quote(&user),
+                        "must be non-empty, without control characters".into(),
+                    ));
+                }
+                Some(EmailAuth { user, password })
+            }
+            (Some(user), None) => return Err(self.invalid(
+                "notify.email.user",
+                quote(&user),
+                "needs password_file or password_env (the password is never written in the config)"
+                    .into(),
+            )),
+            (None, Some(_)) => {
+                return Err(self.invalid(
+                    "notify.email.user",
+                    "(missing)".into(),
+                    "a password (password_file or password_env) needs a user".into(),
+                ))
+            }
+        };
+        let from = e.from.ok_or_else(|| missing("notify.email.from"))?;
+        let from = rules::parse_mailbox(&from)
+            .map_err(|r| self.invalid("notify.email.from", quote(&from), r))?;
+        let to = e.to.ok_or_else(|| missing("notify.email.to"))?;
+        if to.is_empty() {
+            return Err(self.invalid(
+                "notify.email.to",
+                "[]".into(),
+                "must name at least one address".into(),
+            ));
+        }
+        let to = to
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                rules::parse_mailbox(addr)
+                    .map_err(|r| self.invalid(format!("notify.email.to[{i}]"), quote(addr), r))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(events) = &e.events {
+            if events.is_empty() {
+                return Err(self.invalid(
+                    "notify.email.events",
+                    "[]".into(),
+                    "must name at least one event (remove [notify.email] for no email)".into(),
+                ));
+            }
+            for (i, event) in events.iter().enumerate() {
+                if !rules::NOTIFY_EVENTS.contains(&event.as_str()) {
+                    return Err(self.invalid(
+                        format!("notify.email.events[{i}]"),
+                        quote(event),
+                        format!("must be one of {}", rules::NOTIFY_EVENTS.join(", ")),
+                    ));
+                }
+            }
+        }
+        Ok(EmailConfig {
+            host,
+            port,
+            security,
+            tls_ca,
+            auth,
+            from,
+            to,
+            events: e.events,
+        })
     }
 }
 
@@ -899,6 +1151,7 @@ mod tests {
                 auto_rollback: true,
                 resync: Duration::from_secs(30),
                 keep_images: true,
+                keep_previous: Duration::ZERO,
             }
         );
         assert_eq!(cfg.docker.host, "unix:///var/run/docker.sock");
@@ -916,6 +1169,7 @@ mod tests {
                 webhook: None,
                 allow_http: false,
                 timeout: Duration::from_secs(5),
+                email: None,
             }
         );
         assert_eq!(cfg.metrics.listen, None);
@@ -996,6 +1250,7 @@ drain = "0s"
 auto_rollback = false
 resync = "2m"
 keep_images = false
+keep_previous = "15m"
 
 [docker]
 host = "tcp://10.0.0.5:2376"
@@ -1058,6 +1313,7 @@ listen = "9187"
         assert!(!cfg.rollout.auto_rollback);
         assert_eq!(cfg.rollout.resync, Duration::from_secs(120));
         assert!(!cfg.rollout.keep_images);
+        assert_eq!(cfg.rollout.keep_previous, Duration::from_secs(15 * 60));
         assert_eq!(cfg.docker.host, "tcp://10.0.0.5:2376");
         assert_eq!(
             cfg.hooks.pre_switch,
@@ -1220,7 +1476,7 @@ listen = "9187"
     }
 
     /// Every duration key of the config, by section.
-    const DURATION_KEYS: [(&str, &str); 7] = [
+    const DURATION_KEYS: [(&str, &str); 8] = [
         ("container", "stop_timeout"),
         ("health", "interval"),
         ("health", "timeout"),
@@ -1228,6 +1484,7 @@ listen = "9187"
         ("rollout", "resync"),
         ("hooks", "hook_timeout"),
         ("notify", "timeout"),
+        ("rollout", "keep_previous"),
     ];
 
     #[test]
@@ -1816,5 +2073,159 @@ listen = "9187"
             let msg = err_of(text);
             assert!(!msg.contains('\n'), "{msg}");
         }
+    }
+}
+
+#[cfg(test)]
+mod email_tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    const FILE: &str = "/etc/fieldtrack/fieldtrack.toml";
+    const BASE: &str = "repository = \"ghcr.io/fieldtrack-tech/api\"\n[notify.email]\n";
+    const ADDRS: &str = "from = \"fieldtrack <deploys@example.com>\"\nto = [\"ops@example.com\"]\n";
+
+    fn email(extra: &str) -> Result<Option<EmailConfig>, ConfigError> {
+        Config::parse(&format!("{BASE}{extra}"), Path::new(FILE), None).map(|c| c.notify.email)
+    }
+
+    fn err_of(extra: &str) -> String {
+        email(extra).expect_err(extra).to_string()
+    }
+
+    #[test]
+    fn the_least_email_section_defaults_to_starttls_on_587_and_every_event() {
+        let e = email(&format!("host = \"smtp.example.com\"\n{ADDRS}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.host, "smtp.example.com");
+        assert_eq!(e.security, EmailSecurity::StartTls);
+        assert_eq!(e.port, 587);
+        assert_eq!(e.auth, None);
+        assert_eq!(e.tls_ca, None);
+        assert_eq!(e.events, None);
+        assert_eq!(e.from.name.as_deref(), Some("fieldtrack"));
+        assert_eq!(e.to.len(), 1);
+        let plain = Config::parse(BASE.split('[').next().unwrap(), Path::new(FILE), None);
+        assert_eq!(plain.unwrap().notify.email, None);
+    }
+
+    #[test]
+    fn every_email_key_set() {
+        let e = email(
+            "host = \"127.0.0.1\"\nport = 2525\nsecurity = \"none\"\nuser = \"deploy\"\n\
+             password_env = \"SMTP_PASSWORD\"\nfrom = \"a@example.com\"\n\
+             to = [\"b@example.com\", \"C <c@example.com>\"]\nevents = [\"failed\", \"auto_rollback\"]\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.port, 2525);
+        assert_eq!(e.security, EmailSecurity::None);
+        assert_eq!(
+            e.auth,
+            Some(EmailAuth {
+                user: "deploy".into(),
+                password: PasswordSource::Env("SMTP_PASSWORD".into()),
+            })
+        );
+        assert_eq!(e.to.len(), 2);
+        assert_eq!(
+            e.events,
+            Some(vec!["failed".to_string(), "auto_rollback".to_string()])
+        );
+
+        let e = email(&format!(
+            "host = \"smtp.example.com\"\nsecurity = \"tls\"\ntls_ca = \"ca.pem\"\nuser = \"u\"\n\
+             password_file = \"smtp.password\"\n{ADDRS}"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.port, 465);
+        assert_eq!(e.tls_ca, Some(PathBuf::from("/etc/fieldtrack/ca.pem")));
+        assert_eq!(
+            e.auth.unwrap().password,
+            PasswordSource::File(PathBuf::from("/etc/fieldtrack/smtp.password"))
+        );
+        let e = email(&format!("host = \"::1\"\nsecurity = \"none\"\n{ADDRS}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.port, 25);
+    }
+
+    #[test]
+    fn plain_smtp_only_to_a_loopback_host() {
+        let msg = err_of(&format!(
+            "host = \"smtp.example.com\"\nsecurity = \"none\"\n{ADDRS}"
+        ));
+        assert!(
+            msg.contains("notify.email.security: invalid value \"none\"")
+                && msg.contains("only allowed to a loopback host")
+                && msg.contains("\"smtp.example.com\""),
+            "{msg}"
+        );
+        for host in ["localhost", "127.0.0.1", "::1"] {
+            email(&format!("host = {host:?}\nsecurity = \"none\"\n{ADDRS}")).expect(host);
+        }
+    }
+
+    #[test]
+    fn email_errors_name_the_key() {
+        let host = "host = \"smtp.example.com\"\n";
+        for (extra, key) in [
+            (ADDRS.to_string(), "notify.email.host: missing"),
+            (format!("host = \"smtp://x\"\n{ADDRS}"), "notify.email.host: invalid value"),
+            (format!("{host}security = \"ssl\"\n{ADDRS}"), "notify.email.security: invalid value \"ssl\""),
+            (format!("{host}port = 0\n{ADDRS}"), "notify.email.port: invalid value 0"),
+            (format!("{host}to = [\"a@example.com\"]\n"), "notify.email.from: missing"),
+            (format!("{host}from = \"a@example.com\"\n"), "notify.email.to: missing"),
+            (format!("{host}from = \"nobody\"\nto = [\"a@example.com\"]\n"), "notify.email.from: invalid value \"nobody\""),
+            (format!("{host}from = \"a@example.com\"\nto = []\n"), "notify.email.to: invalid value []"),
+            (format!("{host}from = \"a@example.com\"\nto = [\"a@example.com\", \"b@\"]\n"), "notify.email.to[1]: invalid value \"b@\""),
+            (format!("{host}{ADDRS}events = [\"succeeded\", \"deployed\"]\n"), "notify.email.events[1]: invalid value \"deployed\": must be one of succeeded, failed, rolled_back, auto_rollback"),
+            (format!("{host}{ADDRS}events = []\n"), "notify.email.events: invalid value []"),
+            (format!("{host}{ADDRS}user = \"u\"\n"), "notify.email.user: invalid value \"u\": needs password_file or password_env"),
+            (format!("{host}{ADDRS}password_env = \"P\"\n"), "notify.email.user: invalid value (missing)"),
+            (format!("{host}{ADDRS}user = \"u\"\npassword_env = \"P\"\npassword_file = \"f\"\n"), "notify.email.password_env: invalid value (set): set password_file or password_env, not both"),
+            (format!("{host}{ADDRS}user = \"u\"\npassword_env = \"SMTP-PASSWORD\"\n"), "notify.email.password_env: invalid value \"SMTP-PASSWORD\""),
+            (format!("host = \"127.0.0.1\"\nsecurity = \"none\"\ntls_ca = \"ca.pem\"\n{ADDRS}"), "notify.email.tls_ca: invalid value (set)"),
+            (format!("{host}{ADDRS}password = \"x\"\n"), "unknown field `password`"),
+        ] {
+            let msg = err_of(&extra);
+            assert!(msg.contains(key), "{extra}\n=> {msg}");
+        }
+    }
+
+    #[test]
+    fn load_refuses_a_password_file_others_may_write_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let file = dir.path().join(FILE_NAME);
+        fs::write(
+            &file,
+            format!("{BASE}host = \"smtp.example.com\"\nuser = \"u\"\npassword_file = \"smtp.password\"\n{ADDRS}"),
+        )
+        .unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("notify.email.password_file") && err.contains("smtp.password"),
+            "a missing password file: {err}"
+        );
+
+        let password = dir.path().join("smtp.password");
+        fs::write(&password, "s3cret\n").unwrap();
+        fs::set_permissions(&password, fs::Permissions::from_mode(0o600)).unwrap();
+        Config::load(&file).unwrap();
+
+        fs::set_permissions(&password, fs::Permissions::from_mode(0o620)).unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("notify.email.password_file: invalid value")
+                && err.contains("smtp.password"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
     }
 }

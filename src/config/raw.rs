@@ -75,6 +75,7 @@ pub struct RawRollout {
     pub auto_rollback: Option<bool>,
     pub resync: Option<RawDuration>,
     pub keep_images: Option<bool>,
+    pub keep_previous: Option<RawDuration>,
 }
 
 /// `[docker]`
@@ -119,6 +120,23 @@ pub struct RawNotify {
     pub webhook: Option<String>,
     pub allow_http: Option<bool>,
     pub timeout: Option<RawDuration>,
+    pub email: Option<RawEmail>,
+}
+
+/// `[notify.email]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmail {
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    pub security: Option<String>,
+    pub tls_ca: Option<String>,
+    pub user: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<Vec<String>>,
+    pub events: Option<Vec<String>>,
 }
 
 /// `[metrics]`
@@ -192,6 +210,7 @@ mod tests {
             "docker",
             "hooks",
             "notify",
+            "notify.email",
             "metrics",
         ] {
             let text = format!("[{section}]\nbogus = 1\n");

@@ -261,6 +261,64 @@ pub fn check_port(value: i64) -> Result<u16, String> {
         .ok_or_else(|| "must be between 1 and 65535".into())
 }
 
+/// The events a notification can be about, as the webhook's `event` field names them:
+/// what `notify.email.events` may list.
+pub const NOTIFY_EVENTS: &[&str] = &["succeeded", "failed", "rolled_back", "auto_rollback"];
+
+/// An SMTP server's host: a DNS name or an IP address, without scheme or port (the port
+/// has its own key).
+pub fn check_smtp_host(host: &str) -> Result<(), String> {
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(
+            "must be a host name or an IP address, without scheme or port (the port is notify.email.port)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Whether `host` names this machine over loopback: `localhost`, 127.0.0.0/8 or `::1`.
+/// Only there may mail go without TLS: nothing on the way could read the password.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An environment variable name, `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(
+            "must be an environment variable name: A-Z, a-z, 0-9, '_', not starting with a digit"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// A mail address as `ops@example.com` or `Deploys <ops@example.com>`.
+pub fn parse_mailbox(value: &str) -> Result<lettre::message::Mailbox, String> {
+    if value.chars().any(|c| c.is_control()) {
+        return Err("must not contain control characters".into());
+    }
+    value.parse().map_err(|e| {
+        format!("is not a mail address like ops@example.com or \"Deploys <ops@example.com>\": {e}")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +579,73 @@ mod tests {
         assert_eq!(check_port(65535), Ok(65535));
         for bad in [0, -1, 65536, i64::MAX, i64::MIN] {
             assert!(check_port(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod email_tests {
+    use super::*;
+
+    #[test]
+    fn smtp_hosts() {
+        for ok in [
+            "smtp.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "mail-1.example",
+        ] {
+            check_smtp_host(ok).expect(ok);
+        }
+        for bad in [
+            "",
+            "smtp://mail.example.com",
+            "mail.example.com:587",
+            "mail example.com",
+            "-mail.example.com",
+            "mail..example.com",
+            "[::1]",
+        ] {
+            assert!(check_smtp_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for yes in ["localhost", "LOCALHOST", "127.0.0.1", "127.8.9.10", "::1"] {
+            assert!(is_loopback_host(yes), "{yes}");
+        }
+        for no in [
+            "10.0.0.1",
+            "smtp.example.com",
+            "localhost.example.com",
+            "0.0.0.0",
+        ] {
+            assert!(!is_loopback_host(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn env_names() {
+        for ok in ["SMTP_PASSWORD", "_x", "a1"] {
+            check_env_name(ok).expect(ok);
+        }
+        for bad in ["", "1A", "SMTP-PASSWORD", "A B", "$X"] {
+            assert!(check_env_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mailboxes() {
+        assert_eq!(
+            parse_mailbox("ops@example.com").unwrap().email.to_string(),
+            "ops@example.com"
+        );
+        let named = parse_mailbox("Deploys <ops@example.com>").unwrap();
+        assert_eq!(named.name.as_deref(), Some("Deploys"));
+        for bad in ["", "ops", "ops@", "a@b.c\r\nBcc: x@y.z", "<>"] {
+            assert!(parse_mailbox(bad).is_err(), "{bad:?}");
         }
     }
 }

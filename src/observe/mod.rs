@@ -5,12 +5,13 @@
 pub mod access_log;
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use crate::apply::proxy::{Proxy, ProxyError};
 use crate::apply::runtime::{Runtime, RuntimeError};
 use crate::config::{Color, Config};
 use crate::state::history::{self, HistoryError};
-use crate::state::status::{Replica, Status, StatusError, SwitchMark};
+use crate::state::status::{Replica, Status, StatusError, SwitchMark, Warm};
 
 /// The state of a container as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +72,7 @@ pub struct Container {
 }
 
 /// What is, as opposed to what should be ([`crate::desired::Desired`]).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     /// Every container labelled for the app, running or not.
     pub containers: Vec<Container>,
@@ -89,6 +90,12 @@ pub struct Observed {
     /// A switch of the upstream file that nginx was not seen to settle on (a process died
     /// inside it): nginx may still run the file from before.
     pub switching: Option<SwitchMark>,
+    /// The previous color kept running out of nginx, as status.json records it: the plan
+    /// keeps that container only while the window runs at `now`.
+    pub warm: Option<Warm>,
+    /// When this was observed: what the warm window is judged against, so that the plan
+    /// stays a pure function.
+    pub now: SystemTime,
 }
 
 impl Observed {
@@ -169,6 +176,8 @@ pub async fn observe<R: Runtime, P: Proxy>(
         upstream_servers,
         history,
         switching: status.as_ref().and_then(|s| s.switching.clone()),
+        warm: status.as_ref().and_then(|s| s.warm.clone()),
         failed_generation: status.and_then(|s| s.failed_generation),
+        now: SystemTime::now(),
     })
 }

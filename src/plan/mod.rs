@@ -39,7 +39,11 @@ pub enum Action {
     Switch(Rollout),
     /// Make nginx load the upstream file that points at the live `color` again, before
     /// anything else changes: a pass may have died between writing the file and reloading.
-    Reassert { color: Color },
+    ///
+    /// `port` is where that color runs now: the file's port for the live color, or the port
+    /// the color before an unsettled switch publishes, which may not be the config's port
+    /// any more (ports changed since it started).
+    Reassert { color: Color, port: u16 },
     /// Wait `rollout.drain`, then until nginx's workers of earlier configurations have
     /// exited: after a [`Action::Reassert`], before the first removal, since a pass may have
     /// died between a switch and its drain and those workers may still send requests to
@@ -90,8 +94,11 @@ impl fmt::Display for Action {
                 )?;
                 then_retire(f, old)
             }
-            Action::Reassert { color } => {
-                write!(f, "reload nginx with the upstream file pointing at {color}")
+            Action::Reassert { color, port } => {
+                write!(
+                    f,
+                    "reload nginx with the upstream file pointing at {color} (port {port})"
+                )
             }
             Action::Drain => write!(
                 f,
@@ -211,15 +218,18 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
 
     if let Some(live) = live.filter(|_| desired_is_live) {
         // `live` is the one container served (it publishes the upstream's port), so nothing
-        // removed here is.
-        for c in observed
-            .containers
-            .iter()
-            .filter(|c| is_color_container(c) && c.name != live.name)
-        {
+        // removed here is. The previous color stays while its warm window runs.
+        let warm = kept_warm(cfg, observed);
+        for c in observed.containers.iter().filter(|c| {
+            is_color_container(c) && c.name != live.name && warm.is_none_or(|w| w.id != c.id)
+        }) {
+            let reason = match &observed.warm {
+                Some(w) if w.id == c.id => format!("no longer kept warm (until {})", w.until),
+                _ => format!("not live ({}, {})", c.image, c.state),
+            };
             actions.push(Action::Remove {
                 name: c.name.clone(),
-                reason: format!("not live ({}, {})", c.image, c.state),
+                reason,
             });
         }
         if observed.history.first() != Some(&image) {
@@ -246,7 +256,8 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
             if matches!(actions.first(), Some(Action::Remove { .. })) {
                 actions.insert(0, Action::Drain);
             }
-            actions.insert(0, Action::Reassert { color });
+            let port = observed.upstream_port().unwrap_or(cfg.port(color));
+            actions.insert(0, Action::Reassert { color, port });
             if refresh {
                 actions.push(Action::Refresh { color });
             }
@@ -316,25 +327,31 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     // nginx cannot reload, nothing is removed.
     // With the file's own color not live, nginx is settled back onto the color that ran
     // before the unsettled switch, when it still runs: it is what nginx may serve now.
+    // Its port is the one it publishes and nginx had, which need not be the config's.
     let fallback = match (&observed.switching, live) {
-        (Some(mark), None) => served
-            .filter(|c| is_color_container(c) && c.ports.iter().any(|p| mark.from.contains(p)))
-            .and_then(|c| c.color),
+        (Some(mark), None) => served.filter(|c| is_color_container(c)).and_then(|c| {
+            let port = c.ports.iter().copied().find(|p| mark.from.contains(p))?;
+            Some((c.color?, port))
+        }),
         _ => None,
     };
     // Nothing of that runs either: nginx is settled on the file, which points where nothing
     // runs (production is down already), so that no candidate gets requests before its gate.
     let down = match (&observed.switching, live, fallback) {
-        (Some(_), None, None) => observed.upstream_color(cfg),
+        (Some(_), None, None) => observed.upstream_color(cfg).zip(observed.upstream_port()),
         _ => None,
     };
     let settle = live
         .and_then(|l| l.color)
         .filter(|_| stale_running || observed.switching.is_some())
+        .zip(observed.upstream_port())
         .or(fallback)
         .or(down);
-    if let Some(live_color) = settle {
-        let mut head = vec![Action::Reassert { color: live_color }];
+    if let Some((live_color, port)) = settle {
+        let mut head = vec![Action::Reassert {
+            color: live_color,
+            port,
+        }];
         if actions.iter().any(|a| matches!(a, Action::Remove { .. })) {
             head.push(Action::Drain);
         }
@@ -356,6 +373,39 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         verdict: Verdict::Converge,
         actions,
     }
+}
+
+/// The container kept warm (`rollout.keep_previous`): the one status.json's
+/// [`crate::state::status::Warm`] names, by name and engine id, of its color, running and
+/// unchanged, that nginx does not point at (neither the upstream file, nor the file before a
+/// switch nginx was not seen to settle on), while its window runs at `observed.now`. A
+/// window ending further ahead than `keep_previous` from now (the config was shortened
+/// since, the clock went back) is over: nothing is kept longer than the config says, and
+/// with `keep_previous = 0` nothing is kept.
+pub fn kept_warm<'o>(cfg: &Config, observed: &'o Observed) -> Option<&'o Container> {
+    let keep = cfg.rollout.keep_previous;
+    let mark = observed.warm.as_ref().filter(|_| !keep.is_zero())?;
+    let left = mark.until_time()?.duration_since(observed.now).ok()?;
+    if left.is_zero() || left > keep {
+        return None;
+    }
+    let nginx_ports: Vec<u16> = observed
+        .upstream_ports
+        .iter()
+        .chain(observed.switching.iter().flat_map(|m| m.from.iter()))
+        .chain(observed.switching.iter().map(|m| &m.to))
+        .copied()
+        .collect();
+    observed.containers.iter().find(|c| {
+        c.id == mark.id
+            && c.name == mark.container
+            && c.color.is_some_and(|color| {
+                c.name == cfg.container_name(color) && color.to_string() == mark.color
+            })
+            && c.state.is_running()
+            && c.drift.is_none()
+            && !c.ports.iter().any(|p| nginx_ports.contains(p))
+    })
 }
 
 /// Does a container run this image? Its label holds the full reference it was started
@@ -382,10 +432,11 @@ fn runs(c: &Container, reference: &str, written: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::{Duration, SystemTime};
 
     use super::*;
     use crate::observe::ContainerState;
-    use crate::state::status::SwitchMark;
+    use crate::state::status::{SwitchMark, Warm};
 
     const REPO: &str = "ghcr.io/fieldtrack-tech/api";
 
@@ -447,7 +498,14 @@ mod tests {
             history: history.iter().map(|s| s.to_string()).collect(),
             failed_generation: None,
             switching: None,
+            warm: None,
+            now: now(),
         }
+    }
+
+    /// The time the tests observe at: a fixed instant, so windows are exact.
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 
     fn deploy(color: Color, tag: &str, old: Option<&str>) -> Action {
@@ -536,7 +594,8 @@ mod tests {
             p.actions,
             vec![
                 Action::Reassert {
-                    color: Color::Green
+                    color: Color::Green,
+                    port: 3002
                 },
                 Action::RecordHistory { image: "v2".into() }
             ]
@@ -554,7 +613,8 @@ mod tests {
         assert_eq!(
             p.actions[0],
             Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }
         );
         // A pass died between the switch and the drain: the old color waits for it.
@@ -859,7 +919,8 @@ mod tests {
         assert_eq!(
             p.actions[0],
             Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }
         );
         assert_eq!(p.actions[1], Action::Drain);
@@ -935,7 +996,8 @@ mod tests {
         assert_eq!(
             p.actions,
             vec![Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }]
         );
         // And before a deployment starts anything.
@@ -943,9 +1005,34 @@ mod tests {
         assert_eq!(
             p.actions[0],
             Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }
         );
+    }
+
+    #[test]
+    fn nginx_goes_back_to_the_port_the_color_before_publishes_not_the_configured_one() {
+        // Found by the property test: green runs v1 on 4002, a port the config no longer
+        // names, and a misnamed container runs on 3002, the config's green port. The file
+        // says 3001 (nothing runs there); an unsettled switch left `from: [4002]`. Settling
+        // nginx "on green" by the config's port would point it at the misnamed container,
+        // removed right after: production down.
+        let mut green = running(Color::Green, "v1");
+        green.ports = vec![4002];
+        green.endpoints = loopback(&[4002]);
+        let mut misnamed = running(Color::Blue, "v1");
+        misnamed.id = "id-old".into();
+        misnamed.name = "api-blue-old".into();
+        misnamed.ports = vec![3002];
+        misnamed.endpoints = loopback(&[3002]);
+        let o = with_mark(observed(vec![green, misnamed], BLUE, &["v1"]), &[4002]);
+        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let reasserted = p.actions.iter().find_map(|a| match a {
+            Action::Reassert { port, .. } => Some(*port),
+            _ => None,
+        });
+        assert_eq!(reasserted, Some(4002), "{p:?}");
     }
 
     #[test]
@@ -963,7 +1050,13 @@ mod tests {
             &[3001],
         );
         let p = plan(&cfg(), &desired("v2"), &o, false);
-        assert_eq!(p.actions[0], Action::Reassert { color: Color::Blue });
+        assert_eq!(
+            p.actions[0],
+            Action::Reassert {
+                color: Color::Blue,
+                port: 3001
+            }
+        );
         assert!(
             !removed_before_any_switch(&p).contains(&"api-blue"),
             "{p:?}"
@@ -994,7 +1087,8 @@ mod tests {
         assert_eq!(
             p.actions[0],
             Action::Reassert {
-                color: Color::Green
+                color: Color::Green,
+                port: 3002
             }
         );
         assert!(matches!(
@@ -1004,6 +1098,165 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    /// A config with `rollout.keep_previous` set.
+    fn keeping(keep: Duration) -> Config {
+        let mut cfg = cfg();
+        cfg.rollout.keep_previous = keep;
+        cfg
+    }
+
+    const WINDOW: Duration = Duration::from_secs(15 * 60);
+
+    /// status.json's record of `c` kept warm until `now() + left` (`left` may be negative).
+    fn warm_mark(c: &Container, left: i64) -> Warm {
+        let until = if left >= 0 {
+            now() + Duration::from_secs(left.unsigned_abs())
+        } else {
+            now() - Duration::from_secs(left.unsigned_abs())
+        };
+        Warm {
+            color: c
+                .color
+                .map_or_else(|| "none".to_string(), |c| c.to_string()),
+            image: c.desired.clone().unwrap_or_default(),
+            container: c.name.clone(),
+            id: c.id.clone(),
+            until: humantime::format_rfc3339_seconds(until).to_string(),
+        }
+    }
+
+    /// v2 live in green, v1 still running in blue, recorded warm with `left` seconds to go.
+    fn v1_warm_under_v2(left: i64) -> Observed {
+        let blue = running(Color::Blue, "v1");
+        let mut o = observed(
+            vec![blue.clone(), running(Color::Green, "v2")],
+            GREEN,
+            &["v2", "v1"],
+        );
+        o.warm = Some(warm_mark(&blue, left));
+        o
+    }
+
+    #[test]
+    fn the_previous_color_is_kept_while_its_warm_window_runs() {
+        let o = v1_warm_under_v2(600);
+        assert_eq!(
+            kept_warm(&keeping(WINDOW), &o).map(|c| c.name.as_str()),
+            Some("api-blue")
+        );
+        assert_eq!(
+            plan(&keeping(WINDOW), &desired("v2"), &o, false),
+            Plan::of(Verdict::InSync)
+        );
+    }
+
+    #[test]
+    fn the_previous_color_is_removed_at_the_first_pass_after_its_window() {
+        for left in [0, -1, -3600] {
+            let o = v1_warm_under_v2(left);
+            assert_eq!(kept_warm(&keeping(WINDOW), &o), None, "{left}");
+            let p = plan(&keeping(WINDOW), &desired("v2"), &o, false);
+            assert_eq!(
+                p.actions[..2],
+                [
+                    Action::Reassert {
+                        color: Color::Green,
+                        port: 3002
+                    },
+                    Action::Drain
+                ]
+            );
+            assert!(
+                matches!(&p.actions[2], Action::Remove { name, reason } if name == "api-blue" && reason.contains("no longer kept warm")),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_keep_previous_a_recorded_window_keeps_nothing() {
+        let o = v1_warm_under_v2(600);
+        assert_eq!(kept_warm(&cfg(), &o), None);
+        let p = plan(&cfg(), &desired("v2"), &o, false);
+        assert!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Remove { name, .. } if name == "api-blue")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_window_longer_than_keep_previous_allows_is_over() {
+        // The config was shortened since, or the clock went back: never kept longer than
+        // the config says.
+        let o = v1_warm_under_v2(2 * 3600);
+        assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
+        assert_eq!(
+            kept_warm(&keeping(Duration::from_secs(3 * 3600)), &o).map(|c| c.name.as_str()),
+            Some("api-blue")
+        );
+    }
+
+    #[test]
+    fn a_new_container_of_the_same_name_is_not_the_one_kept_warm() {
+        let mut o = v1_warm_under_v2(600);
+        o.containers[0].id = "id-recreated".into();
+        assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
+        // Nor one that stopped, or that changed color.
+        let mut o = v1_warm_under_v2(600);
+        o.containers[0] = container(Color::Blue, "v1", ContainerState::Exited { code: 0 });
+        assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
+        let mut o = v1_warm_under_v2(600);
+        o.warm.as_mut().unwrap().color = "green".into();
+        assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
+    }
+
+    #[test]
+    fn a_warm_record_naming_what_nginx_points_at_keeps_nothing_warm() {
+        // A rollback switched to blue and the process died before the record changed.
+        let mut o = v1_warm_under_v2(600);
+        o.upstream_ports = vec![3001];
+        assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
+        // Or nginx may still run the file before an unsettled switch, which named blue.
+        let o = with_mark(v1_warm_under_v2(600), &[3001]);
+        assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
+    }
+
+    #[test]
+    fn a_rollback_inside_the_window_is_a_switch_to_the_warm_container() {
+        let o = v1_warm_under_v2(600);
+        let p = plan(&keeping(WINDOW), &desired("v1"), &o, false);
+        assert_eq!(
+            p.actions,
+            vec![Action::Switch(Rollout {
+                color: Color::Blue,
+                image: "v1".into(),
+                reference: format!("{REPO}:v1"),
+                old: Some("api-green".into()),
+            })]
+        );
+    }
+
+    #[test]
+    fn a_new_image_replaces_the_warm_container_in_its_color() {
+        // Two colors only: v3 goes where v1 was kept, after nginx reloaded and drained.
+        let o = v1_warm_under_v2(600);
+        let p = plan(&keeping(WINDOW), &desired("v3"), &o, false);
+        assert_eq!(
+            p.actions[..2],
+            [
+                Action::Reassert {
+                    color: Color::Green,
+                    port: 3002
+                },
+                Action::Drain
+            ]
+        );
+        assert!(matches!(&p.actions[2], Action::Remove { name, .. } if name == "api-blue"));
+        assert_eq!(p.actions[3], deploy(Color::Blue, "v3", Some("api-green")));
     }
 
     mod never_removes_what_serves {
@@ -1065,14 +1318,22 @@ mod tests {
                 any::<bool>(),
                 any::<bool>(),
                 proptest::option::of(prop::collection::vec(0..PORTS.len(), 0..2)),
+                (
+                    any::<bool>(),
+                    proptest::option::of((0..4usize, 0..WARM_LEFT.len(), 0..6usize)),
+                ),
             )
                 .prop_map(
-                    |(containers, upstream, tag, history, moved, failed, by_hand, mark)| {
-                        let cfg = if moved {
+                    |(containers, upstream, tag, history, moved, failed, by_hand, mark, warm)| {
+                        let mut cfg = if moved {
                             cfg_with_ports(4001, 4002)
                         } else {
                             cfg()
                         };
+                        let (keep, warm) = warm;
+                        if keep {
+                            cfg.rollout.keep_previous = WINDOW;
+                        }
                         let mut seen_names = Vec::new();
                         let mut seen_ports = Vec::new();
                         let mut kept = Vec::new();
@@ -1105,7 +1366,36 @@ mod tests {
                             history: history.into_iter().map(|i| TAGS[i].to_string()).collect(),
                             failed_generation: failed.then(|| d.generation.clone()),
                             switching,
+                            warm: None,
+                            now: now(),
                         };
+                        // status.json's warm record: of a container of the world or of one
+                        // gone, its window running, over, or longer than the config allows.
+                        let warm = warm.map(|(i, left, color)| {
+                            // Mostly a running container, the kind a window keeps.
+                            let running_ones: Vec<&Container> = o
+                                .containers
+                                .iter()
+                                .filter(|c| c.state.is_running())
+                                .collect();
+                            let pick = match i {
+                                0 => o.containers.first(),
+                                3 => None,
+                                _ => running_ones.get(i % running_ones.len().max(1)).copied(),
+                            };
+                            let mut w = match pick {
+                                Some(c) => warm_mark(c, WARM_LEFT[left]),
+                                None => warm_mark(&running(Color::Blue, "v1"), WARM_LEFT[left]),
+                            };
+                            // Mostly the container's own color.
+                            match color {
+                                4 => w.color = "blue".to_string(),
+                                5 => w.color = "green".to_string(),
+                                _ => {}
+                            }
+                            w
+                        });
+                        let o = Observed { warm, ..o };
                         (cfg, o, d, by_hand)
                     },
                 )
@@ -1141,8 +1431,8 @@ mod tests {
                             "removes {name} after a reload without a drain: {p:?}"
                         );
                     }
-                    Action::Reassert { color } => {
-                        upstream = vec![cfg.port(*color)];
+                    Action::Reassert { port, .. } => {
+                        upstream = vec![*port];
                         undrained_reload = true;
                     }
                     Action::Refresh { .. } => prop_assert!(false, "refreshes on docker: {p:?}"),
@@ -1176,6 +1466,153 @@ mod tests {
             Ok(())
         }
 
+        /// Seconds left in a drawn warm window: over, ending now, running, longer than
+        /// `WINDOW`.
+        const WARM_LEFT: [i64; 7] = [-60, 0, 60, 600, 600, 600, 7200];
+
+        /// A container kept warm is one status.json records, running, that nginx points at
+        /// neither through the upstream file nor through the file before an unsettled
+        /// switch, while its window runs and no longer than `keep_previous`. When the
+        /// desired image is live, every color container but the live one is removed, unless
+        /// it is that one.
+        fn check_warm(cfg: &Config, o: &Observed, p: &Plan) -> Result<(), TestCaseError> {
+            let kept = kept_warm(cfg, o);
+            if let Some(c) = kept {
+                let mark = o.warm.as_ref().expect("kept from a record");
+                let until = mark.until_time().expect("a readable end");
+                prop_assert!(!cfg.rollout.keep_previous.is_zero());
+                prop_assert!(o.now < until && until <= o.now + cfg.rollout.keep_previous);
+                prop_assert!(c.id == mark.id && c.state.is_running());
+                let mut nginx = o.upstream_ports.clone();
+                if let Some(m) = &o.switching {
+                    nginx.extend(m.from.iter().copied());
+                    nginx.push(m.to);
+                }
+                prop_assert!(
+                    !c.ports.iter().any(|p| nginx.contains(p)),
+                    "keeps {} warm, which nginx may send traffic to: {o:?}",
+                    c.name
+                );
+            }
+            let settled = matches!(p.verdict, Verdict::InSync | Verdict::Converge);
+            if settled && p.target().is_none() {
+                let live = o.live(cfg).map(|c| c.id.as_str());
+                for c in o.containers.iter().filter(|c| {
+                    c.color
+                        .is_some_and(|color| c.name == cfg.container_name(color))
+                }) {
+                    let removed = p
+                        .actions
+                        .iter()
+                        .any(|a| matches!(a, Action::Remove { name, .. } if *name == c.name));
+                    let warm = kept.is_some_and(|k| k.id == c.id);
+                    prop_assert!(
+                        removed != (Some(c.id.as_str()) == live || warm),
+                        "{} (live {:?}, warm {warm}) removed: {removed}: {p:?}",
+                        c.name,
+                        live
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        /// A world of the two color containers as fieldtrack starts them (each there or not,
+        /// running or not, any image, mostly on its own color's port), any upstream file
+        /// and unsettled switch, and a warm record of one of them (or of one gone): the
+        /// worlds a warm window lives in, drawn often enough to keep containers warm.
+        fn arb_warm_world() -> impl Strategy<Value = (Config, Observed, Desired, bool)> {
+            let color_container = |color: Color| {
+                proptest::option::of((0..TAGS.len(), 0..4usize, 0..4usize)).prop_map(move |c| {
+                    c.map(|(tag, state, port)| {
+                        let state = match state {
+                            0 => ContainerState::Exited { code: 0 },
+                            _ => ContainerState::Running,
+                        };
+                        let mut c = container(color, TAGS[tag], state);
+                        // Now and then on a port the config does not name.
+                        if port == 0 && c.state.is_running() {
+                            c.ports = vec![PORTS[4]];
+                            c.endpoints = loopback(&c.ports);
+                        }
+                        c
+                    })
+                })
+            };
+            (
+                color_container(Color::Blue),
+                color_container(Color::Green),
+                prop_oneof![
+                    Just(vec![0]),
+                    Just(vec![1]),
+                    prop::collection::vec(0..PORTS.len(), 0..3)
+                ],
+                (0..TAGS.len(), any::<bool>()),
+                prop::collection::vec(0..TAGS.len(), 0..3),
+                0..4usize,
+                proptest::option::of(prop::collection::vec(0..PORTS.len(), 0..2)),
+                (0..3usize, 0..WARM_LEFT.len(), 0..4usize),
+            )
+                .prop_map(
+                    |(
+                        blue,
+                        green,
+                        upstream,
+                        (tag, live_tag),
+                        history,
+                        keep,
+                        mark,
+                        (of, left, recreated),
+                    )| {
+                        let mut cfg = cfg();
+                        if keep > 0 {
+                            cfg.rollout.keep_previous = WINDOW;
+                        }
+                        let containers: Vec<Container> =
+                            [blue, green].into_iter().flatten().collect();
+                        let upstream_ports: Vec<u16> =
+                            upstream.into_iter().map(|i| PORTS[i]).collect();
+                        let switching = match (mark, upstream_ports.first()) {
+                            (Some(from), Some(&to)) => Some(SwitchMark {
+                                from: from.into_iter().map(|i| PORTS[i]).collect(),
+                                to,
+                            }),
+                            _ => None,
+                        };
+                        let warm = match containers.get(of) {
+                            Some(c) => {
+                                let mut w = warm_mark(c, WARM_LEFT[left]);
+                                if recreated == 0 {
+                                    w.id = "id-gone".into();
+                                }
+                                Some(w)
+                            }
+                            None => None,
+                        };
+                        // Half the time, the image the upstream's container runs.
+                        let served_tag = containers
+                            .iter()
+                            .find(|c| c.ports.iter().any(|p| upstream_ports.first() == Some(p)))
+                            .and_then(|c| c.desired.clone());
+                        let d = match served_tag.filter(|_| live_tag) {
+                            Some(tag) => desired(&tag),
+                            None => desired(TAGS[tag]),
+                        };
+                        let o = Observed {
+                            containers,
+                            upstream_servers: loopback(&upstream_ports),
+                            upstream_ports,
+                            history: history.into_iter().map(|i| TAGS[i].to_string()).collect(),
+                            failed_generation: None,
+                            switching,
+                            warm,
+                            now: now(),
+                        };
+                        (cfg, o, d, false)
+                    },
+                )
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(4000))]
             #[test]
@@ -1183,6 +1620,15 @@ mod tests {
                 (cfg, o, d, by_hand) in arb_world()
             ) {
                 let p = plan(&cfg, &d, &o, by_hand);
+                check(&cfg, &o, &p)?;
+            }
+
+            #[test]
+            fn a_warm_container_is_kept_only_while_its_window_runs_and_never_served(
+                (cfg, o, d, by_hand) in prop_oneof![arb_world(), arb_warm_world()]
+            ) {
+                let p = plan(&cfg, &d, &o, by_hand);
+                check_warm(&cfg, &o, &p)?;
                 check(&cfg, &o, &p)?;
             }
         }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
 
@@ -25,7 +25,7 @@ use crate::observe::Observed;
 use crate::plan::Rollout;
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::history;
-use crate::state::status::{HealthProgress, Live, Step};
+use crate::state::status::{HealthProgress, Live, Step, Warm};
 
 /// Consecutive failed probes during the drain that send traffic back to the old color.
 const DRAIN_FAILURES: u32 = 3;
@@ -298,6 +298,8 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         }
         pass.set_status(|s| {
             s.health = None;
+            // A rollback to the warm color: it serves now, it is no longer kept warm.
+            s.warm = s.warm.take().filter(|w| w.container != name);
             s.live = Some(Live {
                 color: color.to_string(),
                 image: reference.to_string(),
@@ -311,7 +313,9 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
 
         pass.step(Step::Cleanup).await?;
         if let Some(old) = self.old {
-            ctx.retire(old, cfg.container.stop_timeout).await?;
+            if !self.keep_warm(old).await? {
+                ctx.retire(old, cfg.container.stop_timeout).await?;
+            }
         }
         crate::test_pause_point("recording").await;
         history::record(&cfg.history_file, image, cfg.history_limit)?;
@@ -327,6 +331,38 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             tracing::warn!(error = %e, "post_deploy hook failed");
         }
         Ok(())
+    }
+
+    /// With `rollout.keep_previous`, keeps the old color running (out of nginx, drained)
+    /// instead of retiring it, and records the window in status.json ([`Warm`]): the next
+    /// passes keep that same container until the window ends, then remove it. False when
+    /// there is no window or the old color does not run: it is retired as usual.
+    async fn keep_warm(&self, old: &str) -> Result<bool, ReconcileError> {
+        let ctx = self.ctx();
+        let cfg = &ctx.cfg;
+        let keep = cfg.rollout.keep_previous;
+        if keep.is_zero() {
+            return Ok(false);
+        }
+        let containers = ctx.runtime.containers(&cfg.app).await?;
+        let Some((c, color)) = containers
+            .iter()
+            .filter(|c| c.name == old && c.state.is_running())
+            .find_map(|c| Some((c, c.color?)))
+        else {
+            return Ok(false);
+        };
+        let until = SystemTime::now() + keep;
+        let warm = Warm {
+            color: color.to_string(),
+            image: served_image(cfg, c, None),
+            container: c.name.clone(),
+            id: c.id.clone(),
+            until: humantime::format_rfc3339_seconds(until).to_string(),
+        };
+        tracing::info!(container = %old, image = %warm.image, until = %warm.until, "keeping the previous color warm");
+        self.pass.set_status(|s| s.warm = Some(warm))?;
+        Ok(true)
     }
 
     fn hook_context(&self, port: u16) -> HookContext {
@@ -639,10 +675,18 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         Ok(())
     }
 
-    /// Removes a failed candidate; a failure here is logged (the next pass removes it).
+    /// Removes a failed candidate; a failure here is logged (the next pass removes it). A
+    /// Switch's candidate may be the color kept warm: status.json stops naming it.
     async fn remove_candidate(&self, name: &str) {
         if let Err(e) = self.ctx().retire(name, Duration::from_secs(1)).await {
             tracing::error!(container = %name, error = %e, "cannot remove the candidate; the next pass will");
+            return;
+        }
+        let unwarm = self
+            .pass
+            .set_status(|s| s.warm = s.warm.take().filter(|w| w.container != name));
+        if let Err(e) = unwarm {
+            tracing::warn!(error = %e, "cannot update the status");
         }
     }
 

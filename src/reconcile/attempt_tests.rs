@@ -816,3 +816,187 @@ async fn failure_after_the_switch_rolls_the_desired_file_back_with_auto_rollback
         now.note
     );
 }
+
+// rollout.keep_previous: the previous color kept warm.
+
+const WINDOW: Duration = Duration::from_secs(15 * 60);
+
+impl Site {
+    fn status(&self) -> crate::state::status::Status {
+        crate::state::status::Status::load(&self.cfg.state_dir.join(crate::state::STATUS_FILE))
+            .unwrap()
+            .expect("a status")
+    }
+
+    fn id_of(&self, name: &str) -> String {
+        self.world().container(name).expect("it exists").id.clone()
+    }
+
+    /// Rewrites status.json's warm window to end `secs` from now (negative: in the past).
+    fn warm_ends_in(&self, secs: i64) {
+        let now = std::time::SystemTime::now();
+        let until = if secs >= 0 {
+            now + Duration::from_secs(secs.unsigned_abs())
+        } else {
+            now - Duration::from_secs(secs.unsigned_abs())
+        };
+        let path = self.cfg.state_dir.join(crate::state::STATUS_FILE);
+        let mut status = self.status();
+        status.warm.as_mut().expect("a warm window").until =
+            humantime::format_rfc3339_seconds(until).to_string();
+        status.save(&path).unwrap();
+    }
+}
+
+/// Blue served v1; v2 deployed into green with a 15 min `keep_previous`.
+async fn v2_deployed_with_v1_kept_warm() -> Site {
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.keep_previous = WINDOW;
+    site.pass("v2").await.unwrap();
+    site
+}
+
+#[tokio::test]
+async fn with_keep_previous_the_old_color_keeps_running_out_of_nginx_and_is_recorded_warm() {
+    let site = v2_deployed_with_v1_kept_warm().await;
+
+    {
+        let world = site.world();
+        assert!(world.is_running("api-blue"), "v1 still runs");
+        assert!(!world.called(&Call::Remove("api-blue".into())));
+        assert_eq!(world.upstream_port(), Some(GREEN));
+        assert_eq!(world.loaded_port(), Some(GREEN));
+    }
+    assert_eq!(site.history(), ["v2", "v1"]);
+    let status = site.status();
+    let warm = status.warm.expect("status.json records the warm color");
+    assert_eq!(
+        (
+            warm.color.as_str(),
+            warm.image.as_str(),
+            warm.container.as_str()
+        ),
+        ("blue", "v1", "api-blue")
+    );
+    assert_eq!(warm.id, site.id_of("api-blue"));
+    let left = warm
+        .until_time()
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        left <= WINDOW && left > WINDOW - Duration::from_secs(60),
+        "{left:?}"
+    );
+    // A pass inside the window (a resync, a restarted process) keeps it.
+    site.pass("v2").await.unwrap();
+    assert!(site.world().is_running("api-blue"));
+    assert_eq!(site.status().warm.map(|w| w.id), Some(warm.id));
+}
+
+#[tokio::test]
+async fn a_rollback_inside_the_window_switches_to_the_same_container_and_keeps_the_other_warm() {
+    let site = v2_deployed_with_v1_kept_warm().await;
+    let v1_id = site.id_of("api-blue");
+    let calls_before = site.world().calls.len();
+
+    site.pass("v1").await.unwrap();
+
+    let world = site.world();
+    let calls = &world.calls[calls_before..];
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Run(_) | Call::Pull(_))),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| matches!(c, Call::Remove(_))),
+        "{calls:?}"
+    );
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert_eq!(world.container("api-blue").unwrap().id, v1_id);
+    assert!(world.is_running("api-green"), "v2 is kept warm in its turn");
+    drop(world);
+    let warm = site.status().warm.expect("v2 recorded warm");
+    assert_eq!(
+        (warm.container.as_str(), warm.image.as_str()),
+        ("api-green", "v2")
+    );
+    assert_eq!(site.history(), ["v1", "v2"]);
+}
+
+#[tokio::test]
+async fn after_the_window_the_next_pass_removes_the_warm_color_and_a_rollback_starts_anew() {
+    let site = v2_deployed_with_v1_kept_warm().await;
+    site.warm_ends_in(-1);
+
+    site.pass("v2").await.unwrap();
+
+    assert!(site.world().container("api-blue").is_none(), "v1 removed");
+    assert_eq!(site.status().warm, None, "no window is shown any more");
+
+    let calls_before = site.world().calls.len();
+    site.pass("v1").await.unwrap();
+    let world = site.world();
+    assert!(world.calls[calls_before..].contains(&Call::Run("api-blue".into())));
+    assert_eq!(world.loaded_port(), Some(BLUE));
+}
+
+#[tokio::test]
+async fn a_lost_status_file_removes_the_warm_color_at_the_next_pass() {
+    let site = v2_deployed_with_v1_kept_warm().await;
+    std::fs::remove_file(site.cfg.state_dir.join(crate::state::STATUS_FILE)).unwrap();
+
+    site.pass("v2").await.unwrap();
+
+    assert!(site.world().container("api-blue").is_none());
+    assert!(site.world().is_running("api-green"));
+}
+
+#[tokio::test]
+async fn a_window_that_runs_is_over_once_keep_previous_is_set_back_to_zero() {
+    let mut site = v2_deployed_with_v1_kept_warm().await;
+    site.cfg.rollout.keep_previous = Duration::ZERO;
+
+    site.pass("v2").await.unwrap();
+
+    assert!(site.world().container("api-blue").is_none());
+    assert_eq!(site.status().warm, None);
+}
+
+#[tokio::test]
+async fn a_new_image_takes_the_warm_color_and_the_status_stops_naming_it() {
+    let site = v2_deployed_with_v1_kept_warm().await;
+    let v1_id = site.id_of("api-blue");
+
+    site.pass("v3").await.unwrap();
+
+    let world = site.world();
+    assert_ne!(
+        world.container("api-blue").unwrap().id,
+        v1_id,
+        "v3 runs in blue"
+    );
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    drop(world);
+    let warm = site.status().warm.expect("v2 kept warm now");
+    assert_eq!(
+        (warm.container.as_str(), warm.image.as_str()),
+        ("api-green", "v2")
+    );
+}
+
+#[tokio::test]
+async fn a_warm_color_failing_its_gate_on_a_rollback_is_removed_and_no_longer_named_warm() {
+    // Found by the simulation: status.json went on naming the removed container.
+    let site = v2_deployed_with_v1_kept_warm().await;
+    site.world().answer(BLUE, ProbeOutcome::Unhealthy(500));
+
+    let e = site.pass("v1").await.unwrap_err();
+
+    assert!(matches!(e, ReconcileError::Unhealthy { .. }), "{e:?}");
+    assert!(site.world().container("api-blue").is_none());
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
+    assert_eq!(site.status().warm, None);
+}

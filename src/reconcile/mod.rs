@@ -44,8 +44,8 @@ use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
 use crate::metrics::Metrics;
 use crate::observe::{observe, ObserveError, Observed};
-use crate::plan::{plan, Action, Plan, Verdict};
-use crate::state::status::{Live, Phase, Status, Step, SwitchMark};
+use crate::plan::{kept_warm, plan, Action, Plan, Verdict};
+use crate::state::status::{Live, Phase, Status, Step, SwitchMark, Warm};
 use crate::state::{self, history};
 
 /// A pass run in-process retries transient errors after 1 s, doubling up to 30 s.
@@ -134,6 +134,13 @@ fn replicas_of(cfg: &Config, observed: &Observed) -> Vec<crate::state::status::C
         })
         .filter(|_| cfg.runtime == RuntimeKind::Swarm)
         .collect()
+}
+
+/// status.json's record of the warm previous color, while the plan keeps that container
+/// ([`kept_warm`]); None once it would be removed, so the status never shows a window that
+/// is over.
+fn warm_of(cfg: &Config, observed: &Observed) -> Option<Warm> {
+    kept_warm(cfg, observed).and(observed.warm.clone())
 }
 
 /// How a pass ended, when it did not fail.
@@ -321,15 +328,15 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
         }
     }
 
-    /// What a [`Action::Reassert`] of `color` writes: the servers of the file that are on
-    /// the color's port (nginx is reloaded with what it already names), else where the color
+    /// What a [`Action::Reassert`] of `color` on `port` writes: the servers of the file that
+    /// are on that port (nginx is reloaded with what it already names), else where the color
     /// answers.
     async fn reasserted_servers(
         &self,
         observed: &Observed,
         color: crate::config::Color,
+        port: u16,
     ) -> Result<Vec<std::net::SocketAddr>, ReconcileError> {
-        let port = self.cfg.port(color);
         if self.cfg.runtime == RuntimeKind::Docker {
             return Ok(crate::apply::runtime::Endpoints::loopback(port).addrs);
         }
@@ -349,10 +356,11 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
         Ok(endpoints.addrs)
     }
 
-    /// What is live now, observed afresh.
-    async fn observed_live(&self) -> Result<Option<Live>, ReconcileError> {
+    /// What is live now, observed afresh, and the previous color kept warm, if one is.
+    async fn observed_live(&self) -> Result<(Option<Live>, Option<Warm>), ReconcileError> {
         let observed = self.observe().await?;
-        Ok(observed.live(&self.cfg).map(|c| self.live_of(c)))
+        let live = observed.live(&self.cfg).map(|c| self.live_of(c));
+        Ok((live, warm_of(&self.cfg, &observed)))
     }
 }
 
@@ -446,15 +454,15 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                 Action::Remove { name, reason } => {
                     tracing::info!(container = %name, %reason, "removing container");
                     ctx.retire(name, cfg.container.stop_timeout).await?;
+                    self.set_status(|s| s.warm = s.warm.take().filter(|w| w.container != *name))?;
                 }
-                Action::Reassert { color } => {
+                Action::Reassert { color, port } => {
                     // A pass may have died between writing the upstream file and reloading
                     // nginx: make nginx load the file before anything it might still send
                     // traffic to is removed.
-                    let port = cfg.port(*color);
                     let comment = ctx.live_comment(*color, desired.image.as_written());
-                    let servers = ctx.reasserted_servers(observed, *color).await?;
-                    self.switch_nginx(port, &servers, &comment).await?;
+                    let servers = ctx.reasserted_servers(observed, *color, *port).await?;
+                    self.switch_nginx(*port, &servers, &comment).await?;
                 }
                 Action::Refresh { color } => self.refresh(desired, *color).await?,
                 Action::Drain => {
@@ -474,7 +482,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         if plan.target().is_some() && cfg.rollout.keep_images {
             ctx.retain_images().await;
         }
-        let live = ctx.observed_live().await?;
+        let (live, warm) = ctx.observed_live().await?;
         self.set_status(|s| {
             s.phase = Phase::Converged;
             s.step = None;
@@ -482,6 +490,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             s.message = None;
             s.failed_generation = None;
             s.live = live.clone();
+            s.warm = warm;
         })?;
         self.publish_live();
         Ok(PassOutcome::Converged)
@@ -570,6 +579,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         status.digest = previous.and_then(|p| p.digest);
         status.switching = observed.switching.clone();
         status.replicas = replicas_of(&ctx.cfg, observed);
+        status.warm = warm_of(&ctx.cfg, observed);
         Ok(())
     }
 

@@ -13,11 +13,14 @@
 //!   workers not yet retired) is never removed (checked by the world as it happens);
 //! - the history holds distinct images, at most the limit, each of which served;
 //! - a generation that failed is not retried without a change: a pass that finds it failed
-//!   changes nothing, and a permanent failure marks its generation.
+//!   changes nothing, and a permanent failure marks its generation;
+//! - with `rollout.keep_previous` (one seed in three, and steps where the window ends): after
+//!   every pass that ended, status.json's warm record names a container that still exists
+//!   and that neither nginx's loaded config nor the upstream file points at.
 //!
 //! Then the events stop: within [`SETTLE_PASSES`] passes the world converges to the desired
-//! image (and a further pass changes nothing), unless that generation failed, and then
-//! further passes leave the world as it is.
+//! image (and a further pass changes nothing; beside it only the warm record's container may
+//! run), unless that generation failed, and then further passes leave the world as it is.
 //!
 //! Replay one seed, with its schedule printed: `SIM_SEED=N cargo test --lib simulation`;
 //! run more seeds: `SIM_SEEDS=20000 cargo test --lib simulation`. Time is real (the attempt
@@ -118,6 +121,9 @@ struct Setup {
     drain: Duration,
     auto_rollback: bool,
     history_limit: usize,
+    /// `rollout.keep_previous`: one seed in three keeps the previous color warm (1 h, so
+    /// only a [`Step::WindowEnds`] ends a window).
+    keep_previous: Duration,
 }
 
 /// One step of a schedule.
@@ -139,6 +145,8 @@ enum Step {
     PullFails(PullFailure),
     /// That color's container exits by itself, if it runs.
     Exits { color: Color },
+    /// Time passes beyond the warm window status.json records, if any.
+    WindowEnds,
 }
 
 /// The seed's setup and schedule: every draw happens here, before anything runs.
@@ -148,6 +156,12 @@ fn schedule(seed: u64) -> (Setup, Vec<Step>) {
         drain: rng.pick(&[Duration::ZERO, Duration::from_millis(30)]),
         auto_rollback: rng.below(2) == 0,
         history_limit: rng.pick(&[2, 3, 5]),
+        // Not drawn from `rng`: the schedules of the seeds before it stay as they were.
+        keep_previous: if seed.is_multiple_of(3) {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        },
     };
     let image = |rng: &mut Rng| {
         // Healthy images two times in three.
@@ -187,6 +201,17 @@ fn schedule(seed: u64) -> (Setup, Vec<Step>) {
             },
         };
         steps.push(step);
+    }
+    if !setup.keep_previous.is_zero() {
+        // Windows end after one step in five, drawn apart from the schedule's own draws.
+        let mut ends = Rng(seed ^ 0x5741_524d);
+        steps = steps
+            .into_iter()
+            .flat_map(|step| {
+                let end = ends.below(5) == 0;
+                std::iter::once(step).chain(end.then_some(Step::WindowEnds))
+            })
+            .collect();
     }
     (setup, steps)
 }
@@ -258,6 +283,7 @@ impl Sim {
         cfg.health.attempts = 6;
         cfg.rollout.drain = setup.drain;
         cfg.rollout.auto_rollback = setup.auto_rollback;
+        cfg.rollout.keep_previous = setup.keep_previous;
         cfg.container.stop_timeout = Duration::ZERO;
         std::fs::create_dir_all(&cfg.state_dir).expect("the state folder");
         let fakes = Fakes::new(&cfg.nginx.upstream_name, cfg.nginx.upstream_file.clone());
@@ -294,6 +320,9 @@ impl Sim {
             Step::Pass { by_hand, kill_at } => {
                 drop(world);
                 let end = self.pass(by_hand, kill_at.map(Death::AtCall)).await?;
+                if end.outcome.is_some() {
+                    self.check_warm()?;
+                }
                 Ok(describe(&end))
             }
             Step::ProbeFailures { color, failures } => {
@@ -331,6 +360,20 @@ impl Sim {
                     }
                     None => "nothing ran there".into(),
                 })
+            }
+            Step::WindowEnds => {
+                drop(world);
+                let path = self.cfg.state_dir.join(STATUS_FILE);
+                let mut status = match Status::load(&path) {
+                    Ok(Some(status)) if status.warm.is_some() => status,
+                    _ => return Ok("no window runs".into()),
+                };
+                let ended = std::time::SystemTime::now() - Duration::from_secs(1);
+                let warm = status.warm.as_mut().expect("checked above");
+                warm.until = humantime::format_rfc3339_seconds(ended).to_string();
+                let said = format!("the window of {} is over", warm.container);
+                status.save(&path).map_err(|e| e.to_string())?;
+                Ok(said)
             }
         }
     }
@@ -411,6 +454,52 @@ impl Sim {
             .and_then(|s| s.failed_generation)
     }
 
+    /// The engine id status.json records as kept warm, if any.
+    fn warm_id(&self) -> Option<String> {
+        Status::load(&self.cfg.state_dir.join(STATUS_FILE))
+            .ok()
+            .flatten()
+            .and_then(|s| s.warm)
+            .map(|w| w.id)
+    }
+
+    /// After a pass that ended: the container status.json records as kept warm is one of
+    /// the app's, and neither nginx's loaded config nor the upstream file points at it.
+    fn check_warm(&self) -> Result<(), String> {
+        let Some(warm) = Status::load(&self.cfg.state_dir.join(STATUS_FILE))
+            .ok()
+            .flatten()
+            .and_then(|s| s.warm)
+        else {
+            return Ok(());
+        };
+        if self.cfg.rollout.keep_previous.is_zero() {
+            return Err(format!(
+                "{} recorded warm without keep_previous",
+                warm.container
+            ));
+        }
+        let world = self.fakes.world();
+        let Some(c) = world.containers.iter().find(|c| c.id == warm.id) else {
+            return Err(format!(
+                "status.json keeps {} warm, which is gone",
+                warm.container
+            ));
+        };
+        for (what, port) in [
+            ("nginx's loaded config", world.loaded_port()),
+            ("the upstream file", world.upstream_port()),
+        ] {
+            if port.is_some_and(|p| c.ports.contains(&p)) {
+                return Err(format!(
+                    "status.json keeps {} warm, which {what} points at",
+                    c.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn history(&self) -> Result<Vec<String>, String> {
         history::read(&self.cfg.history_file).map_err(|e| e.to_string())
     }
@@ -459,11 +548,29 @@ impl Sim {
     fn converged(&self, desired: &Desired) -> Result<bool, String> {
         let image = desired.image.as_written();
         let head = self.history()?.first().cloned();
+        let warm = self.warm_id();
         let world = self.fakes.world();
-        let [only] = world.containers.as_slice() else {
+        // Beside it, the previous color may be kept warm (out of nginx: checked below).
+        let others: Vec<&super::fakes::FakeContainer> = world
+            .containers
+            .iter()
+            .filter(|c| c.ports.iter().all(|p| world.loaded_port() != Some(*p)))
+            .collect();
+        let kept = match others.as_slice() {
+            [] => true,
+            [other] => warm.as_deref() == Some(other.id.as_str()) && other.state.is_running(),
+            _ => false,
+        };
+        let serving: Vec<&super::fakes::FakeContainer> = world
+            .containers
+            .iter()
+            .filter(|c| c.ports.iter().any(|p| world.loaded_port() == Some(*p)))
+            .collect();
+        let [only] = serving.as_slice() else {
             return Ok(false);
         };
-        let runs = only.state.is_running()
+        let runs = kept
+            && only.state.is_running()
             && only
                 .labels
                 .get(crate::apply::runtime::LABEL_DESIRED)
@@ -655,6 +762,7 @@ async fn died_between_the_write_and_the_reload() -> Sim {
         drain: Duration::ZERO,
         auto_rollback: false,
         history_limit: 5,
+        keep_previous: Duration::ZERO,
     });
     sim.step(&Step::Desire { image: "v1" }).await.unwrap();
     sim.pass(false, None).await.unwrap();
@@ -707,6 +815,7 @@ async fn the_history_gains_no_image_that_never_served() {
         drain: Duration::ZERO,
         auto_rollback: false,
         history_limit: 5,
+        keep_previous: Duration::ZERO,
     });
     // The first deployment, v3, wrote the upstream file and died before nginx loaded it.
     sim.step(&Step::Desire { image: "v3" }).await.unwrap();

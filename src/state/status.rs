@@ -163,6 +163,33 @@ pub struct SwitchMark {
     pub to: u16,
 }
 
+/// The previous color kept running out of nginx after a deployment (`rollout.keep_previous`),
+/// so that a rollback to it is a pure nginx switch. Kept here, not in a container label, as
+/// it is written after the container started and must survive the process: the next pass
+/// keeps that container (the same `id`, still running, not served) until `until`, then
+/// removes it. Without this record (status.json lost, or written by an older version) the
+/// container is removed at the next pass like any other that is not live: the safe side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warm {
+    /// `blue` or `green`.
+    pub color: String,
+    /// The image it runs, as the history writes it.
+    pub image: String,
+    /// Its name (the service on Swarm).
+    pub container: String,
+    /// The engine's id of that container (or service): a new one of the same name is not it.
+    pub id: String,
+    /// RFC 3339 UTC: when the window ends.
+    pub until: String,
+}
+
+impl Warm {
+    /// When the window ends; None when `until` is not RFC 3339 (then no window runs).
+    pub fn until_time(&self) -> Option<std::time::SystemTime> {
+        humantime::parse_rfc3339(&self.until).ok()
+    }
+}
+
 /// One replica of a color on Docker Swarm (a task), as the status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
@@ -221,6 +248,10 @@ pub struct Status {
     /// On Docker Swarm: each color's tasks per node, as observed by the last pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ColorReplicas>,
+    /// The previous color kept running out of nginx, and until when (see [`Warm`]); null
+    /// when none is.
+    #[serde(default)]
+    pub warm: Option<Warm>,
 }
 
 impl Status {
@@ -241,6 +272,7 @@ impl Status {
             pid: None,
             switching: None,
             replicas: Vec::new(),
+            warm: None,
         }
     }
 
@@ -396,6 +428,7 @@ mod tests {
             "message",
             "failed_generation",
             "digest",
+            "warm",
         ] {
             assert!(value[key].is_null(), "{key} should be null: {text}");
             assert!(
@@ -417,6 +450,41 @@ mod tests {
                 "port": 3002,
             })
         );
+    }
+
+    #[test]
+    fn a_warm_previous_color_round_trips_and_its_end_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let warm = Warm {
+            color: "blue".into(),
+            image: "v2".into(),
+            container: "api-blue".into(),
+            id: "0123abcd".into(),
+            until: "2026-11-26T14:05:00Z".into(),
+        };
+        let mut status = Status {
+            warm: Some(warm.clone()),
+            ..converged()
+        };
+        status.save(&path).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(value["warm"]["until"], "2026-11-26T14:05:00Z");
+        assert_eq!(value["warm"]["id"], "0123abcd");
+        assert_eq!(
+            Status::load(&path).unwrap().unwrap().warm,
+            Some(warm.clone())
+        );
+        assert_eq!(
+            warm.until_time(),
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_701_900))
+        );
+        let unreadable = Warm {
+            until: "at five".into(),
+            ..warm
+        };
+        assert_eq!(unreadable.until_time(), None);
     }
 
     #[test]

@@ -47,6 +47,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "/usr/lib/nginx/modules/ngx_stream_module.so",
         "libnginx-mod-stream",
     ),
+    // The SMTP server of the email tests (testbed/src/smtp.rs), for Debian's python3.
+    (
+        "/usr/lib/python3/dist-packages/aiosmtpd/__init__.py",
+        "python3-aiosmtpd",
+    ),
 ];
 
 /// The repository path of the test images in the private registry.

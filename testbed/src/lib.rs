@@ -13,11 +13,13 @@
 
 mod bed;
 mod site;
+mod smtp;
 mod swarm;
 pub mod util;
 
 pub use bed::{Bed, TAGS};
 pub use site::{teardown_site_dir, Site, SiteOptions};
+pub use smtp::{Mail, SmtpOptions, SmtpServer, SmtpTls};
 pub use swarm::{
     edge_get, edge_listens, in_netns, teardown_swarm_site_dir, ClusterUse, EdgeLoad, LoadReport,
     Node, Swarm, SwarmSite, Task, DEFAULT_NODES, EDGE_ADDR, EDGE_NETNS,
