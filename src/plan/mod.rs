@@ -167,14 +167,30 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         (Some(mark), None) => &mark.from,
         _ => &[],
     };
+    // A canary step left behind (a process died inside it): the file shares traffic between
+    // the live (stable) color, named first, and the canary. Which one serves is known: both.
+    // The canary's container is not "another served container" but a candidate nginx still
+    // sends some requests to: the pass reasserts the stable color and drains (below) before
+    // it is removed or switched to again.
+    let canary_port = match (&observed.switching, live) {
+        (Some(mark), Some(_))
+            if mark.canary
+                && observed.upstream_ports.len() == 2
+                && observed.upstream_ports[1] == mark.to =>
+        {
+            Some(mark.to)
+        }
+        _ => None,
+    };
     let served: Vec<&Container> = observed
         .containers
         .iter()
         .filter(|c| {
             c.state.is_running()
-                && c.ports
-                    .iter()
-                    .any(|p| observed.upstream_ports.contains(p) || unsettled_from.contains(p))
+                && c.ports.iter().any(|p| {
+                    Some(*p) != canary_port
+                        && (observed.upstream_ports.contains(p) || unsettled_from.contains(p))
+                })
         })
         .collect();
     if served.len() > 1 {
@@ -980,6 +996,7 @@ mod tests {
         o.switching = Some(SwitchMark {
             from: from.to_vec(),
             to: o.upstream_port().expect("the file names a port"),
+            canary: false,
         });
         o
     }
@@ -1033,6 +1050,62 @@ mod tests {
             _ => None,
         });
         assert_eq!(reasserted, Some(4002), "{p:?}");
+    }
+
+    /// A canary step left behind by a process that died: blue (v1) stable, green (v2) the
+    /// canary, the file naming both with the canary mark.
+    fn canary_left_behind() -> Observed {
+        let mut o = observed(
+            vec![running(Color::Blue, "v1"), running(Color::Green, "v2")],
+            BLUE,
+            &["v1"],
+        );
+        o.upstream_ports = vec![3001, 3002];
+        o.upstream_servers = loopback(&[3001, 3002]);
+        o.switching = Some(SwitchMark {
+            from: vec![3001],
+            to: 3002,
+            canary: true,
+        });
+        o
+    }
+
+    #[test]
+    fn a_canary_left_behind_is_settled_on_the_stable_color_then_run_again() {
+        let p = plan(&cfg(), &desired("v2"), &canary_left_behind(), false);
+        assert_eq!(p.verdict, Verdict::Converge, "{p:?}");
+        assert_eq!(
+            p.actions[0],
+            Action::Reassert {
+                color: Color::Blue,
+                port: 3001
+            },
+            "{p:?}"
+        );
+        assert!(
+            matches!(p.actions.last(), Some(Action::Switch(r)) if r.color == Color::Green),
+            "the canary's container is gated and switched to again, not started anew: {p:?}"
+        );
+        assert!(removed_before_any_switch(&p).is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn an_aborted_canary_left_behind_is_removed_only_after_nginx_is_back_on_stable_and_drained() {
+        let p = plan(&cfg(), &desired("v1"), &canary_left_behind(), false);
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Reassert {
+                    color: Color::Blue,
+                    port: 3001
+                },
+                Action::Drain,
+                Action::Remove {
+                    name: "api-green".into(),
+                    reason: "not live (ghcr.io/fieldtrack-tech/api:v2, running)".into()
+                },
+            ]
+        );
     }
 
     #[test]
@@ -1352,10 +1425,20 @@ mod tests {
                         let d = desired(TAGS[tag]);
                         // A process died inside a switch: the file names `to`, nginx may
                         // still run the file before, which named `from`.
-                        let switching = match (mark, upstream_ports.first()) {
-                            (Some(from), Some(&to)) => Some(SwitchMark {
+                        // Or a canary step: the file names the stable port, then the
+                        // canary's (an empty `from` in the arbitrary mark stands for it).
+                        let switching = match (mark, upstream_ports.as_slice()) {
+                            (Some(from), &[stable, canary]) if from.is_empty() => {
+                                Some(SwitchMark {
+                                    from: vec![stable],
+                                    to: canary,
+                                    canary: true,
+                                })
+                            }
+                            (Some(from), &[to, ..]) => Some(SwitchMark {
                                 from: from.into_iter().map(|i| PORTS[i]).collect(),
                                 to,
+                                canary: false,
                             }),
                             _ => None,
                         };
@@ -1572,10 +1655,20 @@ mod tests {
                             [blue, green].into_iter().flatten().collect();
                         let upstream_ports: Vec<u16> =
                             upstream.into_iter().map(|i| PORTS[i]).collect();
-                        let switching = match (mark, upstream_ports.first()) {
-                            (Some(from), Some(&to)) => Some(SwitchMark {
+                        // Or a canary step: the file names the stable port, then the
+                        // canary's (an empty `from` in the arbitrary mark stands for it).
+                        let switching = match (mark, upstream_ports.as_slice()) {
+                            (Some(from), &[stable, canary]) if from.is_empty() => {
+                                Some(SwitchMark {
+                                    from: vec![stable],
+                                    to: canary,
+                                    canary: true,
+                                })
+                            }
+                            (Some(from), &[to, ..]) => Some(SwitchMark {
                                 from: from.into_iter().map(|i| PORTS[i]).collect(),
                                 to,
+                                canary: false,
                             }),
                             _ => None,
                         };

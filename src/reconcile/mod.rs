@@ -606,7 +606,11 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             }
             from.sort_unstable();
             from.dedup();
-            s.switching = Some(SwitchMark { from, to: port });
+            s.switching = Some(SwitchMark {
+                from,
+                to: port,
+                canary: false,
+            });
         })?;
         let result = ctx.proxy.switch_to(servers, comment).await;
         let settled = match &result {

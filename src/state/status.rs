@@ -161,6 +161,12 @@ pub struct SwitchMark {
     pub from: Vec<u16>,
     /// The port switched to.
     pub to: u16,
+    /// A canary step: the file shares traffic by weight between the stable color (`from`,
+    /// written first) and the canary (`to`), on purpose. Kept for the whole canary: nginx
+    /// runs both until the canary is promoted (a switch to `to` alone) or aborted (to
+    /// `from` alone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub canary: bool,
 }
 
 /// The previous color kept running out of nginx after a deployment (`rollout.keep_previous`),
