@@ -118,6 +118,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     pub notify: NotifyConfig,
     pub metrics: MetricsConfig,
+    /// `[canary]`; None: blue/green.
+    pub canary: Option<CanaryConfig>,
 }
 
 /// `[container]`
@@ -173,7 +175,49 @@ pub struct NginxConfig {
     /// Idle connections to the app each nginx worker keeps open (`keepalive N;` in the
     /// upstream block); 0: none.
     pub upstream_keepalive: u32,
+    /// nginx's access log in fieldtrack's JSON `log_format`, which a canary is judged from;
+    /// None: no canary can run.
+    pub access_log: Option<PathBuf>,
 }
+
+/// `[canary]`: progressive delivery. Without it a deployment is blue/green.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryConfig {
+    /// Weights strictly rising, each between 1 and 99; the last step is followed by 100%.
+    pub steps: Vec<CanaryStep>,
+    /// A step fails when the canary's share of requests answered 5xx or not at all is above
+    /// this, and above the stable color's own in the same window.
+    pub max_error_rate: Ratio,
+    /// A step passes only after this many requests reached the canary.
+    pub min_requests: u64,
+    /// A step fails when the canary's p95 `request_time` over the stable color's is above
+    /// this.
+    pub max_latency_ratio: Ratio,
+}
+
+/// One canary step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryStep {
+    /// The canary's share of the traffic, in percent.
+    pub weight: u32,
+    pub pause: Pause,
+}
+
+/// How long a canary step lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// At least this long (and until `min_requests` reached the canary).
+    For(Duration),
+    /// Until `fieldtrack promote`.
+    Manual,
+}
+
+/// A finite, non-negative number from the config (validated, so never NaN: equality is
+/// total).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Ratio(pub f64);
+
+impl Eq for Ratio {}
 
 /// `[rollout]`
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -684,6 +728,10 @@ impl Ctx<'_> {
                         )
                     })?,
             },
+            access_log: n
+                .access_log
+                .map(|p| self.path_or("nginx.access_log", Some(p), ""))
+                .transpose()?,
         };
 
         let r = raw.rollout.unwrap_or_default();
@@ -829,6 +877,27 @@ impl Ctx<'_> {
             ),
         };
 
+        let canary = match raw.canary {
+            None => None,
+            Some(c) => {
+                if nginx.access_log.is_none() {
+                    return Err(self.invalid(
+                        "nginx.access_log",
+                        "(not set)".into(),
+                        "a canary is judged from nginx's access log: set nginx.access_log to the file `access_log PATH fieldtrack;` writes (fieldtrack init's snippet declares the format)".into(),
+                    ));
+                }
+                if runtime != RuntimeKind::Docker {
+                    return Err(self.invalid(
+                        "canary",
+                        "(section)".into(),
+                        "canary steps run on one server ([runtime] kind = \"docker\") only".into(),
+                    ));
+                }
+                Some(self.canary(c)?)
+            }
+        };
+
         Ok(Config {
             path: self.path.to_path_buf(),
             app,
@@ -848,6 +917,77 @@ impl Ctx<'_> {
             hooks,
             notify,
             metrics: MetricsConfig { listen },
+            canary,
+        })
+    }
+
+    fn canary(&self, c: raw::RawCanary) -> Result<CanaryConfig, ConfigError> {
+        let raw_steps = c.steps.unwrap_or_default();
+        if raw_steps.is_empty() {
+            return Err(self.invalid(
+                "canary.steps",
+                "[]".into(),
+                "needs at least one step, e.g. [{ weight = 10, pause = \"2m\" }]".into(),
+            ));
+        }
+        let mut steps = Vec::with_capacity(raw_steps.len());
+        let mut last = 0;
+        for (i, step) in raw_steps.into_iter().enumerate() {
+            let key = format!("canary.steps[{i}]");
+            let weight = u32::try_from(step.weight)
+                .ok()
+                .filter(|w| (1..=99).contains(w) && *w > last)
+                .ok_or_else(|| {
+                    self.invalid(
+                        format!("{key}.weight"),
+                        step.weight.to_string(),
+                        format!("must be between 1 and 99 and above the step before ({last})"),
+                    )
+                })?;
+            last = weight;
+            let pause = if step.pause == "manual" {
+                Pause::Manual
+            } else {
+                Pause::For(self.duration(
+                    &format!("{key}.pause"),
+                    Some(RawDuration(step.pause)),
+                    "0s",
+                    Zero::Refused,
+                )?)
+            };
+            steps.push(CanaryStep { weight, pause });
+        }
+        let ratio = |key: &str, value: Option<f64>, default: f64, range: (f64, f64)| {
+            let v = value.unwrap_or(default);
+            if v.is_finite() && v >= range.0 && v <= range.1 {
+                Ok(Ratio(v))
+            } else {
+                Err(self.invalid(
+                    key,
+                    v.to_string(),
+                    format!("must be between {} and {}", range.0, range.1),
+                ))
+            }
+        };
+        Ok(CanaryConfig {
+            steps,
+            max_error_rate: ratio("canary.max_error_rate", c.max_error_rate, 0.01, (0.0, 1.0))?,
+            min_requests: match c.min_requests {
+                None => 100,
+                Some(n) => u64::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
+                    self.invalid(
+                        "canary.min_requests",
+                        n.to_string(),
+                        "must be at least 1".into(),
+                    )
+                })?,
+            },
+            max_latency_ratio: ratio(
+                "canary.max_latency_ratio",
+                c.max_latency_ratio,
+                2.0,
+                (1.0, 1000.0),
+            )?,
         })
     }
 
@@ -1142,6 +1282,7 @@ mod tests {
                 reload_command: vec!["nginx".into(), "-s".into(), "reload".into()],
                 pid_file: PathBuf::from("/run/nginx.pid"),
                 upstream_keepalive: 0,
+                access_log: None,
             }
         );
         assert_eq!(
@@ -1727,6 +1868,66 @@ listen = "9187"
         }
         let msg = err_of("[container]\nenv_file = \"\"\n");
         assert!(msg.contains("container.env_file"), "{msg}");
+    }
+
+    #[test]
+    fn canary_steps_rise_need_the_access_log_and_sane_bounds() {
+        assert_eq!(parse(MINIMAL).unwrap().canary, None);
+        let log = "[nginx]\naccess_log = \"/var/log/nginx/api.json.log\"\n";
+        let cfg = with(&format!(
+            "{log}[canary]\nsteps = [{{ weight = 10, pause = \"2m\" }}, {{ weight = 50, pause = \"manual\" }}]\n"
+        ))
+        .unwrap();
+        let canary = cfg.canary.expect("canary");
+        assert_eq!(
+            canary.steps,
+            vec![
+                CanaryStep {
+                    weight: 10,
+                    pause: Pause::For(Duration::from_secs(120))
+                },
+                CanaryStep {
+                    weight: 50,
+                    pause: Pause::Manual
+                },
+            ]
+        );
+        assert_eq!(canary.max_error_rate, Ratio(0.01));
+        assert_eq!(canary.min_requests, 100);
+        assert_eq!(canary.max_latency_ratio, Ratio(2.0));
+        assert_eq!(
+            cfg.nginx.access_log.as_deref(),
+            Some(Path::new("/var/log/nginx/api.json.log"))
+        );
+
+        let step = |steps: &str| format!("{log}[canary]\nsteps = {steps}\n");
+        let msg = err_of("[canary]\nsteps = [{ weight = 10, pause = \"1m\" }]\n");
+        assert!(msg.contains("nginx.access_log"), "{msg}");
+        let msg = err_of(&step("[]"));
+        assert!(msg.contains("canary.steps"), "{msg}");
+        let msg = err_of(&step(
+            "[{ weight = 50, pause = \"1m\" }, { weight = 10, pause = \"1m\" }]",
+        ));
+        assert!(msg.contains("canary.steps[1].weight"), "{msg}");
+        let msg = err_of(&step("[{ weight = 100, pause = \"1m\" }]"));
+        assert!(msg.contains("canary.steps[0].weight"), "{msg}");
+        let msg = err_of(&step("[{ weight = 10, pause = \"soon\" }]"));
+        assert!(msg.contains("canary.steps[0].pause"), "{msg}");
+        let msg = err_of(&format!(
+            "{}max_error_rate = 1.5\n",
+            step("[{ weight = 10, pause = \"1m\" }]")
+        ));
+        assert!(msg.contains("canary.max_error_rate"), "{msg}");
+        let msg = err_of(&format!(
+            "{}max_latency_ratio = 0.5\n",
+            step("[{ weight = 10, pause = \"1m\" }]")
+        ));
+        assert!(msg.contains("canary.max_latency_ratio"), "{msg}");
+        let msg = err_of(&format!(
+            "{}[runtime]\nkind = \"swarm\"\n",
+            step("[{ weight = 10, pause = \"1m\" }]")
+        ));
+        assert!(msg.contains("one server"), "{msg}");
     }
 
     #[test]

@@ -32,6 +32,26 @@ pub struct RawConfig {
     pub hooks: Option<RawHooks>,
     pub notify: Option<RawNotify>,
     pub metrics: Option<RawMetrics>,
+    pub canary: Option<RawCanary>,
+}
+
+/// `[canary]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub steps: Option<Vec<RawCanaryStep>>,
+    pub max_error_rate: Option<f64>,
+    pub min_requests: Option<i64>,
+    pub max_latency_ratio: Option<f64>,
+}
+
+/// One of `canary.steps`: `{ weight = 10, pause = "2m" }` (`pause = "manual"` waits for
+/// `fieldtrack promote`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanaryStep {
+    pub weight: i64,
+    pub pause: String,
 }
 
 /// `[container]`
@@ -65,6 +85,7 @@ pub struct RawNginx {
     pub reload_command: Option<Vec<String>>,
     pub pid_file: Option<String>,
     pub upstream_keepalive: Option<i64>,
+    pub access_log: Option<String>,
 }
 
 /// `[rollout]`
