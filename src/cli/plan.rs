@@ -50,6 +50,13 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
     for (i, action) in plan.actions.iter().enumerate() {
         println!("  {}. {action}", i + 1);
     }
+    let keep = ctx.cfg.rollout.keep_previous;
+    if !keep.is_zero() && plan.target().is_some() {
+        println!(
+            "  (rollout.keep_previous = {}: the old color is kept running out of nginx for that long after the drain, then removed)",
+            humantime::format_duration(keep)
+        );
+    }
     let path = &ctx.cfg.nginx.upstream_file;
     let swarm = ctx.cfg.runtime == RuntimeKind::Swarm;
     let after = match plan.target() {
