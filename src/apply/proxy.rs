@@ -25,7 +25,7 @@ use super::output_tail;
 use super::redact::Redactor;
 use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
 use crate::state::file::read_capped;
-use crate::upstream::{parse_ports, parse_servers, render_servers};
+use crate::upstream::{parse_ports, parse_servers, render_servers, render_weighted};
 
 /// How long `test_command` or `reload_command` may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -178,6 +178,14 @@ pub trait Proxy: Send + Sync {
     fn switch_to(
         &self,
         servers: &[SocketAddr],
+        comment: &str,
+    ) -> impl Future<Output = Result<(), ProxyError>> + Send;
+
+    /// As [`Proxy::switch`], sharing the traffic by weight between `servers` (a canary step:
+    /// the stable color first, then the canary; see [`crate::upstream::render_weighted`]).
+    fn switch_weighted(
+        &self,
+        servers: &[(SocketAddr, u32)],
         comment: &str,
     ) -> impl Future<Output = Result<(), ProxyError>> + Send;
 
@@ -354,10 +362,9 @@ impl Nginx {
         result
     }
 
-    async fn switch_locked(&self, servers: &[SocketAddr], comment: &str) -> Result<(), ProxyError> {
-        let port = servers.first().map_or(0, |s| s.port());
+    /// Writes `text` (naming `port` first), tests, reloads: see [`Proxy::switch`].
+    async fn switch_locked(&self, text: String, port: u16) -> Result<(), ProxyError> {
         let previous = self.read_bytes()?;
-        let text = render_servers(&self.upstream_name, servers, comment, self.keepalive);
         write_atomic_with(&self.upstream_file, text.as_bytes(), WRITE).map_err(|source| {
             ProxyError::Write {
                 action: "write",
@@ -456,8 +463,21 @@ impl Proxy for Nginx {
     }
 
     async fn switch_to(&self, servers: &[SocketAddr], comment: &str) -> Result<(), ProxyError> {
+        let text = render_servers(&self.upstream_name, servers, comment, self.keepalive);
+        let port = servers.first().map_or(0, |s| s.port());
         let _guard = self.switching.lock().await;
-        self.switch_locked(servers, comment).await
+        self.switch_locked(text, port).await
+    }
+
+    async fn switch_weighted(
+        &self,
+        servers: &[(SocketAddr, u32)],
+        comment: &str,
+    ) -> Result<(), ProxyError> {
+        let text = render_weighted(&self.upstream_name, servers, comment, self.keepalive);
+        let port = servers.first().map_or(0, |(s, _)| s.port());
+        let _guard = self.switching.lock().await;
+        self.switch_locked(text, port).await
     }
 
     async fn wait_retired(&self, limit: Duration) -> bool {

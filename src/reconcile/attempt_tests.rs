@@ -1000,3 +1000,82 @@ async fn a_warm_color_failing_its_gate_on_a_rollback_is_removed_and_no_longer_na
     assert_eq!(site.world().loaded_port(), Some(GREEN));
     assert_eq!(site.status().warm, None);
 }
+
+// Canary steps (groundwork): the weighted file and its mark, as a dead process leaves them.
+
+/// Blue serves v1, green runs v2, and a canary step shares the traffic 90/10 with the
+/// canary mark in status.json: what a process that died inside a canary leaves behind.
+async fn canary_left_behind() -> Site {
+    let site = site_with_blue_live();
+    site.running(Color::Green, "v2");
+    let ctx = site.context();
+    let pass = Pass::new(&ctx, Trigger::Cli);
+    let at = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    pass.switch_canary(&[(at(BLUE), 90)], &[(at(GREEN), 10)], "canary 10%")
+        .await
+        .unwrap();
+    let text = site.world().upstream.clone().unwrap();
+    assert!(
+        text.contains("server 127.0.0.1:3001 weight=90;")
+            && text.contains("server 127.0.0.1:3002 weight=10;"),
+        "{text}"
+    );
+    let status = crate::state::status::Status::load(&ctx.status_file())
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.switching.as_ref().is_some_and(|m| m.canary),
+        "{status:?}"
+    );
+    site
+}
+
+#[tokio::test]
+async fn a_canary_left_behind_converges_onto_the_canary_through_the_stable_color() {
+    let site = canary_left_behind().await;
+
+    let outcome = site.pass("v2").await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    let world = site.world();
+    assert_eq!(world.loaded_port(), Some(GREEN));
+    let text = world.upstream.clone().unwrap();
+    assert!(!text.contains("weight="), "{text}");
+    // The stable color was reasserted (alone) before the canary's gate and switch, and no
+    // container was started: the canary's is reused.
+    assert!(!world.called(&Call::Run("api-green".into())));
+    drop(world);
+    let status = crate::state::status::Status::load(&site.context().status_file())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.switching, None,
+        "the mark is gone once one color serves"
+    );
+}
+
+#[tokio::test]
+async fn an_aborted_canary_left_behind_is_removed_after_nginx_is_back_on_the_stable_color() {
+    let site = canary_left_behind().await;
+
+    let outcome = site.pass("v1").await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    let world = site.world();
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(!world.upstream.clone().unwrap().contains("weight="));
+    assert!(world.is_running("api-blue"));
+    assert!(!world.is_running("api-green"));
+    // The reload onto blue alone came before the canary's removal.
+    let reload = world
+        .calls
+        .iter()
+        .position(|c| *c == Call::Write(BLUE))
+        .expect("blue reasserted");
+    let removal = world
+        .calls
+        .iter()
+        .position(|c| *c == Call::Remove("api-green".into()))
+        .expect("the canary removed");
+    assert!(reload < removal, "{:?}", world.calls);
+}

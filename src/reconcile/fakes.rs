@@ -37,7 +37,7 @@ use crate::apply::runtime::{
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
 use crate::observe::{Container, ContainerState};
-use crate::upstream::{parse_ports, render};
+use crate::upstream::{parse_ports, render, render_servers, render_weighted};
 
 /// One call the reconciler made to the outside world, in the order made. State checks,
 /// listings and reads are not logged: they change nothing.
@@ -558,10 +558,11 @@ impl World {
     }
 
     /// [`Proxy::switch`], keeping the contract of `Nginx::switch_locked`.
-    fn switch(&mut self, port: u16, comment: &str) -> Result<(), ProxyError> {
+    /// Writes `text`, which names `port` first, then tests and reloads as nginx would.
+    fn switch(&mut self, text: String, port: u16) -> Result<(), ProxyError> {
         self.calls.push(Call::Write(port));
         let previous = self.upstream.clone();
-        self.upstream = Some(render(&self.upstream_name, port, comment, 0));
+        self.upstream = Some(text);
         if let Some(notify) = self.kill_at_write.take() {
             notify.notify_one();
             self.dead = true;
@@ -894,11 +895,27 @@ impl Proxy for FakeProxy {
 
     async fn switch_to(&self, servers: &[SocketAddr], comment: &str) -> Result<(), ProxyError> {
         let port = servers.first().map_or(0, |s| s.port());
+        let (whole, name) = {
+            let world = self.0.world();
+            (world.whole_switch, world.upstream_name.clone())
+        };
+        let text = render_servers(&name, servers, comment, 0);
         // Each step of the switch counts as a call of its own (see `World::switch`).
-        let whole = self.0.world().whole_switch;
-        self.0
-            .call(whole, |world| world.switch(port, comment))
-            .await
+        self.0.call(whole, |world| world.switch(text, port)).await
+    }
+
+    async fn switch_weighted(
+        &self,
+        servers: &[(SocketAddr, u32)],
+        comment: &str,
+    ) -> Result<(), ProxyError> {
+        let port = servers.first().map_or(0, |(s, _)| s.port());
+        let (whole, name) = {
+            let world = self.0.world();
+            (world.whole_switch, world.upstream_name.clone())
+        };
+        let text = render_weighted(&name, servers, comment, 0);
+        self.0.call(whole, |world| world.switch(text, port)).await
     }
 
     async fn wait_retired(&self, _limit: Duration) -> bool {

@@ -626,6 +626,44 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         result.map_err(ReconcileError::Switch)
     }
 
+    /// A canary step: shares traffic by weight between the stable color (`stable`, written
+    /// first) and the canary (`canary`), with a canary [`SwitchMark`] in status.json that
+    /// stays for as long as the file names both: a process that dies inside the canary
+    /// leaves the next pass to settle nginx on the stable color before anything else
+    /// ([`crate::plan::plan`]). The promotion (a switch to the canary alone) or the abort
+    /// (to the stable color alone) goes through [`Pass::switch_nginx`], which clears it.
+    pub(crate) async fn switch_canary(
+        &self,
+        stable: &[(std::net::SocketAddr, u32)],
+        canary: &[(std::net::SocketAddr, u32)],
+        comment: &str,
+    ) -> Result<(), ReconcileError> {
+        let ctx = self.ctx;
+        let (Some((stable_addr, _)), Some((canary_addr, _))) = (stable.first(), canary.first())
+        else {
+            return Ok(());
+        };
+        let mut earlier = None;
+        self.set_status(|s| {
+            earlier = s.switching.take();
+            s.switching = Some(SwitchMark {
+                from: vec![stable_addr.port()],
+                to: canary_addr.port(),
+                canary: true,
+            });
+        })?;
+        let servers: Vec<(std::net::SocketAddr, u32)> =
+            stable.iter().chain(canary).copied().collect();
+        let result = ctx.proxy.switch_weighted(&servers, comment).await;
+        if let Err(e) = &result {
+            if !e.leaves_nginx_unsettled() {
+                // nginx runs what it ran before, as uncertain as it was then.
+                self.set_status(|s| s.switching = earlier)?;
+            }
+        }
+        result.map_err(ReconcileError::Switch)
+    }
+
     /// Updates the in-memory status and writes status.json.
     pub(crate) fn set_status(&self, f: impl FnOnce(&mut Status)) -> Result<(), ReconcileError> {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
