@@ -2,6 +2,8 @@
 //! ([`Observed`]) to a [`Plan`]. No I/O here, so every combination is unit-tested; applying
 //! the plan is the only part that touches Docker and nginx.
 
+pub mod canary;
+
 use std::fmt;
 
 use crate::config::{Color, Config, RuntimeKind};
