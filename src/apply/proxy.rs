@@ -16,7 +16,7 @@
 use std::fs;
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -25,7 +25,7 @@ use super::output_tail;
 use super::redact::Redactor;
 use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
 use crate::state::file::read_capped;
-use crate::upstream::{parse_ports, parse_servers, render_servers, render_weighted};
+use crate::upstream::{parse_servers, render_servers, render_weighted};
 
 /// How long `test_command` or `reload_command` may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -138,19 +138,24 @@ pub trait Proxy: Send + Sync {
         Ok(self.upstream_ports()?.first().copied())
     }
 
-    /// Every loopback port the file, as written on disk now, sends traffic to (see
-    /// [`parse_ports`]); empty when there is no file. A proxy in front of Swarm nodes counts
-    /// the ports of servers on any address.
-    fn upstream_ports(&self) -> Result<Vec<u16>, ProxyError>;
-
     /// Every `ADDRESS:PORT` server of the file as written on disk now (see
     /// [`crate::upstream::parse_servers`]); empty when there is no file.
-    fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
-        Ok(self
-            .upstream_ports()?
-            .into_iter()
-            .map(|port| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
-            .collect())
+    fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError>;
+
+    /// The ports of `servers` that are the app's: those on loopback (a local container's,
+    /// in the order written), or, for a proxy in front of Swarm nodes, every one, once.
+    fn served_ports(&self, servers: &[SocketAddr]) -> Vec<u16> {
+        servers
+            .iter()
+            .filter(|s| s.ip() == Ipv4Addr::LOCALHOST || s.ip() == Ipv6Addr::LOCALHOST)
+            .map(|s| s.port())
+            .collect()
+    }
+
+    /// Every port of the app the file, as written on disk now, sends traffic to
+    /// ([`Proxy::served_ports`] of its servers); empty when there is no file.
+    fn upstream_ports(&self) -> Result<Vec<u16>, ProxyError> {
+        Ok(self.served_ports(&self.upstream_servers()?))
     }
 
     /// Points traffic at `port`: writes the file atomically, runs `test_command`, then
@@ -438,21 +443,21 @@ impl Proxy for Nginx {
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
-    fn upstream_ports(&self) -> Result<Vec<u16>, ProxyError> {
-        if self.remote_servers {
-            let mut ports: Vec<u16> = self.upstream_servers()?.iter().map(|s| s.port()).collect();
-            let mut seen = Vec::new();
-            ports.retain(|p| {
-                let new = !seen.contains(p);
-                seen.push(*p);
-                new
-            });
-            return Ok(ports);
+    fn served_ports(&self, servers: &[SocketAddr]) -> Vec<u16> {
+        if !self.remote_servers {
+            return servers
+                .iter()
+                .filter(|s| s.ip() == Ipv4Addr::LOCALHOST || s.ip() == Ipv6Addr::LOCALHOST)
+                .map(|s| s.port())
+                .collect();
         }
-        Ok(self
-            .read()?
-            .map(|text| parse_ports(&text, &self.upstream_name))
-            .unwrap_or_default())
+        let mut ports: Vec<u16> = Vec::new();
+        for port in servers.iter().map(|s| s.port()) {
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        ports
     }
 
     fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {

@@ -166,8 +166,9 @@ pub async fn observe<R: Runtime, P: Proxy>(
     proxy: &P,
 ) -> Result<Observed, ObserveError> {
     let containers = runtime.containers(&cfg.app).await?;
-    let upstream_ports = proxy.upstream_ports()?;
+    // One read of the file: the ports are those of its servers that are the app's.
     let upstream_servers = proxy.upstream_servers()?;
+    let upstream_ports = proxy.served_ports(&upstream_servers);
     let history = history::read(&cfg.history_file)?;
     let status = Status::load(&cfg.state_dir.join(crate::state::STATUS_FILE))?;
     Ok(Observed {

@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::future::join_all;
-
 use super::{Context, Pass, Progress, ReconcileError};
 use crate::apply::env_file;
 use crate::apply::health::{probe_delays, ProbeOutcome, Prober};
@@ -450,12 +448,11 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 .filter(|a| !healthy.contains(a))
                 .copied()
                 .collect();
-            let outcomes = join_all(unproven.iter().map(|a| ctx.prober.probe_at(*a))).await;
             let mut failed = None;
-            for (addr, outcome) in unproven.iter().zip(outcomes) {
+            for (addr, outcome) in ctx.probe_each(&unproven).await {
                 match outcome {
-                    ProbeOutcome::Healthy(_) => healthy.push(*addr),
-                    outcome => failed = Some((*addr, outcome)),
+                    ProbeOutcome::Healthy(_) => healthy.push(addr),
+                    outcome => failed = Some((addr, outcome)),
                 }
             }
             let running_enough = endpoints.addrs.len() >= endpoints.wanted.max(1);
@@ -594,12 +591,11 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         if endpoints.addrs.is_empty() {
             return Ok(ProbeOutcome::Unreachable("no replica runs".to_string()));
         }
-        let outcomes = join_all(endpoints.addrs.iter().map(|a| ctx.prober.probe_at(*a))).await;
         let several = endpoints.addrs.len() > 1;
-        Ok(endpoints
-            .addrs
-            .iter()
-            .zip(outcomes)
+        Ok(ctx
+            .probe_each(&endpoints.addrs)
+            .await
+            .into_iter()
             .find(|(_, o)| !o.is_healthy())
             .map(|(addr, outcome)| match outcome {
                 ProbeOutcome::Unreachable(why) if several => {

@@ -37,7 +37,7 @@ use crate::apply::runtime::{
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
 use crate::observe::{Container, ContainerState};
-use crate::upstream::{parse_ports, render, render_servers, render_weighted};
+use crate::upstream::{parse_ports, parse_servers, render, render_servers, render_weighted};
 
 /// One call the reconciler made to the outside world, in the order made. State checks,
 /// listings and reads are not logged: they change nothing.
@@ -885,11 +885,11 @@ impl Proxy for FakeProxy {
         Ok(world.upstream.clone())
     }
 
-    fn upstream_ports(&self) -> Result<Vec<u16>, ProxyError> {
+    fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
         let name = self.0.world().upstream_name.clone();
         Ok(self
             .read()?
-            .map(|text| parse_ports(&text, &name))
+            .map(|text| parse_servers(&text, &name))
             .unwrap_or_default())
     }
 

@@ -119,8 +119,9 @@ pub async fn registry_digest(cfg: &Config, reference: &str) -> Option<String> {
     engine.registry_digest(reference).await
 }
 
-/// Each color's replicas (Swarm tasks), for the status; empty on a single engine.
-fn replicas_of(cfg: &Config, observed: &Observed) -> Vec<crate::state::status::ColorReplicas> {
+/// Each color's replicas (Swarm tasks), for the status; empty on a single engine, whose
+/// containers have none.
+fn replicas_of(observed: &Observed) -> Vec<crate::state::status::ColorReplicas> {
     observed
         .containers
         .iter()
@@ -132,7 +133,6 @@ fn replicas_of(cfg: &Config, observed: &Observed) -> Vec<crate::state::status::C
             service: c.name.clone(),
             replicas: c.replicas.clone(),
         })
-        .filter(|_| cfg.runtime == RuntimeKind::Swarm)
         .collect()
 }
 
@@ -183,6 +183,16 @@ pub struct Pass<'c, R, P, H> {
 }
 
 impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
+    /// One probe of each of `addrs`, all at once, each with its outcome.
+    pub(crate) async fn probe_each(
+        &self,
+        addrs: &[std::net::SocketAddr],
+    ) -> Vec<(std::net::SocketAddr, crate::apply::health::ProbeOutcome)> {
+        let outcomes =
+            futures_util::future::join_all(addrs.iter().map(|a| self.prober.probe_at(*a))).await;
+        addrs.iter().copied().zip(outcomes).collect()
+    }
+
     /// The upstream file's text as on disk now (None when there is none): what `plan` diffs.
     pub fn upstream_text(&self) -> Result<Option<String>, crate::apply::proxy::ProxyError> {
         self.proxy.read()
@@ -510,13 +520,10 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         let port = cfg.port(color);
         let name = cfg.container_name(color);
         let endpoints = ctx.runtime.endpoints(&name, port).await?;
-        let outcomes =
-            futures_util::future::join_all(endpoints.addrs.iter().map(|a| ctx.prober.probe_at(*a)))
-                .await;
         let mut answering = Vec::new();
-        for (addr, outcome) in endpoints.addrs.iter().zip(outcomes) {
+        for (addr, outcome) in ctx.probe_each(&endpoints.addrs).await {
             if outcome.is_healthy() {
-                answering.push(*addr);
+                answering.push(addr);
             } else {
                 tracing::warn!(%addr, ?outcome, "replica does not answer its probe: kept out of nginx");
             }
@@ -578,7 +585,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         status.failed_generation = observed.failed_generation.clone();
         status.digest = previous.and_then(|p| p.digest);
         status.switching = observed.switching.clone();
-        status.replicas = replicas_of(&ctx.cfg, observed);
+        status.replicas = replicas_of(observed);
         status.warm = warm_of(&ctx.cfg, observed);
         Ok(())
     }
