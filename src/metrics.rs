@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::state::audit::AttemptOutcome;
+use crate::state::status::CanaryProgress;
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -74,6 +75,8 @@ pub struct Metrics {
     last_duration: Mutex<Option<f64>>,
     health_probe_failures: AtomicU64,
     reconcile_errors: Mutex<BTreeMap<String, u64>>,
+    /// The canary step running now; None when none runs.
+    canary: Mutex<Option<CanaryProgress>>,
 }
 
 impl Default for Metrics {
@@ -93,6 +96,7 @@ impl Metrics {
             last_duration: Mutex::new(None),
             health_probe_failures: AtomicU64::new(0),
             reconcile_errors: Mutex::new(zeros(&ERROR_KINDS)),
+            canary: Mutex::new(None),
         }
     }
 
@@ -126,6 +130,11 @@ impl Metrics {
     /// A health probe of a candidate or of the new color during the drain failed.
     pub fn health_probe_failed(&self) {
         self.health_probe_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The canary step running now and its window's figures; None: no canary runs.
+    pub fn set_canary(&self, canary: Option<&CanaryProgress>) {
+        *lock(&self.canary) = canary.cloned();
     }
 
     /// A reconcile pass ended in an error of `kind` (`transient` or `permanent`).
@@ -210,7 +219,77 @@ impl Metrics {
                 escape_label(kind)
             );
         }
+
+        self.render_canary(&mut out);
         out
+    }
+
+    /// The canary's gauges: weight and step are 0 when none runs; the window's figures are
+    /// present only while one runs.
+    fn render_canary(&self, out: &mut String) {
+        let canary = lock(&self.canary);
+        let c = canary.as_ref();
+        header(
+            out,
+            "fieldtrack_canary_weight",
+            "gauge",
+            "The canary's share of the traffic in percent; 0 when no canary runs.",
+        );
+        let _ = writeln!(
+            out,
+            "fieldtrack_canary_weight {}",
+            c.map_or(0, |c| c.weight)
+        );
+        header(
+            out,
+            "fieldtrack_canary_step",
+            "gauge",
+            "The canary step running (1-based); 0 when no canary runs.",
+        );
+        let _ = writeln!(out, "fieldtrack_canary_step {}", c.map_or(0, |c| c.step));
+        let sides =
+            |c: &CanaryProgress| [("stable", c.stable.clone()), ("canary", c.canary.clone())];
+        header(
+            out,
+            "fieldtrack_canary_requests",
+            "gauge",
+            "Requests in the running canary step's window, by side (stable or canary).",
+        );
+        for (side, f) in c.map(sides).into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "fieldtrack_canary_requests{{side=\"{side}\"}} {}",
+                f.requests
+            );
+        }
+        header(
+            out,
+            "fieldtrack_canary_errors",
+            "gauge",
+            "Requests answered 5xx or not at all in the running canary step's window, by side.",
+        );
+        for (side, f) in c.map(sides).into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "fieldtrack_canary_errors{{side=\"{side}\"}} {}",
+                f.errors
+            );
+        }
+        header(
+            out,
+            "fieldtrack_canary_p95_seconds",
+            "gauge",
+            "The 95th percentile of request_time in the running canary step's window, by side.",
+        );
+        for (side, f) in c.map(sides).into_iter().flatten() {
+            if let Some(ms) = f.p95_ms {
+                let _ = writeln!(
+                    out,
+                    "fieldtrack_canary_p95_seconds{{side=\"{side}\"}} {}",
+                    ms as f64 / 1000.0
+                );
+            }
+        }
     }
 }
 
@@ -390,6 +469,8 @@ mod tests {
                 "fieldtrack_health_probe_failures_total 0",
                 "fieldtrack_reconcile_errors_total{kind=\"permanent\"} 0",
                 "fieldtrack_reconcile_errors_total{kind=\"transient\"} 0",
+                "fieldtrack_canary_weight 0",
+                "fieldtrack_canary_step 0",
             ]
         );
         for (name, kind) in [
@@ -408,6 +489,49 @@ mod tests {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
         }
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn a_running_canary_exports_its_step_weight_and_window_by_side() {
+        use crate::state::status::WindowFigures;
+        let m = Metrics::new();
+        let side = |requests, errors, p95_ms| WindowFigures {
+            requests,
+            errors,
+            failed_tries: errors,
+            p50_ms: Some(1),
+            p95_ms,
+        };
+        m.set_canary(Some(&CanaryProgress {
+            image: "v2".into(),
+            color: "green".into(),
+            container: "api-green".into(),
+            stable_color: "blue".into(),
+            stable_image: Some("v1".into()),
+            step: 2,
+            steps: 3,
+            weight: 25,
+            step_started: "2026-12-01T20:00:00Z".into(),
+            step_ends: None,
+            stable: side(900, 0, Some(12)),
+            canary: side(300, 3, None),
+            judgement: "within bounds".into(),
+        }));
+        let text = m.render();
+        for line in [
+            "fieldtrack_canary_weight 25",
+            "fieldtrack_canary_step 2",
+            "fieldtrack_canary_requests{side=\"stable\"} 900",
+            "fieldtrack_canary_requests{side=\"canary\"} 300",
+            "fieldtrack_canary_errors{side=\"canary\"} 3",
+            "fieldtrack_canary_p95_seconds{side=\"stable\"} 0.012",
+        ] {
+            assert!(lines(&text).contains(&line), "{line}: {text}");
+        }
+        assert!(!text.contains("fieldtrack_canary_p95_seconds{side=\"canary\"}"));
+        m.set_canary(None);
+        assert!(lines(&m.render()).contains(&"fieldtrack_canary_weight 0"));
+        assert!(!m.render().contains("fieldtrack_canary_requests{"));
     }
 
     #[test]
@@ -436,6 +560,8 @@ mod tests {
                 "fieldtrack_health_probe_failures_total 3",
                 "fieldtrack_reconcile_errors_total{kind=\"permanent\"} 0",
                 "fieldtrack_reconcile_errors_total{kind=\"transient\"} 1",
+                "fieldtrack_canary_weight 0",
+                "fieldtrack_canary_step 0",
             ]
         );
 

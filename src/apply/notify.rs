@@ -87,6 +87,9 @@ pub enum Event {
     RolledBack,
     /// The new color failed during the drain and traffic went back to the previous image.
     AutoRollback,
+    /// A canary step ended: passed, or failed (then an [`Event::AutoRollback`] follows when
+    /// auto-rollback is on).
+    CanaryStep,
 }
 
 impl Event {
@@ -97,6 +100,7 @@ impl Event {
             Event::Failed => "failed",
             Event::RolledBack => "rolled_back",
             Event::AutoRollback => "auto_rollback",
+            Event::CanaryStep => "canary_step",
         }
     }
 }
@@ -197,6 +201,7 @@ impl Notification {
                 }
                 None => format!("↩️ {app} auto-rolled back from {image}{reason}"),
             },
+            Event::CanaryStep => format!("🐤 {app} canary of {image}{color}{reason}"),
         }
     }
 

@@ -129,8 +129,19 @@ pub(crate) fn default_by() -> String {
 /// Long enough for a pull, the whole health gate and the drain. Each term is at most a
 /// week (the config's bound), so the sum cannot overflow; saturating all the same.
 fn default_timeout(cfg: &Config) -> Duration {
+    // Canary steps last their pauses (and a manual one until promoted: a day, then the
+    // command stops waiting while the canary goes on).
+    let canary = cfg
+        .canary
+        .iter()
+        .flat_map(|c| &c.steps)
+        .fold(Duration::ZERO, |sum, step| match step.pause {
+            crate::config::Pause::For(d) => sum.saturating_add(d),
+            crate::config::Pause::Manual => sum.saturating_add(Duration::from_secs(86_400)),
+        });
     cfg.health
         .deadline()
+        .saturating_add(canary)
         .saturating_add(cfg.rollout.drain)
         .saturating_add(cfg.container.stop_timeout)
         .saturating_add(Duration::from_secs(300))

@@ -2,6 +2,7 @@
 //! mapping of every failure to an exit code (0 success, 1 the operation failed, 2 bad usage
 //! or invalid input, 3 `plan` found changes).
 
+mod canary;
 mod check;
 mod deploy;
 mod init;
@@ -56,6 +57,12 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// Write an earlier history entry into the desired file (after confirmation), then wait.
     Rollback(rollback::RollbackArgs),
+    /// End the running canary step now: the next step begins, or nginx switches to the
+    /// canary alone after the last one (exit 1 when no canary runs).
+    Promote,
+    /// Stop the running canary: every request back to the stable color, the candidate
+    /// removed, the desired file rewritten to the stable image (exit 1 when no canary runs).
+    Abort(canary::AbortArgs),
     /// What a reconcile would do now, without doing it (exit 0 in sync, 3 changes).
     Plan,
     /// Desired, live color and image, phase, last message, history.
@@ -154,6 +161,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Reconcile => reconcile::run(load()?).await,
         Command::Deploy(args) => deploy::run(load()?, args).await,
         Command::Rollback(args) => rollback::run(load()?, args).await,
+        Command::Promote => canary::promote(&load()?),
+        Command::Abort(args) => canary::abort(load()?, args).await,
         Command::Plan => plan::run(load()?).await,
         Command::Status { json } => show::status(&load()?, json),
         Command::History { json } => show::history(&load()?, json),

@@ -80,6 +80,13 @@ impl<W: Write> Renderer<W> {
                 format!("progressing: switched to {color} (127.0.0.1:{port})"),
                 true,
             ),
+            Progress::CanaryStep {
+                step,
+                steps,
+                weight,
+            } => self.begin(format!(
+                "progressing: canary step {step} of {steps}, {weight}% of the traffic"
+            )),
         }
     }
 

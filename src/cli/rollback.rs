@@ -114,12 +114,17 @@ fn draining(cfg: &Config) -> Option<String> {
 }
 
 /// The digest recorded in the audit log for the last successful deployment of `image`.
-fn recorded_digest(cfg: &Config, image: &str) -> Option<String> {
+pub(crate) fn recorded_digest(cfg: &Config, image: &str) -> Option<String> {
     let records = audit::read(&cfg.state_dir.join(AUDIT_FILE)).ok()?;
     records
         .iter()
         .rev()
-        .find(|r| r.image == image && r.outcome == AttemptOutcome::Succeeded && r.digest.is_some())
+        .find(|r| {
+            r.is_deploy()
+                && r.image == image
+                && r.outcome == AttemptOutcome::Succeeded
+                && r.digest.is_some()
+        })
         .and_then(|r| r.digest.clone())
 }
 

@@ -2,7 +2,7 @@
 //! that came from outside (a log tail in the message, a note) is printed through
 //! [`printable`]; `--json` is safe as it is, since JSON escapes every control character.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
@@ -12,7 +12,7 @@ use crate::config::{Config, RuntimeKind};
 use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::history;
-use crate::state::status::{Status, Warm};
+use crate::state::status::{CanaryProgress, Phase, Status, Step, Warm, WindowFigures};
 use crate::state::{AUDIT_FILE, STATUS_FILE};
 use crate::upstream::{parse_port, parse_servers};
 
@@ -94,6 +94,15 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
             if let Some(digest) = &s.digest {
                 println!("Digest    : {}", printable(digest));
             }
+            if let Some(canary) = s
+                .canary
+                .as_ref()
+                .filter(|_| s.phase == Phase::Progressing && s.step == Some(Step::Canary))
+            {
+                for line in canary_lines(canary, SystemTime::now()) {
+                    println!("{}", printable(&line));
+                }
+            }
             if let Some(warm) = &s.warm {
                 println!(
                     "Previous  : {}",
@@ -167,12 +176,12 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
         records
             .iter()
             .rev()
-            .find(|r| r.image == image && r.outcome == AttemptOutcome::Succeeded)
+            .find(|r| r.is_deploy() && r.image == image && r.outcome == AttemptOutcome::Succeeded)
     };
     // Versions someone rolled back from (the rollback command's note names them), or that
     // fieldtrack itself rolled back after they failed during the drain.
     let rolled_back_from = |image: &str| -> bool {
-        records.iter().any(|r| {
+        records.iter().filter(|r| r.is_deploy()).any(|r| {
             (r.outcome == AttemptOutcome::RolledBack && r.image == image)
                 || (r.outcome == AttemptOutcome::Succeeded
                     && r.previous.as_deref() == Some(image)
@@ -236,6 +245,55 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
         println!("{}", printable(&line));
     }
     Ok(0)
+}
+
+/// The canary step running: who gets what share, how long is left, and the window's
+/// figures so far.
+fn canary_lines(c: &CanaryProgress, now: SystemTime) -> Vec<String> {
+    let left = match c.step_ends.as_deref().map(humantime::parse_rfc3339) {
+        None => "waiting for fieldtrack promote (or abort)".to_string(),
+        Some(Ok(ends)) => match ends.duration_since(now) {
+            Ok(left) => format!(
+                "{} left",
+                humantime::format_duration(Duration::from_secs(left.as_secs()))
+            ),
+            Err(_) => "pause over, waiting for enough requests".to_string(),
+        },
+        Some(Err(_)) => format!(
+            "ends at an unreadable time {}",
+            c.step_ends.as_deref().unwrap_or("")
+        ),
+    };
+    let side = |f: &WindowFigures| {
+        let p95 = f
+            .p95_ms
+            .map(|ms| format!(", p95 {ms} ms"))
+            .unwrap_or_default();
+        format!(
+            "{} requests, {} failed{p95}",
+            f.requests,
+            f.errors.max(f.failed_tries)
+        )
+    };
+    vec![
+        format!(
+            "Canary    : {} on {} ({}), step {} of {}: {}% of the traffic, {} keeps {}%; {left}",
+            c.image,
+            c.color,
+            c.container,
+            c.step,
+            c.steps,
+            c.weight,
+            c.stable_color,
+            100 - c.weight.min(100)
+        ),
+        format!(
+            "Window    : canary {}; stable {}",
+            side(&c.canary),
+            side(&c.stable)
+        ),
+        format!("Judgement : {}", c.judgement),
+    ]
 }
 
 /// `v2 warm until 14:05 (api-blue): ...`, the previous color kept running out of nginx, its

@@ -263,7 +263,13 @@ pub fn check_port(value: i64) -> Result<u16, String> {
 
 /// The events a notification can be about, as the webhook's `event` field names them:
 /// what `notify.email.events` may list.
-pub const NOTIFY_EVENTS: &[&str] = &["succeeded", "failed", "rolled_back", "auto_rollback"];
+pub const NOTIFY_EVENTS: &[&str] = &[
+    "succeeded",
+    "failed",
+    "rolled_back",
+    "auto_rollback",
+    "canary_step",
+];
 
 /// An SMTP server's host: a DNS name or an IP address, without scheme or port (the port
 /// has its own key).

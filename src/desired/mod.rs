@@ -23,6 +23,9 @@ pub const ROLLBACK_NOTE_PREFIX: &str = "rollback from ";
 /// How the note of an automatic rollback (written by fieldtrack itself) starts.
 pub const AUTO_ROLLBACK_NOTE_PREFIX: &str = "auto-rollback: ";
 
+/// How the note of `fieldtrack abort` (back to the stable color from a canary) starts.
+pub const ABORT_NOTE_PREFIX: &str = "abort: ";
+
 /// Longest `note`, in characters.
 pub const NOTE_MAX_CHARS: usize = 1000;
 /// Longest `by`, in characters.

@@ -222,6 +222,8 @@ pub struct Figures {
     pub requests: u64,
     /// Of those, answered 5xx or not at all by this side.
     pub errors: u64,
+    /// Tries at this side (a request nginx retried elsewhere has one here and one there).
+    pub tries: u64,
     /// Tries at this side that failed, including those nginx then retried elsewhere.
     pub failed_tries: u64,
     /// `request_time` of this side's requests, seconds.
@@ -235,6 +237,23 @@ impl Figures {
             0.0
         } else {
             self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// What this side failed, counting a try that nginx then retried elsewhere against it:
+    /// the failures and the tries (or the errors and requests, when more).
+    pub fn failures(&self) -> (u64, u64) {
+        (
+            self.failed_tries.max(self.errors),
+            self.tries.max(self.requests),
+        )
+    }
+
+    /// [`Figures::failures`] as a share; 0 without tries.
+    pub fn failure_rate(&self) -> f64 {
+        match self.failures() {
+            (_, 0) => 0.0,
+            (failed, tries) => failed as f64 / tries as f64,
         }
     }
 
@@ -260,8 +279,10 @@ pub fn tally<K: Eq + std::hash::Hash + Copy>(
     for request in requests {
         for attempt in &request.tries {
             if let Some(side) = side_of(attempt.addr) {
+                let f = figures.entry(side).or_default();
+                f.tries += 1;
                 if attempt.failed() {
-                    figures.entry(side).or_default().failed_tries += 1;
+                    f.failed_tries += 1;
                 }
             }
         }

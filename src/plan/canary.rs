@@ -41,24 +41,23 @@ impl fmt::Display for Judgement {
 /// price is that a window that would later have grown large enough to dilute those errors
 /// never gets to.
 pub fn judge(cfg: &CanaryConfig, stable: &Figures, canary: &Figures) -> Judgement {
-    let rate = canary.error_rate();
+    let (failed, tries) = canary.failures();
+    let rate = canary.failure_rate();
     let bound = cfg.max_error_rate.0;
     let enough = canary.requests >= cfg.min_requests;
-    // Before min_requests: the errors over the requests the step needs.
+    // Before min_requests: the failures over the requests the step needs.
     let certain_rate = if enough {
         rate
     } else {
-        canary.errors as f64 / cfg.min_requests as f64
+        failed as f64 / cfg.min_requests.max(tries) as f64
     };
-    if certain_rate > bound && rate > stable.error_rate() {
+    if certain_rate > bound && rate > stable.failure_rate() {
+        let (stable_failed, stable_tries) = stable.failures();
         return Judgement::Failed(format!(
-            "the canary answered {} of {} requests with 5xx or not at all ({:.1}%, bound {:.1}%; the stable color {:.1}% of {})",
-            canary.errors,
-            canary.requests,
+            "the canary answered {failed} of {tries} requests with 5xx or not at all ({:.1}%, bound {:.1}%; the stable color {stable_failed} of {stable_tries}, {:.1}%)",
             rate * 100.0,
             bound * 100.0,
-            stable.error_rate() * 100.0,
-            stable.requests
+            stable.failure_rate() * 100.0,
         ));
     }
     if !enough {

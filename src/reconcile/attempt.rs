@@ -25,6 +25,8 @@ use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::history;
 use crate::state::status::{HealthProgress, Live, Step, Warm};
 
+mod canary;
+
 /// Consecutive failed probes during the drain that send traffic back to the old color.
 const DRAIN_FAILURES: u32 = 3;
 /// The longest the drain waits for nginx's old workers beyond `rollout.drain`.
@@ -94,7 +96,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let record = AuditRecord {
             time: crate::state::now_rfc3339(),
-            event: "deploy".into(),
+            event: audit::DEPLOY_EVENT.into(),
             outcome: match &result {
                 Ok(()) => AttemptOutcome::Succeeded,
                 Err(e) if e.is_cancellation() => AttemptOutcome::Cancelled,
@@ -178,7 +180,9 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             records
                 .into_iter()
                 .rev()
-                .find(|r| r.image == previous && r.outcome == AttemptOutcome::Succeeded)
+                .find(|r| {
+                    r.is_deploy() && r.image == previous && r.outcome == AttemptOutcome::Succeeded
+                })
                 .and_then(|r| r.digest)
         });
         let rollback = Desired::new(image, Some(&note), Some("fieldtrack"), false).pinned(recorded);
@@ -263,6 +267,18 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         {
             self.remove_candidate(&name).await;
             return Err(e.into());
+        }
+
+        let stable = match self.canary_stable().await {
+            Ok(stable) => stable,
+            Err(e) => {
+                self.remove_candidate(&name).await;
+                return Err(e);
+            }
+        };
+        if let Some(stable) = stable {
+            // Ok once every step passed; on any other end nginx is back on the stable color.
+            self.canary(&name, &servers, stable).await?;
         }
 
         pass.step(Step::Switching).await?;

@@ -1079,3 +1079,291 @@ async fn an_aborted_canary_left_behind_is_removed_after_nginx_is_back_on_the_sta
         .expect("the canary removed");
     assert!(reload < removal, "{:?}", world.calls);
 }
+
+// Canary steps, driven through a whole pass, judged from an access log the test writes.
+
+/// Writes access log lines in the background until dropped: every 2 ms one request to the
+/// stable color and one to the canary, the canary's answered `canary_status`.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(log: std::path::PathBuf, canary_status: u16) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write as _;
+            let line = |port: u16, status: u16| {
+                format!(
+                    "{{\"upstream_addr\":\"127.0.0.1:{port}\",\"status\":\"{status}\",\"upstream_status\":\"{status}\",\"request_time\":\"0.002\"}}\n"
+                )
+            };
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap();
+                file.write_all((line(BLUE, 200) + &line(GREEN, canary_status)).as_bytes())
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Traffic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Blue serves v1; `[canary]` with two steps (10% then 50%) of `pause` each, 5 requests
+/// needed per step, 1% errors allowed.
+fn canary_site(pause: crate::config::Pause) -> Site {
+    use crate::config::{CanaryConfig, CanaryStep, Ratio};
+    let mut site = site_with_blue_live();
+    site.cfg.nginx.access_log = Some(site.cfg.state_dir.join("access.log"));
+    site.cfg.canary = Some(CanaryConfig {
+        steps: vec![
+            CanaryStep { weight: 10, pause },
+            CanaryStep { weight: 50, pause },
+        ],
+        max_error_rate: Ratio(0.01),
+        min_requests: 5,
+        max_latency_ratio: Ratio(2.0),
+    });
+    site
+}
+
+impl Site {
+    fn access_log(&self) -> std::path::PathBuf {
+        self.cfg.nginx.access_log.clone().unwrap()
+    }
+
+    fn canary_steps(&self) -> Vec<(String, String)> {
+        audit::read(&self.cfg.state_dir.join(crate::state::AUDIT_FILE))
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.event == audit::CANARY_STEP_EVENT)
+            .map(|r| (r.outcome.to_string(), r.message.unwrap_or_default()))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_healthy_canary_goes_through_its_steps_then_takes_all_the_traffic() {
+    let site = canary_site(crate::config::Pause::For(Duration::from_millis(100)));
+    let _traffic = Traffic::start(site.access_log(), 200);
+    let ctx = site.context();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let pass = Pass::new(&ctx, Trigger::Cli)
+        .with_progress(Box::new(move |p| sink.lock().unwrap().push(p)));
+
+    let outcome = pass.reconcile(&site.desired("v2"), false).await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    let steps: Vec<Progress> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| matches!(p, Progress::CanaryStep { .. }))
+        .cloned()
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            Progress::CanaryStep {
+                step: 1,
+                steps: 2,
+                weight: 10
+            },
+            Progress::CanaryStep {
+                step: 2,
+                steps: 2,
+                weight: 50
+            }
+        ]
+    );
+    let world = site.world();
+    assert_eq!(world.loaded_port(), Some(GREEN));
+    assert!(!world.upstream.clone().unwrap().contains("weight="));
+    assert!(!world.is_running("api-blue"));
+    drop(world);
+    assert_eq!(site.history(), ["v2", "v1"]);
+    let recorded = site.canary_steps();
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(
+        recorded.iter().all(|(o, _)| o == "succeeded"),
+        "{recorded:?}"
+    );
+    assert!(
+        recorded[0]
+            .1
+            .starts_with("canary step 1 of 2 (10%) passed: canary "),
+        "{recorded:?}"
+    );
+    let status = site.status();
+    assert_eq!(status.canary, None);
+    assert_eq!(status.switching, None);
+}
+
+#[tokio::test]
+async fn a_canary_answering_5xx_is_stopped_at_step_1_and_the_desired_file_rolled_back() {
+    let mut site = canary_site(crate::config::Pause::For(Duration::from_secs(60)));
+    site.cfg.rollout.auto_rollback = true;
+    let _traffic = Traffic::start(site.access_log(), 500);
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    assert!(
+        matches!(&e, ReconcileError::FailedAfterSwitch { back_to: Some(c), .. } if c == "blue"),
+        "{e:?}"
+    );
+    let world = site.world();
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(!world.upstream.clone().unwrap().contains("weight="));
+    assert!(world.is_running("api-blue"));
+    assert!(!world.is_running("api-green"));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+    let now = Desired::load(&site.cfg.desired_file, &site.cfg).unwrap();
+    assert_eq!(now.image.as_written(), "v1");
+    let note = now.note.unwrap_or_default();
+    assert!(
+        note.contains("v2 failed after the switch: canary step 1 of 2 (10%): the canary answered"),
+        "{note}"
+    );
+    assert_eq!(site.last_audit_outcome(), "rolled_back");
+    let recorded = site.canary_steps();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].0, "rolled_back");
+    assert_eq!(site.status().canary, None);
+}
+
+#[tokio::test]
+async fn a_canary_whose_probes_fail_is_stopped_though_the_log_is_clean() {
+    let site = canary_site(crate::config::Pause::For(Duration::from_secs(60)));
+    let _traffic = Traffic::start(site.access_log(), 200);
+    // The gate's probe passes, then the canary stops answering its health check.
+    site.world().script(
+        GREEN,
+        [
+            ProbeOutcome::Healthy(200),
+            ProbeOutcome::Unhealthy(500),
+            ProbeOutcome::Unhealthy(500),
+            ProbeOutcome::Unhealthy(500),
+        ],
+    );
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    let message = e.to_string();
+    assert!(
+        message.contains("3 failed health probes in a row"),
+        "{message}"
+    );
+    let world = site.world();
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(!world.is_running("api-green"));
+}
+
+#[tokio::test]
+async fn a_new_desired_generation_mid_canary_sends_everything_back_to_the_stable_color() {
+    let site = canary_site(crate::config::Pause::Manual);
+    let _traffic = Traffic::start(site.access_log(), 200);
+    let ctx = site.context();
+    let desired = site.desired("v2");
+    let file = site.cfg.desired_file.clone();
+    let status_file = ctx.status_file();
+    let writer = tokio::spawn(async move {
+        // Once the canary runs, someone writes another desired state.
+        loop {
+            let status = crate::state::status::Status::load(&status_file)
+                .ok()
+                .flatten();
+            if status.is_some_and(|s| s.canary.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        std::fs::write(&file, "image = \"v3\"\n").unwrap();
+    });
+
+    let e = pass(&ctx, &desired, CancellationToken::new())
+        .await
+        .unwrap_err();
+    writer.await.unwrap();
+
+    assert!(e.is_cancellation(), "{e:?}");
+    let world = site.world();
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(!world.upstream.clone().unwrap().contains("weight="));
+    assert!(!world.is_running("api-green"));
+    drop(world);
+    assert_eq!(site.history(), ["v1"]);
+}
+
+#[tokio::test]
+async fn a_manual_step_waits_for_promote_and_the_last_promote_switches_to_the_canary() {
+    let site = canary_site(crate::config::Pause::Manual);
+    let _traffic = Traffic::start(site.access_log(), 200);
+    let ctx = site.context();
+    let desired = site.desired("v2");
+    let generation = desired.generation.clone();
+    let promote = site.cfg.state_dir.join(crate::state::PROMOTE_FILE);
+    let status_file = ctx.status_file();
+    let operator = tokio::spawn(async move {
+        // Promote each step once it runs (a promote left from another generation is ignored).
+        std::fs::write(&promote, "another-generation\n").unwrap();
+        for step in 1..=2 {
+            loop {
+                let status = crate::state::status::Status::load(&status_file)
+                    .ok()
+                    .flatten();
+                if status.is_some_and(|s| s.canary.is_some_and(|c| c.step == step)) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            std::fs::write(&promote, format!("{generation}\n")).unwrap();
+        }
+    });
+
+    let outcome = pass(&ctx, &desired, CancellationToken::new())
+        .await
+        .unwrap();
+    operator.await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
+    assert_eq!(site.canary_steps().len(), 2);
+}
+
+#[tokio::test]
+async fn a_rollback_goes_back_at_once_without_canary_steps() {
+    let site = canary_site(crate::config::Pause::Manual);
+    site.set_history(&["v1", "v0"]);
+    let text = "image = \"v0\"\nnote = \"rollback from v1 to v0\"\n";
+    std::fs::write(&site.cfg.desired_file, text).unwrap();
+    let desired = Desired::parse(text, &site.cfg.desired_file, &site.cfg).unwrap();
+
+    let outcome = pass(&site.context(), &desired, CancellationToken::new())
+        .await
+        .unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
+    assert!(site.canary_steps().is_empty());
+}

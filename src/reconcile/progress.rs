@@ -13,6 +13,12 @@ pub enum Progress {
     Health { probes: u32, passed: bool },
     /// nginx now sends traffic to the candidate's color.
     Switched { color: String, port: u16 },
+    /// nginx now shares the traffic for a canary step: `weight` percent to the candidate.
+    CanaryStep {
+        step: usize,
+        steps: usize,
+        weight: u32,
+    },
 }
 
 /// Receives a pass's progress; called on the pass's own task, so it must not block.

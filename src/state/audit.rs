@@ -187,6 +187,20 @@ pub struct AuditRecord {
     pub color: Option<String>,
 }
 
+/// `event` of a deployment attempt's record.
+pub const DEPLOY_EVENT: &str = "deploy";
+/// `event` of a canary step's record: its outcome is the step's (`succeeded` when it passed,
+/// `rolled_back` when it failed); the attempt has its own `deploy` record.
+pub const CANARY_STEP_EVENT: &str = "canary_step";
+
+impl AuditRecord {
+    /// A deployment attempt's record (not a canary step's): what "the last successful
+    /// deployment of an image" is looked up among.
+    pub fn is_deploy(&self) -> bool {
+        self.event == DEPLOY_EVENT
+    }
+}
+
 /// The audit log as read, with the number of lines that were not records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditLog {

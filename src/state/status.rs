@@ -105,6 +105,9 @@ pub enum Step {
     Draining,
     /// Stopping and removing the old color.
     Cleanup,
+    /// Canary steps: nginx shares traffic by weight between the stable color and the
+    /// candidate, judged from the access log (see [`CanaryProgress`]).
+    Canary,
 }
 
 impl Step {
@@ -117,6 +120,7 @@ impl Step {
             Step::Switching => "switching",
             Step::Draining => "draining",
             Step::Cleanup => "cleanup",
+            Step::Canary => "canary",
         }
     }
 }
@@ -196,6 +200,49 @@ impl Warm {
     }
 }
 
+/// A canary step in progress: who gets what share, and what the step's window says so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryProgress {
+    /// The image on trial, as written in the desired file.
+    pub image: String,
+    /// The candidate's color and container.
+    pub color: String,
+    pub container: String,
+    /// The color that keeps the rest of the traffic (the live one), and its image as the
+    /// history writes it: what `fieldtrack abort` goes back to.
+    pub stable_color: String,
+    pub stable_image: Option<String>,
+    /// 1-based, of `steps`.
+    pub step: usize,
+    pub steps: usize,
+    /// The canary's share of the traffic, percent.
+    pub weight: u32,
+    /// RFC 3339 UTC: when nginx was switched to this step's weights.
+    pub step_started: String,
+    /// RFC 3339 UTC: the step's pause ends (it passes then if enough requests were judged);
+    /// null for a manual step, which waits for `fieldtrack promote`.
+    pub step_ends: Option<String>,
+    /// The step's window so far, from nginx's access log.
+    pub stable: WindowFigures,
+    pub canary: WindowFigures,
+    /// The judgement of the window so far, in plain words.
+    pub judgement: String,
+}
+
+/// One side's figures in a canary step's window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowFigures {
+    /// Requests nginx answered with this side's response.
+    pub requests: u64,
+    /// Of those, answered 5xx or not at all.
+    pub errors: u64,
+    /// Tries at this side that failed, nginx's retries elsewhere included.
+    pub failed_tries: u64,
+    /// Request time quantiles, milliseconds (nginx's resolution); null without requests.
+    pub p50_ms: Option<u64>,
+    pub p95_ms: Option<u64>,
+}
+
 /// One replica of a color on Docker Swarm (a task), as the status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
@@ -258,6 +305,9 @@ pub struct Status {
     /// when none is.
     #[serde(default)]
     pub warm: Option<Warm>,
+    /// The canary step running now, with its window's figures; null when none runs.
+    #[serde(default)]
+    pub canary: Option<CanaryProgress>,
 }
 
 impl Status {
@@ -279,6 +329,7 @@ impl Status {
             switching: None,
             replicas: Vec::new(),
             warm: None,
+            canary: None,
         }
     }
 

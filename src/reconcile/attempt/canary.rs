@@ -1,0 +1,471 @@
+//! Canary steps: between the health gate and the full switch, nginx shares the traffic by
+//! weight between the stable (live) color and the candidate, step by step, and each step is
+//! judged from what real requests got, read from nginx's access log as it grows
+//! ([`crate::plan::canary::judge`]).
+//!
+//! A step lasts its `pause` and until `min_requests` reached the canary (a manual step until
+//! `fieldtrack promote`). A step fails on the judgement (error rate, latency), on three
+//! failed health probes of the canary in a row, or on the canary's container exiting: nginx
+//! goes back to the stable color alone, the candidate is removed, and the attempt ends as a
+//! failure after the switch, so the desired file is rewritten like any auto-rollback. A new
+//! desired generation (an `abort` is one) or a stop ends it the same way, as a cancellation.
+//!
+//! Throughout, status.json's [`SwitchMark`](crate::state::status::SwitchMark) says nginx
+//! names both colors on purpose: a process killed inside a step leaves the next pass to put
+//! nginx back on the stable color before anything else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{describe, Attempt, OLD_WORKERS_LIMIT};
+use crate::apply::health::{ProbeOutcome, Prober};
+use crate::apply::notify::{Event, Notification};
+use crate::apply::proxy::Proxy;
+use crate::apply::runtime::{Endpoints, Runtime};
+use crate::config::{CanaryConfig, Color, Pause};
+use crate::desired::{Desired, ABORT_NOTE_PREFIX, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
+use crate::observe::access_log::{tally, Figures, Tail};
+use crate::observe::ContainerState;
+use crate::plan::canary::{judge, Judgement};
+use crate::reconcile::{Progress, ReconcileError};
+use crate::state::audit::{self, AttemptOutcome, AuditRecord};
+use crate::state::status::{CanaryProgress, Step, WindowFigures};
+use crate::state::PROMOTE_FILE;
+
+/// Consecutive failed health probes of the canary that fail its step.
+const PROBE_FAILURES: u32 = 3;
+/// How often a step reads the log, probes the canary, and looks for a newer desired file and
+/// a promotion, at most (`health.interval` when shorter).
+const TICK: Duration = Duration::from_secs(1);
+
+/// The two sides of a canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    Stable,
+    Canary,
+}
+
+/// How a step ended, when it did not pass.
+enum StepEnd {
+    /// The canary failed it, for this reason.
+    Failed(String),
+    /// A newer desired generation, or a stop: the canary is called off.
+    Cancelled,
+}
+
+impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
+    /// The stable color when this attempt runs canary steps: `[canary]` is configured, the
+    /// old color is live and runs, and the desired file is not a rollback (a rollback goes
+    /// back to what served, at once).
+    pub(super) async fn canary_stable(&self) -> Result<Option<Color>, ReconcileError> {
+        let ctx = self.ctx();
+        let cfg = &ctx.cfg;
+        if cfg.canary.is_none() || goes_back(self.desired) {
+            return Ok(None);
+        }
+        let Some(old) = self.old else {
+            return Ok(None);
+        };
+        let Some(color) = Color::ALL
+            .into_iter()
+            .find(|c| cfg.container_name(*c) == old && *c != self.color)
+        else {
+            return Ok(None);
+        };
+        let running = matches!(ctx.runtime.state(old).await?, Some(ContainerState::Running));
+        let served = ctx
+            .proxy
+            .upstream_ports()
+            .map_err(ReconcileError::Switch)?
+            .first()
+            == Some(&cfg.port(color));
+        Ok((running && served).then_some(color))
+    }
+
+    /// Runs every step. Ok once the last one passed: the caller then switches nginx to the
+    /// canary alone, drains and cleans up as for blue/green. On a failure or a cancellation
+    /// nginx is back on the stable color alone and the candidate removed.
+    pub(super) async fn canary(
+        &self,
+        name: &str,
+        canary: &[SocketAddr],
+        stable: Color,
+    ) -> Result<(), ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let cfg = &ctx.cfg;
+        let Some(canary_cfg) = &cfg.canary else {
+            return Ok(());
+        };
+        let Some(log) = cfg.nginx.access_log.clone() else {
+            return Ok(());
+        };
+        pass.step(Step::Canary).await?;
+        let stable_servers = Endpoints::loopback(cfg.port(stable)).addrs;
+        let steps = canary_cfg.steps.len();
+        for (i, step) in canary_cfg.steps.iter().enumerate() {
+            let at = StepAt {
+                cfg: canary_cfg,
+                log: log.clone(),
+                index: i + 1,
+                steps,
+                weight: step.weight,
+                pause: step.pause,
+                stable,
+                stable_servers: &stable_servers,
+                canary,
+            };
+            let started = Instant::now();
+            let (end, stable_figures, canary_figures) = self.canary_step(name, &at).await?;
+            let summary = format!("canary step {} of {} ({}%)", at.index, at.steps, at.weight);
+            let figures = format!(
+                "canary {}; stable {}",
+                plain(&canary_figures),
+                plain(&stable_figures)
+            );
+            match end {
+                None => {
+                    tracing::info!(step = at.index, weight = at.weight, %figures, "canary step passed");
+                    self.record_step(
+                        AttemptOutcome::Succeeded,
+                        format!("{summary} passed: {figures}"),
+                        started.elapsed(),
+                    );
+                }
+                Some(StepEnd::Failed(why)) => {
+                    let reason = format!("{summary}: {why} ({figures})");
+                    tracing::warn!(%reason, "canary failed, back to the stable color");
+                    self.record_step(
+                        AttemptOutcome::RolledBack,
+                        reason.clone(),
+                        started.elapsed(),
+                    );
+                    self.back_to_stable(name, stable).await?;
+                    return Err(ReconcileError::FailedAfterSwitch {
+                        image: self.image.to_string(),
+                        reason,
+                        back_to: Some(stable.to_string()),
+                    });
+                }
+                Some(StepEnd::Cancelled) => {
+                    tracing::warn!(
+                        step = at.index,
+                        "canary called off, back to the stable color"
+                    );
+                    self.back_to_stable(name, stable).await?;
+                    return Err(ReconcileError::Cancelled);
+                }
+            }
+        }
+        pass.set_status(|s| s.canary = None)?;
+        ctx.metrics.set_canary(None);
+        Ok(())
+    }
+
+    /// One step: nginx switched to its weights, then its window watched until it passes
+    /// (None), fails or is called off. Returns the window's figures too.
+    async fn canary_step(
+        &self,
+        name: &str,
+        at: &StepAt<'_>,
+    ) -> Result<(Option<StepEnd>, Figures, Figures), ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let cfg = &ctx.cfg;
+        let stable_weights: Vec<(SocketAddr, u32)> = at
+            .stable_servers
+            .iter()
+            .map(|a| (*a, 100 - at.weight))
+            .collect();
+        let canary_weights: Vec<(SocketAddr, u32)> =
+            at.canary.iter().map(|a| (*a, at.weight)).collect();
+        let comment = format!(
+            "canary {}% {}, stable {}",
+            at.weight,
+            ctx.live_comment(self.color, self.image),
+            ctx.live_comment(at.stable, self.previous.as_deref().unwrap_or("previous")),
+        );
+        if let Err(e) = pass
+            .switch_canary(&stable_weights, &canary_weights, &comment)
+            .await
+        {
+            if matches!(&e, ReconcileError::Switch(e) if e.leaves_nginx_unsettled()) {
+                // nginx may run these weights (or will at its next reload): the candidate
+                // stays, and the next pass settles nginx on the stable color.
+                return Err(ReconcileError::StillServed {
+                    container: name.to_string(),
+                    reason: e.to_string(),
+                    upstream_file: cfg.nginx.upstream_file.clone(),
+                });
+            }
+            // nginx runs what it ran before (the stable color alone, or the step before).
+            let empty = Figures::default();
+            return Ok((
+                Some(StepEnd::Failed(format!(
+                    "nginx refused the step's weights: {e}"
+                ))),
+                empty.clone(),
+                empty,
+            ));
+        }
+        pass.emit(Progress::CanaryStep {
+            step: at.index,
+            steps: at.steps,
+            weight: at.weight,
+        });
+        crate::test_pause_point("canary-step").await;
+        // The window starts at the switch: what nginx logged before is not this step's.
+        let mut tail = Tail::from_end(&at.log);
+        let started = Instant::now();
+        let started_wall = SystemTime::now();
+        let ends = match at.pause {
+            Pause::For(d) => Some(d),
+            Pause::Manual => None,
+        };
+        let promote_file = cfg.state_dir.join(PROMOTE_FILE);
+        let stable_ports: Vec<u16> = at.stable_servers.iter().map(|a| a.port()).collect();
+        let canary_ports: Vec<u16> = at.canary.iter().map(|a| a.port()).collect();
+        let side_of = |a: SocketAddr| {
+            if !a.ip().is_loopback() {
+                None
+            } else if stable_ports.contains(&a.port()) {
+                Some(Side::Stable)
+            } else if canary_ports.contains(&a.port()) {
+                Some(Side::Canary)
+            } else {
+                None
+            }
+        };
+        let mut figures: HashMap<Side, Figures> = HashMap::new();
+        let mut probe_failures = 0u32;
+        let tick = cfg.health.interval.min(TICK);
+        loop {
+            let cancelled = tokio::select! {
+                _ = tokio::time::sleep(tick) => false,
+                _ = pass.cancel.cancelled() => true,
+            };
+            let get = |f: &HashMap<Side, Figures>, side| f.get(&side).cloned().unwrap_or_default();
+            let done = |end, f: &HashMap<Side, Figures>| {
+                Ok((end, get(f, Side::Stable), get(f, Side::Canary)))
+            };
+            if cancelled || self.superseded() {
+                return done(Some(StepEnd::Cancelled), &figures);
+            }
+            match tail.read_new() {
+                Ok(requests) => tally(&mut figures, &requests, side_of),
+                Err(e) => tracing::warn!(error = %e, "cannot read the access log this time"),
+            }
+            let (stable_now, canary_now) =
+                (get(&figures, Side::Stable), get(&figures, Side::Canary));
+            // The container and its health, as during the drain.
+            match ctx.runtime.state(name).await? {
+                Some(ContainerState::Running) => {}
+                other => {
+                    return done(
+                        Some(StepEnd::Failed(format!(
+                            "the container {}",
+                            other.map_or("disappeared".to_string(), |s| s.to_string())
+                        ))),
+                        &figures,
+                    )
+                }
+            }
+            let outcome = ctx
+                .probe_each(at.canary)
+                .await
+                .into_iter()
+                .map(|(_, o)| o)
+                .find(|o| !o.is_healthy())
+                .unwrap_or(ProbeOutcome::Healthy(200));
+            if outcome.is_healthy() {
+                probe_failures = 0;
+            } else {
+                probe_failures += 1;
+                ctx.metrics.health_probe_failed();
+                tracing::warn!(failures = probe_failures, outcome = %describe(&outcome), "canary probe failed");
+                if probe_failures >= PROBE_FAILURES {
+                    return done(
+                        Some(StepEnd::Failed(format!(
+                            "{PROBE_FAILURES} failed health probes in a row, last: {}",
+                            describe(&outcome)
+                        ))),
+                        &figures,
+                    );
+                }
+            }
+            let judgement = judge(at.cfg, &stable_now, &canary_now);
+            let progress = CanaryProgress {
+                image: self.image.to_string(),
+                color: self.color.to_string(),
+                container: name.to_string(),
+                stable_color: at.stable.to_string(),
+                stable_image: self.previous.clone(),
+                step: at.index,
+                steps: at.steps,
+                weight: at.weight,
+                step_started: humantime::format_rfc3339_seconds(started_wall).to_string(),
+                step_ends: ends
+                    .map(|d| humantime::format_rfc3339_seconds(started_wall + d).to_string()),
+                stable: window(&stable_now),
+                canary: window(&canary_now),
+                judgement: judgement.to_string(),
+            };
+            ctx.metrics.set_canary(Some(&progress));
+            pass.set_status(|s| s.canary = Some(progress))?;
+            if let Judgement::Failed(why) = judgement {
+                return done(Some(StepEnd::Failed(why)), &figures);
+            }
+            if self.promoted(&promote_file) {
+                tracing::info!(step = at.index, "promoted by hand");
+                return done(None, &figures);
+            }
+            let paused_enough = ends.is_some_and(|d| started.elapsed() >= d);
+            if paused_enough && judgement == Judgement::Healthy {
+                return done(None, &figures);
+            }
+        }
+    }
+
+    /// A desired file that names another generation now (CI, an operator, `fieldtrack
+    /// abort`): the canary is called off, the newer state wins. A file that cannot be read
+    /// right now (half-written) is not a reason.
+    fn superseded(&self) -> bool {
+        let cfg = &self.ctx().cfg;
+        matches!(Desired::load(&cfg.desired_file, cfg), Ok(now) if now.generation != self.desired.generation)
+    }
+
+    /// Whether `fieldtrack promote` asked this generation's step to end; the request is
+    /// consumed. One left over from another generation is dropped.
+    fn promoted(&self, file: &PathBuf) -> bool {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            return false;
+        };
+        if let Err(e) = std::fs::remove_file(file) {
+            tracing::warn!(error = %e, file = %file.display(), "cannot remove the promote request");
+        }
+        text.trim() == self.desired.generation
+    }
+
+    /// nginx back on the stable color alone, its old workers gone, the candidate removed.
+    async fn back_to_stable(&self, name: &str, stable: Color) -> Result<(), ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let cfg = &ctx.cfg;
+        let port = cfg.port(stable);
+        let back_image = self.previous.as_deref().unwrap_or("previous");
+        let result = pass
+            .switch_nginx(
+                port,
+                &Endpoints::loopback(port).addrs,
+                &ctx.live_comment(stable, back_image),
+            )
+            .await;
+        pass.set_status(|s| s.canary = None)?;
+        ctx.metrics.set_canary(None);
+        if let Err(e) = result {
+            if matches!(&e, ReconcileError::Switch(e) if e.leaves_nginx_unsettled()) {
+                return Err(ReconcileError::StillServed {
+                    container: name.to_string(),
+                    reason: e.to_string(),
+                    upstream_file: cfg.nginx.upstream_file.clone(),
+                });
+            }
+            // nginx runs the file before: `retire` removes the candidate only if that file
+            // does not name it.
+            self.remove_candidate(name).await;
+            return Err(e);
+        }
+        ctx.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
+        self.remove_candidate(name).await;
+        Ok(())
+    }
+
+    /// The step's line in the audit log, and its notification (event `canary_step`).
+    fn record_step(&self, outcome: AttemptOutcome, message: String, took: Duration) {
+        let ctx = self.ctx();
+        let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        let record = AuditRecord {
+            time: crate::state::now_rfc3339(),
+            event: audit::CANARY_STEP_EVENT.into(),
+            outcome,
+            image: self.image.to_string(),
+            reference: self.reference.to_string(),
+            digest: None,
+            previous: self.previous.clone(),
+            trigger: self.pass.trigger,
+            by: self.desired.by.clone(),
+            note: self.desired.note.clone(),
+            generation: self.desired.generation.clone(),
+            duration_ms,
+            message: Some(message.clone()),
+            color: Some(self.color.to_string()),
+        };
+        if let Err(e) = audit::append(&ctx.audit_file(), &record) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
+        if let Some(notifier) = &ctx.notifier {
+            notifier.send(Notification {
+                previous: self.previous.clone(),
+                color: Some(self.color),
+                message: Some(message),
+                by: self.desired.by.clone(),
+                note: self.desired.note.clone(),
+                generation: Some(self.desired.generation.clone()),
+                duration_ms: Some(duration_ms),
+                ..Notification::new(Event::CanaryStep, ctx.cfg.app.clone(), self.image)
+            });
+        }
+    }
+}
+
+/// A desired state that goes back to what served (`rollback`, an auto-rollback, `abort`):
+/// it is switched to at once, never through canary steps.
+fn goes_back(desired: &Desired) -> bool {
+    desired.note.as_deref().is_some_and(|n| {
+        [
+            ROLLBACK_NOTE_PREFIX,
+            AUTO_ROLLBACK_NOTE_PREFIX,
+            ABORT_NOTE_PREFIX,
+        ]
+        .iter()
+        .any(|p| n.starts_with(p))
+    })
+}
+
+/// What one step works with.
+struct StepAt<'s> {
+    cfg: &'s CanaryConfig,
+    log: PathBuf,
+    /// 1-based.
+    index: usize,
+    steps: usize,
+    weight: u32,
+    pause: Pause,
+    stable: Color,
+    stable_servers: &'s [SocketAddr],
+    canary: &'s [SocketAddr],
+}
+
+/// A side's figures as status.json shows them.
+fn window(f: &Figures) -> WindowFigures {
+    let ms = |q| f.quantile(q).map(|s| (s * 1000.0).round() as u64);
+    WindowFigures {
+        requests: f.requests,
+        errors: f.errors,
+        failed_tries: f.failed_tries,
+        p50_ms: ms(0.5),
+        p95_ms: ms(0.95),
+    }
+}
+
+/// `120 requests, 2 failed, p95 14 ms`.
+pub fn plain(f: &Figures) -> String {
+    let (failed, _) = f.failures();
+    match f.quantile(0.95) {
+        Some(p95) => format!(
+            "{} requests, {failed} failed, p95 {:.0} ms",
+            f.requests,
+            p95 * 1000.0
+        ),
+        None => format!("{} requests, {failed} failed", f.requests),
+    }
+}
