@@ -2,7 +2,7 @@
 //! of the nginx upstream file. Exit 0 in sync, 3 when it would change something.
 
 use super::CliError;
-use crate::config::{Config, RuntimeKind};
+use crate::config::{Config, Pause, RuntimeKind};
 use crate::desired::Desired;
 use crate::plan::{plan, Action, Verdict};
 use crate::upstream::{render, render_servers};
@@ -56,6 +56,27 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
             "  (rollout.keep_previous = {}: the old color is kept running out of nginx for that long after the drain, then removed)",
             humantime::format_duration(keep)
         );
+    }
+    if let (Some(canary), Some(_), Some(_)) = (&ctx.cfg.canary, plan.target(), live) {
+        if !desired.goes_back() {
+            let steps: Vec<String> = canary
+                .steps
+                .iter()
+                .map(|s| match s.pause {
+                    Pause::For(d) => format!("{}% for {}", s.weight, humantime::format_duration(d)),
+                    Pause::Manual => format!("{}% until fieldtrack promote", s.weight),
+                })
+                .collect();
+            println!(
+                "  (canary: before the switch, nginx shares the traffic: {}; each step judged from {})",
+                steps.join(", then "),
+                ctx.cfg
+                    .nginx
+                    .access_log
+                    .as_deref()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            );
+        }
     }
     let path = &ctx.cfg.nginx.upstream_file;
     let swarm = ctx.cfg.runtime == RuntimeKind::Swarm;

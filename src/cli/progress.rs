@@ -201,6 +201,8 @@ pub(crate) struct Follower {
     step: Option<Step>,
     health: Option<(u32, bool)>,
     switched: bool,
+    /// The canary step seen last (1-based).
+    canary_step: Option<usize>,
 }
 
 impl Follower {
@@ -255,6 +257,16 @@ impl Follower {
                 events.push(Progress::Health {
                     probes: h.probes,
                     passed: h.passed,
+                });
+            }
+        }
+        if let (Step::Canary, Some(c)) = (step, &status.canary) {
+            if self.canary_step != Some(c.step) {
+                self.canary_step = Some(c.step);
+                events.push(Progress::CanaryStep {
+                    step: c.step,
+                    steps: c.steps,
+                    weight: c.weight,
                 });
             }
         }
@@ -576,6 +588,51 @@ converged: v1 live on blue (api-blue, 127.0.0.1:3001)
             port: 3001,
         });
         status
+    }
+
+    #[test]
+    fn a_daemons_canary_steps_become_one_event_each() {
+        let canary = |step, weight| {
+            let mut s = status(Some(Step::Canary), Some((1, true)), Some("blue"));
+            s.canary = Some(crate::state::status::CanaryProgress {
+                image: "v2".into(),
+                color: "green".into(),
+                container: "api-green".into(),
+                stable_color: "blue".into(),
+                stable_image: Some("v1".into()),
+                step,
+                steps: 2,
+                weight,
+                step_started: String::new(),
+                step_ends: None,
+                stable: Default::default(),
+                canary: Default::default(),
+                judgement: String::new(),
+            });
+            s
+        };
+        let mut follower = Follower::default();
+        follower.events(&status(Some(Step::Health), Some((1, true)), Some("blue")));
+        let events: Vec<Progress> = [canary(1, 10), canary(1, 10), canary(2, 50)]
+            .iter()
+            .flat_map(|s| follower.events(s))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                Progress::Step(Step::Canary),
+                Progress::CanaryStep {
+                    step: 1,
+                    steps: 2,
+                    weight: 10
+                },
+                Progress::CanaryStep {
+                    step: 2,
+                    steps: 2,
+                    weight: 50
+                },
+            ]
+        );
     }
 
     #[test]

@@ -140,6 +140,21 @@ struct RawDesired {
 }
 
 impl Desired {
+    /// Whether this desired state goes back to what served (`fieldtrack rollback`, an
+    /// auto-rollback, `fieldtrack abort`): it is switched to at once, never through canary
+    /// steps.
+    pub fn goes_back(&self) -> bool {
+        self.note.as_deref().is_some_and(|n| {
+            [
+                ROLLBACK_NOTE_PREFIX,
+                AUTO_ROLLBACK_NOTE_PREFIX,
+                ABORT_NOTE_PREFIX,
+            ]
+            .iter()
+            .any(|p| n.starts_with(p))
+        })
+    }
+
     /// Builds the desired state the CLI or the daemon is about to write, its generation being
     /// that of [`Desired::render`]'s output. `note` and `by` are made acceptable with
     /// [`sanitize_text`] (a note may quote an error message with newlines in it); check them

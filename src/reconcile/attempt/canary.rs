@@ -25,7 +25,7 @@ use crate::apply::notify::{Event, Notification};
 use crate::apply::proxy::Proxy;
 use crate::apply::runtime::{Endpoints, Runtime};
 use crate::config::{CanaryConfig, Color, Pause};
-use crate::desired::{Desired, ABORT_NOTE_PREFIX, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
+use crate::desired::Desired;
 use crate::observe::access_log::{tally, Figures, Tail};
 use crate::observe::ContainerState;
 use crate::plan::canary::{judge, Judgement};
@@ -62,7 +62,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     pub(super) async fn canary_stable(&self) -> Result<Option<Color>, ReconcileError> {
         let ctx = self.ctx();
         let cfg = &ctx.cfg;
-        if cfg.canary.is_none() || goes_back(self.desired) {
+        if cfg.canary.is_none() || self.desired.goes_back() {
             return Ok(None);
         }
         let Some(old) = self.old else {
@@ -415,20 +415,6 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             });
         }
     }
-}
-
-/// A desired state that goes back to what served (`rollback`, an auto-rollback, `abort`):
-/// it is switched to at once, never through canary steps.
-fn goes_back(desired: &Desired) -> bool {
-    desired.note.as_deref().is_some_and(|n| {
-        [
-            ROLLBACK_NOTE_PREFIX,
-            AUTO_ROLLBACK_NOTE_PREFIX,
-            ABORT_NOTE_PREFIX,
-        ]
-        .iter()
-        .any(|p| n.starts_with(p))
-    })
 }
 
 /// What one step works with.
