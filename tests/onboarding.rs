@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{fieldtrack_in, Run};
-use fieldtrack::observe::access_log::{parse_line, Request};
+use fieldtrack::observe::access_log::{parse_line, Request, LOG_FORMAT};
 use fieldtrack_testbed::util::{free_ports, http_get, read_pid, stop_pid, wait_until};
 use fieldtrack_testbed::Bed;
 
@@ -524,6 +524,98 @@ fn check_reports_each_failure_it_claims_to_detect() {
     assert_eq!(run.level("port green"), "OK", "{}", run.stdout);
     drop(squatter);
 
+    site.check().expect_code(0);
+}
+
+#[test]
+fn with_a_canary_check_wants_fieldtracks_log_format_and_access_log_in_nginx() {
+    let site = Onboarded::new();
+    let plain = fs::read_to_string(&site.config).unwrap();
+    // Without [canary] nothing reads the access log, and check does not look for it.
+    let run = site.check();
+    run.expect_code(0);
+    assert!(!run.stdout.contains("log format"), "{}", run.stdout);
+
+    // init's snippets, as included by write_nginx_conf: everything a canary needs.
+    let canary = format!("{plain}\n[canary]\nsteps = [{{ weight = 10, pause = \"1m\" }}]\n");
+    site.set_config(&canary);
+    let run = site.check();
+    run.expect_code(0);
+    for subject in ["log format", "access log", "log file"] {
+        assert_eq!(run.level(subject), "OK", "{}", run.stdout);
+    }
+    let log = site.dir.join(format!("nginx/{}-access.log", site.app));
+    assert!(
+        run.line("access log").contains(&log.display().to_string()),
+        "{}",
+        run.stdout
+    );
+
+    // A site of the operator's own, without the format nor the access log.
+    let proxy = format!(
+        "location / {{ proxy_pass http://fieldtrack_{}; }}",
+        site.app
+    );
+    let upstream = format!("include {}-upstream.conf;", site.app);
+    site.write_nginx_conf_with(&upstream, &proxy);
+    let run = site.check();
+    run.expect_code(1);
+    assert_eq!(run.level("nginx"), "OK", "nginx -t passes: {}", run.stdout);
+    assert_eq!(run.level("log format"), "FAIL", "{}", run.stdout);
+    assert!(
+        run.line("log format").contains(LOG_FORMAT),
+        "the line to add: {}",
+        run.stdout
+    );
+    assert_eq!(run.level("access log"), "FAIL", "{}", run.stdout);
+    assert!(
+        run.line("access log")
+            .contains(&format!("access_log {} fieldtrack;", log.display())),
+        "{}",
+        run.stdout
+    );
+
+    // The format declared, but the site logs in nginx's own format.
+    let combined = format!(
+        "location / {{ proxy_pass http://fieldtrack_{}; access_log {}; }}",
+        site.app,
+        log.display()
+    );
+    site.write_nginx_conf_with(
+        &format!("{upstream}\n    include fieldtrack-log-format.conf;"),
+        &combined,
+    );
+    let run = site.check();
+    run.expect_code(1);
+    assert_eq!(run.level("log format"), "OK", "{}", run.stdout);
+    assert_eq!(run.level("access log"), "FAIL", "{}", run.stdout);
+    assert!(
+        run.line("access log").contains("combined"),
+        "{}",
+        run.stdout
+    );
+    site.write_nginx_conf(true);
+    site.check().expect_code(0);
+
+    // nginx.access_log in a folder that does not exist.
+    let moved = canary.replace(
+        &format!("access_log = \"nginx/{}-access.log\"", site.app),
+        "access_log = \"no-such-folder/access.log\"",
+    );
+    assert_ne!(moved, canary);
+    site.set_config(&moved);
+    let run = site.check();
+    run.expect_code(1);
+    assert_eq!(run.level("log file"), "FAIL", "{}", run.stdout);
+    assert!(
+        run.line("log file").contains("does not exist"),
+        "{}",
+        run.stdout
+    );
+
+    // Without [canary] again, the operator's own site passes as before.
+    site.set_config(&plain);
+    site.write_nginx_conf_with(&upstream, &proxy);
     site.check().expect_code(0);
 }
 
