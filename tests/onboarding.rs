@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{fieldtrack_in, Run};
+use fieldtrack::observe::access_log::{parse_line, Request, LOG_FORMAT};
 use fieldtrack_testbed::util::{free_ports, http_get, read_pid, stop_pid, wait_until};
 use fieldtrack_testbed::Bed;
 
@@ -194,16 +195,25 @@ impl Onboarded {
     /// nginx.conf under the private prefix: the generated snippets included by relative
     /// paths (resolved against the prefix), as an operator would include them.
     fn write_nginx_conf(&self, with_includes: bool) {
-        fs::create_dir_all(self.prefix.join("logs")).unwrap();
-        fs::create_dir_all(self.prefix.join("tmp")).unwrap();
         let (upstream, location) = if with_includes {
             (
-                format!("include {}-upstream.conf;", self.app),
+                format!(
+                    "include {}-upstream.conf;\n    include fieldtrack-log-format.conf;",
+                    self.app
+                ),
                 format!("include {}-location.conf;", self.app),
             )
         } else {
             (String::new(), "location / { return 204; }".to_string())
         };
+        self.write_nginx_conf_with(&upstream, &location);
+    }
+
+    /// nginx.conf under the private prefix with `upstream` in the http context and
+    /// `location` in the server, as given.
+    fn write_nginx_conf_with(&self, upstream: &str, location: &str) {
+        fs::create_dir_all(self.prefix.join("logs")).unwrap();
+        fs::create_dir_all(self.prefix.join("tmp")).unwrap();
         let conf = format!(
             r#"worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -330,6 +340,24 @@ fn init_then_check_then_deploy_and_roll_back_through_the_generated_nginx_snippet
     site.run(&["deploy", "v1", "--by", "newcomer"])
         .expect_code(0);
     assert_eq!(site.served().as_deref(), Some("v1"));
+    // The location snippet logs in fieldtrack's format where the config says.
+    let log = site.dir.join(format!("nginx/{}-access.log", site.app));
+    let logged: Vec<Request> = fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(parse_line)
+        .collect();
+    let live = fieldtrack::upstream::parse_port(
+        &fs::read_to_string(&site.upstream).unwrap(),
+        &format!("fieldtrack_{}", site.app),
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|r| r.status == 200 && r.tries.last().map(|t| t.addr.port()) == live),
+        "{} (live {live:?}): {logged:?}",
+        log.display()
+    );
 
     site.run(&["deploy", "v2", "--by", "newcomer"])
         .expect_code(0);
@@ -500,6 +528,98 @@ fn check_reports_each_failure_it_claims_to_detect() {
 }
 
 #[test]
+fn with_a_canary_check_wants_fieldtracks_log_format_and_access_log_in_nginx() {
+    let site = Onboarded::new();
+    let plain = fs::read_to_string(&site.config).unwrap();
+    // Without [canary] nothing reads the access log, and check does not look for it.
+    let run = site.check();
+    run.expect_code(0);
+    assert!(!run.stdout.contains("log format"), "{}", run.stdout);
+
+    // init's snippets, as included by write_nginx_conf: everything a canary needs.
+    let canary = format!("{plain}\n[canary]\nsteps = [{{ weight = 10, pause = \"1m\" }}]\n");
+    site.set_config(&canary);
+    let run = site.check();
+    run.expect_code(0);
+    for subject in ["log format", "access log", "log file"] {
+        assert_eq!(run.level(subject), "OK", "{}", run.stdout);
+    }
+    let log = site.dir.join(format!("nginx/{}-access.log", site.app));
+    assert!(
+        run.line("access log").contains(&log.display().to_string()),
+        "{}",
+        run.stdout
+    );
+
+    // A site of the operator's own, without the format nor the access log.
+    let proxy = format!(
+        "location / {{ proxy_pass http://fieldtrack_{}; }}",
+        site.app
+    );
+    let upstream = format!("include {}-upstream.conf;", site.app);
+    site.write_nginx_conf_with(&upstream, &proxy);
+    let run = site.check();
+    run.expect_code(1);
+    assert_eq!(run.level("nginx"), "OK", "nginx -t passes: {}", run.stdout);
+    assert_eq!(run.level("log format"), "FAIL", "{}", run.stdout);
+    assert!(
+        run.line("log format").contains(LOG_FORMAT),
+        "the line to add: {}",
+        run.stdout
+    );
+    assert_eq!(run.level("access log"), "FAIL", "{}", run.stdout);
+    assert!(
+        run.line("access log")
+            .contains(&format!("access_log {} fieldtrack;", log.display())),
+        "{}",
+        run.stdout
+    );
+
+    // The format declared, but the site logs in nginx's own format.
+    let combined = format!(
+        "location / {{ proxy_pass http://fieldtrack_{}; access_log {}; }}",
+        site.app,
+        log.display()
+    );
+    site.write_nginx_conf_with(
+        &format!("{upstream}\n    include fieldtrack-log-format.conf;"),
+        &combined,
+    );
+    let run = site.check();
+    run.expect_code(1);
+    assert_eq!(run.level("log format"), "OK", "{}", run.stdout);
+    assert_eq!(run.level("access log"), "FAIL", "{}", run.stdout);
+    assert!(
+        run.line("access log").contains("combined"),
+        "{}",
+        run.stdout
+    );
+    site.write_nginx_conf(true);
+    site.check().expect_code(0);
+
+    // nginx.access_log in a folder that does not exist.
+    let moved = canary.replace(
+        &format!("access_log = \"nginx/{}-access.log\"", site.app),
+        "access_log = \"no-such-folder/access.log\"",
+    );
+    assert_ne!(moved, canary);
+    site.set_config(&moved);
+    let run = site.check();
+    run.expect_code(1);
+    assert_eq!(run.level("log file"), "FAIL", "{}", run.stdout);
+    assert!(
+        run.line("log file").contains("does not exist"),
+        "{}",
+        run.stdout
+    );
+
+    // Without [canary] again, the operator's own site passes as before.
+    site.set_config(&plain);
+    site.write_nginx_conf_with(&upstream, &proxy);
+    site.check().expect_code(0);
+}
+
+#[test]
 fn init_refuses_to_overwrite_and_then_writes_nothing_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let docker_config = dir.path().join("docker");
@@ -528,7 +648,7 @@ fn init_refuses_to_overwrite_and_then_writes_nothing_at_all() {
     let fresh = dir.path().join("fresh");
     run(&["init", "--dir", "fresh", "--repository", "ghcr.io/acme/api"]).expect_code(0);
     let before: Vec<(PathBuf, Vec<u8>)> = walk(&fresh);
-    assert_eq!(before.len(), 4, "{before:?}");
+    assert_eq!(before.len(), 5, "{before:?}");
     let again = run(&[
         "init",
         "--dir",
@@ -537,10 +657,14 @@ fn init_refuses_to_overwrite_and_then_writes_nothing_at_all() {
         "ghcr.io/acme/other",
     ]);
     again.expect_code(2);
+    // Every file is named but the log format, which every app shares.
     for (path, _) in &before {
-        assert!(
+        let shared = path.ends_with("nginx/fieldtrack-log-format.conf");
+        assert_eq!(
             again.stderr.contains(&path.display().to_string()),
-            "{}",
+            !shared,
+            "{}: {}",
+            path.display(),
             again.stderr
         );
     }

@@ -4,6 +4,11 @@
 //!
 //! Every check runs even when an earlier one failed (all but those that need a valid
 //! config): one run lists everything to fix. Nothing is changed anywhere.
+//!
+//! With `[canary]` a deployment is judged from nginx's access log, so check also reads
+//! nginx's config for what the judge needs (fieldtrack's `log_format` with the keys it reads,
+//! and an `access_log` writing `nginx.access_log` with it): without them a canary step would
+//! see no requests and wait forever, or judge lines it cannot read.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -16,10 +21,15 @@ use crate::apply::proxy::DEFAULT_COMMAND_TIMEOUT;
 use crate::apply::runtime::{registry_of, Docker, Runtime as _, Swarm};
 use crate::config::{Color, Config, RuntimeKind};
 use crate::desired::{Desired, DesiredError};
+use crate::observe::access_log::LOG_FORMAT;
 use crate::observe::Container;
 
 /// How long the engine gets to answer before it counts as unreachable.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The keys of an access log line the canary reads, each the string of nginx's variable of
+/// the same name.
+const LOG_KEYS: &[&str] = &["upstream_addr", "status", "upstream_status", "request_time"];
 
 /// How serious one finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,6 +134,9 @@ pub async fn check(path: &Path) -> Vec<Finding> {
     };
     out.push(credentials_finding(&cfg.repository).await);
     out.push(upstream_file_finding(&cfg));
+    if let (Some(_), Some(log)) = (&cfg.canary, &cfg.nginx.access_log) {
+        out.push(log_file_finding(log));
+    }
     out.extend(nginx_findings(&cfg).await);
     out.push(pid_file_finding(&cfg));
     if cfg.runtime == RuntimeKind::Swarm {
@@ -553,7 +566,255 @@ async fn nginx_findings(cfg: &Config) -> Vec<Finding> {
     let dump = String::from_utf8_lossy(&out.stdout);
     let mut findings = judge_dump(&dump, &cfg.nginx.upstream_file, &cfg.nginx.upstream_name);
     findings.push(shutdown_finding(&dump));
+    if let (Some(_), Some(log)) = (&cfg.canary, &cfg.nginx.access_log) {
+        findings.extend(judge_access_log(&dump, log));
+    }
     findings
+}
+
+/// nginx can write `nginx.access_log` (its folder exists: nginx creates the file, not the
+/// folder) and fieldtrack can read it.
+fn log_file_finding(log: &Path) -> Finding {
+    let folder = parent(log);
+    if !folder.is_dir() {
+        return Finding::new(
+            Level::Fail,
+            "log file",
+            format!(
+                "the folder of nginx.access_log {} does not exist: nginx cannot write the log a \
+                 canary is judged from. Create it, or set nginx.access_log to a file in an \
+                 existing folder (e.g. /var/log/nginx/)",
+                log.display()
+            ),
+        );
+    }
+    match std::fs::File::open(log) {
+        Ok(_) => Finding::new(
+            Level::Ok,
+            "log file",
+            format!("{} is readable", log.display()),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Finding::new(
+            Level::Ok,
+            "log file",
+            format!(
+                "{} does not exist yet; nginx creates it in {} once its config logs there",
+                log.display(),
+                folder.display()
+            ),
+        ),
+        Err(e) => Finding::new(
+            Level::Fail,
+            "log file",
+            format!(
+                "cannot read nginx.access_log {}: {e}. Run check as the user that runs \
+                 fieldtrack, or let that user read it",
+                log.display()
+            ),
+        ),
+    }
+}
+
+/// What a `nginx -T` dump says about the access log a canary is judged from: fieldtrack's
+/// `log_format` with the keys it reads (`log format`), and `access_log ACCESS_LOG fieldtrack`
+/// (`access log`).
+pub fn judge_access_log(dump: &str, access_log: &Path) -> Vec<Finding> {
+    let statements = statements(dump);
+    vec![
+        log_format_finding(&statements),
+        access_log_finding(&statements, access_log),
+    ]
+}
+
+fn log_format_finding(statements: &[Vec<String>]) -> Finding {
+    let declared = statements
+        .iter()
+        .find(|s| s.len() >= 3 && s[0] == "log_format" && s[1] == "fieldtrack");
+    let Some(declared) = declared else {
+        return Finding::new(
+            Level::Fail,
+            "log format",
+            format!(
+                "nginx's config declares no `log_format fieldtrack`, which a canary is judged \
+                 from. Add in http {{ }}, before the servers (fieldtrack init's \
+                 nginx/fieldtrack-log-format.conf holds it): {LOG_FORMAT}"
+            ),
+        );
+    };
+    let escape_json = declared[2..].iter().any(|p| p == "escape=json");
+    let format: String = declared[2..]
+        .iter()
+        .filter(|p| !p.starts_with("escape="))
+        .map(String::as_str)
+        .collect();
+    let missing: Vec<&str> = LOG_KEYS
+        .iter()
+        .copied()
+        .filter(|key| !has_string_key(&format, key))
+        .collect();
+    if !missing.is_empty() {
+        return Finding::new(
+            Level::Fail,
+            "log format",
+            format!(
+                "`log_format fieldtrack` lacks {}: fieldtrack reads every line as a JSON object \
+                 with the string keys {} (`\"status\":\"$status\"`). Make it: {LOG_FORMAT}",
+                missing
+                    .iter()
+                    .map(|k| format!("\"{k}\":\"${k}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                LOG_KEYS.join(", ")
+            ),
+        );
+    }
+    if !escape_json {
+        return Finding::new(
+            Level::Warn,
+            "log format",
+            format!(
+                "`log_format fieldtrack` has no escape=json: a value holding a quote is not \
+                 escaped for JSON and its line is skipped. Make it: {LOG_FORMAT}"
+            ),
+        );
+    }
+    Finding::new(
+        Level::Ok,
+        "log format",
+        format!("log_format fieldtrack writes {}", LOG_KEYS.join(", ")),
+    )
+}
+
+/// `"key":"$key"` (or `${key}`) is in the format, with any blanks around the colon.
+fn has_string_key(format: &str, key: &str) -> bool {
+    let name = format!("\"{key}\"");
+    format.match_indices(&name).any(|(at, _)| {
+        let rest = format[at + name.len()..].trim_start();
+        let Some(value) = rest.strip_prefix(':').map(str::trim_start) else {
+            return false;
+        };
+        value.starts_with(&format!("\"${key}\"")) || value.starts_with(&format!("\"${{{key}}}\""))
+    })
+}
+
+fn access_log_finding(statements: &[Vec<String>], access_log: &Path) -> Finding {
+    let wanted = std::fs::canonicalize(parent(access_log))
+        .ok()
+        .zip(access_log.file_name())
+        .map(|(folder, name)| folder.join(name));
+    let same = |path: &str| {
+        let path = Path::new(path);
+        path == access_log
+            || (wanted.is_some()
+                && std::fs::canonicalize(parent(path))
+                    .ok()
+                    .zip(path.file_name())
+                    .map(|(folder, name)| folder.join(name))
+                    == wanted)
+    };
+    let formats: Vec<&str> = statements
+        .iter()
+        .filter(|s| s.len() >= 2 && s[0] == "access_log" && same(&s[1]))
+        .map(|s| s.get(2).map_or("combined", String::as_str))
+        .collect();
+    let line = format!("access_log {} fieldtrack;", access_log.display());
+    if formats.contains(&"fieldtrack") {
+        return Finding::new(
+            Level::Ok,
+            "access log",
+            format!(
+                "nginx logs to {} in fieldtrack's format",
+                access_log.display()
+            ),
+        );
+    }
+    if let Some(other) = formats.first() {
+        return Finding::new(
+            Level::Fail,
+            "access log",
+            format!(
+                "nginx logs to {} in the format {other}, which fieldtrack cannot read: make it \
+                 `{line}`",
+                access_log.display()
+            ),
+        );
+    }
+    Finding::new(
+        Level::Fail,
+        "access log",
+        format!(
+            "no `{line}` in nginx's config: nothing writes the log a canary is judged from. \
+             Add it to the location proxying to the app (fieldtrack init's location snippet has \
+             it), then nginx -t && systemctl reload nginx"
+        ),
+    )
+}
+
+/// The simple statements of an nginx config (`name arg ...;`), each as its words, quotes
+/// removed; comments, blocks' names and the dump's own lines skipped. Loose, as nginx's own
+/// lexer: a quoted string may hold blanks, `;`, `{` and `#`.
+fn statements(dump: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut chars = dump.chars().peekable();
+    // A word that began, even as an empty quoted string.
+    let mut started = false;
+    // Inside `${name}` of an unquoted word: its braces are not a block's.
+    let mut variable = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if word.ends_with('$') => {
+                variable = true;
+                word.push(c);
+            }
+            '}' if variable => {
+                variable = false;
+                word.push(c);
+            }
+            '"' | '\'' => {
+                started = true;
+                while let Some(q) = chars.next() {
+                    match q {
+                        '\\' => {
+                            if let Some(escaped) = chars.next() {
+                                if escaped != c {
+                                    word.push('\\');
+                                }
+                                word.push(escaped);
+                            }
+                        }
+                        q if q == c => break,
+                        q => word.push(q),
+                    }
+                }
+            }
+            '#' if !started => {
+                for skipped in chars.by_ref() {
+                    if skipped == '\n' {
+                        break;
+                    }
+                }
+            }
+            c if c.is_whitespace() || c == ';' || c == '{' || c == '}' => {
+                variable = false;
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+                match c {
+                    ';' => out.push(std::mem::take(&mut words)),
+                    '{' | '}' => words.clear(),
+                    _ => {}
+                }
+            }
+            c => {
+                started = true;
+                word.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// Whether nginx bounds the life of its old workers after a reload: the drain waits for
@@ -829,6 +1090,171 @@ mod tests {
         let f = layout_finding(&cfg);
         assert_eq!(f.level, Level::Warn, "{f:?}");
         assert!(f.message.contains("state_dir ("), "{}", f.message);
+    }
+
+    /// A dump as `nginx -T` prints it: the format in one file, `body` in the site's.
+    fn log_dump(format: &str, body: &str) -> String {
+        format!(
+            "# configuration file /etc/nginx/nginx.conf:\nhttp {{\n    include /etc/nginx/conf.d/*.conf;\n}}\n\n\
+             # configuration file /etc/nginx/conf.d/fieldtrack-log-format.conf:\n{format}\n\n\
+             # configuration file /etc/nginx/sites-enabled/api:\nserver {{\n    location / {{\n        \
+             proxy_pass http://fieldtrack_api;\n        {body}\n    }}\n}}\n"
+        )
+    }
+
+    fn levels(findings: &[Finding]) -> Vec<(Level, &str)> {
+        findings
+            .iter()
+            .map(|f| (f.level, f.subject.as_str()))
+            .collect()
+    }
+
+    const LOG: &str = "/var/log/nginx/fieldtrack-api.access.log";
+
+    #[test]
+    fn the_format_init_writes_and_its_access_log_are_ok() {
+        let d = log_dump(
+            LOG_FORMAT,
+            &format!("access_log {LOG} fieldtrack;\n        access_log /var/log/nginx/access.log;"),
+        );
+        let f = judge_access_log(&d, Path::new(LOG));
+        assert_eq!(
+            levels(&f),
+            [(Level::Ok, "log format"), (Level::Ok, "access log")],
+            "{f:?}"
+        );
+        // The snippet init writes, comments and all, reads the same.
+        let init = crate::cli::init::plan(
+            Path::new("/etc/fieldtrack/api.toml"),
+            &crate::cli::init::Choices {
+                repository: Some("ghcr.io/acme/api".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let snippets: String = init.files[3..].iter().map(|f| f.text.clone()).collect();
+        let f = judge_access_log(&snippets, Path::new(LOG));
+        assert_eq!(
+            levels(&f),
+            [(Level::Ok, "log format"), (Level::Ok, "access log")],
+            "{f:?}\n{snippets}"
+        );
+    }
+
+    #[test]
+    fn a_dump_without_the_format_fails_quoting_the_line_to_add() {
+        let d = log_dump("", &format!("access_log {LOG} fieldtrack;"));
+        let f = judge_access_log(&d, Path::new(LOG));
+        assert_eq!(f[0].level, Level::Fail, "{f:?}");
+        assert!(f[0].message.contains(LOG_FORMAT), "{}", f[0].message);
+        // In a comment only: not declared either.
+        let d = log_dump(&format!("# {LOG_FORMAT}"), "");
+        let f = judge_access_log(&d, Path::new(LOG));
+        assert_eq!(f[0].level, Level::Fail, "{f:?}");
+    }
+
+    #[test]
+    fn a_format_lacking_a_key_or_writing_it_as_a_number_fails_naming_it() {
+        // `status` unquoted: a number in JSON, which fieldtrack does not read.
+        let numeric = LOG_FORMAT.replace("\"status\":\"$status\"", "\"status\":$status");
+        let f = judge_access_log(&log_dump(&numeric, ""), Path::new(LOG));
+        assert_eq!(f[0].level, Level::Fail, "{f:?}");
+        assert!(
+            f[0].message.contains("lacks \"status\":\"$status\""),
+            "{}",
+            f[0].message
+        );
+        assert!(
+            !f[0].message.contains("lacks \"upstream_status"),
+            "{}",
+            f[0].message
+        );
+        let without = LOG_FORMAT.replace("\"request_time\":\"$request_time\",", "");
+        let f = judge_access_log(&log_dump(&without, ""), Path::new(LOG));
+        assert_eq!(f[0].level, Level::Fail, "{f:?}");
+        assert!(f[0].message.contains("request_time"), "{}", f[0].message);
+        // Another format's keys do not count.
+        let other = LOG_FORMAT.replace("log_format fieldtrack", "log_format mine");
+        let f = judge_access_log(&log_dump(&other, ""), Path::new(LOG));
+        assert_eq!(f[0].level, Level::Fail, "{f:?}");
+    }
+
+    #[test]
+    fn a_format_split_over_lines_with_blanks_reads_as_one() {
+        let split = "log_format  fieldtrack  escape=json\n    '{ \"upstream_addr\": \"$upstream_addr\", '\n                         '\"status\" : \"${status}\", \"upstream_status\":\"$upstream_status\",'\n                         '\"request_time\":\"$request_time\" }';";
+        let f = judge_access_log(&log_dump(split, ""), Path::new(LOG));
+        assert_eq!(f[0].level, Level::Ok, "{f:?}");
+        let unescaped = split.replace(" escape=json", "");
+        let f = judge_access_log(&log_dump(&unescaped, ""), Path::new(LOG));
+        assert_eq!(f[0].level, Level::Warn, "{f:?}");
+        assert!(f[0].message.contains("escape=json"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn the_access_log_must_be_nginx_access_log_in_fieldtracks_format() {
+        // Missing, commented out, another file, another format.
+        for body in [
+            String::new(),
+            format!("# access_log {LOG} fieldtrack;"),
+            "access_log /var/log/nginx/other.log fieldtrack;".to_string(),
+            format!("access_log {LOG};"),
+            format!("access_log {LOG} combined;"),
+        ] {
+            let f = judge_access_log(&log_dump(LOG_FORMAT, &body), Path::new(LOG));
+            assert_eq!(f[1].level, Level::Fail, "{body}: {f:?}");
+            assert!(
+                f[1].message
+                    .contains(&format!("access_log {LOG} fieldtrack;")),
+                "{}",
+                f[1].message
+            );
+        }
+        // Parameters after the format, quotes and a buffer are fine.
+        let body = format!("access_log \"{LOG}\" fieldtrack buffer=32k flush=1s;");
+        let f = judge_access_log(&log_dump(LOG_FORMAT, &body), Path::new(LOG));
+        assert_eq!(f[1].level, Level::Ok, "{f:?}");
+    }
+
+    #[test]
+    fn the_access_log_through_a_symlinked_folder_is_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("logs"), dir.path().join("alias")).unwrap();
+        let real = dir.path().join("logs/api.log");
+        let body = format!(
+            "access_log {}/alias/api.log fieldtrack;",
+            dir.path().display()
+        );
+        let f = judge_access_log(&log_dump(LOG_FORMAT, &body), &real);
+        assert_eq!(f[1].level, Level::Ok, "{f:?}");
+    }
+
+    #[test]
+    fn statements_keep_quoted_text_whole_and_skip_comments_and_blocks() {
+        let s = statements(
+            "http { # a comment; with a semicolon\n  log_format x '{\"a\":\"$a\"} # not a comment';\n               server { listen 80; access_log /l/${host}.log x; }\n}\n",
+        );
+        assert_eq!(
+            s,
+            [
+                vec!["log_format", "x", "{\"a\":\"$a\"} # not a comment"],
+                vec!["listen", "80"],
+                vec!["access_log", "/l/${host}.log", "x"],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_log_folder_fails_and_a_log_not_written_yet_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-folder/api.log");
+        let f = log_file_finding(&missing);
+        assert_eq!(f.level, Level::Fail, "{f:?}");
+        assert!(f.message.contains("does not exist"), "{}", f.message);
+        let later = dir.path().join("api.log");
+        assert_eq!(log_file_finding(&later).level, Level::Ok);
+        std::fs::write(&later, "").unwrap();
+        assert_eq!(log_file_finding(&later).level, Level::Ok);
     }
 
     #[test]
