@@ -135,12 +135,13 @@ impl Mailer {
         &self.0.server
     }
 
-    /// Whether `notify.email.events` asks for `n`'s event.
+    /// Whether `notify.email.events` asks for `n`'s event; unset: every event but
+    /// `canary_step` (a mail per step is asked for by name).
     pub fn wants(&self, n: &Notification) -> bool {
-        self.0
-            .events
-            .as_ref()
-            .is_none_or(|events| events.iter().any(|e| e == n.event.as_str()))
+        match &self.0.events {
+            Some(events) => events.iter().any(|e| e == n.event.as_str()),
+            None => n.event != super::notify::Event::CanaryStep,
+        }
     }
 
     /// The email for `n`: from `notify.email.from` to every `notify.email.to`, plain text.
@@ -430,9 +431,11 @@ mod tests {
             Event::Failed,
             Event::RolledBack,
             Event::AutoRollback,
+            Event::CanaryStep,
         ] {
             let n = Notification::new(event, "api", "v2");
-            assert!(all.wants(&n), "{event:?}");
+            // Unset: everything but a mail per canary step.
+            assert_eq!(all.wants(&n), event != Event::CanaryStep, "{event:?}");
             assert_eq!(
                 failed_only.wants(&n),
                 matches!(event, Event::Failed | Event::AutoRollback),

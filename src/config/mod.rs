@@ -361,7 +361,8 @@ pub struct EmailConfig {
     pub from: lettre::message::Mailbox,
     /// At least one.
     pub to: Vec<lettre::message::Mailbox>,
-    /// Which events are mailed, by the names in [`rules::NOTIFY_EVENTS`]; None: every one.
+    /// Which events are mailed, by the names in [`rules::NOTIFY_EVENTS`]; None: every one
+    /// but `canary_step`.
     pub events: Option<Vec<String>>,
 }
 
@@ -2383,7 +2384,7 @@ mod email_tests {
             (format!("{host}from = \"nobody\"\nto = [\"a@example.com\"]\n"), "notify.email.from: invalid value \"nobody\""),
             (format!("{host}from = \"a@example.com\"\nto = []\n"), "notify.email.to: invalid value []"),
             (format!("{host}from = \"a@example.com\"\nto = [\"a@example.com\", \"b@\"]\n"), "notify.email.to[1]: invalid value \"b@\""),
-            (format!("{host}{ADDRS}events = [\"succeeded\", \"deployed\"]\n"), "notify.email.events[1]: invalid value \"deployed\": must be one of succeeded, failed, rolled_back, auto_rollback"),
+            (format!("{host}{ADDRS}events = [\"succeeded\", \"deployed\"]\n"), "notify.email.events[1]: invalid value \"deployed\": must be one of succeeded, failed, rolled_back, auto_rollback, canary_step"),
             (format!("{host}{ADDRS}events = []\n"), "notify.email.events: invalid value []"),
             (format!("{host}{ADDRS}user = \"u\"\n"), "notify.email.user: invalid value \"u\": needs password_file or password_env"),
             (format!("{host}{ADDRS}password_env = \"P\"\n"), "notify.email.user: invalid value (missing)"),
