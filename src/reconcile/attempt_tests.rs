@@ -1367,3 +1367,21 @@ async fn a_rollback_goes_back_at_once_without_canary_steps() {
     assert_eq!(site.world().loaded_port(), Some(GREEN));
     assert!(site.canary_steps().is_empty());
 }
+
+#[tokio::test]
+async fn a_canary_left_behind_by_a_dead_process_runs_its_steps_again_from_step_1() {
+    let mut site = canary_left_behind().await;
+    let configured = canary_site(crate::config::Pause::For(Duration::from_millis(50)));
+    site.cfg.canary = configured.cfg.canary.clone();
+    site.cfg.nginx.access_log = Some(site.cfg.state_dir.join("access.log"));
+    let _traffic = Traffic::start(site.access_log(), 200);
+
+    let outcome = site.pass("v2").await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
+    // Back on the stable color alone first, then both steps judged anew.
+    let recorded = site.canary_steps();
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(recorded[0].1.starts_with("canary step 1 of 2"), "{recorded:?}");
+}
