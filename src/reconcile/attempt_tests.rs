@@ -1383,5 +1383,26 @@ async fn a_canary_left_behind_by_a_dead_process_runs_its_steps_again_from_step_1
     // Back on the stable color alone first, then both steps judged anew.
     let recorded = site.canary_steps();
     assert_eq!(recorded.len(), 2, "{recorded:?}");
-    assert!(recorded[0].1.starts_with("canary step 1 of 2"), "{recorded:?}");
+    assert!(
+        recorded[0].1.starts_with("canary step 1 of 2"),
+        "{recorded:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_engine_error_inside_a_step_sends_every_request_back_to_the_stable_color_first() {
+    let site = canary_site(crate::config::Pause::Manual);
+    let _traffic = Traffic::start(site.access_log(), 200);
+    // Probe 1 is the gate's; by probe 3 the step runs: the engine stops answering once.
+    site.world().at_probe(3, |w| w.engine_errors = 1);
+
+    let e = site.pass("v2").await.unwrap_err();
+
+    assert!(e.is_transient(), "{e:?}");
+    let world = site.world();
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(!world.upstream.clone().unwrap().contains("weight="));
+    assert!(!world.is_running("api-green"));
+    drop(world);
+    assert_eq!(site.status().canary, None);
 }

@@ -117,7 +117,23 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 canary,
             };
             let started = Instant::now();
-            let (end, stable_figures, canary_figures) = self.canary_step(name, &at).await?;
+            let (end, stable_figures, canary_figures) = match self.canary_step(name, &at).await {
+                Ok(step) => step,
+                // nginx may run these weights: the next pass settles it (the mark says so).
+                Err(e @ ReconcileError::StillServed { .. }) => {
+                    self.forget_canary();
+                    return Err(e);
+                }
+                // The engine, the status file or the log failed under the step: every
+                // request back to the stable color before the error is reported.
+                Err(e) => {
+                    tracing::error!(error = %e, "canary step failed, back to the stable color");
+                    if let Err(back) = self.back_to_stable(name, stable).await {
+                        tracing::error!(error = %back, "cannot go back to the stable color; the next pass will");
+                    }
+                    return Err(e);
+                }
+            };
             let summary = format!("canary step {} of {} ({}%)", at.index, at.steps, at.weight);
             let figures = format!(
                 "canary {}; stable {}",
@@ -158,9 +174,16 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 }
             }
         }
-        pass.set_status(|s| s.canary = None)?;
-        ctx.metrics.set_canary(None);
+        self.forget_canary();
         Ok(())
+    }
+
+    /// No canary step runs any more: status.json and the metrics stop showing one.
+    fn forget_canary(&self) {
+        self.ctx().metrics.set_canary(None);
+        if let Err(e) = self.pass.set_status(|s| s.canary = None) {
+            tracing::warn!(error = %e, "cannot update the status");
+        }
     }
 
     /// One step: nginx switched to its weights, then its window watched until it passes
@@ -359,8 +382,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 &ctx.live_comment(stable, back_image),
             )
             .await;
-        pass.set_status(|s| s.canary = None)?;
-        ctx.metrics.set_canary(None);
+        self.forget_canary();
         if let Err(e) = result {
             if matches!(&e, ReconcileError::Switch(e) if e.leaves_nginx_unsettled()) {
                 return Err(ReconcileError::StillServed {
