@@ -37,9 +37,9 @@ pub struct RollbackArgs {
 pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
     let mut entries =
         history::read(&cfg.history_file).map_err(|e| CliError::Failed(e.to_string()))?;
-    // Inside a drain the new image serves but is recorded only once the drain is over: it is
-    // the current deployment, and the history's head is the one to go back to (still
-    // running, so the rollback is a pure nginx switch).
+    // Inside a drain (or a canary) the new image serves but is recorded only once the drain
+    // is over: it is the current deployment, and the history's head is the one to go back to
+    // (still running, so the rollback is a pure nginx switch).
     if let Some(current) = draining(&cfg) {
         if !entries.is_empty() && entries.first() != Some(&current) {
             entries.retain(|e| e != &current);
@@ -100,11 +100,16 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
     submit(cfg, &desired, args.no_wait, args.timeout).await
 }
 
-/// The image of the desired generation when it is live and draining (not yet in the history).
+/// The image of the desired generation when it is live and draining, or a canary getting a
+/// share of the traffic (not yet in the history either way): rolling back from it goes to
+/// the history's head.
 fn draining(cfg: &Config) -> Option<String> {
     let status = Status::load(&cfg.state_dir.join(STATUS_FILE)).ok()??;
     if status.phase != Phase::Progressing
-        || !matches!(status.step, Some(Step::Draining | Step::Cleanup))
+        || !matches!(
+            status.step,
+            Some(Step::Draining | Step::Cleanup | Step::Canary)
+        )
     {
         return None;
     }
