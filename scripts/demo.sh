@@ -2,8 +2,10 @@
 # The fieldtrack demo, on this machine only: a real Docker engine, registry and nginx on
 # loopback (installed from Debian's packages when missing), a demo app built offline, and
 # the fieldtrack daemon. It deploys v1, then v2, then a broken image (production keeps
-# serving v2), then rolls back, printing each command and what nginx serves after it,
-# while a background client counts failed requests through nginx.
+# serving v2), then rolls back, then turns canary steps on and deploys a version that fails
+# one request in five (stopped at its first step, rolled back by itself), printing each
+# command and what nginx serves after it, while a background client counts failed requests
+# through nginx.
 #
 #   ./scripts/demo.sh              run it (as root on Debian; needs a Rust toolchain); the demo
 #                                  site and daemon keep running afterwards, to poke at
@@ -103,10 +105,28 @@ bold "5. Rollback to the previous version"
 run "$FT" rollback --yes --by demo
 served
 
+read -r ok failed <"$SITE_DIR/load.count"
+
+bold "6. Canary steps: a version that fails one request in five gets 10% of the traffic first"
+# nginx logs in fieldtrack's JSON format (the bed's nginx.conf declares it, as fieldtrack
+# init's snippets do); the daemon rereads its config on SIGHUP.
+cat >>"$SITE_CONFIG" <<'EOT'
+
+[canary]
+steps = [{ weight = 10, pause = "20s" }, { weight = 50, pause = "20s" }]
+max_error_rate = 0.01
+min_requests = 20
+EOT
+kill -HUP "$daemon_pid"
+sleep 1
+run "$FT" deploy err5 --by demo || echo "  (exit $?: stopped at step 1, nginx back on v1 alone, the desired file rolled back)"
+served
+run "$FT" history
+
 bold "Where things stand"
 run "$FT" status
-run "$FT" history
 kill "$load_pid" 2>/dev/null || true
-read -r ok failed <"$SITE_DIR/load.count"
+read -r ok6 failed6 <"$SITE_DIR/load.count"
 bold "Requests through nginx during steps 2-5: $ok answered, $failed failed"
+bold "During step 6: $((ok6 - ok)) answered, $((failed6 - failed)) failed (the canary's own 500s, at 10% of the traffic, until it was stopped)"
 finished=1
