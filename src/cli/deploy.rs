@@ -163,7 +163,7 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
                 && superseded(cfg, desired)
             {
                 shown.abandon();
-                return Err(superseded_error(desired));
+                return Err(rolled_back(cfg, desired).unwrap_or_else(|| superseded_error(desired)));
             }
             if status.generation.as_deref() == Some(desired.generation.as_str()) {
                 for event in follower.events(&status) {
@@ -203,6 +203,25 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
 }
 
 /// The desired file no longer holds our generation (someone wrote a newer one).
+/// The daemon's auto-rollback of `desired` (the desired file rewritten by fieldtrack after
+/// the image failed past the health gate: in the drain, or at a canary step), as the error
+/// to report: the note says why.
+fn rolled_back(cfg: &Config, desired: &Desired) -> Option<CliError> {
+    let now = Desired::load(&cfg.desired_file, cfg).ok()?;
+    let note = now.note.as_deref()?;
+    let ours = format!(
+        "{}{} failed after the switch: ",
+        crate::desired::AUTO_ROLLBACK_NOTE_PREFIX,
+        desired.image.as_written()
+    );
+    let why = note.strip_prefix(&ours)?;
+    Some(CliError::Failed(format!(
+        "{} failed after the switch and the desired file was rolled back to {}: {why}",
+        desired.image.as_written(),
+        now.image.as_written()
+    )))
+}
+
 fn superseded(cfg: &Config, desired: &Desired) -> bool {
     match Desired::load(&cfg.desired_file, cfg) {
         Ok(now) => now.generation != desired.generation,
