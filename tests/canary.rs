@@ -487,8 +487,9 @@ fn a_newer_desired_file_mid_canary_sends_traffic_back_to_stable_then_deploys_the
     assert_eq!(code, 0, "{log}");
 }
 
-#[test]
-fn a_daemon_killed_inside_a_step_leaves_nothing_a_reconcile_does_not_settle() {
+/// The daemon killed inside v2's step, the desired file then rewritten to `then_desired`
+/// (or left on v2), and one `fieldtrack reconcile`: one color served, the desired one.
+fn a_daemon_killed_inside_a_step(then_desired: Option<&str>) {
     let mut site = Site::new();
     site.set("rollout.resync", "\"1h\"");
     // 3 s: the step is still running a second after status.json shows it, when the kill
@@ -497,6 +498,8 @@ fn a_daemon_killed_inside_a_step_leaves_nothing_a_reconcile_does_not_settle() {
     write_desired(&site, "image = \"v1\"\n");
     let daemon = Spawned::start(&site, &["daemon"], None);
     converged_on(&site, "v1");
+    let stable = container_name(&site, live_color(&site));
+    let stable_id = container_id(&site, &stable);
     let load = Load::start(&site, "/version", 2, Duration::from_millis(5));
 
     write_desired(&site, "image = \"v2\"\n");
@@ -507,6 +510,10 @@ fn a_daemon_killed_inside_a_step_leaves_nothing_a_reconcile_does_not_settle() {
         left.len() == 2 && left.iter().all(|l| l.contains(" weight=")),
         "killed inside the step, nginx shares the traffic: {left:?}"
     );
+    if let Some(tag) = then_desired {
+        write_desired(&site, &format!("image = \"{tag}\"\n"));
+    }
+    let expected = then_desired.unwrap_or("v2");
 
     let run = ft(&site, &["reconcile"]);
     let settled = Instant::now();
@@ -517,18 +524,40 @@ fn a_daemon_killed_inside_a_step_leaves_nothing_a_reconcile_does_not_settle() {
     let live = container_name(&site, live_color(&site));
     one_server(&site, &live);
     assert!(!upstream(&site).contains("weight="), "{}", upstream(&site));
-    assert_eq!(served(&site).as_deref(), Some("v2"));
-    assert_eq!(site.containers(), vec![live]);
-    assert_converged(&site, "v2");
+    assert_eq!(served(&site).as_deref(), Some(expected));
+    assert_eq!(site.containers(), vec![live.clone()]);
+    let steps = audit_of(&site, "canary_step");
+    if expected == "v1" {
+        assert_eq!(container_id(&site, &live), stable_id, "v1 kept serving");
+        assert!(steps.is_empty(), "no step ran to its end: {steps:#?}");
+    } else {
+        assert_eq!(steps.len(), 1, "the step ran again, to its end: {steps:#?}");
+        assert_eq!(steps[0]["outcome"], "succeeded", "{:#}", steps[0]);
+    }
+    assert_converged(&site, expected);
     assert!(status(&site)["canary"].is_null());
     let after: Vec<&Answer> = answers.iter().filter(|a| a.sent >= settled).collect();
     assert!(!after.is_empty());
-    assert_eq!(count(&after, "v2"), after.len(), "v2 alone answers");
+    assert_eq!(
+        count(&after, expected),
+        after.len(),
+        "{expected} alone answers"
+    );
     let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
     assert!(
         failed.is_empty(),
         "no request failed through the kill and the reconcile: {failed:?}"
     );
+}
+
+#[test]
+fn a_daemon_killed_inside_a_step_then_a_reconcile_runs_the_canary_again_to_its_end() {
+    a_daemon_killed_inside_a_step(None);
+}
+
+#[test]
+fn a_daemon_killed_inside_a_step_then_a_rollback_reconciled_leaves_the_stable_color_alone() {
+    a_daemon_killed_inside_a_step(Some("v1"));
 }
 
 #[test]
