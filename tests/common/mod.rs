@@ -3,6 +3,7 @@
 //! left in the world (the state files, nginx, Docker, a webhook receiver), so that each test
 //! reads as a story.
 
+pub mod canary;
 pub mod swarm;
 pub mod tmpfs;
 pub mod webhook;
