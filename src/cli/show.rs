@@ -149,6 +149,14 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
                 list.join(", ")
             );
         }
+    } else if servers.len() > 1 {
+        // A canary step: both colors, by weight.
+        let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+        println!(
+            "Upstream  : {} -> {} (shared by weight: a canary step)",
+            cfg.nginx.upstream_file.display(),
+            list.join(", ")
+        );
     } else {
         match upstream {
             Some(port) => println!(

@@ -7,6 +7,9 @@ use std::fmt;
 use crate::config::CanaryConfig;
 use crate::observe::access_log::Figures;
 
+/// How much slower than the stable color's p95 the canary's may be, whatever the ratio.
+pub const LATENCY_SLACK: f64 = 0.020;
+
 /// What a step's window says so far.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Judgement {
@@ -69,7 +72,9 @@ pub fn judge(cfg: &CanaryConfig, stable: &Figures, canary: &Figures) -> Judgemen
     if let (Some(c), Some(s)) = (canary.quantile(0.95), stable.quantile(0.95)) {
         // A stable p95 of 0 (nginx rounds to the millisecond) compares with 1 ms.
         let ratio = c / s.max(0.001);
-        if ratio > cfg.max_latency_ratio.0 {
+        // Within LATENCY_SLACK of the stable color the canary is never too slow: at a few
+        // milliseconds, a ratio is noise (3 ms against 1 ms is 3 times).
+        if ratio > cfg.max_latency_ratio.0 && c - s > LATENCY_SLACK {
             return Judgement::Failed(format!(
                 "the canary's p95 latency is {:.0} ms, {ratio:.1} times the stable color's {:.0} ms (bound {:.1})",
                 c * 1000.0,
@@ -171,6 +176,16 @@ mod tests {
             Judgement::Failed(why) => assert!(why.contains("p95 latency is 200 ms"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_few_milliseconds_slower_is_not_too_slow_whatever_the_ratio() {
+        // 3 ms against 1 ms is 3 times the stable p95, within the slack of 20 ms.
+        let (s, c) = figures(requests(3001, 900, 0, 0.001), requests(3002, 200, 0, 0.003));
+        assert_eq!(judge(&cfg(), &s, &c), Judgement::Healthy);
+        // 30 ms against 1 ms is beyond it.
+        let (s, c) = figures(requests(3001, 900, 0, 0.001), requests(3002, 200, 0, 0.030));
+        assert!(matches!(judge(&cfg(), &s, &c), Judgement::Failed(_)));
     }
 
     #[test]
