@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{fieldtrack_in, Run};
+use fieldtrack::observe::access_log::{parse_line, Request};
 use fieldtrack_testbed::util::{free_ports, http_get, read_pid, stop_pid, wait_until};
 use fieldtrack_testbed::Bed;
 
@@ -194,16 +195,25 @@ impl Onboarded {
     /// nginx.conf under the private prefix: the generated snippets included by relative
     /// paths (resolved against the prefix), as an operator would include them.
     fn write_nginx_conf(&self, with_includes: bool) {
-        fs::create_dir_all(self.prefix.join("logs")).unwrap();
-        fs::create_dir_all(self.prefix.join("tmp")).unwrap();
         let (upstream, location) = if with_includes {
             (
-                format!("include {}-upstream.conf;", self.app),
+                format!(
+                    "include {}-upstream.conf;\n    include fieldtrack-log-format.conf;",
+                    self.app
+                ),
                 format!("include {}-location.conf;", self.app),
             )
         } else {
             (String::new(), "location / { return 204; }".to_string())
         };
+        self.write_nginx_conf_with(&upstream, &location);
+    }
+
+    /// nginx.conf under the private prefix with `upstream` in the http context and
+    /// `location` in the server, as given.
+    fn write_nginx_conf_with(&self, upstream: &str, location: &str) {
+        fs::create_dir_all(self.prefix.join("logs")).unwrap();
+        fs::create_dir_all(self.prefix.join("tmp")).unwrap();
         let conf = format!(
             r#"worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -330,6 +340,24 @@ fn init_then_check_then_deploy_and_roll_back_through_the_generated_nginx_snippet
     site.run(&["deploy", "v1", "--by", "newcomer"])
         .expect_code(0);
     assert_eq!(site.served().as_deref(), Some("v1"));
+    // The location snippet logs in fieldtrack's format where the config says.
+    let log = site.dir.join(format!("nginx/{}-access.log", site.app));
+    let logged: Vec<Request> = fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(parse_line)
+        .collect();
+    let live = fieldtrack::upstream::parse_port(
+        &fs::read_to_string(&site.upstream).unwrap(),
+        &format!("fieldtrack_{}", site.app),
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|r| r.status == 200 && r.tries.last().map(|t| t.addr.port()) == live),
+        "{} (live {live:?}): {logged:?}",
+        log.display()
+    );
 
     site.run(&["deploy", "v2", "--by", "newcomer"])
         .expect_code(0);
@@ -528,7 +556,7 @@ fn init_refuses_to_overwrite_and_then_writes_nothing_at_all() {
     let fresh = dir.path().join("fresh");
     run(&["init", "--dir", "fresh", "--repository", "ghcr.io/acme/api"]).expect_code(0);
     let before: Vec<(PathBuf, Vec<u8>)> = walk(&fresh);
-    assert_eq!(before.len(), 4, "{before:?}");
+    assert_eq!(before.len(), 5, "{before:?}");
     let again = run(&[
         "init",
         "--dir",
@@ -537,10 +565,14 @@ fn init_refuses_to_overwrite_and_then_writes_nothing_at_all() {
         "ghcr.io/acme/other",
     ]);
     again.expect_code(2);
+    // Every file is named but the log format, which every app shares.
     for (path, _) in &before {
-        assert!(
+        let shared = path.ends_with("nginx/fieldtrack-log-format.conf");
+        assert_eq!(
             again.stderr.contains(&path.display().to_string()),
-            "{}",
+            !shared,
+            "{}: {}",
+            path.display(),
             again.stderr
         );
     }

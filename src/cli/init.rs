@@ -12,6 +12,13 @@
 //! `/etc/fieldtrack/NAME/` and its state and history to `/var/lib/fieldtrack/NAME` (the
 //! units' StateDirectory); anywhere else (a home folder, a test's private prefix) everything
 //! stays below the config's folder, every path relative to it.
+//!
+//! The nginx snippets also make nginx log the app's requests in fieldtrack's JSON
+//! `log_format` (what a `[canary]` step is judged from) to `nginx.access_log`: under
+//! `/var/log/nginx` in the system layout, where Debian's logrotate already rotates every
+//! `*.log`. The `log_format` has a snippet of its own, not the upstream file (fieldtrack
+//! rewrites that one whole at every switch), shared by the apps whose configs share a folder:
+//! nginx refuses a second `log_format fieldtrack`, so the operator includes it once per host.
 
 use std::fs;
 use std::io::Write as _;
@@ -22,6 +29,7 @@ use clap::Args;
 
 use super::CliError;
 use crate::config::{Config, CONFIG_ENV, DEFAULT_PATH, FILE_NAME};
+use crate::observe::access_log::LOG_FORMAT;
 
 /// The shipped config reference; `init` writes it with the app's values.
 const CONFIG_EXAMPLE: &str = include_str!("../../fieldtrack.toml.example");
@@ -54,6 +62,11 @@ pub(crate) const DEPLOY_GROUP: &str = "fieldtrack-deploy";
 const SYSTEM_CONFIG_DIR: &str = "/etc/fieldtrack";
 /// Where the system layout keeps each app's state and history (systemd's StateDirectory).
 const SYSTEM_STATE_DIR: &str = "/var/lib/fieldtrack";
+/// Where the system layout has nginx write each app's access log: nginx's own log folder,
+/// which Debian's logrotate rotates (`/var/log/nginx/*.log`).
+const SYSTEM_LOG_DIR: &str = "/var/log/nginx";
+/// The `log_format` snippet, beside the apps' other snippets; one for all of them.
+const LOG_FORMAT_SNIPPET: &str = "nginx/fieldtrack-log-format.conf";
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -105,6 +118,19 @@ pub struct Planned {
     pub what: String,
     /// Its permissions.
     pub mode: u32,
+    /// Shared by every app whose config is in this folder (the `log_format` snippet): one
+    /// already there with the same text is kept, not refused.
+    pub shared: bool,
+}
+
+impl Planned {
+    /// The file is there already with this very text: a shared file another app's `init`
+    /// wrote.
+    fn already_there(&self) -> bool {
+        self.shared
+            && self.path.symlink_metadata().is_ok_and(|m| m.is_file())
+            && fs::read(&self.path).is_ok_and(|bytes| bytes == self.text.as_bytes())
+    }
 }
 
 /// Everything `init` would write, and what to tell the operator afterwards.
@@ -116,6 +142,8 @@ pub struct Layout {
     pub desired_dir: PathBuf,
     pub upstream_snippet: PathBuf,
     pub location_snippet: PathBuf,
+    /// The `log_format` snippet, to include once in nginx's http context.
+    pub log_format_snippet: PathBuf,
     pub placeholder_repository: bool,
 }
 
@@ -154,8 +182,9 @@ pub fn run(config_flag: Option<&Path>, args: InitArgs) -> Result<u8, CliError> {
     };
     let layout = plan(&config_path, &choices)?;
     let group = deploy_group(args.deploy_group.as_deref())?;
-    let existing: Vec<String> = layout
-        .files
+    let (kept, new): (Vec<&Planned>, Vec<&Planned>) =
+        layout.files.iter().partition(|f| f.already_there());
+    let existing: Vec<String> = new
         .iter()
         .filter(|f| f.path.symlink_metadata().is_ok())
         .map(|f| f.path.display().to_string())
@@ -167,7 +196,7 @@ pub fn run(config_flag: Option<&Path>, args: InitArgs) -> Result<u8, CliError> {
         )));
     }
     let new_desired_dir = !layout.desired_dir.exists();
-    write_all(&layout.files)?;
+    write_all(&new)?;
     if new_desired_dir {
         share_desired_dir(&layout.desired_dir, &group)?;
     }
@@ -179,7 +208,17 @@ pub fn run(config_flag: Option<&Path>, args: InitArgs) -> Result<u8, CliError> {
         .map(|f| f.path.display().to_string().len())
         .max()
         .unwrap_or(0);
-    for file in &layout.files {
+    for file in &new {
+        println!(
+            "  {:width$}  {}",
+            file.path.display().to_string(),
+            file.what
+        );
+    }
+    if !kept.is_empty() {
+        println!("Kept (another app's init wrote the same text):");
+    }
+    for file in &kept {
         println!(
             "  {:width$}  {}",
             file.path.display().to_string(),
@@ -260,7 +299,7 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
         (None, None) => "api".to_string(),
     };
     let app = app.as_str();
-    let places = Places::new(config_path, stem.as_deref());
+    let places = Places::new(config_path, stem.as_deref(), app);
     let placeholder_repository = choices.repository.is_none();
     let repository = match &choices.repository {
         Some(repo) => repo.clone(),
@@ -303,12 +342,19 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
     let dir = config_path.parent().unwrap_or(Path::new("/"));
     let upstream_snippet = dir.join(&upstream_rel);
     let location_snippet = dir.join(&location_rel);
+    let log_format_snippet = dir.join(LOG_FORMAT_SNIPPET);
+    let access_log = config
+        .nginx
+        .access_log
+        .clone()
+        .expect("init's config sets nginx.access_log");
     let files = vec![
         Planned {
             path: config.path.clone(),
             text: config_text,
             what: "the config: every key, commented".into(),
             mode: config_mode,
+            shared: false,
         },
         Planned {
             path: config.desired_file.clone(),
@@ -317,6 +363,7 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
                    is the only one CI may write"
                 .into(),
             mode: FILE_MODE,
+            shared: false,
         },
         Planned {
             path: upstream_snippet.clone(),
@@ -331,13 +378,33 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
                 config.container.blue_port
             ),
             mode: FILE_MODE,
+            shared: false,
         },
         Planned {
             path: location_snippet.clone(),
-            text: render_location(app, &config.nginx.upstream_name, &location_snippet),
-            what: "nginx location with the zero-downtime proxy settings, for your server { }"
+            text: render_location(&Location {
+                app,
+                upstream_name: &config.nginx.upstream_name,
+                path: &location_snippet,
+                access_log: &access_log,
+                log_format_snippet: &log_format_snippet,
+            }),
+            what: format!(
+                "nginx location with the zero-downtime proxy settings and the access log {}, \
+                 for your server {{ }}",
+                access_log.display()
+            ),
+            mode: FILE_MODE,
+            shared: false,
+        },
+        Planned {
+            path: log_format_snippet.clone(),
+            text: render_log_format(),
+            what: "nginx log_format fieldtrack (JSON, what a canary is judged from); include \
+                   it once in http { }, for every app"
                 .into(),
             mode: FILE_MODE,
+            shared: true,
         },
     ];
     Ok(Layout {
@@ -346,6 +413,7 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
         desired_dir,
         upstream_snippet,
         location_snippet,
+        log_format_snippet,
         placeholder_repository,
     })
 }
@@ -368,6 +436,7 @@ struct Places {
     env_file: String,
     state_dir: String,
     history_file: String,
+    access_log: String,
 }
 
 impl Places {
@@ -375,10 +444,11 @@ impl Places {
     /// `NAME/desired/desired.toml` and `NAME/.env` beside it, state and history in
     /// `/var/lib/fieldtrack/NAME`, NAME being the config's stem (`api.toml`, the unit
     /// `fieldtrack@api`); for `fieldtrack.toml` (the unit `fieldtrack`) `desired/desired.toml`,
-    /// `.env` and `/var/lib/fieldtrack` itself. Anywhere else, everything below the config's
-    /// folder: `desired/desired.toml`, `.env`, `state/` (each below `STEM/` for a config
-    /// named `STEM.toml`).
-    fn new(config_path: &Path, stem: Option<&str>) -> Places {
+    /// `.env` and `/var/lib/fieldtrack` itself; nginx's access log of the app in
+    /// `/var/log/nginx/fieldtrack-APP.access.log`. Anywhere else, everything below the
+    /// config's folder: `desired/desired.toml`, `.env`, `state/` (each below `STEM/` for a
+    /// config named `STEM.toml`), the access log `nginx/APP-access.log` beside the snippets.
+    fn new(config_path: &Path, stem: Option<&str>, app: &str) -> Places {
         let system = config_path.parent() == Some(Path::new(SYSTEM_CONFIG_DIR));
         let (data, state_dir) = if system {
             match stem {
@@ -391,11 +461,17 @@ impl Places {
             let state = format!("{data}state");
             (data, state)
         };
+        let access_log = if system {
+            format!("{SYSTEM_LOG_DIR}/fieldtrack-{app}.access.log")
+        } else {
+            format!("nginx/{app}-access.log")
+        };
         Places {
             desired_file: format!("{data}desired/desired.toml"),
             env_file: format!("{data}.env"),
             history_file: format!("{state_dir}/.deploy_history"),
             state_dir,
+            access_log,
         }
     }
 }
@@ -463,7 +539,17 @@ fn render_config(r: &Rendered<'_>) -> String {
         ),
         (
             "upstream_name = \"fieldtrack_api\"",
-            format!("upstream_name = {}", toml_string(r.upstream_name)),
+            // The example has no access_log line to replace (without [canary] nothing reads
+            // the log), so it follows the upstream name.
+            format!(
+                "upstream_name = {}\n\
+                 # nginx's access log of the app, in fieldtrack's JSON log_format: `access_log PATH\n\
+                 # fieldtrack;` in the location snippet fieldtrack init wrote. A [canary] step is\n\
+                 # judged from it; without [canary] nothing reads it.\n\
+                 access_log = {}",
+                toml_string(r.upstream_name),
+                toml_string(&places.access_log)
+            ),
         ),
     ];
     let mut replacements = replacements;
@@ -508,8 +594,25 @@ fn render_desired(repository: &str, desired_dir: &Path) -> String {
     text
 }
 
-/// The `location` block with the proxy settings that keep a switch free of failed requests.
-fn render_location(app: &str, upstream_name: &str, path: &Path) -> String {
+/// What the `location` snippet names.
+struct Location<'a> {
+    app: &'a str,
+    upstream_name: &'a str,
+    /// The snippet's own path, for the `include` line it shows.
+    path: &'a Path,
+    access_log: &'a Path,
+    log_format_snippet: &'a Path,
+}
+
+/// The `location` block with the proxy settings that keep a switch free of failed requests,
+/// logging in fieldtrack's format.
+fn render_location(l: &Location<'_>) -> String {
+    let Location {
+        app,
+        upstream_name,
+        path,
+        ..
+    } = *l;
     format!(
         r#"# Written by `fieldtrack init` for the app {app:?}: how your site proxies to it.
 # Put these lines in your site's `server {{ }}` block, or include this file there:
@@ -530,9 +633,31 @@ location / {{
     proxy_set_header Host $host;
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_set_header X-Forwarded-Proto $scheme;
+    # Every request in fieldtrack's JSON format, what a canary step is judged from (the
+    # config's nginx.access_log). The format is declared, once in http {{ }}, by
+    #     {log_format}
+    # An access_log here replaces those this location would inherit from server {{ }} and
+    # http {{ }}: repeat yours below it to keep them.
+    access_log {access_log} fieldtrack;
 }}
 "#,
         path = path.display(),
+        access_log = l.access_log.display(),
+        log_format = l.log_format_snippet.display(),
+    )
+}
+
+/// The snippet declaring fieldtrack's `log_format`; the same text for every app, so that the
+/// apps of one folder share it.
+fn render_log_format() -> String {
+    format!(
+        "# Written by `fieldtrack init`: the JSON access log format fieldtrack reads to judge a\n\
+         # canary step (requests, 5xx, failed tries and latency per color). Include this file once\n\
+         # in nginx's http {{ }}, before the servers that log with it: nginx refuses a second\n\
+         # `log_format fieldtrack`, however many apps use it. Each app's location snippet logs\n\
+         # with it: `access_log PATH fieldtrack;`. fieldtrack needs the keys upstream_addr,\n\
+         # status, upstream_status and request_time as strings; `fieldtrack check` verifies them.\n\
+         {LOG_FORMAT}\n"
     )
 }
 
@@ -571,9 +696,12 @@ fn next_steps(layout: &Layout, found: bool, group: &DeployGroup) -> String {
     };
     format!(
         "Next steps:\n\
-         \x20 1. nginx: include the upstream file in the http context and proxy your site to it.\n\
-         \x20    Debian's nginx.conf includes /etc/nginx/conf.d/*.conf inside http {{ }}, so:\n\
+         \x20 1. nginx: include the upstream file and the log format in the http context and\n\
+         \x20    proxy your site to it. Debian's nginx.conf includes /etc/nginx/conf.d/*.conf\n\
+         \x20    inside http {{ }} (before sites-enabled/), so:\n\
          \x20      echo 'include {upstream};' > /etc/nginx/conf.d/fieldtrack-{app}.conf\n\
+         \x20      echo 'include {log_format};' > /etc/nginx/conf.d/fieldtrack-log-format.conf\n\
+         \x20    (the log format once per host, whatever the number of apps: nginx refuses two)\n\
          \x20    and in your site's server {{ }} block (or copy its lines there):\n\
          \x20      include {location};\n\
          \x20    then: nginx -t && systemctl reload nginx\n\
@@ -586,6 +714,7 @@ fn next_steps(layout: &Layout, found: bool, group: &DeployGroup) -> String {
          \x20    {ci}",
         upstream = layout.upstream_snippet.display(),
         location = layout.location_snippet.display(),
+        log_format = layout.log_format_snippet.display(),
         app = cfg.app,
     )
 }
@@ -603,7 +732,7 @@ fn daemon_unit(config: &Path) -> Option<String> {
 
 /// Writes every file, each created anew (never over one that appeared meanwhile). On any
 /// failure the files already written are removed again: all or nothing.
-fn write_all(files: &[Planned]) -> Result<(), CliError> {
+fn write_all(files: &[&Planned]) -> Result<(), CliError> {
     let mut written: Vec<&Path> = Vec::new();
     for file in files {
         if let Err(e) = write_new(&file.path, &file.text, file.mode) {
@@ -688,7 +817,7 @@ mod tests {
             app: "x",
             repository: "r.io/x",
             upstream_name: "fieldtrack_x",
-            places: &Places::new(Path::new("/srv/x.toml"), Some("x")),
+            places: &Places::new(Path::new("/srv/x.toml"), Some("x"), "x"),
             upstream_rel: "nginx/x.conf",
             placeholder_repository: false,
             blue_port: 4001,
@@ -765,6 +894,15 @@ mod tests {
         );
         assert_eq!(l.upstream_snippet, cfg.nginx.upstream_file);
         assert!(!l.placeholder_repository);
+        // Beside the snippets, outside the desired file's folder.
+        assert_eq!(
+            cfg.nginx.access_log.as_deref(),
+            Some(Path::new("/srv/site/nginx/web-1-access.log"))
+        );
+        assert!(
+            text.contains("access_log = \"nginx/web-1-access.log\""),
+            "{text}"
+        );
     }
 
     #[test]
@@ -803,6 +941,11 @@ mod tests {
         assert_eq!(
             cfg.nginx.upstream_file,
             Path::new("/etc/fieldtrack/nginx/worker-upstream.conf")
+        );
+        // nginx's log folder, rotated by Debian's logrotate (/var/log/nginx/*.log).
+        assert_eq!(
+            cfg.nginx.access_log.as_deref(),
+            Some(Path::new("/var/log/nginx/fieldtrack-worker.access.log"))
         );
         // The unit fieldtrack: config /etc/fieldtrack/fieldtrack.toml, fixed paths the unit
         // names, whatever the app.
@@ -901,6 +1044,78 @@ mod tests {
         let d = Desired::parse(&fixed, &l.config.desired_file, &l.config).unwrap();
         assert_eq!(d.image.to_string(), "a4f91c2");
         assert!(!d.paused && d.note.is_none());
+    }
+
+    #[test]
+    fn the_location_logs_in_fieldtracks_format_declared_by_a_snippet_of_its_own() {
+        let l = layout("/srv/site/fieldtrack.toml", "api", Some("ghcr.io/acme/api"));
+        let location = &l.files[3].text;
+        assert!(
+            location.contains("\n    access_log /srv/site/nginx/api-access.log fieldtrack;\n"),
+            "{location}"
+        );
+        let format = &l.files[4];
+        assert_eq!(
+            format.path,
+            Path::new("/srv/site/nginx/fieldtrack-log-format.conf")
+        );
+        assert_eq!(format.path, l.log_format_snippet);
+        assert!(format.shared);
+        assert!(
+            format.text.lines().any(|line| line == LOG_FORMAT),
+            "{}",
+            format.text
+        );
+        // Not in the upstream file: fieldtrack rewrites it whole at every switch.
+        assert!(!l.files[2].text.contains("log_format"));
+        // Every app of the folder writes the same snippet, so they can share it.
+        let other = layout("/srv/site/worker.toml", "worker", Some("ghcr.io/acme/w"));
+        assert_eq!(other.files[4], l.files[4]);
+        assert!(other.files[3]
+            .text
+            .contains("/srv/site/nginx/worker-access.log fieldtrack;"));
+
+        let steps = next_steps(
+            &l,
+            true,
+            &DeployGroup::Missing {
+                name: DEPLOY_GROUP.into(),
+            },
+        );
+        assert!(
+            steps.contains(
+                "echo 'include /srv/site/nginx/fieldtrack-log-format.conf;' > \
+                 /etc/nginx/conf.d/fieldtrack-log-format.conf"
+            ),
+            "{steps}"
+        );
+    }
+
+    #[test]
+    fn a_shared_file_already_there_with_the_same_text_is_kept_anything_else_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let planned = |name: &str, shared: bool| Planned {
+            path: dir.path().join(name),
+            text: render_log_format(),
+            what: String::new(),
+            mode: FILE_MODE,
+            shared,
+        };
+        let same = planned("same.conf", true);
+        assert!(!same.already_there(), "missing");
+        fs::write(&same.path, &same.text).unwrap();
+        assert!(same.already_there());
+        let other = planned("other.conf", true);
+        fs::write(&other.path, format!("{}# mine\n", other.text)).unwrap();
+        assert!(!other.already_there());
+        let own = planned("same.conf", false);
+        assert!(!own.already_there(), "only a shared file is kept");
+        let link = planned("link.conf", true);
+        std::os::unix::fs::symlink(&same.path, &link.path).unwrap();
+        assert!(
+            !link.already_there(),
+            "a symlink is not the file init writes"
+        );
     }
 
     #[test]

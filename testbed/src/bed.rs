@@ -26,6 +26,8 @@ pub const TAGS: &[&str] = &[
     "slow",
     "flaky",
     "ready1s",
+    "err5",
+    "lag",
 ];
 
 /// The repository path of the test images inside the bed's registry.

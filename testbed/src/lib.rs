@@ -18,7 +18,7 @@ mod swarm;
 pub mod util;
 
 pub use bed::{Bed, TAGS};
-pub use site::{teardown_site_dir, Site, SiteOptions};
+pub use site::{teardown_site_dir, Site, SiteOptions, LOG_FORMAT};
 pub use smtp::{Mail, SmtpOptions, SmtpServer, SmtpTls};
 pub use swarm::{
     edge_get, edge_listens, in_netns, teardown_swarm_site_dir, ClusterUse, EdgeLoad, LoadReport,

@@ -2,6 +2,10 @@
 //! port, the upstream include file it reads, a `fieldtrack.toml` pointing at all of it, and a
 //! unique app name (so unique container names) with its own free color ports.
 //!
+//! Its nginx logs every request in fieldtrack's JSON `log_format` ([`LOG_FORMAT`]) to
+//! [`Site::access_log`], which the config names as `nginx.access_log`: a canary on a site is
+//! judged from real traffic, as on a server set up by `fieldtrack init`.
+//!
 //! Dropping a site stops its nginx (by pid) and removes its containers, also when the test
 //! failed. A site whose test process died without dropping it is swept by the next
 //! [`crate::Bed::up`].
@@ -16,6 +20,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::util::{self, err, BedError, Result};
 use crate::Bed;
+
+/// fieldtrack's `log_format`, as `fieldtrack::observe::access_log::LOG_FORMAT` has it: the
+/// bed cannot depend on fieldtrack (fieldtrack's tests depend on the bed), so this is a
+/// copy, and `tests/canary_setup.rs` holds the two equal.
+pub const LOG_FORMAT: &str = r#"log_format fieldtrack escape=json '{"time":"$time_iso8601","upstream_addr":"$upstream_addr","status":"$status","upstream_status":"$upstream_status","request_time":"$request_time","upstream_response_time":"$upstream_response_time"}';"#;
+
+/// Where a site's nginx, run under `prefix`, writes its access log in [`LOG_FORMAT`].
+pub(crate) fn access_log_path(prefix: &Path) -> PathBuf {
+    prefix.join("logs/access.log")
+}
 
 /// How a site is made.
 #[derive(Debug, Clone, Default)]
@@ -237,6 +251,12 @@ impl Site {
         SocketAddr::from(([127, 0, 0, 1], self.nginx_port))
     }
 
+    /// nginx's access log, one JSON object a request in [`LOG_FORMAT`]; the config's
+    /// `nginx.access_log`.
+    pub fn access_log(&self) -> PathBuf {
+        access_log_path(&self.dir.join("nginx"))
+    }
+
     /// GET through the site's nginx: (status, body).
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
         util::http_get(self.nginx_addr(), path, Duration::from_secs(5))
@@ -414,6 +434,10 @@ pub(crate) fn common_config(
             quote(&upstream_file.display().to_string()),
         ),
         ("nginx.upstream_name", quote(upstream_name)),
+        (
+            "nginx.access_log",
+            quote(&access_log_path(prefix).display().to_string()),
+        ),
         ("nginx.test_command", nginx_args(&["-t", "-q"])),
         ("nginx.reload_command", nginx_args(&["-s", "reload"])),
         (
@@ -428,7 +452,8 @@ pub(crate) fn common_config(
 }
 
 /// The nginx config of a site: run as `nginx -p PREFIX -c nginx.conf`, listening on
-/// `listen`, proxying everything to the upstream block in `upstream_file`.
+/// `listen`, proxying everything to the upstream block in `upstream_file`, logging every
+/// request in [`LOG_FORMAT`].
 pub(crate) fn nginx_conf(
     prefix: &Path,
     upstream_file: &Path,
@@ -444,7 +469,8 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 512; }}
 http {{
-    access_log {prefix}/logs/access.log;
+    {log_format}
+    access_log {access_log} fieldtrack;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
     fastcgi_temp_path {prefix}/tmp/fastcgi;
@@ -465,6 +491,8 @@ http {{
 "#,
         prefix = prefix.display(),
         upstream = upstream_file.display(),
+        log_format = LOG_FORMAT,
+        access_log = access_log_path(prefix).display(),
     )
 }
 

@@ -9,12 +9,19 @@
 //! | `slow`      | listens only after 5 s                                 |
 //! | `flaky`     | healthy, then `/health` answers 500 after 3 s          |
 //! | `ready1s`   | listens after 1 s, like a typical app                  |
+//! | `err5`      | healthy; every 5th request to any other path: 500      |
+//! | `lag`       | healthy; every other path answers after 300 ms         |
 //!
 //! Routes: `/health`, `/version` (the tag), `/` (the tag too, so nginx tests read it).
+//! `err5` counts its requests (all but `/health`) on one counter shared by every connection,
+//! so exactly one in five answers `500 error from err5` whatever the concurrency: a canary
+//! test knows its error rate (20%) without sampling noise. `lag`'s `/health` stays fast, so
+//! only real traffic, judged by latency, can tell it apart.
 //! SIGTERM ends it at once: PID 1 in a container gets no default signal handling.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -25,6 +32,16 @@ enum Mode {
     Slow,
     Flaky,
     Ready1s,
+    Err5,
+    Lag,
+}
+
+/// Requests `err5` answered so far, `/health` not counted.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one request of `err5`; true for the 5th, 10th, ...
+fn fifth_request() -> bool {
+    (REQUESTS.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(5)
 }
 
 fn mode_of(tag: &str) -> Mode {
@@ -34,6 +51,8 @@ fn mode_of(tag: &str) -> Mode {
         "slow" => Mode::Slow,
         "flaky" => Mode::Flaky,
         "ready1s" => Mode::Ready1s,
+        "err5" => Mode::Err5,
+        "lag" => Mode::Lag,
         _ => Mode::Healthy,
     }
 }
@@ -119,8 +138,18 @@ fn serve(stream: TcpStream, tag: &str, mode: Mode, started: Instant) {
                     ("200 OK", "ok\n".to_string())
                 }
             }
-            "/version" | "/" => ("200 OK", format!("{tag}\n")),
-            _ => ("404 Not Found", "not found\n".to_string()),
+            _ if mode == Mode::Err5 && fifth_request() => {
+                ("500 Internal Server Error", "error from err5\n".to_string())
+            }
+            _ => {
+                if mode == Mode::Lag {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                match path {
+                    "/version" | "/" => ("200 OK", format!("{tag}\n")),
+                    _ => ("404 Not Found", "not found\n".to_string()),
+                }
+            }
         };
         let response = format!(
             "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Testapp-Tag: {tag}\r\n{}\r\n{body}",
