@@ -31,6 +31,16 @@
 #   ./scripts/bench.sh --with-swarm [...]  the figures above, then the Swarm bench's table
 #                                          appended to target/bench/latest.md
 #
+# The canary figures of issue 14 (section f of the bench, docs/performance.md "Canary"):
+#
+#   ./scripts/bench.sh --canary            only section f: how many requests reach a bad
+#                                          image (flaky, err5) and how many of them fail,
+#                                          blue/green with auto-rollback against a canary
+#                                          step of 10%, under the load of section c; medians
+#                                          of 3 runs, about 8 minutes. Its table goes to
+#                                          target/bench/canary.md
+#   ./scripts/bench.sh --canary --runs 1 --canary-window-secs 10   a quick look (1.5 min)
+#
 # After --swarm, options go to bench-swarm (--help lists them). The Swarm bench takes the
 # cluster's exclusive lock for each section: tests on the cluster wait, and it waits for them.
 set -euo pipefail
@@ -66,7 +76,14 @@ swarm_bench() {
 }
 
 with_swarm=
+out=target/bench/latest.md
+sections=()
 case "${1:-}" in
+--canary)
+    shift
+    out=target/bench/canary.md
+    sections=(--only f)
+    ;;
 --swarm)
     shift
     swarm_bench target/bench/swarm.md "$@"
@@ -89,10 +106,9 @@ echo "engine $DOCKER_HOST, registry $FIELDTRACK_TEST_REGISTRY" >&2
 
 step "bench $*"
 mkdir -p target/bench
-out=target/bench/latest.md
 # --runs 3 by default so that the whole script stays under 10 minutes on 2 cores; a later
-# --runs given by the caller wins.
-./target/release/bench --runs 3 --fieldtrack target/release/fieldtrack --baseline bench/baseline.sh "$@" >"$out.tmp"
+# --runs (or --only) given by the caller wins.
+./target/release/bench --runs 3 ${sections[@]+"${sections[@]}"} --fieldtrack target/release/fieldtrack --baseline bench/baseline.sh "$@" >"$out.tmp"
 {
     echo "fieldtrack $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with local changes)'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
     cat "$out.tmp"
