@@ -628,3 +628,45 @@ fn status_shows_the_running_step_its_window_and_its_judgement() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(served(&site).as_deref(), Some("v2"));
 }
+
+#[test]
+fn under_the_daemon_a_rollback_mid_canary_goes_to_the_stable_image_and_a_failed_step_says_so() {
+    let mut site = Site::new();
+    deploy_ok(&site, "v1");
+    deploy_ok(&site, "v2");
+    site.set("rollout.resync", "\"1h\"");
+    set_canary(
+        &mut site,
+        r#"[{ weight = 10, pause = "manual" }]"#,
+        20,
+        50.0,
+    );
+    let daemon = Spawned::start(&site, &["daemon"], None);
+    converged_on(&site, "v2");
+
+    // A canary of v3 runs: `rollback` goes back to what serves (v2), not one further (v1).
+    write_desired(&site, "image = \"v3\"\n");
+    wait_canary(&site, 1, 0);
+    let rollback = ft(&site, &["rollback", "--yes"]);
+    rollback.expect_code(0).says(&["rolling back to v2"]);
+    assert!(
+        rollback.stdout.contains("Current deployment : v3")
+            && rollback.stdout.contains("Previous deployment: v2"),
+        "{}",
+        rollback.stdout
+    );
+    converged_on(&site, "v2");
+    assert_eq!(served(&site).as_deref(), Some("v2"));
+    assert_eq!(site.containers().len(), 1, "v3's candidate is gone");
+
+    // A deploy that follows the daemon to a failed step says why, not "superseded".
+    let load = Load::start(&site, "/", THREADS, GAP);
+    let run = ft(&site, &["deploy", "err5"]);
+    load.stop();
+    run.expect_code(1).says(&[
+        "err5 failed after the switch and the desired file was rolled back to v2",
+        "canary step 1 of 1 (10%)",
+    ]);
+    converged_on(&site, "v2");
+    daemon.kill();
+}
