@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::state::audit::AttemptOutcome;
-use crate::state::status::CanaryProgress;
+use crate::state::status::{CanaryProgress, WindowFigures};
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -247,47 +247,32 @@ impl Metrics {
             "The canary step running (1-based); 0 when no canary runs.",
         );
         let _ = writeln!(out, "fieldtrack_canary_step {}", c.map_or(0, |c| c.step));
-        let sides =
-            |c: &CanaryProgress| [("stable", c.stable.clone()), ("canary", c.canary.clone())];
-        header(
-            out,
-            "fieldtrack_canary_requests",
-            "gauge",
-            "Requests in the running canary step's window, by side (stable or canary).",
-        );
-        for (side, f) in c.map(sides).into_iter().flatten() {
-            let _ = writeln!(
-                out,
-                "fieldtrack_canary_requests{{side=\"{side}\"}} {}",
-                f.requests
-            );
-        }
-        header(
-            out,
-            "fieldtrack_canary_errors",
-            "gauge",
-            "Requests answered 5xx or not at all in the running canary step's window, by side.",
-        );
-        for (side, f) in c.map(sides).into_iter().flatten() {
-            let _ = writeln!(
-                out,
-                "fieldtrack_canary_errors{{side=\"{side}\"}} {}",
-                f.errors
-            );
-        }
-        header(
-            out,
-            "fieldtrack_canary_p95_seconds",
-            "gauge",
-            "The 95th percentile of request_time in the running canary step's window, by side.",
-        );
-        for (side, f) in c.map(sides).into_iter().flatten() {
-            if let Some(ms) = f.p95_ms {
-                let _ = writeln!(
-                    out,
-                    "fieldtrack_canary_p95_seconds{{side=\"{side}\"}} {}",
-                    ms as f64 / 1000.0
-                );
+        // The window's figures, per side, present only while a canary runs.
+        type Figure = fn(&WindowFigures) -> Option<String>;
+        let figures: [(&str, &str, Figure); 3] = [
+            (
+                "fieldtrack_canary_requests",
+                "Requests in the running canary step's window, by side (stable or canary).",
+                |f| Some(f.requests.to_string()),
+            ),
+            (
+                "fieldtrack_canary_errors",
+                "Requests answered 5xx or not at all in the running canary step's window, by side.",
+                |f| Some(f.errors.to_string()),
+            ),
+            (
+                "fieldtrack_canary_p95_seconds",
+                "The 95th percentile of request_time in the running canary step's window, by side.",
+                |f| f.p95_ms.map(|ms| (ms as f64 / 1000.0).to_string()),
+            ),
+        ];
+        for (name, help, value) in figures {
+            header(out, name, "gauge", help);
+            let sides = c.map(|c| [("stable", &c.stable), ("canary", &c.canary)]);
+            for (side, f) in sides.into_iter().flatten() {
+                if let Some(v) = value(f) {
+                    let _ = writeln!(out, "{name}{{side=\"{side}\"}} {v}");
+                }
             }
         }
     }

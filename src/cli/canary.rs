@@ -6,11 +6,9 @@
 //! desired file is rewritten, and the running canary, seeing a newer generation, sends every
 //! request back to the stable color and removes the candidate.
 
-use std::time::Duration;
-
 use clap::Args;
 
-use super::deploy::{default_by, submit};
+use super::deploy::{submit, Submission};
 use super::CliError;
 use crate::config::Config;
 use crate::desired::{Desired, ImageRef, ABORT_NOTE_PREFIX};
@@ -24,15 +22,8 @@ pub struct AbortArgs {
     /// Why, kept in the audit log with the desired state.
     #[arg(long)]
     pub note: Option<String>,
-    /// Who asks (default: $USER, or "ci" when $CI is set).
-    #[arg(long)]
-    pub by: Option<String>,
-    /// Write the desired file and return without waiting.
-    #[arg(long)]
-    pub no_wait: bool,
-    /// Give up waiting after this long (e.g. "10m"); the abort itself goes on.
-    #[arg(long, value_parser = crate::config::parse_duration)]
-    pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub submit: Submission,
 }
 
 /// Ends the running step now: the next step begins, or after the last one the full switch.
@@ -70,7 +61,7 @@ pub async fn abort(cfg: Config, args: AbortArgs) -> Result<u8, CliError> {
     })?;
     let image = ImageRef::parse(&stable, &cfg.repository, &cfg.allowed_repositories)
         .map_err(|e| CliError::Failed(format!("the stable image {stable}: {e}")))?;
-    let by = args.by.clone().unwrap_or_else(default_by);
+    let by = args.submit.by();
     let why = args
         .note
         .as_deref()
@@ -87,7 +78,7 @@ pub async fn abort(cfg: Config, args: AbortArgs) -> Result<u8, CliError> {
         "abort: the canary of {} stops; every request goes back to {stable} on {}",
         canary.image, canary.stable_color
     );
-    submit(cfg, &desired, args.no_wait, args.timeout).await
+    submit(cfg, &desired, args.submit.no_wait, args.submit.timeout).await
 }
 
 /// The status and the canary step, when one runs now.

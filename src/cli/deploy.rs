@@ -24,6 +24,14 @@ pub struct DeployArgs {
     /// Free text kept in the audit log.
     #[arg(long)]
     pub note: Option<String>,
+    #[command(flatten)]
+    pub submit: Submission,
+}
+
+/// Who writes the desired file, and how long the command waits for it: the flags of every
+/// command that writes one (`deploy`, `rollback`, `abort`).
+#[derive(Debug, Args)]
+pub struct Submission {
     /// Who asks (default: $USER, or "ci" when $CI is set).
     #[arg(long)]
     pub by: Option<String>,
@@ -36,16 +44,23 @@ pub struct DeployArgs {
     pub timeout: Option<Duration>,
 }
 
+impl Submission {
+    /// `--by`, else $USER (or "ci" under CI).
+    pub fn by(&self) -> String {
+        self.by.clone().unwrap_or_else(default_by)
+    }
+}
+
 pub async fn run(cfg: Config, args: DeployArgs) -> Result<u8, CliError> {
     let image = ImageRef::parse(&args.image, &cfg.repository, &cfg.allowed_repositories)
         .map_err(|e| CliError::Invalid(e.to_string()))?;
     if let Some(note) = &args.note {
         check_text(note, NOTE_MAX_CHARS).map_err(|e| CliError::Invalid(format!("--note: {e}")))?;
     }
-    let by = args.by.clone().unwrap_or_else(default_by);
+    let by = args.submit.by();
     check_text(&by, BY_MAX_CHARS).map_err(|e| CliError::Invalid(format!("--by: {e}")))?;
     let desired = Desired::new(image, args.note.as_deref(), Some(&by), false);
-    submit(cfg, &desired, args.no_wait, args.timeout).await
+    submit(cfg, &desired, args.submit.no_wait, args.submit.timeout).await
 }
 
 /// Writes `desired`, then (unless `no_wait`) waits for its generation: reconciling in-process

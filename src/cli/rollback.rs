@@ -2,11 +2,10 @@
 //! earlier history entry (it is prepended to the history like any other).
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::Duration;
 
 use clap::Args;
 
-use super::deploy::{default_by, submit};
+use super::deploy::{submit, Submission};
 use super::CliError;
 use crate::config::Config;
 use crate::desired::{Desired, ImageRef, ROLLBACK_NOTE_PREFIX};
@@ -22,16 +21,8 @@ pub struct RollbackArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
-    /// Write the desired file and return without waiting.
-    #[arg(long)]
-    pub no_wait: bool,
-    /// Who asks (default: $USER, or "ci" when $CI is set).
-    #[arg(long)]
-    pub by: Option<String>,
-    /// Give up waiting after this long (e.g. "10m"); the rollback itself goes on.
-    /// At most 7 days.
-    #[arg(long, value_parser = crate::config::parse_duration)]
-    pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub submit: Submission,
 }
 
 pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
@@ -83,7 +74,7 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
             "Rollback cancelled. Nothing was changed.".to_string(),
         ));
     }
-    let by = args.by.clone().unwrap_or_else(default_by);
+    let by = args.submit.by();
     let note = format!("{ROLLBACK_NOTE_PREFIX}{current} to {target}");
     let recorded = recorded_digest(&cfg, target);
     let desired = Desired::new(image, Some(&note), Some(&by), false).pinned(recorded.clone());
@@ -97,7 +88,7 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
             }
         }
     }
-    submit(cfg, &desired, args.no_wait, args.timeout).await
+    submit(cfg, &desired, args.submit.no_wait, args.submit.timeout).await
 }
 
 /// The image of the desired generation when it is live and draining, or a canary getting a
