@@ -514,15 +514,22 @@ fn the_manager_is_reached_over_tls_with_client_certificates() {
         ),
     )
     .unwrap();
-    let mut front = Swarm::edge_command("nginx")
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(prefix.join("logs/error.log"))
-        .spawn()
-        .expect("nginx starts");
+    // Stopped when the test ends, failed or not; its output goes to its error log, never to
+    // the test's own (a process left holding that pipe keeps `scripts/test.sh` waiting).
+    let _front = Front(
+        Swarm::edge_command("nginx")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx starts"),
+    );
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     eventually("the TLS front listens", || {
         fieldtrack_testbed::edge_listens(addr)
@@ -575,11 +582,19 @@ fn the_manager_is_reached_over_tls_with_client_certificates() {
         run.stderr
     );
     assert_eq!(upstream(&site), before);
-    // SIGTERM to the master (nsenter execs it): it stops its workers too.
-    let _ = std::process::Command::new("kill")
-        .arg(front.id().to_string())
-        .status();
-    let _ = front.wait();
+}
+
+/// The TLS front's nginx, stopped on drop.
+struct Front(std::process::Child);
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        // SIGTERM to the master (nsenter execs it): it stops its workers too.
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

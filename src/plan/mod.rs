@@ -173,14 +173,19 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     // the live (stable) color, named first, and the canary. Which one serves is known: both.
     // The canary's container is not "another served container" but a candidate nginx still
     // sends some requests to: the pass reasserts the stable color and drains (below) before
-    // it is removed or switched to again.
-    let canary_port = match (&observed.switching, live) {
-        (Some(mark), Some(_))
-            if mark.canary
-                && observed.upstream_ports.len() == 2
-                && observed.upstream_ports[1] == mark.to =>
+    // it is removed or switched to again. The same when the process died in the switch that
+    // ends a canary (to the canary alone, or back to the stable color) before the file was
+    // rewritten: that switch's mark is not a canary's, but it comes from both ports.
+    let canary_port = match (
+        &observed.switching,
+        live,
+        observed.upstream_ports.as_slice(),
+    ) {
+        (Some(mark), Some(_), &[stable, second])
+            if (mark.canary && second == mark.to)
+                || (!mark.canary && mark.from.contains(&stable) && mark.from.contains(&second)) =>
         {
-            Some(mark.to)
+            Some(second)
         }
         _ => None,
     };
@@ -345,10 +350,16 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     // nginx cannot reload, nothing is removed.
     // With the file's own color not live, nginx is settled back onto the color that ran
     // before the unsettled switch, when it still runs: it is what nginx may serve now.
-    // Its port is the one it publishes and nginx had, which need not be the config's.
+    // Its port is the one it publishes and nginx had, which need not be the config's. A
+    // canary left behind whose stable color is gone leaves the canary: nginx sent it its
+    // share, and it answered its gate.
     let fallback = match (&observed.switching, live) {
         (Some(mark), None) => served.filter(|c| is_color_container(c)).and_then(|c| {
-            let port = c.ports.iter().copied().find(|p| mark.from.contains(p))?;
+            let port = c
+                .ports
+                .iter()
+                .copied()
+                .find(|p| mark.from.contains(p) || (mark.canary && *p == mark.to))?;
             Some((c.color?, port))
         }),
         _ => None,
@@ -1089,6 +1100,53 @@ mod tests {
             "the canary's container is gated and switched to again, not started anew: {p:?}"
         );
         assert!(removed_before_any_switch(&p).is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn a_process_dead_in_the_switch_that_ends_a_canary_leaves_a_canary_to_settle() {
+        // The promotion's mark (from both ports, to the canary's) is in status.json, the file
+        // still names both colors by weight: it is a canary left behind, not two served
+        // containers (the seeded simulation found this: "points at more than one container").
+        for to in [3002, 3001] {
+            let mut o = canary_left_behind();
+            o.switching = Some(SwitchMark {
+                from: vec![3001, 3002],
+                to,
+                canary: false,
+            });
+            let p = plan(&cfg(), &desired("v2"), &o, false);
+            assert_eq!(p.verdict, Verdict::Converge, "to {to}: {p:?}");
+            assert_eq!(
+                p.actions[0],
+                Action::Reassert {
+                    color: Color::Blue,
+                    port: 3001
+                },
+                "to {to}: {p:?}"
+            );
+            assert!(removed_before_any_switch(&p).is_empty(), "to {to}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_canary_left_behind_whose_stable_color_exited_keeps_nginx_on_the_canary_alone() {
+        // The seeded simulation found this: nginx was settled on the dead stable port and a
+        // new container started there, getting requests before its health check.
+        let mut o = canary_left_behind();
+        o.containers[0].state = ContainerState::Exited { code: 1 };
+        let p = plan(&cfg(), &desired("v3"), &o, false);
+        assert_eq!(
+            p.actions.first(),
+            Some(&Action::Reassert {
+                color: Color::Green,
+                port: 3002
+            }),
+            "{p:?}"
+        );
+        assert!(
+            matches!(p.actions.last(), Some(Action::Deploy(r)) if r.color == Color::Blue),
+            "{p:?}"
+        );
     }
 
     #[test]

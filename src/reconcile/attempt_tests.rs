@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use super::fakes::{Call, FakeProber, FakeProxy, FakeRuntime, Fakes, PullFailure, World};
+use super::fakes::{Call, FakeProber, FakeProxy, FakeRuntime, Fakes, PullFailure, Traffic, World};
 use super::{
     error_policy, Backoff, Context, Pass, PassOutcome, Progress, ReconcileError, Requeue, Trigger,
 };
@@ -1082,51 +1082,6 @@ async fn an_aborted_canary_left_behind_is_removed_after_nginx_is_back_on_the_sta
 
 // Canary steps, driven through a whole pass, judged from an access log the test writes.
 
-/// Writes access log lines in the background until dropped: every 2 ms one request to the
-/// stable color and one to the canary, the canary's answered `canary_status`.
-struct Traffic {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(log: std::path::PathBuf, canary_status: u16) -> Traffic {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            use std::io::Write as _;
-            let line = |port: u16, status: u16| {
-                format!(
-                    "{{\"upstream_addr\":\"127.0.0.1:{port}\",\"status\":\"{status}\",\"upstream_status\":\"{status}\",\"request_time\":\"0.002\"}}\n"
-                )
-            };
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap();
-                file.write_all((line(BLUE, 200) + &line(GREEN, canary_status)).as_bytes())
-                    .unwrap();
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
-        Traffic {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Blue serves v1; `[canary]` with two steps (10% then 50%) of `pause` each, 5 requests
 /// needed per step, 1% errors allowed.
 fn canary_site(pause: crate::config::Pause) -> Site {
@@ -1163,7 +1118,7 @@ impl Site {
 #[tokio::test]
 async fn a_healthy_canary_goes_through_its_steps_then_takes_all_the_traffic() {
     let site = canary_site(crate::config::Pause::For(Duration::from_millis(100)));
-    let _traffic = Traffic::start(site.access_log(), 200);
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
     let ctx = site.context();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
@@ -1222,7 +1177,7 @@ async fn a_healthy_canary_goes_through_its_steps_then_takes_all_the_traffic() {
 async fn a_canary_answering_5xx_is_stopped_at_step_1_and_the_desired_file_rolled_back() {
     let mut site = canary_site(crate::config::Pause::For(Duration::from_secs(60)));
     site.cfg.rollout.auto_rollback = true;
-    let _traffic = Traffic::start(site.access_log(), 500);
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 500);
 
     let e = site.pass("v2").await.unwrap_err();
 
@@ -1254,7 +1209,7 @@ async fn a_canary_answering_5xx_is_stopped_at_step_1_and_the_desired_file_rolled
 #[tokio::test]
 async fn a_canary_whose_probes_fail_is_stopped_though_the_log_is_clean() {
     let site = canary_site(crate::config::Pause::For(Duration::from_secs(60)));
-    let _traffic = Traffic::start(site.access_log(), 200);
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
     // The gate's probe passes, then the canary stops answering its health check.
     site.world().script(
         GREEN,
@@ -1281,7 +1236,7 @@ async fn a_canary_whose_probes_fail_is_stopped_though_the_log_is_clean() {
 #[tokio::test]
 async fn a_new_desired_generation_mid_canary_sends_everything_back_to_the_stable_color() {
     let site = canary_site(crate::config::Pause::Manual);
-    let _traffic = Traffic::start(site.access_log(), 200);
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
     let ctx = site.context();
     let desired = site.desired("v2");
     let file = site.cfg.desired_file.clone();
@@ -1317,7 +1272,7 @@ async fn a_new_desired_generation_mid_canary_sends_everything_back_to_the_stable
 #[tokio::test]
 async fn a_manual_step_waits_for_promote_and_the_last_promote_switches_to_the_canary() {
     let site = canary_site(crate::config::Pause::Manual);
-    let _traffic = Traffic::start(site.access_log(), 200);
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
     let ctx = site.context();
     let desired = site.desired("v2");
     let generation = desired.generation.clone();
@@ -1374,7 +1329,7 @@ async fn a_canary_left_behind_by_a_dead_process_runs_its_steps_again_from_step_1
     let configured = canary_site(crate::config::Pause::For(Duration::from_millis(50)));
     site.cfg.canary = configured.cfg.canary.clone();
     site.cfg.nginx.access_log = Some(site.cfg.state_dir.join("access.log"));
-    let _traffic = Traffic::start(site.access_log(), 200);
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
 
     let outcome = site.pass("v2").await.unwrap();
 
@@ -1392,7 +1347,7 @@ async fn a_canary_left_behind_by_a_dead_process_runs_its_steps_again_from_step_1
 #[tokio::test]
 async fn an_engine_error_inside_a_step_sends_every_request_back_to_the_stable_color_first() {
     let site = canary_site(crate::config::Pause::Manual);
-    let _traffic = Traffic::start(site.access_log(), 200);
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
     // Probe 1 is the gate's; by probe 3 the step runs: the engine stops answering once.
     site.world().at_probe(3, |w| w.engine_errors = 1);
 

@@ -1020,3 +1020,55 @@ mod tests {
         );
     }
 }
+
+/// Writes nginx access log lines in the background until dropped: every 2 ms one request to
+/// each of two ports (the stable color's first), the second's answered `status`.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(log: std::path::PathBuf, ports: (u16, u16), status: u16) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write as _;
+            let line = |port: u16, status: u16| {
+                format!(
+                    "{{\"upstream_addr\":\"127.0.0.1:{port}\",\"status\":\"{status}\",\"upstream_status\":\"{status}\",\"request_time\":\"0.002\"}}\n"
+                )
+            };
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // The folder may be gone already (its owner dropped first): nothing to feed.
+                let Ok(mut file) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                else {
+                    break;
+                };
+                if file
+                    .write_all((line(ports.0, 200) + &line(ports.1, status)).as_bytes())
+                    .is_err()
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Traffic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::fakes::{Behaviour, Call, Fakes, PullFailure};
+use super::fakes::{Behaviour, Call, Fakes, PullFailure, Traffic};
 use super::{Context, Pass, PassOutcome as Outcome, ReconcileError, Trigger};
 use crate::apply::health::ProbeOutcome;
 use crate::config::{Color, Config};
@@ -124,6 +124,10 @@ struct Setup {
     /// `rollout.keep_previous`: one seed in three keeps the previous color warm (1 h, so
     /// only a [`Step::WindowEnds`] ends a window).
     keep_previous: Duration,
+    /// `[canary]`: one seed in four deploys through two short canary steps, judged from an
+    /// access log where every request succeeds (what ends a canary is the world: probes
+    /// failing, containers exiting, a kill, a newer generation).
+    canary: bool,
 }
 
 /// One step of a schedule.
@@ -162,6 +166,7 @@ fn schedule(seed: u64) -> (Setup, Vec<Step>) {
         } else {
             Duration::ZERO
         },
+        canary: seed % 4 == 1,
     };
     let image = |rng: &mut Rng| {
         // Healthy images two times in three.
@@ -262,6 +267,8 @@ struct Sim {
     generations: u32,
     /// What each step did, for the report.
     log: Vec<String>,
+    /// The access log's writer, with `[canary]`.
+    _traffic: Option<Traffic>,
 }
 
 impl Sim {
@@ -286,6 +293,22 @@ impl Sim {
         cfg.rollout.keep_previous = setup.keep_previous;
         cfg.container.stop_timeout = Duration::ZERO;
         std::fs::create_dir_all(&cfg.state_dir).expect("the state folder");
+        let traffic = setup.canary.then(|| {
+            use crate::config::{CanaryConfig, CanaryStep, Pause, Ratio};
+            let step = |weight| CanaryStep {
+                weight,
+                pause: Pause::For(Duration::from_millis(20)),
+            };
+            cfg.canary = Some(CanaryConfig {
+                steps: vec![step(10), step(50)],
+                max_error_rate: Ratio(0.01),
+                min_requests: 1,
+                max_latency_ratio: Ratio(1000.0),
+            });
+            let log = cfg.state_dir.join("access.log");
+            cfg.nginx.access_log = Some(log.clone());
+            Traffic::start(log, (cfg.port(Color::Blue), cfg.port(Color::Green)), 200)
+        });
         let fakes = Fakes::new(&cfg.nginx.upstream_name, cfg.nginx.upstream_file.clone());
         // A process may die anywhere, inside a switch too (between the upstream write and the
         // reload); `SIM_WHOLE_SWITCH=1` spares the switch, to tell such a failure apart.
@@ -301,6 +324,7 @@ impl Sim {
             fakes,
             generations: 0,
             log: Vec::new(),
+            _traffic: traffic,
         }
     }
 
@@ -763,6 +787,7 @@ async fn died_between_the_write_and_the_reload() -> Sim {
         auto_rollback: false,
         history_limit: 5,
         keep_previous: Duration::ZERO,
+        canary: false,
     });
     sim.step(&Step::Desire { image: "v1" }).await.unwrap();
     sim.pass(false, None).await.unwrap();
@@ -816,6 +841,7 @@ async fn the_history_gains_no_image_that_never_served() {
         auto_rollback: false,
         history_limit: 5,
         keep_previous: Duration::ZERO,
+        canary: false,
     });
     // The first deployment, v3, wrote the upstream file and died before nginx loaded it.
     sim.step(&Step::Desire { image: "v3" }).await.unwrap();
