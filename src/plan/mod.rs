@@ -1065,6 +1065,26 @@ mod tests {
         assert_eq!(reasserted, Some(4002), "{p:?}");
     }
 
+    /// The property tests' switch mark, from an arbitrary `mark` (its ports) and the file's
+    /// ports. A process died inside a switch: the file names `to`, nginx may still
+    /// run the file before, which named `from`. Or a canary step: the file names the stable
+    /// port, then the canary's (an empty `from` stands for it).
+    fn arbitrary_mark(mark: Option<Vec<u16>>, upstream_ports: &[u16]) -> Option<SwitchMark> {
+        match (mark, upstream_ports) {
+            (Some(from), &[stable, canary]) if from.is_empty() => Some(SwitchMark {
+                from: vec![stable],
+                to: canary,
+                canary: true,
+            }),
+            (Some(from), &[to, ..]) => Some(SwitchMark {
+                from,
+                to,
+                canary: false,
+            }),
+            _ => None,
+        }
+    }
+
     /// A canary step left behind by a process that died: blue (v1) stable, green (v2) the
     /// canary, the file naming both with the canary mark.
     fn canary_left_behind() -> Observed {
@@ -1483,25 +1503,10 @@ mod tests {
                         let upstream_ports: Vec<u16> =
                             upstream.into_iter().map(|i| PORTS[i]).collect();
                         let d = desired(TAGS[tag]);
-                        // A process died inside a switch: the file names `to`, nginx may
-                        // still run the file before, which named `from`.
-                        // Or a canary step: the file names the stable port, then the
-                        // canary's (an empty `from` in the arbitrary mark stands for it).
-                        let switching = match (mark, upstream_ports.as_slice()) {
-                            (Some(from), &[stable, canary]) if from.is_empty() => {
-                                Some(SwitchMark {
-                                    from: vec![stable],
-                                    to: canary,
-                                    canary: true,
-                                })
-                            }
-                            (Some(from), &[to, ..]) => Some(SwitchMark {
-                                from: from.into_iter().map(|i| PORTS[i]).collect(),
-                                to,
-                                canary: false,
-                            }),
-                            _ => None,
-                        };
+                        let switching = arbitrary_mark(
+                            mark.map(|m| m.into_iter().map(|i| PORTS[i]).collect()),
+                            &upstream_ports,
+                        );
                         let o = Observed {
                             containers: kept,
                             upstream_servers: loopback(&upstream_ports),
@@ -1715,23 +1720,10 @@ mod tests {
                             [blue, green].into_iter().flatten().collect();
                         let upstream_ports: Vec<u16> =
                             upstream.into_iter().map(|i| PORTS[i]).collect();
-                        // Or a canary step: the file names the stable port, then the
-                        // canary's (an empty `from` in the arbitrary mark stands for it).
-                        let switching = match (mark, upstream_ports.as_slice()) {
-                            (Some(from), &[stable, canary]) if from.is_empty() => {
-                                Some(SwitchMark {
-                                    from: vec![stable],
-                                    to: canary,
-                                    canary: true,
-                                })
-                            }
-                            (Some(from), &[to, ..]) => Some(SwitchMark {
-                                from: from.into_iter().map(|i| PORTS[i]).collect(),
-                                to,
-                                canary: false,
-                            }),
-                            _ => None,
-                        };
+                        let switching = arbitrary_mark(
+                            mark.map(|m| m.into_iter().map(|i| PORTS[i]).collect()),
+                            &upstream_ports,
+                        );
                         let warm = match containers.get(of) {
                             Some(c) => {
                                 let mut w = warm_mark(c, WARM_LEFT[left]);
