@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -134,16 +134,17 @@ impl Tail {
     /// A tail that starts at the log's current end: what nginx logged before is not this
     /// canary's business. A log that does not exist yet starts empty.
     pub fn from_end(path: &Path) -> Tail {
-        let (at, offset) = match std::fs::metadata(path) {
-            Ok(m) => (Some((m.dev(), m.ino())), m.len()),
-            Err(_) => (None, 0),
+        let opened = File::open(path).and_then(|file| Ok((file.metadata()?, first_bytes(&file)?)));
+        let (at, offset, head) = match opened {
+            Ok((m, head)) => (Some((m.dev(), m.ino())), m.len(), head),
+            Err(_) => (None, 0, Vec::new()),
         };
         Tail {
             path: path.to_path_buf(),
             at,
             offset,
             partial: Vec::new(),
-            head: first_bytes(path).unwrap_or_default(),
+            head,
             skipped: 0,
         }
     }
@@ -162,7 +163,7 @@ impl Tail {
         };
         let meta = file.metadata().map_err(read_error)?;
         let id = (meta.dev(), meta.ino());
-        let head_now = first_bytes(&self.path).map_err(read_error)?;
+        let head_now = first_bytes(&file).map_err(read_error)?;
         let rewritten = !self.head.is_empty() && !head_now.starts_with(&self.head);
         if self.at != Some(id) || meta.len() < self.offset || rewritten {
             // Rotated: a new file (or the same one emptied and written again) starts at 0.
@@ -202,17 +203,20 @@ impl Tail {
 /// How many first bytes of the log tell one file's content from another's.
 const HEAD_BYTES: u64 = 256;
 
-/// The first [`HEAD_BYTES`] of the file (fewer when it is shorter; none when missing).
-fn first_bytes(path: &Path) -> io::Result<Vec<u8>> {
-    let mut head = Vec::new();
-    match File::open(path) {
-        Ok(file) => {
-            file.take(HEAD_BYTES).read_to_end(&mut head)?;
-            Ok(head)
+/// The first [`HEAD_BYTES`] of the open file (fewer when it is shorter), read where they
+/// are whatever the file's offset: the same file as its metadata, not whatever the path
+/// names a moment later.
+fn first_bytes(file: &File) -> io::Result<Vec<u8>> {
+    let mut head = vec![0; HEAD_BYTES as usize];
+    let mut len = 0;
+    while len < head.len() {
+        match file.read_at(&mut head[len..], len as u64)? {
+            0 => break,
+            n => len += n,
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(head),
-        Err(e) => Err(e),
     }
+    head.truncate(len);
+    Ok(head)
 }
 
 /// What one side of a canary (the stable color or the canary) got in a window.
