@@ -287,15 +287,9 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             .switch_nginx(port, &servers, &ctx.live_comment(color, image))
             .await
         {
-            if matches!(&e, ReconcileError::Switch(e) if e.leaves_nginx_unsettled()) {
-                // nginx may send traffic to the candidate (or will at its next reload): it
-                // stays.
+            if let Some(kept) = self.kept_if_unsettled(&name, &e) {
                 tracing::error!(error = %e, container = %name, "switch failed half-way; the candidate is kept");
-                return Err(ReconcileError::StillServed {
-                    container: name.clone(),
-                    reason: e.to_string(),
-                    upstream_file: cfg.nginx.upstream_file.clone(),
-                });
+                return Err(kept);
             }
             self.remove_candidate(&name).await;
             return Err(e);
@@ -677,6 +671,25 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             reason,
             back_to: Some(back.to_string()),
         })
+    }
+
+    /// A switch that failed half-way ([`ProxyError::leaves_nginx_unsettled`]): nginx may send
+    /// traffic to the candidate `name` (or will at its next reload), so it stays, and the
+    /// next pass settles nginx first (the mark in status.json says so). The error to return
+    /// then; None for any other error.
+    ///
+    /// [`ProxyError::leaves_nginx_unsettled`]: crate::apply::proxy::ProxyError::leaves_nginx_unsettled
+    fn kept_if_unsettled(&self, name: &str, e: &ReconcileError) -> Option<ReconcileError> {
+        match e {
+            ReconcileError::Switch(e) if e.leaves_nginx_unsettled() => {
+                Some(ReconcileError::StillServed {
+                    container: name.to_string(),
+                    reason: e.to_string(),
+                    upstream_file: self.ctx().cfg.nginx.upstream_file.clone(),
+                })
+            }
+            _ => None,
+        }
     }
 
     async fn check_cancel(&self, name: &str) -> Result<(), ReconcileError> {

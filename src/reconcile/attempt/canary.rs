@@ -212,14 +212,9 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             .switch_canary(&stable_weights, &canary_weights, &comment)
             .await
         {
-            if matches!(&e, ReconcileError::Switch(e) if e.leaves_nginx_unsettled()) {
-                // nginx may run these weights (or will at its next reload): the candidate
-                // stays, and the next pass settles nginx on the stable color.
-                return Err(ReconcileError::StillServed {
-                    container: name.to_string(),
-                    reason: e.to_string(),
-                    upstream_file: cfg.nginx.upstream_file.clone(),
-                });
+            // nginx may run these weights: the next pass settles it on the stable color.
+            if let Some(kept) = self.kept_if_unsettled(name, &e) {
+                return Err(kept);
             }
             // nginx runs what it ran before (the stable color alone, or the step before).
             let empty = Figures::default();
@@ -384,12 +379,8 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             .await;
         self.forget_canary();
         if let Err(e) = result {
-            if matches!(&e, ReconcileError::Switch(e) if e.leaves_nginx_unsettled()) {
-                return Err(ReconcileError::StillServed {
-                    container: name.to_string(),
-                    reason: e.to_string(),
-                    upstream_file: cfg.nginx.upstream_file.clone(),
-                });
+            if let Some(kept) = self.kept_if_unsettled(name, &e) {
+                return Err(kept);
             }
             // nginx runs the file before: `retire` removes the candidate only if that file
             // does not name it.
