@@ -117,34 +117,32 @@ pub fn parse_servers(text: &str, upstream_name: &str) -> Vec<SocketAddr> {
 
 /// The address word of every `server` statement of the block, in order.
 fn server_addresses(text: &str, upstream_name: &str) -> Vec<String> {
-    let tokens = tokenize(text);
-    let mut i = 0;
-    while i + 2 < tokens.len() {
-        if tokens[i] == "upstream" && tokens[i + 1] == upstream_name && tokens[i + 2] == "{" {
-            return servers_in_block(&tokens[i + 3..]);
-        }
-        i += 1;
-    }
-    Vec::new()
+    let tokens = tokens(text);
+    let word = |t: &Token, w: &str| matches!(t, Token::Word(t) if t == w);
+    tokens
+        .windows(3)
+        .position(|t| word(&t[0], "upstream") && word(&t[1], upstream_name) && t[2] == Token::Open)
+        .map(|i| servers_in_block(&tokens[i + 3..]))
+        .unwrap_or_default()
 }
 
 /// Scans the statements of an upstream block (the tokens after its `{`) for servers.
-fn servers_in_block(tokens: &[String]) -> Vec<String> {
+fn servers_in_block(tokens: &[Token]) -> Vec<String> {
     let mut servers = Vec::new();
     let mut depth = 0usize;
     let mut statement: Vec<&str> = Vec::new();
     for token in tokens {
-        match token.as_str() {
-            "{" => {
+        match token {
+            Token::Open => {
                 depth += 1;
                 statement.clear();
             }
-            "}" if depth == 0 => return servers,
-            "}" => {
+            Token::Close if depth == 0 => return servers,
+            Token::Close => {
                 depth -= 1;
                 statement.clear();
             }
-            ";" => {
+            Token::End => {
                 if depth == 0 && statement.first() == Some(&"server") {
                     if let Some(address) = statement.get(1) {
                         servers.push(address.to_string());
@@ -152,7 +150,7 @@ fn servers_in_block(tokens: &[String]) -> Vec<String> {
                 }
                 statement.clear();
             }
-            other => statement.push(other),
+            Token::Word(w) => statement.push(w),
         }
     }
     servers
@@ -169,47 +167,88 @@ fn loopback_port(address: &str) -> Option<u16> {
     port.parse().ok()
 }
 
-/// Splits nginx config text into words and the punctuation `{`, `}` and `;`, dropping
-/// comments. Quoted words lose their quotes; escapes are not interpreted (an upstream
-/// file has no use for them).
-fn tokenize(text: &str) -> Vec<String> {
-    let mut tokens = Vec::new();
+/// One token of nginx's config syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Token {
+    /// A word, quotes removed: `server`, `127.0.0.1:3001`, `"a b"` as `a b`.
+    Word(String),
+    /// `{`: a block opens.
+    Open,
+    /// `}`: a block closes.
+    Close,
+    /// `;`: a statement ends.
+    End,
+}
+
+/// Splits nginx config text into tokens, loose as nginx's own lexer: a comment runs from a
+/// `#` that starts a word to the line's end; a quoted string (single or double, `\` escaping
+/// its quote) is one word and may hold blanks, `;`, braces and `#`; the braces of `${name}`
+/// inside a word are the word's.
+pub(crate) fn tokens(text: &str) -> Vec<Token> {
+    let mut out = Vec::new();
     let mut word = String::new();
     let mut chars = text.chars();
-    let flush = |word: &mut String, tokens: &mut Vec<String>| {
-        if !word.is_empty() {
-            tokens.push(std::mem::take(word));
-        }
-    };
+    // A word that began, even as an empty quoted string.
+    let mut started = false;
+    // Inside `${name}` of an unquoted word: its braces are not a block's.
+    let mut variable = false;
     while let Some(c) = chars.next() {
         match c {
-            '#' => {
-                flush(&mut word, &mut tokens);
-                for c in chars.by_ref() {
-                    if c == '\n' {
+            '{' if word.ends_with('$') => {
+                variable = true;
+                word.push(c);
+            }
+            '}' if variable => {
+                variable = false;
+                word.push(c);
+            }
+            '"' | '\'' => {
+                started = true;
+                while let Some(q) = chars.next() {
+                    match q {
+                        '\\' => {
+                            if let Some(escaped) = chars.next() {
+                                if escaped != c {
+                                    word.push('\\');
+                                }
+                                word.push(escaped);
+                            }
+                        }
+                        q if q == c => break,
+                        q => word.push(q),
+                    }
+                }
+            }
+            '#' if !started => {
+                for skipped in chars.by_ref() {
+                    if skipped == '\n' {
                         break;
                     }
                 }
             }
-            '{' | '}' | ';' => {
-                flush(&mut word, &mut tokens);
-                tokens.push(c.to_string());
-            }
-            '"' | '\'' if word.is_empty() => {
-                for q in chars.by_ref() {
-                    if q == c {
-                        break;
-                    }
-                    word.push(q);
+            c if c.is_whitespace() || c == ';' || c == '{' || c == '}' => {
+                variable = false;
+                if started {
+                    out.push(Token::Word(std::mem::take(&mut word)));
+                    started = false;
                 }
-                flush(&mut word, &mut tokens);
+                match c {
+                    ';' => out.push(Token::End),
+                    '{' => out.push(Token::Open),
+                    '}' => out.push(Token::Close),
+                    _ => {}
+                }
             }
-            c if c.is_whitespace() => flush(&mut word, &mut tokens),
-            c => word.push(c),
+            c => {
+                started = true;
+                word.push(c);
+            }
         }
     }
-    flush(&mut word, &mut tokens);
-    tokens
+    if started {
+        out.push(Token::Word(word));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -352,6 +391,32 @@ mod tests {
         assert_eq!(parse_ports(&text, NAME), vec![3101, 3102]);
         let off = render_weighted(NAME, &[(stable, 100), (canary, 0)], "x", 0);
         assert!(off.contains("server 127.0.0.1:3102 down;"), "{off}");
+    }
+
+    #[test]
+    fn tokens_follow_nginx_quotes_comments_and_variables() {
+        use Token::{Close, End, Open, Word};
+        let w = |s: &str| Word(s.to_string());
+        assert_eq!(
+            tokens("upstream a { server \"1 }\" 'x;\\'y'; } # gone {\nset $v ${x}y#z;"),
+            vec![
+                w("upstream"),
+                w("a"),
+                Open,
+                w("server"),
+                w("1 }"),
+                w("x;'y"),
+                End,
+                Close,
+                w("set"),
+                w("$v"),
+                w("${x}y#z"),
+                End,
+            ]
+        );
+        // A quoted brace is a word: the block goes on to its real end.
+        let text = "upstream fieldtrack_api {\n    server 127.0.0.1:3001 \"}\";\n    server 127.0.0.1:3002;\n}\n";
+        assert_eq!(parse_ports(text, NAME), vec![3001, 3002]);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::config::{Color, Config, RuntimeKind};
 use crate::desired::{Desired, DesiredError};
 use crate::observe::access_log::LOG_FORMAT;
 use crate::observe::Container;
+use crate::upstream::{tokens, Token};
 
 /// How long the engine gets to answer before it counts as unreachable.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -751,67 +752,16 @@ fn access_log_finding(statements: &[Vec<String>], access_log: &Path) -> Finding 
 }
 
 /// The simple statements of an nginx config (`name arg ...;`), each as its words, quotes
-/// removed; comments, blocks' names and the dump's own lines skipped. Loose, as nginx's own
-/// lexer: a quoted string may hold blanks, `;`, `{` and `#`.
+/// removed; comments, blocks' names and the dump's own lines skipped (nginx's syntax as
+/// [`tokens`] reads it).
 fn statements(dump: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    let mut words: Vec<String> = Vec::new();
-    let mut word = String::new();
-    let mut chars = dump.chars().peekable();
-    // A word that began, even as an empty quoted string.
-    let mut started = false;
-    // Inside `${name}` of an unquoted word: its braces are not a block's.
-    let mut variable = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if word.ends_with('$') => {
-                variable = true;
-                word.push(c);
-            }
-            '}' if variable => {
-                variable = false;
-                word.push(c);
-            }
-            '"' | '\'' => {
-                started = true;
-                while let Some(q) = chars.next() {
-                    match q {
-                        '\\' => {
-                            if let Some(escaped) = chars.next() {
-                                if escaped != c {
-                                    word.push('\\');
-                                }
-                                word.push(escaped);
-                            }
-                        }
-                        q if q == c => break,
-                        q => word.push(q),
-                    }
-                }
-            }
-            '#' if !started => {
-                for skipped in chars.by_ref() {
-                    if skipped == '\n' {
-                        break;
-                    }
-                }
-            }
-            c if c.is_whitespace() || c == ';' || c == '{' || c == '}' => {
-                variable = false;
-                if started {
-                    words.push(std::mem::take(&mut word));
-                    started = false;
-                }
-                match c {
-                    ';' => out.push(std::mem::take(&mut words)),
-                    '{' | '}' => words.clear(),
-                    _ => {}
-                }
-            }
-            c => {
-                started = true;
-                word.push(c);
-            }
+    let mut words = Vec::new();
+    for token in tokens(dump) {
+        match token {
+            Token::Word(w) => words.push(w),
+            Token::End => out.push(std::mem::take(&mut words)),
+            Token::Open | Token::Close => words.clear(),
         }
     }
     out
