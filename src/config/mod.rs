@@ -106,6 +106,10 @@ pub struct Config {
     pub history_limit: usize,
     /// Status, audit log, locks.
     pub state_dir: PathBuf,
+    /// What the deploy group may read (root's, 0640 in a folder the group may enter): the
+    /// status without container or hook output, the history, each generation's outcome and
+    /// which daemon runs. Default: `state_dir` with `-public` appended.
+    pub public_dir: PathBuf,
     pub container: ContainerConfig,
     pub health: HealthConfig,
     pub nginx: NginxConfig,
@@ -641,6 +645,21 @@ impl Ctx<'_> {
             })?,
         };
         let state_dir = self.path_or("state_dir", raw.state_dir, ".fieldtrack")?;
+        let public_dir = match raw.public_dir {
+            Some(dir) => self.path_or("public_dir", Some(dir), "")?,
+            None => {
+                let mut dir = state_dir.clone().into_os_string();
+                dir.push("-public");
+                PathBuf::from(dir)
+            }
+        };
+        if public_dir == state_dir {
+            return Err(self.invalid(
+                "public_dir",
+                quote(&public_dir.display().to_string()),
+                "must not be state_dir, which stays root's alone".into(),
+            ));
+        }
 
         let c = raw.container.unwrap_or_default();
         let container = ContainerConfig {
@@ -908,6 +927,7 @@ impl Ctx<'_> {
             history_file,
             history_limit,
             state_dir,
+            public_dir,
             container,
             health,
             nginx,

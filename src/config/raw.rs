@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub history_file: Option<String>,
     pub history_limit: Option<i64>,
     pub state_dir: Option<String>,
+    pub public_dir: Option<String>,
     pub container: Option<RawContainer>,
     pub health: Option<RawHealth>,
     pub nginx: Option<RawNginx>,
