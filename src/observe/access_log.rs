@@ -462,7 +462,10 @@ mod tests {
         let path = dir.path().join("access.log");
         std::fs::write(&path, "").unwrap();
         let mut tail = Tail::from_end(&path);
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         for _ in 0..4 {
             file.write_all(&vec![b'x'; 1 << 20]).unwrap();
             tail.read_new().unwrap();

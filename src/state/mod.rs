@@ -12,6 +12,7 @@ pub mod by_hand;
 pub mod file;
 pub mod history;
 pub mod lock;
+pub mod public;
 pub mod status;
 
 use std::time::SystemTime;
