@@ -6,6 +6,8 @@
 //! the writer goes quiet, while a file that parses but names a bad image is wrong until
 //! someone changes it.
 
+pub mod promote;
+
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1276,11 +1276,19 @@ async fn a_manual_step_waits_for_promote_and_the_last_promote_switches_to_the_ca
     let ctx = site.context();
     let desired = site.desired("v2");
     let generation = desired.generation.clone();
-    let promote = site.cfg.state_dir.join(crate::state::PROMOTE_FILE);
+    let promote = crate::desired::promote::request_path(&site.cfg.desired_file);
     let status_file = ctx.status_file();
     let operator = tokio::spawn(async move {
         // Promote each step once it runs (a promote left from another generation is ignored).
-        std::fs::write(&promote, "another-generation\n").unwrap();
+        let ask = |generation: &str, step| {
+            crate::desired::promote::PromoteRequest {
+                generation: generation.to_string(),
+                step,
+            }
+            .write(&promote)
+            .unwrap()
+        };
+        ask("another-generation", 1);
         for step in 1..=2 {
             loop {
                 let status = crate::state::status::Status::load(&status_file)
@@ -1292,7 +1300,7 @@ async fn a_manual_step_waits_for_promote_and_the_last_promote_switches_to_the_ca
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            std::fs::write(&promote, format!("{generation}\n")).unwrap();
+            ask(&generation, step);
         }
     });
 
