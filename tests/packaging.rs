@@ -73,6 +73,10 @@ fn template_unit_passes_systemd_analyze_verify_as_an_instance() {
     let single = single
         .replace("-/etc/fieldtrack/desired", "-/etc/fieldtrack/%i/desired")
         .replace(
+            "-/var/lib/fieldtrack-public ",
+            "-/var/lib/fieldtrack-public/%i ",
+        )
+        .replace(
             "StateDirectory=fieldtrack\n",
             "StateDirectory=fieldtrack/%i\n",
         );
@@ -104,6 +108,7 @@ fn systemd_units_are_hardened_to_an_exposure_of_3_or_lower() {
             .collect();
         assert!(
             writable.iter().all(|p| p.ends_with("/desired")
+                || p.starts_with("/var/lib/fieldtrack-public")
                 || [
                     "/etc/fieldtrack/nginx",
                     "/etc/nginx/conf.d",
