@@ -414,6 +414,55 @@ fn registry_down_during_a_pull_is_reported_retried_with_backoff_and_converges_on
     assert_history_valid(&site, &["v2", "v1"]);
 }
 
+/// A registry that answers 503 (up, but failing) is retried with backoff like one that is
+/// down: the generation is not marked failed, and once the registry answers again the
+/// deployment converges without a change to the desired file.
+#[test]
+fn registry_answering_503_is_retried_with_backoff_and_converges_once_it_answers() {
+    let bed = Bed::shared();
+    let mut site = quiet_site();
+    let port = free_port();
+    let registry: SocketAddr = bed.registry.parse().expect("the registry is ip:port");
+    let mut proxy = Proxy::start(
+        Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
+        Endpoint::Tcp(registry),
+    );
+    let repository = format!("127.0.0.1:{port}/fieldtrack-test/{}", site.app);
+    let _images = LocalTags::push(&site, &repository, &["v1", "v2"]);
+    site.set("repository", &format!("\"{repository}\""));
+    site.repository = repository.clone();
+    let daemon = Daemon::on(&site, "v1");
+    let before = Production::of(&site);
+    let attempts_before = audit(&site).len();
+
+    proxy.cut_answering_503();
+    write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
+    daemon.wait_until(&site, "status names the registry's 503", || {
+        status_opt(&site).is_some_and(|s| {
+            let message = s["message"].as_str().unwrap_or_default();
+            s["desired"] == "v2" && message.contains("503 Service Unavailable")
+        })
+    });
+    let first = status(&site);
+    assert!(
+        first["failed_generation"].is_null(),
+        "a registry's 503 does not mark the generation failed: {first:#}"
+    );
+    // Another attempt after the first: retried, not waiting for a change.
+    daemon.wait_until(&site, "a second pull attempt", || {
+        audit(&site).len() >= attempts_before + 2
+    });
+    before.assert_unchanged(&site, &daemon);
+    let status = status(&site);
+    assert!(status["failed_generation"].is_null(), "{status:#}");
+    assert_eq!(status["live"]["image"], site.image("v1"), "{status:#}");
+
+    proxy.reopen();
+    daemon.wait_converged(&site, "v2");
+    assert_serving_from_a_running_container(&site, "v2");
+    assert_history_valid(&site, &["v2", "v1"]);
+}
+
 // ---------------------------------------------------------------------------------------
 // A full disk.
 
@@ -1386,6 +1435,9 @@ enum Mode {
     /// Close each one at once, unanswered: an engine that cannot be talked to, whose
     /// connection attempts can still be counted (a refused connect never reaches us).
     HangUp,
+    /// Answer every HTTP request `503 Service Unavailable` with a `Retry-After`: a
+    /// registry that is up but failing.
+    Unavailable,
 }
 
 enum Listener {
@@ -1533,6 +1585,12 @@ impl Proxy {
         self.serve(Mode::HangUp);
     }
 
+    /// Cuts, then answers every request 503 until [`Proxy::reopen`].
+    fn cut_answering_503(&mut self) {
+        self.cut();
+        self.serve(Mode::Unavailable);
+    }
+
     /// Forwards again, on the same address.
     fn reopen(&mut self) {
         self.cut();
@@ -1555,8 +1613,10 @@ impl Proxy {
                 match listener.accept() {
                     Ok(client) => {
                         accepted.fetch_add(1, Ordering::SeqCst);
-                        if mode == Mode::Forward {
-                            forward(client, &target, &live);
+                        match mode {
+                            Mode::Forward => forward(client, &target, &live),
+                            Mode::Unavailable => answer_unavailable(client),
+                            Mode::HangUp => {}
                         }
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -1597,6 +1657,33 @@ fn forward(client: Stream, target: &Endpoint, live: &Mutex<Vec<Stream>>) {
     live.lock().unwrap().extend([client_kept, server_kept]);
     pump(client_in, server);
     pump(server_in, client);
+}
+
+/// Answers each request on `client` 503 on a thread, until the client closes.
+fn answer_unavailable(mut client: Stream) {
+    thread::spawn(move || {
+        if client.blocking().is_err() {
+            return;
+        }
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = client.read(&mut buf) {
+            request.extend_from_slice(&buf[..n]);
+            // Requests without a body (GET, HEAD: what a pull sends) end at a blank line.
+            while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                request.drain(..end + 4);
+                let body = "registry unavailable";
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+                     Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if client.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Copies `from` into `to` on a thread, then half-closes `to`.

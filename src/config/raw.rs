@@ -105,6 +105,7 @@ pub struct RawRollout {
 #[serde(deny_unknown_fields)]
 pub struct RawDocker {
     pub host: Option<String>,
+    pub allow_plain_tcp: Option<bool>,
     pub tls_ca: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,

@@ -112,6 +112,16 @@ impl ReconcileError {
         }
     }
 
+    /// How long the other side asked to be left alone before a retry, when it said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ReconcileError::Pull { source, .. } | ReconcileError::Runtime(source) => {
+                source.retry_after()
+            }
+            _ => None,
+        }
+    }
+
     /// Superseded or stopped, not failed: the generation stays eligible.
     pub fn is_cancellation(&self) -> bool {
         matches!(
@@ -127,6 +137,10 @@ impl ReconcileError {
     }
 }
 
+/// The longest a registry's retry-after is waited: a rate limit naming hours is more likely
+/// a broken answer than a plan, and the operator sees the error meanwhile anyway.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+
 /// What to do after a pass failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requeue {
@@ -137,12 +151,17 @@ pub enum Requeue {
 }
 
 /// The error policy: transient errors come back after the backoff's next delay, which is
-/// the delay the caller waits; permanent ones wait for a change (the backoff is untouched).
+/// the delay the caller waits, or after the retry-after the registry asked for when that is
+/// longer (up to [`RETRY_AFTER_MAX`]); permanent ones wait for a change (the backoff is
+/// untouched).
 pub fn error_policy(error: &ReconcileError, backoff: &mut Backoff) -> Requeue {
-    if error.is_transient() {
-        Requeue::After(backoff.next_delay())
-    } else {
-        Requeue::AwaitChange
+    if !error.is_transient() {
+        return Requeue::AwaitChange;
+    }
+    let delay = backoff.next_delay();
+    match error.retry_after() {
+        Some(asked) => Requeue::After(delay.max(asked.min(RETRY_AFTER_MAX))),
+        None => Requeue::After(delay),
     }
 }
 
@@ -211,5 +230,41 @@ mod tests {
                 Requeue::After(Duration::from_secs(secs))
             );
         }
+    }
+    /// A registry's 503 or 429 is retried with the backoff; a retry-after the registry
+    /// named (GHCR's rate limit, passed on in the engine's message) is waited at least.
+    #[test]
+    fn a_busy_registry_requeues_and_its_retry_after_is_honoured() {
+        use crate::apply::credentials::Login;
+        let pull = |message: &str| ReconcileError::Pull {
+            reference: "r:v".into(),
+            source: crate::apply::runtime::pull_error(
+                "ghcr.io/x/api:v2",
+                &Login::Missing { why: "none".into() },
+                message.into(),
+            ),
+        };
+        let mut b = backoff();
+        let unavailable = pull("received unexpected HTTP status: 503 Service Unavailable");
+        assert_eq!(
+            error_policy(&unavailable, &mut b),
+            Requeue::After(Duration::from_secs(1))
+        );
+        let limited = pull("toomanyrequests: retry-after: 10.5s, allowed: 44000/minute");
+        assert_eq!(
+            error_policy(&limited, &mut b),
+            Requeue::After(Duration::from_millis(10_500))
+        );
+        // Never shorter than the backoff, nor absurdly long.
+        let soon = pull("toomanyrequests: retry-after: 190.13µs, allowed: 44000/minute");
+        assert_eq!(
+            error_policy(&soon, &mut b),
+            Requeue::After(Duration::from_secs(4))
+        );
+        let absurd = pull("toomanyrequests: retry-after: 9000h, allowed: 1/year");
+        assert_eq!(
+            error_policy(&absurd, &mut b),
+            Requeue::After(RETRY_AFTER_MAX)
+        );
     }
 }
