@@ -263,11 +263,17 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         self.check_cancel(&name).await?;
 
         let hook = self.hook_context(port);
-        if let Err(e) = run_hook(PRE_SWITCH, &cfg.hooks.pre_switch, &hook, cfg.hooks.timeout).await
-        {
+        // A cancellation while the hook runs kills it (dropping its future does) and stops
+        // here: nothing switches to an image whose generation is no longer wanted.
+        let hooked = tokio::select! {
+            r = run_hook(PRE_SWITCH, &cfg.hooks.pre_switch, &hook, cfg.hooks.timeout) => r,
+            _ = pass.cancel.cancelled() => Ok(()),
+        };
+        if let Err(e) = hooked {
             self.remove_candidate(&name).await;
             return Err(e.into());
         }
+        self.check_cancel(&name).await?;
 
         let stable = match self.canary_stable().await {
             Ok(stable) => stable,

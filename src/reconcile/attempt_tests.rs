@@ -723,6 +723,37 @@ async fn pre_switch_hook_failure_removes_the_candidate_before_any_switch() {
 }
 
 #[tokio::test]
+async fn cancel_during_the_pre_switch_hook_stops_before_the_switch() {
+    let mut site = site_with_blue_live();
+    let started = site._dir.path().join("hook-started");
+    // A hook that takes its time: the cancellation arrives while it runs.
+    site.cfg.hooks.pre_switch = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("touch '{}'; sleep 5", started.display()),
+    ];
+    let ctx = site.context();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    let canceller = tokio::spawn(async move {
+        while !started.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        token.cancel();
+    });
+    let before = site.world().upstream.clone();
+
+    let e = pass(&ctx, &site.desired("v2"), cancel).await.unwrap_err();
+
+    canceller.await.unwrap();
+    assert!(matches!(e, ReconcileError::Cancelled), "{e:?}");
+    assert!(!site.world().called(&Call::Write(GREEN)));
+    assert!(site.world().container("api-green").is_none());
+    assert_production_untouched(&site, &before);
+    assert_eq!(site.last_audit_outcome(), "cancelled");
+}
+
+#[tokio::test]
 async fn retire_refuses_to_remove_the_old_color_once_the_upstream_points_back_at_it() {
     let mut site = site_with_blue_live();
     site.cfg.rollout.drain = Duration::from_millis(300);
