@@ -124,7 +124,13 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
             at.notify(&result, &digest, duration_ms);
         }
         match &result {
-            Ok(()) => self.set_status(|s| s.digest = digest)?,
+            Ok(()) => self
+                .set_status(|s| s.digest = digest)
+                .map_err(|e| e.after_switch(&rollout.image))?,
+            // The image serves: its digest is what status.json reports, once it can write.
+            Err(ReconcileError::Unrecorded { .. }) => {
+                let _ = self.set_status(|s| s.digest = digest);
+            }
             Err(ReconcileError::FailedAfterSwitch {
                 back_to: Some(_),
                 reason,
@@ -305,6 +311,22 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             color: color.to_string(),
             port,
         });
+        self.after_the_switch(&name, port, &hook)
+            .await
+            .map_err(|e| e.after_switch(image))
+    }
+
+    /// From the switch to the post_deploy hook: the new image serves from here on, so a
+    /// state file it cannot write is no verdict on it ([`ReconcileError::after_switch`]).
+    async fn after_the_switch(
+        &self,
+        name: &str,
+        port: u16,
+        hook: &HookContext,
+    ) -> Result<(), ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let cfg = &ctx.cfg;
+        let (color, image, reference) = (self.color, self.image, self.reference);
         if let Some(served) = &self.unrecorded_live {
             // Traffic left an image that served: it is a version to roll back to.
             history::record(&cfg.history_file, served, cfg.history_limit)?;
@@ -317,13 +339,13 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             s.live = Some(Live {
                 color: color.to_string(),
                 image: reference.to_string(),
-                container: name.clone(),
+                container: name.to_string(),
                 port,
             });
         })?;
 
         pass.step(Step::Draining).await?;
-        self.drain(&name, port).await?;
+        self.drain(name, port).await?;
 
         pass.step(Step::Cleanup).await?;
         if let Some(old) = self.old {
@@ -337,7 +359,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         if let Err(e) = run_hook(
             POST_DEPLOY,
             &cfg.hooks.post_deploy,
-            &hook,
+            hook,
             cfg.hooks.timeout,
         )
         .await
@@ -664,14 +686,19 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             .and_then(|p| ImageRef::parse(p, &cfg.repository, &cfg.allowed_repositories).ok())
             .map(|i| cfg.image_reference(&i))
             .unwrap_or_default();
-        self.pass.set_status(|s| {
+        let written = self.pass.set_status(|s| {
             s.live = Some(Live {
                 color: back.to_string(),
                 image: back_reference,
                 container: cfg.container_name(back),
                 port: cfg.port(back),
             })
-        })?;
+        });
+        if let Err(e) = written {
+            // Traffic is back on the old color whatever status.json says: the failure is
+            // the new image's, and the next status write says what is live.
+            tracing::error!(error = %e, "cannot write the status after switching back");
+        }
         Err(ReconcileError::FailedAfterSwitch {
             image: self.image.to_string(),
             reason,

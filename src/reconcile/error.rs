@@ -92,6 +92,15 @@ pub enum ReconcileError {
         reason: String,
         upstream_file: std::path::PathBuf,
     },
+    /// The new image serves, but a state file (history, status) could not be read or
+    /// written after the switch (a full disk, an I/O error): no verdict on the image, which
+    /// stays live. The next pass records it once the disk takes it.
+    #[error("{image} is live, but recording it failed: {source}; the next pass records it")]
+    Unrecorded {
+        image: String,
+        #[source]
+        source: Box<ReconcileError>,
+    },
     /// None of the live color's running replicas answered its probe: nginx is left as it
     /// was, and the next resync looks again.
     #[error("no replica of {service} answers its health probe ({running} running): the nginx upstream file was left as it is; check `docker service ps {service}` and the app's logs")]
@@ -107,8 +116,26 @@ impl ReconcileError {
                 source.is_transient()
             }
             ReconcileError::Switch(e) => e.is_transient(),
-            ReconcileError::NoReplicaAnswers { .. } => true,
+            ReconcileError::NoReplicaAnswers { .. } | ReconcileError::Unrecorded { .. } => true,
             _ => false,
+        }
+    }
+
+    /// This error as it counts once `image` serves (after the switch): a state file that
+    /// could not be read or written is [`ReconcileError::Unrecorded`], transient; anything
+    /// else is unchanged.
+    pub fn after_switch(self, image: &str) -> ReconcileError {
+        let io = matches!(
+            &self,
+            ReconcileError::History(HistoryError::Read { .. } | HistoryError::Write { .. })
+                | ReconcileError::Status(StatusError::Read { .. } | StatusError::Write { .. })
+        );
+        if !io {
+            return self;
+        }
+        ReconcileError::Unrecorded {
+            image: image.to_string(),
+            source: Box::new(self),
         }
     }
 
