@@ -194,9 +194,13 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
                     }
                     Phase::Failed | Phase::Invalid => {
                         shown.end(&End::Failed);
-                        return Err(CliError::Failed(status.message.unwrap_or_else(|| {
-                            format!("deployment of {} failed", desired.image)
-                        })));
+                        // An auto-rollback rewrites the desired file before the failure is
+                        // published: say so, whether or not the next pass began yet.
+                        return Err(rolled_back(cfg, desired).unwrap_or_else(|| {
+                            CliError::Failed(status.message.unwrap_or_else(|| {
+                                format!("deployment of {} failed", desired.image)
+                            }))
+                        }));
                     }
                     Phase::Paused => {
                         shown.end(&End::Paused);

@@ -92,7 +92,20 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
         };
         let started = Instant::now();
         let mut digest = None;
-        let result = at.run(&mut digest).await;
+        let mut result = at.run(&mut digest).await;
+        if let Err(ReconcileError::FailedAfterSwitch {
+            back_to: Some(_),
+            reason,
+            rolled_back_to,
+            ..
+        }) = &mut result
+        {
+            // Before anything reports the failure (audit, webhook, status.json): whoever
+            // reads it then finds the desired file already rewritten, and the report says so.
+            if ctx.cfg.rollout.auto_rollback {
+                *rolled_back_to = at.auto_rollback(reason);
+            }
+        }
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let record = AuditRecord {
             time: crate::state::now_rfc3339(),
@@ -131,11 +144,6 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
             Err(ReconcileError::Unrecorded { .. }) => {
                 let _ = self.set_status(|s| s.digest = digest);
             }
-            Err(ReconcileError::FailedAfterSwitch {
-                back_to: Some(_),
-                reason,
-                ..
-            }) if ctx.cfg.rollout.auto_rollback => at.auto_rollback(reason),
             Err(_) => {}
         }
         result
@@ -153,12 +161,13 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
 
     /// After traffic went back to the old color: rewrite the desired file to the previous
     /// image, so the desired state says what runs and the bad image is not tried again.
-    fn auto_rollback(&self, reason: &str) {
+    /// The image written, None when the file was left as it is.
+    fn auto_rollback(&self, reason: &str) -> Option<String> {
         let ctx = self.ctx();
         let cfg = &ctx.cfg;
         let Some(previous) = self.previous.as_deref() else {
             tracing::warn!("no previous image in the history: the desired file is left as it is");
-            return;
+            return None;
         };
         // Someone (CI, an operator) wrote a newer desired state during the attempt: it wins.
         match Desired::load(&cfg.desired_file, cfg) {
@@ -167,14 +176,14 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 tracing::warn!(
                     "the desired file changed during the attempt: left as it is, no auto-rollback"
                 );
-                return;
+                return None;
             }
         }
         let image = match ImageRef::parse(previous, &cfg.repository, &cfg.allowed_repositories) {
             Ok(image) => image,
             Err(e) => {
                 tracing::error!(error = %e, "the history's head is not a valid image: no auto-rollback");
-                return;
+                return None;
             }
         };
         let note = format!(
@@ -193,12 +202,18 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         });
         let rollback = Desired::new(image, Some(&note), Some("fieldtrack"), false).pinned(recorded);
         match rollback.write(&cfg.desired_file) {
-            Ok(()) => tracing::warn!(
-                image = %previous,
-                generation = %rollback.generation,
-                "auto-rollback: desired file rewritten to the previous image"
-            ),
-            Err(e) => tracing::error!(error = %e, "auto-rollback: cannot rewrite the desired file"),
+            Ok(()) => {
+                tracing::warn!(
+                    image = %previous,
+                    generation = %rollback.generation,
+                    "auto-rollback: desired file rewritten to the previous image"
+                );
+                Some(previous.to_string())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "auto-rollback: cannot rewrite the desired file");
+                None
+            }
         }
     }
 
@@ -662,6 +677,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 image: self.image.to_string(),
                 reason,
                 back_to: None,
+                rolled_back_to: None,
             });
         };
         tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
@@ -703,6 +719,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             image: self.image.to_string(),
             reason,
             back_to: Some(back.to_string()),
+            rolled_back_to: None,
         })
     }
 

@@ -45,15 +45,20 @@ pub enum ReconcileError {
         logs: String,
     },
     /// The new color failed during the drain window; traffic went back to the old color
-    /// when one was still running (`back_to`), else it stayed on the new one.
-    #[error("{image} failed after the switch ({reason}); {}", match back_to {
+    /// when one was still running (`back_to`), else it stayed on the new one; with
+    /// `rollout.auto_rollback` the desired file was rewritten to `rolled_back_to`.
+    #[error("{image} failed after the switch ({reason}); {}{}", match back_to {
         Some(color) => format!("traffic is back on {color}"),
         None => "no previous color was running, so traffic stays on it".to_string(),
+    }, match rolled_back_to {
+        Some(previous) => format!(" and the desired file was rolled back to {previous}"),
+        None => String::new(),
     })]
     FailedAfterSwitch {
         image: String,
         reason: String,
         back_to: Option<String>,
+        rolled_back_to: Option<String>,
     },
     /// The pre_switch hook failed: the attempt stops before any switch.
     #[error(transparent)]
