@@ -371,13 +371,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         crate::test_pause_point("recording").await;
         history::record(&cfg.history_file, image, cfg.history_limit)?;
         // Reported only: the deployment is done whatever the hook says.
-        if let Err(e) = run_hook(
-            POST_DEPLOY,
-            &cfg.hooks.post_deploy,
-            hook,
-            cfg.hooks.timeout,
-        )
-        .await
+        if let Err(e) = run_hook(POST_DEPLOY, &cfg.hooks.post_deploy, hook, cfg.hooks.timeout).await
         {
             tracing::warn!(error = %e, "post_deploy hook failed");
         }
