@@ -670,3 +670,32 @@ fn under_the_daemon_a_rollback_mid_canary_goes_to_the_stable_image_and_a_failed_
     converged_on(&site, "v2");
     daemon.kill();
 }
+
+#[test]
+fn under_the_daemon_a_failed_canary_is_reported_with_its_auto_rollback_as_soon_as_it_failed() {
+    let mut site = site_on_v1(r#"[{ weight = 10, pause = "manual" }]"#, 20, 50.0);
+    site.set("rollout.resync", "\"1h\"");
+    // The daemon stops right after it recorded a failed pass: the deploy that follows it
+    // sees the failed status and never a next pass (the window in which it used to report
+    // the failure without the auto-rollback).
+    let daemon = Spawned::start(&site, &["daemon"], Some("failed"));
+    converged_on(&site, "v1");
+
+    let load = Load::start(&site, "/", THREADS, GAP);
+    let run = ft(&site, &["deploy", "err5"]);
+    load.stop();
+
+    run.expect_code(1).says(&[
+        "err5 failed after the switch and the desired file was rolled back to v1",
+        "canary step 1 of 1 (10%)",
+    ]);
+    let status = status(&site);
+    assert_eq!(status["phase"], "failed", "{status:#}");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the desired file was rolled back to v1")),
+        "the status says so too: {status:#}"
+    );
+    daemon.kill();
+}

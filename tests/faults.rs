@@ -675,6 +675,49 @@ fn full_disk_at_the_history_write_keeps_the_old_history_and_reports_the_switch()
     assert_history_valid(&site, &["v2", "v1"]);
 }
 
+#[test]
+fn a_disk_full_after_the_switch_under_the_daemon_leaves_the_image_live_and_records_it_later() {
+    let mut site = quiet_site();
+    let dir = site.dir.join("history");
+    let Some(disk) = Tmpfs::mount(&dir, "16k") else {
+        return;
+    };
+    site.set("history_file", "\"history/.deploy_history\"");
+    site.history_file = dir.join(".deploy_history");
+    let daemon = Daemon::on(&site, "v1");
+    let new = container_name(&site, idle_color(&site));
+
+    // The disk holding the history fills up; the daemon then switches to v2 and cannot
+    // write the history after the switch.
+    let filler = disk.fill();
+    write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
+    daemon.wait_until(&site, "the history write fails after the switch", || {
+        status_opt(&site).is_some_and(|s| {
+            s["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("No space left on device"))
+        })
+    });
+
+    // The image serves and its generation is not marked failed.
+    assert_eq!(served(&site).as_deref(), Some("v2"));
+    let status = status(&site);
+    assert!(status["failed_generation"].is_null(), "{status:#}");
+    assert_eq!(status["live"]["container"], new.as_str(), "{status:#}");
+
+    // Space back: the daemon's own retry records v2, with no request and no redeploy.
+    let id = container_id(&site, &new);
+    fs::remove_file(&filler).unwrap();
+    daemon.wait_until(&site, "the daemon records v2 in the history", || {
+        history(&site) == "v2\nv1\n"
+    });
+    daemon.wait_converged(&site, "v2");
+    assert_eq!(container_id(&site, &new), id);
+    assert_history_valid(&site, &["v2", "v1"]);
+    drop(daemon);
+    drop(disk);
+}
+
 // ---------------------------------------------------------------------------------------
 // The desired file deleted under a running daemon.
 

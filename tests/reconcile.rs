@@ -336,6 +336,25 @@ fn second_reconciler_waits_for_the_lock_and_names_its_holder() {
 }
 
 #[test]
+fn a_reconcile_that_waited_for_the_lock_converges_the_desired_file_as_it_is_then() {
+    let site = Site::new();
+    let mut deploy = Spawned::start(&site, &["deploy", "v1"], Some("health"));
+    deploy.wait_for_line("fieldtrack: test pause at health");
+    let mut reconcile = Spawned::start(&site, &["reconcile"], None);
+    reconcile.wait_for_line("waiting for the reconcile lock, held by");
+
+    // The desired file changes while the reconcile waits; then the lock is freed.
+    ft(&site, &["deploy", "v2", "--no-wait"]).expect_code(0);
+    deploy.kill();
+
+    let (code, stderr) = reconcile.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(served(&site).as_deref(), Some("v2"), "{stderr}");
+    assert_eq!(history(&site), "v2\n");
+    assert_converged(&site, "v2");
+}
+
+#[test]
 fn status_and_history_json_agree_with_the_files() {
     let site = Site::new();
     deploy_ok(&site, "v1");

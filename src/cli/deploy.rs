@@ -251,9 +251,13 @@ async fn follow(
                     }
                     Phase::Failed | Phase::Invalid => {
                         shown.end(&End::Failed);
-                        return Err(CliError::Failed(status.message.unwrap_or_else(|| {
-                            format!("deployment of {} failed", desired.image)
-                        })));
+                        // An auto-rollback rewrites the desired file before the failure is
+                        // published: say so, whether or not the next pass began yet.
+                        return Err(rolled_back(cfg, desired).unwrap_or_else(|| {
+                            CliError::Failed(status.message.unwrap_or_else(|| {
+                                format!("deployment of {} failed", desired.image)
+                            }))
+                        }));
                     }
                     Phase::Paused => {
                         shown.end(&End::Paused);

@@ -472,6 +472,9 @@ impl Daemon {
             if let Err(e) = &result {
                 // The pass records the failure itself: it knows the status.
                 let _ = pass.record_failure(&pass_desired, e);
+                // A test holds the daemon here: whoever follows sees the failed status
+                // before any next pass.
+                crate::test_pause_point("failed").await;
             }
             result
         });

@@ -50,6 +50,17 @@ pub struct Request {
     pub request_time: f64,
 }
 
+/// nginx's status for a request its client closed before the answer was sent.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Request {
+    /// The client gave up (499) while nginx still waited for this try's upstream: the
+    /// upstream never got to answer, so the try says nothing about the server, good or bad.
+    fn abandoned(&self, attempt: &Try) -> bool {
+        self.status == CLIENT_CLOSED && attempt.status.is_none()
+    }
+}
+
 /// One attempt of nginx at one upstream server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Try {
@@ -299,6 +310,9 @@ pub fn tally<K: Eq + std::hash::Hash + Copy>(
 ) {
     for request in requests {
         for attempt in &request.tries {
+            if request.abandoned(attempt) {
+                continue;
+            }
             if let Some(side) = side_of(attempt.addr) {
                 let f = figures.entry(side).or_default();
                 f.tries += 1;
@@ -310,6 +324,11 @@ pub fn tally<K: Eq + std::hash::Hash + Copy>(
         let Some(last) = request.tries.last() else {
             continue;
         };
+        // Judged by what the upstream answered: with no answer before the client left, it
+        // is no request of that side either (nor its latency, the client's patience).
+        if request.abandoned(last) {
+            continue;
+        }
         let Some(side) = side_of(last.addr) else {
             continue;
         };
@@ -388,6 +407,32 @@ mod tests {
         assert_eq!(canary.error_rate(), 0.5);
         assert_eq!(stable.quantile(0.5), Some(0.010));
         assert_eq!(stable.quantile(0.95), Some(0.040));
+    }
+
+    #[test]
+    fn a_try_the_client_gave_up_on_counts_for_neither_side_but_a_failed_try_before_it_does() {
+        let requests: Vec<Request> = [
+            line("127.0.0.1:3102", 499, "-", 0.500),
+            line("127.0.0.1:3102, 127.0.0.1:3101", 499, "502, -", 0.700),
+            // The upstream answered before the client left: judged by that answer.
+            line("127.0.0.1:3102", 499, "500", 0.300),
+        ]
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
+        let mut figures = HashMap::new();
+        tally(&mut figures, &requests, |a| Some(a.port()));
+        let canary = &figures[&3102];
+        assert_eq!(
+            (
+                canary.requests,
+                canary.errors,
+                canary.tries,
+                canary.failed_tries
+            ),
+            (1, 1, 2, 2)
+        );
+        assert!(!figures.contains_key(&3101), "{:?}", figures.get(&3101));
     }
 
     #[test]

@@ -45,15 +45,20 @@ pub enum ReconcileError {
         logs: String,
     },
     /// The new color failed during the drain window; traffic went back to the old color
-    /// when one was still running (`back_to`), else it stayed on the new one.
-    #[error("{image} failed after the switch ({reason}); {}", match back_to {
+    /// when one was still running (`back_to`), else it stayed on the new one; with
+    /// `rollout.auto_rollback` the desired file was rewritten to `rolled_back_to`.
+    #[error("{image} failed after the switch ({reason}); {}{}", match back_to {
         Some(color) => format!("traffic is back on {color}"),
         None => "no previous color was running, so traffic stays on it".to_string(),
+    }, match rolled_back_to {
+        Some(previous) => format!(" and the desired file was rolled back to {previous}"),
+        None => String::new(),
     })]
     FailedAfterSwitch {
         image: String,
         reason: String,
         back_to: Option<String>,
+        rolled_back_to: Option<String>,
     },
     /// The pre_switch hook failed: the attempt stops before any switch.
     #[error(transparent)]
@@ -92,6 +97,15 @@ pub enum ReconcileError {
         reason: String,
         upstream_file: std::path::PathBuf,
     },
+    /// The new image serves, but a state file (history, status) could not be read or
+    /// written after the switch (a full disk, an I/O error): no verdict on the image, which
+    /// stays live. The next pass records it once the disk takes it.
+    #[error("{image} is live, but recording it failed: {source}; the next pass records it")]
+    Unrecorded {
+        image: String,
+        #[source]
+        source: Box<ReconcileError>,
+    },
     /// None of the live color's running replicas answered its probe: nginx is left as it
     /// was, and the next resync looks again.
     #[error("no replica of {service} answers its health probe ({running} running): the nginx upstream file was left as it is; check `docker service ps {service}` and the app's logs")]
@@ -107,7 +121,7 @@ impl ReconcileError {
                 source.is_transient()
             }
             ReconcileError::Switch(e) => e.is_transient(),
-            ReconcileError::NoReplicaAnswers { .. } => true,
+            ReconcileError::NoReplicaAnswers { .. } | ReconcileError::Unrecorded { .. } => true,
             _ => false,
         }
     }
@@ -119,6 +133,24 @@ impl ReconcileError {
                 source.retry_after()
             }
             _ => None,
+        }
+    }
+
+    /// This error as it counts once `image` serves (after the switch): a state file that
+    /// could not be read or written is [`ReconcileError::Unrecorded`], transient; anything
+    /// else is unchanged.
+    pub fn after_switch(self, image: &str) -> ReconcileError {
+        let io = matches!(
+            &self,
+            ReconcileError::History(HistoryError::Read { .. } | HistoryError::Write { .. })
+                | ReconcileError::Status(StatusError::Read { .. } | StatusError::Write { .. })
+        );
+        if !io {
+            return self;
+        }
+        ReconcileError::Unrecorded {
+            image: image.to_string(),
+            source: Box::new(self),
         }
     }
 

@@ -497,7 +497,8 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                     ctx.proxy.wait_retired(attempt::OLD_WORKERS_LIMIT).await;
                 }
                 Action::RecordHistory { image } => {
-                    history::record(&cfg.history_file, image, cfg.history_limit)?;
+                    history::record(&cfg.history_file, image, cfg.history_limit)
+                        .map_err(|e| ReconcileError::from(e).after_switch(image))?;
                 }
                 Action::Deploy(rollout) => self.attempt(desired, observed, rollout, true).await?,
                 Action::Switch(rollout) => self.attempt(desired, observed, rollout, false).await?,
@@ -507,6 +508,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             ctx.retain_images().await;
         }
         let (live, warm) = ctx.observed_live().await?;
+        // The desired image serves by now: a status it cannot write is no verdict on it.
         self.set_status(|s| {
             s.phase = Phase::Converged;
             s.step = None;
@@ -515,7 +517,8 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             s.failed_generation = None;
             s.live = live.clone();
             s.warm = warm;
-        })?;
+        })
+        .map_err(|e| e.after_switch(desired.image.as_written()))?;
         self.publish_live();
         Ok(PassOutcome::Converged)
     }
@@ -642,7 +645,15 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             // Reloaded: nginx runs the file. Refused before any reload (or reloaded with the
             // file put back): nginx runs what it ran before, as uncertain as it was then.
             let after = if result.is_ok() { None } else { earlier };
-            self.set_status(|s| s.switching = after)?;
+            let written = self.set_status(|s| s.switching = after);
+            match written {
+                // The switch is done: a mark left on disk only makes the next pass reload
+                // nginx with the same file once more, and the next write drops it.
+                Err(e) if result.is_ok() => {
+                    tracing::warn!(error = %e, "cannot clear the switch mark in the status")
+                }
+                written => written?,
+            }
         }
         result.map_err(ReconcileError::Switch)
     }

@@ -162,6 +162,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                         image: self.image.to_string(),
                         reason,
                         back_to: Some(stable.to_string()),
+                        rolled_back_to: None,
                     });
                 }
                 Some(StepEnd::Cancelled) => {
