@@ -423,7 +423,7 @@ pub struct StatusWriter {
     last: Mutex<Option<Status>>,
     /// The history and outcomes published last, and the files' identities they came from:
     /// read again only when either file changed.
-    published: Mutex<Option<(FilesSeen, Vec<HistoryEntry>, Vec<AuditRecord>)>>,
+    published: Mutex<Option<PublishedCache>>,
 }
 
 /// Where and from what the published status is made.
@@ -433,6 +433,10 @@ struct PublicTarget {
     history_file: PathBuf,
     audit_file: PathBuf,
 }
+
+/// What was published last: the files it came from, the history entries, the deployments'
+/// audit records the outcomes are made of.
+type PublishedCache = (FilesSeen, Vec<HistoryEntry>, Vec<AuditRecord>);
 
 /// (length, modification time, inode) of the history file and the audit log.
 type FilesSeen = [Option<(u64, i64, i64, u64)>; 2];
