@@ -1400,6 +1400,61 @@ async fn a_manual_step_waits_for_promote_and_the_last_promote_switches_to_the_ca
     assert_eq!(site.canary_steps().len(), 2);
 }
 
+/// A promote sent as step 1 ends by itself reaches the loop during step 2, a manual one: it
+/// names step 1, so step 2 goes on (before, a request named only the generation and ended
+/// whatever step ran).
+#[tokio::test]
+async fn a_promote_for_a_step_that_ended_by_itself_does_not_pass_the_next_manual_step() {
+    use crate::config::Pause;
+    let mut site = canary_site(Pause::Manual);
+    if let Some(canary) = site.cfg.canary.as_mut() {
+        canary.steps[0].pause = Pause::For(Duration::from_millis(50));
+    }
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
+    let ctx = site.context();
+    let desired = site.desired("v2");
+    let generation = desired.generation.clone();
+    let promote = crate::desired::promote::request_path(&site.cfg.desired_file);
+    let status_file = ctx.status_file();
+    let operator = tokio::spawn(async move {
+        let step_now = || {
+            crate::state::status::Status::load(&status_file)
+                .ok()
+                .flatten()
+                .and_then(|s| s.canary.map(|c| c.step))
+        };
+        let ask = |step| {
+            crate::desired::promote::PromoteRequest {
+                generation: generation.clone(),
+                step,
+            }
+            .write(&promote)
+            .unwrap()
+        };
+        while step_now() != Some(2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        ask(1);
+        while promote.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Taken and dropped: several ticks later step 2 still runs.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let still = step_now();
+        ask(2);
+        still
+    });
+
+    let outcome = pass(&ctx, &desired, CancellationToken::new())
+        .await
+        .unwrap();
+    let step_after_the_stale_promote = operator.await.unwrap();
+
+    assert_eq!(step_after_the_stale_promote, Some(2));
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
+}
+
 #[tokio::test]
 async fn a_rollback_goes_back_at_once_without_canary_steps() {
     let site = canary_site(crate::config::Pause::Manual);
