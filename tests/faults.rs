@@ -477,8 +477,8 @@ fn full_state_folder_refuses_the_deploy_at_the_lock_and_keeps_every_file_intact(
     let filler = disk.fill();
     let run = ft(&site, &["deploy", "v2"]);
 
-    // Observed: `deploy` writes the desired file (not on the full disk), then cannot write
-    // its name into the lock file, and stops there, before any pass.
+    // `deploy` takes the lock before it writes the desired file (not on the full disk): it
+    // cannot write its name into the lock file and stops there, before writing anything.
     run.expect_code(1);
     assert!(
         run.stderr.contains(&format!(
@@ -489,7 +489,11 @@ fn full_state_folder_refuses_the_deploy_at_the_lock_and_keeps_every_file_intact(
         run.stderr
     );
     files.assert_intact(&site, &filler);
-    assert_eq!(desired_image(&site).as_deref(), Some("v2"));
+    assert_eq!(
+        desired_image(&site).as_deref(),
+        Some("v1"),
+        "a deploy that failed is not left in the desired file"
+    );
 
     // Space back: the same deploy goes through.
     fs::remove_file(&filler).unwrap();

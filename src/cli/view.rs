@@ -6,7 +6,6 @@
 //! history. Every read-only command and every command that follows a deployment goes
 //! through a [`View`], so both users see the same screens and get the same exit codes.
 
-use std::io;
 use std::path::Path;
 
 use super::CliError;
@@ -149,10 +148,13 @@ pub(crate) fn door(cfg: &Config) -> Door {
     }
 }
 
+/// Opened as every state file is (no symlink followed, no FIFO waited on), so that asking
+/// never blocks. Only the kernel's "permission denied" counts: a file refused for what it
+/// is (a symlink, a FIFO) is the reader's to report.
 fn denied(path: &Path) -> bool {
-    match std::fs::File::open(path) {
+    match crate::state::file::open_regular(path, std::fs::OpenOptions::new().read(true)) {
         Ok(_) => false,
-        Err(e) => e.kind() == io::ErrorKind::PermissionDenied,
+        Err(e) => e.raw_os_error() == Some(libc::EACCES),
     }
 }
 
