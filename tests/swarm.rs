@@ -166,6 +166,67 @@ fn a_color_failing_during_the_drain_sends_traffic_back_and_rewrites_the_desired_
     assert_eq!(history(&site), "v1\n");
 }
 
+/// A replica of the live color that was killed and that Swarm restarted leaves a failed
+/// task in the service's history: the color still runs, so a new color failing in its drain
+/// sends traffic back to it.
+#[test]
+fn a_replica_swarm_restarted_once_does_not_keep_its_color_from_taking_traffic_back() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let mut site = site();
+    deploy_ok(&site, "v1");
+    let first = live_color(&site);
+    let service = site.service(first);
+
+    // SIGKILL one task's container on a worker: exit 137, and Swarm starts a new task.
+    let node = &swarm.workers()[0];
+    let out = swarm
+        .docker(node)
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={service}"),
+        ])
+        .output()
+        .expect("docker runs");
+    let container = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !container.is_empty(),
+        "a task of {service} runs on {}",
+        node.name
+    );
+    let killed = swarm
+        .docker(node)
+        .args(["kill", &container])
+        .output()
+        .expect("docker runs");
+    assert!(killed.status.success(), "{killed:?}");
+    wait_for(
+        Duration::from_secs(120),
+        "Swarm to replace the killed task and run three again",
+        || {
+            let tasks = tasks_per_node(&site, first);
+            let failed = tasks.values().flatten().any(|t| t.starts_with("failed/"));
+            (failed && running_nodes(&site, first).len() == 3).then_some(())
+        },
+    );
+
+    // `flaky` answers its health, then 500 after 3 s: inside this drain.
+    site.set("rollout.drain", "\"15s\"");
+    let run = ft(&site, &["deploy", "flaky"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains(&format!("traffic is back on {first}")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"), "{}", run.stderr);
+    assert_eq!(live_color(&site), first);
+    let desired = desired(&site).expect("the desired file");
+    assert!(desired.contains("image = \"v1\""), "{desired}");
+}
+
 #[test]
 fn a_kill_at_any_step_is_finished_by_the_next_pass() {
     let swarm = Swarm::shared();
