@@ -706,6 +706,42 @@ fn sighup_with_an_invalid_config_keeps_the_old_one_and_keeps_deploying() {
 }
 
 #[test]
+fn sighup_moving_the_state_folder_is_refused_and_the_daemon_keeps_its_lock_and_state() {
+    let mut site = quiet_site();
+    let daemon = Daemon::on(&site, "v1");
+    let old_state = site.state_dir.clone();
+    let moved = site.dir.join("moved-state");
+
+    site.set("state_dir", &toml_str(&moved.display().to_string()));
+    daemon.signal(libc::SIGHUP);
+
+    // The lock and the status writer stay where the daemon took them: a reload that moved
+    // them would leave the lock behind, and a command on the new config would find its
+    // lock free and reconcile beside the daemon.
+    let line = daemon.wait_log("keeping the old one");
+    assert!(
+        line.contains("state_dir") && line.contains("restart"),
+        "the log names the key and the fix: {line}"
+    );
+    assert!(daemon.running());
+    write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
+    daemon.wait_until(
+        &site,
+        "v2 converged in the state folder the daemon holds",
+        || {
+            fs::read_to_string(old_state.join("status.json"))
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|s| s["phase"] == "converged" && s["desired"] == "v2")
+        },
+    );
+    assert!(
+        !moved.join("status.json").exists(),
+        "nothing is written in the folder the refused config named"
+    );
+}
+
+#[test]
 fn failed_generation_is_not_retried_until_reconcile_asks_the_daemon() {
     let mut site = quiet_site();
     site.set("rollout.resync", "\"1s\"");

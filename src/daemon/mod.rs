@@ -613,6 +613,14 @@ impl Daemon {
     /// is logged and the old one kept.
     fn reload_config(&mut self) {
         match Config::load(&self.config_path) {
+            Ok(cfg) if !held_for_life(&self.cfg, &cfg).is_empty() => {
+                tracing::error!(
+                    keys = %held_for_life(&self.cfg, &cfg).join(", "),
+                    "new config moves what this daemon holds for its whole life (the reconcile \
+                     lock and status in state_dir, what it publishes in public_dir); keeping the \
+                     old one: restart the daemon to move them (systemctl restart fieldtrack)"
+                );
+            }
             Ok(cfg) => {
                 tracing::info!(config = %self.config_path.display(), "config reloaded");
                 if cfg.docker != self.cfg.docker
@@ -631,6 +639,20 @@ impl Daemon {
             }
         }
     }
+}
+
+/// The settings of `new` that differ from `old` and that a running daemon cannot take:
+/// it holds the reconcile lock in `state_dir` from start to exit, and one status writer
+/// (status.json there, its copy in `public_dir`). Taking a moved `state_dir` would leave
+/// the lock behind, and a command on the new config would reconcile beside the daemon.
+fn held_for_life(old: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("state_dir", old.state_dir != new.state_dir),
+        ("public_dir", old.public_dir != new.public_dir),
+    ]
+    .into_iter()
+    .filter_map(|(key, moved)| moved.then_some(key))
+    .collect()
 }
 
 /// While the desired file is unusable, status.json says `invalid`: a pass with nothing to
