@@ -322,6 +322,19 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             return Err(e);
         }
         tracing::info!(%color, port, "nginx switched");
+        // The image serves: whatever an earlier attempt said (a pass by hand retries a failed
+        // generation), its generation has not failed. Left marked, a transient error from
+        // here on (a history the disk does not take) would make every later pass answer
+        // AlreadyFailed, and the live image would never be recorded.
+        let generation = &self.desired.generation;
+        let unmarked = pass.set_status(|s| {
+            if s.failed_generation.as_ref() == Some(generation) {
+                s.failed_generation = None;
+            }
+        });
+        if let Err(e) = unmarked {
+            tracing::warn!(error = %e, "cannot clear the failed mark of the generation now live");
+        }
         pass.emit(Progress::Switched {
             color: color.to_string(),
             port,

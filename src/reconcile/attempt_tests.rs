@@ -903,6 +903,64 @@ async fn a_history_io_error_after_the_switch_is_transient_and_the_next_pass_reco
     assert_eq!(site.status().phase, crate::state::status::Phase::Converged);
 }
 
+/// Found by the simulation (seed 2950 of 20000): a pass by hand retried a failed generation,
+/// its image went live, and the history could not be written. The error is transient, but
+/// the failed mark of the earlier attempt stayed: every later pass answered AlreadyFailed
+/// and the live image never entered the history.
+#[tokio::test]
+async fn a_failed_generation_retried_by_hand_that_goes_live_is_failed_no_more() {
+    let mut site = Site::new();
+    let folder = site._dir.path().join("history");
+    std::fs::create_dir(&folder).unwrap();
+    site.cfg.history_file = folder.join(".deploy_history");
+    site.cfg.rollout.drain = Duration::from_millis(100);
+    site.live(Color::Blue, "v1");
+    site.set_history(&["v1"]);
+    let ctx = site.context();
+    let desired = site.desired("v2");
+    // The first attempt fails at `nginx -t`: the generation is marked failed.
+    site.world().test_failures = 1;
+    let first = Pass::new(&ctx, Trigger::Cli);
+    let e = first.reconcile(&desired, false).await.unwrap_err();
+    first.record_failure(&desired, &e).unwrap();
+    assert_eq!(
+        site.status().failed_generation,
+        Some(desired.generation.clone())
+    );
+
+    // By hand, the same generation again; its history is lost in the drain (after the gate's probe).
+    let away = site._dir.path().join("history.away");
+    let probes = site.world().probes();
+    let (from, to) = (folder.clone(), away.clone());
+    site.world().at_probe(probes + 2, move |_| {
+        std::fs::rename(&from, &to).unwrap();
+        std::fs::write(&from, "").unwrap();
+    });
+    let by_hand = Pass::new(&ctx, Trigger::Cli);
+    let e = tokio::time::timeout(Duration::from_secs(20), by_hand.reconcile(&desired, true))
+        .await
+        .expect("the pass ends")
+        .unwrap_err();
+    let _ = by_hand.record_failure(&desired, &e);
+    assert!(e.is_transient(), "{e:?}");
+    assert_eq!(site.world().upstream_port(), Some(GREEN));
+    assert_eq!(
+        site.status().failed_generation,
+        None,
+        "v2 serves: not failed"
+    );
+
+    // The disk is back: the next pass (not by hand) records what serves.
+    site.world().forget_events();
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(&away, &folder).unwrap();
+    let outcome = pass(&ctx, &desired, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.history(), ["v2", "v1"]);
+}
+
 // rollout.keep_previous: the previous color kept warm.
 
 const WINDOW: Duration = Duration::from_secs(15 * 60);

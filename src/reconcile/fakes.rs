@@ -26,7 +26,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -197,6 +197,9 @@ pub struct World {
     kill: Option<(u32, Arc<Notify>)>,
     /// The process dies right after its next write of the upstream file, and who to tell.
     kill_at_write: Option<Arc<Notify>>,
+    /// When the pass was cancelled (see [`World::cancelled`]) and the ports nginx's loaded
+    /// config named then.
+    cancelled_at: Option<(Instant, Vec<u16>)>,
     behaviours: HashMap<String, Behaviour>,
 
     crashes: HashMap<String, Crash>,
@@ -209,6 +212,11 @@ pub struct World {
     events: Vec<(u32, Event)>,
     next_id: u32,
 }
+
+/// How long after a cancellation a switch already under way may still reach nginx: the
+/// attempt checks for a cancel, then switches, and a cancel arriving in between is honoured
+/// by the next pass. The point no switch may pass is the check; this covers the gap.
+pub const CANCEL_GRACE: Duration = Duration::from_millis(20);
 
 impl World {
     fn new(upstream_name: &str, upstream_path: PathBuf) -> World {
@@ -234,6 +242,7 @@ impl World {
             whole_switch: false,
             kill: None,
             kill_at_write: None,
+            cancelled_at: None,
             behaviours: HashMap::new(),
             crashes: HashMap::new(),
             scripts: HashMap::new(),
@@ -290,6 +299,23 @@ impl World {
         self.dead = false;
         self.kill = None;
         self.kill_at_write = None;
+        self.cancelled_at = None;
+    }
+
+    /// The process's pass is cancelled now (a newer generation, SIGTERM). From here on nginx
+    /// may stay on the ports it sends traffic to, or go back to one of them, never move to
+    /// another: a reload doing so more than [`CANCEL_GRACE`] later is a violation.
+    pub fn cancelled(&mut self) {
+        let ports = self.loaded_ports();
+        self.cancelled_at = Some((Instant::now(), ports));
+    }
+
+    /// Every port nginx's loaded config names (two during a canary step).
+    fn loaded_ports(&self) -> Vec<u16> {
+        self.loaded
+            .as_deref()
+            .map(|t| parse_ports(t, &self.upstream_name))
+            .unwrap_or_default()
     }
 
     /// Counts one step of a switch as a call, unless the switch counts as one.
@@ -339,7 +365,7 @@ impl World {
     }
 
     /// The running container publishing `port`.
-    fn running_on(&self, port: u16) -> Option<&FakeContainer> {
+    pub fn running_on(&self, port: u16) -> Option<&FakeContainer> {
         self.containers
             .iter()
             .find(|c| c.state.is_running() && c.ports.contains(&port))
@@ -402,6 +428,11 @@ impl World {
     /// Runs `event` just before the `nth` probe (counted over every port, from 1) is answered.
     pub fn at_probe(&mut self, nth: u32, event: impl FnOnce(&mut World) + Send + 'static) {
         self.events.push((nth, Box::new(event)));
+    }
+
+    /// Drops the events of [`World::at_probe`] that have not come yet.
+    pub fn forget_events(&mut self) {
+        self.events.clear();
     }
 
     /// Probes made so far.
@@ -521,6 +552,20 @@ impl World {
         let after = self.loaded_port();
         if after != before {
             self.unretired.extend(before);
+        }
+        if let Some((at, kept)) = &self.cancelled_at {
+            let moved: Vec<u16> = self
+                .loaded_ports()
+                .into_iter()
+                .filter(|p| !kept.contains(p))
+                .collect();
+            if !moved.is_empty() && at.elapsed() > CANCEL_GRACE {
+                let violation = format!(
+                    "nginx was switched to port {moved:?} {:?} after the pass was cancelled",
+                    at.elapsed()
+                );
+                self.violations.push(violation);
+            }
         }
         if let Some(port) = after {
             self.now_served(port, after != before, from_running);

@@ -3,8 +3,11 @@
 //! A seed draws a schedule: new desired generations (good images, a slow starter, images that
 //! never answer healthy, crash at once or crash after their gate), probe failure bursts,
 //! `nginx -t` and reload failures, engine errors, pull failures, containers exiting by
-//! themselves, and passes, some by hand and some killed at their K-th call to the world (the
-//! fakes keep the world; the next pass is a new reconciler over it, as a restarted process).
+//! themselves, and passes, some by hand, some killed at their K-th call to the world (the
+//! fakes keep the world; the next pass is a new reconciler over it, as a restarted process),
+//! some cancelled after a drawn delay (a newer generation, SIGTERM: with a `pre_switch` hook
+//! of 100 ms on one seed in five, the cancel often comes while the hook runs), and some
+//! losing the history's folder at a drawn probe (an I/O error after the switch, or before).
 //! After every step the invariants hold:
 //! - nginx (its loaded config, and the upstream file it loads next) points at no port, or at
 //!   a container that answered healthy, and every reload that moved traffic moved it to a
@@ -14,6 +17,11 @@
 //! - the history holds distinct images, at most the limit, each of which served;
 //! - a generation that failed is not retried without a change: a pass that finds it failed
 //!   changes nothing, and a permanent failure marks its generation;
+//! - once a pass is cancelled, nginx is never switched to a port it did not send traffic to
+//!   then (checked by the world at each reload, beyond a grace for a switch already past its
+//!   last check);
+//! - a pass that failed on a state file after its image went live leaves that image's
+//!   generation unmarked (the next pass records it);
 //! - with `rollout.keep_previous` (one seed in three, and steps where the window ends): after
 //!   every pass that ended, status.json's warm record names a container that still exists
 //!   and that neither nginx's loaded config nor the upstream file points at.
@@ -31,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::fakes::{Behaviour, Call, Fakes, PullFailure, Traffic};
 use super::{Context, Pass, PassOutcome as Outcome, ReconcileError, Trigger};
@@ -128,6 +137,9 @@ struct Setup {
     /// access log where every request succeeds (what ends a canary is the world: probes
     /// failing, containers exiting, a kill, a newer generation).
     canary: bool,
+    /// `hooks.pre_switch`: one seed in five runs a hook of 100 ms before each switch (a real
+    /// process), so that a cancel may arrive while it runs.
+    pre_switch_hook: bool,
 }
 
 /// One step of a schedule.
@@ -151,6 +163,13 @@ enum Step {
     Exits { color: Color },
     /// Time passes beyond the warm window status.json records, if any.
     WindowEnds,
+    /// One pass by a new process, cancelled `after` it began (a newer generation, SIGTERM)
+    /// if it has not ended by then.
+    CancelledPass { by_hand: bool, after: Duration },
+    /// The next pass loses its history folder (an I/O error, as a full disk or EIO would
+    /// give) just before its `at_probe`-th probe: after the gate, in its drain, or before; it
+    /// is back once that pass ended.
+    HistoryFails { at_probe: u32 },
 }
 
 /// The seed's setup and schedule: every draw happens here, before anything runs.
@@ -167,6 +186,7 @@ fn schedule(seed: u64) -> (Setup, Vec<Step>) {
             Duration::ZERO
         },
         canary: seed % 4 == 1,
+        pre_switch_hook: seed % 5 == 3,
     };
     let image = |rng: &mut Rng| {
         // Healthy images two times in three.
@@ -207,6 +227,30 @@ fn schedule(seed: u64) -> (Setup, Vec<Step>) {
         };
         steps.push(step);
     }
+    // Cancels and history failures, drawn apart from the schedule's own draws (so that the
+    // schedules from before they were added stay as they were, plus these): one pass in four
+    // that is not killed is cancelled, one pass in eight loses its history.
+    let mut more = Rng(seed ^ 0x4341_4e43);
+    steps = steps
+        .into_iter()
+        .flat_map(|step| {
+            let fails = matches!(step, Step::Pass { .. }) && more.below(8) == 0;
+            let fails = fails.then(|| Step::HistoryFails {
+                at_probe: 1 + more.below(8),
+            });
+            let step = match step {
+                Step::Pass {
+                    by_hand,
+                    kill_at: None,
+                } if more.below(4) == 0 => Step::CancelledPass {
+                    by_hand,
+                    after: Duration::from_millis(u64::from(10 * more.below(30))),
+                },
+                step => step,
+            };
+            fails.into_iter().chain(std::iter::once(step))
+        })
+        .collect();
     if !setup.keep_previous.is_zero() {
         // Windows end after one step in five, drawn apart from the schedule's own draws.
         let mut ends = Rng(seed ^ 0x5741_524d);
@@ -228,9 +272,10 @@ async fn pass(
     fakes: &Fakes,
     desired: &Desired,
     by_hand: bool,
+    cancel: CancellationToken,
 ) -> Result<Outcome, ReconcileError> {
     let ctx = Context::new(cfg.clone(), fakes.runtime(), fakes.proxy(), fakes.prober());
-    let pass = Pass::new(&ctx, Trigger::Resync);
+    let pass = Pass::new(&ctx, Trigger::Resync).with_cancel(cancel);
     let result = pass.reconcile(desired, by_hand).await;
     if let Err(e) = &result {
         let _ = pass.record_failure(desired, e);
@@ -245,6 +290,8 @@ enum Death {
     AtCall(u32),
     /// Right after writing the upstream file, before nginx reloads it.
     AtWrite,
+    /// Not a death: the pass is cancelled this long after it began, and ends as it may.
+    Cancel(Duration),
 }
 
 /// How a pass step ended: None when its process was killed.
@@ -269,6 +316,8 @@ struct Sim {
     log: Vec<String>,
     /// The access log's writer, with `[canary]`.
     _traffic: Option<Traffic>,
+    /// Armed by [`Step::HistoryFails`] for the next pass.
+    history_fails_at: Option<u32>,
 }
 
 impl Sim {
@@ -292,7 +341,13 @@ impl Sim {
         cfg.rollout.auto_rollback = setup.auto_rollback;
         cfg.rollout.keep_previous = setup.keep_previous;
         cfg.container.stop_timeout = Duration::ZERO;
-        std::fs::create_dir_all(&cfg.state_dir).expect("the state folder");
+        if setup.pre_switch_hook {
+            cfg.hooks.pre_switch = vec!["sleep".into(), "0.1".into()];
+        }
+        // In a folder of its own, which a step may take away (see `Step::HistoryFails`).
+        cfg.history_file = cfg.state_dir.join("history").join(".deploy_history");
+        std::fs::create_dir_all(cfg.history_file.parent().expect("a folder"))
+            .expect("the state and history folders");
         let traffic = setup.canary.then(|| {
             use crate::config::{CanaryConfig, CanaryStep, Pause, Ratio};
             let step = |weight| CanaryStep {
@@ -325,6 +380,7 @@ impl Sim {
             generations: 0,
             log: Vec::new(),
             _traffic: traffic,
+            history_fails_at: None,
         }
     }
 
@@ -348,6 +404,16 @@ impl Sim {
                     self.check_warm()?;
                 }
                 Ok(describe(&end))
+            }
+            Step::CancelledPass { by_hand, after } => {
+                drop(world);
+                let end = self.pass(by_hand, Some(Death::Cancel(after))).await?;
+                self.check_warm()?;
+                Ok(describe(&end))
+            }
+            Step::HistoryFails { at_probe } => {
+                self.history_fails_at = Some(at_probe);
+                Ok(String::new())
             }
             Step::ProbeFailures { color, failures } => {
                 let failed = ProbeOutcome::Unhealthy(500);
@@ -407,16 +473,33 @@ impl Sim {
         let desired = Desired::load(&self.cfg.desired_file, &self.cfg)
             .map_err(|e| format!("cannot read the desired file: {e}"))?;
         let failed_before = self.failed_generation().as_deref() == Some(&desired.generation);
+        let history_lost = self
+            .history_fails_at
+            .take()
+            .map(|nth| self.lose_history_at(nth));
         let (calls_before, killed) = {
             let mut world = self.fakes.world();
             world.revive();
-            let killed = death.map(|death| match death {
-                Death::AtCall(k) => world.kill_after(k),
-                Death::AtWrite => world.kill_at_next_write(),
+            let killed = death.and_then(|death| match death {
+                Death::AtCall(k) => Some(world.kill_after(k)),
+                Death::AtWrite => Some(world.kill_at_next_write()),
+                Death::Cancel(_) => None,
             });
             (world.calls.len(), killed)
         };
-        let run = pass(&self.cfg, &self.fakes, &desired, by_hand);
+        let cancel = CancellationToken::new();
+        let canceller = match death {
+            Some(Death::Cancel(after)) => {
+                let (fakes, cancel) = (self.fakes.clone(), cancel.clone());
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    fakes.world().cancelled();
+                    cancel.cancel();
+                }))
+            }
+            _ => None,
+        };
+        let run = pass(&self.cfg, &self.fakes, &desired, by_hand, cancel);
         let ended = async {
             match killed {
                 Some(killed) => tokio::select! {
@@ -430,6 +513,18 @@ impl Sim {
         let outcome = tokio::time::timeout(PASS_LIMIT, ended)
             .await
             .map_err(|_| format!("the pass did not end within {PASS_LIMIT:?}"))?;
+        if let Some(canceller) = canceller {
+            // A cancel that comes after the pass ended cancels nothing.
+            canceller.abort();
+            let _ = canceller.await;
+            self.fakes.world().revive();
+        }
+        if let Some(lost) = history_lost {
+            // Not to come in a later pass: the disk is back.
+            self.fakes.world().forget_events();
+            lost.give_back()?;
+            self.check_recorded_after_the_switch(&desired, &outcome)?;
+        }
         let changes: Vec<Call> = self.fakes.world().calls[calls_before..]
             .iter()
             .filter(|c| changes_world(c))
@@ -469,6 +564,75 @@ impl Sim {
             }
         }
         Ok(end)
+    }
+
+    /// Arms the loss of the history's folder just before the `nth` probe from now.
+    fn lose_history_at(&self, nth: u32) -> LostHistory {
+        let folder = self
+            .cfg
+            .history_file
+            .parent()
+            .expect("a folder")
+            .to_path_buf();
+        let lost = LostHistory {
+            away: folder.with_extension("away"),
+            folder,
+        };
+        let (from, to) = (lost.folder.clone(), lost.away.clone());
+        let mut world = self.fakes.world();
+        let at = world.probes() + nth;
+        world.at_probe(at, move |_| {
+            // The folder becomes a file: every read and write of the history fails (ENOTDIR).
+            if std::fs::rename(&from, &to).is_ok() {
+                let _ = std::fs::write(&from, "");
+            }
+        });
+        lost
+    }
+
+    /// After a pass whose history was lost and that failed on a state file: a generation
+    /// whose image nginx serves, alone and as the upstream file says, is not marked failed
+    /// for it (a write error after the switch is transient, issue 20 #5).
+    fn check_recorded_after_the_switch(
+        &self,
+        desired: &Desired,
+        outcome: &Option<Result<Outcome, ReconcileError>>,
+    ) -> Result<(), String> {
+        let on_a_state_file = matches!(
+            outcome,
+            Some(Err(ReconcileError::History(_)
+                | ReconcileError::Status(_)
+                | ReconcileError::Audit(_)
+                | ReconcileError::Unrecorded { .. }))
+        );
+        let failed = on_a_state_file
+            && self.failed_generation().as_deref() == Some(desired.generation.as_str());
+        let world = self.fakes.world();
+        let settled = world.loaded.is_some() && world.loaded == world.upstream;
+        let serves = settled
+            && world
+                .loaded_port()
+                .and_then(|p| world.running_on(p))
+                .is_some_and(|c| {
+                    c.answered_healthy
+                        && c.labels
+                            .get(crate::apply::runtime::LABEL_DESIRED)
+                            .map(String::as_str)
+                            == Some(desired.image.as_written())
+                });
+        if failed && serves {
+            let ended = match outcome {
+                None => "killed".to_string(),
+                Some(Ok(o)) => format!("{o:?}"),
+                Some(Err(e)) => e.to_string(),
+            };
+            return Err(format!(
+                "the history could not be written and generation {} was marked failed while \
+                 its image serves (the pass ended: {ended})",
+                desired.generation
+            ));
+        }
+        Ok(())
     }
 
     fn failed_generation(&self) -> Option<String> {
@@ -669,6 +833,25 @@ impl Sim {
     }
 }
 
+/// The history's folder, taken away by [`Sim::lose_history_at`] (or not yet: the probe
+/// may never come), and where it went.
+struct LostHistory {
+    folder: std::path::PathBuf,
+    away: std::path::PathBuf,
+}
+
+impl LostHistory {
+    /// The folder is back (the disk takes writes again).
+    fn give_back(self) -> Result<(), String> {
+        if !self.away.exists() {
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(&self.folder);
+        std::fs::rename(&self.away, &self.folder)
+            .map_err(|e| format!("cannot give the history folder back: {e}"))
+    }
+}
+
 fn describe(end: &PassEnd) -> String {
     match &end.outcome {
         None => "killed".to_string(),
@@ -729,6 +912,12 @@ async fn simulate(seed: u64) -> Result<Vec<String>, String> {
 async fn seeded_schedules_keep_the_invariants_and_converge() {
     if let Ok(seed) = std::env::var("SIM_SEED") {
         let seed: u64 = seed.parse().expect("SIM_SEED is a number");
+        if let Some(times) = std::env::var("SIM_REPEAT")
+            .ok()
+            .and_then(|n| n.parse().ok())
+        {
+            return repeat(seed, times).await;
+        }
         match simulate(seed).await {
             Ok(log) => eprintln!("seed {seed} held:\n  {}", log.join("\n  ")),
             Err(report) => panic!("{report}"),
@@ -772,6 +961,33 @@ async fn seeded_schedules_keep_the_invariants_and_converge() {
     }
 }
 
+/// `SIM_SEED=N SIM_REPEAT=K`: the schedule of seed N, K times at once. Time is real, so a
+/// failure that needs a loaded machine (a probe that comes late) shows only among many.
+async fn repeat(seed: u64, times: usize) {
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..times {
+        let slot = slots.clone().acquire_owned().await.expect("open");
+        runs.spawn(async move {
+            let result = simulate(seed).await;
+            drop(slot);
+            result
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(joined) = runs.join_next().await {
+        if let Err(report) = joined.expect("a schedule panicked") {
+            failed.push(report);
+        }
+    }
+    if let Some(report) = failed.first() {
+        panic!(
+            "{} of {times} runs of seed {seed} failed; the first:\n{report}",
+            failed.len()
+        );
+    }
+}
+
 // Bugs the simulation found, each in a plain test. They shared one cause: a pass that died
 // between writing the upstream file and nginx's reload left the file saying what nginx did not
 // run, and the next pass took the file's word for what serves. Fixed by the switch mark in
@@ -788,6 +1004,7 @@ async fn died_between_the_write_and_the_reload() -> Sim {
         history_limit: 5,
         keep_previous: Duration::ZERO,
         canary: false,
+        pre_switch_hook: false,
     });
     sim.step(&Step::Desire { image: "v1" }).await.unwrap();
     sim.pass(false, None).await.unwrap();
@@ -842,6 +1059,7 @@ async fn the_history_gains_no_image_that_never_served() {
         history_limit: 5,
         keep_previous: Duration::ZERO,
         canary: false,
+        pre_switch_hook: false,
     });
     // The first deployment, v3, wrote the upstream file and died before nginx loaded it.
     sim.step(&Step::Desire { image: "v3" }).await.unwrap();
