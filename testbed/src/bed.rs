@@ -118,7 +118,7 @@ impl Bed {
             .expect("testbed lives inside the workspace")
             .to_path_buf();
 
-        install_packages()?;
+        install_packages(PACKAGES)?;
         let nginx = which("nginx").ok_or_else(|| BedError("nginx is not on PATH".into()))?;
         let docker_host = engine(&dir)?;
         let registry = registry(&dir)?;
@@ -385,9 +385,10 @@ impl Bed {
     }
 }
 
-/// Installs the missing Debian packages, quietly; says which and why when it fails.
-fn install_packages() -> Result<()> {
-    let mut missing: Vec<&str> = PACKAGES
+/// Installs, from Debian's packages, each package whose program (or file, for a path) is
+/// missing, quietly; says which and why when it fails.
+pub(crate) fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = packages
         .iter()
         .filter(|(program, _)| match program.strip_prefix('/') {
             Some(_) => !Path::new(program).exists(),
@@ -680,10 +681,10 @@ pub(crate) fn spawn_detached(cmd: &mut Command, log: &Path) -> Result<std::proce
 }
 
 /// An exclusive `flock` held until dropped.
-struct Flock(fs::File);
+pub(crate) struct Flock(fs::File);
 
 impl Flock {
-    fn take(path: &Path) -> Result<Flock> {
+    pub(crate) fn take(path: &Path) -> Result<Flock> {
         use std::os::fd::AsRawFd;
         let file = fs::OpenOptions::new()
             .create(true)
