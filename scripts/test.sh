@@ -33,15 +33,20 @@ step "packaging tools: cargo-deb (installed once; the package test builds a .deb
 ./scripts/package.sh --install-tools
 
 step "cargo test (unit and real-engine tests)"
+# --no-fail-fast: one failing test binary must not hide the others' results. The harness's
+# --quiet keeps cargo's "Running" lines, which say which binary the results belong to.
 log=$(mktemp)
 set +e
-cargo test --workspace --quiet -- "$@" 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast -- --quiet "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-passed=$(grep -o '[0-9]* passed' "$log" | awk '{s += $1} END {print s + 0}')
-failed=$(grep -o '[0-9]* failed' "$log" | awk '{s += $1} END {print s + 0}')
-rm -f "$log"
 
 step "done in $(( $(date +%s) - started )) s"
-echo "tests: $passed passed, $failed failed"
+summary=0
+./scripts/test-summary.sh "$log" || summary=$?
+rm -f "$log"
+# cargo's status also covers what has no test result line (a build error).
+if [ "$status" -eq 0 ] && [ "$summary" -ne 0 ]; then
+    status=$summary
+fi
 exit "$status"

@@ -22,8 +22,9 @@ pub mod state;
 pub mod upstream;
 
 /// The test hook: with `FIELDTRACK_TEST_PAUSE_AT=<point>` the process blocks forever when it
-/// reaches that point (a reconcile step, `recording`, or `reload`: the upstream file written,
-/// nginx neither tested nor reloaded yet), so a test can SIGKILL it exactly there.
+/// reaches that point (a reconcile step, `recording`, `reload`: the upstream file written,
+/// nginx neither tested nor reloaded yet, or `failed`: the daemon recorded a failed pass),
+/// so a test can SIGKILL it exactly there, or look at what it wrote.
 ///
 /// Compiled into debug builds only (the tests' binary); a release build, the one packaged and
 /// run in production, has no such variable to stop it with.

@@ -431,7 +431,8 @@ fn a_newer_desired_file_mid_canary_sends_traffic_back_to_stable_then_deploys_the
         50.0,
     );
     write_desired(&site, "image = \"v1\"\n");
-    let daemon = Spawned::start(&site, &["daemon"], None);
+    let mut daemon = Spawned::start(&site, &["daemon"], None);
+    daemon.wait_for_line("daemon started");
     converged_on(&site, "v1");
     let stable = container_name(&site, live_color(&site));
     let stable_port = port_of(&site, &stable);
@@ -496,7 +497,8 @@ fn a_daemon_killed_inside_a_step(then_desired: Option<&str>) {
     // comes.
     set_canary(&mut site, r#"[{ weight = 10, pause = "3s" }]"#, 5, 50.0);
     write_desired(&site, "image = \"v1\"\n");
-    let daemon = Spawned::start(&site, &["daemon"], None);
+    let mut daemon = Spawned::start(&site, &["daemon"], None);
+    daemon.wait_for_line("daemon started");
     converged_on(&site, "v1");
     let stable = container_name(&site, live_color(&site));
     let stable_id = container_id(&site, &stable);
@@ -641,7 +643,8 @@ fn under_the_daemon_a_rollback_mid_canary_goes_to_the_stable_image_and_a_failed_
         20,
         50.0,
     );
-    let daemon = Spawned::start(&site, &["daemon"], None);
+    let mut daemon = Spawned::start(&site, &["daemon"], None);
+    daemon.wait_for_line("daemon started");
     converged_on(&site, "v2");
 
     // A canary of v3 runs: `rollback` goes back to what serves (v2), not one further (v1).
@@ -668,5 +671,36 @@ fn under_the_daemon_a_rollback_mid_canary_goes_to_the_stable_image_and_a_failed_
         "canary step 1 of 1 (10%)",
     ]);
     converged_on(&site, "v2");
+    daemon.kill();
+}
+
+#[test]
+fn under_the_daemon_a_failed_canary_is_reported_with_its_auto_rollback_as_soon_as_it_failed() {
+    let mut site = site_on_v1(r#"[{ weight = 10, pause = "manual" }]"#, 20, 50.0);
+    site.set("rollout.resync", "\"1h\"");
+    // The daemon stops right after it recorded a failed pass: the deploy that follows it
+    // sees the failed status and never a next pass (the window in which it used to report
+    // the failure without the auto-rollback).
+    let mut daemon = Spawned::start(&site, &["daemon"], Some("failed"));
+    // Holding the lock: the deploy follows the daemon, it does not converge in-process.
+    daemon.wait_for_line("daemon started");
+    converged_on(&site, "v1");
+
+    let load = Load::start(&site, "/", THREADS, GAP);
+    let run = ft(&site, &["deploy", "err5"]);
+    load.stop();
+
+    run.expect_code(1).says(&[
+        "err5 failed after the switch and the desired file was rolled back to v1",
+        "canary step 1 of 1 (10%)",
+    ]);
+    let status = status(&site);
+    assert_eq!(status["phase"], "failed", "{status:#}");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the desired file was rolled back to v1")),
+        "the status says so too: {status:#}"
+    );
     daemon.kill();
 }

@@ -414,6 +414,55 @@ fn registry_down_during_a_pull_is_reported_retried_with_backoff_and_converges_on
     assert_history_valid(&site, &["v2", "v1"]);
 }
 
+/// A registry that answers 503 (up, but failing) is retried with backoff like one that is
+/// down: the generation is not marked failed, and once the registry answers again the
+/// deployment converges without a change to the desired file.
+#[test]
+fn registry_answering_503_is_retried_with_backoff_and_converges_once_it_answers() {
+    let bed = Bed::shared();
+    let mut site = quiet_site();
+    let port = free_port();
+    let registry: SocketAddr = bed.registry.parse().expect("the registry is ip:port");
+    let mut proxy = Proxy::start(
+        Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
+        Endpoint::Tcp(registry),
+    );
+    let repository = format!("127.0.0.1:{port}/fieldtrack-test/{}", site.app);
+    let _images = LocalTags::push(&site, &repository, &["v1", "v2"]);
+    site.set("repository", &format!("\"{repository}\""));
+    site.repository = repository.clone();
+    let daemon = Daemon::on(&site, "v1");
+    let before = Production::of(&site);
+    let attempts_before = audit(&site).len();
+
+    proxy.cut_answering_503();
+    write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
+    daemon.wait_until(&site, "status names the registry's 503", || {
+        status_opt(&site).is_some_and(|s| {
+            let message = s["message"].as_str().unwrap_or_default();
+            s["desired"] == "v2" && message.contains("503 Service Unavailable")
+        })
+    });
+    let first = status(&site);
+    assert!(
+        first["failed_generation"].is_null(),
+        "a registry's 503 does not mark the generation failed: {first:#}"
+    );
+    // Another attempt after the first: retried, not waiting for a change.
+    daemon.wait_until(&site, "a second pull attempt", || {
+        audit(&site).len() >= attempts_before + 2
+    });
+    before.assert_unchanged(&site, &daemon);
+    let status = status(&site);
+    assert!(status["failed_generation"].is_null(), "{status:#}");
+    assert_eq!(status["live"]["image"], site.image("v1"), "{status:#}");
+
+    proxy.reopen();
+    daemon.wait_converged(&site, "v2");
+    assert_serving_from_a_running_container(&site, "v2");
+    assert_history_valid(&site, &["v2", "v1"]);
+}
+
 // ---------------------------------------------------------------------------------------
 // A full disk.
 
@@ -428,8 +477,8 @@ fn full_state_folder_refuses_the_deploy_at_the_lock_and_keeps_every_file_intact(
     let filler = disk.fill();
     let run = ft(&site, &["deploy", "v2"]);
 
-    // Observed: `deploy` writes the desired file (not on the full disk), then cannot write
-    // its name into the lock file, and stops there, before any pass.
+    // `deploy` takes the lock before it writes the desired file (not on the full disk): it
+    // cannot write its name into the lock file and stops there, before writing anything.
     run.expect_code(1);
     assert!(
         run.stderr.contains(&format!(
@@ -440,7 +489,11 @@ fn full_state_folder_refuses_the_deploy_at_the_lock_and_keeps_every_file_intact(
         run.stderr
     );
     files.assert_intact(&site, &filler);
-    assert_eq!(desired_image(&site).as_deref(), Some("v2"));
+    assert_eq!(
+        desired_image(&site).as_deref(),
+        Some("v1"),
+        "a deploy that failed is not left in the desired file"
+    );
 
     // Space back: the same deploy goes through.
     fs::remove_file(&filler).unwrap();
@@ -624,6 +677,49 @@ fn full_disk_at_the_history_write_keeps_the_old_history_and_reports_the_switch()
     assert_converged(&site, "v2");
     assert_eq!(container_id(&site, &new), id);
     assert_history_valid(&site, &["v2", "v1"]);
+}
+
+#[test]
+fn a_disk_full_after_the_switch_under_the_daemon_leaves_the_image_live_and_records_it_later() {
+    let mut site = quiet_site();
+    let dir = site.dir.join("history");
+    let Some(disk) = Tmpfs::mount(&dir, "16k") else {
+        return;
+    };
+    site.set("history_file", "\"history/.deploy_history\"");
+    site.history_file = dir.join(".deploy_history");
+    let daemon = Daemon::on(&site, "v1");
+    let new = container_name(&site, idle_color(&site));
+
+    // The disk holding the history fills up; the daemon then switches to v2 and cannot
+    // write the history after the switch.
+    let filler = disk.fill();
+    write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
+    daemon.wait_until(&site, "the history write fails after the switch", || {
+        status_opt(&site).is_some_and(|s| {
+            s["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("No space left on device"))
+        })
+    });
+
+    // The image serves and its generation is not marked failed.
+    assert_eq!(served(&site).as_deref(), Some("v2"));
+    let status = status(&site);
+    assert!(status["failed_generation"].is_null(), "{status:#}");
+    assert_eq!(status["live"]["container"], new.as_str(), "{status:#}");
+
+    // Space back: the daemon's own retry records v2, with no request and no redeploy.
+    let id = container_id(&site, &new);
+    fs::remove_file(&filler).unwrap();
+    daemon.wait_until(&site, "the daemon records v2 in the history", || {
+        history(&site) == "v2\nv1\n"
+    });
+    daemon.wait_converged(&site, "v2");
+    assert_eq!(container_id(&site, &new), id);
+    assert_history_valid(&site, &["v2", "v1"]);
+    drop(daemon);
+    drop(disk);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1386,6 +1482,9 @@ enum Mode {
     /// Close each one at once, unanswered: an engine that cannot be talked to, whose
     /// connection attempts can still be counted (a refused connect never reaches us).
     HangUp,
+    /// Answer every HTTP request `503 Service Unavailable` with a `Retry-After`: a
+    /// registry that is up but failing.
+    Unavailable,
 }
 
 enum Listener {
@@ -1533,6 +1632,12 @@ impl Proxy {
         self.serve(Mode::HangUp);
     }
 
+    /// Cuts, then answers every request 503 until [`Proxy::reopen`].
+    fn cut_answering_503(&mut self) {
+        self.cut();
+        self.serve(Mode::Unavailable);
+    }
+
     /// Forwards again, on the same address.
     fn reopen(&mut self) {
         self.cut();
@@ -1555,8 +1660,10 @@ impl Proxy {
                 match listener.accept() {
                     Ok(client) => {
                         accepted.fetch_add(1, Ordering::SeqCst);
-                        if mode == Mode::Forward {
-                            forward(client, &target, &live);
+                        match mode {
+                            Mode::Forward => forward(client, &target, &live),
+                            Mode::Unavailable => answer_unavailable(client),
+                            Mode::HangUp => {}
                         }
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -1597,6 +1704,33 @@ fn forward(client: Stream, target: &Endpoint, live: &Mutex<Vec<Stream>>) {
     live.lock().unwrap().extend([client_kept, server_kept]);
     pump(client_in, server);
     pump(server_in, client);
+}
+
+/// Answers each request on `client` 503 on a thread, until the client closes.
+fn answer_unavailable(mut client: Stream) {
+    thread::spawn(move || {
+        if client.blocking().is_err() {
+            return;
+        }
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = client.read(&mut buf) {
+            request.extend_from_slice(&buf[..n]);
+            // Requests without a body (GET, HEAD: what a pull sends) end at a blank line.
+            while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                request.drain(..end + 4);
+                let body = "registry unavailable";
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+                     Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if client.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Copies `from` into `to` on a thread, then half-closes `to`.

@@ -160,6 +160,45 @@ fn pre_switch_hook_slower_than_its_timeout_is_killed_and_fails_the_attempt() {
     });
 }
 
+/// A `pre_switch` hook that exits 0 and leaves a background process holding its stdout
+/// and stderr is done when it exits: the deployment goes on, well before the hook's
+/// timeout, which is shorter than the background process lives.
+#[test]
+fn pre_switch_hook_that_exits_leaving_a_background_child_on_its_output_passes() {
+    let mut site = Site::new();
+    deploy_ok(&site, "v1");
+    let pid_file = site.dir.join("background.pid");
+    let script = site.dir.join("background-hook.sh");
+    fs::write(
+        &script,
+        format!(
+            "sleep 60 &\necho $! > '{}'\necho 'smoke ok'\nexit 0\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    site.set(
+        "hooks.pre_switch",
+        &toml_array(&["sh", &script.display().to_string()]),
+    );
+    site.set("hooks.hook_timeout", "\"10s\"");
+
+    let run = ft(&site, &["deploy", "v2"]);
+    let background: i32 = fs::read_to_string(&pid_file)
+        .expect("the hook ran")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(background, libc::SIGKILL);
+    }
+
+    run.expect_code(0);
+    assert_eq!(history(&site), "v2\nv1\n");
+    assert_converged(&site, "v2");
+}
+
 /// The idle color and its port: where the next candidate goes.
 fn idle(site: &Site) -> (&'static str, u16) {
     let color = idle_color(site);

@@ -1,5 +1,5 @@
 //! The files shipped beside the binary: the systemd units, the Debian package built by
-//! `scripts/package.sh`, and the CI recipes in `examples/`.
+//! `scripts/package.sh`, the CI recipes in `examples/`, and how `scripts/test.sh` counts.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -73,6 +73,10 @@ fn template_unit_passes_systemd_analyze_verify_as_an_instance() {
     let single = single
         .replace("-/etc/fieldtrack/desired", "-/etc/fieldtrack/%i/desired")
         .replace(
+            "-/var/lib/fieldtrack-public ",
+            "-/var/lib/fieldtrack-public/%i ",
+        )
+        .replace(
             "StateDirectory=fieldtrack\n",
             "StateDirectory=fieldtrack/%i\n",
         );
@@ -104,6 +108,7 @@ fn systemd_units_are_hardened_to_an_exposure_of_3_or_lower() {
             .collect();
         assert!(
             writable.iter().all(|p| p.ends_with("/desired")
+                || p.starts_with("/var/lib/fieldtrack-public")
                 || [
                     "/etc/fieldtrack/nginx",
                     "/etc/nginx/conf.d",
@@ -386,4 +391,119 @@ fn gitlab_ci_recipe_is_a_pipeline_that_builds_pushes_and_deploys() {
     scripts(&doc, &mut script);
     assert!(script.contains("docker push \"$IMAGE:$TAG\""), "{script}");
     assert_both_deploy_methods(path, &script);
+}
+
+/// What `cargo test --workspace --no-fail-fast -- --quiet` prints when one test panics
+/// with counts in its message, one fails an assertion, and one test binary aborts before
+/// its summary: the shape `scripts/test.sh` reads.
+const FAILING_RUN: &str = r#"   Compiling sample v0.1.0 (/tmp/sample)
+    Finished `test` profile [unoptimized + debuginfo] target(s) in 0.44s
+     Running unittests src/lib.rs (target/debug/deps/sample-e6daf73c296d6df0)
+
+running 3 tests
+.. 2/3
+tests::fails_with_a_count_in_its_message --- FAILED
+
+failures:
+
+---- tests::fails_with_a_count_in_its_message stdout ----
+
+thread 'tests::fails_with_a_count_in_its_message' (14530) panicked at src/lib.rs:8:46:
+7 failed, 12 passed in the fake run
+test result: ok. 40 passed; 0 failed; said the fake run too
+note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.
+
+
+failures:
+    tests::fails_with_a_count_in_its_message
+
+test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.08s
+
+error: test failed, to rerun pass `--lib`
+     Running tests/crash.rs (target/debug/deps/crash-4123a8a96c2e231a)
+
+running 1 test
+error: test failed, to rerun pass `--test crash`
+
+Caused by:
+  process didn't exit successfully: `/tmp/sample/target/debug/deps/crash-4123a8a96c2e231a --quiet` (signal: 6, SIGABRT: process abort signal)
+     Running tests/other.rs (target/debug/deps/other-9a316aeee897365e)
+
+running 3 tests
+i. 2/3
+two --- FAILED
+
+failures:
+
+---- two stdout ----
+
+thread 'two' (14537) panicked at tests/other.rs:4:12:
+assertion `left == right` failed: 3 failed
+  left: 1
+ right: 2
+
+
+failures:
+    two
+
+test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.08s
+
+error: test failed, to rerun pass `--test other`
+   Doc-tests sample
+
+running 0 tests
+
+test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+
+error: 3 targets failed:
+    `--lib`
+    `--test crash`
+    `--test other`
+"#;
+
+/// Runs `scripts/test-summary.sh` on `log` and returns its exit status and output.
+fn summarize(log: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    std::fs::write(&path, log).unwrap();
+    let out = Command::new(repo("scripts/test-summary.sh"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `scripts/test.sh` counts only cargo's `test result:` lines (never a count inside a
+/// test's message), names every failed test with the command that reruns it, names a test
+/// binary that died before its summary, and fails.
+#[test]
+fn test_script_counts_only_result_lines_and_names_the_failed_tests() {
+    let (ok, out) = summarize(FAILING_RUN);
+    assert!(!ok, "a run with failures must exit non-zero:\n{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("tests: 3 passed, 2 failed"),
+        "{out}"
+    );
+    for line in [
+        "cargo test --lib -- --exact tests::fails_with_a_count_in_its_message",
+        "cargo test --test other -- --exact two",
+        "cargo test --test crash (the test binary ended before its summary)",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+}
+
+/// A run where every test passed exits 0 with the closing count and no list.
+#[test]
+fn test_script_passes_a_clean_run() {
+    let clean = "     Running tests/other.rs (target/debug/deps/other-1)\n\nrunning 2 tests\n..\n\
+                 test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; \
+                 finished in 0.01s\n\n";
+    let (ok, out) = summarize(clean);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "tests: 2 passed, 0 failed");
 }

@@ -336,6 +336,25 @@ fn second_reconciler_waits_for_the_lock_and_names_its_holder() {
 }
 
 #[test]
+fn a_reconcile_that_waited_for_the_lock_converges_the_desired_file_as_it_is_then() {
+    let site = Site::new();
+    let mut deploy = Spawned::start(&site, &["deploy", "v1"], Some("health"));
+    deploy.wait_for_line("fieldtrack: test pause at health");
+    let mut reconcile = Spawned::start(&site, &["reconcile"], None);
+    reconcile.wait_for_line("waiting for the reconcile lock, held by");
+
+    // The desired file changes while the reconcile waits; then the lock is freed.
+    ft(&site, &["deploy", "v2", "--no-wait"]).expect_code(0);
+    deploy.kill();
+
+    let (code, stderr) = reconcile.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(served(&site).as_deref(), Some("v2"), "{stderr}");
+    assert_eq!(history(&site), "v2\n");
+    assert_converged(&site, "v2");
+}
+
+#[test]
 fn status_and_history_json_agree_with_the_files() {
     let site = Site::new();
     deploy_ok(&site, "v1");
@@ -469,23 +488,69 @@ fn the_drain_lasts_until_nginx_workers_of_the_old_configuration_have_exited() {
 }
 
 #[test]
-fn a_pid_file_of_another_nginx_does_not_hold_the_drain() {
+fn a_reload_the_running_nginx_did_not_take_fails_the_switch_and_keeps_the_old_color() {
+    let site = Site::new();
+    deploy_ok(&site, "v1");
+    let v1 = container_name(&site, live_color(&site));
+    // nginx's config gains a listen on a port someone else holds: `nginx -t` accepts it
+    // (it binds nothing), the running master cannot bind it, so it keeps its old
+    // configuration and its old workers after the reload, which still exits 0.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let conf = site.dir.join("nginx/nginx.conf");
+    let listen = format!("listen {};", site.nginx_addr());
+    let text = fs::read_to_string(&conf).unwrap();
+    assert!(text.contains(&listen), "{text}");
+    let text = text.replacen(
+        &listen,
+        &format!("{listen}\n        listen 127.0.0.1:{busy_port};"),
+        1,
+    );
+    fs::write(&conf, text).unwrap();
+    let upstream_before = upstream(&site);
+    let workers = nginx_workers(&site);
+
+    let run = ft(&site, &["deploy", "v2"]);
+
+    let error_log = fs::read_to_string(site.dir.join("nginx/logs/error.log")).unwrap();
+    assert!(
+        error_log.contains(&format!("bind() to 127.0.0.1:{busy_port} failed")),
+        "nginx's error log says it kept its old configuration:\n{error_log}"
+    );
+    run.expect_code(1)
+        .says(&["started no new workers", "previous upstream file restored"]);
+    assert_eq!(nginx_workers(&site), workers, "nginx kept its old workers");
+    assert_eq!(served(&site).as_deref(), Some("v1"), "{}", run.stderr);
+    assert_eq!(
+        site.containers(),
+        vec![v1],
+        "v2's candidate removed, v1 kept"
+    );
+    assert_eq!(upstream(&site), upstream_before);
+    assert_eq!(history(&site), "v1\n");
+    drop(busy);
+}
+
+#[test]
+fn a_pid_file_of_another_nginx_fails_the_switch_saying_so_and_keeps_the_old_color() {
     let mut site = Site::new();
     let other = Site::new();
+    deploy_ok(&site, "v1");
+    let v1 = container_name(&site, live_color(&site));
+    // nginx is never seen taking the reload: the master in the pid file is not the one
+    // `reload_command` reloads, so nothing says the switch happened.
     site.set(
         "nginx.pid_file",
         &format!("\"{}\"", other.dir.join("nginx/nginx.pid").display()),
     );
-    deploy_ok(&site, "v1");
     let run = ft(&site, &["deploy", "v2"]);
-    run.expect_code(0);
-    assert!(
-        run.stderr.contains("started no new workers"),
-        "the deploy says why it stopped waiting:\n{}",
-        run.stderr
-    );
-    assert_converged(&site, "v2");
-    assert_eq!(site.containers().len(), 1, "v1 removed");
+    run.expect_code(1).says(&[
+        "started no new workers",
+        "nginx.pid_file names another nginx",
+    ]);
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(site.containers(), vec![v1], "v2's candidate removed");
+    assert_eq!(history(&site), "v1\n");
 }
 
 #[test]

@@ -18,10 +18,10 @@ use common::swarm::*;
 use common::{eventually, wait_for};
 use fieldtrack_testbed::{EdgeLoad, Swarm, SwarmSite};
 
-/// A site of three replicas (one per node) with fast probes and a short drain.
+/// A site of three replicas (one per node), a patient health gate and a short drain.
 fn site() -> SwarmSite {
     let mut site = SwarmSite::new();
-    fast_health(&mut site);
+    patient_health(&mut site);
     site.set("rollout.drain", "\"1s\"");
     site.set("swarm.replicas", "3");
     site
@@ -107,9 +107,10 @@ fn deploy_and_rollback_run_one_task_per_node_and_nginx_names_all_three() {
 fn an_unhealthy_image_leaves_production_untouched_and_the_idle_color_at_zero() {
     let swarm = Swarm::shared();
     let _use = swarm.steady();
-    let site = site();
+    let mut site = site();
     deploy_ok(&site, "v1");
     let before = upstream(&site);
+    short_health(&mut site);
 
     let run = ft(&site, &["deploy", "unhealthy"]);
     run.expect_code(1);
@@ -125,6 +126,19 @@ fn an_unhealthy_image_leaves_production_untouched_and_the_idle_color_at_zero() {
         set_replicas(&site, idle) == Some(0)
     });
     assert_eq!(history(&site), "v1\n");
+}
+
+/// The site's health gate leaves a candidate far more time than three tasks take to
+/// start here, so a loaded machine (a task answering after several seconds, as `slow`
+/// does: it listens only after 5 s) is no failure. Speed is the bench's business.
+#[test]
+fn a_candidate_that_answers_only_after_seconds_still_deploys() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let site = site();
+    deploy_ok(&site, "v1");
+    deploy_ok(&site, "slow");
+    assert_eq!(upstream_addrs(&site), node_addrs(swarm));
 }
 
 #[test]
@@ -164,6 +178,67 @@ fn a_color_failing_during_the_drain_sends_traffic_back_and_rewrites_the_desired_
     let desired = desired(&site).expect("the desired file");
     assert!(desired.contains("image = \"v1\""), "{desired}");
     assert_eq!(history(&site), "v1\n");
+}
+
+/// A replica of the live color that was killed and that Swarm restarted leaves a failed
+/// task in the service's history: the color still runs, so a new color failing in its drain
+/// sends traffic back to it.
+#[test]
+fn a_replica_swarm_restarted_once_does_not_keep_its_color_from_taking_traffic_back() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let mut site = site();
+    deploy_ok(&site, "v1");
+    let first = live_color(&site);
+    let service = site.service(first);
+
+    // SIGKILL one task's container on a worker: exit 137, and Swarm starts a new task.
+    let node = &swarm.workers()[0];
+    let out = swarm
+        .docker(node)
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={service}"),
+        ])
+        .output()
+        .expect("docker runs");
+    let container = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !container.is_empty(),
+        "a task of {service} runs on {}",
+        node.name
+    );
+    let killed = swarm
+        .docker(node)
+        .args(["kill", &container])
+        .output()
+        .expect("docker runs");
+    assert!(killed.status.success(), "{killed:?}");
+    wait_for(
+        Duration::from_secs(120),
+        "Swarm to replace the killed task and run three again",
+        || {
+            let tasks = tasks_per_node(&site, first);
+            let failed = tasks.values().flatten().any(|t| t.starts_with("failed/"));
+            (failed && running_nodes(&site, first).len() == 3).then_some(())
+        },
+    );
+
+    // `flaky` answers its health, then 500 after 3 s: inside this drain.
+    site.set("rollout.drain", "\"15s\"");
+    let run = ft(&site, &["deploy", "flaky"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains(&format!("traffic is back on {first}")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"), "{}", run.stderr);
+    assert_eq!(live_color(&site), first);
+    let desired = desired(&site).expect("the desired file");
+    assert!(desired.contains("image = \"v1\""), "{desired}");
 }
 
 #[test]
@@ -604,8 +679,7 @@ fn a_port_held_a_moment_longer_on_a_node_delays_the_candidate_without_failing_it
     // the rejected task again; the attempt waits for it instead of failing.
     let swarm = Swarm::shared();
     let _use = swarm.steady();
-    let mut site = site();
-    site.set("health.attempts", "30");
+    let site = site();
     deploy_ok(&site, "v1");
     let port = if idle_color(&site) == "blue" {
         site.blue_port

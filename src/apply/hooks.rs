@@ -8,7 +8,9 @@
 //! env file's: that is the container's). What a hook prints is kept only with the env
 //! file's values redacted, in case it reads them anyway. Each one
 //! is killed, with every process it started in its own process group, once
-//! `hooks.hook_timeout` is up, so a hung hook cannot hold a deployment forever.
+//! `hooks.hook_timeout` is up, so a hung hook cannot hold a deployment forever. A hook is
+//! done when it exits, not when its pipes close: what it left running in the background
+//! may hold them for as long as it lives.
 
 use std::io;
 use std::process::{ExitStatus, Stdio};
@@ -149,16 +151,30 @@ pub async fn run_hook(
             source,
         })?;
     let pgid = child.id();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let (mut out, mut err) = (Tail::default(), Tail::default());
 
-    let run = async {
-        let (status, stdout, stderr) =
-            tokio::join!(child.wait(), read_tail(stdout), read_tail(stderr));
-        Ok::<_, io::Error>((status?, stdout?, stderr?))
-    };
-    let (status, stdout, stderr) = match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(done)) => done,
+    // The hook is done when it exits, not when its pipes close: a background process it
+    // started (`sleep 30 &`) inherits them and may hold them open for as long as it lives.
+    // The pipes are read while it runs (a full pipe would block it), and once it exited
+    // only what it left in them is taken.
+    let waited = tokio::time::timeout(timeout, async {
+        let read = async {
+            let (a, b) = tokio::join!(out.fill(&mut stdout), err.fill(&mut stderr));
+            a.and(b)
+        };
+        tokio::select! {
+            status = child.wait() => status,
+            read = read => {
+                read?;
+                child.wait().await
+            }
+        }
+    })
+    .await;
+    let status = match waited {
+        Ok(Ok(status)) => status,
         Ok(Err(source)) => {
             return Err(HookError::Wait {
                 name: name.to_owned(),
@@ -178,6 +194,10 @@ pub async fn run_hook(
             });
         }
     };
+    // A read error now only shortens the output shown; the exit status is what counts.
+    let _ = out.drain(&mut stdout).await;
+    let _ = err.drain(&mut stderr).await;
+    let (stdout, stderr) = (out.finish(), err.finish());
     if status.success() {
         tracing::info!(hook = name, command = %command, "hook succeeded");
         return Ok(());
@@ -206,35 +226,78 @@ fn kill_group(pgid: Option<u32>) {
     }
 }
 
-/// Reads a stream to its end, keeping only about the last [`OUTPUT_TAIL_BYTES`], from the
-/// start of a line: a line cut in its middle could show the end of a secret that redaction
-/// no longer recognises.
-async fn read_tail<R: AsyncRead + Unpin>(stream: Option<R>) -> io::Result<Vec<u8>> {
-    let Some(mut stream) = stream else {
-        return Ok(Vec::new());
-    };
-    let mut kept = Vec::new();
-    let mut cut = false;
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        kept.extend_from_slice(&buf[..n]);
-        if kept.len() > 2 * OUTPUT_TAIL_BYTES {
-            kept.drain(..kept.len() - OUTPUT_TAIL_BYTES);
-            cut = true;
+/// After the hook exited, a read of its pipe that finds nothing within this long means
+/// the hook's own output is all read: what still holds the pipe is something it left
+/// running, and its later output is not the hook's.
+const AFTER_EXIT_IDLE: Duration = Duration::from_millis(50);
+
+/// The most spent reading a pipe after the hook exited, against a background process that
+/// keeps writing into it.
+const AFTER_EXIT_MAX: Duration = Duration::from_secs(1);
+
+/// The last [`OUTPUT_TAIL_BYTES`] or so of one output stream, kept across reads that may
+/// be cut short (the hook exits, the timeout falls) without losing what was read.
+#[derive(Default)]
+struct Tail {
+    kept: Vec<u8>,
+    cut: bool,
+}
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.kept.extend_from_slice(bytes);
+        if self.kept.len() > 2 * OUTPUT_TAIL_BYTES {
+            self.kept.drain(..self.kept.len() - OUTPUT_TAIL_BYTES);
+            self.cut = true;
         }
     }
-    if cut {
-        let first_line = kept
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(kept.len(), |i| i + 1);
-        kept.drain(..first_line);
+
+    /// Reads `stream` to its end. Cancel-safe: dropped between reads, nothing read is lost.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, stream: &mut Option<R>) -> io::Result<()> {
+        let Some(stream) = stream else {
+            return Ok(());
+        };
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.push(&buf[..n]);
+        }
     }
-    Ok(kept)
+
+    /// Reads what `stream` holds now: up to its end, or until it stays empty for
+    /// [`AFTER_EXIT_IDLE`], at most [`AFTER_EXIT_MAX`].
+    async fn drain<R: AsyncRead + Unpin>(&mut self, stream: &mut Option<R>) -> io::Result<()> {
+        let Some(stream) = stream else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + AFTER_EXIT_MAX;
+        let mut buf = [0u8; 8192];
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(AFTER_EXIT_IDLE, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => self.push(&buf[..n]),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// What is kept, from the start of a line when the front was cut: a line cut in its
+    /// middle could show the end of a secret that redaction no longer recognises.
+    fn finish(mut self) -> Vec<u8> {
+        if self.cut {
+            let first_line = self
+                .kept
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.kept.len(), |i| i + 1);
+            self.kept.drain(..first_line);
+        }
+        self.kept
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +480,66 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("grandchild {pid} still running");
+    }
+
+    /// Kills `pid` (a background process a test hook left) when dropped.
+    struct KillOnDrop(libc::pid_t);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn read_pid(path: &Path) -> libc::pid_t {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// A hook is done when it exits: a background process it leaves holding its stdout and
+    /// stderr does not make it time out, and what the hook printed before it exited is kept.
+    #[tokio::test]
+    async fn a_hook_is_done_when_it_exits_though_a_background_child_holds_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "sleep 30 & echo $! > {}; echo smoke ok; echo 'on stderr' >&2; exit 0",
+            pid_file.display()
+        );
+        let done = run_hook(
+            PRE_SWITCH,
+            &argv(&["sh", "-c", &script]),
+            &ctx(),
+            Duration::from_secs(10),
+        )
+        .await;
+        let _background = KillOnDrop(read_pid(&pid_file));
+        done.unwrap();
+
+        let script = format!(
+            "sleep 30 & echo $! > {}; echo 'smoke test failed'; exit 4",
+            pid_file.display()
+        );
+        let err = run_hook(
+            PRE_SWITCH,
+            &argv(&["sh", "-c", &script]),
+            &ctx(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
+        let _background = KillOnDrop(read_pid(&pid_file));
+        let HookError::Failed { status, output, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(status.code(), Some(4));
+        assert_eq!(output, "smoke test failed");
     }
 
     #[tokio::test]

@@ -79,6 +79,16 @@ pub enum ProxyError {
         cause: Box<ProxyError>,
         again: Box<ProxyError>,
     },
+    /// `reload_command` exited 0 but the nginx master in `nginx.pid_file` started no new
+    /// workers: it kept its old configuration (one it cannot apply while it runs, such as a
+    /// `listen` it cannot bind, which `nginx -t` does not try), or the pid file names
+    /// another nginx. The previous file was restored and reloaded again.
+    #[error("nginx reload command `{command}` exited 0 but the nginx master ({pid_file}) started no new workers within {waited:?}: it kept its old configuration (see nginx's error log), or nginx.pid_file names another nginx; previous upstream file restored")]
+    ReloadNotTaken {
+        command: String,
+        pid_file: String,
+        waited: Duration,
+    },
     /// A command could not be started (not installed, not executable, no resources); the
     /// previous file was restored.
     #[error("failed to start command `{command}`, previous upstream file restored: {source}")]
@@ -108,7 +118,8 @@ impl ProxyError {
             | ProxyError::Write { .. }
             | ProxyError::Unsettled { .. }
             | ProxyError::TestFailed { .. }
-            | ProxyError::ReloadFailed { .. } => false,
+            | ProxyError::ReloadFailed { .. }
+            | ProxyError::ReloadNotTaken { .. } => false,
         }
     }
 }
@@ -304,6 +315,27 @@ impl Nginx {
         !now.is_empty() && now.iter().all(|pid| retiring.contains(pid))
     }
 
+    /// Whether the master started workers not in `before` (the workers it had before the
+    /// reload), waiting up to [`RELOAD_TAKEN`]. True when there is nothing to look at (no
+    /// readable pid file, a master without workers): then the reload command's word is all
+    /// there is.
+    async fn new_workers_since(&self, before: &[Worker]) -> bool {
+        if before.is_empty() {
+            return true;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let now = self.workers();
+            if now.is_empty() || now.iter().any(|w| !before.contains(w)) {
+                return true;
+            }
+            if started.elapsed() >= RELOAD_TAKEN {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Sets how long `test_command` or `reload_command` may run before it is killed.
     pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
@@ -424,6 +456,38 @@ impl Nginx {
             }
             return Err(e);
         }
+        // A switch counts once nginx serves the new file: its master started new workers.
+        // Until then its old workers, on the old file, get every request.
+        if !self.new_workers_since(&workers).await {
+            let e = ProxyError::ReloadNotTaken {
+                command: super::display_command(&self.reload_command),
+                pid_file: self
+                    .pid_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                waited: RELOAD_TAKEN,
+            };
+            tracing::error!(error = %e, "nginx did not take the reload");
+            self.restore(previous.as_deref(), &e)?;
+            // If the pid file names another nginx, the one reloaded may run the new file:
+            // one more reload brings it back to the restored one.
+            if let Err(again) = run_command(
+                &self.reload_command,
+                self.command_timeout,
+                Step::Reload,
+                &self.redactor,
+            )
+            .await
+            {
+                return Err(ProxyError::Unsettled {
+                    port,
+                    cause: Box::new(e),
+                    again: Box::new(again),
+                });
+            }
+            return Err(e);
+        }
         if let Ok(mut retiring) = self.retiring.lock() {
             retiring.extend(workers);
         }
@@ -529,6 +593,11 @@ impl Proxy for Nginx {
 /// How long after a reload the master must have started new workers before the drain
 /// stops waiting for the old ones (nginx starts them within milliseconds).
 const NO_NEW_WORKERS: Duration = Duration::from_secs(3);
+
+/// How long after a reload command that exited 0 the master may take to start its new
+/// workers before the reload counts as not taken (nginx starts them within milliseconds;
+/// the rest is room for a loaded machine).
+const RELOAD_TAKEN: Duration = Duration::from_secs(5);
 
 /// A process, told apart from a later one given the same pid by its start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

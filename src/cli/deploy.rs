@@ -7,15 +7,15 @@ use clap::Args;
 
 use super::progress::{End, Follower, Shown, TICK};
 use super::reconcile::{converge, take_lock};
+use super::view::{Daemon, Door, View};
 use super::CliError;
 use crate::config::{Config, MAX_DURATION};
 use crate::desired::{
     check_text, Desired, DesiredErrorKind, ImageRef, BY_MAX_CHARS, NOTE_MAX_CHARS,
 };
 use crate::reconcile::Trigger;
-use crate::state::lock::{self, LockError};
-use crate::state::status::{Phase, Status};
-use crate::state::STATUS_FILE;
+use crate::state::lock::{self, LockError, ReconcileLock};
+use crate::state::status::Phase;
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
@@ -63,14 +63,29 @@ pub async fn run(cfg: Config, args: DeployArgs) -> Result<u8, CliError> {
     submit(cfg, &desired, args.submit.no_wait, args.submit.timeout).await
 }
 
+/// Who converges what this command writes, decided before anything is written: a command
+/// that could not follow its result must not leave a desired file behind it.
+enum Route {
+    /// Nobody holds the lock: this process converges, under the lock it now holds.
+    InProcess(ReconcileLock),
+    /// A daemon converges; this process follows what it writes through `door`.
+    Follow { door: Door, daemon: String },
+    /// Another command converges something now: this one waits for the lock, then
+    /// converges (unless superseded meanwhile).
+    AfterLock,
+}
+
 /// Writes `desired`, then (unless `no_wait`) waits for its generation: reconciling in-process
-/// when nobody holds the lock, following the daemon's status.json when it does.
+/// when nobody holds the lock, following the daemon's status when it does. A member of the
+/// deploy group, who may not enter `state_dir`, follows what the daemon publishes, and is
+/// refused (exit 2, nothing written) when no daemon runs or nothing is published.
 pub(crate) async fn submit(
     cfg: Config,
     desired: &Desired,
     no_wait: bool,
     timeout: Option<Duration>,
 ) -> Result<u8, CliError> {
+    let route = route(&cfg)?;
     write_desired(&cfg, desired)?;
     eprintln!(
         "desired: {} (generation {}) written to {}",
@@ -83,21 +98,54 @@ pub(crate) async fn submit(
     }
 
     let timeout = timeout.unwrap_or_else(|| default_timeout(&cfg));
-    match lock::try_acquire(&cfg.state_dir, "fieldtrack deploy") {
-        Ok(_lock) => converge_unless_superseded(cfg, desired).await,
-        Err(LockError::Held { holder }) if holder.starts_with("daemon") => {
+    match route {
+        Route::InProcess(_lock) => converge_unless_superseded(cfg, desired).await,
+        Route::Follow { door, daemon } => {
             eprintln!(
                 "the daemon ({}) converges it; following its progress",
-                super::terminal::printable(&holder)
+                super::terminal::printable(&daemon)
             );
-            follow(&cfg, desired, timeout).await
+            follow(&cfg, desired, timeout, door).await
         }
-        Err(LockError::Held { .. }) => {
+        Route::AfterLock => {
             let _lock = take_lock(&cfg, "fieldtrack deploy", timeout).await?;
             converge_unless_superseded(cfg, desired).await
         }
+    }
+}
+
+fn route(cfg: &Config) -> Result<Route, CliError> {
+    match lock::try_acquire(&cfg.state_dir, "fieldtrack deploy") {
+        Ok(lock) => Ok(Route::InProcess(lock)),
+        Err(LockError::Held { holder }) if holder.starts_with("daemon") => Ok(Route::Follow {
+            door: Door::Private,
+            daemon: holder,
+        }),
+        Err(LockError::Held { .. }) => Ok(Route::AfterLock),
+        Err(e) if denied(&e) => {
+            // A member of the deploy group: it acts only through the desired file, and
+            // learns the result from what the daemon publishes.
+            let view = View::read(cfg)?;
+            match view.daemon {
+                Daemon::Running { pid } => Ok(Route::Follow {
+                    door: view.door,
+                    daemon: pid.map_or("daemon".to_string(), |p| format!("daemon pid {p}")),
+                }),
+                _ => Err(CliError::Invalid(format!(
+                    "no fieldtrack daemon is running, so nothing would converge {} and this \
+                     command could not follow it: nothing was written. Ask root to start it \
+                     (`systemctl start fieldtrack`, or `fieldtrack daemon`)",
+                    cfg.desired_file.display()
+                ))),
+            }
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The lock could not be taken because this user may not enter `state_dir`.
+fn denied(e: &LockError) -> bool {
+    matches!(e, LockError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 /// Under the lock: a desired state written since ours is its writer's to converge. Acting
@@ -162,18 +210,27 @@ fn default_timeout(cfg: &Config) -> Duration {
         .saturating_add(Duration::from_secs(300))
 }
 
-/// Follows status.json until our generation converged (0) or failed (1), showing its
-/// progress as a pass in this process would.
-async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8, CliError> {
-    let path = cfg.state_dir.join(STATUS_FILE);
+/// How long a follower waits for a daemon that stopped to come back (systemd restarts a
+/// crashed one within seconds) before it says so.
+const DAEMON_GONE: Duration = Duration::from_secs(30);
+
+/// Follows the status (through `door`) until our generation converged (0) or failed (1),
+/// showing its progress as a pass in this process would.
+async fn follow(
+    cfg: &Config,
+    desired: &Desired,
+    timeout: Duration,
+    door: Door,
+) -> Result<u8, CliError> {
     let start = Instant::now();
     // `timeout` is at most a few weeks (flag or config bound): no overflow in practice, and
     // a far deadline is what an unrepresentable one would mean anyway.
     let deadline = start.checked_add(timeout).unwrap_or(start + MAX_DURATION);
     let shown = Shown::stderr();
     let mut follower = Follower::default();
+    let mut seen_running = Instant::now();
     while Instant::now() < deadline {
-        if let Ok(Some(status)) = Status::load(&path) {
+        if let Some(status) = View::status_now(cfg, door) {
             if status.generation.as_deref() != Some(desired.generation.as_str())
                 && superseded(cfg, desired)
             {
@@ -194,9 +251,13 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
                     }
                     Phase::Failed | Phase::Invalid => {
                         shown.end(&End::Failed);
-                        return Err(CliError::Failed(status.message.unwrap_or_else(|| {
-                            format!("deployment of {} failed", desired.image)
-                        })));
+                        // An auto-rollback rewrites the desired file before the failure is
+                        // published: say so, whether or not the next pass began yet.
+                        return Err(rolled_back(cfg, desired).unwrap_or_else(|| {
+                            CliError::Failed(status.message.unwrap_or_else(|| {
+                                format!("deployment of {} failed", desired.image)
+                            }))
+                        }));
                     }
                     Phase::Paused => {
                         shown.end(&End::Paused);
@@ -205,6 +266,17 @@ async fn follow(cfg: &Config, desired: &Desired, timeout: Duration) -> Result<u8
                     Phase::Progressing => {}
                 }
             }
+        }
+        if View::daemon_runs_now(cfg, door) {
+            seen_running = Instant::now();
+        } else if seen_running.elapsed() > DAEMON_GONE {
+            shown.abandon();
+            return Err(CliError::Failed(format!(
+                "the daemon stopped before {} (generation {}) converged, and none has started \
+                 since; the desired file still names it, so it converges when a daemon runs \
+                 again (`systemctl start fieldtrack`)",
+                desired.image, desired.generation
+            )));
         }
         tokio::time::sleep(TICK).await;
         shown.tick();

@@ -62,6 +62,11 @@ pub(crate) const DEPLOY_GROUP: &str = "fieldtrack-deploy";
 const SYSTEM_CONFIG_DIR: &str = "/etc/fieldtrack";
 /// Where the system layout keeps each app's state and history (systemd's StateDirectory).
 const SYSTEM_STATE_DIR: &str = "/var/lib/fieldtrack";
+/// Where the system layout publishes, for the deploy group, what each app's daemon lets it
+/// read (`public_dir`): beside the state folder, which stays root's alone.
+const SYSTEM_PUBLIC_DIR: &str = "/var/lib/fieldtrack-public";
+/// The published folder: root writes, the deploy group reads, files get the group (setgid).
+const PUBLIC_DIR_MODE: u32 = 0o2750;
 /// Where the system layout has nginx write each app's access log: nginx's own log folder,
 /// which Debian's logrotate rotates (`/var/log/nginx/*.log`).
 const SYSTEM_LOG_DIR: &str = "/var/log/nginx";
@@ -200,6 +205,7 @@ pub fn run(config_flag: Option<&Path>, args: InitArgs) -> Result<u8, CliError> {
     if new_desired_dir {
         share_desired_dir(&layout.desired_dir, &group)?;
     }
+    share_public_dir(&layout.config.public_dir, &group)?;
 
     println!("Wrote:");
     let width = layout
@@ -284,6 +290,42 @@ fn share_desired_dir(dir: &Path, group: &DeployGroup) -> Result<(), CliError> {
             CliError::Failed(format!(
                 "init: wrote every file, but cannot give {dir} to the group {name}: {e}; run \
                  `chgrp {name} {dir} && chmod 2775 {dir}`",
+                dir = dir.display()
+            ))
+        })
+}
+
+/// Makes the folder the daemon publishes into for the deploy group: root's, readable by the
+/// group (2750, setgid so that every file written there gets the group), its parents 0755.
+/// Without the group it stays root's (0750); the next steps say how to share it.
+fn share_public_dir(dir: &Path, group: &DeployGroup) -> Result<(), CliError> {
+    let failed = |e: std::io::Error| {
+        CliError::Failed(format!(
+            "init: wrote every file, but cannot make {}: {e}",
+            dir.display()
+        ))
+    };
+    if let Some(parent) = dir.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(failed)?;
+    }
+    match fs::DirBuilder::new().mode(0o750).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let DeployGroup::Found { name, gid } = group else {
+        return fs::set_permissions(dir, fs::Permissions::from_mode(0o750)).map_err(failed);
+    };
+    chown(dir, None, Some(*gid))
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(PUBLIC_DIR_MODE)))
+        .map_err(|e| {
+            CliError::Failed(format!(
+                "init: wrote every file, but cannot give {dir} to the group {name}: {e}; run \
+                 `chgrp {name} {dir} && chmod 2750 {dir}`",
                 dir = dir.display()
             ))
         })
@@ -435,6 +477,7 @@ struct Places {
     desired_file: String,
     env_file: String,
     state_dir: String,
+    public_dir: String,
     history_file: String,
     access_log: String,
 }
@@ -450,16 +493,25 @@ impl Places {
     /// config named `STEM.toml`), the access log `nginx/APP-access.log` beside the snippets.
     fn new(config_path: &Path, stem: Option<&str>, app: &str) -> Places {
         let system = config_path.parent() == Some(Path::new(SYSTEM_CONFIG_DIR));
-        let (data, state_dir) = if system {
+        let (data, state_dir, public_dir) = if system {
             match stem {
-                Some(name) => (format!("{name}/"), format!("{SYSTEM_STATE_DIR}/{name}")),
+                Some(name) => (
+                    format!("{name}/"),
+                    format!("{SYSTEM_STATE_DIR}/{name}"),
+                    format!("{SYSTEM_PUBLIC_DIR}/{name}"),
+                ),
                 // The single unit's app: its paths are fixed, so the unit can name them.
-                None => (String::new(), SYSTEM_STATE_DIR.to_string()),
+                None => (
+                    String::new(),
+                    SYSTEM_STATE_DIR.to_string(),
+                    SYSTEM_PUBLIC_DIR.to_string(),
+                ),
             }
         } else {
             let data = stem.map(|s| format!("{s}/")).unwrap_or_default();
             let state = format!("{data}state");
-            (data, state)
+            let public = format!("{data}public");
+            (data, state, public)
         };
         let access_log = if system {
             format!("{SYSTEM_LOG_DIR}/fieldtrack-{app}.access.log")
@@ -471,6 +523,7 @@ impl Places {
             env_file: format!("{data}.env"),
             history_file: format!("{state_dir}/.deploy_history"),
             state_dir,
+            public_dir,
             access_log,
         }
     }
@@ -520,6 +573,10 @@ fn render_config(r: &Rendered<'_>) -> String {
         (
             "state_dir = \".fieldtrack\"",
             format!("state_dir = {}", toml_string(&places.state_dir)),
+        ),
+        (
+            "public_dir = \".fieldtrack-public\"",
+            format!("public_dir = {}", toml_string(&places.public_dir)),
         ),
         ("blue_port = 3001", format!("blue_port = {}", r.blue_port)),
         (
@@ -683,15 +740,19 @@ fn next_steps(layout: &Layout, found: bool, group: &DeployGroup) -> String {
         None => format!("{ft} daemon"),
     };
     let desired_dir = layout.desired_dir.display();
+    let public_dir = cfg.public_dir.display();
     let ci = match group {
         DeployGroup::Found { name, .. } => format!(
-            "{desired_dir} is writable by the group {name}; add CI's user to it:\n\
+            "{desired_dir} is writable by the group {name}, and {public_dir} (what the\n\
+             \x20    daemon publishes) readable by it; add CI's user to it:\n\
              \x20      usermod -aG {name} CIUSER"
         ),
         DeployGroup::Missing { name } => format!(
-            "make {desired_dir} (and nothing else) writable by a group of CI's user:\n\
+            "make {desired_dir} (and nothing else) writable by a group of CI's user, and\n\
+             \x20    {public_dir} (what the daemon publishes) readable by it:\n\
              \x20      groupadd --system {name} && usermod -aG {name} CIUSER\n\
-             \x20      chgrp {name} {desired_dir} && chmod 2775 {desired_dir}"
+             \x20      chgrp {name} {desired_dir} && chmod 2775 {desired_dir}\n\
+             \x20      chgrp {name} {public_dir} && chmod 2750 {public_dir}"
         ),
     };
     format!(
@@ -710,7 +771,9 @@ fn next_steps(layout: &Layout, found: bool, group: &DeployGroup) -> String {
          \x20 3. Deploy a first image and keep it converged:\n\
          \x20      {ft} deploy TAG\n\
          \x20      {daemon}\n\
-         \x20 4. If CI uploads the desired file (docs/ci.md, \"Upload the desired file\"):\n\
+         \x20 4. CI deploys as a member of the deploy group, without sudo (docs/ci.md):\n\
+         \x20    `{ft} deploy TAG` waits for the result (exit 0 live, 1 failed, production\n\
+         \x20    untouched); `status`, `history`, `rollback`, `promote` and `abort` work too.\n\
          \x20    {ci}",
         upstream = layout.upstream_snippet.display(),
         location = layout.location_snippet.display(),

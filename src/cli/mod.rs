@@ -12,6 +12,7 @@ mod reconcile;
 mod rollback;
 mod show;
 pub mod terminal;
+mod view;
 
 use std::path::PathBuf;
 
@@ -161,7 +162,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Reconcile => reconcile::run(load()?).await,
         Command::Deploy(args) => deploy::run(load()?, args).await,
         Command::Rollback(args) => rollback::run(load()?, args).await,
-        Command::Promote => canary::promote(&load()?),
+        Command::Promote => canary::promote(&load()?).await,
         Command::Abort(args) => canary::abort(load()?, args).await,
         Command::Plan => plan::run(load()?).await,
         Command::Status { json } => show::status(&load()?, json),

@@ -30,6 +30,10 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
         },
         Err(e) => return Err(e.into()),
     };
+    // What was read before the lock may be stale by now (the lock's holder, or a deploy
+    // that wrote after us, may have changed it): the pass acts on the file as it is under
+    // the lock.
+    let desired = load_desired(&cfg)?;
     converge(cfg, &desired, Trigger::Cli).await
 }
 

@@ -6,12 +6,11 @@ use std::io::{BufRead, IsTerminal, Write};
 use clap::Args;
 
 use super::deploy::{submit, Submission};
+use super::view::View;
 use super::CliError;
 use crate::config::Config;
 use crate::desired::{Desired, ImageRef, ROLLBACK_NOTE_PREFIX};
-use crate::state::audit::{self, AttemptOutcome};
 use crate::state::status::{Phase, Status, Step};
-use crate::state::{history, AUDIT_FILE, STATUS_FILE};
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -26,12 +25,12 @@ pub struct RollbackArgs {
 }
 
 pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
-    let mut entries =
-        history::read(&cfg.history_file).map_err(|e| CliError::Failed(e.to_string()))?;
+    let view = View::read(&cfg)?;
+    let mut entries = view.images();
     // Inside a drain (or a canary) the new image serves but is recorded only once the drain
     // is over: it is the current deployment, and the history's head is the one to go back to
     // (still running, so the rollback is a pure nginx switch).
-    if let Some(current) = draining(&cfg) {
+    if let Some(current) = draining(&cfg, view.status.as_ref()) {
         if !entries.is_empty() && entries.first() != Some(&current) {
             entries.retain(|e| e != &current);
             entries.insert(0, current);
@@ -76,7 +75,7 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
     }
     let by = args.submit.by();
     let note = format!("{ROLLBACK_NOTE_PREFIX}{current} to {target}");
-    let recorded = recorded_digest(&cfg, target);
+    let recorded = view.recorded_digest(target);
     let desired = Desired::new(image, Some(&note), Some(&by), false).pinned(recorded.clone());
     if let Some(recorded) = &desired.digest {
         eprintln!("rolling back to {target} by its recorded digest {recorded}");
@@ -94,8 +93,8 @@ pub async fn run(cfg: Config, args: RollbackArgs) -> Result<u8, CliError> {
 /// The image of the desired generation when it is live and draining, or a canary getting a
 /// share of the traffic (not yet in the history either way): rolling back from it goes to
 /// the history's head.
-fn draining(cfg: &Config) -> Option<String> {
-    let status = Status::load(&cfg.state_dir.join(STATUS_FILE)).ok()??;
+fn draining(cfg: &Config, status: Option<&Status>) -> Option<String> {
+    let status = status?;
     if status.phase != Phase::Progressing
         || !matches!(
             status.step,
@@ -107,21 +106,6 @@ fn draining(cfg: &Config) -> Option<String> {
     let desired = Desired::load(&cfg.desired_file, cfg).ok()?;
     (status.generation.as_deref() == Some(desired.generation.as_str()))
         .then(|| desired.image.as_written().to_string())
-}
-
-/// The digest recorded in the audit log for the last successful deployment of `image`.
-pub(crate) fn recorded_digest(cfg: &Config, image: &str) -> Option<String> {
-    let records = audit::read(&cfg.state_dir.join(AUDIT_FILE)).ok()?;
-    records
-        .iter()
-        .rev()
-        .find(|r| {
-            r.is_deploy()
-                && r.image == image
-                && r.outcome == AttemptOutcome::Succeeded
-                && r.digest.is_some()
-        })
-        .and_then(|r| r.digest.clone())
 }
 
 /// What the image's tag resolves to in the registry now (None when it cannot be asked).

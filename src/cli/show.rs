@@ -7,19 +7,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use super::terminal::printable;
+use super::view::{Daemon, View};
 use super::CliError;
 use crate::config::{Config, RuntimeKind};
-use crate::desired::{Desired, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
-use crate::state::audit::{self, AttemptOutcome, AuditRecord};
-use crate::state::history;
-use crate::state::status::{CanaryProgress, Phase, Status, Step, Warm, WindowFigures};
-use crate::state::{AUDIT_FILE, STATUS_FILE};
+use crate::desired::Desired;
+use crate::state::status::{CanaryProgress, Phase, Step, Warm, WindowFigures};
 use crate::upstream::{parse_port, parse_servers};
 
 pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
-    let status = Status::load(&cfg.state_dir.join(STATUS_FILE))
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    let history = history::read(&cfg.history_file).map_err(|e| CliError::Failed(e.to_string()))?;
+    let view = View::read(cfg)?;
+    let history = view.images();
+    let daemon = view.daemon.clone();
+    let status = view.status;
     let desired = Desired::load(&cfg.desired_file, cfg);
     let upstream_text = std::fs::read_to_string(&cfg.nginx.upstream_file).ok();
     let upstream = upstream_text
@@ -36,6 +35,11 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
             value = json!({ "phase": null });
         }
         value["history"] = json!(history);
+        value["daemon"] = match &daemon {
+            Daemon::Running { pid } => json!({ "running": true, "pid": pid }),
+            Daemon::Busy { holder } => json!({ "running": false, "busy": holder }),
+            Daemon::NotRunning => json!({ "running": false }),
+        };
         value["upstream_port"] = json!(if swarm {
             servers.first().map(|s| s.port())
         } else {
@@ -65,6 +69,7 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
         }
         Err(e) => println!("Desired   : unusable: {}", printable(&e.to_string())),
     }
+    println!("Daemon    : {}", printable(&daemon_line(&daemon)));
     match status {
         None => println!("Phase     : no reconcile has run yet"),
         Some(s) => {
@@ -86,8 +91,15 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
                 None => println!("Live      : nothing"),
             }
             let step = s.step.map(|st| format!(" ({st})")).unwrap_or_default();
+            // A status left progressing by a process that is gone says so: nothing moves
+            // until a daemon (or a command) takes it up again.
+            let stalled = if s.phase == Phase::Progressing && daemon == Daemon::NotRunning {
+                ", stalled: no process works on it"
+            } else {
+                ""
+            };
             println!(
-                "Phase     : {}{step} since {}",
+                "Phase     : {}{step} since {}{stalled}",
                 s.phase,
                 printable(&s.since)
             );
@@ -178,48 +190,11 @@ pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
 }
 
 pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
-    let entries = history::read(&cfg.history_file).map_err(|e| CliError::Failed(e.to_string()))?;
-    let records = audit::read(&cfg.state_dir.join(AUDIT_FILE)).unwrap_or_default();
-    let last_success = |image: &str| -> Option<&AuditRecord> {
-        records
-            .iter()
-            .rev()
-            .find(|r| r.is_deploy() && r.image == image && r.outcome == AttemptOutcome::Succeeded)
-    };
-    // Versions someone rolled back from (the rollback command's note names them), or that
-    // fieldtrack itself rolled back after they failed during the drain.
-    let rolled_back_from = |image: &str| -> bool {
-        records.iter().filter(|r| r.is_deploy()).any(|r| {
-            (r.outcome == AttemptOutcome::RolledBack && r.image == image)
-                || (r.outcome == AttemptOutcome::Succeeded
-                    && r.previous.as_deref() == Some(image)
-                    && r.note
-                        .as_deref()
-                        .is_some_and(|n| n.starts_with(ROLLBACK_NOTE_PREFIX)))
-        })
-    };
+    let entries = View::read(cfg)?.history;
     if json {
-        let list: Vec<_> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, image)| {
-                let r = last_success(image);
-                json!({
-                    "n": i + 1,
-                    "image": image,
-                    "current": i == 0,
-                    "deployed_at": r.map(|r| r.time.clone()),
-                    "digest": r.and_then(|r| r.digest.clone()),
-                    "by": r.and_then(|r| r.by.clone()),
-                    "note": r.and_then(|r| r.note.clone()),
-                    "trigger": r.map(trigger_of),
-                    "rolled_back_from": rolled_back_from(image),
-                })
-            })
-            .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
+            serde_json::to_string_pretty(&entries).unwrap_or_default()
         );
         return Ok(0);
     }
@@ -230,29 +205,44 @@ pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
         );
         return Ok(0);
     }
-    for (i, image) in entries.iter().enumerate() {
-        let mut line = format!("{:>2}. {image}", i + 1);
-        if i == 0 {
+    for e in &entries {
+        let mut line = format!("{:>2}. {}", e.n, e.image);
+        if e.current {
             line.push_str(" (current)");
         }
-        if rolled_back_from(image) {
+        if e.rolled_back_from {
             line.push_str(" [rolled back from]");
         }
-        if let Some(r) = last_success(image) {
-            line.push_str(&format!("  deployed {} via {}", r.time, trigger_of(r)));
-            if let Some(by) = &r.by {
+        if let Some(at) = &e.deployed_at {
+            line.push_str(&format!(
+                "  deployed {at} via {}",
+                e.trigger.as_deref().unwrap_or("cli")
+            ));
+            if let Some(by) = &e.by {
                 line.push_str(&format!(" by {by}"));
             }
-            if let Some(digest) = &r.digest {
+            if let Some(digest) = &e.digest {
                 line.push_str(&format!("  {digest}"));
             }
-            if let Some(note) = &r.note {
+            if let Some(note) = &e.note {
                 line.push_str(&format!("  \"{note}\""));
             }
         }
         println!("{}", printable(&line));
     }
     Ok(0)
+}
+
+/// Whether a daemon follows the desired file, in the operator's words.
+fn daemon_line(daemon: &Daemon) -> String {
+    match daemon {
+        Daemon::Running { pid: Some(pid) } => format!("running (pid {pid})"),
+        Daemon::Running { pid: None } => "running".to_string(),
+        Daemon::Busy { holder } => format!("not running; {holder} holds the reconcile lock"),
+        Daemon::NotRunning => "not running: nothing converges the desired file until it starts \
+             (`systemctl start fieldtrack`, or `fieldtrack daemon`)"
+            .to_string(),
+    }
 }
 
 /// The canary step running: who gets what share, how long is left, and the window's
@@ -360,21 +350,6 @@ fn local_clock(at: SystemTime, now: SystemTime) -> String {
             tm.tm_mon + 1,
             tm.tm_mday
         )
-    }
-}
-
-/// What brought a deployment about, in the operator's words: ci, cli, rollback or
-/// auto-rollback.
-fn trigger_of(r: &AuditRecord) -> &'static str {
-    let note = r.note.as_deref().unwrap_or_default();
-    if r.by.as_deref() == Some("fieldtrack") && note.starts_with(AUTO_ROLLBACK_NOTE_PREFIX) {
-        "auto-rollback"
-    } else if note.starts_with(ROLLBACK_NOTE_PREFIX) {
-        "rollback"
-    } else if r.by.as_deref() == Some("ci") {
-        "ci"
-    } else {
-        "cli"
     }
 }
 

@@ -106,6 +106,10 @@ pub struct Config {
     pub history_limit: usize,
     /// Status, audit log, locks.
     pub state_dir: PathBuf,
+    /// What the deploy group may read (root's, 0640 in a folder the group may enter): the
+    /// status without container or hook output, the history, each generation's outcome and
+    /// which daemon runs. Default: `state_dir` with `-public` appended.
+    pub public_dir: PathBuf,
     pub container: ContainerConfig,
     pub health: HealthConfig,
     pub nginx: NginxConfig,
@@ -641,6 +645,21 @@ impl Ctx<'_> {
             })?,
         };
         let state_dir = self.path_or("state_dir", raw.state_dir, ".fieldtrack")?;
+        let public_dir = match raw.public_dir {
+            Some(dir) => self.path_or("public_dir", Some(dir), "")?,
+            None => {
+                let mut dir = state_dir.clone().into_os_string();
+                dir.push("-public");
+                PathBuf::from(dir)
+            }
+        };
+        if public_dir == state_dir {
+            return Err(self.invalid(
+                "public_dir",
+                quote(&public_dir.display().to_string()),
+                "must not be state_dir, which stays root's alone".into(),
+            ));
+        }
 
         let c = raw.container.unwrap_or_default();
         let container = ContainerConfig {
@@ -786,6 +805,10 @@ impl Ctx<'_> {
                 ));
             }
         };
+        if tls.is_none() && !d.allow_plain_tcp.unwrap_or(false) {
+            rules::check_plain_docker_host(&host)
+                .map_err(|r| self.invalid(host_key, quote(&host), r))?;
+        }
         let docker = DockerConfig { host, tls };
 
         let runtime = match raw.runtime.unwrap_or_default().kind.as_deref() {
@@ -908,6 +931,7 @@ impl Ctx<'_> {
             history_file,
             history_limit,
             state_dir,
+            public_dir,
             container,
             health,
             nginx,
@@ -1396,6 +1420,7 @@ keep_previous = "15m"
 
 [docker]
 host = "tcp://10.0.0.5:2376"
+allow_plain_tcp = true
 
 [hooks]
 pre_switch = ["./hooks/smoke", "--quick"]
@@ -1984,8 +2009,8 @@ listen = "9187"
 
     #[test]
     fn docker_host_default_env_and_file() {
-        let cfg = Config::parse(MINIMAL, Path::new(FILE), Some("tcp://10.1.1.1:2375")).unwrap();
-        assert_eq!(cfg.docker.host, "tcp://10.1.1.1:2375");
+        let cfg = Config::parse(MINIMAL, Path::new(FILE), Some("tcp://127.0.0.1:2375")).unwrap();
+        assert_eq!(cfg.docker.host, "tcp://127.0.0.1:2375");
         let cfg = Config::parse(MINIMAL, Path::new(FILE), Some("")).unwrap();
         assert_eq!(cfg.docker.host, DEFAULT_DOCKER_HOST);
         let text = format!("{MINIMAL}[docker]\nhost = \"unix:///run/docker.sock\"\n");
@@ -2093,6 +2118,57 @@ listen = "9187"
             let debug = format!("{cfg:?}");
             assert!(!debug.contains("SECRET"), "{debug}");
         }
+    }
+
+    /// A `tcp://` (or `http://`) engine without TLS gets every env-file value and registry
+    /// credential in clear: refused, naming the key that allows it, unless it is loopback.
+    #[test]
+    fn a_docker_host_over_plain_tcp_is_refused_unless_loopback_or_allowed() {
+        for host in [
+            "tcp://10.0.0.5:2375",
+            "http://10.0.0.5:2375",
+            "tcp://engine.example.com:2375",
+        ] {
+            let msg = err_of(&format!("[docker]\nhost = \"{host}\"\n"));
+            assert!(msg.contains("docker.host: invalid value"), "{msg}");
+            assert!(msg.contains("docker.allow_plain_tcp = true"), "{msg}");
+            assert!(msg.contains("registry credentials"), "{msg}");
+        }
+        let err = Config::parse(MINIMAL, Path::new(FILE), Some("tcp://10.1.1.1:2375")).unwrap_err();
+        let msg = message(&err);
+        assert!(msg.contains("docker.host (from $DOCKER_HOST)"), "{msg}");
+        assert!(msg.contains("docker.allow_plain_tcp = true"), "{msg}");
+        // $DOCKER_HOST with the key in the file: allowed.
+        let text = format!("{MINIMAL}[docker]\nallow_plain_tcp = true\n");
+        let cfg = Config::parse(&text, Path::new(FILE), Some("tcp://10.1.1.1:2375")).unwrap();
+        assert_eq!(cfg.docker.host, "tcp://10.1.1.1:2375");
+        for ok in [
+            "[docker]\nhost = \"tcp://127.0.0.1:2375\"\n",
+            "[docker]\nhost = \"tcp://[::1]:2375\"\n",
+            "[docker]\nhost = \"tcp://localhost:2375\"\n",
+            "[docker]\nhost = \"tcp://10.0.0.5:2375\"\nallow_plain_tcp = true\n",
+            "[docker]\nhost = \"tcp://10.0.0.11:2376\"\ntls_ca = \"a\"\ntls_cert = \"b\"\ntls_key = \"c\"\n",
+            "[docker]\nhost = \"unix:///run/docker.sock\"\n",
+        ] {
+            with(ok).unwrap_or_else(|e| panic!("{ok}: {}", message(&e)));
+        }
+    }
+
+    /// Loopback is not the network: an `http://` receiver on this machine needs no
+    /// `allow_http`, as plain SMTP to loopback needs no TLS.
+    #[test]
+    fn a_webhook_over_http_to_loopback_needs_no_allow_http() {
+        for url in [
+            "http://127.0.0.1:8080/SECRET",
+            "http://[::1]:8080/x",
+            "http://localhost/x",
+        ] {
+            let cfg = with(&format!("[notify]\nwebhook = \"{url}\"\n"))
+                .unwrap_or_else(|e| panic!("{url}: {}", message(&e)));
+            assert!(cfg.notify.webhook.is_some());
+        }
+        let msg = err_of("[notify]\nwebhook = \"http://10.0.0.9/SECRET\"\n");
+        assert!(msg.contains("allow_http = true"), "{msg}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub history_file: Option<String>,
     pub history_limit: Option<i64>,
     pub state_dir: Option<String>,
+    pub public_dir: Option<String>,
     pub container: Option<RawContainer>,
     pub health: Option<RawHealth>,
     pub nginx: Option<RawNginx>,
@@ -104,6 +105,7 @@ pub struct RawRollout {
 #[serde(deny_unknown_fields)]
 pub struct RawDocker {
     pub host: Option<String>,
+    pub allow_plain_tcp: Option<bool>,
     pub tls_ca: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,

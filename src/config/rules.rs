@@ -184,9 +184,9 @@ pub fn check_constraint(constraint: &str) -> Result<(), String> {
 /// standard `\` is `/`, so the host is evil.com, not what follows the `@`. A backslash in a
 /// webhook URL can only mislead, so it is refused outright.)
 ///
-/// `https://` only, or `http://` when `allow_http` (a receiver on loopback or a private
-/// network): the payload names images and failures, and the URL carries a token. The
-/// reason never repeats the URL.
+/// `https://` only, or `http://` to loopback ([`is_loopback_host`]) or when `allow_http`
+/// (a receiver on a private network): the payload names images and failures, and the URL
+/// carries a token. The reason never repeats the URL.
 pub fn check_webhook(value: &str, allow_http: bool) -> Result<url::Url, String> {
     // The URL standard silently drops tabs and newlines inside a URL; refuse them instead.
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -204,9 +204,12 @@ pub fn check_webhook(value: &str, allow_http: bool) -> Result<url::Url, String> 
         return Err("must name a host right after the scheme and its //".into());
     }
     let url = url::Url::parse(value).map_err(|e| format!("is not a valid URL: {e}"))?;
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return Err("must name a host after the scheme".into());
+    };
     match url.scheme() {
         "https" => {}
-        "http" if allow_http => {}
+        "http" if allow_http || is_loopback_host(host) => {}
         "http" => {
             return Err(
                 "must start with https:// (set allow_http = true in [notify] for a receiver \
@@ -215,9 +218,6 @@ pub fn check_webhook(value: &str, allow_http: bool) -> Result<url::Url, String> 
             )
         }
         _ => return Err("must start with https://".into()),
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("must name a host after the scheme".into());
     }
     Ok(url)
 }
@@ -293,11 +293,46 @@ pub fn check_smtp_host(host: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `host` names this machine over loopback: `localhost`, 127.0.0.0/8 or `::1`.
-/// Only there may mail go without TLS: nothing on the way could read the password.
+/// Whether `host` names this machine over loopback: `localhost`, 127.0.0.0/8 or `::1`
+/// (bracketed too, as a URL writes it). The one rule for every transport without TLS
+/// (SMTP, a webhook over `http://`, a Docker engine over plain TCP): over loopback nothing
+/// on the way could read what is sent, so only there is clear text allowed by default.
 pub fn is_loopback_host(host: &str) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A `docker.host` reached without TLS: a `tcp://` or `http://` endpoint must be on
+/// loopback. Every container's env-file values and the registry credentials of each pull
+/// travel to the engine, so over the network they would cross in clear. Called only when
+/// neither TLS nor `docker.allow_plain_tcp` is set; a `unix://` socket never leaves the
+/// machine.
+pub fn check_plain_docker_host(host: &str) -> Result<(), String> {
+    let Some((scheme, _)) = host.split_once("://") else {
+        return Ok(());
+    };
+    if scheme != "tcp" && scheme != "http" {
+        return Ok(());
+    }
+    // An endpoint the URL parser cannot read has no host to call loopback: refused too.
+    let loopback = url::Url::parse(host)
+        .ok()
+        .and_then(|u| u.host_str().map(is_loopback_host))
+        .unwrap_or(false);
+    if loopback {
+        return Ok(());
+    }
+    Err(
+        "is plain TCP without TLS to another machine: env-file values and registry \
+         credentials would travel in clear. Use TLS (docker.tls_ca, docker.tls_cert, \
+         docker.tls_key), a loopback address or a unix:// socket, or set \
+         docker.allow_plain_tcp = true if the network between is trusted"
+            .into(),
+    )
 }
 
 /// An environment variable name, `[A-Za-z_][A-Za-z0-9_]*`.
@@ -494,7 +529,9 @@ mod tests {
         ] {
             check_webhook(ok, false).unwrap();
         }
-        check_webhook("http://127.0.0.1:9000/hook", true).unwrap();
+        check_webhook("http://10.0.0.9:9000/hook", true).unwrap();
+        // Loopback is not the network: no allow_http needed there.
+        check_webhook("http://127.0.0.1:9000/hook", false).unwrap();
         for (bad, allow_http) in [
             ("", false),
             ("hooks.example.com/x", false),
@@ -506,7 +543,7 @@ mod tests {
             ("https://a b/", false),
             ("https://x/\n", false),
             ("https://hooks.exa\tmple.com/", false),
-            ("http://127.0.0.1:9000/hook", false),
+            ("http://10.0.0.9:9000/hook", false),
             ("https://example.com:65536/", false),
             ("https://exa%20mple.com/", false),
             (r"https://hooks.example.com\x@evil.com/", false),
@@ -619,7 +656,14 @@ mod email_tests {
 
     #[test]
     fn loopback_hosts() {
-        for yes in ["localhost", "LOCALHOST", "127.0.0.1", "127.8.9.10", "::1"] {
+        for yes in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+        ] {
             assert!(is_loopback_host(yes), "{yes}");
         }
         for no in [
@@ -629,6 +673,28 @@ mod email_tests {
             "0.0.0.0",
         ] {
             assert!(!is_loopback_host(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn plain_docker_hosts_only_on_loopback() {
+        for ok in [
+            "unix:///var/run/docker.sock",
+            "tcp://127.0.0.1:2375",
+            "tcp://[::1]:2375",
+            "http://localhost:2375",
+            "ssh://deploy@engine",
+        ] {
+            check_plain_docker_host(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "tcp://10.0.0.5:2375",
+            "tcp://0.0.0.0:2375",
+            "http://engine.example.com:2375",
+            "tcp://127.0.0.1.example.com:2375",
+        ] {
+            let reason = check_plain_docker_host(bad).expect_err(bad);
+            assert!(reason.contains("docker.allow_plain_tcp = true"), "{reason}");
         }
     }
 

@@ -124,6 +124,89 @@ pub fn check_file_safety(path: &Path) -> Result<(), SafetyError> {
     Ok(())
 }
 
+/// Reads the config or desired file at `path` under [`check_file_safety`]'s rules, opening it
+/// once and judging what was opened, so that nothing renamed over the path between a check
+/// and the read can slip through or block: the name is opened without following a symlink
+/// and without blocking (a FIFO renamed there opens at once and is refused as not a regular
+/// file; a socket fails to open), and the mode, the kind and the size come from the open
+/// descriptor, so a 1 GiB file is refused before a byte of it is read.
+///
+/// A symlink is followed only when it leads into its own folder: then its resolved target is
+/// opened the same way (a target swapped for another link meanwhile fails to open).
+pub fn read_safe_file(path: &Path) -> Result<String, SafetyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let inspect = |source| SafetyError::Inspect {
+        path: path.to_path_buf(),
+        source,
+    };
+    let link = fs::symlink_metadata(path).map_err(inspect)?;
+    let name = if link.file_type().is_symlink() {
+        let target = fs::canonicalize(path).map_err(inspect)?;
+        let folder = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let folder = fs::canonicalize(folder).map_err(inspect)?;
+        if !target.starts_with(&folder) {
+            return Err(SafetyError::SymlinkOutsideFolder {
+                path: path.to_path_buf(),
+                target,
+                folder,
+            });
+        }
+        target
+    } else {
+        path.to_path_buf()
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&name)
+        .map_err(|e| match e.raw_os_error() {
+            // ENXIO: a unix socket; ELOOP: a symlink renamed there since the look above.
+            Some(libc::ENXIO) | Some(libc::ELOOP) => SafetyError::NotAFile {
+                path: path.to_path_buf(),
+            },
+            _ => inspect(e),
+        })?;
+    let meta = file.metadata().map_err(inspect)?;
+    if !meta.is_file() {
+        return Err(SafetyError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(SafetyError::WorldWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let too_large = || {
+        inspect(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is larger than {MAX_FILE_BYTES} bytes"),
+        ))
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    // One byte more than allowed tells a file that grew while it was read.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(inspect)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        inspect(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "file is not valid UTF-8",
+        ))
+    })
+}
+
 /// Refuses `path` unless it is a regular file that only root or the user running fieldtrack
 /// can change: the file and every folder above it, up to `/`, owned by one of them and
 /// without group or world write bits. A folder above the file's own folder may be sticky

@@ -38,7 +38,8 @@ use crate::reconcile::{
 };
 use crate::state::by_hand::{ByHand, BY_HAND_FILE};
 use crate::state::lock::{self, LockError, ReconcileLock};
-use crate::state::status::Status;
+use crate::state::public::DaemonId;
+use crate::state::status::{Phase, Status, StatusWriter};
 use crate::state::STATUS_FILE;
 use sources::{Event, Settings, SourceError};
 
@@ -122,6 +123,8 @@ struct Daemon {
     ready_sent: bool,
     /// Shared by every pass and the metrics endpoint.
     metrics: Arc<Metrics>,
+    /// The one writer of status.json for the daemon's whole life, handed to every pass.
+    status: Arc<StatusWriter>,
     /// Why the desired file's last read was unusable. While set, status.json keeps saying
     /// `invalid`, also after the passes that go on toward the last good desired state; the
     /// next good read clears it and asks for a pass, even with the same generation as
@@ -131,7 +134,18 @@ struct Daemon {
 
 /// Runs the daemon until a stop signal; Ok(exit code).
 pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
-    let _lock = take_lock(&cfg.state_dir).await?;
+    let lock = take_lock(&cfg.state_dir).await?;
+    let status = Arc::new(StatusWriter::new(
+        &cfg.state_dir,
+        &cfg.public_dir,
+        &cfg.history_file,
+    ));
+    // The deploy group tells from these whether a daemon follows the desired file.
+    status.set_daemon(lock.inode().map(|lock_inode| DaemonId {
+        pid: std::process::id(),
+        lock_inode,
+        since: crate::state::now_rfc3339(),
+    }));
     let (events_tx, mut events) = mpsc::channel(EVENTS);
     let (errors_tx, mut errors) = mpsc::channel(ERRORS);
     let (config_tx, config) = watch::channel(cfg.clone());
@@ -147,7 +161,8 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
         resync = %humantime::format_duration(cfg.rollout.resync),
         "daemon started"
     );
-    let mut d = Daemon::new(config_path, cfg, config_tx, retry_tx, metrics);
+    let mut d = Daemon::new(config_path, cfg, config_tx, retry_tx, metrics, status);
+    d.publish_start();
 
     loop {
         if d.stopping && d.running.is_none() {
@@ -230,6 +245,7 @@ impl Daemon {
         sources_config: watch::Sender<Config>,
         retry_at: watch::Sender<Option<Instant>>,
         metrics: Arc<Metrics>,
+        status: Arc<StatusWriter>,
     ) -> Daemon {
         Daemon {
             config_path,
@@ -248,7 +264,18 @@ impl Daemon {
             stopping: false,
             ready_sent: false,
             metrics,
+            status,
             invalid: None,
+        }
+    }
+
+    /// Publishes the last status again with this daemon's identity, so the deploy group
+    /// sees a daemon at once, before the first pass writes.
+    fn publish_start(&self) {
+        if let Some(mut last) = self.status.last() {
+            if let Err(e) = self.status.save(&mut last) {
+                tracing::warn!(error = %e, "cannot write the status");
+            }
         }
     }
 
@@ -389,8 +416,14 @@ impl Daemon {
 
     /// `phase: invalid` with `message`, keeping the rest of the last status.
     fn write_invalid_status(&self, message: &str) {
-        let path = self.cfg.state_dir.join(STATUS_FILE);
-        if let Err(e) = Status::mark_invalid(&path, message) {
+        // Through the one writer, onto what the running pass wrote last: neither loses the
+        // other's fields.
+        let marked = self.status.update(Phase::Invalid, |s| {
+            s.phase = Phase::Invalid;
+            s.step = None;
+            s.message = Some(message.to_string());
+        });
+        if let Err(e) = marked {
             tracing::error!(error = %e, "cannot write the status");
         }
     }
@@ -439,6 +472,9 @@ impl Daemon {
             if let Err(e) = &result {
                 // The pass records the failure itself: it knows the status.
                 let _ = pass.record_failure(&pass_desired, e);
+                // A test holds the daemon here: whoever follows sees the failed status
+                // before any next pass.
+                crate::test_pause_point("failed").await;
             }
             result
         });
@@ -474,7 +510,10 @@ impl Daemon {
         };
         match LiveContext::live(self.cfg.clone(), docker) {
             Ok(ctx) => {
-                let ctx = Arc::new(ctx.with_metrics(self.metrics.clone()));
+                let ctx = Arc::new(
+                    ctx.with_metrics(self.metrics.clone())
+                        .with_status_writer(self.status.clone()),
+                );
                 self.context = Some(ctx.clone());
                 Some(ctx)
             }
@@ -639,7 +678,8 @@ mod tests {
         let (config_tx, _) = watch::channel(cfg.clone());
         let (retry_tx, _) = watch::channel(None);
         let metrics = Arc::new(Metrics::new());
-        let mut d = Daemon::new(cfg.path.clone(), cfg, config_tx, retry_tx, metrics);
+        let status = Arc::new(StatusWriter::private(&cfg.state_dir));
+        let mut d = Daemon::new(cfg.path.clone(), cfg, config_tx, retry_tx, metrics, status);
         d.pass_wanted = None;
         d.read_at = None;
         d

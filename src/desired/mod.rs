@@ -6,6 +6,8 @@
 //! the writer goes quiet, while a file that parses but names a bad image is wrong until
 //! someone changes it.
 
+pub mod promote;
+
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -208,13 +210,10 @@ impl Desired {
 
     /// Reads, safety-checks and parses the desired file at `path`.
     pub fn load(path: &Path, cfg: &Config) -> Result<Desired, DesiredError> {
-        check_file_safety(path).map_err(|err| match err {
+        // Opened once, checked on what was opened: CI's user may rename anything over it.
+        let text = safety::read_safe_file(path).map_err(|err| match err {
             SafetyError::Inspect { path, source } => DesiredError::Io { path, source },
             other => DesiredError::Unsafe(other),
-        })?;
-        let text = safety::read_small_file(path).map_err(|source| DesiredError::Io {
-            path: path.to_path_buf(),
-            source,
         })?;
         Desired::parse(&text, path, cfg)
     }
@@ -774,6 +773,69 @@ mod tests {
             Desired::load(&file, &cfg).unwrap_err().kind(),
             DesiredErrorKind::Io
         );
+    }
+
+    /// CI's user may rename anything over the desired file at any instant: a FIFO that
+    /// arrives between a check by name and an open by name blocks that open for ever.
+    #[test]
+    fn a_fifo_renamed_over_the_desired_file_in_a_loop_never_blocks_a_reader() {
+        use crate::state::test_support::{mkfifo, within_5s};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("desired.toml");
+        fs::write(&file, "image = \"v1\"\n").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (dir, file, stop) = (dir.path().to_path_buf(), file.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (fifo, good) = (dir.join("fifo.tmp"), dir.join("good.tmp"));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    mkfifo(&fifo);
+                    fs::rename(&fifo, &file).unwrap();
+                    fs::write(&good, "image = \"v2\"\n").unwrap();
+                    fs::rename(&good, &file).unwrap();
+                }
+            })
+        };
+        let reader_file = file.clone();
+        let kinds = within_5s("reads of a desired file swapped with a FIFO", move || {
+            let cfg = cfg();
+            let mut kinds = std::collections::BTreeSet::new();
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while std::time::Instant::now() < until {
+                match Desired::load(&reader_file, &cfg) {
+                    Ok(d) => kinds.insert(format!("ok {}", d.image.as_written())),
+                    Err(e) => kinds.insert(format!("{:?}", e.kind())),
+                };
+            }
+            kinds
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        // Both were seen: the FIFO refused as unsafe (not a regular file), v2 read.
+        assert!(kinds.contains("Unsafe"), "{kinds:?}");
+        assert!(kinds.contains("ok v2"), "{kinds:?}");
+    }
+
+    #[test]
+    fn a_huge_file_a_socket_or_a_directory_at_the_desired_path_is_refused_unread() {
+        let cfg = cfg();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("desired.toml");
+        let huge = fs::File::create(&file).unwrap();
+        huge.set_len(1 << 30).unwrap();
+        drop(huge);
+        let err = Desired::load(&file, &cfg).unwrap_err();
+        assert!(message(&err).contains("larger than"), "{}", message(&err));
+        fs::remove_file(&file).unwrap();
+
+        let _socket = std::os::unix::net::UnixListener::bind(&file).unwrap();
+        let err = Desired::load(&file, &cfg).unwrap_err();
+        assert_eq!(err.kind(), DesiredErrorKind::Unsafe, "{}", message(&err));
+        fs::remove_file(&file).unwrap();
+
+        fs::create_dir(&file).unwrap();
+        let err = Desired::load(&file, &cfg).unwrap_err();
+        assert_eq!(err.kind(), DesiredErrorKind::Unsafe, "{}", message(&err));
     }
 
     #[test]

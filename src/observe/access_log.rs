@@ -50,6 +50,17 @@ pub struct Request {
     pub request_time: f64,
 }
 
+/// nginx's status for a request its client closed before the answer was sent.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Request {
+    /// The client gave up (499) while nginx still waited for this try's upstream: the
+    /// upstream never got to answer, so the try says nothing about the server, good or bad.
+    fn abandoned(&self, attempt: &Try) -> bool {
+        self.status == CLIENT_CLOSED && attempt.status.is_none()
+    }
+}
+
 /// One attempt of nginx at one upstream server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Try {
@@ -134,7 +145,7 @@ impl Tail {
     /// A tail that starts at the log's current end: what nginx logged before is not this
     /// canary's business. A log that does not exist yet starts empty.
     pub fn from_end(path: &Path) -> Tail {
-        let opened = File::open(path).and_then(|file| Ok((file.metadata()?, first_bytes(&file)?)));
+        let opened = open_log(path).and_then(|file| Ok((file.metadata()?, first_bytes(&file)?)));
         let (at, offset, head) = match opened {
             Ok((m, head)) => (Some((m.dev(), m.ino())), m.len(), head),
             Err(_) => (None, 0, Vec::new()),
@@ -156,7 +167,7 @@ impl Tail {
             path: self.path.clone(),
             source,
         };
-        let mut file = match File::open(&self.path) {
+        let mut file = match open_log(&self.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(read_error(e)),
@@ -186,6 +197,12 @@ impl Tail {
             None => 0,
         };
         self.partial = text.split_off(complete);
+        if self.partial.len() > MAX_LINE {
+            // No line of nginx's is this long: not a log (a file of zeros, junk). Dropped,
+            // so that what is kept between reads stays bounded.
+            self.partial.clear();
+            self.skipped += 1;
+        }
         let mut requests = Vec::new();
         for line in String::from_utf8_lossy(&text).lines() {
             if line.trim().is_empty() {
@@ -198,6 +215,17 @@ impl Tail {
         }
         Ok(requests)
     }
+}
+
+/// The longest line kept while waiting for its end: nginx's lines in fieldtrack's format
+/// are a few hundred bytes, a few KiB with a long list of upstream tries.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Opens the log without following a symlink at its name and without blocking (a FIFO put
+/// at the path opens at once), and only when it is a regular file: a FIFO or a device such
+/// as /dev/zero is refused, never read.
+fn open_log(path: &Path) -> io::Result<File> {
+    crate::state::file::open_regular(path, std::fs::OpenOptions::new().read(true))
 }
 
 /// How many first bytes of the log tell one file's content from another's.
@@ -282,6 +310,9 @@ pub fn tally<K: Eq + std::hash::Hash + Copy>(
 ) {
     for request in requests {
         for attempt in &request.tries {
+            if request.abandoned(attempt) {
+                continue;
+            }
             if let Some(side) = side_of(attempt.addr) {
                 let f = figures.entry(side).or_default();
                 f.tries += 1;
@@ -293,6 +324,11 @@ pub fn tally<K: Eq + std::hash::Hash + Copy>(
         let Some(last) = request.tries.last() else {
             continue;
         };
+        // Judged by what the upstream answered: with no answer before the client left, it
+        // is no request of that side either (nor its latency, the client's patience).
+        if request.abandoned(last) {
+            continue;
+        }
         let Some(side) = side_of(last.addr) else {
             continue;
         };
@@ -374,6 +410,32 @@ mod tests {
     }
 
     #[test]
+    fn a_try_the_client_gave_up_on_counts_for_neither_side_but_a_failed_try_before_it_does() {
+        let requests: Vec<Request> = [
+            line("127.0.0.1:3102", 499, "-", 0.500),
+            line("127.0.0.1:3102, 127.0.0.1:3101", 499, "502, -", 0.700),
+            // The upstream answered before the client left: judged by that answer.
+            line("127.0.0.1:3102", 499, "500", 0.300),
+        ]
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
+        let mut figures = HashMap::new();
+        tally(&mut figures, &requests, |a| Some(a.port()));
+        let canary = &figures[&3102];
+        assert_eq!(
+            (
+                canary.requests,
+                canary.errors,
+                canary.tries,
+                canary.failed_tries
+            ),
+            (1, 1, 2, 2)
+        );
+        assert!(!figures.contains_key(&3101), "{:?}", figures.get(&3101));
+    }
+
+    #[test]
     fn the_tail_follows_growth_partial_lines_rotation_and_a_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
@@ -415,6 +477,48 @@ mod tests {
         let got = tail.read_new().unwrap();
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].tries[0].addr.port(), 3102);
+    }
+
+    #[test]
+    fn a_fifo_or_dev_zero_at_the_log_path_is_refused_without_blocking() {
+        use crate::state::test_support::{mkfifo, within_5s};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        mkfifo(&path);
+        let fifo = path.clone();
+        let result = within_5s("a tail of a FIFO", move || {
+            let mut tail = Tail::from_end(&fifo);
+            tail.read_new().map_err(|e| e.to_string())
+        });
+        assert!(result.unwrap_err().contains("FIFO"));
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let zero = path.clone();
+        let result = within_5s("a tail of /dev/zero", move || {
+            let mut tail = Tail::from_end(&zero);
+            tail.read_new().map_err(|e| e.to_string())
+        });
+        assert!(result.is_err(), "{result:?}");
+    }
+
+    #[test]
+    fn what_is_kept_of_a_line_without_end_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        std::fs::write(&path, "").unwrap();
+        let mut tail = Tail::from_end(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        for _ in 0..4 {
+            file.write_all(&vec![b'x'; 1 << 20]).unwrap();
+            tail.read_new().unwrap();
+            assert!(tail.partial.len() <= MAX_LINE, "{}", tail.partial.len());
+        }
+        file.write_all(format!("\n{}\n", line("127.0.0.1:3001", 200, "200", 0.001)).as_bytes())
+            .unwrap();
+        assert_eq!(tail.read_new().unwrap().len(), 1);
     }
 
     #[test]

@@ -189,6 +189,26 @@ mod tests {
     }
 
     #[test]
+    fn requests_the_client_gave_up_on_are_no_failure_of_the_canary() {
+        // Two of the first ten canary requests were abandoned by their clients (nginx's 499)
+        // before the canary answered: no upstream status, nothing to judge it by.
+        let mut canary = requests(3002, 8, 0, 0.01);
+        for _ in 0..2 {
+            let gave_up = parse_line(
+                "{\"upstream_addr\":\"127.0.0.1:3002\",\"status\":\"499\",\"upstream_status\":\"-\",\"request_time\":\"0.500\"}",
+            )
+            .unwrap();
+            canary.insert(3, gave_up);
+        }
+        let (s, c) = figures(requests(3001, 90, 0, 0.01), canary);
+        assert_eq!(
+            judge(&cfg(), &s, &c),
+            Judgement::TooFewRequests { have: 8, need: 100 }
+        );
+        assert_eq!(c.failures(), (0, 8));
+    }
+
+    #[test]
     fn a_single_error_below_the_bound_does_not_fail() {
         let (s, c) = figures(requests(3001, 900, 0, 0.01), requests(3002, 200, 1, 0.01));
         assert_eq!(judge(&cfg(), &s, &c), Judgement::Healthy);

@@ -92,7 +92,20 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
         };
         let started = Instant::now();
         let mut digest = None;
-        let result = at.run(&mut digest).await;
+        let mut result = at.run(&mut digest).await;
+        if let Err(ReconcileError::FailedAfterSwitch {
+            back_to: Some(_),
+            reason,
+            rolled_back_to,
+            ..
+        }) = &mut result
+        {
+            // Before anything reports the failure (audit, webhook, status.json): whoever
+            // reads it then finds the desired file already rewritten, and the report says so.
+            if ctx.cfg.rollout.auto_rollback {
+                *rolled_back_to = at.auto_rollback(reason);
+            }
+        }
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let record = AuditRecord {
             time: crate::state::now_rfc3339(),
@@ -124,12 +137,13 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
             at.notify(&result, &digest, duration_ms);
         }
         match &result {
-            Ok(()) => self.set_status(|s| s.digest = digest)?,
-            Err(ReconcileError::FailedAfterSwitch {
-                back_to: Some(_),
-                reason,
-                ..
-            }) if ctx.cfg.rollout.auto_rollback => at.auto_rollback(reason),
+            Ok(()) => self
+                .set_status(|s| s.digest = digest)
+                .map_err(|e| e.after_switch(&rollout.image))?,
+            // The image serves: its digest is what status.json reports, once it can write.
+            Err(ReconcileError::Unrecorded { .. }) => {
+                let _ = self.set_status(|s| s.digest = digest);
+            }
             Err(_) => {}
         }
         result
@@ -147,12 +161,13 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
 
     /// After traffic went back to the old color: rewrite the desired file to the previous
     /// image, so the desired state says what runs and the bad image is not tried again.
-    fn auto_rollback(&self, reason: &str) {
+    /// The image written, None when the file was left as it is.
+    fn auto_rollback(&self, reason: &str) -> Option<String> {
         let ctx = self.ctx();
         let cfg = &ctx.cfg;
         let Some(previous) = self.previous.as_deref() else {
             tracing::warn!("no previous image in the history: the desired file is left as it is");
-            return;
+            return None;
         };
         // Someone (CI, an operator) wrote a newer desired state during the attempt: it wins.
         match Desired::load(&cfg.desired_file, cfg) {
@@ -161,14 +176,14 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 tracing::warn!(
                     "the desired file changed during the attempt: left as it is, no auto-rollback"
                 );
-                return;
+                return None;
             }
         }
         let image = match ImageRef::parse(previous, &cfg.repository, &cfg.allowed_repositories) {
             Ok(image) => image,
             Err(e) => {
                 tracing::error!(error = %e, "the history's head is not a valid image: no auto-rollback");
-                return;
+                return None;
             }
         };
         let note = format!(
@@ -187,12 +202,18 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         });
         let rollback = Desired::new(image, Some(&note), Some("fieldtrack"), false).pinned(recorded);
         match rollback.write(&cfg.desired_file) {
-            Ok(()) => tracing::warn!(
-                image = %previous,
-                generation = %rollback.generation,
-                "auto-rollback: desired file rewritten to the previous image"
-            ),
-            Err(e) => tracing::error!(error = %e, "auto-rollback: cannot rewrite the desired file"),
+            Ok(()) => {
+                tracing::warn!(
+                    image = %previous,
+                    generation = %rollback.generation,
+                    "auto-rollback: desired file rewritten to the previous image"
+                );
+                Some(previous.to_string())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "auto-rollback: cannot rewrite the desired file");
+                None
+            }
         }
     }
 
@@ -263,11 +284,17 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         self.check_cancel(&name).await?;
 
         let hook = self.hook_context(port);
-        if let Err(e) = run_hook(PRE_SWITCH, &cfg.hooks.pre_switch, &hook, cfg.hooks.timeout).await
-        {
+        // A cancellation while the hook runs kills it (dropping its future does) and stops
+        // here: nothing switches to an image whose generation is no longer wanted.
+        let hooked = tokio::select! {
+            r = run_hook(PRE_SWITCH, &cfg.hooks.pre_switch, &hook, cfg.hooks.timeout) => r,
+            _ = pass.cancel.cancelled() => Ok(()),
+        };
+        if let Err(e) = hooked {
             self.remove_candidate(&name).await;
             return Err(e.into());
         }
+        self.check_cancel(&name).await?;
 
         let stable = match self.canary_stable().await {
             Ok(stable) => stable,
@@ -299,6 +326,22 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             color: color.to_string(),
             port,
         });
+        self.after_the_switch(&name, port, &hook)
+            .await
+            .map_err(|e| e.after_switch(image))
+    }
+
+    /// From the switch to the post_deploy hook: the new image serves from here on, so a
+    /// state file it cannot write is no verdict on it ([`ReconcileError::after_switch`]).
+    async fn after_the_switch(
+        &self,
+        name: &str,
+        port: u16,
+        hook: &HookContext,
+    ) -> Result<(), ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let cfg = &ctx.cfg;
+        let (color, image, reference) = (self.color, self.image, self.reference);
         if let Some(served) = &self.unrecorded_live {
             // Traffic left an image that served: it is a version to roll back to.
             history::record(&cfg.history_file, served, cfg.history_limit)?;
@@ -311,13 +354,13 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             s.live = Some(Live {
                 color: color.to_string(),
                 image: reference.to_string(),
-                container: name.clone(),
+                container: name.to_string(),
                 port,
             });
         })?;
 
         pass.step(Step::Draining).await?;
-        self.drain(&name, port).await?;
+        self.drain(name, port).await?;
 
         pass.step(Step::Cleanup).await?;
         if let Some(old) = self.old {
@@ -328,13 +371,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         crate::test_pause_point("recording").await;
         history::record(&cfg.history_file, image, cfg.history_limit)?;
         // Reported only: the deployment is done whatever the hook says.
-        if let Err(e) = run_hook(
-            POST_DEPLOY,
-            &cfg.hooks.post_deploy,
-            &hook,
-            cfg.hooks.timeout,
-        )
-        .await
+        if let Err(e) = run_hook(POST_DEPLOY, &cfg.hooks.post_deploy, hook, cfg.hooks.timeout).await
         {
             tracing::warn!(error = %e, "post_deploy hook failed");
         }
@@ -634,6 +671,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 image: self.image.to_string(),
                 reason,
                 back_to: None,
+                rolled_back_to: None,
             });
         };
         tracing::warn!(%reason, back_to = %back, "new color failed during the drain, switching back");
@@ -658,18 +696,24 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             .and_then(|p| ImageRef::parse(p, &cfg.repository, &cfg.allowed_repositories).ok())
             .map(|i| cfg.image_reference(&i))
             .unwrap_or_default();
-        self.pass.set_status(|s| {
+        let written = self.pass.set_status(|s| {
             s.live = Some(Live {
                 color: back.to_string(),
                 image: back_reference,
                 container: cfg.container_name(back),
                 port: cfg.port(back),
             })
-        })?;
+        });
+        if let Err(e) = written {
+            // Traffic is back on the old color whatever status.json says: the failure is
+            // the new image's, and the next status write says what is live.
+            tracing::error!(error = %e, "cannot write the status after switching back");
+        }
         Err(ReconcileError::FailedAfterSwitch {
             image: self.image.to_string(),
             reason,
             back_to: Some(back.to_string()),
+            rolled_back_to: None,
         })
     }
 

@@ -723,6 +723,37 @@ async fn pre_switch_hook_failure_removes_the_candidate_before_any_switch() {
 }
 
 #[tokio::test]
+async fn cancel_during_the_pre_switch_hook_stops_before_the_switch() {
+    let mut site = site_with_blue_live();
+    let started = site._dir.path().join("hook-started");
+    // A hook that takes its time: the cancellation arrives while it runs.
+    site.cfg.hooks.pre_switch = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("touch '{}'; sleep 5", started.display()),
+    ];
+    let ctx = site.context();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    let canceller = tokio::spawn(async move {
+        while !started.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        token.cancel();
+    });
+    let before = site.world().upstream.clone();
+
+    let e = pass(&ctx, &site.desired("v2"), cancel).await.unwrap_err();
+
+    canceller.await.unwrap();
+    assert!(matches!(e, ReconcileError::Cancelled), "{e:?}");
+    assert!(!site.world().called(&Call::Write(GREEN)));
+    assert!(site.world().container("api-green").is_none());
+    assert_production_untouched(&site, &before);
+    assert_eq!(site.last_audit_outcome(), "cancelled");
+}
+
+#[tokio::test]
 async fn retire_refuses_to_remove_the_old_color_once_the_upstream_points_back_at_it() {
     let mut site = site_with_blue_live();
     site.cfg.rollout.drain = Duration::from_millis(300);
@@ -815,6 +846,61 @@ async fn failure_after_the_switch_rolls_the_desired_file_back_with_auto_rollback
         "{:?}",
         now.note
     );
+}
+
+#[tokio::test]
+async fn a_history_io_error_after_the_switch_is_transient_and_the_next_pass_records_it() {
+    let mut site = Site::new();
+    let folder = site._dir.path().join("history");
+    std::fs::create_dir(&folder).unwrap();
+    site.cfg.history_file = folder.join(".deploy_history");
+    site.cfg.rollout.drain = Duration::from_millis(100);
+    site.live(Color::Blue, "v1");
+    site.set_history(&["v1"]);
+    // During the drain (probe 1 is the gate's) the history's folder becomes a file: the
+    // history cannot be read or written at the end (ENOTDIR), an I/O error after the switch
+    // as a disk's EIO would be (tests/faults.rs fills a real disk).
+    let away = site._dir.path().join("history.away");
+    let (from, to) = (folder.clone(), away.clone());
+    site.world().at_probe(2, move |_| {
+        std::fs::rename(&from, &to).unwrap();
+        std::fs::write(&from, "").unwrap();
+    });
+    let ctx = site.context();
+    let desired = site.desired("v2");
+
+    let first = Pass::new(&ctx, Trigger::Cli);
+    let e = tokio::time::timeout(Duration::from_secs(20), first.reconcile(&desired, false))
+        .await
+        .expect("the pass ends")
+        .unwrap_err();
+    // As the daemon does after a failed pass.
+    let _ = first.record_failure(&desired, &e);
+
+    assert!(e.is_transient(), "{e:?}");
+    assert_eq!(site.world().upstream_port(), Some(GREEN));
+    assert!(site.world().is_running("api-green"));
+    let status = site.status();
+    assert_eq!(status.failed_generation, None, "{status:?}");
+    assert_eq!(
+        status.live.as_ref().map(|l| l.container.as_str()),
+        Some("api-green")
+    );
+
+    // The disk takes writes again: the next pass records what serves, starting nothing.
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(&away, &folder).unwrap();
+    let runs = site.world().calls.len();
+    let outcome = pass(&ctx, &desired, CancellationToken::new())
+        .await
+        .unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.history(), ["v2", "v1"]);
+    assert!(!site.world().calls[runs..]
+        .iter()
+        .any(|c| matches!(c, Call::Run(_))));
+    assert_eq!(site.status().phase, crate::state::status::Phase::Converged);
 }
 
 // rollout.keep_previous: the previous color kept warm.
@@ -1276,11 +1362,19 @@ async fn a_manual_step_waits_for_promote_and_the_last_promote_switches_to_the_ca
     let ctx = site.context();
     let desired = site.desired("v2");
     let generation = desired.generation.clone();
-    let promote = site.cfg.state_dir.join(crate::state::PROMOTE_FILE);
+    let promote = crate::desired::promote::request_path(&site.cfg.desired_file);
     let status_file = ctx.status_file();
     let operator = tokio::spawn(async move {
         // Promote each step once it runs (a promote left from another generation is ignored).
-        std::fs::write(&promote, "another-generation\n").unwrap();
+        let ask = |generation: &str, step| {
+            crate::desired::promote::PromoteRequest {
+                generation: generation.to_string(),
+                step,
+            }
+            .write(&promote)
+            .unwrap()
+        };
+        ask("another-generation", 1);
         for step in 1..=2 {
             loop {
                 let status = crate::state::status::Status::load(&status_file)
@@ -1292,7 +1386,7 @@ async fn a_manual_step_waits_for_promote_and_the_last_promote_switches_to_the_ca
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            std::fs::write(&promote, format!("{generation}\n")).unwrap();
+            ask(&generation, step);
         }
     });
 
@@ -1304,6 +1398,61 @@ async fn a_manual_step_waits_for_promote_and_the_last_promote_switches_to_the_ca
     assert_eq!(outcome, PassOutcome::Converged);
     assert_eq!(site.world().loaded_port(), Some(GREEN));
     assert_eq!(site.canary_steps().len(), 2);
+}
+
+/// A promote sent as step 1 ends by itself reaches the loop during step 2, a manual one: it
+/// names step 1, so step 2 goes on (before, a request named only the generation and ended
+/// whatever step ran).
+#[tokio::test]
+async fn a_promote_for_a_step_that_ended_by_itself_does_not_pass_the_next_manual_step() {
+    use crate::config::Pause;
+    let mut site = canary_site(Pause::Manual);
+    if let Some(canary) = site.cfg.canary.as_mut() {
+        canary.steps[0].pause = Pause::For(Duration::from_millis(50));
+    }
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
+    let ctx = site.context();
+    let desired = site.desired("v2");
+    let generation = desired.generation.clone();
+    let promote = crate::desired::promote::request_path(&site.cfg.desired_file);
+    let status_file = ctx.status_file();
+    let operator = tokio::spawn(async move {
+        let step_now = || {
+            crate::state::status::Status::load(&status_file)
+                .ok()
+                .flatten()
+                .and_then(|s| s.canary.map(|c| c.step))
+        };
+        let ask = |step| {
+            crate::desired::promote::PromoteRequest {
+                generation: generation.clone(),
+                step,
+            }
+            .write(&promote)
+            .unwrap()
+        };
+        while step_now() != Some(2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        ask(1);
+        while promote.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Taken and dropped: several ticks later step 2 still runs.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let still = step_now();
+        ask(2);
+        still
+    });
+
+    let outcome = pass(&ctx, &desired, CancellationToken::new())
+        .await
+        .unwrap();
+    let step_after_the_stale_promote = operator.await.unwrap();
+
+    assert_eq!(step_after_the_stale_promote, Some(2));
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
 }
 
 #[tokio::test]

@@ -45,15 +45,20 @@ pub enum ReconcileError {
         logs: String,
     },
     /// The new color failed during the drain window; traffic went back to the old color
-    /// when one was still running (`back_to`), else it stayed on the new one.
-    #[error("{image} failed after the switch ({reason}); {}", match back_to {
+    /// when one was still running (`back_to`), else it stayed on the new one; with
+    /// `rollout.auto_rollback` the desired file was rewritten to `rolled_back_to`.
+    #[error("{image} failed after the switch ({reason}); {}{}", match back_to {
         Some(color) => format!("traffic is back on {color}"),
         None => "no previous color was running, so traffic stays on it".to_string(),
+    }, match rolled_back_to {
+        Some(previous) => format!(" and the desired file was rolled back to {previous}"),
+        None => String::new(),
     })]
     FailedAfterSwitch {
         image: String,
         reason: String,
         back_to: Option<String>,
+        rolled_back_to: Option<String>,
     },
     /// The pre_switch hook failed: the attempt stops before any switch.
     #[error(transparent)]
@@ -92,6 +97,15 @@ pub enum ReconcileError {
         reason: String,
         upstream_file: std::path::PathBuf,
     },
+    /// The new image serves, but a state file (history, status) could not be read or
+    /// written after the switch (a full disk, an I/O error): no verdict on the image, which
+    /// stays live. The next pass records it once the disk takes it.
+    #[error("{image} is live, but recording it failed: {source}; the next pass records it")]
+    Unrecorded {
+        image: String,
+        #[source]
+        source: Box<ReconcileError>,
+    },
     /// None of the live color's running replicas answered its probe: nginx is left as it
     /// was, and the next resync looks again.
     #[error("no replica of {service} answers its health probe ({running} running): the nginx upstream file was left as it is; check `docker service ps {service}` and the app's logs")]
@@ -107,8 +121,36 @@ impl ReconcileError {
                 source.is_transient()
             }
             ReconcileError::Switch(e) => e.is_transient(),
-            ReconcileError::NoReplicaAnswers { .. } => true,
+            ReconcileError::NoReplicaAnswers { .. } | ReconcileError::Unrecorded { .. } => true,
             _ => false,
+        }
+    }
+
+    /// How long the other side asked to be left alone before a retry, when it said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ReconcileError::Pull { source, .. } | ReconcileError::Runtime(source) => {
+                source.retry_after()
+            }
+            _ => None,
+        }
+    }
+
+    /// This error as it counts once `image` serves (after the switch): a state file that
+    /// could not be read or written is [`ReconcileError::Unrecorded`], transient; anything
+    /// else is unchanged.
+    pub fn after_switch(self, image: &str) -> ReconcileError {
+        let io = matches!(
+            &self,
+            ReconcileError::History(HistoryError::Read { .. } | HistoryError::Write { .. })
+                | ReconcileError::Status(StatusError::Read { .. } | StatusError::Write { .. })
+        );
+        if !io {
+            return self;
+        }
+        ReconcileError::Unrecorded {
+            image: image.to_string(),
+            source: Box::new(self),
         }
     }
 
@@ -127,6 +169,10 @@ impl ReconcileError {
     }
 }
 
+/// The longest a registry's retry-after is waited: a rate limit naming hours is more likely
+/// a broken answer than a plan, and the operator sees the error meanwhile anyway.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+
 /// What to do after a pass failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requeue {
@@ -137,12 +183,17 @@ pub enum Requeue {
 }
 
 /// The error policy: transient errors come back after the backoff's next delay, which is
-/// the delay the caller waits; permanent ones wait for a change (the backoff is untouched).
+/// the delay the caller waits, or after the retry-after the registry asked for when that is
+/// longer (up to [`RETRY_AFTER_MAX`]); permanent ones wait for a change (the backoff is
+/// untouched).
 pub fn error_policy(error: &ReconcileError, backoff: &mut Backoff) -> Requeue {
-    if error.is_transient() {
-        Requeue::After(backoff.next_delay())
-    } else {
-        Requeue::AwaitChange
+    if !error.is_transient() {
+        return Requeue::AwaitChange;
+    }
+    let delay = backoff.next_delay();
+    match error.retry_after() {
+        Some(asked) => Requeue::After(delay.max(asked.min(RETRY_AFTER_MAX))),
+        None => Requeue::After(delay),
     }
 }
 
@@ -211,5 +262,41 @@ mod tests {
                 Requeue::After(Duration::from_secs(secs))
             );
         }
+    }
+    /// A registry's 503 or 429 is retried with the backoff; a retry-after the registry
+    /// named (GHCR's rate limit, passed on in the engine's message) is waited at least.
+    #[test]
+    fn a_busy_registry_requeues_and_its_retry_after_is_honoured() {
+        use crate::apply::credentials::Login;
+        let pull = |message: &str| ReconcileError::Pull {
+            reference: "r:v".into(),
+            source: crate::apply::runtime::pull_error(
+                "ghcr.io/x/api:v2",
+                &Login::Missing { why: "none".into() },
+                message.into(),
+            ),
+        };
+        let mut b = backoff();
+        let unavailable = pull("received unexpected HTTP status: 503 Service Unavailable");
+        assert_eq!(
+            error_policy(&unavailable, &mut b),
+            Requeue::After(Duration::from_secs(1))
+        );
+        let limited = pull("toomanyrequests: retry-after: 10.5s, allowed: 44000/minute");
+        assert_eq!(
+            error_policy(&limited, &mut b),
+            Requeue::After(Duration::from_millis(10_500))
+        );
+        // Never shorter than the backoff, nor absurdly long.
+        let soon = pull("toomanyrequests: retry-after: 190.13µs, allowed: 44000/minute");
+        assert_eq!(
+            error_policy(&soon, &mut b),
+            Requeue::After(Duration::from_secs(4))
+        );
+        let absurd = pull("toomanyrequests: retry-after: 9000h, allowed: 1/year");
+        assert_eq!(
+            error_policy(&absurd, &mut b),
+            Requeue::After(RETRY_AFTER_MAX)
+        );
     }
 }

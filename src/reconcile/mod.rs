@@ -45,7 +45,7 @@ use crate::desired::Desired;
 use crate::metrics::Metrics;
 use crate::observe::{observe, ObserveError, Observed};
 use crate::plan::{kept_warm, plan, Action, Plan, Verdict};
-use crate::state::status::{Live, Phase, Status, Step, SwitchMark, Warm};
+use crate::state::status::{Live, Phase, Status, StatusWriter, Step, SwitchMark, Warm};
 use crate::state::{self, history};
 
 /// A pass run in-process retries transient errors after 1 s, doubling up to 30 s.
@@ -166,6 +166,9 @@ pub struct Context<R, P, H> {
     pub notifier: Option<Notifier>,
     /// Shared with the metrics endpoint (and across a daemon's passes).
     pub metrics: Arc<Metrics>,
+    /// The one writer of status.json (and of what the deploy group reads), shared across a
+    /// daemon's passes and with the daemon itself.
+    pub status: Arc<StatusWriter>,
 }
 
 /// One run of observe, plan, apply, and what belongs to it alone: why it runs, the token
@@ -201,13 +204,23 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
     /// A context without webhook, with metrics of its own.
     pub fn new(cfg: Config, runtime: R, proxy: P, prober: H) -> Self {
         Context {
-            cfg,
             runtime,
             proxy,
             prober,
             notifier: None,
             metrics: Arc::new(Metrics::new()),
+            status: Arc::new(StatusWriter::new(
+                &cfg.state_dir,
+                &cfg.public_dir,
+                &cfg.history_file,
+            )),
+            cfg,
         }
+    }
+
+    /// Writes the status through `status` (a daemon's, which it keeps for its whole life).
+    pub fn with_status_writer(self, status: Arc<StatusWriter>) -> Self {
+        Context { status, ..self }
     }
 
     /// Records into `metrics` (a daemon's, which its endpoint serves).
@@ -315,8 +328,9 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
         Ok(())
     }
 
+    #[cfg(test)]
     pub(crate) fn status_file(&self) -> std::path::PathBuf {
-        self.cfg.state_dir.join(state::STATUS_FILE)
+        self.status.path().to_path_buf()
     }
 
     pub(crate) fn audit_file(&self) -> std::path::PathBuf {
@@ -427,7 +441,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                 Ok(PassOutcome::Paused)
             }
             Verdict::AlreadyFailed => {
-                let previous = Status::load(&ctx.status_file()).ok().flatten();
+                let previous = ctx.status.last();
                 let message = previous.and_then(|s| s.message);
                 self.set_status(|s| {
                     s.phase = Phase::Failed;
@@ -483,7 +497,8 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                     ctx.proxy.wait_retired(attempt::OLD_WORKERS_LIMIT).await;
                 }
                 Action::RecordHistory { image } => {
-                    history::record(&cfg.history_file, image, cfg.history_limit)?;
+                    history::record(&cfg.history_file, image, cfg.history_limit)
+                        .map_err(|e| ReconcileError::from(e).after_switch(image))?;
                 }
                 Action::Deploy(rollout) => self.attempt(desired, observed, rollout, true).await?,
                 Action::Switch(rollout) => self.attempt(desired, observed, rollout, false).await?,
@@ -493,6 +508,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             ctx.retain_images().await;
         }
         let (live, warm) = ctx.observed_live().await?;
+        // The desired image serves by now: a status it cannot write is no verdict on it.
         self.set_status(|s| {
             s.phase = Phase::Converged;
             s.step = None;
@@ -501,7 +517,8 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             s.failed_generation = None;
             s.live = live.clone();
             s.warm = warm;
-        })?;
+        })
+        .map_err(|e| e.after_switch(desired.image.as_written()))?;
         self.publish_live();
         Ok(PassOutcome::Converged)
     }
@@ -563,7 +580,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
     /// desired state: a failure to observe (the engine unreachable) must not report the
     /// live color, the digest or the desired image as gone.
     fn unobserved(&self, desired: &Desired) {
-        let previous = Status::load(&self.ctx.status_file()).ok().flatten();
+        let previous = self.ctx.status.last();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         *status = previous.unwrap_or_else(|| Status::new(Phase::Progressing));
         status.desired = Some(desired.image.as_written().to_string());
@@ -576,7 +593,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
     fn begin(&self, desired: &Desired, observed: &Observed) -> Result<(), ReconcileError> {
         let ctx = self.ctx;
         let live = observed.live(&ctx.cfg).map(|c| ctx.live_of(c));
-        let previous = Status::load(&ctx.status_file()).ok().flatten();
+        let previous = ctx.status.last();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         *status = Status::new(Phase::Progressing);
         status.desired = Some(desired.image.as_written().to_string());
@@ -628,7 +645,15 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             // Reloaded: nginx runs the file. Refused before any reload (or reloaded with the
             // file put back): nginx runs what it ran before, as uncertain as it was then.
             let after = if result.is_ok() { None } else { earlier };
-            self.set_status(|s| s.switching = after)?;
+            let written = self.set_status(|s| s.switching = after);
+            match written {
+                // The switch is done: a mark left on disk only makes the next pass reload
+                // nginx with the same file once more, and the next write drops it.
+                Err(e) if result.is_ok() => {
+                    tracing::warn!(error = %e, "cannot clear the switch mark in the status")
+                }
+                written => written?,
+            }
         }
         result.map_err(ReconcileError::Switch)
     }
@@ -680,7 +705,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         if status.phase != Phase::Progressing {
             status.step = None;
         }
-        status.save(&self.ctx.status_file())?;
+        self.ctx.status.save(&mut status)?;
         Ok(())
     }
 

@@ -77,6 +77,12 @@ impl ReconcileLock {
     pub fn holder(&self) -> &str {
         &self.holder
     }
+
+    /// The lock file's inode: with the pid, what tells from `/proc/locks` that this lock
+    /// is still held ([`holds_lock_inode`]).
+    pub fn inode(&self) -> Option<u64> {
+        self.file.metadata().ok().map(|m| m.ino())
+    }
 }
 
 impl Drop for ReconcileLock {
@@ -246,6 +252,12 @@ fn is_fieldtrack(pid: i32) -> Result<(), String> {
         )),
         Err(_) => Err("there is no such process".to_string()),
     }
+}
+
+/// Whether `pid` holds an flock on the file with `inode`, as `/proc/locks` (readable by
+/// anyone) says: how a user who may not enter `state_dir` tells that the daemon runs.
+pub fn holds_lock_inode(pid: i32, inode: u64) -> bool {
+    holds_flock(pid, inode)
 }
 
 /// Whether `/proc/locks` lists an flock held (not waited for) by `pid` on inode `inode`.

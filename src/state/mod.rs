@@ -12,6 +12,7 @@ pub mod by_hand;
 pub mod file;
 pub mod history;
 pub mod lock;
+pub mod public;
 pub mod status;
 
 use std::time::SystemTime;
@@ -21,8 +22,6 @@ pub const STATUS_FILE: &str = "status.json";
 
 /// Name of the audit log inside `state_dir`.
 pub const AUDIT_FILE: &str = "audit.jsonl";
-/// Written by `fieldtrack promote`: the desired generation whose canary step ends now.
-pub const PROMOTE_FILE: &str = "canary-promote";
 
 pub use lock::LOCK_FILE;
 

@@ -101,23 +101,57 @@ pub fn stop_pid(pid: i32, signal: i32, grace: Duration) {
     }
 }
 
-/// Free loopback ports, asked of the kernel (bind to port 0) all at once so they differ.
+/// Free loopback ports, below the kernel's ephemeral range and distinct within this process.
 ///
-/// A port is free when we look and is taken by its user moments later; between the two
-/// another process could grab it, which the ephemeral range's rotation makes unlikely.
+/// A port is free when we look and is taken by its user (Docker's proxy, nginx) moments
+/// later. A port of the ephemeral range can be taken between the two by any outgoing
+/// connection (a probe, a load generator): CI saw `bind: address already in use` for a
+/// container's host port that way. Below the range only a listener takes a port, and each
+/// one is tried with a bind first.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| BedError(format!("cannot find a free loopback port: {e}")))?;
-    listeners
-        .iter()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let top = ephemeral_low().max(LOWEST + 1_000);
+    let span = top - LOWEST;
+    // Another process choosing at the same time starts elsewhere in the span.
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let _ = NEXT.compare_exchange(0, seed % span + 1, Ordering::SeqCst, Ordering::SeqCst);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = u16::try_from(LOWEST + offset).expect("below the ephemeral range");
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    if held.len() < n {
+        return err(format!(
+            "cannot find {n} free loopback ports between {LOWEST} and {top}"
+        ));
+    }
+    held.iter()
         .map(|l| {
             l.local_addr()
                 .map(|a| a.port())
                 .map_err(|e| BedError(format!("cannot read a bound port: {e}")))
         })
         .collect()
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when unreadable).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+        .min(u32::from(u16::MAX))
 }
 
 /// A minimal HTTP/1.1 GET; returns (status, body).

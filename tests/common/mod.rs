@@ -132,10 +132,12 @@ pub fn deploy_ok(site: &Site, tag: &str) {
     );
 }
 
-/// Health gate settings that make a failing candidate fail in about three seconds.
+/// Health gate settings that make a failing candidate fail in about ten seconds, while a
+/// healthy one (half a second to answer here) has twenty times what it needs on a loaded
+/// machine. A test waits for what it expects; how fast it comes is the bench's business.
 pub fn fast_health(site: &mut Site) {
     site.set("health.interval", "\"1s\"");
-    site.set("health.attempts", "3");
+    site.set("health.attempts", "10");
 }
 
 /// A file's bytes, None when it does not exist.

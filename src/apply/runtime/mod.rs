@@ -137,6 +137,16 @@ pub enum RuntimeError {
     /// The registry could not be reached while pulling.
     #[error("registry for {reference} is unreachable: {message}")]
     RegistryUnreachable { reference: String, message: String },
+    /// The registry answered 5xx or 429 (a rate limit): it is failing or busy now, and
+    /// the image may well be there. Retried with backoff, waiting at least `retry_after`
+    /// when the registry named one (the engine passes it on only inside its message).
+    #[error("registry {registry} is failing or busy for {reference} (retried): {message}")]
+    RegistryBusy {
+        reference: String,
+        registry: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Any other refusal of the registry or the engine to pull.
     #[error("pulling {reference} from registry {registry} failed: {message}")]
     PullFailed {
@@ -169,8 +179,17 @@ impl RuntimeError {
             self,
             RuntimeError::Unreachable { .. }
                 | RuntimeError::RegistryUnreachable { .. }
+                | RuntimeError::RegistryBusy { .. }
                 | RuntimeError::TasksLinger { .. }
         )
+    }
+
+    /// How long the registry asked to be left alone, when it said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RuntimeError::RegistryBusy { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -463,6 +482,15 @@ pub(crate) fn pull_error(reference: &str, login: &Login, message: String) -> Run
         .replace(&reference.to_lowercase(), "");
     let has = |phrases: &[&str]| phrases.iter().any(|p| lower.contains(p));
     let (reference, registry) = (reference.to_string(), registry_shown(reference));
+    // First: a 429 or 5xx says nothing about the image or the login, whatever words follow.
+    if registry_busy(&lower) {
+        return RuntimeError::RegistryBusy {
+            reference,
+            registry,
+            retry_after: retry_after_in(&lower),
+            message,
+        };
+    }
     // Docker Hub answers a missing repository as it answers a private one ("pull access
     // denied ... may require 'docker login'"): without credentials that is a login to give.
     if has(&[
@@ -516,9 +544,93 @@ pub(crate) fn pull_error(reference: &str, login: &Login, message: String) -> Run
     }
 }
 
+/// Whether the engine's (lowercased) words for a failed pull carry a registry's 429 or
+/// 5xx: the status as the engine quotes it (`received unexpected HTTP status: 503 ...`,
+/// `error parsing HTTP 429 response body`, after blob retries too), or the registry's own
+/// `toomanyrequests` error code.
+fn registry_busy(lower: &str) -> bool {
+    if lower.contains("toomanyrequests") || lower.contains("too many requests") {
+        return true;
+    }
+    ["http status: ", "error parsing http "].iter().any(|lead| {
+        lower.match_indices(lead).any(|(i, _)| {
+            let rest = &lower[i + lead.len()..];
+            let digits = rest
+                .get(..3)
+                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+            matches!(digits, Some("429" | "500" | "502" | "503" | "504"))
+        })
+    })
+}
+
+/// A retry-after the registry named in its message (GHCR: `toomanyrequests: retry-after:
+/// 190.13µs, allowed: 44000/minute`), as a Go duration or whole seconds.
+fn retry_after_in(lower: &str) -> Option<Duration> {
+    let i = lower.find("retry-after:")?;
+    let rest = lower[i + "retry-after:".len()..].trim_start();
+    let word = rest
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .next()?;
+    go_duration(word)
+}
+
+/// `1m30.5s`, `190.13µs`, `7` (seconds): what Go's `time.Duration` prints, or an HTTP
+/// `Retry-After` in seconds.
+fn go_duration(text: &str) -> Option<Duration> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += number * seconds;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_the_registry_wrote_it() {
+        for (text, want) in [
+            (
+                "toomanyrequests: retry-after: 190.13µs, allowed: 44000/minute",
+                Some(Duration::from_nanos(190_130)),
+            ),
+            (
+                "toomanyrequests: retry-after: 1m30.5s, allowed: 1/minute",
+                Some(Duration::from_millis(90_500)),
+            ),
+            (
+                "toomanyrequests: retry-after: 7",
+                Some(Duration::from_secs(7)),
+            ),
+            ("toomanyrequests: retry later", None),
+            ("toomanyrequests: retry-after: soon", None),
+        ] {
+            assert_eq!(retry_after_in(text), want, "{text}");
+        }
+    }
 
     #[test]
     fn split_reference_handles_registry_ports_and_digests() {
@@ -642,6 +754,50 @@ mod tests {
             format!("manifest for {r} not found: manifest unknown"),
         );
         assert!(matches!(err, RuntimeError::ImageNotFound { .. }), "{err}");
+    }
+
+    /// A registry that answers 5xx or 429 (a rate limit) has the image, or may: retried
+    /// with backoff. The engine's words (dockerd 20.10 to 27, through a front answering
+    /// each status on manifests and blobs); GHCR's rate limit names its retry-after.
+    #[test]
+    fn a_busy_registry_is_transient_and_a_missing_image_or_login_stays_permanent() {
+        let r = "127.0.0.1:5000/fieldtrack-test/app:v1";
+        for message in [
+            "received unexpected HTTP status: 503 Service Unavailable",
+            "received unexpected HTTP status: 500 Internal Server Error",
+            "received unexpected HTTP status: 502 Bad Gateway",
+            "received unexpected HTTP status: 504 Gateway Timeout",
+            "download failed after attempts=6: received unexpected HTTP status: 503 Service Unavailable",
+            "toomanyrequests: retry later",
+            "toomanyrequests: You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit",
+            "toomanyrequests: retry-after: 190.13µs, allowed: 44000/minute",
+            "error parsing HTTP 429 response body: unexpected end of JSON input: \"\"",
+        ] {
+            for login in [anonymous(), logged_in()] {
+                let err = pull_error(r, &login, message.into());
+                assert!(err.is_transient(), "{message}: {err:?}");
+            }
+        }
+        for (message, login) in [
+            ("manifest unknown", logged_in()),
+            (
+                "error parsing HTTP 404 response body: invalid character 'u' looking for beginning of value: \"upstream trouble\"",
+                anonymous(),
+            ),
+            ("unauthorized: authentication required", anonymous()),
+            ("unauthorized: authentication required", logged_in()),
+            // A status in the reference or a 4xx that is no rate limit is no busy registry.
+            ("received unexpected HTTP status: 403 Forbidden", logged_in()),
+        ] {
+            let err = pull_error(r, &login, message.into());
+            assert!(!err.is_transient(), "{message}: {err:?}");
+        }
+        let busy = pull_error(
+            "127.0.0.1:5000/app503:v1",
+            &anonymous(),
+            "manifest for 127.0.0.1:5000/app503:v1 not found: manifest unknown".into(),
+        );
+        assert!(!busy.is_transient(), "{busy:?}");
     }
 
     #[test]

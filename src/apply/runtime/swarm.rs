@@ -679,12 +679,14 @@ fn superseded(task: &Task, tasks: &[Task]) -> bool {
         .any(|t| t.slot.is_some() && t.slot == task.slot && is_running(t))
 }
 
-/// The first failure of a task of the spec in force, if any: a candidate whose task crashed
-/// fails at once, even though Swarm would start it again.
+/// The first failure of a task of the spec in force whose slot runs nothing else, if any:
+/// a candidate whose task crashed fails at once, even though Swarm would start it again.
+/// A failed task whose slot runs a newer one is history Swarm keeps (a replica killed once
+/// and restarted), no failure of the color.
 fn aggregate_failure(service: &Service, tasks: &[Task]) -> Option<ContainerState> {
     tasks
         .iter()
-        .filter(|t| current(service, t))
+        .filter(|t| current(service, t) && !superseded(t, tasks))
         .find_map(failed)
 }
 
@@ -712,4 +714,89 @@ fn describe_task(task: &Task, nodes: &HashMap<String, NodeView>) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{ContainerStatus, TaskStatus};
+
+    use super::*;
+
+    const IMAGE: &str = "10.231.0.1:5000/app@sha256:aaaa";
+
+    fn template(force_update: u64) -> TaskSpec {
+        TaskSpec {
+            force_update: Some(force_update),
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(IMAGE.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn service() -> Service {
+        Service {
+            spec: Some(ServiceSpec {
+                task_template: Some(template(3)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A task of the spec in force in `slot`, in `state`, that the orchestrator wants in
+    /// `desired`; `exit` its container's exit code.
+    fn task(slot: i64, state: TaskState, desired: TaskState, exit: Option<i64>) -> Task {
+        Task {
+            slot: Some(slot),
+            desired_state: Some(desired),
+            spec: Some(template(3)),
+            status: Some(TaskStatus {
+                state: Some(state),
+                container_status: Some(ContainerStatus {
+                    exit_code: exit,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A replica that was killed (137) and that Swarm restarted stays in the task history:
+    /// it is no failure of the color, whose every slot runs.
+    #[test]
+    fn a_failed_task_swarm_replaced_is_no_failure_of_the_color() {
+        let tasks = [
+            task(1, TaskState::FAILED, TaskState::SHUTDOWN, Some(137)),
+            task(1, TaskState::RUNNING, TaskState::RUNNING, None),
+            task(2, TaskState::RUNNING, TaskState::RUNNING, None),
+            task(3, TaskState::RUNNING, TaskState::RUNNING, None),
+        ];
+        assert_eq!(aggregate_failure(&service(), &tasks), None);
+    }
+
+    /// A candidate whose task crashed fails at once, while Swarm's replacement for that slot
+    /// waits out its restart delay (or starts): nothing of that slot runs.
+    #[test]
+    fn a_failed_task_whose_slot_runs_nothing_is_the_colors_failure() {
+        for replacement in [TaskState::NEW, TaskState::PENDING, TaskState::STARTING] {
+            let tasks = [
+                task(1, TaskState::FAILED, TaskState::SHUTDOWN, Some(3)),
+                task(1, replacement, TaskState::RUNNING, None),
+                task(2, TaskState::RUNNING, TaskState::RUNNING, None),
+            ];
+            assert_eq!(
+                aggregate_failure(&service(), &tasks),
+                Some(ContainerState::Exited { code: 3 }),
+                "{replacement:?}"
+            );
+        }
+        let alone = [task(1, TaskState::FAILED, TaskState::RUNNING, Some(3))];
+        assert_eq!(
+            aggregate_failure(&service(), &alone),
+            Some(ContainerState::Exited { code: 3 })
+        );
+    }
 }

@@ -25,6 +25,7 @@ use crate::apply::notify::{Event, Notification};
 use crate::apply::proxy::Proxy;
 use crate::apply::runtime::{Endpoints, Runtime};
 use crate::config::{CanaryConfig, Color, Pause};
+use crate::desired::promote::{PromoteRequest, Verdict as PromoteVerdict};
 use crate::desired::Desired;
 use crate::observe::access_log::{tally, Figures, Tail};
 use crate::observe::ContainerState;
@@ -32,7 +33,6 @@ use crate::plan::canary::{judge, Judgement};
 use crate::reconcile::{Progress, ReconcileError};
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::status::{CanaryProgress, Step, WindowFigures};
-use crate::state::PROMOTE_FILE;
 
 /// Consecutive failed health probes of the canary that fail its step.
 const PROBE_FAILURES: u32 = 3;
@@ -162,6 +162,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                         image: self.image.to_string(),
                         reason,
                         back_to: Some(stable.to_string()),
+                        rolled_back_to: None,
                     });
                 }
                 Some(StepEnd::Cancelled) => {
@@ -240,7 +241,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             Pause::For(d) => Some(d),
             Pause::Manual => None,
         };
-        let promote_file = cfg.state_dir.join(PROMOTE_FILE);
+        let promote_file = crate::desired::promote::request_path(&cfg.desired_file);
         let stable_ports: Vec<u16> = at.stable_servers.iter().map(|a| a.port()).collect();
         let canary_ports: Vec<u16> = at.canary.iter().map(|a| a.port()).collect();
         let side_of = |a: SocketAddr| {
@@ -333,7 +334,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             if let Judgement::Failed(why) = judgement {
                 return done(Some(StepEnd::Failed(why)), &figures);
             }
-            if self.promoted(&promote_file) {
+            if self.promoted(&promote_file, at.index) {
                 tracing::info!(step = at.index, "promoted by hand");
                 return done(None, &figures);
             }
@@ -352,16 +353,23 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         matches!(Desired::load(&cfg.desired_file, cfg), Ok(now) if now.generation != self.desired.generation)
     }
 
-    /// Whether `fieldtrack promote` asked this generation's step to end; the request is
-    /// consumed. One left over from another generation is dropped.
-    fn promoted(&self, file: &PathBuf) -> bool {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            return false;
-        };
-        if let Err(e) = std::fs::remove_file(file) {
-            tracing::warn!(error = %e, file = %file.display(), "cannot remove the promote request");
+    /// Whether `fieldtrack promote` asked this generation's step `step` to end; the request is
+    /// consumed. One for another generation, or for a step that has already ended (sent as
+    /// it ended by itself), is dropped: it never ends a step it was not meant for.
+    fn promoted(&self, file: &std::path::Path, step: usize) -> bool {
+        match PromoteRequest::take(file, &self.desired.generation, step) {
+            PromoteVerdict::Promote => true,
+            PromoteVerdict::None => false,
+            PromoteVerdict::Ignored(request) => {
+                tracing::warn!(
+                    generation = %request.generation,
+                    asked_step = request.step,
+                    step,
+                    "promote request ignored: it names another generation or a step that has already ended"
+                );
+                false
+            }
         }
-        text.trim() == self.desired.generation
     }
 
     /// nginx back on the stable color alone, its old workers gone, the candidate removed.
