@@ -681,9 +681,28 @@ pub(crate) fn spawn_detached(cmd: &mut Command, log: &Path) -> Result<std::proce
 }
 
 /// An exclusive `flock` held until dropped.
+#[derive(Debug)]
 pub(crate) struct Flock(fs::File);
 
 impl Flock {
+    /// [`Flock::take`] without waiting: None when another holds it.
+    pub(crate) fn try_take(path: &Path) -> Result<Option<Flock>> {
+        use std::os::fd::AsRawFd;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| BedError(format!("cannot open {}: {e}", path.display())))?;
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(Flock(file)));
+        }
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            e => err(format!("cannot lock {}: {e}", path.display())),
+        }
+    }
+
     pub(crate) fn take(path: &Path) -> Result<Flock> {
         use std::os::fd::AsRawFd;
         let file = fs::OpenOptions::new()

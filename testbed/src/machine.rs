@@ -8,8 +8,8 @@
 //! of it with `systemd-nspawn --boot --register=no --keep-unit`: no machined here, and
 //! `--keep-unit` asks no host systemd for a scope. The machine shares this host's network
 //! namespace, so its nginx, its sshd and the app's containers (run by the bed's engine,
-//! whose socket is bound in as /run/docker.sock) all meet on loopback; the ports are chosen
-//! free at boot. Commands run inside with `nsenter -t INIT -a`.
+//! whose socket is bound in as /run/docker.sock) all meet on loopback; its ports come from
+//! a range of its own (see [`MACHINE_PORTS`]). Commands run inside with `nsenter -t INIT -a`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,18 @@ const HOST_PACKAGES: &[(&str, &str)] = &[
 /// The PATH of commands run inside: root's, as on a Debian server.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The machine's ports: below the range the other beds take theirs from
+/// (`util::free_ports`, 10000 up to the kernel's ephemeral range, where outgoing connections
+/// take theirs), cut into slots of [`SLOT_PORTS`]. A machine holds a `flock` on its slot's
+/// file for its life, so two test processes never share one; a port some other program
+/// listens on makes the slot skipped.
+pub const MACHINE_PORTS: std::ops::Range<u16> = 9_000..10_000;
+/// Where the slots' lock files are: one place whatever `$FIELDTRACK_MACHINE_DIR` says, so
+/// machines of different folders do not share ports either.
+const SLOT_LOCKS: &str = "/var/tmp/fieldtrack-machine-ports";
+/// Ports in a slot: sshd's first, then [`Machine::ports`] for the test (site, colors).
+const SLOT_PORTS: u16 = 8;
+
 /// How long a boot may take until systemd says the system runs (it takes about a second).
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 /// How long an orderly poweroff may take before the machine is killed.
@@ -65,6 +77,11 @@ pub struct Machine {
     pub root: PathBuf,
     /// sshd listens on 127.0.0.1:ssh_port.
     pub ssh_port: u16,
+    /// Loopback ports no other machine or bed takes while this one lives: the test's to
+    /// give the app's site and colors.
+    pub ports: Vec<u16>,
+    /// The `flock` that keeps [`Machine::ports`] (and ssh_port) this machine's.
+    _slot: Flock,
     /// The host path of the bed's Docker socket, bound in as /run/docker.sock.
     docker_socket: PathBuf,
     nspawn: Option<Child>,
@@ -125,7 +142,7 @@ impl Machine {
         Ok(root)
     }
 
-    /// Boots a fresh copy of the cached root file system, with sshd on a free port.
+    /// Boots a fresh copy of the cached root file system, with sshd on its slot's first port.
     pub fn boot_fresh(bed: &Bed) -> Result<Machine> {
         let rootfs = Self::rootfs()?;
         install_packages(HOST_PACKAGES)?;
@@ -144,7 +161,8 @@ impl Machine {
                 .arg(&rootfs)
                 .arg(dir.join("root")),
         )?;
-        let ssh_port = util::free_ports(1)?[0];
+        let (slot, ports) = reserve_slot(Path::new(SLOT_LOCKS))?;
+        let ssh_port = ports[0];
         crate::site::write(
             &dir.join("root/etc/ssh/sshd_config.d/fieldtrack-machine.conf"),
             &format!(
@@ -152,7 +170,6 @@ impl Machine {
                  Port {ssh_port}\nListenAddress 127.0.0.1\n"
             ),
         )?;
-        crate::site::write(&dir.join("ssh_port"), &ssh_port.to_string())?;
         crate::site::write(&dir.join("owner.pid"), &std::process::id().to_string())?;
         let docker_socket = match bed.docker_host.strip_prefix("unix://") {
             Some(path) => PathBuf::from(path),
@@ -163,20 +180,13 @@ impl Machine {
                 ))
             }
         };
-        Self::boot(&dir, &docker_socket)
-    }
-
-    /// Boots the machine of a run folder made by [`Machine::boot_fresh`].
-    fn boot(dir: &Path, docker_socket: &Path) -> Result<Machine> {
-        let ssh_port: u16 = fs::read_to_string(dir.join("ssh_port"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| BedError(format!("{} has no ssh_port", dir.display())))?;
         let mut machine = Machine {
-            dir: dir.to_path_buf(),
+            dir: dir.clone(),
             root: dir.join("root"),
             ssh_port,
-            docker_socket: docker_socket.to_path_buf(),
+            ports: ports[1..].to_vec(),
+            _slot: slot,
+            docker_socket,
             nspawn: None,
             init: 0,
         };
@@ -547,6 +557,29 @@ fn prepare(root: &Path) -> Result<()> {
             .map_err(|e| BedError(format!("cannot mask {timer}: {e}")))?;
     }
     Ok(())
+}
+
+/// Takes the first slot of [`MACHINE_PORTS`] that no other machine holds and whose ports
+/// are all free now; its lock and its ports.
+fn reserve_slot(slots: &Path) -> Result<(Flock, Vec<u16>)> {
+    fs::create_dir_all(slots)
+        .map_err(|e| BedError(format!("cannot create {}: {e}", slots.display())))?;
+    let mut first = MACHINE_PORTS.start;
+    while first + SLOT_PORTS <= MACHINE_PORTS.end {
+        let ports: Vec<u16> = (first..first + SLOT_PORTS).collect();
+        if let Some(lock) = Flock::try_take(&slots.join(format!("{first}.lock")))? {
+            let free = ports
+                .iter()
+                .all(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+            if free {
+                return Ok((lock, ports));
+            }
+        }
+        first += SLOT_PORTS;
+    }
+    err(format!(
+        "no free slot of {SLOT_PORTS} ports in {MACHINE_PORTS:?} for the machine"
+    ))
 }
 
 /// Removes half-made root file systems of earlier attempts (the caller holds the lock).
