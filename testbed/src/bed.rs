@@ -118,7 +118,7 @@ impl Bed {
             .expect("testbed lives inside the workspace")
             .to_path_buf();
 
-        install_packages()?;
+        install_packages(PACKAGES)?;
         let nginx = which("nginx").ok_or_else(|| BedError("nginx is not on PATH".into()))?;
         let docker_host = engine(&dir)?;
         let registry = registry(&dir)?;
@@ -385,9 +385,10 @@ impl Bed {
     }
 }
 
-/// Installs the missing Debian packages, quietly; says which and why when it fails.
-fn install_packages() -> Result<()> {
-    let mut missing: Vec<&str> = PACKAGES
+/// Installs, from Debian's packages, each package whose program (or file, for a path) is
+/// missing, quietly; says which and why when it fails.
+pub(crate) fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = packages
         .iter()
         .filter(|(program, _)| match program.strip_prefix('/') {
             Some(_) => !Path::new(program).exists(),
@@ -680,10 +681,29 @@ pub(crate) fn spawn_detached(cmd: &mut Command, log: &Path) -> Result<std::proce
 }
 
 /// An exclusive `flock` held until dropped.
-struct Flock(fs::File);
+#[derive(Debug)]
+pub(crate) struct Flock(fs::File);
 
 impl Flock {
-    fn take(path: &Path) -> Result<Flock> {
+    /// [`Flock::take`] without waiting: None when another holds it.
+    pub(crate) fn try_take(path: &Path) -> Result<Option<Flock>> {
+        use std::os::fd::AsRawFd;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| BedError(format!("cannot open {}: {e}", path.display())))?;
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(Flock(file)));
+        }
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            e => err(format!("cannot lock {}: {e}", path.display())),
+        }
+    }
+
+    pub(crate) fn take(path: &Path) -> Result<Flock> {
         use std::os::fd::AsRawFd;
         let file = fs::OpenOptions::new()
             .create(true)

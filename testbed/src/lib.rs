@@ -10,14 +10,20 @@
 //! [`Swarm::up`] adds a real multi-node Docker Swarm beside it, each node a `dockerd` in a
 //! network namespace of its own (see `swarm.rs`), with [`SwarmSite`]s for the tests of
 //! fieldtrack's `swarm` runtime.
+//!
+//! [`Machine`] is the production bed: a Debian 12 root file system (debootstrap, cached)
+//! booted with its own systemd under `systemd-nspawn`, reached with [`Ssh`] (see
+//! `machine.rs`).
 
 mod bed;
+mod machine;
 mod site;
 mod smtp;
 mod swarm;
 pub mod util;
 
 pub use bed::{Bed, TAGS};
+pub use machine::{host_mirror, Machine, Ssh};
 pub use site::{teardown_site_dir, Site, SiteOptions, LOG_FORMAT};
 pub use smtp::{Mail, SmtpOptions, SmtpServer, SmtpTls};
 pub use swarm::{

@@ -11,12 +11,14 @@
 //! testbed swarm site new [APP]  make a kept site on the swarm that is up (any size); print
 //!                               its folder and addresses
 //! testbed swarm site down DIR   tear a kept swarm site down
+//! testbed machine rootfs     make the production bed's Debian 12 root file system once
+//!                            (debootstrap, cached); print its folder
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use fieldtrack_testbed::{Bed, Site, SiteOptions, Swarm, SwarmSite, DEFAULT_NODES};
+use fieldtrack_testbed::{Bed, Machine, Site, SiteOptions, Swarm, SwarmSite, DEFAULT_NODES};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
                 .map(|swarm| print!("{}", swarm.env_lines())),
         },
         ["swarm", "down"] => Swarm::down(),
+        ["machine", "rootfs"] => Machine::rootfs().map(|root| println!("{}", root.display())),
         ["swarm", "site", "new", rest @ ..] if rest.len() <= 1 => Bed::up()
             .and_then(|bed| Swarm::existing(&bed))
             .and_then(|swarm| {
@@ -70,7 +73,7 @@ fn main() -> ExitCode {
             .map(|swarm| fieldtrack_testbed::teardown_swarm_site_dir(&swarm, &PathBuf::from(dir))),
         _ => {
             eprintln!(
-                "usage: testbed up | down | site new [APP] | site down DIR\n       testbed swarm up [NODES] | swarm down | swarm site new [APP] | swarm site down DIR"
+                "usage: testbed up | down | site new [APP] | site down DIR\n       testbed swarm up [NODES] | swarm down | swarm site new [APP] | swarm site down DIR\n       testbed machine rootfs"
             );
             return ExitCode::from(2);
         }
