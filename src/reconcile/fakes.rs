@@ -200,6 +200,8 @@ pub struct World {
     /// When the pass was cancelled (see [`World::cancelled`]) and the ports nginx's loaded
     /// config named then.
     cancelled_at: Option<(Instant, Vec<u16>)>,
+    /// The ports nginx's loaded config named when the process started.
+    started_on: Vec<u16>,
     behaviours: HashMap<String, Behaviour>,
 
     crashes: HashMap<String, Crash>,
@@ -243,6 +245,7 @@ impl World {
             kill: None,
             kill_at_write: None,
             cancelled_at: None,
+            started_on: Vec::new(),
             behaviours: HashMap::new(),
             crashes: HashMap::new(),
             scripts: HashMap::new(),
@@ -300,13 +303,16 @@ impl World {
         self.kill = None;
         self.kill_at_write = None;
         self.cancelled_at = None;
+        self.started_on = self.loaded_ports();
     }
 
     /// The process's pass is cancelled now (a newer generation, SIGTERM). From here on nginx
-    /// may stay on the ports it sends traffic to, or go back to one of them, never move to
-    /// another: a reload doing so more than [`CANCEL_GRACE`] later is a violation.
+    /// may stay on the ports it sends traffic to, or go back to those it sent traffic to when
+    /// the process started (a drain's switch back), never move to another: a reload doing so
+    /// more than [`CANCEL_GRACE`] later is a violation.
     pub fn cancelled(&mut self) {
-        let ports = self.loaded_ports();
+        let mut ports = self.loaded_ports();
+        ports.extend(self.started_on.iter().copied());
         self.cancelled_at = Some((Instant::now(), ports));
     }
 
