@@ -848,8 +848,9 @@ async fn failure_after_the_switch_rolls_the_desired_file_back_with_auto_rollback
     );
 }
 
-#[tokio::test]
-async fn a_history_io_error_after_the_switch_is_transient_and_the_next_pass_records_it() {
+/// Blue serves v1, the history (v1) in a folder of its own that a test may take away, and
+/// a drain of 100 ms (probes after the gate's).
+fn site_with_its_history_in_a_folder() -> (Site, std::path::PathBuf) {
     let mut site = Site::new();
     let folder = site._dir.path().join("history");
     std::fs::create_dir(&folder).unwrap();
@@ -857,6 +858,12 @@ async fn a_history_io_error_after_the_switch_is_transient_and_the_next_pass_reco
     site.cfg.rollout.drain = Duration::from_millis(100);
     site.live(Color::Blue, "v1");
     site.set_history(&["v1"]);
+    (site, folder)
+}
+
+#[tokio::test]
+async fn a_history_io_error_after_the_switch_is_transient_and_the_next_pass_records_it() {
+    let (site, folder) = site_with_its_history_in_a_folder();
     // During the drain (probe 1 is the gate's) the history's folder becomes a file: the
     // history cannot be read or written at the end (ENOTDIR), an I/O error after the switch
     // as a disk's EIO would be (tests/faults.rs fills a real disk).
@@ -909,13 +916,7 @@ async fn a_history_io_error_after_the_switch_is_transient_and_the_next_pass_reco
 /// and the live image never entered the history.
 #[tokio::test]
 async fn a_failed_generation_retried_by_hand_that_goes_live_is_failed_no_more() {
-    let mut site = Site::new();
-    let folder = site._dir.path().join("history");
-    std::fs::create_dir(&folder).unwrap();
-    site.cfg.history_file = folder.join(".deploy_history");
-    site.cfg.rollout.drain = Duration::from_millis(100);
-    site.live(Color::Blue, "v1");
-    site.set_history(&["v1"]);
+    let (site, folder) = site_with_its_history_in_a_folder();
     let ctx = site.context();
     let desired = site.desired("v2");
     // The first attempt fails at `nginx -t`: the generation is marked failed.
