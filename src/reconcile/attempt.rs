@@ -701,7 +701,6 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         self.pass
             .switch_nginx(back_port, &servers, &ctx.live_comment(back, back_image))
             .await?;
-        ctx.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
         self.remove_candidate(name).await;
         let back_reference = self
             .previous

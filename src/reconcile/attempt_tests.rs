@@ -596,6 +596,34 @@ async fn cancel_during_the_drain_leaves_both_colors_running_and_the_history_unto
 }
 
 #[tokio::test]
+async fn a_running_old_color_failing_its_gate_waits_for_nginx_old_workers_before_it_goes() {
+    // Found by the simulation (seed 19510, under load): v2's drain was cut short, so nginx's
+    // workers of the configuration before the switch may still send blue requests. The
+    // rollback to v1 reuses blue, which fails its gate: removing it at once took those
+    // requests down.
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.drain = LONG_DRAIN;
+    let ctx = site.context();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    site.world().at_probe(2, move |_| token.cancel());
+    let e = pass(&ctx, &site.desired("v2"), cancel).await.unwrap_err();
+    assert!(matches!(e, ReconcileError::DrainCutShort { .. }), "{e:?}");
+    // The fake's old workers go at the drain's first wait: a process killed before it
+    // leaves them sending blue requests.
+    site.world().unretired = vec![BLUE];
+    site.world().answer(BLUE, ProbeOutcome::Unhealthy(500));
+
+    let e = site.pass("v1").await.unwrap_err();
+
+    assert!(matches!(e, ReconcileError::Unhealthy { .. }), "{e:?}");
+    let world = site.world();
+    assert!(world.container("api-blue").is_none());
+    assert_eq!(world.loaded_port(), Some(GREEN));
+    assert_eq!(world.violations, Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn cleanup_failure_fails_the_pass_and_leaves_the_history_unwritten() {
     let site = site_with_blue_live();
     site.world().remove_fails.push("api-blue".into());
@@ -802,6 +830,8 @@ async fn reassert_reloads_then_drains_before_removing_the_old_color() {
             &Call::Write(GREEN),
             &Call::Test,
             &Call::Reload,
+            &Call::WaitRetired,
+            // The removal's own look (none left by then).
             &Call::WaitRetired,
             &Call::Remove("api-blue".into()),
         ]

@@ -294,7 +294,8 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
 
     /// Stops and removes a container of the app, unless the upstream file, as written on disk
     /// now, points at it: that one may serve, and is kept (the pass stops, saying what to
-    /// check) until nginx was switched away from it. The plan never asks for such a removal;
+    /// check) until nginx was switched away from it. A running one goes once nginx's old
+    /// workers are gone. The plan never asks for such a removal;
     /// this is the last look before it happens, for a world that changed since.
     pub(crate) async fn retire(
         &self,
@@ -323,6 +324,12 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
                     .find(|p| upstream.contains(p))
                     .map_or(0, |p| *p)
             )));
+        }
+        // nginx's workers of a configuration before an earlier switch (a drain a newer
+        // generation cut short) may still send a running container requests: it goes once
+        // they are gone.
+        if containers.iter().any(|c| c.name == name && c.state.is_running()) {
+            self.proxy.wait_retired(attempt::OLD_WORKERS_LIMIT).await;
         }
         self.runtime.remove(name, stop_timeout).await?;
         Ok(())

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{describe, Attempt, OLD_WORKERS_LIMIT};
+use super::{describe, Attempt};
 use crate::apply::health::{ProbeOutcome, Prober};
 use crate::apply::notify::{Event, Notification};
 use crate::apply::proxy::Proxy;
@@ -395,7 +395,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             self.remove_candidate(name).await;
             return Err(e);
         }
-        ctx.proxy.wait_retired(OLD_WORKERS_LIMIT).await;
+        // `retire` waits for nginx's workers that still send it canary requests.
         self.remove_candidate(name).await;
         Ok(())
     }
