@@ -15,6 +15,8 @@ pub mod daemon;
 pub mod desired;
 pub mod image;
 pub mod metrics;
+pub mod model;
+pub mod notifications;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;

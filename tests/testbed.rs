@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fieldtrack::apply::runtime::{ContainerSpec, Docker, Runtime, RuntimeError};
+use fieldtrack::apply::runtime::Docker;
+use fieldtrack::model::runtime::{ContainerSpec, Runtime, RuntimeError};
 use fieldtrack_testbed::{util, Bed, Site};
 
 #[tokio::test]

@@ -5,9 +5,10 @@
 //! behind a trait so the health gate and drain logic can be tested with fakes; the HTTP
 //! prober itself is tested against a real socket.
 
-use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use crate::model::probe::{ProbeOutcome, Prober};
 
 /// The gap between probes while a candidate is young: a loopback probe costs next to
 /// nothing, and this is how late at most a candidate is noticed once it is up.
@@ -25,37 +26,6 @@ pub enum HealthError {
         #[source]
         source: reqwest::Error,
     },
-}
-
-/// What one probe found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProbeOutcome {
-    /// The app answered with this 2xx status.
-    Healthy(u16),
-    /// The app answered, with this non-2xx status.
-    Unhealthy(u16),
-    /// No answer: the reason in a few words ("connection refused", "timed out", ...).
-    Unreachable(String),
-}
-
-impl ProbeOutcome {
-    /// Whether the probe passed.
-    pub fn is_healthy(&self) -> bool {
-        matches!(self, ProbeOutcome::Healthy(_))
-    }
-}
-
-/// Probes a color where it answers: the port it publishes on the loopback interface, or
-/// each of its Swarm tasks on its node.
-pub trait Prober: Send + Sync {
-    /// One probe of the app published on `127.0.0.1:port`. Never fails: every problem is an
-    /// outcome.
-    fn probe(&self, port: u16) -> impl Future<Output = ProbeOutcome> + Send {
-        self.probe_at(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
-    }
-
-    /// One probe of the app at `addr`. Never fails: every problem is an outcome.
-    fn probe_at(&self, addr: SocketAddr) -> impl Future<Output = ProbeOutcome> + Send;
 }
 
 /// Probes `GET http://{addr}{path}` (`127.0.0.1:PORT` for a local container).

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::output_tail;
 use super::redact::Redactor;
-use crate::config::Color;
+use crate::model::Color;
 
 /// The hook run after the candidate is healthy and before the switch.
 pub const PRE_SWITCH: &str = "pre_switch";

@@ -2,11 +2,9 @@
 //! system, each behind a trait so the decision logic can be tested with fakes.
 
 pub mod credentials;
-pub mod email;
 pub mod env_file;
 pub mod health;
 pub mod hooks;
-pub mod notify;
 pub mod proxy;
 pub mod redact;
 pub mod runtime;

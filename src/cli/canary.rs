@@ -13,7 +13,8 @@ use super::view::{self, Daemon, View};
 use super::CliError;
 use crate::config::Config;
 use crate::desired::promote::{request_path, PromoteRequest};
-use crate::desired::{Desired, ImageRef, ABORT_NOTE_PREFIX};
+use crate::desired::{Desired, ImageRef};
+use crate::state::audit::ABORT_NOTE_PREFIX;
 use crate::state::status::{CanaryProgress, Phase, Status, Step};
 
 #[derive(Debug, Args)]

@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use super::CliError;
 use crate::apply::proxy::DEFAULT_COMMAND_TIMEOUT;
-use crate::apply::runtime::{registry_of, Docker, Runtime as _, Swarm};
-use crate::config::{Color, Config, RuntimeKind};
+use crate::apply::runtime::{registry_of, Docker, Swarm};
+use crate::config::{Config, RuntimeKind};
 use crate::desired::{Desired, DesiredError};
+use crate::model::runtime::Runtime as _;
+use crate::model::Color;
+use crate::model::Instance;
 use crate::observe::access_log::LOG_FORMAT;
-use crate::observe::Container;
 use crate::upstream::{tokens, Token};
 
 /// How long the engine gets to answer before it counts as unreachable.
@@ -865,7 +867,7 @@ pub fn judge_dump(dump: &str, upstream_file: &Path, upstream_name: &str) -> Vec<
 }
 
 /// A color's port must be free for its container, or already published by it.
-fn port_finding(cfg: &Config, color: Color, containers: Option<&[Container]>) -> Finding {
+fn port_finding(cfg: &Config, color: Color, containers: Option<&[Instance]>) -> Finding {
     let port = cfg.port(color);
     let subject = format!("port {color}");
     let key = format!("container.{color}_port");

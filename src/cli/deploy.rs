@@ -298,7 +298,7 @@ fn rolled_back(cfg: &Config, desired: &Desired) -> Option<CliError> {
     let note = now.note.as_deref()?;
     let ours = format!(
         "{}{} failed after the switch: ",
-        crate::desired::AUTO_ROLLBACK_NOTE_PREFIX,
+        crate::state::audit::AUTO_ROLLBACK_NOTE_PREFIX,
         desired.image.as_written()
     );
     let why = note.strip_prefix(&ours)?;

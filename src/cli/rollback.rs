@@ -9,7 +9,8 @@ use super::deploy::{submit, Submission};
 use super::view::View;
 use super::CliError;
 use crate::config::Config;
-use crate::desired::{Desired, ImageRef, ROLLBACK_NOTE_PREFIX};
+use crate::desired::{Desired, ImageRef};
+use crate::state::audit::ROLLBACK_NOTE_PREFIX;
 use crate::state::status::{Phase, Status, Step};
 
 #[derive(Debug, Args)]

@@ -16,12 +16,10 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::image::{check_repository, ImageRef};
+use crate::model::Color;
 use raw::{RawConfig, RawDuration};
 
 pub use rules::NOTIFY_EVENTS;
@@ -444,58 +442,6 @@ pub enum PasswordSource {
 pub struct MetricsConfig {
     /// Where to serve metrics; `None` opens no port.
     pub listen: Option<SocketAddr>,
-}
-
-/// One of the two slots the app runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Color {
-    Blue,
-    Green,
-}
-
-impl Color {
-    /// Both colors, blue first.
-    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
-
-    /// The other color: where a candidate goes while this one is live.
-    pub fn other(self) -> Color {
-        match self {
-            Color::Blue => Color::Green,
-            Color::Green => Color::Blue,
-        }
-    }
-
-    /// `"blue"` or `"green"`, as in container names and labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-}
-
-impl fmt::Display for Color {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A string that is neither `blue` nor `green`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown color {0:?}: expected \"blue\" or \"green\"")]
-pub struct ParseColorError(pub String);
-
-impl FromStr for Color {
-    type Err = ParseColorError;
-
-    fn from_str(s: &str) -> Result<Color, ParseColorError> {
-        match s {
-            "blue" => Ok(Color::Blue),
-            "green" => Ok(Color::Green),
-            other => Err(ParseColorError(other.to_owned())),
-        }
-    }
 }
 
 impl Config {
@@ -2204,31 +2150,6 @@ listen = "9187"
                 "{msg}"
             );
         }
-    }
-
-    #[test]
-    fn colors() {
-        assert_eq!(Color::Blue.other(), Color::Green);
-        assert_eq!(Color::Green.other(), Color::Blue);
-        assert_eq!(Color::Blue.as_str(), "blue");
-        assert_eq!(Color::Green.to_string(), "green");
-        assert_eq!("blue".parse::<Color>(), Ok(Color::Blue));
-        assert_eq!("green".parse::<Color>(), Ok(Color::Green));
-        assert!("Blue".parse::<Color>().is_err());
-        #[derive(Serialize, Deserialize, PartialEq, Debug)]
-        struct Live {
-            color: Color,
-        }
-        let text = toml::to_string(&Live {
-            color: Color::Green,
-        })
-        .unwrap();
-        assert_eq!(text, "color = \"green\"\n");
-        assert_eq!(
-            toml::from_str::<Live>("color = \"blue\"").unwrap(),
-            Live { color: Color::Blue }
-        );
-        assert!(toml::from_str::<Live>("color = \"red\"").is_err());
     }
 
     #[test]

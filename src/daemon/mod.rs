@@ -28,10 +28,11 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::health::HealthError;
-use crate::apply::runtime::{Engine, RuntimeError};
+use crate::apply::runtime::Engine;
 use crate::config::{Config, ConfigError};
 use crate::desired::{Desired, DesiredError, DesiredErrorKind};
 use crate::metrics::Metrics;
+use crate::model::runtime::RuntimeError;
 use crate::plan::{plan, Verdict};
 use crate::reconcile::{
     error_policy, Backoff, LiveContext, Pass, PassOutcome, ReconcileError, Requeue, Trigger,
@@ -39,7 +40,8 @@ use crate::reconcile::{
 use crate::state::by_hand::{ByHand, BY_HAND_FILE};
 use crate::state::lock::{self, LockError, ReconcileLock};
 use crate::state::public::DaemonId;
-use crate::state::status::{Phase, Status, StatusWriter};
+use crate::state::status::{Phase, Status};
+use crate::state::writer::StatusWriter;
 use crate::state::STATUS_FILE;
 use sources::{Event, Settings, SourceError};
 

@@ -18,15 +18,7 @@ use crate::config::safety::{self, check_file_safety, SafetyError};
 use crate::config::{Config, TomlErrorDetail};
 use crate::image::check_digest;
 pub use crate::image::{ImageError, ImageRef};
-
-/// How the rollback command's note starts: `rollback from X to Y`.
-pub const ROLLBACK_NOTE_PREFIX: &str = "rollback from ";
-
-/// How the note of an automatic rollback (written by fieldtrack itself) starts.
-pub const AUTO_ROLLBACK_NOTE_PREFIX: &str = "auto-rollback: ";
-
-/// How the note of `fieldtrack abort` (back to the stable color from a canary) starts.
-pub const ABORT_NOTE_PREFIX: &str = "abort: ";
+use crate::state::audit::{ABORT_NOTE_PREFIX, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
 
 /// Longest `note`, in characters.
 pub const NOTE_MAX_CHARS: usize = 1000;

@@ -7,75 +7,18 @@ pub mod access_log;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use crate::apply::proxy::{Proxy, ProxyError};
-use crate::apply::runtime::{Runtime, RuntimeError};
-use crate::config::{Color, Config};
+use crate::config::Config;
+use crate::model::proxy::{Proxy, ProxyError};
+use crate::model::runtime::{Runtime, RuntimeError};
+use crate::model::{Color, Instance};
 use crate::state::history::{self, HistoryError};
-use crate::state::status::{Replica, Status, StatusError, SwitchMark, Warm};
-
-/// The state of a container as the engine reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContainerState {
-    Created,
-    Running,
-    Restarting,
-    Exited { code: i64 },
-    Other(String),
-}
-
-impl ContainerState {
-    pub fn is_running(&self) -> bool {
-        matches!(self, ContainerState::Running)
-    }
-}
-
-impl std::fmt::Display for ContainerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ContainerState::Created => f.write_str("created"),
-            ContainerState::Running => f.write_str("running"),
-            ContainerState::Restarting => f.write_str("restarting"),
-            ContainerState::Exited { code } => write!(f, "exited with code {code}"),
-            ContainerState::Other(s) => f.write_str(s),
-        }
-    }
-}
-
-/// One container of the app, as observed: what any runtime backend reports, in the words
-/// the plan uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    /// From the `fieldtrack.color` label; None when the label is missing or unknown.
-    pub color: Option<Color>,
-    /// From the `fieldtrack.image` label (the full reference it was started from).
-    pub image: String,
-    /// From the `fieldtrack.desired` label: the image as the desired file wrote it (what the
-    /// history records); None on containers started before the label existed.
-    pub desired: Option<String>,
-    /// From the `fieldtrack.generation` label: the desired generation that started it.
-    pub generation: Option<String>,
-    pub state: ContainerState,
-    /// Host ports it publishes (on loopback or all addresses): what an upstream `server
-    /// 127.0.0.1:PORT;` line reaches. The engine reports them for running containers only.
-    /// On Swarm: the port the service publishes on its nodes, while a task of it runs.
-    pub ports: Vec<u16>,
-    /// Where it answers now, one address per running replica: `127.0.0.1:PORT` for a local
-    /// container; each running task's node address and the published port on Swarm.
-    pub endpoints: Vec<SocketAddr>,
-    /// Why it is no longer what fieldtrack started (a Swarm service edited by hand, or whose
-    /// replicas differ from the config): it is replaced blue/green like an outdated image.
-    pub drift: Option<String>,
-    /// The replicas (Swarm tasks) per node, for the status; empty for a local container.
-    pub replicas: Vec<Replica>,
-}
+use crate::state::status::{Status, StatusError, SwitchMark, Warm};
 
 /// What is, as opposed to what should be ([`crate::desired::Desired`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     /// Every container labelled for the app, running or not.
-    pub containers: Vec<Container>,
+    pub containers: Vec<Instance>,
     /// Every loopback port the upstream file names, in the order written: what nginx may
     /// send traffic to on its next reload, whatever the config's color ports say. On Swarm,
     /// the ports of every server line, whatever its address.
@@ -112,7 +55,7 @@ impl Observed {
     }
 
     /// The container of a color, by its name and label.
-    pub fn container(&self, cfg: &Config, color: Color) -> Option<&Container> {
+    pub fn container(&self, cfg: &Config, color: Color) -> Option<&Instance> {
         let name = cfg.container_name(color);
         self.containers
             .iter()
@@ -125,7 +68,7 @@ impl Observed {
     /// The container must publish that port: one started before the config's ports changed
     /// (and a SIGHUP) is not live under the new ones, though it may still serve: the plan
     /// keeps whatever publishes a port of `upstream_ports`.
-    pub fn live(&self, cfg: &Config) -> Option<&Container> {
+    pub fn live(&self, cfg: &Config) -> Option<&Instance> {
         let color = self.upstream_color(cfg)?;
         let port = self.upstream_port()?;
         self.container(cfg, color)

@@ -6,9 +6,11 @@ pub mod canary;
 
 use std::fmt;
 
-use crate::config::{Color, Config, RuntimeKind};
+use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
-use crate::observe::{Container, Observed};
+use crate::model::Color;
+use crate::model::Instance;
+use crate::observe::Observed;
 
 /// The overall verdict of a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,7 +191,7 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         }
         _ => None,
     };
-    let served: Vec<&Container> = observed
+    let served: Vec<&Instance> = observed
         .containers
         .iter()
         .filter(|c| {
@@ -214,12 +216,12 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
         });
     }
     let served = served.first().copied();
-    let is_served = |c: &Container| served.is_some_and(|s| s.id == c.id);
+    let is_served = |c: &Instance| served.is_some_and(|s| s.id == c.id);
 
     let mut actions = Vec::new();
     // Containers that may serve are removed only after the switch away from them.
     let mut after_switch = Vec::new();
-    let is_color_container = |c: &Container| {
+    let is_color_container = |c: &Instance| {
         c.color
             .is_some_and(|color| c.name == cfg.container_name(color))
     };
@@ -302,7 +304,7 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     };
     // The candidate needs a color name and a color port that the served container does not
     // hold, so that it never needs the served one gone first.
-    let holds = |c: &Container, color: Color| {
+    let holds = |c: &Instance, color: Color| {
         c.name == cfg.container_name(color) || c.ports.contains(&cfg.port(color))
     };
     let served_color = match served {
@@ -411,7 +413,7 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
 /// window ending further ahead than `keep_previous` from now (the config was shortened
 /// since, the clock went back) is over: nothing is kept longer than the config says, and
 /// with `keep_previous = 0` nothing is kept.
-pub fn kept_warm<'o>(cfg: &Config, observed: &'o Observed) -> Option<&'o Container> {
+pub fn kept_warm<'o>(cfg: &Config, observed: &'o Observed) -> Option<&'o Instance> {
     let keep = cfg.rollout.keep_previous;
     let mark = observed.warm.as_ref().filter(|_| !keep.is_zero())?;
     let left = mark.until_time()?.duration_since(observed.now).ok()?;
@@ -440,7 +442,7 @@ pub fn kept_warm<'o>(cfg: &Config, observed: &'o Observed) -> Option<&'o Contain
 /// Does a container run this image? Its label holds the full reference it was started
 /// from, pinned to a digest or not. Two digests must agree; without two, the names decide
 /// (a rollback pins the digest recorded for that same tag's deployment).
-fn runs(c: &Container, reference: &str, written: &str) -> bool {
+fn runs(c: &Instance, reference: &str, written: &str) -> bool {
     if c.image == reference || c.image == written {
         return true;
     }
@@ -464,7 +466,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::observe::ContainerState;
+    use crate::model::InstanceState;
     use crate::state::status::{SwitchMark, Warm};
 
     const REPO: &str = "ghcr.io/fieldtrack-tech/api";
@@ -488,12 +490,12 @@ mod tests {
     }
 
     /// A color container; a running one publishes its color's port, as fieldtrack starts it.
-    fn container(color: Color, tag: &str, state: ContainerState) -> Container {
+    fn container(color: Color, tag: &str, state: InstanceState) -> Instance {
         let ports = match state {
-            ContainerState::Running => vec![cfg().port(color)],
+            InstanceState::Running => vec![cfg().port(color)],
             _ => Vec::new(),
         };
-        Container {
+        Instance {
             id: format!("id-{color}"),
             name: format!("api-{color}"),
             color: Some(color),
@@ -515,11 +517,11 @@ mod tests {
             .collect()
     }
 
-    fn running(color: Color, tag: &str) -> Container {
-        container(color, tag, ContainerState::Running)
+    fn running(color: Color, tag: &str) -> Instance {
+        container(color, tag, InstanceState::Running)
     }
 
-    fn observed(containers: Vec<Container>, port: Option<u16>, history: &[&str]) -> Observed {
+    fn observed(containers: Vec<Instance>, port: Option<u16>, history: &[&str]) -> Observed {
         Observed {
             containers,
             upstream_ports: port.into_iter().collect(),
@@ -657,7 +659,7 @@ mod tests {
         let o = observed(
             vec![
                 running(Color::Blue, "v1"),
-                container(Color::Green, "v2", ContainerState::Created),
+                container(Color::Green, "v2", InstanceState::Created),
             ],
             BLUE,
             &["v1"],
@@ -706,7 +708,7 @@ mod tests {
             vec![container(
                 Color::Blue,
                 "v1",
-                ContainerState::Exited { code: 137 },
+                InstanceState::Exited { code: 137 },
             )],
             BLUE,
             &["v1"],
@@ -966,7 +968,7 @@ mod tests {
         let o = observed(
             vec![
                 running(Color::Green, "v2"),
-                container(Color::Blue, "v1", ContainerState::Exited { code: 0 }),
+                container(Color::Blue, "v1", InstanceState::Exited { code: 0 }),
             ],
             GREEN,
             &["v2"],
@@ -978,7 +980,7 @@ mod tests {
     #[test]
     fn the_drain_after_a_reload_comes_once_before_the_first_removal() {
         // Desired live on green, blue and a misnamed container left over.
-        let mut odd = container(Color::Blue, "v0", ContainerState::Exited { code: 0 });
+        let mut odd = container(Color::Blue, "v0", InstanceState::Exited { code: 0 });
         odd.name = "api-old".into();
         odd.id = "id-odd".into();
         let o = observed(
@@ -1153,7 +1155,7 @@ mod tests {
         // The seeded simulation found this: nginx was settled on the dead stable port and a
         // new container started there, getting requests before its health check.
         let mut o = canary_left_behind();
-        o.containers[0].state = ContainerState::Exited { code: 1 };
+        o.containers[0].state = InstanceState::Exited { code: 1 };
         let p = plan(&cfg(), &desired("v3"), &o, false);
         assert_eq!(
             p.actions.first(),
@@ -1195,7 +1197,7 @@ mod tests {
             observed(
                 vec![
                     running(Color::Blue, "v1"),
-                    container(Color::Green, "v2", ContainerState::Exited { code: 1 }),
+                    container(Color::Green, "v2", InstanceState::Exited { code: 1 }),
                 ],
                 GREEN,
                 &["v1"],
@@ -1228,7 +1230,7 @@ mod tests {
                 vec![container(
                     Color::Blue,
                     "v1",
-                    ContainerState::Exited { code: 1 },
+                    InstanceState::Exited { code: 1 },
                 )],
                 GREEN,
                 &["v1"],
@@ -1263,7 +1265,7 @@ mod tests {
     const WINDOW: Duration = Duration::from_secs(15 * 60);
 
     /// status.json's record of `c` kept warm until `now() + left` (`left` may be negative).
-    fn warm_mark(c: &Container, left: i64) -> Warm {
+    fn warm_mark(c: &Instance, left: i64) -> Warm {
         let until = if left >= 0 {
             now() + Duration::from_secs(left.unsigned_abs())
         } else {
@@ -1360,7 +1362,7 @@ mod tests {
         assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
         // Nor one that stopped, or that changed color.
         let mut o = v1_warm_under_v2(600);
-        o.containers[0] = container(Color::Blue, "v1", ContainerState::Exited { code: 0 });
+        o.containers[0] = container(Color::Blue, "v1", InstanceState::Exited { code: 0 });
         assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
         let mut o = v1_warm_under_v2(600);
         o.warm.as_mut().unwrap().color = "green".into();
@@ -1422,7 +1424,7 @@ mod tests {
         const NAMES: [&str; 4] = ["api-blue", "api-green", "api-blue-old", "api-x"];
         const TAGS: [&str; 3] = ["v1", "v2", "v3"];
 
-        fn arb_container(i: usize) -> impl Strategy<Value = Container> {
+        fn arb_container(i: usize) -> impl Strategy<Value = Instance> {
             (
                 0..NAMES.len(),
                 prop_oneof![
@@ -1436,15 +1438,15 @@ mod tests {
             )
                 .prop_map(move |(name, color, tag, state, port)| {
                     let state = match state {
-                        0 => ContainerState::Created,
-                        1 => ContainerState::Exited { code: 1 },
-                        _ => ContainerState::Running,
+                        0 => InstanceState::Created,
+                        1 => InstanceState::Exited { code: 1 },
+                        _ => InstanceState::Running,
                     };
                     let ports = match (&state, port) {
-                        (ContainerState::Running, Some(p)) => vec![PORTS[p]],
+                        (InstanceState::Running, Some(p)) => vec![PORTS[p]],
                         _ => vec![],
                     };
-                    Container {
+                    Instance {
                         id: format!("id-{i}"),
                         name: NAMES[name].to_string(),
                         color,
@@ -1521,7 +1523,7 @@ mod tests {
                         // gone, its window running, over, or longer than the config allows.
                         let warm = warm.map(|(i, left, color)| {
                             // Mostly a running container, the kind a window keeps.
-                            let running_ones: Vec<&Container> = o
+                            let running_ones: Vec<&Instance> = o
                                 .containers
                                 .iter()
                                 .filter(|c| c.state.is_running())
@@ -1674,8 +1676,8 @@ mod tests {
                 proptest::option::of((0..TAGS.len(), 0..4usize, 0..4usize)).prop_map(move |c| {
                     c.map(|(tag, state, port)| {
                         let state = match state {
-                            0 => ContainerState::Exited { code: 0 },
-                            _ => ContainerState::Running,
+                            0 => InstanceState::Exited { code: 0 },
+                            _ => InstanceState::Running,
                         };
                         let mut c = container(color, TAGS[tag], state);
                         // Now and then on a port the config does not name.
@@ -1716,7 +1718,7 @@ mod tests {
                         if keep > 0 {
                             cfg.rollout.keep_previous = WINDOW;
                         }
-                        let containers: Vec<Container> =
+                        let containers: Vec<Instance> =
                             [blue, green].into_iter().flatten().collect();
                         let upstream_ports: Vec<u16> =
                             upstream.into_iter().map(|i| PORTS[i]).collect();

@@ -8,19 +8,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{Context, Pass, Progress, ReconcileError};
 use crate::apply::env_file;
-use crate::apply::health::{probe_delays, ProbeOutcome, Prober};
+use crate::apply::health::probe_delays;
 use crate::apply::hooks::{run_hook, HookContext, POST_DEPLOY, PRE_SWITCH};
-use crate::apply::notify::{Event, Notification};
-use crate::apply::proxy::Proxy;
 use crate::apply::redact::Redactor;
-use crate::apply::runtime::{
+use crate::desired::{Desired, ImageRef};
+use crate::model::probe::{ProbeOutcome, Prober};
+use crate::model::proxy::Proxy;
+use crate::model::runtime::{
     ContainerSpec, Runtime, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
-use crate::config::Color;
-use crate::desired::{Desired, ImageRef, AUTO_ROLLBACK_NOTE_PREFIX};
-use crate::observe::ContainerState;
+use crate::model::Color;
+use crate::model::InstanceState;
+use crate::notifications::{Event, Notification};
 use crate::observe::Observed;
 use crate::plan::Rollout;
+use crate::state::audit::AUTO_ROLLBACK_NOTE_PREFIX;
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::history;
 use crate::state::status::{HealthProgress, Live, Step, Warm};
@@ -563,7 +565,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     async fn exited_check(&self, name: &str) -> Result<(), ReconcileError> {
         let state = self.ctx().runtime.state(name).await?;
         match state {
-            Some(ContainerState::Running) | Some(ContainerState::Created) => Ok(()),
+            Some(InstanceState::Running) | Some(InstanceState::Created) => Ok(()),
             other => Err(ReconcileError::CandidateExited {
                 container: name.to_string(),
                 image: self.image.to_string(),
@@ -616,7 +618,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 }),
             }
             let reason = match ctx.runtime.state(name).await? {
-                Some(ContainerState::Running) => match self.probe_all(name, port).await? {
+                Some(InstanceState::Running) => match self.probe_all(name, port).await? {
                     ProbeOutcome::Healthy(_) => {
                         failures = 0;
                         continue;
@@ -674,7 +676,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             .into_iter()
             .find(|c| Some(cfg.container_name(*c).as_str()) == self.old);
         let old_running = match self.old {
-            Some(old) => matches!(ctx.runtime.state(old).await?, Some(ContainerState::Running)),
+            Some(old) => matches!(ctx.runtime.state(old).await?, Some(InstanceState::Running)),
             None => false,
         };
         let Some(back) = old_color.filter(|_| old_running) else {
@@ -696,7 +698,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             .await?
             .addrs;
         if servers.is_empty() {
-            servers = crate::apply::runtime::Endpoints::loopback(back_port).addrs;
+            servers = crate::model::runtime::Endpoints::loopback(back_port).addrs;
         }
         self.pass
             .switch_nginx(back_port, &servers, &ctx.live_comment(back, back_image))
@@ -734,7 +736,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     /// next pass settles nginx first (the mark in status.json says so). The error to return
     /// then; None for any other error.
     ///
-    /// [`ProxyError::leaves_nginx_unsettled`]: crate::apply::proxy::ProxyError::leaves_nginx_unsettled
+    /// [`ProxyError::leaves_nginx_unsettled`]: crate::model::proxy::ProxyError::leaves_nginx_unsettled
     fn kept_if_unsettled(&self, name: &str, e: &ReconcileError) -> Option<ReconcileError> {
         match e {
             ReconcileError::Switch(e) if e.leaves_nginx_unsettled() => {
@@ -807,7 +809,7 @@ fn is_rollback(desired: &Desired) -> bool {
     desired
         .note
         .as_deref()
-        .is_some_and(|n| n.starts_with(crate::desired::ROLLBACK_NOTE_PREFIX))
+        .is_some_and(|n| n.starts_with(crate::state::audit::ROLLBACK_NOTE_PREFIX))
 }
 
 /// The image a served container runs, as the history writes it: its `fieldtrack.desired`
@@ -815,7 +817,7 @@ fn is_rollback(desired: &Desired) -> bool {
 /// same image, else the full reference it runs.
 fn served_image(
     cfg: &crate::config::Config,
-    c: &crate::observe::Container,
+    c: &crate::model::Instance,
     head: Option<&String>,
 ) -> String {
     if let Some(desired) = &c.desired {

@@ -14,14 +14,15 @@ use super::fakes::{Call, FakeProber, FakeProxy, FakeRuntime, Fakes, PullFailure,
 use super::{
     error_policy, Backoff, Context, Pass, PassOutcome, Progress, ReconcileError, Requeue, Trigger,
 };
-use crate::apply::health::ProbeOutcome;
 use crate::apply::hooks::HookError;
-use crate::apply::proxy::ProxyError;
-use crate::apply::runtime::{
+use crate::config::Config;
+use crate::desired::Desired;
+use crate::model::probe::ProbeOutcome;
+use crate::model::proxy::ProxyError;
+use crate::model::runtime::{
     RuntimeError, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
-use crate::config::{Color, Config};
-use crate::desired::Desired;
+use crate::model::Color;
 use crate::state::status::Step;
 use crate::state::{audit, history};
 use tokio_util::sync::CancellationToken;

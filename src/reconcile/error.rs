@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::backoff::Backoff;
 use crate::apply::env_file::EnvFileError;
-use crate::apply::proxy::ProxyError;
-use crate::apply::runtime::RuntimeError;
+use crate::model::proxy::ProxyError;
+use crate::model::runtime::RuntimeError;
 use crate::observe::ObserveError;
 use crate::state::audit::AuditError;
 use crate::state::history::HistoryError;

@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::apply::health::{ProbeOutcome, Prober};
-use crate::apply::proxy::{Proxy, ProxyError};
-use crate::apply::runtime::{
+use crate::model::probe::{ProbeOutcome, Prober};
+use crate::model::proxy::{Proxy, ProxyError};
+use crate::model::runtime::{
     ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_COLOR,
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
-use crate::observe::{Container, ContainerState};
+use crate::model::{Instance, InstanceState};
 use crate::upstream::{parse_ports, parse_servers, render, render_servers, render_weighted};
 
 /// One call the reconciler made to the outside world, in the order made. State checks,
@@ -80,7 +80,7 @@ pub struct FakeContainer {
     pub id: String,
     pub name: String,
     pub labels: HashMap<String, String>,
-    pub state: ContainerState,
+    pub state: InstanceState,
     /// Host ports it publishes; like the engine, listed only while it runs.
     pub ports: Vec<u16>,
     /// What `logs` returns.
@@ -96,8 +96,8 @@ pub struct FakeContainer {
 
 impl FakeContainer {
     /// The container as the runtime reports it, from its labels (as `Docker` reads them).
-    fn observed(&self) -> Container {
-        Container {
+    fn observed(&self) -> Instance {
+        Instance {
             id: self.id.clone(),
             name: self.name.clone(),
             color: self.labels.get(LABEL_COLOR).and_then(|c| c.parse().ok()),
@@ -263,7 +263,7 @@ impl World {
             id: format!("fake{:04}", self.next_id),
             name: name.to_string(),
             labels,
-            state: ContainerState::Running,
+            state: InstanceState::Running,
             ports: vec![port],
             logs: String::new(),
             probes: VecDeque::new(),
@@ -475,13 +475,13 @@ impl World {
         }
     }
 
-    fn state(&mut self, name: &str) -> Option<ContainerState> {
+    fn state(&mut self, name: &str) -> Option<InstanceState> {
         let index = self.containers.iter().position(|c| c.name == name)?;
         if let Some(crash) = self.crashes.get_mut(name) {
             if crash.checks == 0 {
                 let crash = self.crashes.remove(name).expect("present");
                 let c = &mut self.containers[index];
-                c.state = ContainerState::Exited { code: crash.code };
+                c.state = InstanceState::Exited { code: crash.code };
                 c.logs = crash.logs;
             } else {
                 crash.checks -= 1;
@@ -730,11 +730,11 @@ fn api_error(action: String, message: &str) -> RuntimeError {
 pub struct FakeRuntime(Fakes);
 
 impl Runtime for FakeRuntime {
-    async fn containers(&self, _app: &str) -> Result<Vec<Container>, RuntimeError> {
+    async fn containers(&self, _app: &str) -> Result<Vec<Instance>, RuntimeError> {
         self.0
             .call(true, |world| {
                 world.engine_error("list containers")?;
-                let mut containers: Vec<Container> = world
+                let mut containers: Vec<Instance> = world
                     .containers
                     .iter()
                     .map(FakeContainer::observed)
@@ -831,7 +831,7 @@ impl Runtime for FakeRuntime {
             .await
     }
 
-    async fn state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {
+    async fn state(&self, name: &str) -> Result<Option<InstanceState>, RuntimeError> {
         self.0
             .call(false, |world| {
                 world.engine_error("inspect container")?;
@@ -1057,11 +1057,11 @@ mod tests {
         let runtime = fakes.runtime();
         assert_eq!(
             runtime.state("api-green").await.unwrap(),
-            Some(ContainerState::Running)
+            Some(InstanceState::Running)
         );
         assert_eq!(
             runtime.state("api-green").await.unwrap(),
-            Some(ContainerState::Exited { code: 3 })
+            Some(InstanceState::Exited { code: 3 })
         );
         assert_eq!(runtime.logs("api-green", 20).await.unwrap(), "panic");
         assert!(runtime.containers("api").await.unwrap()[0].ports.is_empty());

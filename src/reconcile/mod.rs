@@ -35,17 +35,21 @@ pub use backoff::Backoff;
 pub use error::{error_policy, ReconcileError, Requeue};
 pub use progress::{Progress, ProgressSink};
 
-use crate::apply::health::{HealthError, HttpProber, Prober};
-use crate::apply::notify::Notifier;
-use crate::apply::proxy::{Nginx, Proxy};
+use crate::apply::health::{HealthError, HttpProber};
+use crate::apply::proxy::Nginx;
 use crate::apply::redact::Redactor;
-use crate::apply::runtime::{Engine, Runtime, RuntimeError};
+use crate::apply::runtime::Engine;
 use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
 use crate::metrics::Metrics;
+use crate::model::probe::Prober;
+use crate::model::proxy::Proxy;
+use crate::model::runtime::{Runtime, RuntimeError};
+use crate::notifications::Notifier;
 use crate::observe::{observe, ObserveError, Observed};
 use crate::plan::{kept_warm, plan, Action, Plan, Verdict};
-use crate::state::status::{Live, Phase, Status, StatusWriter, Step, SwitchMark, Warm};
+use crate::state::status::{Live, Phase, Status, Step, SwitchMark, Warm};
+use crate::state::writer::StatusWriter;
 use crate::state::{self, history};
 
 /// A pass run in-process retries transient errors after 1 s, doubling up to 30 s.
@@ -190,14 +194,14 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
     pub(crate) async fn probe_each(
         &self,
         addrs: &[std::net::SocketAddr],
-    ) -> Vec<(std::net::SocketAddr, crate::apply::health::ProbeOutcome)> {
+    ) -> Vec<(std::net::SocketAddr, crate::model::probe::ProbeOutcome)> {
         let outcomes =
             futures_util::future::join_all(addrs.iter().map(|a| self.prober.probe_at(*a))).await;
         addrs.iter().copied().zip(outcomes).collect()
     }
 
     /// The upstream file's text as on disk now (None when there is none): what `plan` diffs.
-    pub fn upstream_text(&self) -> Result<Option<String>, crate::apply::proxy::ProxyError> {
+    pub fn upstream_text(&self) -> Result<Option<String>, crate::model::proxy::ProxyError> {
         self.proxy.read()
     }
 
@@ -328,7 +332,10 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
         // nginx's workers of a configuration before an earlier switch (a drain a newer
         // generation cut short) may still send a running container requests: it goes once
         // they are gone.
-        if containers.iter().any(|c| c.name == name && c.state.is_running()) {
+        if containers
+            .iter()
+            .any(|c| c.name == name && c.state.is_running())
+        {
             self.proxy.wait_retired(attempt::OLD_WORKERS_LIMIT).await;
         }
         self.runtime.remove(name, stop_timeout).await?;
@@ -345,12 +352,12 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
     }
 
     /// `green api:a4f91c2`, the upstream file's comment.
-    pub(crate) fn live_comment(&self, color: crate::config::Color, image: &str) -> String {
+    pub(crate) fn live_comment(&self, color: crate::model::Color, image: &str) -> String {
         format!("{color} {}:{image}", self.cfg.app)
     }
 
-    fn live_of(&self, c: &crate::observe::Container) -> Live {
-        let color = c.color.unwrap_or(crate::config::Color::Blue);
+    fn live_of(&self, c: &crate::model::Instance) -> Live {
+        let color = c.color.unwrap_or(crate::model::Color::Blue);
         Live {
             color: color.to_string(),
             image: c.image.clone(),
@@ -365,11 +372,11 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
     async fn reasserted_servers(
         &self,
         observed: &Observed,
-        color: crate::config::Color,
+        color: crate::model::Color,
         port: u16,
     ) -> Result<Vec<std::net::SocketAddr>, ReconcileError> {
         if self.cfg.runtime == RuntimeKind::Docker {
-            return Ok(crate::apply::runtime::Endpoints::loopback(port).addrs);
+            return Ok(crate::model::runtime::Endpoints::loopback(port).addrs);
         }
         let written: Vec<std::net::SocketAddr> = observed
             .upstream_servers
@@ -537,7 +544,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
     async fn refresh(
         &self,
         desired: &Desired,
-        color: crate::config::Color,
+        color: crate::model::Color,
     ) -> Result<(), ReconcileError> {
         let ctx = self.ctx;
         let cfg = &ctx.cfg;

@@ -43,9 +43,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::fakes::{Behaviour, Call, Fakes, PullFailure, Traffic};
 use super::{Context, Pass, PassOutcome as Outcome, ReconcileError, Trigger};
-use crate::apply::health::ProbeOutcome;
-use crate::config::{Color, Config};
+use crate::config::Config;
 use crate::desired::Desired;
+use crate::model::probe::ProbeOutcome;
+use crate::model::Color;
 use crate::state::status::Status;
 use crate::state::{history, STATUS_FILE};
 
@@ -444,7 +445,7 @@ impl Sim {
                     .find(|c| c.name == name && c.state.is_running());
                 Ok(match running {
                     Some(c) => {
-                        c.state = crate::observe::ContainerState::Exited { code: 137 };
+                        c.state = crate::model::InstanceState::Exited { code: 137 };
                         c.logs = "fake: killed".into();
                         format!("{name} exited")
                     }
@@ -616,7 +617,7 @@ impl Sim {
                 .is_some_and(|c| {
                     c.answered_healthy
                         && c.labels
-                            .get(crate::apply::runtime::LABEL_DESIRED)
+                            .get(crate::model::runtime::LABEL_DESIRED)
                             .map(String::as_str)
                             == Some(desired.image.as_written())
                 });
@@ -761,7 +762,7 @@ impl Sim {
             && only.state.is_running()
             && only
                 .labels
-                .get(crate::apply::runtime::LABEL_DESIRED)
+                .get(crate::model::runtime::LABEL_DESIRED)
                 .map(String::as_str)
                 == Some(image);
         let served = world.loaded_port().is_some_and(|p| only.ports.contains(&p))

@@ -21,6 +21,15 @@ use serde::{Deserialize, Serialize};
 use super::atomic::{fsync_dir, parent_dir};
 use super::file::{open_regular, prepare_state_dir, read_tail, tighten};
 
+/// How the rollback command's note starts: `rollback from X to Y`.
+pub const ROLLBACK_NOTE_PREFIX: &str = "rollback from ";
+
+/// How the note of an automatic rollback (written by fieldtrack itself) starts.
+pub const AUTO_ROLLBACK_NOTE_PREFIX: &str = "auto-rollback: ";
+
+/// How the note of `fieldtrack abort` (back to the stable color from a canary) starts.
+pub const ABORT_NOTE_PREFIX: &str = "abort: ";
+
 /// Mode of the audit log: it holds container log tails, for root and the admin group.
 const MODE: u32 = 0o640;
 

@@ -14,6 +14,7 @@ pub mod history;
 pub mod lock;
 pub mod public;
 pub mod status;
+pub mod writer;
 
 use std::time::SystemTime;
 

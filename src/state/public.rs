@@ -23,7 +23,7 @@ use super::atomic::{write_atomic_with, WriteOptions};
 use super::audit::{AttemptOutcome, AuditRecord};
 use super::file::read_capped;
 use super::status::Status;
-use crate::desired::{AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
+use crate::state::audit::{AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
 
 /// Name of the published status inside `public_dir`.
 pub const PUBLIC_STATUS_FILE: &str = "status.json";

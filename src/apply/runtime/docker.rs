@@ -16,11 +16,13 @@ use futures_util::StreamExt;
 
 use super::{
     classify, connect_client, login_for, not_found, pull_error, reaches_loopback, split_reference,
+};
+use crate::config::DockerConfig;
+use crate::model::runtime::{
     ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_APP, LABEL_COLOR,
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
-use crate::config::DockerConfig;
-use crate::observe::{Container, ContainerState};
+use crate::model::{Instance, InstanceState};
 
 /// The Docker engine.
 #[derive(Debug, Clone)]
@@ -65,23 +67,23 @@ impl Docker {
     }
 }
 
-fn state_of(status: Option<ContainerStateStatusEnum>, exit_code: Option<i64>) -> ContainerState {
+fn state_of(status: Option<ContainerStateStatusEnum>, exit_code: Option<i64>) -> InstanceState {
     match status {
-        Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
-        Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
-        Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
+        Some(ContainerStateStatusEnum::RUNNING) => InstanceState::Running,
+        Some(ContainerStateStatusEnum::CREATED) => InstanceState::Created,
+        Some(ContainerStateStatusEnum::RESTARTING) => InstanceState::Restarting,
         Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
-            ContainerState::Exited {
+            InstanceState::Exited {
                 code: exit_code.unwrap_or(-1),
             }
         }
-        Some(other) => ContainerState::Other(other.to_string()),
-        None => ContainerState::Other("unknown".to_string()),
+        Some(other) => InstanceState::Other(other.to_string()),
+        None => InstanceState::Other("unknown".to_string()),
     }
 }
 
 impl Runtime for Docker {
-    async fn containers(&self, app: &str) -> Result<Vec<Container>, RuntimeError> {
+    async fn containers(&self, app: &str) -> Result<Vec<Instance>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_APP}={app}")])]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
@@ -115,7 +117,7 @@ impl Runtime for Docker {
                 .collect();
             ports.sort_unstable();
             ports.dedup();
-            containers.push(Container {
+            containers.push(Instance {
                 id,
                 name,
                 endpoints: ports
@@ -234,7 +236,7 @@ impl Runtime for Docker {
         Ok(Endpoints::loopback(port))
     }
 
-    async fn state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {
+    async fn state(&self, name: &str) -> Result<Option<InstanceState>, RuntimeError> {
         match self
             .client
             .inspect_container(

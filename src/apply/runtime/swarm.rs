@@ -27,13 +27,13 @@ use bollard::query_parameters::{
     UpdateServiceOptions,
 };
 
-use super::{
-    classify, login_for, not_found, pull_error, ContainerSpec, Endpoints, ImageInfo, LocalImage,
-    Runtime, RuntimeError, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
-};
+use super::{classify, login_for, not_found, pull_error};
 use crate::config::SwarmConfig;
-use crate::observe::{Container, ContainerState};
-use crate::state::status::Replica;
+use crate::model::runtime::{
+    ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_APP, LABEL_COLOR,
+    LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
+};
+use crate::model::{Instance, InstanceState, Replica};
 
 /// Label holding the digest-pinned image fieldtrack gave the service: a spec image that
 /// differs was edited by hand.
@@ -313,7 +313,7 @@ impl Swarm {
 }
 
 impl Runtime for Swarm {
-    async fn containers(&self, app: &str) -> Result<Vec<Container>, RuntimeError> {
+    async fn containers(&self, app: &str) -> Result<Vec<Instance>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_APP}={app}")])]);
         let options = ListServicesOptionsBuilder::new().filters(&filters).build();
         let services = self
@@ -335,9 +335,9 @@ impl Runtime for Swarm {
             let labels = spec.labels.clone().unwrap_or_default();
             let endpoints = self.running(&service, &tasks, &nodes);
             let state = if !endpoints.is_empty() {
-                ContainerState::Running
+                InstanceState::Running
             } else {
-                aggregate_failure(&service, &tasks).unwrap_or(ContainerState::Created)
+                aggregate_failure(&service, &tasks).unwrap_or(InstanceState::Created)
             };
             let image = spec_image(&spec);
             let drift = if labels.get(LABEL_PINNED) != Some(&image) {
@@ -350,7 +350,7 @@ impl Runtime for Swarm {
             } else {
                 None
             };
-            containers.push(Container {
+            containers.push(Instance {
                 id: service.id.clone().unwrap_or_default(),
                 color: labels.get(LABEL_COLOR).and_then(|c| c.parse().ok()),
                 image: labels.get(LABEL_IMAGE).cloned().unwrap_or(image),
@@ -486,7 +486,7 @@ impl Runtime for Swarm {
         Ok(())
     }
 
-    async fn state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {
+    async fn state(&self, name: &str) -> Result<Option<InstanceState>, RuntimeError> {
         let Some(service) = self.service(name).await? else {
             return Ok(None);
         };
@@ -496,10 +496,10 @@ impl Runtime for Swarm {
         }
         let nodes = self.nodes().await?;
         if !self.running(&service, &tasks, &nodes).is_empty() {
-            return Ok(Some(ContainerState::Running));
+            return Ok(Some(InstanceState::Running));
         }
         let wanted = service.spec.as_ref().map_or(0, replicas_of);
-        Ok((wanted > 0).then_some(ContainerState::Created))
+        Ok((wanted > 0).then_some(InstanceState::Created))
     }
 
     async fn endpoints(&self, name: &str, _port: u16) -> Result<Endpoints, RuntimeError> {
@@ -646,20 +646,20 @@ fn is_terminal(task: &Task) -> bool {
 /// engine releases the port of the color's last task a moment after that task ended, and
 /// Swarm starts the task again after its restart delay. The health gate waits for it; a port
 /// held for good ends in the gate's deadline, whose error quotes this very task.
-fn failed(task: &Task) -> Option<ContainerState> {
+fn failed(task: &Task) -> Option<InstanceState> {
     let status = task.status.as_ref()?;
     if port_held(status.err.as_deref().unwrap_or_default()) {
         return None;
     }
     match status.state? {
-        TaskState::FAILED => Some(ContainerState::Exited {
+        TaskState::FAILED => Some(InstanceState::Exited {
             code: status
                 .container_status
                 .as_ref()
                 .and_then(|c| c.exit_code)
                 .unwrap_or(-1),
         }),
-        TaskState::REJECTED => Some(ContainerState::Other(format!(
+        TaskState::REJECTED => Some(InstanceState::Other(format!(
             "rejected: {}",
             status.err.as_deref().unwrap_or("no reason given")
         ))),
@@ -683,7 +683,7 @@ fn superseded(task: &Task, tasks: &[Task]) -> bool {
 /// a candidate whose task crashed fails at once, even though Swarm would start it again.
 /// A failed task whose slot runs a newer one is history Swarm keeps (a replica killed once
 /// and restarted), no failure of the color.
-fn aggregate_failure(service: &Service, tasks: &[Task]) -> Option<ContainerState> {
+fn aggregate_failure(service: &Service, tasks: &[Task]) -> Option<InstanceState> {
     tasks
         .iter()
         .filter(|t| current(service, t) && !superseded(t, tasks))
@@ -789,14 +789,14 @@ mod tests {
             ];
             assert_eq!(
                 aggregate_failure(&service(), &tasks),
-                Some(ContainerState::Exited { code: 3 }),
+                Some(InstanceState::Exited { code: 3 }),
                 "{replacement:?}"
             );
         }
         let alone = [task(1, TaskState::FAILED, TaskState::RUNNING, Some(3))];
         assert_eq!(
             aggregate_failure(&service(), &alone),
-            Some(ContainerState::Exited { code: 3 })
+            Some(InstanceState::Exited { code: 3 })
         );
     }
 }

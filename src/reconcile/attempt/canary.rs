@@ -20,15 +20,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{describe, Attempt};
-use crate::apply::health::{ProbeOutcome, Prober};
-use crate::apply::notify::{Event, Notification};
-use crate::apply::proxy::Proxy;
-use crate::apply::runtime::{Endpoints, Runtime};
-use crate::config::{CanaryConfig, Color, Pause};
+use crate::config::{CanaryConfig, Pause};
 use crate::desired::promote::{PromoteRequest, Verdict as PromoteVerdict};
 use crate::desired::Desired;
+use crate::model::probe::{ProbeOutcome, Prober};
+use crate::model::proxy::Proxy;
+use crate::model::runtime::{Endpoints, Runtime};
+use crate::model::Color;
+use crate::model::InstanceState;
+use crate::notifications::{Event, Notification};
 use crate::observe::access_log::{tally, Figures, Tail};
-use crate::observe::ContainerState;
 use crate::plan::canary::{judge, Judgement};
 use crate::reconcile::{Progress, ReconcileError};
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
@@ -74,7 +75,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         else {
             return Ok(None);
         };
-        let running = matches!(ctx.runtime.state(old).await?, Some(ContainerState::Running));
+        let running = matches!(ctx.runtime.state(old).await?, Some(InstanceState::Running));
         let served = ctx
             .proxy
             .upstream_ports()
@@ -278,7 +279,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 (get(&figures, Side::Stable), get(&figures, Side::Canary));
             // The container and its health, as during the drain.
             match ctx.runtime.state(name).await? {
-                Some(ContainerState::Running) => {}
+                Some(InstanceState::Running) => {}
                 other => {
                     return done(
                         Some(StepEnd::Failed(format!(

@@ -16,19 +16,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+mod email;
+mod message;
+mod webhook;
 
-use super::email::{EmailError, Mailer};
-use crate::config::{Color, NotifyConfig};
-
-/// Where the machine's hostname is read, for the `host` field.
-const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
-
-/// How many characters of a message's first line go into `text`.
-const TEXT_MESSAGE_CHARS: usize = 300;
-
-/// How many characters of an error answer's body are kept in [`NotifyError::Status`].
-const STATUS_BODY_CHARS: usize = 200;
+use crate::config::NotifyConfig;
+pub use email::{EmailError, Mailer};
+pub use message::{error_chain, hostname, Event, Notification};
+use webhook::Webhook;
 
 /// Why a notification was not delivered.
 #[derive(Debug, thiserror::Error)]
@@ -75,169 +70,6 @@ pub enum NotifyError {
     },
 }
 
-/// What happened, as the `event` field says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Event {
-    /// A deployment converged: the image is live.
-    Succeeded,
-    /// A deployment attempt failed; production is as it was.
-    Failed,
-    /// A rollback asked for by an operator (`fieldtrack rollback`) converged.
-    RolledBack,
-    /// The new color failed during the drain and traffic went back to the previous image.
-    AutoRollback,
-    /// A canary step ended: passed, or failed (then an [`Event::AutoRollback`] follows when
-    /// auto-rollback is on).
-    CanaryStep,
-}
-
-impl Event {
-    /// The `event` field's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::Succeeded => "succeeded",
-            Event::Failed => "failed",
-            Event::RolledBack => "rolled_back",
-            Event::AutoRollback => "auto_rollback",
-            Event::CanaryStep => "canary_step",
-        }
-    }
-}
-
-/// One notification. Build it with [`Notification::new`] and struct update syntax:
-///
-/// ```
-/// # use fieldtrack::apply::notify::{Event, Notification};
-/// let n = Notification {
-///     previous: Some("v1".into()),
-///     ..Notification::new(Event::Succeeded, "api", "v2")
-/// };
-/// assert_eq!(n.text(), "✅ api deployed v2");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Notification {
-    pub event: Event,
-    pub app: String,
-    /// The image this is about, as written in the desired file. For
-    /// [`Event::AutoRollback`], the image that failed.
-    pub image: String,
-    /// The image live before. For [`Event::AutoRollback`], the image traffic went back to.
-    pub previous: Option<String>,
-    /// The color `image` ran in.
-    pub color: Option<Color>,
-    /// The image's digest (`sha256:...`) when known.
-    pub digest: Option<String>,
-    /// Why it failed or was rolled back; the first line goes into `text`.
-    pub message: Option<String>,
-    /// `by` from the desired file.
-    pub by: Option<String>,
-    /// `note` from the desired file.
-    pub note: Option<String>,
-    /// The desired generation.
-    pub generation: Option<String>,
-    /// How long the attempt took.
-    pub duration_ms: Option<u64>,
-    /// This machine's hostname.
-    pub host: String,
-    /// When the notification was made, RFC 3339.
-    pub time: String,
-}
-
-/// What goes on the wire: the notification with its `text` in front.
-#[derive(Serialize)]
-struct Payload<'a> {
-    text: String,
-    #[serde(flatten)]
-    notification: &'a Notification,
-}
-
-impl Notification {
-    /// A notification of `event` for `image` of `app`, stamped with this host and now;
-    /// every optional field empty.
-    pub fn new(event: Event, app: impl Into<String>, image: impl Into<String>) -> Notification {
-        Notification {
-            event,
-            app: app.into(),
-            image: image.into(),
-            previous: None,
-            color: None,
-            digest: None,
-            message: None,
-            by: None,
-            note: None,
-            generation: None,
-            duration_ms: None,
-            host: hostname(),
-            time: crate::state::now_rfc3339(),
-        }
-    }
-
-    /// A one-line summary for people, e.g. `✅ api deployed v2 (green)` or
-    /// `❌ api: deploy of v2 failed: container exited during the health gate`.
-    pub fn text(&self) -> String {
-        let app = &self.app;
-        let image = &self.image;
-        let color = self.color.map(|c| format!(" ({c})")).unwrap_or_default();
-        let reason = self
-            .message
-            .as_deref()
-            .map(first_line)
-            .filter(|line| !line.is_empty())
-            .map(|line| format!(": {line}"))
-            .unwrap_or_default();
-        match self.event {
-            Event::Succeeded => format!("✅ {app} deployed {image}{color}"),
-            Event::Failed => format!("❌ {app}: deploy of {image} failed{reason}"),
-            Event::RolledBack => match &self.previous {
-                Some(previous) => {
-                    format!("↩️ {app} rolled back from {previous} to {image}{color}")
-                }
-                None => format!("↩️ {app} rolled back to {image}{color}"),
-            },
-            Event::AutoRollback => match &self.previous {
-                Some(previous) => {
-                    format!("↩️ {app} auto-rolled back from {image} to {previous}{reason}")
-                }
-                None => format!("↩️ {app} auto-rolled back from {image}{reason}"),
-            },
-            Event::CanaryStep => format!("🐤 {app} canary of {image}{color}{reason}"),
-        }
-    }
-
-    /// The JSON body POSTed to the webhook: every field plus `text`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let payload = Payload {
-            text: self.text(),
-            notification: self,
-        };
-        // Strings, numbers and unit enums only: serializing cannot fail.
-        serde_json::to_value(payload).unwrap_or_default()
-    }
-}
-
-/// The trimmed first line of `message`, cut to [`TEXT_MESSAGE_CHARS`].
-fn first_line(message: &str) -> String {
-    let line = message.trim().lines().next().unwrap_or("").trim_end();
-    truncate(line, TEXT_MESSAGE_CHARS)
-}
-
-fn truncate(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-        None => s.to_owned(),
-    }
-}
-
-/// This machine's hostname, or `"unknown"` when it cannot be read.
-pub fn hostname() -> String {
-    std::fs::read_to_string(HOSTNAME_FILE)
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
 /// Sends each notification to the configured webhook and, with `[notify.email]`, by email.
 /// Cheap to clone; clones share the in-flight count that [`Notifier::flush`] waits on.
 #[derive(Clone)]
@@ -253,25 +85,6 @@ impl std::fmt::Debug for Notifier {
         f.debug_struct("Notifier")
             .field("webhook", &self.webhook)
             .field("email", &self.email)
-            .finish()
-    }
-}
-
-/// The webhook's client and URL.
-#[derive(Clone)]
-struct Webhook {
-    client: reqwest::Client,
-    url: Arc<url::Url>,
-    redacted: Arc<str>,
-    timeout: Duration,
-}
-
-/// Shown without the webhook's path and query.
-impl std::fmt::Debug for Webhook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhook")
-            .field("url", &self.redacted)
-            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -410,86 +223,6 @@ impl Notifier {
     }
 }
 
-impl Webhook {
-    /// The webhook of `[notify]`, if any.
-    fn new(cfg: &NotifyConfig) -> Result<Option<Webhook>, NotifyError> {
-        let Some(url) = cfg.webhook.clone() else {
-            return Ok(None);
-        };
-        let redacted = cfg.webhook_redacted().unwrap_or_else(|| "…".to_owned());
-        let client = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout)
-            // A redirect would send the payload (and, for some clients, the token) to
-            // another place than the one configured.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("fieldtrack/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| NotifyError::Client {
-                source: source.without_url(),
-            })?;
-        Ok(Some(Webhook {
-            client,
-            url: Arc::new(url),
-            redacted: redacted.into(),
-            timeout: cfg.timeout,
-        }))
-    }
-
-    async fn send_now(&self, n: Notification) -> Result<(), NotifyError> {
-        let response = self
-            .client
-            .post(url::Url::clone(&self.url))
-            .json(&n.to_json())
-            .send()
-            .await
-            .map_err(|source| self.request_error(source))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = response.text().await.unwrap_or_default();
-        Err(NotifyError::Status {
-            webhook: self.redacted.to_string(),
-            status,
-            body: truncate(first_line(&body).as_str(), STATUS_BODY_CHARS),
-        })
-    }
-
-    fn request_error(&self, source: reqwest::Error) -> NotifyError {
-        // reqwest puts the full URL, token included, into its message.
-        let source = source.without_url();
-        let webhook = self.redacted.to_string();
-        if source.is_timeout() {
-            return NotifyError::TimedOut {
-                webhook,
-                timeout: self.timeout,
-                source,
-            };
-        }
-        NotifyError::Request {
-            webhook,
-            reason: error_chain(&source),
-            source,
-        }
-    }
-}
-
-/// `error` and its sources in one line, skipping a source whose text is already there.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
-}
-
 /// How many background sends are running, and a wake-up for when none is.
 #[derive(Default)]
 struct InFlight {
@@ -533,6 +266,7 @@ impl Drop for InFlightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Color;
     use std::io::{BufRead as _, BufReader, Read as _, Write as _};
     use std::net::{TcpListener, TcpStream};
     use std::sync::mpsc;

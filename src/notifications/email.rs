@@ -1,7 +1,7 @@
 //! Email notifications: the webhook's [`Notification`]s, mailed over SMTP to people who
 //! have no chat webhook, or want a record in their mailbox.
 //!
-//! This module builds the message and delivers one; [`super::notify::Notifier`] decides
+//! This module builds the message and delivers one; [`super::Notifier`] decides
 //! when and runs the delivery in the background, so a mail server that is down or slow
 //! never delays a deployment. One delivery (connect, TLS, AUTH, the message) is bounded as a
 //! whole by `notify.timeout`: lettre itself bounds only the connect, and a server that
@@ -24,7 +24,7 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::notify::Notification;
+use super::message::{error_chain, hostname, Event, Notification};
 use crate::config::{EmailConfig, EmailSecurity, PasswordSource};
 
 /// Why an email notification was not built or not delivered.
@@ -110,7 +110,7 @@ impl Mailer {
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)
             .port(cfg.port)
             .timeout(Some(timeout))
-            .hello_name(ClientId::Domain(super::notify::hostname()));
+            .hello_name(ClientId::Domain(hostname()));
         builder = match cfg.security {
             EmailSecurity::None => builder.tls(Tls::None),
             EmailSecurity::StartTls => builder.tls(Tls::Required(tls_parameters(cfg, &server)?)),
@@ -140,7 +140,7 @@ impl Mailer {
     pub fn wants(&self, n: &Notification) -> bool {
         match &self.0.events {
             Some(events) => events.iter().any(|e| e == n.event.as_str()),
-            None => n.event != super::notify::Event::CanaryStep,
+            None => n.event != Event::CanaryStep,
         }
     }
 
@@ -173,7 +173,7 @@ impl Mailer {
             }),
             Ok(Err(source)) => Err(EmailError::Send {
                 server,
-                reason: super::notify::error_chain(&source),
+                reason: error_chain(&source),
                 source,
             }),
             Ok(Ok(_)) => Ok(()),
@@ -312,8 +312,8 @@ pub fn body(n: &Notification) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::notify::Event;
-    use crate::config::{Color, EmailAuth};
+    use crate::config::EmailAuth;
+    use crate::model::Color;
     use std::io::{BufRead as _, BufReader, Write as _};
     use std::net::TcpListener;
     use std::time::Instant;
