@@ -176,15 +176,5 @@ pub fn hostname() -> String {
 
 /// `error` and its sources in one line, skipping a source whose text is already there.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
+    crate::model::runtime::causes(error)
 }
