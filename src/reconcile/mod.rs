@@ -328,7 +328,10 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
         // nginx's workers of a configuration before an earlier switch (a drain a newer
         // generation cut short) may still send a running container requests: it goes once
         // they are gone.
-        if containers.iter().any(|c| c.name == name && c.state.is_running()) {
+        if containers
+            .iter()
+            .any(|c| c.name == name && c.state.is_running())
+        {
             self.proxy.wait_retired(attempt::OLD_WORKERS_LIMIT).await;
         }
         self.runtime.remove(name, stop_timeout).await?;
