@@ -11,8 +11,12 @@ fn main() -> ExitCode {
     if !matches!(cli.command, cli::Command::Daemon) {
         // `fieldtrack status | head`: die quietly on a closed pipe like any Unix tool,
         // instead of panicking in println!. The daemon keeps Rust's default (ignored).
-        // SAFETY: called before any thread exists; SIG_DFL is a valid disposition.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        // signal-hook has no safe SIG_DFL: its handler restores the default and raises the
+        // signal again, so the process dies of SIGPIPE all the same.
+        let _ = signal_hook::flag::register_conditional_default(
+            signal_hook::consts::SIGPIPE,
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        );
     }
     init_logging(cli.log_format.unwrap_or(LogFormat::Text), cli.log_level());
     let runtime = match tokio::runtime::Runtime::new() {

@@ -9,11 +9,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -1214,13 +1211,11 @@ impl Daemon {
     }
 
     fn signal(&self, signal: i32) {
-        // SAFETY: kill has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(
-            rc,
-            0,
+        let sent = send_signal(self.pid(), signal);
+        assert!(
+            sent.is_ok(),
             "signal {signal} to the daemon: {}",
-            std::io::Error::last_os_error()
+            sent.unwrap_err()
         );
     }
 
@@ -1484,25 +1479,13 @@ struct OpenCounter {
 
 impl OpenCounter {
     fn watch(path: &Path) -> OpenCounter {
-        // SAFETY: plain syscalls; the descriptor is owned by the File from here on.
-        let inotify = unsafe {
-            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
-            assert!(
-                fd >= 0,
-                "inotify_init1: {}",
-                std::io::Error::last_os_error()
-            );
-            File::from_raw_fd(fd)
-        };
-        let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid descriptor and a NUL-terminated path.
-        let wd =
-            unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), c_path.as_ptr(), libc::IN_OPEN) };
-        assert!(
-            wd >= 0,
-            "inotify_add_watch: {}",
-            std::io::Error::last_os_error()
-        );
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let inotify = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)
+            .map(File::from)
+            .unwrap_or_else(|e| panic!("inotify_init1: {}", std::io::Error::from(e)));
+        if let Err(e) = inotify::add_watch(&inotify, path, WatchFlags::OPEN) {
+            panic!("inotify_add_watch: {}", std::io::Error::from(e));
+        }
         OpenCounter { inotify }
     }
 

@@ -189,10 +189,7 @@ fn pre_switch_hook_that_exits_leaving_a_background_child_on_its_output_passes() 
         .trim()
         .parse()
         .expect("a pid");
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        libc::kill(background, libc::SIGKILL);
-    }
+    let _ = send_signal(background, libc::SIGKILL);
 
     run.expect_code(0);
     assert_eq!(history(&site), "v2\nv1\n");

@@ -832,3 +832,27 @@ fn init_gives_the_desired_file_a_folder_of_its_own_for_the_deploy_group() {
     );
     assert!(!dir.path().join("nogroup").exists());
 }
+
+/// `fieldtrack init | head`: a command whose reader is gone dies of SIGPIPE, quietly, like
+/// any Unix tool, rather than panicking in println! (Rust ignores SIGPIPE by default).
+#[test]
+fn a_command_whose_reader_is_gone_dies_of_sigpipe_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = fieldtrack_in(dir.path())
+        .args(["init", "--dir", "site"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(stderr.is_empty(), "{stderr}");
+}

@@ -84,8 +84,7 @@ fn on_machine(story: impl FnOnce(&mut Prod)) {
                 return;
             }
         };
-        // SAFETY: registering a plain extern "C" function; it runs once at exit.
-        unsafe { libc::atexit(power_off_at_exit) };
+        fieldtrack_testbed::util::at_exit(power_off_at_exit);
         let _ = SET_UP_FAILED.set(SetUpFailed::Panicked);
         *guard = Some(Prod::set_up(bed, machine));
     }

@@ -214,15 +214,14 @@ pub async fn run_hook(
 /// its members lives, so this reaches only the hook and what it started; once they are all
 /// gone the call fails harmlessly.
 fn kill_group(pgid: Option<u32>) {
-    let Some(pgid) = pgid.and_then(|id| libc::pid_t::try_from(id).ok()) else {
+    let Some(pgid) = pgid.and_then(|id| i32::try_from(id).ok()) else {
         return;
     };
     if pgid <= 1 {
         return;
     }
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+    if let Some(pgid) = rustix::process::Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
     }
 }
 
@@ -483,18 +482,17 @@ mod tests {
     }
 
     /// Kills `pid` (a background process a test hook left) when dropped.
-    struct KillOnDrop(libc::pid_t);
+    struct KillOnDrop(i32);
 
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe {
-                libc::kill(self.0, libc::SIGKILL);
+            if let Some(pid) = rustix::process::Pid::from_raw(self.0) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
     }
 
-    fn read_pid(path: &Path) -> libc::pid_t {
+    fn read_pid(path: &Path) -> i32 {
         std::fs::read_to_string(path)
             .unwrap()
             .trim()

@@ -336,8 +336,7 @@ fn folder_findings(cfg: &Config) -> Vec<Finding> {
             "this user can write the folders of the desired file, history, state_dir and upstream file",
         )];
     }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = rustix::process::getuid().as_raw();
     vec![Finding::new(
         Level::Fail,
         "files",
@@ -354,12 +353,7 @@ fn parent(path: &Path) -> PathBuf {
 }
 
 fn writable(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt as _;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
 }
 
 fn docker_unreachable(cfg: &Config, reason: &str) -> Finding {

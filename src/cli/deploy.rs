@@ -182,11 +182,7 @@ pub(crate) fn default_by() -> String {
     ["USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| {
-            // SAFETY: getuid has no preconditions and cannot fail.
-            let uid = unsafe { libc::getuid() };
-            format!("uid {uid}")
-        })
+        .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()))
 }
 
 /// Long enough for a pull, the whole health gate and the drain. Each term is at most a

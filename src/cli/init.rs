@@ -260,23 +260,9 @@ fn deploy_group(flag: Option<&str>) -> Result<DeployGroup, CliError> {
 
 /// The id of the group `name`, if there is one.
 fn group_id(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: all-zero bytes are a valid `group` (integers and null pointers).
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is the buffer's size;
-    // getgrnam_r writes only into `grp` and `buf`.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    (rc == 0 && !found.is_null()).then_some(grp.gr_gid)
+    // A name with a NUL in it is no group's (nix answers None for it).
+    let group = nix::unistd::Group::from_name(name).ok()??;
+    Some(group.gid.as_raw())
 }
 
 /// Gives the deploy group the desired file's folder that `init` just created.

@@ -394,14 +394,9 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 
 /// The width of the terminal on stderr, 80 when it cannot be told.
 fn terminal_width() -> usize {
-    // SAFETY: TIOCGWINSZ writes a winsize into the struct passed, which lives on the stack
-    // for the call; on error it writes nothing and the zeroed struct is ignored.
-    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
-    if ok && size.ws_col > 0 {
-        usize::from(size.ws_col)
-    } else {
-        80
+    match rustix::termios::tcgetwinsize(std::io::stderr()) {
+        Ok(size) if size.ws_col > 0 => usize::from(size.ws_col),
+        _ => 80,
     }
 }
 

@@ -43,12 +43,15 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
 async fn ask_daemon(cfg: &Config, desired: &Desired, pid: i32) -> Result<u8, CliError> {
     let path = cfg.state_dir.join(BY_HAND_FILE);
     let asked = ByHand::load(&path).started;
-    // SAFETY: kill has no memory-safety preconditions. `pid` passed `lock::check_daemon`:
-    // above 1, a fieldtrack process holding the lock.
-    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+    // `pid` passed `lock::check_daemon`: above 1, a fieldtrack process holding the lock.
+    let daemon = rustix::process::Pid::from_raw(pid);
+    let signalled = daemon.map_or(Err(rustix::io::Errno::SRCH), |daemon| {
+        rustix::process::kill_process(daemon, rustix::process::Signal::USR1)
+    });
+    if let Err(e) = signalled {
         return Err(CliError::Failed(format!(
             "cannot signal the daemon (pid {pid}): {}",
-            std::io::Error::last_os_error()
+            std::io::Error::from(e)
         )));
     }
     eprintln!("asked the daemon (pid {pid}) for a reconcile by hand; waiting for its outcome");
@@ -59,8 +62,8 @@ async fn ask_daemon(cfg: &Config, desired: &Desired, pid: i32) -> Result<u8, Cli
         tokio::time::sleep(TICK).await;
         let log = ByHand::load(&path);
         if log.finished <= asked {
-            // SAFETY: as above; signal 0 only checks that the process exists.
-            if unsafe { libc::kill(pid, 0) } != 0 {
+            // Signal 0 only checks that the process exists.
+            if daemon.is_none_or(|daemon| rustix::process::test_kill_process(daemon).is_err()) {
                 shown.abandon();
                 return Err(CliError::Failed(format!(
                     "the daemon (pid {pid}) exited before its pass ended; see fieldtrack status"

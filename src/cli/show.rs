@@ -321,34 +321,34 @@ fn warm_line(warm: &Warm, now: SystemTime) -> String {
 
 /// `14:05 CET`, or `2026-11-27 14:05 CET` when that is not today, in the local time zone.
 fn local_clock(at: SystemTime, now: SystemTime) -> String {
-    let local = |t: SystemTime| -> Option<libc::tm> {
-        let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
-        let secs = libc::time_t::try_from(secs).ok()?;
-        // SAFETY: localtime_r writes only into `tm`, which is ours; a zeroed tm is valid.
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
-        ok.then_some(tm)
+    // As localtime(3) does: $TZ, else /etc/localtime, else UTC.
+    let tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
+    let local = |t: SystemTime| -> Option<jiff::ZonedDateTime> {
+        t.duration_since(UNIX_EPOCH).ok()?;
+        Some(
+            jiff::Timestamp::try_from(t)
+                .ok()?
+                .to_zoned_datetime(tz.clone()),
+        )
     };
-    let Some(tm) = local(at) else {
+    let Some(local_at) = local(at) else {
         return humantime::format_rfc3339_seconds(at).to_string();
     };
-    let zone = if tm.tm_zone.is_null() {
-        String::new()
-    } else {
-        // SAFETY: a non-null tm_zone points at a NUL-terminated name owned by libc.
-        let name = unsafe { std::ffi::CStr::from_ptr(tm.tm_zone) };
-        format!(" {}", name.to_string_lossy())
+    let offset = local_at.time_zone().to_offset_info(local_at.timestamp());
+    let zone = match offset.abbreviation() {
+        "" => String::new(),
+        name => format!(" {name}"),
     };
-    let clock = format!("{:02}:{:02}{zone}", tm.tm_hour, tm.tm_min);
-    let same_day = local(now).is_some_and(|n| (n.tm_year, n.tm_yday) == (tm.tm_year, tm.tm_yday));
+    let clock = format!("{:02}:{:02}{zone}", local_at.hour(), local_at.minute());
+    let same_day = local(now).is_some_and(|n| n.date() == local_at.date());
     if same_day {
         clock
     } else {
         format!(
             "{:04}-{:02}-{:02} {clock}",
-            tm.tm_year + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday
+            local_at.year(),
+            local_at.month(),
+            local_at.day()
         )
     }
 }

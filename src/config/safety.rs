@@ -11,7 +11,6 @@
 //!   and every folder above it must be owned by root or by the user running fieldtrack, and
 //!   writable by no one else. The desired file is exempt: CI writes it, through a group.
 
-use std::ffi::CStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt};
@@ -239,8 +238,7 @@ pub fn check_trusted(path: &Path) -> Result<(), SafetyError> {
 /// Checks `chain` (absolute: `file` as written, or its resolved form) and every folder
 /// above it. `..` components are simply followed, as the kernel does.
 fn check_chain(file: &Path, chain: &Path) -> Result<(), SafetyError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     for (depth, entry) in chain.ancestors().enumerate() {
         let meta = fs::metadata(entry).map_err(|source| SafetyError::Inspect {
             path: entry.to_path_buf(),
@@ -279,29 +277,14 @@ fn check_chain(file: &Path, chain: &Path) -> Result<(), SafetyError> {
 
 /// The login name of `uid`, else `uid N`.
 fn user_name(uid: u32) -> String {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: all-zero bytes are a valid `passwd` (integers and null pointers).
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call, and `buf.len()` is the buffer's size;
-    // getpwuid_r writes only into `pwd` and `buf`.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
-        return format!("uid {uid}");
-    }
-    // SAFETY: on success `pw_name` points at a NUL-terminated string inside `buf`, which
-    // outlives this borrow.
-    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-    match name.to_str() {
-        Ok(name) if !name.is_empty() => name.to_owned(),
+    // nix reads the name lossily: one that is not UTF-8 comes back with U+FFFD in it, and
+    // is shown as its uid, like a user that has no name.
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user))
+            if !user.name.is_empty() && !user.name.contains(char::REPLACEMENT_CHARACTER) =>
+        {
+            user.name
+        }
         _ => format!("uid {uid}"),
     }
 }

@@ -174,8 +174,7 @@ fn check_state_dir(dir: &Path) -> io::Result<()> {
 
 /// The user fieldtrack runs as, which owns what it creates.
 pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// An `io::Error` that carries why the file was refused.

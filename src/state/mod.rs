@@ -35,8 +35,6 @@ pub fn now_rfc3339() -> String {
 /// What the state files' tests share: hostile things to put where a state file belongs.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
     use std::sync::mpsc;
     use std::time::Duration;
@@ -52,9 +50,12 @@ pub(crate) mod test_support {
 
     /// Makes a FIFO at `path`: opening it for reading blocks until a writer comes.
     pub fn mkfifo(path: &Path) {
-        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .expect("mkfifo");
     }
 
     /// Runs `f` on a thread; panics when it has not returned within 5 s (a FIFO read that

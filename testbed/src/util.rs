@@ -63,6 +63,14 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Runs `f` once when the process exits (atexit(3)): how a test binary cleans up what its
+/// tests share, since the harness exits without dropping statics. Here, because the
+/// fieldtrack package's own tests may hold no unsafe code.
+pub fn at_exit(f: extern "C" fn()) {
+    // SAFETY: registering a plain extern "C" function; it runs once at exit.
+    unsafe { libc::atexit(f) };
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     // kill(pid, 0) probes without signalling; a zombie still counts, so check /proc state too.
     if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fieldtrack_testbed::util::http_get;
 use fieldtrack_testbed::Site;
 
-use super::{status, wait_for, PATIENCE};
+use super::{send_signal, status, wait_for, PATIENCE};
 
 /// One request of the load generator, as its client saw it.
 #[derive(Debug, Clone)]
@@ -205,13 +205,11 @@ pub fn nginx_master(site: &Site) -> i32 {
 
 /// Sends `signal` to `pid`.
 pub fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    let rc = unsafe { libc::kill(pid, signal) };
-    assert_eq!(
-        rc,
-        0,
+    let sent = send_signal(pid, signal);
+    assert!(
+        sent.is_ok(),
         "signal {signal} to {pid}: {}",
-        std::io::Error::last_os_error()
+        sent.unwrap_err()
     );
 }
 

@@ -458,3 +458,15 @@ impl Drop for Spawned {
         }
     }
 }
+
+/// Sends `signal` (a libc constant) to `pid`, through rustix: the package forbids unsafe
+/// code, its tests included.
+pub fn send_signal(pid: i32, signal: i32) -> std::io::Result<()> {
+    if pid <= 0 {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    let pid = rustix::process::Pid::from_raw(pid).ok_or(std::io::ErrorKind::InvalidInput)?;
+    let signal =
+        rustix::process::Signal::from_named_raw(signal).ok_or(std::io::ErrorKind::InvalidInput)?;
+    Ok(rustix::process::kill_process(pid, signal)?)
+}
