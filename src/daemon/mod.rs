@@ -1,14 +1,18 @@
 //! `fieldtrack daemon`: the long-running reconciler.
 //!
 //! One consumer loop owns all decisions; the sources ([`sources`]: the file watcher, the
-//! resync and retry timers, the signals) only feed it events, and their errors on a channel
+//! requeue timer, the signals) only feed it events, and their errors on a channel
 //! of their own. A desired file renamed into place or closed by its writer is read at once;
 //! any other change is debounced on the trailing edge, then the whole file is read again. A
 //! file that does not parse may be half-written (scp writes in place), so it is read once
 //! more after the writer has been quiet before it is reported `invalid`; the last good
 //! desired state stays in force meanwhile. A new generation cancels a running attempt at its
-//! next safe point (before the switch), then runs. The resync timer runs the same full pass,
-//! which is what repairs drift.
+//! next safe point (before the switch), then runs. Every pass ends in the error policy's
+//! [`AfterPass`](crate::reconcile::AfterPass), which the loop carries out: when the next pass
+//! comes (a retry after the backoff, the resync after a pass that ended, at once after a
+//! cancel), whether the engine is connected anew. The resync runs the same full pass, which
+//! is what repairs drift; a loop left with nothing scheduled schedules one, so there is
+//! always a next look at the world.
 //!
 //! Passes run in a task beside the loop, so signals and file events are handled while a
 //! pass works. The loop pings the systemd watchdog itself (not a source: if the loop hangs,
@@ -32,10 +36,10 @@ use crate::apply::runtime::Engine;
 use crate::config::{Config, ConfigError};
 use crate::desired::{Desired, DesiredError, DesiredErrorKind};
 use crate::metrics::Metrics;
-use crate::model::runtime::RuntimeError;
 use crate::plan::{plan, Verdict};
 use crate::reconcile::{
-    error_policy, Backoff, LiveContext, Pass, PassOutcome, ReconcileError, Requeue, Trigger,
+    error_policy, AfterPass, Backoff, LiveContext, Pass, PassOutcome, ReconcileError, Requeue,
+    Trigger,
 };
 use crate::state::by_hand::{ByHand, BY_HAND_FILE};
 use crate::state::lock::{self, LockError, ReconcileLock};
@@ -54,7 +58,7 @@ const PARSE_QUIET: Duration = Duration::from_secs(1);
 const PREVIOUS_DAEMON_WAIT: Duration = Duration::from_secs(5);
 /// Transient errors are retried after 1 s, doubling up to 5 min, without end.
 const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300), 2);
-/// Room for events not yet handled; beyond it, file and resync events are dropped (harmless:
+/// Room for events not yet handled; beyond it, file events are dropped (harmless:
 /// reconciling is level-triggered).
 const EVENTS: usize = 64;
 /// Room for source errors not yet logged.
@@ -118,8 +122,10 @@ struct Daemon {
     read_at: Option<Instant>,
     /// The last read did not parse: read once more after quiet before reporting it.
     parse_retry: bool,
-    /// When to retry after a transient error, as the retry timer follows it.
-    retry_at: watch::Sender<Option<Instant>>,
+    /// When the next pass is due, as the requeue timer follows it.
+    requeue_at: watch::Sender<Option<Instant>>,
+    /// Why that pass runs: a retry after an error, or the resync.
+    requeue_trigger: Trigger,
     backoff: Backoff,
     stopping: bool,
     ready_sent: bool,
@@ -151,8 +157,8 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
     let (events_tx, mut events) = mpsc::channel(EVENTS);
     let (errors_tx, mut errors) = mpsc::channel(ERRORS);
     let (config_tx, config) = watch::channel(cfg.clone());
-    let (retry_tx, retry_at) = watch::channel(None);
-    let settings = Settings { config, retry_at };
+    let (requeue_tx, requeue_at) = watch::channel(None);
+    let settings = Settings { config, requeue_at };
     let mut workers = sources::spawn(&settings, &errors_tx, &events_tx)?;
     drop((events_tx, errors_tx));
     let mut watchdog = watchdog_interval();
@@ -163,7 +169,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
         resync = %humantime::format_duration(cfg.rollout.resync),
         "daemon started"
     );
-    let mut d = Daemon::new(config_path, cfg, config_tx, retry_tx, metrics, status);
+    let mut d = Daemon::new(config_path, cfg, config_tx, requeue_tx, metrics, status);
     d.publish_start();
 
     loop {
@@ -172,6 +178,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<u8, DaemonError> {
             return Ok(0);
         }
         d.start_wanted_pass().await;
+        d.keep_a_next_look();
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             Some(event) = events.recv() => {
@@ -245,7 +252,7 @@ impl Daemon {
         config_path: PathBuf,
         cfg: Config,
         sources_config: watch::Sender<Config>,
-        retry_at: watch::Sender<Option<Instant>>,
+        requeue_at: watch::Sender<Option<Instant>>,
         metrics: Arc<Metrics>,
         status: Arc<StatusWriter>,
     ) -> Daemon {
@@ -261,7 +268,8 @@ impl Daemon {
             by_hand_pending: false,
             read_at: Some(Instant::now()),
             parse_retry: false,
-            retry_at,
+            requeue_at,
+            requeue_trigger: Trigger::Resync,
             backoff: BACKOFF,
             stopping: false,
             ready_sent: false,
@@ -286,16 +294,17 @@ impl Daemon {
         match event {
             Event::DesiredChanged => self.read_after_quiet(),
             Event::DesiredReplaced => self.read_at = Some(Instant::now()),
-            Event::Resync => {
-                self.read_at.get_or_insert(Instant::now());
-                self.pass_wanted.get_or_insert(Trigger::Resync);
-            }
-            Event::Retry { due } => {
-                // A retry cancelled (a new generation) or rescheduled since it fell due is
+            Event::Requeue { due } => {
+                // A requeue cancelled (a new generation) or rescheduled since it fell due is
                 // stale.
-                if *self.retry_at.borrow() == Some(due) {
-                    self.retry_at.send_replace(None);
-                    self.pass_wanted.get_or_insert(Trigger::Retry);
+                if *self.requeue_at.borrow() == Some(due) {
+                    self.requeue_at.send_replace(None);
+                    if self.requeue_trigger == Trigger::Resync {
+                        // The resync reads the whole desired file again too: a change the
+                        // watcher missed is seen there.
+                        self.read_at.get_or_insert(Instant::now());
+                    }
+                    self.pass_wanted.get_or_insert(self.requeue_trigger);
                 }
             }
             Event::Stop => {
@@ -359,9 +368,24 @@ impl Daemon {
         }
     }
 
-    /// Retries after `delay`; replaces a retry scheduled before.
-    fn retry_after(&mut self, delay: Duration) {
-        self.retry_at.send_replace(Some(Instant::now() + delay));
+    /// The next pass, for `trigger`, after `delay`; replaces the one scheduled before.
+    fn requeue_after(&mut self, delay: Duration, trigger: Trigger) {
+        self.requeue_trigger = trigger;
+        self.requeue_at.send_replace(Some(Instant::now() + delay));
+    }
+
+    /// Schedules the resync when nothing else will bring a pass: no pass runs or is wanted,
+    /// no read is due, no requeue is scheduled (no desired file yet, one that stayed
+    /// invalid, a context that could not be built). Level-triggered: the world is always
+    /// looked at again.
+    fn keep_a_next_look(&mut self) {
+        let idle = self.running.is_none()
+            && self.pass_wanted.is_none()
+            && self.read_at.is_none()
+            && self.requeue_at.borrow().is_none();
+        if idle && !self.stopping {
+            self.requeue_after(self.cfg.rollout.resync, Trigger::Resync);
+        }
     }
 
     /// Reads the desired file; a new generation cancels the running attempt and asks for a pass.
@@ -383,7 +407,7 @@ impl Daemon {
                         }
                     }
                     self.desired = Some(desired);
-                    self.retry_at.send_replace(None);
+                    self.requeue_at.send_replace(None);
                     self.backoff.reset();
                     self.pass_wanted = Some(Trigger::File);
                 }
@@ -473,7 +497,7 @@ impl Daemon {
             let result = pass.reconcile(&pass_desired, by_hand).await;
             if let Err(e) = &result {
                 // The pass records the failure itself: it knows the status.
-                let _ = pass.record_failure(&pass_desired, e);
+                let _ = pass.record_failure(&pass_desired, e, &error_policy(e));
                 // A test holds the daemon here: whoever follows sees the failed status
                 // before any next pass.
                 crate::test_pause_point("failed").await;
@@ -505,7 +529,8 @@ impl Daemon {
                 }
                 Err(e) => {
                     self.metrics.reconcile_error("transient");
-                    self.requeue(&ReconcileError::Runtime(e));
+                    let e = ReconcileError::Runtime(e);
+                    self.carry_out(error_policy(&e), Some(&e));
                     return None;
                 }
             },
@@ -572,42 +597,57 @@ impl Daemon {
         let _span =
             tracing::info_span!("pass", generation = %desired.generation, image = %desired.image)
                 .entered();
-        match result {
+        let failure = match result {
             Ok(Ok(outcome)) => {
                 tracing::info!(?outcome, "pass done");
-                self.backoff.reset();
+                None
             }
-            Ok(Err(e)) if e.is_cancellation() => {
-                tracing::info!("attempt cancelled");
-                self.pass_wanted.get_or_insert(Trigger::File);
-            }
-            Ok(Err(e)) => self.requeue(&e),
+            Ok(Err(e)) => Some(e),
             Err(e) => {
-                let delay = self.backoff.next_delay();
-                tracing::error!(error = %e, retry_in = ?delay, "pass panicked; retrying");
-                self.retry_after(delay);
+                // A bug, not a verdict: the pass could not record it, so the loop does, and
+                // the policy retries it like any transient error.
+                let e = ReconcileError::Panicked {
+                    message: e.to_string(),
+                };
+                let recorded = self.status.update(Phase::Failed, |s| {
+                    s.phase = Phase::Failed;
+                    s.step = None;
+                    s.health = None;
+                    s.message = Some(e.to_string());
+                });
+                if let Err(e) = recorded {
+                    tracing::error!(error = %e, "cannot write the status");
+                }
+                Some(e)
             }
+        };
+        match &failure {
+            Some(e) => self.carry_out(error_policy(e), Some(e)),
+            None => self.carry_out(AfterPass::resync(), None),
         }
         if let Some(number) = running.by_hand {
             self.by_hand_finished(number);
         }
     }
 
-    /// Applies the error policy: a transient error comes back after the delay it returns,
-    /// a permanent one waits for the desired file to change.
-    fn requeue(&mut self, e: &ReconcileError) {
-        match error_policy(e, &mut self.backoff) {
-            Requeue::After(delay) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "transient error");
-                if matches!(e, ReconcileError::Runtime(RuntimeError::Unreachable { .. })) {
-                    self.docker = None;
-                    self.context = None;
-                }
-                self.retry_after(delay);
+    /// Does what the error policy said about `error` (None after a pass that succeeded):
+    /// logs it with what comes next, connects anew when asked, and schedules the next pass
+    /// (at once after a cancel, else after the action's delay).
+    fn carry_out(&mut self, action: AfterPass, error: Option<&ReconcileError>) {
+        let delay = action.delay(&mut self.backoff, self.cfg.rollout.resync);
+        if let Some(e) = error {
+            log_failure(e, &action, delay);
+        }
+        if action.reconnect {
+            self.docker = None;
+            self.context = None;
+        }
+        match action.requeue {
+            Requeue::Now => {
+                self.pass_wanted.get_or_insert(Trigger::File);
             }
-            Requeue::AwaitChange => {
-                tracing::error!(error = %e, "attempt failed; waiting for the desired file to change");
-            }
+            Requeue::Backoff { .. } => self.requeue_after(delay, Trigger::Retry),
+            Requeue::Resync => self.requeue_after(delay, Trigger::Resync),
         }
     }
 
@@ -639,6 +679,20 @@ impl Daemon {
             Err(e) => {
                 tracing::error!(error = %e, "new config is invalid; keeping the old one");
             }
+        }
+    }
+}
+
+/// One line for a failed pass, saying what comes next.
+fn log_failure(e: &ReconcileError, action: &AfterPass, delay: Duration) {
+    match action.requeue {
+        Requeue::Now => tracing::info!("attempt cancelled"),
+        Requeue::Backoff { .. } => tracing::warn!(error = %e, retry_in = ?delay, "transient error"),
+        Requeue::Resync if action.mark_failed => {
+            tracing::error!(error = %e, "attempt failed; waiting for the desired file to change")
+        }
+        Requeue::Resync => {
+            tracing::error!(error = %e, "attempt failed; looking again at the resync")
         }
     }
 }
@@ -700,10 +754,17 @@ mod tests {
         )
         .unwrap();
         let (config_tx, _) = watch::channel(cfg.clone());
-        let (retry_tx, _) = watch::channel(None);
+        let (requeue_tx, _) = watch::channel(None);
         let metrics = Arc::new(Metrics::new());
         let status = Arc::new(StatusWriter::private(&cfg.state_dir));
-        let mut d = Daemon::new(cfg.path.clone(), cfg, config_tx, retry_tx, metrics, status);
+        let mut d = Daemon::new(
+            cfg.path.clone(),
+            cfg,
+            config_tx,
+            requeue_tx,
+            metrics,
+            status,
+        );
         d.pass_wanted = None;
         d.read_at = None;
         d
@@ -712,22 +773,112 @@ mod tests {
     #[test]
     fn a_retry_asks_for_a_pass_only_when_it_is_the_one_scheduled() {
         let mut d = daemon();
-        d.retry_after(Duration::from_secs(1));
-        let due = d.retry_at.borrow().expect("scheduled");
+        d.requeue_after(Duration::from_secs(1), Trigger::Retry);
+        let due = d.requeue_at.borrow().expect("scheduled");
 
-        let stale = Event::Retry {
+        let stale = Event::Requeue {
             due: due - Duration::from_millis(1),
         };
         assert!(d.handle_event(stale).is_continue());
         assert_eq!(d.pass_wanted, None, "a retry rescheduled since is stale");
 
-        assert!(d.handle_event(Event::Retry { due }).is_continue());
+        assert!(d.handle_event(Event::Requeue { due }).is_continue());
         assert_eq!(d.pass_wanted, Some(Trigger::Retry));
-        assert_eq!(*d.retry_at.borrow(), None, "a retry runs once");
+        assert_eq!(*d.requeue_at.borrow(), None, "a retry runs once");
 
         d.pass_wanted = None;
-        let _ = d.handle_event(Event::Retry { due });
+        let _ = d.handle_event(Event::Requeue { due });
         assert_eq!(d.pass_wanted, None, "a retry that ran is stale");
+    }
+
+    #[test]
+    fn a_pass_that_ended_well_brings_the_next_look_after_the_resync_period() {
+        let mut d = daemon();
+        let before = Instant::now();
+        d.carry_out(AfterPass::resync(), None);
+        let due = d.requeue_at.borrow().expect("the resync is scheduled");
+        assert!(due >= before + d.cfg.rollout.resync);
+        assert!(d.handle_event(Event::Requeue { due }).is_continue());
+        assert_eq!(d.pass_wanted, Some(Trigger::Resync));
+        assert!(
+            d.read_at.is_some(),
+            "the resync reads the desired file again"
+        );
+    }
+
+    #[test]
+    fn a_transient_error_comes_back_after_the_backoff_and_an_unreachable_engine_reconnects() {
+        let mut d = daemon();
+        let e = ReconcileError::Runtime(crate::model::runtime::RuntimeError::Unreachable {
+            host: "unix:///run/docker.sock".into(),
+            source: bollard::errors::Error::RequestTimeoutError,
+        });
+        let before = Instant::now();
+        d.carry_out(error_policy(&e), Some(&e));
+        let due = d.requeue_at.borrow().expect("a retry is scheduled");
+        assert!(due >= before + Duration::from_secs(1) && due < before + Duration::from_secs(60));
+        assert!(d.handle_event(Event::Requeue { due }).is_continue());
+        assert_eq!(d.pass_wanted, Some(Trigger::Retry));
+        assert_eq!(d.read_at, None, "a retry does not read the file again");
+    }
+
+    #[test]
+    fn a_loop_with_nothing_scheduled_schedules_the_resync() {
+        // No desired file yet (or one that stayed invalid): no pass ran to requeue one.
+        let mut d = daemon();
+        d.keep_a_next_look();
+        assert!(
+            d.requeue_at.borrow().is_some(),
+            "there is always a next look"
+        );
+        let scheduled = *d.requeue_at.borrow();
+        d.keep_a_next_look();
+        assert_eq!(
+            *d.requeue_at.borrow(),
+            scheduled,
+            "one already scheduled stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_panicked_is_reported_and_retried_after_the_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = daemon();
+        d.cfg.state_dir = dir.path().to_path_buf();
+        d.status = Arc::new(StatusWriter::private(dir.path()));
+        let panicked = tokio::spawn(async {
+            panic!("index out of bounds");
+        })
+        .await
+        .unwrap_err();
+        let running = Running {
+            handle: tokio::spawn(async { Ok(PassOutcome::Converged) }),
+            cancel: CancellationToken::new(),
+            desired: Desired::parse("image = \"v2\"\n", Path::new("desired.toml"), &d.cfg).unwrap(),
+            by_hand: None,
+        };
+        let before = Instant::now();
+        d.finish_pass(running, Err(panicked));
+
+        let status = Status::load(&dir.path().join(STATUS_FILE))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.phase, Phase::Failed);
+        let message = status.message.unwrap();
+        assert!(
+            message.contains("internal error") && message.contains("panicked"),
+            "{message}"
+        );
+        assert_eq!(
+            status.failed_generation, None,
+            "a bug is no verdict on the generation"
+        );
+        let due = d.requeue_at.borrow().expect("a retry is scheduled");
+        assert!(
+            due < before + Duration::from_secs(60),
+            "after the backoff, not the resync"
+        );
+        assert_eq!(d.requeue_trigger, Trigger::Retry);
     }
 
     #[test]

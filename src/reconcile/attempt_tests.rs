@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use super::fakes::{Call, FakeProber, FakeProxy, FakeRuntime, Fakes, PullFailure, Traffic, World};
 use super::{
-    error_policy, Backoff, Context, Pass, PassOutcome, Progress, ReconcileError, Requeue, Trigger,
+    error_policy, AfterPass, Backoff, Context, Pass, PassOutcome, Progress, ReconcileError,
+    Requeue, Trigger,
 };
 use crate::apply::hooks::HookError;
 use crate::config::Config;
@@ -276,11 +277,13 @@ async fn candidate_never_answering_2xx_fails_at_the_gate_deadline() {
         other => panic!("expected Unhealthy, got {other:?}"),
     }
     assert_eq!(
-        error_policy(
-            &e,
-            &mut Backoff::new(Duration::from_secs(1), Duration::from_secs(300), 2)
-        ),
-        Requeue::AwaitChange
+        error_policy(&e),
+        AfterPass {
+            requeue: Requeue::Resync,
+            mark_failed: true,
+            reconnect: false,
+            reset_backoff: false
+        }
     );
     assert!(site.world().container("api-green").is_none());
     assert!(!site.world().called(&Call::Write(GREEN)));
@@ -695,11 +698,11 @@ async fn transient_pull_failure_starts_nothing_and_is_retried() {
         "{e:?}"
     );
     assert_eq!(
-        error_policy(
-            &e,
-            &mut Backoff::new(Duration::from_secs(4), Duration::from_secs(300), 2)
+        error_policy(&e).delay(
+            &mut Backoff::new(Duration::from_secs(4), Duration::from_secs(300), 2),
+            Duration::from_secs(3600)
         ),
-        Requeue::After(Duration::from_secs(4))
+        Duration::from_secs(4)
     );
     assert!(!site.world().called(&Call::Run("api-green".into())));
     assert_production_untouched(&site, &before);
@@ -724,11 +727,13 @@ async fn missing_image_starts_nothing_and_waits_for_a_new_desired_state() {
         "{e:?}"
     );
     assert_eq!(
-        error_policy(
-            &e,
-            &mut Backoff::new(Duration::from_secs(4), Duration::from_secs(300), 2)
-        ),
-        Requeue::AwaitChange
+        error_policy(&e),
+        AfterPass {
+            requeue: Requeue::Resync,
+            mark_failed: true,
+            reconnect: false,
+            reset_backoff: false
+        }
     );
     assert!(!site.world().called(&Call::Run("api-green".into())));
     assert_production_untouched(&site, &before);
@@ -913,7 +918,7 @@ async fn a_history_io_error_after_the_switch_is_transient_and_the_next_pass_reco
         .expect("the pass ends")
         .unwrap_err();
     // As the daemon does after a failed pass.
-    let _ = first.record_failure(&desired, &e);
+    let _ = first.record_failure(&desired, &e, &error_policy(&e));
 
     assert!(e.is_transient(), "{e:?}");
     assert_eq!(site.world().upstream_port(), Some(GREEN));
@@ -954,7 +959,9 @@ async fn a_failed_generation_retried_by_hand_that_goes_live_is_failed_no_more() 
     site.world().test_failures = 1;
     let first = Pass::new(&ctx, Trigger::Cli);
     let e = first.reconcile(&desired, false).await.unwrap_err();
-    first.record_failure(&desired, &e).unwrap();
+    first
+        .record_failure(&desired, &e, &error_policy(&e))
+        .unwrap();
     assert_eq!(
         site.status().failed_generation,
         Some(desired.generation.clone())
@@ -973,7 +980,7 @@ async fn a_failed_generation_retried_by_hand_that_goes_live_is_failed_no_more() 
         .await
         .expect("the pass ends")
         .unwrap_err();
-    let _ = by_hand.record_failure(&desired, &e);
+    let _ = by_hand.record_failure(&desired, &e, &error_policy(&e));
     assert!(e.is_transient(), "{e:?}");
     assert_eq!(site.world().upstream_port(), Some(GREEN));
     assert_eq!(

@@ -106,6 +106,10 @@ pub enum ReconcileError {
         #[source]
         source: Box<ReconcileError>,
     },
+    /// The pass panicked (a bug): whatever it was doing stopped there; the next pass
+    /// observes the world again after the backoff's delay.
+    #[error("the pass stopped on an internal error (a bug; please report it): {message}")]
+    Panicked { message: String },
     /// None of the live color's running replicas answered its probe: nginx is left as it
     /// was, and the next resync looks again.
     #[error("no replica of {service} answers its health probe ({running} running): the nginx upstream file was left as it is; check `docker service ps {service}` and the app's logs")]
@@ -121,7 +125,9 @@ impl ReconcileError {
                 source.is_transient()
             }
             ReconcileError::Switch(e) => e.is_transient(),
-            ReconcileError::NoReplicaAnswers { .. } | ReconcileError::Unrecorded { .. } => true,
+            ReconcileError::NoReplicaAnswers { .. }
+            | ReconcileError::Unrecorded { .. }
+            | ReconcileError::Panicked { .. } => true,
             _ => false,
         }
     }
@@ -173,27 +179,92 @@ impl ReconcileError {
 /// a broken answer than a plan, and the operator sees the error meanwhile anyway.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 
-/// What to do after a pass failed.
+/// What the loop does after a pass: the error policy's whole answer, which the daemon (and
+/// the command's in-process retries) only carry out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Requeue {
-    /// Try again after this long.
-    After(Duration),
-    /// Wait until the desired file changes (or an operator asks).
-    AwaitChange,
+pub struct AfterPass {
+    /// When the next pass comes.
+    pub requeue: Requeue,
+    /// The desired generation failed on its own merits: later passes leave it alone until
+    /// the desired file names a new one or an operator asks for a retry by hand.
+    pub mark_failed: bool,
+    /// The engine could not be reached: the next pass connects anew.
+    pub reconnect: bool,
+    /// A success ends the streak of transient errors: the next one waits the backoff's first
+    /// delay again. An error leaves the backoff where it was.
+    pub reset_backoff: bool,
 }
 
-/// The error policy: transient errors come back after the backoff's next delay, which is
-/// the delay the caller waits, or after the retry-after the registry asked for when that is
-/// longer (up to [`RETRY_AFTER_MAX`]); permanent ones wait for a change (the backoff is
-/// untouched).
-pub fn error_policy(error: &ReconcileError, backoff: &mut Backoff) -> Requeue {
-    if !error.is_transient() {
-        return Requeue::AwaitChange;
+/// When the next pass comes after this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// As soon as the loop is free: the pass was superseded or stopped, not finished.
+    Now,
+    /// After the backoff's next delay, or after what the other side asked when longer (up
+    /// to [`RETRY_AFTER_MAX`]).
+    Backoff { at_least: Option<Duration> },
+    /// After the resync period: nothing to retry sooner (a success, or an error only a
+    /// change cures). The resync looks at the world again and repairs drift.
+    Resync,
+}
+
+impl AfterPass {
+    /// After a pass that succeeded: look again after the resync period.
+    pub const fn resync() -> AfterPass {
+        AfterPass {
+            requeue: Requeue::Resync,
+            mark_failed: false,
+            reconnect: false,
+            reset_backoff: true,
+        }
     }
-    let delay = backoff.next_delay();
-    match error.retry_after() {
-        Some(asked) => Requeue::After(delay.max(asked.min(RETRY_AFTER_MAX))),
-        None => Requeue::After(delay),
+
+    /// How long to wait before the next pass, taking the backoff's next delay when the
+    /// requeue is one (and resetting it after a success).
+    pub fn delay(&self, backoff: &mut Backoff, resync: Duration) -> Duration {
+        if self.reset_backoff {
+            backoff.reset();
+        }
+        match self.requeue {
+            Requeue::Now => Duration::ZERO,
+            Requeue::Backoff { at_least } => {
+                let delay = backoff.next_delay();
+                match at_least {
+                    Some(asked) => delay.max(asked.min(RETRY_AFTER_MAX)),
+                    None => delay,
+                }
+            }
+            Requeue::Resync => resync,
+        }
+    }
+}
+
+/// The error policy, pure: transient errors come back after the backoff (or the registry's
+/// retry-after); a cancelled pass comes back at once; anything else waits for the resync,
+/// and marks the generation failed unless the world, not the generation, is at fault (which
+/// container serves is unclear). An unreachable engine is connected anew.
+pub fn error_policy(error: &ReconcileError) -> AfterPass {
+    let reconnect = matches!(
+        error,
+        ReconcileError::Runtime(RuntimeError::Unreachable { .. })
+    );
+    let (requeue, mark_failed) = if error.is_cancellation() {
+        (Requeue::Now, false)
+    } else if error.is_transient() {
+        (
+            Requeue::Backoff {
+                at_least: error.retry_after(),
+            },
+            false,
+        )
+    } else {
+        (Requeue::Resync, !error.is_blocked())
+    };
+    AfterPass {
+        requeue,
+        mark_failed,
+        reconnect,
+        reset_backoff: false,
     }
 }
 
@@ -203,6 +274,52 @@ mod tests {
 
     fn backoff() -> Backoff {
         Backoff::new(Duration::from_secs(1), Duration::from_secs(4), 2)
+    }
+
+    /// The resync period these tests pass: far from every backoff delay.
+    const RESYNC: Duration = Duration::from_secs(3600);
+
+    /// A permanent failure of the generation: marked, and nothing sooner than the resync.
+    fn awaits_change() -> AfterPass {
+        AfterPass {
+            requeue: Requeue::Resync,
+            mark_failed: true,
+            reconnect: false,
+            reset_backoff: false,
+        }
+    }
+
+    #[test]
+    fn a_success_resets_the_backoff_and_looks_again_after_the_resync() {
+        let mut b = backoff();
+        b.next_delay();
+        b.next_delay();
+        assert_eq!(AfterPass::resync().delay(&mut b, RESYNC), RESYNC);
+        assert_eq!(b.next_delay(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_unreachable_engine_reconnects_a_cancelled_pass_comes_back_at_once_a_panic_backs_off() {
+        let unreachable = error_policy(&ReconcileError::Runtime(RuntimeError::Unreachable {
+            host: "unix:///run/docker.sock".into(),
+            source: bollard::errors::Error::RequestTimeoutError,
+        }));
+        assert!(unreachable.reconnect && !unreachable.mark_failed);
+        assert_eq!(unreachable.requeue, Requeue::Backoff { at_least: None });
+        let cancelled = error_policy(&ReconcileError::Cancelled);
+        assert_eq!(cancelled.requeue, Requeue::Now);
+        assert!(!cancelled.mark_failed && !cancelled.reconnect);
+        let panicked = error_policy(&ReconcileError::Panicked {
+            message: "index out of bounds".into(),
+        });
+        assert_eq!(panicked.requeue, Requeue::Backoff { at_least: None });
+        assert!(!panicked.mark_failed);
+        // Which container serves is unclear: the world's fault, not the generation's.
+        let unclear = error_policy(&ReconcileError::Unclear {
+            reason: "two colors run and the upstream file names neither".into(),
+        });
+        assert_eq!(unclear.requeue, Requeue::Resync);
+        assert!(!unclear.mark_failed);
     }
 
     #[test]
@@ -215,7 +332,7 @@ mod tests {
             last: "500".into(),
             logs: String::new(),
         };
-        assert_eq!(error_policy(&unhealthy, &mut b), Requeue::AwaitChange);
+        assert_eq!(error_policy(&unhealthy), awaits_change());
         let missing = ReconcileError::Pull {
             reference: "r:v".into(),
             source: RuntimeError::ImageNotFound {
@@ -224,7 +341,7 @@ mod tests {
                 message: "manifest unknown".into(),
             },
         };
-        assert_eq!(error_policy(&missing, &mut b), Requeue::AwaitChange);
+        assert_eq!(error_policy(&missing), awaits_change());
         // A login to give (or to fix) waits for the operator, as a missing image does.
         for source in [
             RuntimeError::LoginRequired {
@@ -242,11 +359,7 @@ mod tests {
                 reference: "r:v".into(),
                 source,
             };
-            assert_eq!(
-                error_policy(&login, &mut b),
-                Requeue::AwaitChange,
-                "{login}"
-            );
+            assert_eq!(error_policy(&login), awaits_change(), "{login}");
         }
         let down = ReconcileError::Pull {
             reference: "r:v".into(),
@@ -256,10 +369,13 @@ mod tests {
             },
         };
         // Waiting for a change leaves the backoff as it was; each requeue takes its next delay.
+        for e in [&unhealthy, &missing] {
+            assert_eq!(error_policy(e).delay(&mut b, RESYNC), RESYNC);
+        }
         for secs in [1, 2, 4, 4] {
             assert_eq!(
-                error_policy(&down, &mut b),
-                Requeue::After(Duration::from_secs(secs))
+                error_policy(&down).delay(&mut b, RESYNC),
+                Duration::from_secs(secs)
             );
         }
     }
@@ -279,24 +395,21 @@ mod tests {
         let mut b = backoff();
         let unavailable = pull("received unexpected HTTP status: 503 Service Unavailable");
         assert_eq!(
-            error_policy(&unavailable, &mut b),
-            Requeue::After(Duration::from_secs(1))
+            error_policy(&unavailable).delay(&mut b, RESYNC),
+            Duration::from_secs(1)
         );
         let limited = pull("toomanyrequests: retry-after: 10.5s, allowed: 44000/minute");
         assert_eq!(
-            error_policy(&limited, &mut b),
-            Requeue::After(Duration::from_millis(10_500))
+            error_policy(&limited).delay(&mut b, RESYNC),
+            Duration::from_millis(10_500)
         );
         // Never shorter than the backoff, nor absurdly long.
         let soon = pull("toomanyrequests: retry-after: 190.13µs, allowed: 44000/minute");
         assert_eq!(
-            error_policy(&soon, &mut b),
-            Requeue::After(Duration::from_secs(4))
+            error_policy(&soon).delay(&mut b, RESYNC),
+            Duration::from_secs(4)
         );
         let absurd = pull("toomanyrequests: retry-after: 9000h, allowed: 1/year");
-        assert_eq!(
-            error_policy(&absurd, &mut b),
-            Requeue::After(RETRY_AFTER_MAX)
-        );
+        assert_eq!(error_policy(&absurd).delay(&mut b, RESYNC), RETRY_AFTER_MAX);
     }
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::state::audit::Trigger;
 pub use backoff::Backoff;
-pub use error::{error_policy, ReconcileError, Requeue};
+pub use error::{error_policy, AfterPass, ReconcileError, Requeue};
 pub use progress::{Progress, ProgressSink};
 
 use crate::apply::health::{HealthError, HttpProber};
@@ -735,11 +735,13 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         Ok(())
     }
 
-    /// Records a failed attempt in status.json; transient errors do not mark the generation.
+    /// Records a failed attempt in status.json; the generation is marked failed when the
+    /// error policy's `action` says so.
     pub fn record_failure(
         &self,
         desired: &Desired,
         error: &ReconcileError,
+        action: &AfterPass,
     ) -> Result<(), ReconcileError> {
         if error.is_cancellation() {
             // Superseded or stopped, not failed: the generation stays eligible.
@@ -751,9 +753,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             });
         }
         let permanent = !error.is_transient();
-        // Not this generation's fault: the world needs an operator, and every resync looks
-        // again.
-        let marks_generation = permanent && !error.is_blocked();
+        let marks_generation = action.mark_failed;
         let metrics = &self.ctx.metrics;
         metrics.reconcile_error(if permanent { "permanent" } else { "transient" });
         metrics.set_converged(false);
@@ -785,8 +785,10 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) => e,
             };
-            match error_policy(&e, &mut backoff) {
-                Requeue::After(delay) if tries < attempts && !self.cancel.is_cancelled() => {
+            let action = error_policy(&e);
+            match action.requeue {
+                Requeue::Backoff { .. } if tries < attempts && !self.cancel.is_cancelled() => {
+                    let delay = action.delay(&mut backoff, Duration::ZERO);
                     tracing::warn!(error = %e, retry_in = ?delay, "transient error, retrying");
                     let _ = self.set_status(|s| {
                         s.phase = Phase::Progressing;
@@ -800,7 +802,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                 _ => {
                     // The caller reports the error itself; this line is for the debug log only.
                     tracing::debug!(error = %e, elapsed = ?started.elapsed(), "reconcile failed");
-                    let _ = self.record_failure(desired, &e);
+                    let _ = self.record_failure(desired, &e, &action);
                     return Err(e);
                 }
             }

@@ -42,7 +42,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::fakes::{Behaviour, Call, Fakes, PullFailure, Traffic};
-use super::{Context, Pass, PassOutcome as Outcome, ReconcileError, Trigger};
+use super::{error_policy, Context, Pass, PassOutcome as Outcome, ReconcileError, Trigger};
 use crate::config::Config;
 use crate::desired::Desired;
 use crate::model::probe::ProbeOutcome;
@@ -279,7 +279,7 @@ async fn pass(
     let pass = Pass::new(&ctx, Trigger::Resync).with_cancel(cancel);
     let result = pass.reconcile(desired, by_hand).await;
     if let Err(e) = &result {
-        let _ = pass.record_failure(desired, e);
+        let _ = pass.record_failure(desired, e, &error_policy(e));
     }
     result
 }

@@ -1,17 +1,16 @@
-//! The daemon's event sources: the desired file's watcher, the resync timer, the retry timer
-//! and the signals. Each is a small worker of the same shape ([`Source`]): it follows the
+//! The daemon's event sources: the desired file's watcher, the requeue timer and the
+//! signals. Each is a small worker of the same shape ([`Source`]): it follows the
 //! [`Settings`] the loop gives it, sends [`Event`]s into one bounded channel and its
 //! errors into another, and never does the work itself. One consumer, the daemon's loop,
 //! decides.
 //!
 //! Reconciling is level-triggered, so an event dropped because the channel is full is
-//! harmless: the next one (or the resync timer) brings the loop to the same state of the
-//! world. Signals and retries are the exception: nothing else would bring them again, so
+//! harmless: the next one (or the next pass the error policy requeued) brings the loop to the same state of the
+//! world. Signals and requeues are the exception: nothing else would bring them again, so
 //! they wait for room instead.
 
 mod desired_file;
-mod resync;
-mod retry;
+mod requeue;
 mod signals;
 
 use std::future::Future;
@@ -32,11 +31,10 @@ pub enum Event {
     /// A complete desired file is in place: renamed over the old one (an atomic write, `mv`)
     /// or closed by its writer. Read at once: there is nothing to wait for.
     DesiredReplaced,
-    /// Time for a periodic full reconcile.
-    Resync,
-    /// The retry scheduled for `due` (after a transient error) is due. One cancelled or
-    /// rescheduled since is stale.
-    Retry { due: Instant },
+    /// The next pass the error policy asked for at `due` (a retry after a transient error,
+    /// or the resync after a pass that ended) is due. One cancelled or rescheduled since is
+    /// stale.
+    Requeue { due: Instant },
     /// SIGTERM or SIGINT: stop at a safe point (a second one forces the exit).
     Stop,
     /// SIGHUP: reload the config.
@@ -71,8 +69,8 @@ pub enum SourceError {
 pub struct Settings {
     /// The config, sent again on every reload (SIGHUP), valid or not.
     pub config: watch::Receiver<Config>,
-    /// When the retry after a transient error is due; None when none is scheduled.
-    pub retry_at: watch::Receiver<Option<Instant>>,
+    /// When the next pass is due (the error policy's requeue); None when none is scheduled.
+    pub requeue_at: watch::Receiver<Option<Instant>>,
 }
 
 /// A source set up and ready to run. It runs until the daemon drops it.
@@ -84,12 +82,7 @@ pub type Source =
     fn(Settings, mpsc::Sender<SourceError>, mpsc::Sender<Event>) -> Result<Worker, SourceError>;
 
 /// Every source the daemon has.
-const SOURCES: [Source; 4] = [
-    desired_file::worker,
-    resync::worker,
-    retry::worker,
-    signals::worker,
-];
+const SOURCES: [Source; 3] = [desired_file::worker, requeue::worker, signals::worker];
 
 /// Sets every source up and spawns it into one set; dropping the set stops them all.
 pub fn spawn(
@@ -117,7 +110,7 @@ mod tests {
     /// One source at work, and the loop's ends of its channels.
     struct Harness {
         config: watch::Sender<Config>,
-        retry_at: watch::Sender<Option<Instant>>,
+        requeue_at: watch::Sender<Option<Instant>>,
         errors: mpsc::Receiver<SourceError>,
         events: mpsc::Receiver<Event>,
         _worker: JoinSet<()>,
@@ -126,18 +119,18 @@ mod tests {
     impl Harness {
         fn start(source: Source, cfg: Config) -> Result<Harness, SourceError> {
             let (config, config_rx) = watch::channel(cfg);
-            let (retry_at, retry_rx) = watch::channel(None);
+            let (requeue_at, requeue_rx) = watch::channel(None);
             let (errors_tx, errors) = mpsc::channel(ERRORS);
             let (events_tx, events) = mpsc::channel(EVENTS);
             let settings = Settings {
                 config: config_rx,
-                retry_at: retry_rx,
+                requeue_at: requeue_rx,
             };
             let mut worker = JoinSet::new();
             worker.spawn(source(settings, errors_tx, events_tx)?);
             Ok(Harness {
                 config,
-                retry_at,
+                requeue_at,
                 errors,
                 events,
                 _worker: worker,
@@ -187,56 +180,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn retry_is_sent_once_when_due_with_the_time_it_was_due() {
-        let mut harness = Harness::start(retry::worker, hour_cfg()).unwrap();
+    async fn requeue_is_sent_once_when_due_with_the_time_it_was_due() {
+        let mut harness = Harness::start(requeue::worker, hour_cfg()).unwrap();
         let due = Instant::now() + Duration::from_millis(30);
-        harness.retry_at.send_replace(Some(due));
+        harness.requeue_at.send_replace(Some(due));
 
         assert_eq!(
             harness.event_within(LIMIT).await,
-            Some(Event::Retry { due })
+            Some(Event::Requeue { due })
         );
         assert_eq!(harness.events_until_quiet(QUIET).await, vec![]);
     }
 
     #[tokio::test]
-    async fn retry_cancelled_or_rescheduled_before_it_is_due_is_not_sent() {
-        let mut harness = Harness::start(retry::worker, hour_cfg()).unwrap();
+    async fn requeue_cancelled_or_rescheduled_before_it_is_due_is_not_sent() {
+        let mut harness = Harness::start(requeue::worker, hour_cfg()).unwrap();
         harness
-            .retry_at
+            .requeue_at
             .send_replace(Some(Instant::now() + Duration::from_millis(30)));
-        harness.retry_at.send_replace(None);
+        harness.requeue_at.send_replace(None);
         assert_eq!(harness.events_until_quiet(QUIET).await, vec![]);
 
         harness
-            .retry_at
+            .requeue_at
             .send_replace(Some(Instant::now() + Duration::from_millis(30)));
         let later = Instant::now() + Duration::from_millis(80);
-        harness.retry_at.send_replace(Some(later));
+        harness.requeue_at.send_replace(Some(later));
         assert_eq!(
             harness.events_until_quiet(QUIET).await,
-            vec![Event::Retry { due: later }]
+            vec![Event::Requeue { due: later }]
         );
-    }
-
-    #[tokio::test]
-    async fn resync_ticks_every_period_and_a_reload_starts_the_new_period() {
-        let mut harness = Harness::start(
-            resync::worker,
-            cfg(
-                Path::new("/srv/api/desired.toml"),
-                Duration::from_millis(30),
-            ),
-        )
-        .unwrap();
-        assert_eq!(harness.event_within(LIMIT).await, Some(Event::Resync));
-        assert_eq!(harness.event_within(LIMIT).await, Some(Event::Resync));
-
-        harness.reload(|cfg| cfg.rollout.resync = Duration::from_secs(3600));
-        // A tick sent before the reload reached the worker may still come.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        while harness.events.try_recv().is_ok() {}
-        assert_eq!(harness.events_until_quiet(QUIET).await, vec![]);
     }
 
     /// Writes `path` until the watcher says so, since a watch set up after a reload is in
