@@ -4,6 +4,7 @@
 use super::CliError;
 use crate::config::{Config, Pause, RuntimeKind};
 use crate::desired::Desired;
+use crate::observe::Observed;
 use crate::plan::{plan, Action, Verdict};
 use crate::upstream::{render, render_servers};
 
@@ -15,8 +16,13 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
         .observe()
         .await
         .map_err(|e| CliError::Failed(e.to_string()))?;
-    // `fieldtrack reconcile` is run by hand, so it would retry a failed generation.
-    let plan = plan(&ctx.cfg, &desired, &observed, true);
+    // What `fieldtrack reconcile` would do: it asks for a retry by hand, so a failed
+    // generation is attempted again.
+    let asked = Observed {
+        retry_asked: Some(desired.generation.clone()),
+        ..observed.clone()
+    };
+    let plan = plan(&ctx.cfg, &desired, &asked);
     let live = observed.live(&ctx.cfg);
     println!(
         "Desired : {} (generation {})",

@@ -173,9 +173,14 @@ pub(crate) async fn converge(
             return Err(e);
         }
     };
+    // Run by hand: a generation that failed before is attempted again.
+    if let Err(e) = ctx.ask_retry(desired) {
+        shown.end(&End::Failed);
+        return Err(CliError::Failed(e.to_string()));
+    }
     let pass = Pass::new(&ctx, trigger).with_progress(shown.sink());
     let result = shown
-        .during(pass.reconcile_with_retries(desired, true, TRIES))
+        .during(pass.reconcile_with_retries(desired, TRIES))
         .await;
     if let Some(notifier) = &ctx.notifier {
         // This process exits next: give the webhook and email a moment, never more, since
@@ -201,7 +206,7 @@ pub(crate) async fn converge(
                     .is_some_and(|n| n.starts_with(AUTO_ROLLBACK_NOTE_PREFIX));
             // Only our own rewrite: a desired state someone else wrote meanwhile is theirs.
             if ours && now.generation != desired.generation {
-                let _ = pass.reconcile(&now, false).await;
+                let _ = pass.reconcile(&now).await;
             }
         }
     }

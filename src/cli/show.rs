@@ -360,7 +360,7 @@ mod tests {
 
     fn warm(until: SystemTime) -> Warm {
         Warm {
-            color: "blue".into(),
+            color: crate::model::Color::Blue,
             image: "v2".into(),
             container: "api-blue".into(),
             id: "abc".into(),

@@ -483,18 +483,25 @@ impl Daemon {
         }
         let by_hand = trigger == Trigger::ByHand;
         let number = by_hand.then(|| self.by_hand_started());
+        if by_hand {
+            // The retry is recorded state, like the failure it retries: the plan reads it
+            // from the journal, not from why the pass runs.
+            if let Err(e) = ctx.ask_retry(&desired) {
+                tracing::error!(error = %e, "cannot record the retry asked by hand");
+            }
+        }
         let cancel = CancellationToken::new();
         let pass_cancel = cancel.clone();
         let pass_desired = desired.clone();
         let file_unusable = self.invalid.is_some();
         let handle = tokio::spawn(async move {
             if file_unusable {
-                if let Some(outcome) = nothing_to_repair(&ctx, &pass_desired, by_hand).await {
+                if let Some(outcome) = nothing_to_repair(&ctx, &pass_desired).await {
                     return Ok(outcome);
                 }
             }
             let pass = Pass::new(&ctx, trigger).with_cancel(pass_cancel);
-            let result = pass.reconcile(&pass_desired, by_hand).await;
+            let result = pass.reconcile(&pass_desired).await;
             if let Err(e) = &result {
                 // The pass records the failure itself: it knows the status.
                 let _ = pass.record_failure(&pass_desired, e, &error_policy(e));
@@ -715,13 +722,9 @@ fn held_for_life(old: &Config, new: &Config) -> Vec<&'static str> {
 /// repair must not overwrite that with its own verdict, so it is skipped. Returns the
 /// outcome it would have had, or None when there is drift to repair (or the world could
 /// not be observed, which the pass reports itself).
-async fn nothing_to_repair(
-    ctx: &LiveContext,
-    desired: &Desired,
-    by_hand: bool,
-) -> Option<PassOutcome> {
+async fn nothing_to_repair(ctx: &LiveContext, desired: &Desired) -> Option<PassOutcome> {
     let observed = ctx.observe().await.ok()?;
-    match plan(&ctx.cfg, desired, &observed, by_hand).verdict {
+    match plan(&ctx.cfg, desired, &observed).verdict {
         Verdict::Converge | Verdict::Unclear { .. } => None,
         Verdict::InSync => Some(PassOutcome::Converged),
         Verdict::Paused => Some(PassOutcome::Paused),

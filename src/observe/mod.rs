@@ -12,7 +12,8 @@ use crate::model::proxy::{Proxy, ProxyError};
 use crate::model::runtime::{Runtime, RuntimeError};
 use crate::model::{Color, Instance};
 use crate::state::history::{self, HistoryError};
-use crate::state::status::{Status, StatusError, SwitchMark, Warm};
+use crate::state::journal::{Journal, JournalError};
+use crate::state::status::{SwitchMark, Warm};
 
 /// What is, as opposed to what should be ([`crate::desired::Desired`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -27,13 +28,15 @@ pub struct Observed {
     pub upstream_servers: Vec<SocketAddr>,
     /// The history file, newest first.
     pub history: Vec<String>,
-    /// The generation whose attempt failed last (from status.json): not retried until the
-    /// desired file changes or a reconcile is asked for by hand.
+    /// The generation whose attempt failed last (from the journal): not retried until the
+    /// desired file changes or a retry is asked for by hand.
     pub failed_generation: Option<String>,
+    /// The generation an operator asked to retry by hand (from the journal).
+    pub retry_asked: Option<String>,
     /// A switch of the upstream file that nginx was not seen to settle on (a process died
     /// inside it): nginx may still run the file from before.
     pub switching: Option<SwitchMark>,
-    /// The previous color kept running out of nginx, as status.json records it: the plan
+    /// The previous color kept running out of nginx, as the journal records it: the plan
     /// keeps that container only while the window runs at `now`.
     pub warm: Option<Warm>,
     /// When this was observed: what the warm window is judged against, so that the plan
@@ -88,9 +91,9 @@ pub enum ObserveError {
     /// The history file could not be read.
     #[error("cannot read the history: {0}")]
     History(#[from] HistoryError),
-    /// status.json could not be read.
-    #[error("cannot read the status: {0}")]
-    Status(#[from] StatusError),
+    /// The journal (or, before there is one, status.json) could not be read.
+    #[error("cannot read what the passes before recorded: {0}")]
+    Journal(#[from] JournalError),
 }
 
 impl ObserveError {
@@ -113,15 +116,16 @@ pub async fn observe<R: Runtime, P: Proxy>(
     let upstream_servers = proxy.upstream_servers()?;
     let upstream_ports = proxy.served_ports(&upstream_servers);
     let history = history::read(&cfg.history_file)?;
-    let status = Status::load(&cfg.state_dir.join(crate::state::STATUS_FILE))?;
+    let journal = Journal::load(&cfg.state_dir)?;
     Ok(Observed {
         containers,
         upstream_ports,
         upstream_servers,
         history,
-        switching: status.as_ref().and_then(|s| s.switching.clone()),
-        warm: status.as_ref().and_then(|s| s.warm.clone()),
-        failed_generation: status.and_then(|s| s.failed_generation),
+        switching: journal.switching,
+        warm: journal.warm,
+        failed_generation: journal.failed_generation,
+        retry_asked: journal.retry_asked,
         now: SystemTime::now(),
     })
 }

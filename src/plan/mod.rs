@@ -143,9 +143,10 @@ impl Plan {
     }
 }
 
-/// Decides what to do. `by_hand` is true for a reconcile or deploy an operator asked for:
-/// it retries a generation that already failed.
-pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool) -> Plan {
+/// Decides what to do from what should be and what is, nothing about why the pass runs. A
+/// generation that already failed waits, unless an operator asked to retry it by hand (the
+/// journal says so, as it says it failed).
+pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed) -> Plan {
     let reference = desired.reference(cfg);
     let image = desired.image.as_written().to_string();
     let live = observed.live(cfg);
@@ -156,7 +157,10 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed, by_hand: bool)
     }
     // Live or not: a failed generation may be live only because there was nothing to switch
     // back to, and the history must never gain a failed image.
-    if !by_hand && observed.failed_generation.as_deref() == Some(desired.generation.as_str()) {
+    let generation = Some(desired.generation.as_str());
+    if observed.failed_generation.as_deref() == generation
+        && observed.retry_asked.as_deref() != generation
+    {
         return Plan::of(Verdict::AlreadyFailed);
     }
 
@@ -430,9 +434,8 @@ pub fn kept_warm<'o>(cfg: &Config, observed: &'o Observed) -> Option<&'o Instanc
     observed.containers.iter().find(|c| {
         c.id == mark.id
             && c.name == mark.container
-            && c.color.is_some_and(|color| {
-                c.name == cfg.container_name(color) && color.to_string() == mark.color
-            })
+            && c.color
+                .is_some_and(|color| c.name == cfg.container_name(color) && color == mark.color)
             && c.state.is_running()
             && c.drift.is_none()
             && !c.ports.iter().any(|p| nginx_ports.contains(p))
@@ -528,6 +531,7 @@ mod tests {
             upstream_servers: loopback(&port.into_iter().collect::<Vec<_>>()),
             history: history.iter().map(|s| s.to_string()).collect(),
             failed_generation: None,
+            retry_asked: None,
             switching: None,
             warm: None,
             now: now(),
@@ -553,21 +557,21 @@ mod tests {
 
     #[test]
     fn nothing_live_deploys_into_blue() {
-        let p = plan(&cfg(), &desired("v1"), &observed(vec![], None, &[]), false);
+        let p = plan(&cfg(), &desired("v1"), &observed(vec![], None, &[]));
         assert_eq!(p.verdict, Verdict::Converge);
         assert_eq!(p.actions, vec![deploy(Color::Blue, "v1", None)]);
     }
 
     #[test]
     fn placeholder_upstream_pointing_at_blue_with_nothing_running_deploys_into_green() {
-        let p = plan(&cfg(), &desired("v1"), &observed(vec![], BLUE, &[]), false);
+        let p = plan(&cfg(), &desired("v1"), &observed(vec![], BLUE, &[]));
         assert_eq!(p.actions, vec![deploy(Color::Green, "v1", None)]);
     }
 
     #[test]
     fn upstream_pointing_at_a_foreign_port_means_nothing_is_live() {
         let o = observed(vec![running(Color::Green, "v1")], Some(8080), &["v1"]);
-        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let p = plan(&cfg(), &desired("v1"), &o);
         // Green already runs v1 but is not live: it is health-gated and switched to.
         assert_eq!(
             p.actions,
@@ -584,7 +588,7 @@ mod tests {
     #[test]
     fn upstream_pointing_at_a_foreign_port_retires_a_container_of_another_image() {
         let o = observed(vec![running(Color::Blue, "v1")], Some(8080), &["v1"]);
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert!(matches!(&p.actions[0], Action::Remove { name, .. } if name == "api-blue"));
         assert_eq!(p.actions[1], deploy(Color::Blue, "v2", None));
     }
@@ -592,7 +596,7 @@ mod tests {
     #[test]
     fn blue_live_deploys_into_green_and_retires_blue() {
         let o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert_eq!(
             p.actions,
             vec![deploy(Color::Green, "v2", Some("api-blue"))]
@@ -602,7 +606,7 @@ mod tests {
     #[test]
     fn green_live_deploys_into_blue_and_retires_green() {
         let o = observed(vec![running(Color::Green, "v1")], GREEN, &["v1"]);
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert_eq!(
             p.actions,
             vec![deploy(Color::Blue, "v2", Some("api-green"))]
@@ -612,14 +616,14 @@ mod tests {
     #[test]
     fn desired_equal_to_live_is_in_sync() {
         let o = observed(vec![running(Color::Green, "v2")], GREEN, &["v2", "v1"]);
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert_eq!(p, Plan::of(Verdict::InSync));
     }
 
     #[test]
     fn desired_live_but_missing_from_history_head_is_recorded() {
         let o = observed(vec![running(Color::Green, "v2")], GREEN, &["v1"]);
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert_eq!(p.verdict, Verdict::Converge);
         assert_eq!(
             p.actions,
@@ -640,7 +644,7 @@ mod tests {
             GREEN,
             &["v2", "v1"],
         );
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert_eq!(
             p.actions[0],
             Action::Reassert {
@@ -664,7 +668,7 @@ mod tests {
             BLUE,
             &["v1"],
         );
-        let p = plan(&cfg(), &desired("v3"), &o, false);
+        let p = plan(&cfg(), &desired("v3"), &o);
         assert!(matches!(&p.actions[0], Action::Remove { name, .. } if name == "api-green"));
         assert_eq!(p.actions[1], deploy(Color::Green, "v3", Some("api-blue")));
     }
@@ -676,7 +680,7 @@ mod tests {
             BLUE,
             &["v1"],
         );
-        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let p = plan(&cfg(), &desired("v1"), &o);
         assert_eq!(p.actions.len(), 3);
         assert_eq!(p.actions[1], Action::Drain);
         assert!(matches!(&p.actions[2], Action::Remove { name, .. } if name == "api-green"));
@@ -690,7 +694,7 @@ mod tests {
             GREEN,
             &["v2", "v1"],
         );
-        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let p = plan(&cfg(), &desired("v1"), &o);
         assert_eq!(
             p.actions,
             vec![Action::Switch(Rollout {
@@ -713,7 +717,7 @@ mod tests {
             BLUE,
             &["v1"],
         );
-        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let p = plan(&cfg(), &desired("v1"), &o);
         assert_eq!(
             p.actions,
             vec![deploy(Color::Green, "v1", Some("api-blue"))]
@@ -723,14 +727,14 @@ mod tests {
     #[test]
     fn live_container_gone_means_a_fresh_deploy() {
         let o = observed(vec![], GREEN, &["v1"]);
-        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let p = plan(&cfg(), &desired("v1"), &o);
         assert_eq!(p.actions, vec![deploy(Color::Blue, "v1", None)]);
     }
 
     #[test]
     fn upstream_file_pointing_at_nothing_running_redeploys() {
         let o = observed(vec![running(Color::Blue, "v1")], GREEN, &["v1"]);
-        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let p = plan(&cfg(), &desired("v1"), &o);
         // Blue runs v1 but traffic goes to green, where nothing runs: switch back to blue.
         assert_eq!(
             p.actions,
@@ -748,8 +752,11 @@ mod tests {
         let mut d = desired("v2");
         d.paused = true;
         let o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
-        assert_eq!(plan(&cfg(), &d, &o, false), Plan::of(Verdict::Paused));
-        assert_eq!(plan(&cfg(), &d, &o, true), Plan::of(Verdict::Paused));
+        assert_eq!(plan(&cfg(), &d, &o), Plan::of(Verdict::Paused));
+        assert_eq!(
+            plan(&cfg(), &d, &asked_by_hand(o, &d)),
+            Plan::of(Verdict::Paused)
+        );
     }
 
     #[test]
@@ -757,21 +764,30 @@ mod tests {
         let d = desired("v2");
         let mut o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
         o.failed_generation = Some(d.generation.clone());
+        assert_eq!(plan(&cfg(), &d, &o), Plan::of(Verdict::AlreadyFailed));
         assert_eq!(
-            plan(&cfg(), &d, &o, false),
-            Plan::of(Verdict::AlreadyFailed)
-        );
-        assert_eq!(
-            plan(&cfg(), &d, &o, true).actions,
+            plan(&cfg(), &d, &asked_by_hand(o.clone(), &d)).actions,
             vec![deploy(Color::Green, "v2", Some("api-blue"))]
         );
+        // A retry asked for another generation retries nothing of this one.
+        let mut other = o;
+        other.retry_asked = Some("0000000000000000".into());
+        assert_eq!(plan(&cfg(), &d, &other), Plan::of(Verdict::AlreadyFailed));
+    }
+
+    /// `o` with the journal's record of a retry of `d` asked by hand.
+    fn asked_by_hand(o: Observed, d: &Desired) -> Observed {
+        Observed {
+            retry_asked: Some(d.generation.clone()),
+            ..o
+        }
     }
 
     #[test]
     fn a_failed_older_generation_does_not_block_a_new_one() {
         let mut o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
         o.failed_generation = Some("0000000000000000".into());
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert_eq!(p.verdict, Verdict::Converge);
     }
 
@@ -781,10 +797,7 @@ mod tests {
         let d = desired("v1");
         let mut o = observed(vec![running(Color::Blue, "v1")], BLUE, &[]);
         o.failed_generation = Some(d.generation.clone());
-        assert_eq!(
-            plan(&cfg(), &d, &o, false),
-            Plan::of(Verdict::AlreadyFailed)
-        );
+        assert_eq!(plan(&cfg(), &d, &o), Plan::of(Verdict::AlreadyFailed));
     }
 
     #[test]
@@ -800,7 +813,7 @@ mod tests {
             BLUE,
             &["v1"],
         );
-        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let p = plan(&cfg(), &desired("v1"), &o);
         let removed: Vec<&str> = p
             .actions
             .iter()
@@ -818,25 +831,22 @@ mod tests {
         let mut pinned = running(Color::Blue, "v1");
         pinned.image = format!("{REPO}:v1@{digest}");
         let o = observed(vec![pinned.clone()], BLUE, &["v1"]);
-        assert_eq!(
-            plan(&cfg(), &desired("v1"), &o, false).verdict,
-            Verdict::InSync
-        );
+        assert_eq!(plan(&cfg(), &desired("v1"), &o).verdict, Verdict::InSync);
         // The other way round: a pinned desired state and a container started by tag.
         let d = desired("v1").pinned(Some(digest.clone()));
         let o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
-        assert_eq!(plan(&cfg(), &d, &o, false).verdict, Verdict::InSync);
+        assert_eq!(plan(&cfg(), &d, &o).verdict, Verdict::InSync);
         // Two digests that differ are two images.
         let other = format!("sha256:{}", "cd".repeat(32));
         let d = desired("v1").pinned(Some(other));
         let o = observed(vec![pinned], BLUE, &["v1"]);
-        assert_eq!(plan(&cfg(), &d, &o, false).verdict, Verdict::Converge);
+        assert_eq!(plan(&cfg(), &d, &o).verdict, Verdict::Converge);
     }
 
     #[test]
     fn a_full_reference_matches_the_label_of_the_same_image() {
         let o = observed(vec![running(Color::Blue, "v1")], BLUE, &[]);
-        let p = plan(&cfg(), &desired(&format!("{REPO}:v1")), &o, false);
+        let p = plan(&cfg(), &desired(&format!("{REPO}:v1")), &o);
         assert_eq!(
             p.actions[1..],
             [Action::RecordHistory {
@@ -873,7 +883,7 @@ mod tests {
         // moved to 4001/4002 and the config was reloaded. Blue still serves.
         let cfg = cfg_with_ports(4001, 4002);
         let o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
-        let p = plan(&cfg, &desired("v2"), &o, false);
+        let p = plan(&cfg, &desired("v2"), &o);
         assert_eq!(removed_before_any_switch(&p), Vec::<&str>::new(), "{p:?}");
         assert_eq!(
             p.actions,
@@ -881,7 +891,7 @@ mod tests {
         );
         // The same image: redeployed on the new port into the other color, blue retired
         // only after the switch.
-        let p = plan(&cfg, &desired("v1"), &o, false);
+        let p = plan(&cfg, &desired("v1"), &o);
         assert_eq!(
             p.actions,
             vec![deploy(Color::Green, "v1", Some("api-blue"))]
@@ -895,7 +905,7 @@ mod tests {
         odd.id = "id-odd".into();
         odd.ports = vec![8080];
         let o = observed(vec![odd], Some(8080), &["v1"]);
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert_eq!(p.actions[0], deploy(Color::Green, "v2", None));
         assert!(matches!(&p.actions[1], Action::Remove { name, .. } if name == "api-old"));
     }
@@ -910,7 +920,7 @@ mod tests {
                 &["v1"],
             )
         };
-        let p = plan(&cfg(), &desired("v3"), &o, false);
+        let p = plan(&cfg(), &desired("v3"), &o);
         assert!(p.actions.is_empty());
         let Verdict::Unclear { reason } = p.verdict else {
             panic!("{p:?}")
@@ -930,7 +940,7 @@ mod tests {
         let mut blue = running(Color::Blue, "v1");
         blue.ports = vec![3001];
         let o = observed(vec![blue, green], Some(3002), &["v1"]);
-        let p = plan(&cfg, &desired("v1"), &o, false);
+        let p = plan(&cfg, &desired("v1"), &o);
         assert_ne!(p.verdict, Verdict::InSync);
         let removed = removed_before_any_switch(&p);
         assert!(!removed.contains(&"api-green"), "{p:?}");
@@ -945,7 +955,7 @@ mod tests {
             GREEN,
             &["v1"],
         );
-        let p = plan(&cfg(), &desired("v3"), &o, false);
+        let p = plan(&cfg(), &desired("v3"), &o);
         assert_eq!(p.actions.len(), 4, "{p:?}");
         assert_eq!(
             p.actions[0],
@@ -962,7 +972,7 @@ mod tests {
     #[test]
     fn a_reload_with_nothing_to_remove_needs_no_drain() {
         let o = observed(vec![running(Color::Green, "v2")], GREEN, &["v1"]);
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert!(!p.actions.contains(&Action::Drain), "{p:?}");
         // Nor does a stale candidate that does not run: nginx never sent it requests.
         let o = observed(
@@ -973,7 +983,7 @@ mod tests {
             GREEN,
             &["v2"],
         );
-        let p = plan(&cfg(), &desired("v3"), &o, false);
+        let p = plan(&cfg(), &desired("v3"), &o);
         assert!(!p.actions.contains(&Action::Drain), "{p:?}");
     }
 
@@ -988,7 +998,7 @@ mod tests {
             GREEN,
             &["v1"],
         );
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         let kinds: Vec<String> = p
             .actions
             .iter()
@@ -1023,7 +1033,7 @@ mod tests {
             observed(vec![running(Color::Green, "v2")], GREEN, &["v2"]),
             &[3001],
         );
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert_eq!(p.verdict, Verdict::Converge);
         assert_eq!(
             p.actions,
@@ -1033,7 +1043,7 @@ mod tests {
             }]
         );
         // And before a deployment starts anything.
-        let p = plan(&cfg(), &desired("v3"), &o, false);
+        let p = plan(&cfg(), &desired("v3"), &o);
         assert_eq!(
             p.actions[0],
             Action::Reassert {
@@ -1059,7 +1069,7 @@ mod tests {
         misnamed.ports = vec![3002];
         misnamed.endpoints = loopback(&[3002]);
         let o = with_mark(observed(vec![green, misnamed], BLUE, &["v1"]), &[4002]);
-        let p = plan(&cfg(), &desired("v1"), &o, false);
+        let p = plan(&cfg(), &desired("v1"), &o);
         let reasserted = p.actions.iter().find_map(|a| match a {
             Action::Reassert { port, .. } => Some(*port),
             _ => None,
@@ -1107,7 +1117,7 @@ mod tests {
 
     #[test]
     fn a_canary_left_behind_is_settled_on_the_stable_color_then_run_again() {
-        let p = plan(&cfg(), &desired("v2"), &canary_left_behind(), false);
+        let p = plan(&cfg(), &desired("v2"), &canary_left_behind());
         assert_eq!(p.verdict, Verdict::Converge, "{p:?}");
         assert_eq!(
             p.actions[0],
@@ -1136,7 +1146,7 @@ mod tests {
                 to,
                 canary: false,
             });
-            let p = plan(&cfg(), &desired("v2"), &o, false);
+            let p = plan(&cfg(), &desired("v2"), &o);
             assert_eq!(p.verdict, Verdict::Converge, "to {to}: {p:?}");
             assert_eq!(
                 p.actions[0],
@@ -1156,7 +1166,7 @@ mod tests {
         // new container started there, getting requests before its health check.
         let mut o = canary_left_behind();
         o.containers[0].state = InstanceState::Exited { code: 1 };
-        let p = plan(&cfg(), &desired("v3"), &o, false);
+        let p = plan(&cfg(), &desired("v3"), &o);
         assert_eq!(
             p.actions.first(),
             Some(&Action::Reassert {
@@ -1173,7 +1183,7 @@ mod tests {
 
     #[test]
     fn an_aborted_canary_left_behind_is_removed_only_after_nginx_is_back_on_stable_and_drained() {
-        let p = plan(&cfg(), &desired("v1"), &canary_left_behind(), false);
+        let p = plan(&cfg(), &desired("v1"), &canary_left_behind());
         assert_eq!(
             p.actions,
             vec![
@@ -1204,7 +1214,7 @@ mod tests {
             ),
             &[3001],
         );
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert_eq!(
             p.actions[0],
             Action::Reassert {
@@ -1237,7 +1247,7 @@ mod tests {
             ),
             &[3001],
         );
-        let p = plan(&cfg(), &desired("v3"), &o, false);
+        let p = plan(&cfg(), &desired("v3"), &o);
         // nginx then points at green's port, and the candidate starts in blue, out of its way.
         assert_eq!(
             p.actions[0],
@@ -1272,9 +1282,8 @@ mod tests {
             now() - Duration::from_secs(left.unsigned_abs())
         };
         Warm {
-            color: c
-                .color
-                .map_or_else(|| "none".to_string(), |c| c.to_string()),
+            // A container of no color has no mark of its own: any color misses it.
+            color: c.color.unwrap_or(Color::Blue),
             image: c.desired.clone().unwrap_or_default(),
             container: c.name.clone(),
             id: c.id.clone(),
@@ -1302,7 +1311,7 @@ mod tests {
             Some("api-blue")
         );
         assert_eq!(
-            plan(&keeping(WINDOW), &desired("v2"), &o, false),
+            plan(&keeping(WINDOW), &desired("v2"), &o),
             Plan::of(Verdict::InSync)
         );
     }
@@ -1312,7 +1321,7 @@ mod tests {
         for left in [0, -1, -3600] {
             let o = v1_warm_under_v2(left);
             assert_eq!(kept_warm(&keeping(WINDOW), &o), None, "{left}");
-            let p = plan(&keeping(WINDOW), &desired("v2"), &o, false);
+            let p = plan(&keeping(WINDOW), &desired("v2"), &o);
             assert_eq!(
                 p.actions[..2],
                 [
@@ -1334,7 +1343,7 @@ mod tests {
     fn without_keep_previous_a_recorded_window_keeps_nothing() {
         let o = v1_warm_under_v2(600);
         assert_eq!(kept_warm(&cfg(), &o), None);
-        let p = plan(&cfg(), &desired("v2"), &o, false);
+        let p = plan(&cfg(), &desired("v2"), &o);
         assert!(
             p.actions
                 .iter()
@@ -1365,7 +1374,7 @@ mod tests {
         o.containers[0] = container(Color::Blue, "v1", InstanceState::Exited { code: 0 });
         assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
         let mut o = v1_warm_under_v2(600);
-        o.warm.as_mut().unwrap().color = "green".into();
+        o.warm.as_mut().unwrap().color = Color::Green;
         assert_eq!(kept_warm(&keeping(WINDOW), &o), None);
     }
 
@@ -1383,7 +1392,7 @@ mod tests {
     #[test]
     fn a_rollback_inside_the_window_is_a_switch_to_the_warm_container() {
         let o = v1_warm_under_v2(600);
-        let p = plan(&keeping(WINDOW), &desired("v1"), &o, false);
+        let p = plan(&keeping(WINDOW), &desired("v1"), &o);
         assert_eq!(
             p.actions,
             vec![Action::Switch(Rollout {
@@ -1399,7 +1408,7 @@ mod tests {
     fn a_new_image_replaces_the_warm_container_in_its_color() {
         // Two colors only: v3 goes where v1 was kept, after nginx reloaded and drained.
         let o = v1_warm_under_v2(600);
-        let p = plan(&keeping(WINDOW), &desired("v3"), &o, false);
+        let p = plan(&keeping(WINDOW), &desired("v3"), &o);
         assert_eq!(
             p.actions[..2],
             [
@@ -1463,7 +1472,7 @@ mod tests {
         }
 
         /// A world the engine could hold: names unique, a host port published once.
-        fn arb_world() -> impl Strategy<Value = (Config, Observed, Desired, bool)> {
+        fn arb_world() -> impl Strategy<Value = (Config, Observed, Desired)> {
             (
                 prop::collection::vec((0..4usize).prop_flat_map(arb_container), 0..5),
                 prop::collection::vec(0..PORTS.len(), 0..3),
@@ -1515,6 +1524,7 @@ mod tests {
                             upstream_ports,
                             history: history.into_iter().map(|i| TAGS[i].to_string()).collect(),
                             failed_generation: failed.then(|| d.generation.clone()),
+                            retry_asked: by_hand.then(|| d.generation.clone()),
                             switching,
                             warm: None,
                             now: now(),
@@ -1539,14 +1549,14 @@ mod tests {
                             };
                             // Mostly the container's own color.
                             match color {
-                                4 => w.color = "blue".to_string(),
-                                5 => w.color = "green".to_string(),
+                                4 => w.color = Color::Blue,
+                                5 => w.color = Color::Green,
                                 _ => {}
                             }
                             w
                         });
                         let o = Observed { warm, ..o };
-                        (cfg, o, d, by_hand)
+                        (cfg, o, d)
                     },
                 )
         }
@@ -1671,7 +1681,7 @@ mod tests {
         /// running or not, any image, mostly on its own color's port), any upstream file
         /// and unsettled switch, and a warm record of one of them (or of one gone): the
         /// worlds a warm window lives in, drawn often enough to keep containers warm.
-        fn arb_warm_world() -> impl Strategy<Value = (Config, Observed, Desired, bool)> {
+        fn arb_warm_world() -> impl Strategy<Value = (Config, Observed, Desired)> {
             let color_container = |color: Color| {
                 proptest::option::of((0..TAGS.len(), 0..4usize, 0..4usize)).prop_map(move |c| {
                     c.map(|(tag, state, port)| {
@@ -1751,11 +1761,12 @@ mod tests {
                             upstream_ports,
                             history: history.into_iter().map(|i| TAGS[i].to_string()).collect(),
                             failed_generation: None,
+                            retry_asked: None,
                             switching,
                             warm,
                             now: now(),
                         };
-                        (cfg, o, d, false)
+                        (cfg, o, d)
                     },
                 )
         }
@@ -1764,17 +1775,17 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(4000))]
             #[test]
             fn no_plan_removes_what_nginx_points_at_before_switching_away(
-                (cfg, o, d, by_hand) in arb_world()
+                (cfg, o, d) in arb_world()
             ) {
-                let p = plan(&cfg, &d, &o, by_hand);
+                let p = plan(&cfg, &d, &o);
                 check(&cfg, &o, &p)?;
             }
 
             #[test]
             fn a_warm_container_is_kept_only_while_its_window_runs_and_never_served(
-                (cfg, o, d, by_hand) in prop_oneof![arb_world(), arb_warm_world()]
+                (cfg, o, d) in prop_oneof![arb_world(), arb_warm_world()]
             ) {
-                let p = plan(&cfg, &d, &o, by_hand);
+                let p = plan(&cfg, &d, &o);
                 check_warm(&cfg, &o, &p)?;
                 check(&cfg, &o, &p)?;
             }

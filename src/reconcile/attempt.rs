@@ -333,6 +333,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             if s.failed_generation.as_ref() == Some(generation) {
                 s.failed_generation = None;
             }
+            s.retry_asked = None;
         });
         if let Err(e) = unmarked {
             tracing::warn!(error = %e, "cannot clear the failed mark of the generation now live");
@@ -414,7 +415,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         };
         let until = SystemTime::now() + keep;
         let warm = Warm {
-            color: color.to_string(),
+            color,
             image: served_image(cfg, c, None),
             container: c.name.clone(),
             id: c.id.clone(),

@@ -148,7 +148,7 @@ async fn pass(
     cancel: CancellationToken,
 ) -> Result<PassOutcome, ReconcileError> {
     let pass = Pass::new(ctx, Trigger::Cli).with_cancel(cancel);
-    tokio::time::timeout(Duration::from_secs(20), pass.reconcile(desired, false))
+    tokio::time::timeout(Duration::from_secs(20), pass.reconcile(desired))
         .await
         .expect("the pass ends")
 }
@@ -200,7 +200,7 @@ async fn a_pass_tells_its_watcher_each_step_the_health_gate_and_the_switch_in_or
     let pass = Pass::new(&ctx, Trigger::Cli)
         .with_progress(Box::new(move |p| sink.lock().unwrap().push(p)));
 
-    pass.reconcile(&site.desired("v2"), false).await.unwrap();
+    pass.reconcile(&site.desired("v2")).await.unwrap();
 
     let seen = seen.lock().unwrap();
     let step = |s| Progress::Step(s);
@@ -913,7 +913,7 @@ async fn a_history_io_error_after_the_switch_is_transient_and_the_next_pass_reco
     let desired = site.desired("v2");
 
     let first = Pass::new(&ctx, Trigger::Cli);
-    let e = tokio::time::timeout(Duration::from_secs(20), first.reconcile(&desired, false))
+    let e = tokio::time::timeout(Duration::from_secs(20), first.reconcile(&desired))
         .await
         .expect("the pass ends")
         .unwrap_err();
@@ -958,7 +958,7 @@ async fn a_failed_generation_retried_by_hand_that_goes_live_is_failed_no_more() 
     // The first attempt fails at `nginx -t`: the generation is marked failed.
     site.world().test_failures = 1;
     let first = Pass::new(&ctx, Trigger::Cli);
-    let e = first.reconcile(&desired, false).await.unwrap_err();
+    let e = first.reconcile(&desired).await.unwrap_err();
     first
         .record_failure(&desired, &e, &error_policy(&e))
         .unwrap();
@@ -975,8 +975,9 @@ async fn a_failed_generation_retried_by_hand_that_goes_live_is_failed_no_more() 
         std::fs::rename(&from, &to).unwrap();
         std::fs::write(&from, "").unwrap();
     });
+    ctx.ask_retry(&desired).unwrap();
     let by_hand = Pass::new(&ctx, Trigger::Cli);
-    let e = tokio::time::timeout(Duration::from_secs(20), by_hand.reconcile(&desired, true))
+    let e = tokio::time::timeout(Duration::from_secs(20), by_hand.reconcile(&desired))
         .await
         .expect("the pass ends")
         .unwrap_err();
@@ -1015,7 +1016,8 @@ impl Site {
         self.world().container(name).expect("it exists").id.clone()
     }
 
-    /// Rewrites status.json's warm window to end `secs` from now (negative: in the past).
+    /// Rewrites the warm window (in the journal and status.json, as the one writer does) to
+    /// end `secs` from now (negative: in the past).
     fn warm_ends_in(&self, secs: i64) {
         let now = std::time::SystemTime::now();
         let until = if secs >= 0 {
@@ -1023,11 +1025,12 @@ impl Site {
         } else {
             now - Duration::from_secs(secs.unsigned_abs())
         };
-        let path = self.cfg.state_dir.join(crate::state::STATUS_FILE);
         let mut status = self.status();
         status.warm.as_mut().expect("a warm window").until =
             humantime::format_rfc3339_seconds(until).to_string();
-        status.save(&path).unwrap();
+        crate::state::writer::StatusWriter::private(&self.cfg.state_dir)
+            .save(&mut status)
+            .unwrap();
     }
 }
 
@@ -1054,12 +1057,8 @@ async fn with_keep_previous_the_old_color_keeps_running_out_of_nginx_and_is_reco
     let status = site.status();
     let warm = status.warm.expect("status.json records the warm color");
     assert_eq!(
-        (
-            warm.color.as_str(),
-            warm.image.as_str(),
-            warm.container.as_str()
-        ),
-        ("blue", "v1", "api-blue")
+        (warm.color, warm.image.as_str(), warm.container.as_str()),
+        (Color::Blue, "v1", "api-blue")
     );
     assert_eq!(warm.id, site.id_of("api-blue"));
     let left = warm
@@ -1129,7 +1128,9 @@ async fn after_the_window_the_next_pass_removes_the_warm_color_and_a_rollback_st
 #[tokio::test]
 async fn a_lost_status_file_removes_the_warm_color_at_the_next_pass() {
     let site = v2_deployed_with_v1_kept_warm().await;
+    // The state folder's record of the window lost: the journal and the report.
     std::fs::remove_file(site.cfg.state_dir.join(crate::state::STATUS_FILE)).unwrap();
+    std::fs::remove_file(site.cfg.state_dir.join(crate::state::journal::JOURNAL_FILE)).unwrap();
 
     site.pass("v2").await.unwrap();
 
@@ -1308,7 +1309,7 @@ async fn a_healthy_canary_goes_through_its_steps_then_takes_all_the_traffic() {
     let pass = Pass::new(&ctx, Trigger::Cli)
         .with_progress(Box::new(move |p| sink.lock().unwrap().push(p)));
 
-    let outcome = pass.reconcile(&site.desired("v2"), false).await.unwrap();
+    let outcome = pass.reconcile(&site.desired("v2")).await.unwrap();
 
     assert_eq!(outcome, PassOutcome::Converged);
     let steps: Vec<Progress> = seen
@@ -1606,4 +1607,125 @@ async fn an_engine_error_inside_a_step_sends_every_request_back_to_the_stable_co
     assert!(!world.is_running("api-green"));
     drop(world);
     assert_eq!(site.status().canary, None);
+}
+
+// Upgrades: the state folders release 0.1.0 left (tests/fixtures/state-0.1.0, where the
+// switch mark, the warm window and the failed generation lived in status.json, before the
+// journal) are read and acted on as that release did.
+
+impl Site {
+    /// The state folder `name` of release 0.1.0 in place of this site's, with `WARM_ID`
+    /// standing for the engine id of the container it names, and its window (until 2099)
+    /// ending 10 minutes from now: within `keep_previous`, as the release wrote it.
+    fn state_of_0_1_0(&self, name: &str, warm_id: Option<&str>) {
+        let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/state-0.1.0")
+            .join(name);
+        let _ = std::fs::remove_file(self.cfg.state_dir.join(crate::state::journal::JOURNAL_FILE));
+        let status = std::fs::read_to_string(from.join("status.json")).unwrap();
+        let until = std::time::SystemTime::now() + Duration::from_secs(600);
+        let status = status
+            .replace("WARM_ID", warm_id.unwrap_or("WARM_ID"))
+            .replace(
+                "2099-01-01T00:00:00Z",
+                &humantime::format_rfc3339_seconds(until).to_string(),
+            );
+        std::fs::write(self.cfg.state_dir.join(crate::state::STATUS_FILE), status).unwrap();
+        let desired = std::fs::read_to_string(from.join("desired.toml")).unwrap();
+        assert_eq!(
+            desired, "image = \"v2\"\n",
+            "the fixtures' generation is v2's"
+        );
+    }
+
+    fn journal(&self) -> crate::state::journal::Journal {
+        crate::state::journal::Journal::load(&self.cfg.state_dir).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn after_an_upgrade_a_generation_that_failed_under_0_1_0_waits_until_retried_by_hand() {
+    let site = site_with_blue_live();
+    site.state_of_0_1_0("failed-generation", None);
+
+    let outcome = site.pass("v2").await.unwrap();
+
+    assert!(
+        matches!(outcome, PassOutcome::AlreadyFailed { .. }),
+        "{outcome:?}"
+    );
+    assert!(!site.world().called(&Call::Run("api-green".into())));
+    assert_eq!(
+        site.journal().failed_generation.as_deref(),
+        Some(site.desired("v2").generation.as_str()),
+        "the journal takes the mark over"
+    );
+
+    let ctx = site.context();
+    ctx.ask_retry(&site.desired("v2")).unwrap();
+    pass(&ctx, &site.desired("v2"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
+    let journal = site.journal();
+    assert_eq!(
+        (journal.failed_generation, journal.retry_asked),
+        (None, None)
+    );
+}
+
+#[tokio::test]
+async fn after_an_upgrade_a_switch_mark_left_by_0_1_0_is_settled_and_cleared() {
+    let site = site_with_blue_live();
+    site.running(Color::Green, "v2");
+    site.state_of_0_1_0("switch-mark", None);
+
+    let outcome = site.pass("v2").await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
+    assert_eq!(site.journal().switching, None);
+    assert_eq!(site.status().switching, None);
+}
+
+#[tokio::test]
+async fn after_an_upgrade_the_warm_window_0_1_0_recorded_keeps_its_container() {
+    let site = Site::new();
+    site.running(Color::Blue, "v1");
+    site.live(Color::Green, "v2");
+    site.set_history(&["v2", "v1"]);
+    let mut site = site;
+    site.cfg.rollout.keep_previous = WINDOW;
+    site.state_of_0_1_0("warm-window", Some(&site.id_of("api-blue")));
+
+    site.pass("v2").await.unwrap();
+    assert!(
+        site.world().is_running("api-blue"),
+        "kept warm, as 0.1.0 did"
+    );
+    assert_eq!(site.journal().warm.map(|w| w.color), Some(Color::Blue));
+
+    // The warm color is a pure nginx switch away, as 0.1.0 promised.
+    let calls_before = site.world().calls.len();
+    site.pass("v1").await.unwrap();
+    let world = site.world();
+    assert_eq!(world.loaded_port(), Some(BLUE));
+    assert!(!world.calls[calls_before..].contains(&Call::Run("api-blue".into())));
+}
+
+#[tokio::test]
+async fn after_an_upgrade_a_canary_mark_left_by_0_1_0_converges_onto_the_canary_through_the_stable_color(
+) {
+    let site = canary_left_behind().await;
+    site.state_of_0_1_0("canary-mark", None);
+
+    let outcome = site.pass("v2").await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    let world = site.world();
+    assert_eq!(world.loaded_port(), Some(GREEN));
+    assert!(!world.upstream.clone().unwrap().contains("weight="));
+    assert!(!world.called(&Call::Run("api-green".into())));
+    drop(world);
+    assert_eq!(site.journal().switching, None);
 }

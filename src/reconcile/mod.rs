@@ -48,7 +48,7 @@ use crate::model::runtime::{Runtime, RuntimeError};
 use crate::notifications::Notifier;
 use crate::observe::{observe, ObserveError, Observed};
 use crate::plan::{kept_warm, plan, Action, Plan, Verdict};
-use crate::state::status::{Live, Phase, Status, Step, SwitchMark, Warm};
+use crate::state::status::{Live, Phase, Status, StatusError, Step, SwitchMark, Warm};
 use crate::state::writer::StatusWriter;
 use crate::state::{self, history};
 
@@ -230,6 +230,14 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
     /// Records into `metrics` (a daemon's, which its endpoint serves).
     pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
         Context { metrics, ..self }
+    }
+
+    /// Records in the journal that an operator asked to retry `desired`'s generation by hand
+    /// (`fieldtrack reconcile`, a deploy): the next pass attempts it though it failed before.
+    pub fn ask_retry(&self, desired: &Desired) -> Result<(), StatusError> {
+        self.status.update(Phase::Progressing, |s| {
+            s.retry_asked = Some(desired.generation.clone());
+        })
     }
 
     /// The world as it is now.
@@ -434,19 +442,33 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         }
     }
 
-    /// One full pass. `by_hand` retries a generation that failed before (an operator asked).
+    /// One full pass: observe, plan, apply. A generation that failed before is attempted
+    /// again only when an operator asked for it ([`Context::ask_retry`]).
     #[tracing::instrument(name = "reconcile", skip_all, fields(trigger = %self.trigger, generation = %desired.generation, image = %desired.image))]
-    pub async fn reconcile(
-        &self,
-        desired: &Desired,
-        by_hand: bool,
-    ) -> Result<PassOutcome, ReconcileError> {
+    pub async fn reconcile(&self, desired: &Desired) -> Result<PassOutcome, ReconcileError> {
         let ctx = self.ctx;
         self.unobserved(desired);
         let observed = ctx.observe().await?;
-        let plan = plan(&ctx.cfg, desired, &observed, by_hand);
+        let plan = plan(&ctx.cfg, desired, &observed);
         self.begin(desired, &observed)?;
-        match plan.verdict {
+        let outcome = self.decide(desired, &observed, &plan).await?;
+        if observed.retry_asked.is_some() {
+            // The retry asked by hand has been made (a failure marks the generation and
+            // clears it too, in `record_failure`).
+            self.set_status(|s| s.retry_asked = None)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Carries out the plan's verdict.
+    async fn decide(
+        &self,
+        desired: &Desired,
+        observed: &Observed,
+        plan: &Plan,
+    ) -> Result<PassOutcome, ReconcileError> {
+        let ctx = self.ctx;
+        match &plan.verdict {
             Verdict::Paused => {
                 self.set_status(|s| {
                     s.phase = Phase::Paused;
@@ -472,8 +494,10 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                 self.publish_live();
                 Ok(PassOutcome::Converged)
             }
-            Verdict::Unclear { reason } => Err(ReconcileError::Unclear { reason }),
-            Verdict::Converge => self.apply(desired, &observed, &plan).await,
+            Verdict::Unclear { reason } => Err(ReconcileError::Unclear {
+                reason: reason.clone(),
+            }),
+            Verdict::Converge => self.apply(desired, observed, plan).await,
         }
     }
 
@@ -614,6 +638,11 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         status.generation = Some(desired.generation.clone());
         status.live = live;
         status.failed_generation = observed.failed_generation.clone();
+        // A retry asked for another generation is no retry of this one.
+        status.retry_asked = observed
+            .retry_asked
+            .clone()
+            .filter(|g| *g == desired.generation);
         status.digest = previous.and_then(|p| p.digest);
         status.switching = observed.switching.clone();
         status.replicas = replicas_of(observed);
@@ -763,6 +792,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             s.message = Some(format!("{error}"));
             if marks_generation {
                 s.failed_generation = Some(desired.generation.clone());
+                s.retry_asked = None;
             }
         })
     }
@@ -773,7 +803,6 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
     pub async fn reconcile_with_retries(
         &self,
         desired: &Desired,
-        by_hand: bool,
         attempts: u32,
     ) -> Result<PassOutcome, ReconcileError> {
         let mut backoff = IN_PROCESS_BACKOFF;
@@ -781,7 +810,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let e = match self.reconcile(desired, by_hand).await {
+            let e = match self.reconcile(desired).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) => e,
             };

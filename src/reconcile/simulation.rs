@@ -276,8 +276,11 @@ async fn pass(
     cancel: CancellationToken,
 ) -> Result<Outcome, ReconcileError> {
     let ctx = Context::new(cfg.clone(), fakes.runtime(), fakes.proxy(), fakes.prober());
+    if by_hand {
+        let _ = ctx.ask_retry(desired);
+    }
     let pass = Pass::new(&ctx, Trigger::Resync).with_cancel(cancel);
-    let result = pass.reconcile(desired, by_hand).await;
+    let result = pass.reconcile(desired).await;
     if let Err(e) = &result {
         let _ = pass.record_failure(desired, e, &error_policy(e));
     }
@@ -463,7 +466,9 @@ impl Sim {
                 let warm = status.warm.as_mut().expect("checked above");
                 warm.until = humantime::format_rfc3339_seconds(ended).to_string();
                 let said = format!("the window of {} is over", warm.container);
-                status.save(&path).map_err(|e| e.to_string())?;
+                crate::state::writer::StatusWriter::private(&self.cfg.state_dir)
+                    .save(&mut status)
+                    .map_err(|e| e.to_string())?;
                 Ok(said)
             }
         }
@@ -473,7 +478,9 @@ impl Sim {
     async fn pass(&mut self, by_hand: bool, death: Option<Death>) -> Result<PassEnd, String> {
         let desired = Desired::load(&self.cfg.desired_file, &self.cfg)
             .map_err(|e| format!("cannot read the desired file: {e}"))?;
-        let failed_before = self.failed_generation().as_deref() == Some(&desired.generation);
+        // A retry asked by hand that a dead process never made stays asked: the next pass
+        // makes it.
+        let failed_before = self.waits_for_a_change(&desired);
         let history_lost = self
             .history_fails_at
             .take()
@@ -637,10 +644,18 @@ impl Sim {
     }
 
     fn failed_generation(&self) -> Option<String> {
-        Status::load(&self.cfg.state_dir.join(STATUS_FILE))
+        crate::state::journal::Journal::load(&self.cfg.state_dir)
             .ok()
-            .flatten()
-            .and_then(|s| s.failed_generation)
+            .and_then(|j| j.failed_generation)
+    }
+
+    /// `desired`'s generation failed and no retry of it is asked by hand: no pass may
+    /// attempt it again.
+    fn waits_for_a_change(&self, desired: &Desired) -> bool {
+        let journal = crate::state::journal::Journal::load(&self.cfg.state_dir).unwrap_or_default();
+        let generation = Some(desired.generation.as_str());
+        journal.failed_generation.as_deref() == generation
+            && journal.retry_asked.as_deref() != generation
     }
 
     /// The engine id status.json records as kept warm, if any.
@@ -793,7 +808,7 @@ impl Sim {
         for n in 1..=SETTLE_PASSES {
             let desired = Desired::load(&self.cfg.desired_file, &self.cfg)
                 .map_err(|e| format!("cannot read the desired file: {e}"))?;
-            if self.failed_generation().as_deref() == Some(&desired.generation) {
+            if self.waits_for_a_change(&desired) {
                 let before = self.snapshot()?;
                 for _ in 0..2 {
                     let end = self.pass(false, None).await?;

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod by_hand;
 pub mod file;
 pub mod history;
+pub mod journal;
 pub mod lock;
 pub mod public;
 pub mod status;

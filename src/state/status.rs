@@ -1,9 +1,11 @@
 //! `status.json` in `state_dir`: what the last reconcile saw and did, for `status`, `deploy`
 //! (which waits on it) and operators.
 //!
-//! It is a report, not a source of truth: a restarted daemon observes the real world afresh.
-//! The one thing it carries across restarts is `failed_generation`, so that a generation that
-//! failed is not retried until the desired file changes.
+//! It is a report, not a source of truth: a restarted daemon observes the real world afresh,
+//! and what a pass must know of the passes before it (the failed generation, a switch mark,
+//! the warm window, a retry asked by hand) it reads from the journal
+//! ([`crate::state::journal`]), which the same writer writes beside this file. The report
+//! shows those fields too, for operators; nothing reads them back from here.
 
 use std::fmt;
 use std::io;
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::atomic::{parent_dir, write_atomic_with, WriteOptions};
 use super::file::{prepare_state_dir, read_capped};
 use super::now_rfc3339;
-use crate::model::Replica;
+use crate::model::{Color, Replica};
 
 /// Mode of the status file: it holds container log tails, for root and the admin group.
 const MODE: u32 = 0o640;
@@ -183,7 +185,7 @@ pub struct SwitchMark {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Warm {
     /// `blue` or `green`.
-    pub color: String,
+    pub color: Color,
     /// The image it runs, as the history writes it.
     pub image: String,
     /// Its name (the service on Swarm).
@@ -275,6 +277,10 @@ pub struct Status {
     pub since: String,
     /// The generation whose attempt failed; not retried until the desired file changes.
     pub failed_generation: Option<String>,
+    /// An operator asked to retry this generation by hand (`fieldtrack reconcile`): the
+    /// next pass attempts it though it failed before. Cleared once attempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_asked: Option<String>,
     /// Registry digest of the live image when known.
     pub digest: Option<String>,
     /// Progress of the health gate while it runs.
@@ -309,6 +315,7 @@ impl Status {
             updated_at: String::new(),
             since: String::new(),
             failed_generation: None,
+            retry_asked: None,
             digest: None,
             health: None,
             pid: None,
@@ -500,7 +507,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.json");
         let warm = Warm {
-            color: "blue".into(),
+            color: crate::model::Color::Blue,
             image: "v2".into(),
             container: "api-blue".into(),
             id: "0123abcd".into(),

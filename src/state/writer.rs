@@ -1,10 +1,11 @@
-//! The one writer of `status.json` and of what it publishes for the deploy group
-//! ([`crate::state::public`]) after every write.
+//! The one writer of `status.json`, of the journal ([`crate::state::journal`]) and of what
+//! it publishes for the deploy group ([`crate::state::public`]) after every write.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::audit::AuditRecord;
+use super::journal::Journal;
 use super::public::{DaemonId, HistoryEntry, Published};
 use super::status::{Phase, Status, StatusError};
 
@@ -18,6 +19,8 @@ use super::status::{Phase, Status, StatusError};
 #[derive(Debug)]
 pub struct StatusWriter {
     path: PathBuf,
+    /// The state folder, where the journal is written.
+    state_dir: PathBuf,
     public: Option<PublicTarget>,
     daemon: Mutex<Option<DaemonId>>,
     /// The status written last (None until one is, or read from disk).
@@ -53,6 +56,7 @@ impl StatusWriter {
     pub fn private(state_dir: &Path) -> StatusWriter {
         StatusWriter {
             path: state_dir.join(super::STATUS_FILE),
+            state_dir: state_dir.to_path_buf(),
             public: None,
             daemon: Mutex::new(None),
             last: Mutex::new(None),
@@ -92,9 +96,11 @@ impl StatusWriter {
         }
     }
 
-    /// Writes `status` ([`Status::save`]), then publishes it.
+    /// Writes the journal's part of `status`, then `status` ([`Status::save`]), then
+    /// publishes it.
     pub fn save(&self, status: &mut Status) -> Result<(), StatusError> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_journal(status)?;
         status.save(&self.path)?;
         *last = Some(status.clone());
         self.publish(status);
@@ -113,10 +119,19 @@ impl StatusWriter {
                 .unwrap_or_else(|| Status::new(phase)),
         };
         f(&mut status);
+        self.write_journal(&status)?;
         status.save(&self.path)?;
         *last = Some(status.clone());
         self.publish(&status);
         Ok(())
+    }
+
+    /// The journal first: what the next pass decides on must not lag behind the report.
+    fn write_journal(&self, status: &Status) -> Result<(), StatusError> {
+        let path = self.state_dir.join(super::journal::JOURNAL_FILE);
+        Journal::of(status)
+            .save(&self.state_dir)
+            .map_err(|source| StatusError::Write { path, source })
     }
 
     /// Publishes `status` for the deploy group; a failure is logged, never fatal: the
