@@ -51,7 +51,7 @@ impl fmt::Display for Reference {
     }
 }
 
-/// The crate as the checker sees it: its modules and every path its non-test code names.
+/// The crate as the checker sees it: every path its non-test code names, resolved.
 struct Tree {
     references: Vec<Reference>,
 }
