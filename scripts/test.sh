@@ -32,6 +32,15 @@ echo "manager $FIELDTRACK_SWARM_MANAGER, nodes $FIELDTRACK_SWARM_NODES"
 step "packaging tools: cargo-deb (installed once; the package test builds a .deb)"
 ./scripts/package.sh --install-tools
 
+step "dependency rules: cargo deny check licenses bans sources (deny.toml)"
+# Installed once, like cargo-deb. The advisories check is left out: it fetches the RustSec
+# database from the network, which test machines cannot reach (see deny.toml).
+if ! cargo deny --version >/dev/null 2>&1; then
+    echo "==> installing cargo-deny (once)" >&2
+    cargo install cargo-deny --version '^0.20' --locked
+fi
+cargo deny --offline check --hide-inclusion-graph licenses bans sources
+
 step "cargo test (unit and real-engine tests)"
 # --no-fail-fast: one failing test binary must not hide the others' results. The harness's
 # --quiet keeps cargo's "Running" lines, which say which binary the results belong to.

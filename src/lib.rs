@@ -9,6 +9,8 @@
 //! is the operator's door.
 
 pub mod apply;
+#[cfg(test)]
+mod architecture_tests;
 pub mod cli;
 pub mod config;
 pub mod daemon;
