@@ -219,87 +219,24 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         }
     }
 
-    /// The steps, from the pull to the post_deploy hook.
+    /// The steps, from the pull to the post_deploy hook. Before the switch a failure has one
+    /// cleanup, the candidate's removal (a canary that ended badly removes its own, once
+    /// nginx is back on the stable color).
     async fn run(&self, digest: &mut Option<String>) -> Result<(), ReconcileError> {
         let (pass, ctx) = (self.pass, self.ctx());
         let cfg = &ctx.cfg;
-        let (color, image, reference) = (self.color, self.image, self.reference);
+        let (color, image) = (self.color, self.image);
         let name = cfg.container_name(color);
         let port = cfg.port(color);
 
         if self.start {
-            pass.step(Step::Pulling).await?;
-            let local = ctx.runtime.image(reference).await?;
-            if local.is_none() {
-                tracing::info!(%reference, "pulling");
-                ctx.runtime
-                    .pull(reference)
-                    .await
-                    .map_err(|source| ReconcileError::Pull {
-                        reference: reference.to_string(),
-                        source,
-                    })?;
-            }
-            *digest = self.image_digest().await;
-            // No candidate exists yet: nothing to remove (a container of that name is not
-            // ours).
-            if self.cancelled() {
-                return Err(ReconcileError::Cancelled);
-            }
-
-            pass.step(Step::Starting).await?;
-            let env = env_file::read(&cfg.container.env_file)?;
-            let labels = HashMap::from([
-                (LABEL_APP.to_string(), cfg.app.clone()),
-                (LABEL_COLOR.to_string(), color.to_string()),
-                (LABEL_IMAGE.to_string(), reference.to_string()),
-                (LABEL_DESIRED.to_string(), image.to_string()),
-                (
-                    LABEL_GENERATION.to_string(),
-                    self.desired.generation.clone(),
-                ),
-            ]);
-            let spec = ContainerSpec {
-                name: name.clone(),
-                image: reference.to_string(),
-                labels,
-                host_port: port,
-                container_port: cfg.container.port,
-                env,
-                stop_grace: cfg.container.stop_timeout,
-            };
-            // `run` cleans up after itself; removing by name here could hit a foreign
-            // container.
-            ctx.runtime.run(&spec).await?;
+            self.start_candidate(&name, port, digest).await?;
         } else {
             *digest = self.image_digest().await;
         }
-
-        pass.step(Step::Health).await?;
-        let servers = match self.health_gate(&name, port).await {
-            Ok(servers) => servers,
-            Err(e) => {
-                self.remove_candidate(&name).await;
-                return Err(e);
-            }
-        };
-        self.check_cancel(&name).await?;
-
         let hook = self.hook_context(port);
-        // A cancellation while the hook runs kills it (dropping its future does) and stops
-        // here: nothing switches to an image whose generation is no longer wanted.
-        let hooked = tokio::select! {
-            r = run_hook(PRE_SWITCH, &cfg.hooks.pre_switch, &hook, cfg.hooks.timeout) => r,
-            _ = pass.cancel.cancelled() => Ok(()),
-        };
-        if let Err(e) = hooked {
-            self.remove_candidate(&name).await;
-            return Err(e.into());
-        }
-        self.check_cancel(&name).await?;
-
-        let stable = match self.canary_stable().await {
-            Ok(stable) => stable,
+        let (servers, stable) = match self.ready_to_switch(&name, port, &hook).await {
+            Ok(ready) => ready,
             Err(e) => {
                 self.remove_candidate(&name).await;
                 return Err(e);
@@ -324,12 +261,102 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             return Err(e);
         }
         tracing::info!(%color, port, "nginx switched");
-        // The image serves: whatever an earlier attempt said (a pass by hand retries a failed
-        // generation), its generation has not failed. Left marked, a transient error from
-        // here on (a history the disk does not take) would make every later pass answer
-        // AlreadyFailed, and the live image would never be recorded.
+        self.now_serving();
+        pass.emit(Progress::Switched {
+            color: color.to_string(),
+            port,
+        });
+        self.after_the_switch(&name, port, &hook)
+            .await
+            .map_err(|e| e.after_switch(image))
+    }
+
+    /// Pulls the image unless the engine has it, then starts the candidate `name` on `port`.
+    /// Nothing to clean up on failure: no candidate exists before `run`, which cleans up
+    /// after itself (and removing by name could hit a container that is not ours).
+    async fn start_candidate(
+        &self,
+        name: &str,
+        port: u16,
+        digest: &mut Option<String>,
+    ) -> Result<(), ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let cfg = &ctx.cfg;
+        let (color, image, reference) = (self.color, self.image, self.reference);
+        pass.step(Step::Pulling).await?;
+        let local = ctx.runtime.image(reference).await?;
+        if local.is_none() {
+            tracing::info!(%reference, "pulling");
+            ctx.runtime
+                .pull(reference)
+                .await
+                .map_err(|source| ReconcileError::Pull {
+                    reference: reference.to_string(),
+                    source,
+                })?;
+        }
+        *digest = self.image_digest().await;
+        if self.cancelled() {
+            return Err(ReconcileError::Cancelled);
+        }
+
+        pass.step(Step::Starting).await?;
+        let env = env_file::read(&cfg.container.env_file)?;
+        let labels = HashMap::from([
+            (LABEL_APP.to_string(), cfg.app.clone()),
+            (LABEL_COLOR.to_string(), color.to_string()),
+            (LABEL_IMAGE.to_string(), reference.to_string()),
+            (LABEL_DESIRED.to_string(), image.to_string()),
+            (
+                LABEL_GENERATION.to_string(),
+                self.desired.generation.clone(),
+            ),
+        ]);
+        let spec = ContainerSpec {
+            name: name.to_string(),
+            image: reference.to_string(),
+            labels,
+            host_port: port,
+            container_port: cfg.container.port,
+            env,
+            stop_grace: cfg.container.stop_timeout,
+        };
+        ctx.runtime.run(&spec).await?;
+        Ok(())
+    }
+
+    /// From the candidate running to the moment nginx may be switched to it: the health
+    /// gate, the pre_switch hook, a cancellation between them, and whether a canary runs
+    /// first (the stable color it shares traffic with). The servers that passed the gate.
+    /// On error the caller removes the candidate.
+    async fn ready_to_switch(
+        &self,
+        name: &str,
+        port: u16,
+        hook: &HookContext,
+    ) -> Result<(Vec<SocketAddr>, Option<Color>), ReconcileError> {
+        let (pass, cfg) = (self.pass, &self.ctx().cfg);
+        pass.step(Step::Health).await?;
+        let servers = self.health_gate(name, port).await?;
+        self.cancel_point()?;
+        // A cancellation while the hook runs kills it (dropping its future does) and stops
+        // here: nothing switches to an image whose generation is no longer wanted.
+        tokio::select! {
+            r = run_hook(PRE_SWITCH, &cfg.hooks.pre_switch, hook, cfg.hooks.timeout) => r?,
+            _ = pass.cancel.cancelled() => {}
+        };
+        self.cancel_point()?;
+        let stable = self.canary_stable().await?;
+        Ok((servers, stable))
+    }
+
+    /// The image serves: whatever an earlier attempt said (a pass by hand retries a failed
+    /// generation), its generation has not failed, and the retry asked is made. Left
+    /// marked, a transient error from here on (a history the disk does not take) would make
+    /// every later pass answer AlreadyFailed, and the live image would never be recorded.
+    fn now_serving(&self) {
         let generation = &self.desired.generation;
-        let unmarked = pass.set_status(|s| {
+        let unmarked = self.pass.set_status(|s| {
             if s.failed_generation.as_ref() == Some(generation) {
                 s.failed_generation = None;
             }
@@ -338,13 +365,6 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         if let Err(e) = unmarked {
             tracing::warn!(error = %e, "cannot clear the failed mark of the generation now live");
         }
-        pass.emit(Progress::Switched {
-            color: color.to_string(),
-            port,
-        });
-        self.after_the_switch(&name, port, &hook)
-            .await
-            .map_err(|e| e.after_switch(image))
     }
 
     /// From the switch to the post_deploy hook: the new image serves from here on, so a
@@ -751,9 +771,9 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         }
     }
 
-    async fn check_cancel(&self, name: &str) -> Result<(), ReconcileError> {
+    /// Cancelled (a newer generation, a stop signal): stop here.
+    fn cancel_point(&self) -> Result<(), ReconcileError> {
         if self.cancelled() {
-            self.remove_candidate(name).await;
             return Err(ReconcileError::Cancelled);
         }
         Ok(())
