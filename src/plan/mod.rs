@@ -163,25 +163,85 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed) -> Plan {
     {
         return Plan::of(Verdict::AlreadyFailed);
     }
+    let served = match served_now(cfg, observed, live) {
+        Ok(served) => served,
+        Err(unclear) => return Plan::of(unclear),
+    };
+    let (mut actions, after_switch) = strays(cfg, observed, served);
+    if let Some(live) = live.filter(|_| desired_is_live) {
+        return repair_live(cfg, observed, live, image, actions);
+    }
 
-    // Whatever the upstream file on disk points at may be serving: it is never removed before
-    // a switch away from it. More than one such container: which one serves is unknowable.
-    //
-    // A process that died inside a switch (or a switch that failed half-way) leaves nginx
-    // running either file: when the file's own color is live, the pass reloads nginx with it
-    // before anything else (below); when it is not, what the file before pointed at is kept
-    // too.
+    let color = match candidate_color(cfg, observed, served, &reference, &image) {
+        Ok(color) => color,
+        Err(unclear) => return Plan::of(unclear),
+    };
+    let old = observed
+        .container(cfg, color.other())
+        .map(|c| c.name.clone());
+    let reusable = runs_desired(cfg, observed, color, &reference, &image).is_some();
+    let mut stale_running = false;
+    if !reusable {
+        if let Some(stale) = observed.container(cfg, color) {
+            stale_running = stale.state.is_running();
+            actions.push(Action::Remove {
+                name: stale.name.clone(),
+                reason: format!("stale {color} container ({}, {})", stale.image, stale.state),
+            });
+        }
+    }
+    if let Some((live_color, port)) = settle_first(cfg, observed, live, served, stale_running) {
+        let mut head = vec![Action::Reassert {
+            color: live_color,
+            port,
+        }];
+        if actions.iter().any(|a| matches!(a, Action::Remove { .. })) {
+            head.push(Action::Drain);
+        }
+        actions.splice(0..0, head);
+    }
+    let rollout = Rollout {
+        color,
+        image,
+        reference,
+        old,
+    };
+    actions.push(if reusable {
+        Action::Switch(rollout)
+    } else {
+        Action::Deploy(rollout)
+    });
+    actions.extend(after_switch);
+    Plan {
+        verdict: Verdict::Converge,
+        actions,
+    }
+}
+
+/// The one container nginx may be sending traffic to, if any; more than one is
+/// [`Verdict::Unclear`]. Whatever the upstream file on disk points at may be serving: it is
+/// never removed before a switch away from it.
+///
+/// A process that died inside a switch (or a switch that failed half-way) leaves nginx
+/// running either file: when the file's own color is live, the pass reloads nginx with it
+/// before anything else; when it is not, what the file before pointed at is kept too.
+///
+/// A canary step left behind (a process died inside it): the file shares traffic between
+/// the live (stable) color, named first, and the canary. Which one serves is known: both.
+/// The canary's container is not "another served container" but a candidate nginx still
+/// sends some requests to: the pass reasserts the stable color and drains before it is
+/// removed or switched to again. The same when the process died in the switch that ends a
+/// canary (to the canary alone, or back to the stable color) before the file was rewritten:
+/// that switch's mark is not a canary's, but it comes from both ports.
+fn served_now<'o>(
+    cfg: &Config,
+    observed: &'o Observed,
+    live: Option<&Instance>,
+) -> Result<Option<&'o Instance>, Verdict> {
     let unsettled_from: &[u16] = match (&observed.switching, live) {
         (Some(mark), None) => &mark.from,
         _ => &[],
     };
-    // A canary step left behind (a process died inside it): the file shares traffic between
-    // the live (stable) color, named first, and the canary. Which one serves is known: both.
-    // The canary's container is not "another served container" but a candidate nginx still
-    // sends some requests to: the pass reasserts the stable color and drains (below) before
-    // it is removed or switched to again. The same when the process died in the switch that
-    // ends a canary (to the canary alone, or back to the stable color) before the file was
-    // rewritten: that switch's mark is not a canary's, but it comes from both ports.
     let canary_port = match (
         &observed.switching,
         live,
@@ -208,7 +268,7 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed) -> Plan {
         .collect();
     if served.len() > 1 {
         let names: Vec<&str> = served.iter().map(|c| c.name.as_str()).collect();
-        return Plan::of(Verdict::Unclear {
+        return Err(Verdict::Unclear {
             reason: format!(
                 "the nginx upstream file {} points at more than one container of {} ({}): \
                  fieldtrack cannot tell which one serves, so it removes nothing; leave one \
@@ -219,102 +279,135 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed) -> Plan {
             ),
         });
     }
-    let served = served.first().copied();
-    let is_served = |c: &Instance| served.is_some_and(|s| s.id == c.id);
+    Ok(served.first().copied())
+}
 
-    let mut actions = Vec::new();
-    // Containers that may serve are removed only after the switch away from them.
-    let mut after_switch = Vec::new();
-    let is_color_container = |c: &Instance| {
-        c.color
-            .is_some_and(|color| c.name == cfg.container_name(color))
-    };
+/// A container of the app by its color's name and label (not a stray of the app's label).
+fn is_color_container(cfg: &Config, c: &Instance) -> bool {
+    c.color
+        .is_some_and(|color| c.name == cfg.container_name(color))
+}
+
+/// The removals of containers labelled for the app that are none of its colors: now, or
+/// (the one that may serve) only after the switch away from it.
+fn strays(
+    cfg: &Config,
+    observed: &Observed,
+    served: Option<&Instance>,
+) -> (Vec<Action>, Vec<Action>) {
+    let (mut now, mut after_switch) = (Vec::new(), Vec::new());
     for c in observed
         .containers
         .iter()
-        .filter(|c| !is_color_container(c))
+        .filter(|c| !is_color_container(cfg, c))
     {
         let remove = Action::Remove {
             name: c.name.clone(),
             reason: "labelled for the app but not one of its color containers".to_string(),
         };
-        if is_served(c) {
+        if served.is_some_and(|s| s.id == c.id) {
             after_switch.push(remove);
         } else {
-            actions.push(remove);
+            now.push(remove);
         }
     }
+    (now, after_switch)
+}
 
-    if let Some(live) = live.filter(|_| desired_is_live) {
-        // `live` is the one container served (it publishes the upstream's port), so nothing
-        // removed here is. The previous color stays while its warm window runs.
-        let warm = kept_warm(cfg, observed);
-        for c in observed.containers.iter().filter(|c| {
-            is_color_container(c) && c.name != live.name && warm.is_none_or(|w| w.id != c.id)
-        }) {
-            let reason = match &observed.warm {
-                Some(w) if w.id == c.id => format!("no longer kept warm (until {})", w.until),
-                _ => format!("not live ({}, {})", c.image, c.state),
-            };
-            actions.push(Action::Remove {
-                name: c.name.clone(),
-                reason,
-            });
-        }
-        if observed.history.first() != Some(&image) {
-            actions.push(Action::RecordHistory { image });
-        }
-        let refresh = cfg.runtime == RuntimeKind::Swarm && {
-            let mut written = observed.upstream_servers.clone();
-            written.sort();
-            written.dedup();
-            written != live.endpoints
+/// The desired image is live: what is left to do around it (other colors removed but the
+/// one kept warm, the history, a switch nginx was not seen to settle on, Swarm's servers),
+/// or nothing.
+fn repair_live(
+    cfg: &Config,
+    observed: &Observed,
+    live: &Instance,
+    image: String,
+    mut actions: Vec<Action>,
+) -> Plan {
+    // `live` is the one container served (it publishes the upstream's port), so nothing
+    // removed here is. The previous color stays while its warm window runs.
+    let warm = kept_warm(cfg, observed);
+    for c in observed.containers.iter().filter(|c| {
+        is_color_container(cfg, c) && c.name != live.name && warm.is_none_or(|w| w.id != c.id)
+    }) {
+        let reason = match &observed.warm {
+            Some(w) if w.id == c.id => format!("no longer kept warm (until {})", w.until),
+            _ => format!("not live ({}, {})", c.image, c.state),
         };
-        // A switch nginx was not seen to settle on: reloading the file is still to do.
-        if actions.is_empty() && observed.switching.is_none() {
-            return match (refresh, live.color) {
-                (true, Some(color)) => Plan {
-                    verdict: Verdict::Converge,
-                    actions: vec![Action::Refresh { color }],
-                },
-                _ => Plan::of(Verdict::InSync),
-            };
-        }
-        if let Some(color) = live.color {
-            // The removals come first: they wait for the drain after the reload.
-            if matches!(actions.first(), Some(Action::Remove { .. })) {
-                actions.insert(0, Action::Drain);
-            }
-            let port = observed.upstream_port().unwrap_or(cfg.port(color));
-            actions.insert(0, Action::Reassert { color, port });
-            if refresh {
-                actions.push(Action::Refresh { color });
-            }
-        }
-        return Plan {
-            verdict: Verdict::Converge,
-            actions,
-        };
+        actions.push(Action::Remove {
+            name: c.name.clone(),
+            reason,
+        });
     }
-
-    // The candidate goes into the color that does not serve: the one of the container the
-    // upstream file points at (its published port, even when the config's ports changed
-    // since), else the one the upstream port names; when neither tells, into a color already
-    // running the desired image, else blue.
-    let runs_desired = |color: Color| {
-        observed
-            .container(cfg, color)
-            .filter(|c| c.state.is_running() && c.drift.is_none() && runs(c, &reference, &image))
+    if observed.history.first() != Some(&image) {
+        actions.push(Action::RecordHistory { image });
+    }
+    let refresh = cfg.runtime == RuntimeKind::Swarm && {
+        let mut written = observed.upstream_servers.clone();
+        written.sort();
+        written.dedup();
+        written != live.endpoints
     };
-    // The candidate needs a color name and a color port that the served container does not
-    // hold, so that it never needs the served one gone first.
+    // A switch nginx was not seen to settle on: reloading the file is still to do.
+    if actions.is_empty() && observed.switching.is_none() {
+        return match (refresh, live.color) {
+            (true, Some(color)) => Plan {
+                verdict: Verdict::Converge,
+                actions: vec![Action::Refresh { color }],
+            },
+            _ => Plan::of(Verdict::InSync),
+        };
+    }
+    if let Some(color) = live.color {
+        // The removals come first: they wait for the drain after the reload.
+        if matches!(actions.first(), Some(Action::Remove { .. })) {
+            actions.insert(0, Action::Drain);
+        }
+        let port = observed.upstream_port().unwrap_or(cfg.port(color));
+        actions.insert(0, Action::Reassert { color, port });
+        if refresh {
+            actions.push(Action::Refresh { color });
+        }
+    }
+    Plan {
+        verdict: Verdict::Converge,
+        actions,
+    }
+}
+
+/// The running, unchanged container of `color` that runs the desired image, if any.
+fn runs_desired<'o>(
+    cfg: &Config,
+    observed: &'o Observed,
+    color: Color,
+    reference: &str,
+    image: &str,
+) -> Option<&'o Instance> {
+    observed
+        .container(cfg, color)
+        .filter(|c| c.state.is_running() && c.drift.is_none() && runs(c, reference, image))
+}
+
+/// The color the candidate goes into: the one that does not serve. That is the one of the
+/// container the upstream file points at (its published port, even when the config's ports
+/// changed since), else the one the upstream port names; when neither tells, a color already
+/// running the desired image, else blue. The candidate needs a color name and a color port
+/// that the served container does not hold, so that it never needs the served one gone
+/// first: a served container holding both is [`Verdict::Unclear`].
+fn candidate_color(
+    cfg: &Config,
+    observed: &Observed,
+    served: Option<&Instance>,
+    reference: &str,
+    image: &str,
+) -> Result<Color, Verdict> {
     let holds = |c: &Instance, color: Color| {
         c.name == cfg.container_name(color) || c.ports.contains(&cfg.port(color))
     };
     let served_color = match served {
         Some(c) => match (holds(c, Color::Blue), holds(c, Color::Green)) {
             (true, true) => {
-                return Plan::of(Verdict::Unclear {
+                return Err(Verdict::Unclear {
                     reason: format!(
                         "{} serves (the nginx upstream file {} points at it) and holds the name \
                          or the port of both colors: no candidate can start beside it, and \
@@ -331,36 +424,35 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed) -> Plan {
         },
         None => None,
     };
-    let color = match served_color.or(observed.upstream_color(cfg)) {
+    Ok(match served_color.or(observed.upstream_color(cfg)) {
         Some(from) => from.other(),
-        None if runs_desired(Color::Green).is_some() => Color::Green,
-        None => Color::Blue,
-    };
-    let old = observed
-        .container(cfg, color.other())
-        .map(|c| c.name.clone());
-    let reusable = runs_desired(color).is_some();
-    let mut stale_running = false;
-    if !reusable {
-        if let Some(stale) = observed.container(cfg, color) {
-            stale_running = stale.state.is_running();
-            actions.push(Action::Remove {
-                name: stale.name.clone(),
-                reason: format!("stale {color} container ({}, {})", stale.image, stale.state),
-            });
+        None if runs_desired(cfg, observed, Color::Green, reference, image).is_some() => {
+            Color::Green
         }
-    }
-    // nginx first runs the file that points at the live color, when a stale container still
-    // runs (it may get requests from nginx's workers of an earlier configuration, a drain cut
-    // short) or a switch was left unsettled; then the drain, before anything is removed. If
-    // nginx cannot reload, nothing is removed.
-    // With the file's own color not live, nginx is settled back onto the color that ran
-    // before the unsettled switch, when it still runs: it is what nginx may serve now.
-    // Its port is the one it publishes and nginx had, which need not be the config's. A
-    // canary left behind whose stable color is gone leaves the canary: nginx sent it its
-    // share, and it answered its gate.
+        None => Color::Blue,
+    })
+}
+
+/// The color (and port) nginx is settled on before anything else, if it must be: the live
+/// color when a stale container still runs (it may get requests from nginx's workers of an
+/// earlier configuration, a drain cut short) or a switch was left unsettled; then the drain,
+/// before anything is removed. If nginx cannot reload, nothing is removed.
+///
+/// With the file's own color not live, nginx is settled back onto the color that ran before
+/// the unsettled switch, when it still runs: it is what nginx may serve now. Its port is the
+/// one it publishes and nginx had, which need not be the config's. A canary left behind whose
+/// stable color is gone leaves the canary: nginx sent it its share, and it answered its gate.
+/// Nothing of that runs either: nginx is settled on the file, which points where nothing runs
+/// (production is down already), so that no candidate gets requests before its gate.
+fn settle_first(
+    cfg: &Config,
+    observed: &Observed,
+    live: Option<&Instance>,
+    served: Option<&Instance>,
+    stale_running: bool,
+) -> Option<(Color, u16)> {
     let fallback = match (&observed.switching, live) {
-        (Some(mark), None) => served.filter(|c| is_color_container(c)).and_then(|c| {
+        (Some(mark), None) => served.filter(|c| is_color_container(cfg, c)).and_then(|c| {
             let port = c
                 .ports
                 .iter()
@@ -370,44 +462,15 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed) -> Plan {
         }),
         _ => None,
     };
-    // Nothing of that runs either: nginx is settled on the file, which points where nothing
-    // runs (production is down already), so that no candidate gets requests before its gate.
     let down = match (&observed.switching, live, fallback) {
         (Some(_), None, None) => observed.upstream_color(cfg).zip(observed.upstream_port()),
         _ => None,
     };
-    let settle = live
-        .and_then(|l| l.color)
+    live.and_then(|l| l.color)
         .filter(|_| stale_running || observed.switching.is_some())
         .zip(observed.upstream_port())
         .or(fallback)
-        .or(down);
-    if let Some((live_color, port)) = settle {
-        let mut head = vec![Action::Reassert {
-            color: live_color,
-            port,
-        }];
-        if actions.iter().any(|a| matches!(a, Action::Remove { .. })) {
-            head.push(Action::Drain);
-        }
-        actions.splice(0..0, head);
-    }
-    let rollout = Rollout {
-        color,
-        image,
-        reference,
-        old,
-    };
-    actions.push(if reusable {
-        Action::Switch(rollout)
-    } else {
-        Action::Deploy(rollout)
-    });
-    actions.extend(after_switch);
-    Plan {
-        verdict: Verdict::Converge,
-        actions,
-    }
+        .or(down)
 }
 
 /// The container kept warm (`rollout.keep_previous`): the one status.json's
