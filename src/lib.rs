@@ -20,6 +20,7 @@ pub mod notifications;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;
+pub mod secrets;
 pub mod state;
 pub mod upstream;
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::output_tail;
-use super::redact::Redactor;
 use crate::model::Color;
+use crate::secrets::redact::Redactor;
 
 /// The hook run after the candidate is healthy and before the switch.
 pub const PRE_SWITCH: &str = "pre_switch";

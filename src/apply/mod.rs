@@ -2,11 +2,9 @@
 //! system, each behind a trait so the decision logic can be tested with fakes.
 
 pub mod credentials;
-pub mod env_file;
 pub mod health;
 pub mod hooks;
 pub mod proxy;
-pub mod redact;
 pub mod runtime;
 
 /// How many lines of a failed command's output an error message quotes.
@@ -15,7 +13,11 @@ pub(crate) const OUTPUT_TAIL_LINES: usize = 20;
 /// The last [`OUTPUT_TAIL_LINES`] non-empty lines of stdout then stderr, the env file's
 /// values redacted. stderr comes last so that it survives the cut: it is where a failing
 /// program says why.
-pub(crate) fn output_tail(stdout: &[u8], stderr: &[u8], redactor: &redact::Redactor) -> String {
+pub(crate) fn output_tail(
+    stdout: &[u8],
+    stderr: &[u8],
+    redactor: &crate::secrets::redact::Redactor,
+) -> String {
     // Redacted whole, before the cut, so that the cut splits no value.
     let text = redactor.redact(&format!(
         "{}\n{}",

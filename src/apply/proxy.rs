@@ -21,8 +21,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::output_tail;
-use super::redact::Redactor;
 use crate::model::proxy::{Proxy, ProxyError};
+use crate::secrets::redact::Redactor;
 use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
 use crate::state::file::read_capped;
 use crate::upstream::{parse_servers, render_servers, render_weighted};

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use super::backoff::Backoff;
-use crate::apply::env_file::EnvFileError;
 use crate::model::proxy::ProxyError;
 use crate::model::runtime::RuntimeError;
 use crate::observe::ObserveError;
+use crate::secrets::env_file::EnvFileError;
 use crate::state::audit::AuditError;
 use crate::state::history::HistoryError;
 use crate::state::status::StatusError;

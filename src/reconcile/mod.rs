@@ -37,7 +37,6 @@ pub use progress::{Progress, ProgressSink};
 
 use crate::apply::health::{HealthError, HttpProber};
 use crate::apply::proxy::Nginx;
-use crate::apply::redact::Redactor;
 use crate::apply::runtime::Engine;
 use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
@@ -48,6 +47,7 @@ use crate::model::runtime::{Runtime, RuntimeError};
 use crate::notifications::Notifier;
 use crate::observe::{observe, ObserveError, Observed};
 use crate::plan::{kept_warm, plan, Action, Plan, Verdict};
+use crate::secrets::redact::Redactor;
 use crate::state::status::{Live, Phase, Status, Step, SwitchMark, Warm};
 use crate::state::writer::StatusWriter;
 use crate::state::{self, history};
