@@ -4,7 +4,7 @@
 pub mod credentials;
 pub mod health;
 pub mod hooks;
-pub mod proxy;
+pub mod nginx;
 pub mod runtime;
 
 /// How many lines of a failed command's output an error message quotes.

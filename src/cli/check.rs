@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::CliError;
-use crate::apply::proxy::DEFAULT_COMMAND_TIMEOUT;
+use crate::apply::nginx::DEFAULT_COMMAND_TIMEOUT;
 use crate::apply::runtime::{registry_of, Docker, Swarm};
 use crate::config::{Config, RuntimeKind};
 use crate::desired::{Desired, DesiredError};

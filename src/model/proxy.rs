@@ -1,5 +1,5 @@
 //! The reverse proxy in front of the colors as the reconciler sees it: the [`Proxy`] trait
-//! and its errors. nginx, its implementation, lives in `crate::apply::proxy`.
+//! and its errors. nginx, its implementation, lives in `crate::apply::nginx`.
 
 use std::future::Future;
 use std::io;

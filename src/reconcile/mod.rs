@@ -36,7 +36,7 @@ pub use error::{error_policy, ReconcileError, Requeue};
 pub use progress::{Progress, ProgressSink};
 
 use crate::apply::health::{HealthError, HttpProber};
-use crate::apply::proxy::Nginx;
+use crate::apply::nginx::Nginx;
 use crate::apply::runtime::Engine;
 use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
