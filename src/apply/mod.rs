@@ -2,8 +2,8 @@
 //! system, each behind a trait so the decision logic can be tested with fakes.
 
 pub mod credentials;
-pub mod health;
 pub mod hooks;
+pub mod http_probe;
 pub mod nginx;
 pub mod runtime;
 

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Context, Pass, Progress, ReconcileError};
-use crate::apply::health::probe_delays;
 use crate::apply::hooks::{run_hook, HookContext, POST_DEPLOY, PRE_SWITCH};
+use crate::apply::http_probe::probe_delays;
 use crate::desired::{Desired, ImageRef};
 use crate::model::probe::{ProbeOutcome, Prober};
 use crate::model::proxy::Proxy;

@@ -35,7 +35,7 @@ pub use backoff::Backoff;
 pub use error::{error_policy, ReconcileError, Requeue};
 pub use progress::{Progress, ProgressSink};
 
-use crate::apply::health::{HealthError, HttpProber};
+use crate::apply::http_probe::{HealthError, HttpProber};
 use crate::apply::nginx::Nginx;
 use crate::apply::runtime::Engine;
 use crate::config::{Config, RuntimeKind};
