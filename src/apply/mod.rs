@@ -1,11 +1,12 @@
 //! Applying a plan: the only code that touches the outside world. One module per external
 //! system, each behind a trait so the decision logic can be tested with fakes.
 
-pub mod credentials;
+pub mod docker;
+pub mod engine;
 pub mod hooks;
 pub mod http_probe;
 pub mod nginx;
-pub mod runtime;
+pub mod swarm;
 
 /// How many lines of a failed command's output an error message quotes.
 pub(crate) const OUTPUT_TAIL_LINES: usize = 20;

@@ -17,8 +17,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::CliError;
+use crate::apply::docker::Docker;
+use crate::apply::engine::registry_of;
 use crate::apply::nginx::DEFAULT_COMMAND_TIMEOUT;
-use crate::apply::runtime::{registry_of, Docker, Swarm};
+use crate::apply::swarm::Swarm;
 use crate::config::{Config, RuntimeKind};
 use crate::desired::{Desired, DesiredError};
 use crate::model::runtime::Runtime as _;
@@ -371,7 +373,7 @@ fn docker_unreachable(cfg: &Config, reason: &str) -> Finding {
 /// Whether the Docker config has credentials for the repository's registry. Never prints
 /// them, nor a credential helper's output (it may hold one).
 async fn credentials_finding(repository: &str) -> Finding {
-    use crate::apply::credentials::{self, CredentialError, Login};
+    use crate::apply::docker::credentials::{self, CredentialError, Login};
     let registry = registry_of(repository);
     let source = credentials::Source::from_env();
     match credentials::lookup(&registry, &source).await {

@@ -1,6 +1,6 @@
 //! The container runtime as the reconciler sees it: the [`Runtime`] trait, what it is asked
 //! to start ([`ContainerSpec`]) and what it answers. Its implementations over the Docker
-//! Engine API live in `crate::apply::runtime`.
+//! Engine API live in `crate::apply::docker`, `crate::apply::swarm` and `crate::apply::engine`.
 
 use std::collections::HashMap;
 use std::future::Future;

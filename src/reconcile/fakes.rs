@@ -745,7 +745,7 @@ impl Runtime for FakeRuntime {
             .await
     }
 
-    /// A local container answers on loopback; the engine is not asked (as [`crate::apply::runtime::Docker`]).
+    /// A local container answers on loopback; the engine is not asked (as [`crate::apply::docker::Docker`]).
     async fn endpoints(&self, _name: &str, port: u16) -> Result<Endpoints, RuntimeError> {
         Ok(Endpoints::loopback(port))
     }

@@ -35,9 +35,9 @@ pub use backoff::Backoff;
 pub use error::{error_policy, ReconcileError, Requeue};
 pub use progress::{Progress, ProgressSink};
 
+use crate::apply::engine::Engine;
 use crate::apply::http_probe::{HealthError, HttpProber};
 use crate::apply::nginx::Nginx;
-use crate::apply::runtime::Engine;
 use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
 use crate::metrics::Metrics;

@@ -14,7 +14,9 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::{
+pub mod credentials;
+
+use crate::apply::engine::{
     classify, connect_client, login_for, not_found, pull_error, reaches_loopback, split_reference,
 };
 use crate::config::DockerConfig;

@@ -6,15 +6,11 @@
 //! The API version is negotiated with the engine rather than pinned: Debian's engine speaks
 //! 1.41 while production hosts run newer ones.
 
-mod docker;
-mod swarm;
-
-pub use docker::Docker;
-pub use swarm::Swarm;
-
 use std::time::Duration;
 
-use crate::apply::credentials::{self, Login};
+use crate::apply::docker::credentials::{self, Login};
+use crate::apply::docker::Docker;
+use crate::apply::swarm::Swarm;
 use crate::config::{Config, DockerConfig, RuntimeKind};
 use crate::model::runtime::{
     causes, ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError,
