@@ -17,8 +17,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::CliError;
+use crate::apply::docker::registry::registry_of;
 use crate::apply::docker::Docker;
-use crate::apply::engine::registry_of;
 use crate::apply::nginx::DEFAULT_COMMAND_TIMEOUT;
 use crate::apply::swarm::Swarm;
 use crate::config::{Config, RuntimeKind};

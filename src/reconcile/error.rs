@@ -270,7 +270,7 @@ mod tests {
         use crate::apply::docker::credentials::Login;
         let pull = |message: &str| ReconcileError::Pull {
             reference: "r:v".into(),
-            source: crate::apply::engine::pull_error(
+            source: crate::apply::docker::registry::pull_error(
                 "ghcr.io/x/api:v2",
                 &Login::Missing { why: "none".into() },
                 message.into(),
