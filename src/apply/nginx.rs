@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::output_tail;
+use super::command::{display_command, output_tail};
 use crate::model::proxy::{Proxy, ProxyError};
 use crate::secrets::redact::Redactor;
 use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
@@ -286,7 +286,7 @@ impl Nginx {
         // Until then its old workers, on the old file, get every request.
         if !self.new_workers_since(&workers).await {
             let e = ProxyError::ReloadNotTaken {
-                command: super::display_command(&self.reload_command),
+                command: display_command(&self.reload_command),
                 pid_file: self
                     .pid_file
                     .as_ref()
@@ -482,7 +482,7 @@ async fn run_command(
     step: Step,
     redactor: &Redactor,
 ) -> Result<(), ProxyError> {
-    let command = super::display_command(argv);
+    let command = display_command(argv);
     let Some((program, args)) = argv.split_first() else {
         return Err(ProxyError::Spawn {
             command,
@@ -689,7 +689,10 @@ mod tests {
             output.contains("line30") && !output.contains("line10\n"),
             "{output}"
         );
-        assert_eq!(output.lines().count(), 1 + crate::apply::OUTPUT_TAIL_LINES);
+        assert_eq!(
+            output.lines().count(),
+            1 + crate::apply::command::OUTPUT_TAIL_LINES
+        );
     }
 
     #[tokio::test]
