@@ -16,13 +16,13 @@ pub mod desired;
 pub mod image;
 pub mod metrics;
 pub mod model;
+pub mod nginx_conf;
 pub mod notifications;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;
 pub mod secrets;
 pub mod state;
-pub mod upstream;
 
 /// The test hook: with `FIELDTRACK_TEST_PAUSE_AT=<point>` the process blocks forever when it
 /// reaches that point (a reconcile step, `recording`, `reload`: the upstream file written,

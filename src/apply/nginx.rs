@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use super::command::{display_command, output_tail};
 use crate::model::proxy::{Proxy, ProxyError};
+use crate::nginx_conf::upstream::{parse_servers, render_servers, render_weighted};
 use crate::secrets::redact::Redactor;
 use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
 use crate::state::file::read_capped;
-use crate::upstream::{parse_servers, render_servers, render_weighted};
 
 /// How long `test_command` or `reload_command` may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -533,7 +533,7 @@ fn describe_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::render;
+    use crate::nginx_conf::upstream::render;
     use std::fs::Permissions;
     use std::os::unix::fs::PermissionsExt as _;
 

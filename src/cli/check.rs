@@ -26,8 +26,8 @@ use crate::desired::{Desired, DesiredError};
 use crate::model::runtime::Runtime as _;
 use crate::model::Color;
 use crate::model::Instance;
+use crate::nginx_conf::upstream::{tokens, Token};
 use crate::observe::access_log::LOG_FORMAT;
-use crate::upstream::{tokens, Token};
 
 /// How long the engine gets to answer before it counts as unreachable.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -443,7 +443,7 @@ fn upstream_file_finding(cfg: &Config) -> Finding {
             "upstream",
             format!("cannot read {}: {e}", path.display()),
         ),
-        Ok(text) => match crate::upstream::parse_port(&text, name) {
+        Ok(text) => match crate::nginx_conf::upstream::parse_port(&text, name) {
             Some(port) => {
                 let color = cfg
                     .color_of_port(port)

@@ -11,8 +11,8 @@ use super::view::{Daemon, View};
 use super::CliError;
 use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
+use crate::nginx_conf::upstream::{parse_port, parse_servers};
 use crate::state::status::{CanaryProgress, Phase, Step, Warm, WindowFigures};
-use crate::upstream::{parse_port, parse_servers};
 
 pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
     let view = View::read(cfg)?;

@@ -37,7 +37,9 @@ use crate::model::runtime::{
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
 use crate::model::{Instance, InstanceState};
-use crate::upstream::{parse_ports, parse_servers, render, render_servers, render_weighted};
+use crate::nginx_conf::upstream::{
+    parse_ports, parse_servers, render, render_servers, render_weighted,
+};
 
 /// One call the reconciler made to the outside world, in the order made. State checks,
 /// listings and reads are not logged: they change nothing.
