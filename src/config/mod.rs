@@ -1090,37 +1090,10 @@ impl Ctx<'_> {
 
     /// `[notify.email]`
     fn email(&self, e: raw::RawEmail) -> Result<EmailConfig, ConfigError> {
-        let missing = |key| ConfigError::Missing {
-            path: self.path.to_path_buf(),
-            key,
-        };
-        let host = e.host.ok_or_else(|| missing("notify.email.host"))?;
+        let host = e.host.ok_or_else(|| self.missing("notify.email.host"))?;
         rules::check_smtp_host(&host)
             .map_err(|r| self.invalid("notify.email.host", quote(&host), r))?;
-        let security = match e.security.as_deref() {
-            None | Some("starttls") => EmailSecurity::StartTls,
-            Some("tls") => EmailSecurity::Tls,
-            Some("none") => EmailSecurity::None,
-            Some(other) => {
-                return Err(self.invalid(
-                    "notify.email.security",
-                    quote(other),
-                    "must be \"starttls\", \"tls\" or \"none\"".into(),
-                ))
-            }
-        };
-        // Without TLS the password and the message cross the network in clear, readable
-        // and replayable by anyone on the way; over loopback nothing is on the way.
-        if security == EmailSecurity::None && !rules::is_loopback_host(&host) {
-            return Err(self.invalid(
-                "notify.email.security",
-                quote("none"),
-                format!(
-                    "sends the password and the message in clear, so it is only allowed to a loopback host (127.0.0.1, ::1, localhost), not {}: use \"starttls\" or \"tls\"",
-                    quote(&host)
-                ),
-            ));
-        }
+        let security = self.email_security(e.security.as_deref(), &host)?;
         let default_port = match security {
             EmailSecurity::StartTls => 587,
             EmailSecurity::Tls => 465,
@@ -1138,7 +1111,67 @@ impl Ctx<'_> {
             }
             Some(ca) => Some(self.path_or("notify.email.tls_ca", Some(ca), "")?),
         };
-        let password = match (e.password_file, e.password_env) {
+        let auth = self.email_auth(e.user, e.password_file, e.password_env)?;
+        let from = e.from.ok_or_else(|| self.missing("notify.email.from"))?;
+        let from = rules::parse_mailbox(&from)
+            .map_err(|r| self.invalid("notify.email.from", quote(&from), r))?;
+        let to = self.email_recipients(e.to)?;
+        if let Some(events) = &e.events {
+            self.email_events(events)?;
+        }
+        Ok(EmailConfig {
+            host,
+            port,
+            security,
+            tls_ca,
+            auth,
+            from,
+            to,
+            events: e.events,
+        })
+    }
+
+    /// `notify.email.security` (default `starttls`), for mail to `host`.
+    fn email_security(
+        &self,
+        security: Option<&str>,
+        host: &str,
+    ) -> Result<EmailSecurity, ConfigError> {
+        let security = match security {
+            None | Some("starttls") => EmailSecurity::StartTls,
+            Some("tls") => EmailSecurity::Tls,
+            Some("none") => EmailSecurity::None,
+            Some(other) => {
+                return Err(self.invalid(
+                    "notify.email.security",
+                    quote(other),
+                    "must be \"starttls\", \"tls\" or \"none\"".into(),
+                ))
+            }
+        };
+        // Without TLS the password and the message cross the network in clear, readable
+        // and replayable by anyone on the way; over loopback nothing is on the way.
+        if security == EmailSecurity::None && !rules::is_loopback_host(host) {
+            return Err(self.invalid(
+                "notify.email.security",
+                quote("none"),
+                format!(
+                    "sends the password and the message in clear, so it is only allowed to a loopback host (127.0.0.1, ::1, localhost), not {}: use \"starttls\" or \"tls\"",
+                    quote(host)
+                ),
+            ));
+        }
+        Ok(security)
+    }
+
+    /// `notify.email.user` and where its password comes from: both or neither.
+    fn email_auth(
+        &self,
+        user: Option<String>,
+        password_file: Option<String>,
+        password_env: Option<String>,
+    ) -> Result<Option<EmailAuth>, ConfigError> {
+        let password = match (password_file, password_env) {
             (Some(_), Some(_)) => {
                 return Err(self.invalid(
                     "notify.email.password_env",
@@ -1158,8 +1191,8 @@ impl Ctx<'_> {
             }
             (None, None) => None,
         };
-        let auth = match (e.user, password) {
-            (None, None) => None,
+        match (user, password) {
+            (None, None) => Ok(None),
             (Some(user), Some(password)) => {
                 if user.is_empty() || user.chars().any(|c| c.is_control()) {
                     return Err(self.invalid(
@@ -1168,26 +1201,28 @@ impl Ctx<'_> {
                         "must be non-empty, without control characters".into(),
                     ));
                 }
-                Some(EmailAuth { user, password })
+                Ok(Some(EmailAuth { user, password }))
             }
-            (Some(user), None) => return Err(self.invalid(
+            (Some(user), None) => Err(self.invalid(
                 "notify.email.user",
                 quote(&user),
                 "needs password_file or password_env (the password is never written in the config)"
                     .into(),
             )),
-            (None, Some(_)) => {
-                return Err(self.invalid(
-                    "notify.email.user",
-                    "(missing)".into(),
-                    "a password (password_file or password_env) needs a user".into(),
-                ))
-            }
-        };
-        let from = e.from.ok_or_else(|| missing("notify.email.from"))?;
-        let from = rules::parse_mailbox(&from)
-            .map_err(|r| self.invalid("notify.email.from", quote(&from), r))?;
-        let to = e.to.ok_or_else(|| missing("notify.email.to"))?;
+            (None, Some(_)) => Err(self.invalid(
+                "notify.email.user",
+                "(missing)".into(),
+                "a password (password_file or password_env) needs a user".into(),
+            )),
+        }
+    }
+
+    /// `notify.email.to`: at least one mailbox.
+    fn email_recipients(
+        &self,
+        to: Option<Vec<String>>,
+    ) -> Result<Vec<lettre::message::Mailbox>, ConfigError> {
+        let to = to.ok_or_else(|| self.missing("notify.email.to"))?;
         if to.is_empty() {
             return Err(self.invalid(
                 "notify.email.to",
@@ -1195,42 +1230,41 @@ impl Ctx<'_> {
                 "must name at least one address".into(),
             ));
         }
-        let to = to
-            .iter()
+        to.iter()
             .enumerate()
             .map(|(i, addr)| {
                 rules::parse_mailbox(addr)
                     .map_err(|r| self.invalid(format!("notify.email.to[{i}]"), quote(addr), r))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(events) = &e.events {
-            if events.is_empty() {
+            .collect()
+    }
+
+    /// `notify.email.events`, when set: at least one, each a known event.
+    fn email_events(&self, events: &[String]) -> Result<(), ConfigError> {
+        if events.is_empty() {
+            return Err(self.invalid(
+                "notify.email.events",
+                "[]".into(),
+                "must name at least one event (remove [notify.email] for no email)".into(),
+            ));
+        }
+        for (i, event) in events.iter().enumerate() {
+            if !rules::NOTIFY_EVENTS.contains(&event.as_str()) {
                 return Err(self.invalid(
-                    "notify.email.events",
-                    "[]".into(),
-                    "must name at least one event (remove [notify.email] for no email)".into(),
+                    format!("notify.email.events[{i}]"),
+                    quote(event),
+                    format!("must be one of {}", rules::NOTIFY_EVENTS.join(", ")),
                 ));
             }
-            for (i, event) in events.iter().enumerate() {
-                if !rules::NOTIFY_EVENTS.contains(&event.as_str()) {
-                    return Err(self.invalid(
-                        format!("notify.email.events[{i}]"),
-                        quote(event),
-                        format!("must be one of {}", rules::NOTIFY_EVENTS.join(", ")),
-                    ));
-                }
-            }
         }
-        Ok(EmailConfig {
-            host,
-            port,
-            security,
-            tls_ca,
-            auth,
-            from,
-            to,
-            events: e.events,
-        })
+        Ok(())
+    }
+
+    fn missing(&self, key: &'static str) -> ConfigError {
+        ConfigError::Missing {
+            path: self.path.to_path_buf(),
+            key,
+        }
     }
 }
 
