@@ -1,8 +1,9 @@
 //! The nginx upstream file: the single place that says which color is live.
 //!
-//! fieldtrack owns the file entirely (see the contract, "nginx upstream file"). The port in it
-//! is the truth about what receives traffic, so reading it back ([`parse_port`]) must accept
-//! the operator's hand-written placeholder as well as what [`render`] writes. Changing it
+//! fieldtrack owns the file entirely (docs/operations.md, "The nginx side"). The port in it
+//! is the truth about what receives traffic, so reading it back
+//! ([`crate::nginx_conf::upstream::parse_port`]) must accept the operator's hand-written
+//! placeholder as well as what [`crate::nginx_conf::upstream::render`] writes. Changing it
 //! ([`Proxy::switch`]) is the one moment production can break, so every step is guarded: the
 //! file is replaced atomically, `test_command` must accept it before nginx is reloaded, and any
 //! failure puts the previous bytes back exactly.

@@ -1,6 +1,6 @@
 //! Reading and writing nginx's configuration, pure: the upstream file fieldtrack owns
 //! ([`upstream`]) and the whole configuration as `nginx -T` dumps it ([`dump`]), both read
-//! with one tokenizer ([`tokens`]). Nothing here touches a file or runs nginx: the nginx
+//! with one tokenizer (`tokens`). Nothing here touches a file or runs nginx: the nginx
 //! adapter (`crate::apply::nginx`) and the commands do that and hand the text over.
 
 pub mod dump;
