@@ -1,13 +1,15 @@
 //! fieldtrack: a reconciler that keeps one containerised web app deployed blue/green behind
 //! nginx, converging the real world toward a desired-state file.
 //!
-//! The module tree follows the reconcile loop: [`image`] is the image reference grammar both
-//! of the next use; [`config`] and [`desired`] say what should be,
-//! [`observe`] finds what is, [`plan`] decides (pure), [`apply`] talks to the outside world
-//! (container runtime, proxy, health probes), [`reconcile`] runs one pass of all that, and
-//! [`state`] owns the files fieldtrack writes (history, status, audit log, lock). [`cli`]
-//! is the operator's door.
-
+//! The module tree follows the reconcile loop. At the bottom, [`model`] holds the domain's
+//! types and the traits of the outside systems, [`image`] the image reference grammar, and
+//! [`nginx_conf`] nginx's config read and written as text (pure). [`config`] and [`desired`]
+//! say what should be, [`observe`] finds what is, [`plan`] decides (pure), [`apply`] holds the
+//! adapters by system (docker, swarm, nginx, the HTTP probe, hooks), [`reconcile`] runs one
+//! pass of all that, and [`state`] owns the files fieldtrack writes (history, status, audit
+//! log, lock). [`secrets`] keeps the env file's values out of every message,
+//! [`notifications`] tells people, [`daemon`] runs passes on every change, and [`cli`] is
+//! the operator's door.
 pub mod apply;
 #[cfg(test)]
 mod architecture_tests;
@@ -18,12 +20,13 @@ pub mod desired;
 pub mod image;
 pub mod metrics;
 pub mod model;
+pub mod nginx_conf;
 pub mod notifications;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;
+pub mod secrets;
 pub mod state;
-pub mod upstream;
 
 /// The test hook: with `FIELDTRACK_TEST_PAUSE_AT=<point>` the process blocks forever when it
 /// reaches that point (a reconcile step, `recording`, `reload`: the upstream file written,

@@ -347,7 +347,7 @@ fn init_then_check_then_deploy_and_roll_back_through_the_generated_nginx_snippet
         .lines()
         .filter_map(parse_line)
         .collect();
-    let live = fieldtrack::upstream::parse_port(
+    let live = fieldtrack::nginx_conf::upstream::parse_port(
         &fs::read_to_string(&site.upstream).unwrap(),
         &format!("fieldtrack_{}", site.app),
     );

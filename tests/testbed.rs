@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fieldtrack::apply::runtime::Docker;
+use fieldtrack::apply::docker::Docker;
 use fieldtrack::model::runtime::{ContainerSpec, Runtime, RuntimeError};
 use fieldtrack_testbed::{util, Bed, Site};
 

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-use super::output_tail;
-use super::redact::Redactor;
+use super::command::{display_command, output_tail};
 use crate::model::Color;
+use crate::secrets::redact::Redactor;
 
 /// The hook run after the candidate is healthy and before the switch.
 pub const PRE_SWITCH: &str = "pre_switch";
@@ -132,7 +132,7 @@ pub async fn run_hook(
     let Some((program, args)) = argv.split_first() else {
         return Ok(());
     };
-    let command = super::display_command(argv);
+    let command = display_command(argv);
     tracing::info!(hook = name, command = %command, color = %ctx.color, "running hook");
     let mut child = tokio::process::Command::new(program)
         .args(args)

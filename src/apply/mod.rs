@@ -1,46 +1,18 @@
-//! Applying a plan: the only code that touches the outside world. One module per external
-//! system, each behind a trait so the decision logic can be tested with fakes.
+//! The adapters: one module per outside system fieldtrack talks to, each implementing a
+//! trait of [`crate::model`] so the decision logic can be tested with fakes.
+//!
+//! - [`docker`]: the Docker Engine API client (connecting, its errors, pulls with the
+//!   registry credentials of the Docker config) and [`docker::Docker`], one local engine;
+//! - [`swarm`]: a Docker Swarm manager, a color as a service;
+//! - [`engine`]: whichever of the two `[runtime] kind` names;
+//! - [`nginx`]: the upstream file and nginx's test and reload commands;
+//! - [`http_probe`]: the health probes;
+//! - [`hooks`]: the operator's `pre_switch` and `post_deploy` programs.
 
-pub mod credentials;
-pub mod env_file;
-pub mod health;
+pub(crate) mod command;
+pub mod docker;
+pub mod engine;
 pub mod hooks;
-pub mod proxy;
-pub mod redact;
-pub mod runtime;
-
-/// How many lines of a failed command's output an error message quotes.
-pub(crate) const OUTPUT_TAIL_LINES: usize = 20;
-
-/// The last [`OUTPUT_TAIL_LINES`] non-empty lines of stdout then stderr, the env file's
-/// values redacted. stderr comes last so that it survives the cut: it is where a failing
-/// program says why.
-pub(crate) fn output_tail(stdout: &[u8], stderr: &[u8], redactor: &redact::Redactor) -> String {
-    // Redacted whole, before the cut, so that the cut splits no value.
-    let text = redactor.redact(&format!(
-        "{}\n{}",
-        String::from_utf8_lossy(stdout),
-        String::from_utf8_lossy(stderr)
-    ));
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|line| !line.is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n")
-}
-
-/// A command as an operator would type it, for messages (hooks and nginx commands run
-/// without a shell; this only shows them).
-pub(crate) fn display_command(argv: &[String]) -> String {
-    argv.iter()
-        .map(|arg| {
-            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"') {
-                format!("{arg:?}")
-            } else {
-                arg.clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub mod http_probe;
+pub mod nginx;
+pub mod swarm;

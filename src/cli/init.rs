@@ -395,7 +395,7 @@ pub fn plan(config_path: &Path, choices: &Choices) -> Result<Layout, CliError> {
         },
         Planned {
             path: upstream_snippet.clone(),
-            text: crate::upstream::render(
+            text: crate::nginx_conf::upstream::render(
                 &config.nginx.upstream_name,
                 config.container.blue_port,
                 "nothing yet; placeholder written by fieldtrack init, pointing at blue",
@@ -1065,7 +1065,7 @@ mod tests {
         assert_eq!(l.config.container.blue_port, 3003);
         assert_eq!(l.config.container.green_port, 3004);
         assert_eq!(
-            crate::upstream::parse_port(&l.files[2].text, "fieldtrack_worker"),
+            crate::nginx_conf::upstream::parse_port(&l.files[2].text, "fieldtrack_worker"),
             Some(3003)
         );
         c.green_port = Some(3003);
@@ -1172,7 +1172,7 @@ mod tests {
         let l = layout("/srv/site/fieldtrack.toml", "api", Some("ghcr.io/acme/api"));
         let upstream = &l.files[2].text;
         assert_eq!(
-            crate::upstream::parse_port(upstream, "fieldtrack_api"),
+            crate::nginx_conf::upstream::parse_port(upstream, "fieldtrack_api"),
             Some(l.config.container.blue_port)
         );
         let location = &l.files[3].text;

@@ -4,9 +4,9 @@
 use super::CliError;
 use crate::config::{Config, Pause, RuntimeKind};
 use crate::desired::Desired;
+use crate::nginx_conf::upstream::{render, render_servers};
 use crate::observe::Observed;
 use crate::plan::{plan, Action, Verdict};
-use crate::upstream::{render, render_servers};
 
 pub async fn run(cfg: Config) -> Result<u8, CliError> {
     // Unlike a reconcile, plan writes nothing, not even `invalid` into status.json.

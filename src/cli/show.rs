@@ -2,6 +2,8 @@
 //! that came from outside (a log tail in the message, a note) is printed through
 //! [`printable`]; `--json` is safe as it is, since JSON escapes every control character.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -10,183 +12,228 @@ use super::terminal::printable;
 use super::view::{Daemon, View};
 use super::CliError;
 use crate::config::{Config, RuntimeKind};
-use crate::desired::Desired;
-use crate::state::status::{CanaryProgress, Phase, Step, Warm, WindowFigures};
-use crate::upstream::{parse_port, parse_servers};
+use crate::desired::{Desired, DesiredError};
+use crate::nginx_conf::upstream::{parse_port, parse_servers};
+use crate::state::status::{CanaryProgress, Phase, Status, Step, Warm, WindowFigures};
 
 pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
-    let view = View::read(cfg)?;
-    let history = view.images();
-    let daemon = view.daemon.clone();
-    let status = view.status;
-    let desired = Desired::load(&cfg.desired_file, cfg);
-    let upstream_text = std::fs::read_to_string(&cfg.nginx.upstream_file).ok();
-    let upstream = upstream_text
-        .as_deref()
-        .and_then(|t| parse_port(t, &cfg.nginx.upstream_name));
-    let swarm = cfg.runtime == RuntimeKind::Swarm;
-    let servers = upstream_text
-        .as_deref()
-        .map(|t| parse_servers(t, &cfg.nginx.upstream_name))
-        .unwrap_or_default();
+    let report = StatusReport::gather(cfg)?;
     if json {
-        let mut value = serde_json::to_value(&status).unwrap_or(serde_json::Value::Null);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.json()).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.text(SystemTime::now()));
+    }
+    Ok(0)
+}
+
+/// What `status` shows, read once: the state (through the user's door), the desired file
+/// and the upstream file.
+struct StatusReport {
+    /// The last status written; None before the first pass.
+    status: Option<Status>,
+    /// The history's images, newest first.
+    history: Vec<String>,
+    daemon: Daemon,
+    desired: Result<Desired, DesiredError>,
+    upstream_file: PathBuf,
+    /// The upstream file's loopback port; None without a file or such a server.
+    upstream_port: Option<u16>,
+    /// Every server of the upstream file, on any address.
+    servers: Vec<SocketAddr>,
+    /// `[runtime] kind = "swarm"`: a color is a service, the file has a server per task.
+    swarm: bool,
+}
+
+impl StatusReport {
+    fn gather(cfg: &Config) -> Result<StatusReport, CliError> {
+        let view = View::read(cfg)?;
+        let upstream_text = std::fs::read_to_string(&cfg.nginx.upstream_file).ok();
+        let name = &cfg.nginx.upstream_name;
+        Ok(StatusReport {
+            history: view.images(),
+            daemon: view.daemon,
+            status: view.status,
+            desired: Desired::load(&cfg.desired_file, cfg),
+            upstream_file: cfg.nginx.upstream_file.clone(),
+            upstream_port: upstream_text.as_deref().and_then(|t| parse_port(t, name)),
+            servers: upstream_text
+                .as_deref()
+                .map(|t| parse_servers(t, name))
+                .unwrap_or_default(),
+            swarm: cfg.runtime == RuntimeKind::Swarm,
+        })
+    }
+
+    /// `status --json`: status.json as written, with what else the report knows beside it.
+    fn json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.status).unwrap_or(serde_json::Value::Null);
         if value.is_null() {
             value = json!({ "phase": null });
         }
-        value["history"] = json!(history);
-        value["daemon"] = match &daemon {
+        value["history"] = json!(self.history);
+        value["daemon"] = match &self.daemon {
             Daemon::Running { pid } => json!({ "running": true, "pid": pid }),
             Daemon::Busy { holder } => json!({ "running": false, "busy": holder }),
             Daemon::NotRunning => json!({ "running": false }),
         };
-        value["upstream_port"] = json!(if swarm {
-            servers.first().map(|s| s.port())
+        value["upstream_port"] = json!(if self.swarm {
+            self.servers.first().map(|s| s.port())
         } else {
-            upstream
+            self.upstream_port
         });
-        if swarm {
-            value["upstream_servers"] =
-                json!(servers.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        if self.swarm {
+            value["upstream_servers"] = json!(self.server_list());
         }
-        value["desired_file_error"] = json!(desired.as_ref().err().map(|e| e.to_string()));
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
-        return Ok(0);
+        value["desired_file_error"] = json!(self.desired.as_ref().err().map(|e| e.to_string()));
+        value
     }
-    match &desired {
-        Ok(d) => {
-            print!("Desired   : {} (generation {}", d.image, d.generation);
-            if let Some(by) = &d.by {
-                print!(", by {}", printable(by));
-            }
-            println!("{})", if d.paused { ", paused" } else { "" });
-            if let Some(note) = &d.note {
-                println!("Note      : {}", printable(note));
-            }
+
+    /// The screen, one `Name      : value` line each; text from outside made printable.
+    fn text(&self, now: SystemTime) -> String {
+        let mut out = String::new();
+        self.desired_lines(&mut out);
+        line(&mut out, "Daemon", &daemon_line(&self.daemon));
+        match &self.status {
+            None => out.push_str("Phase     : no reconcile has run yet\n"),
+            Some(s) => self.status_lines(s, now, &mut out),
         }
-        Err(e) => println!("Desired   : unusable: {}", printable(&e.to_string())),
-    }
-    println!("Daemon    : {}", printable(&daemon_line(&daemon)));
-    match status {
-        None => println!("Phase     : no reconcile has run yet"),
-        Some(s) => {
-            match &s.live {
-                Some(live) if swarm => println!(
-                    "Live      : {} {} (service {}, port {} on each node)",
-                    printable(&live.color),
-                    printable(&live.image),
-                    printable(&live.container),
-                    live.port
-                ),
-                Some(live) => println!(
-                    "Live      : {} {} ({}, 127.0.0.1:{})",
-                    printable(&live.color),
-                    printable(&live.image),
-                    printable(&live.container),
-                    live.port
-                ),
-                None => println!("Live      : nothing"),
-            }
-            let step = s.step.map(|st| format!(" ({st})")).unwrap_or_default();
-            // A status left progressing by a process that is gone says so: nothing moves
-            // until a daemon (or a command) takes it up again.
-            let stalled = if s.phase == Phase::Progressing && daemon == Daemon::NotRunning {
-                ", stalled: no process works on it"
-            } else {
-                ""
-            };
-            println!(
-                "Phase     : {}{step} since {}{stalled}",
-                s.phase,
-                printable(&s.since)
-            );
-            if let Some(digest) = &s.digest {
-                println!("Digest    : {}", printable(digest));
-            }
-            if let Some(canary) = s
-                .canary
-                .as_ref()
-                .filter(|_| s.phase == Phase::Progressing && s.step == Some(Step::Canary))
-            {
-                for line in canary_lines(canary, SystemTime::now()) {
-                    println!("{}", printable(&line));
-                }
-            }
-            if let Some(warm) = &s.warm {
-                println!(
-                    "Previous  : {}",
-                    printable(&warm_line(warm, SystemTime::now()))
-                );
-            }
-            if let Some(message) = &s.message {
-                println!("Message   : {}", printable(message));
-            }
-            println!("Updated   : {}", printable(&s.updated_at));
-            for color in &s.replicas {
-                println!(
-                    "Tasks     : {} ({}), as the last pass saw them:",
-                    printable(&color.color),
-                    printable(&color.service)
-                );
-                for r in &color.replicas {
-                    let message = r
-                        .message
-                        .as_deref()
-                        .map(|m| format!(": {}", printable(m)))
-                        .unwrap_or_default();
-                    println!(
-                        "            {:<16} {:<22} {}{message}",
-                        printable(&r.node),
-                        printable(r.address.as_deref().unwrap_or("-")),
-                        printable(&r.state)
-                    );
-                }
-            }
-        }
-    }
-    if swarm {
-        if servers.is_empty() {
-            println!(
-                "Upstream  : {} names no server",
-                cfg.nginx.upstream_file.display()
-            );
+        out.push_str(&self.upstream_line());
+        out.push('\n');
+        if self.history.is_empty() {
+            out.push_str("History   : empty\n");
         } else {
-            let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
-            println!(
-                "Upstream  : {} -> {}",
-                cfg.nginx.upstream_file.display(),
-                list.join(", ")
-            );
+            line(&mut out, "History", &self.history.join(", "));
         }
-    } else if servers.len() > 1 {
-        // A canary step: both colors, by weight.
-        let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
-        println!(
-            "Upstream  : {} -> {} (shared by weight: a canary step)",
-            cfg.nginx.upstream_file.display(),
-            list.join(", ")
-        );
-    } else {
-        match upstream {
-            Some(port) => println!(
-                "Upstream  : {} -> 127.0.0.1:{port}",
-                cfg.nginx.upstream_file.display()
-            ),
-            None => println!(
-                "Upstream  : {} names no server",
-                cfg.nginx.upstream_file.display()
-            ),
+        out
+    }
+
+    fn desired_lines(&self, out: &mut String) {
+        match &self.desired {
+            Ok(d) => {
+                let mut desired = format!("{} (generation {}", d.image, d.generation);
+                if let Some(by) = &d.by {
+                    desired.push_str(&format!(", by {}", printable(by)));
+                }
+                desired.push_str(if d.paused { ", paused)" } else { ")" });
+                out.push_str(&format!("Desired   : {desired}\n"));
+                if let Some(note) = &d.note {
+                    line(out, "Note", note);
+                }
+            }
+            Err(e) => line(out, "Desired", &format!("unusable: {e}")),
         }
     }
-    if history.is_empty() {
-        println!("History   : empty");
-    } else {
-        println!("History   : {}", printable(&history.join(", ")));
+
+    /// What the last status written says: live, phase, canary, warm color, message, tasks.
+    fn status_lines(&self, s: &Status, now: SystemTime, out: &mut String) {
+        match &s.live {
+            Some(live) if self.swarm => out.push_str(&format!(
+                "Live      : {} {} (service {}, port {} on each node)\n",
+                printable(&live.color),
+                printable(&live.image),
+                printable(&live.container),
+                live.port
+            )),
+            Some(live) => out.push_str(&format!(
+                "Live      : {} {} ({}, 127.0.0.1:{})\n",
+                printable(&live.color),
+                printable(&live.image),
+                printable(&live.container),
+                live.port
+            )),
+            None => out.push_str("Live      : nothing\n"),
+        }
+        let step = s.step.map(|st| format!(" ({st})")).unwrap_or_default();
+        // A status left progressing by a process that is gone says so: nothing moves
+        // until a daemon (or a command) takes it up again.
+        let stalled = if s.phase == Phase::Progressing && self.daemon == Daemon::NotRunning {
+            ", stalled: no process works on it"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "Phase     : {}{step} since {}{stalled}\n",
+            s.phase,
+            printable(&s.since)
+        ));
+        if let Some(digest) = &s.digest {
+            line(out, "Digest", digest);
+        }
+        if let Some(canary) = s
+            .canary
+            .as_ref()
+            .filter(|_| s.phase == Phase::Progressing && s.step == Some(Step::Canary))
+        {
+            for canary_line in canary_lines(canary, now) {
+                out.push_str(&format!("{}\n", printable(&canary_line)));
+            }
+        }
+        if let Some(warm) = &s.warm {
+            line(out, "Previous", &warm_line(warm, now));
+        }
+        if let Some(message) = &s.message {
+            line(out, "Message", message);
+        }
+        line(out, "Updated", &s.updated_at);
+        task_lines(s, out);
     }
-    Ok(0)
+
+    /// Where the upstream file sends traffic.
+    fn upstream_line(&self) -> String {
+        let file = self.upstream_file.display();
+        let servers = self.server_list().join(", ");
+        if self.swarm {
+            if self.servers.is_empty() {
+                format!("Upstream  : {file} names no server")
+            } else {
+                format!("Upstream  : {file} -> {servers}")
+            }
+        } else if self.servers.len() > 1 {
+            // A canary step: both colors, by weight.
+            format!("Upstream  : {file} -> {servers} (shared by weight: a canary step)")
+        } else {
+            match self.upstream_port {
+                Some(port) => format!("Upstream  : {file} -> 127.0.0.1:{port}"),
+                None => format!("Upstream  : {file} names no server"),
+            }
+        }
+    }
+
+    fn server_list(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// On Docker Swarm, each color's tasks per node as the last pass saw them.
+fn task_lines(s: &Status, out: &mut String) {
+    for color in &s.replicas {
+        out.push_str(&format!(
+            "Tasks     : {} ({}), as the last pass saw them:\n",
+            printable(&color.color),
+            printable(&color.service)
+        ));
+        for r in &color.replicas {
+            let message = r
+                .message
+                .as_deref()
+                .map(|m| format!(": {}", printable(m)))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "            {:<16} {:<22} {}{message}\n",
+                printable(&r.node),
+                printable(r.address.as_deref().unwrap_or("-")),
+                printable(&r.state)
+            ));
+        }
+    }
+}
+
+/// `Name      : value`, the value made printable.
+fn line(out: &mut String, name: &str, value: &str) {
+    out.push_str(&format!("{:<10}: {}\n", name, printable(value)));
 }
 
 pub fn history(cfg: &Config, json: bool) -> Result<u8, CliError> {
@@ -366,6 +413,53 @@ mod tests {
             id: "abc".into(),
             until: humantime::format_rfc3339_seconds(until).to_string(),
         }
+    }
+
+    fn report(status: Option<Status>, servers: &[&str]) -> StatusReport {
+        let servers: Vec<SocketAddr> = servers.iter().map(|s| s.parse().unwrap()).collect();
+        StatusReport {
+            status,
+            history: vec!["v2".into(), "v1".into()],
+            daemon: Daemon::NotRunning,
+            desired: Err(DesiredError::MissingImage {
+                path: "/d/desired.toml".into(),
+            }),
+            upstream_file: "/u.conf".into(),
+            upstream_port: servers.first().map(|s| s.port()),
+            servers,
+            swarm: false,
+        }
+    }
+
+    /// The screen and `--json` come from one report: what one shows, the other holds.
+    #[test]
+    fn a_report_shows_a_stalled_pass_and_the_servers_of_a_canary_step() {
+        let mut s = Status::new(Phase::Progressing);
+        s.step = Some(Step::Canary);
+        s.message = Some("a \u{1b}[31mred word".into());
+        let r = report(Some(s), &["127.0.0.1:3001", "127.0.0.1:3002"]);
+        let text = r.text(SystemTime::now());
+        assert!(text.contains("Live      : nothing\n"), "{text}");
+        assert!(
+            text.contains("(canary) since , stalled: no process works on it\n"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(
+            text.contains("Upstream  : /u.conf -> 127.0.0.1:3001, 127.0.0.1:3002 (shared by weight: a canary step)\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("History   : v2, v1\n"), "{text}");
+        let json = r.json();
+        assert_eq!(json["phase"], "progressing");
+        assert_eq!(json["upstream_port"], 3001);
+        assert_eq!(json["daemon"], serde_json::json!({ "running": false }));
+        assert!(json["desired_file_error"].is_string(), "{json}");
+        let none = report(None, &[]);
+        assert_eq!(none.json()["phase"], serde_json::Value::Null);
+        assert!(none.text(SystemTime::now()).contains(
+            "Phase     : no reconcile has run yet\nUpstream  : /u.conf names no server\n"
+        ));
     }
 
     #[test]

@@ -568,30 +568,88 @@ impl Ctx<'_> {
     fn build(&self, raw: RawConfig, docker_host_env: Option<&str>) -> Result<Config, ConfigError> {
         let app = raw.app.unwrap_or_else(|| "api".to_owned());
         rules::check_app(&app).map_err(|r| self.invalid("app", quote(&app), r))?;
+        let (repository, allowed_repositories) =
+            self.repositories(raw.repository, raw.allowed_repositories)?;
+        let desired_file = self.path_or("desired_file", raw.desired_file, "desired.toml")?;
+        let history_file = self.path_or("history_file", raw.history_file, ".deploy_history")?;
+        let history_limit = self.history_limit(raw.history_limit)?;
+        let (state_dir, public_dir) = self.state_dirs(raw.state_dir, raw.public_dir)?;
+        let container = self.container(raw.container.unwrap_or_default())?;
+        let health = self.health(raw.health.unwrap_or_default())?;
+        let nginx = self.nginx(raw.nginx.unwrap_or_default(), &app)?;
+        let rollout = self.rollout(raw.rollout.unwrap_or_default())?;
+        let docker = self.docker(raw.docker.unwrap_or_default(), docker_host_env)?;
+        let runtime = self.runtime(raw.runtime.unwrap_or_default())?;
+        let swarm = self.swarm(raw.swarm, runtime)?;
+        let hooks = self.hooks(raw.hooks.unwrap_or_default())?;
+        let notify = self.notify(raw.notify.unwrap_or_default())?;
+        let metrics = self.metrics(raw.metrics.unwrap_or_default())?;
+        // Last: whether a canary can run at all depends on the nginx and runtime sections.
+        let canary = raw
+            .canary
+            .map(|c| self.canary(c, &nginx, runtime))
+            .transpose()?;
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            app,
+            repository,
+            allowed_repositories,
+            desired_file,
+            history_file,
+            history_limit,
+            state_dir,
+            public_dir,
+            container,
+            health,
+            nginx,
+            rollout,
+            docker,
+            runtime,
+            swarm,
+            hooks,
+            notify,
+            metrics,
+            canary,
+        })
+    }
 
-        let repository = raw.repository.ok_or_else(|| ConfigError::Missing {
+    /// `repository` (required) and `allowed_repositories`.
+    fn repositories(
+        &self,
+        repository: Option<String>,
+        allowed: Option<Vec<String>>,
+    ) -> Result<(String, Vec<String>), ConfigError> {
+        let repository = repository.ok_or_else(|| ConfigError::Missing {
             path: self.path.to_path_buf(),
             key: "repository",
         })?;
         check_repository(&repository)
             .map_err(|r| self.invalid("repository", quote(&repository), r))?;
-
-        let allowed_repositories = raw.allowed_repositories.unwrap_or_default();
-        for (i, repo) in allowed_repositories.iter().enumerate() {
+        let allowed = allowed.unwrap_or_default();
+        for (i, repo) in allowed.iter().enumerate() {
             check_repository(repo)
                 .map_err(|r| self.invalid(format!("allowed_repositories[{i}]"), quote(repo), r))?;
         }
+        Ok((repository, allowed))
+    }
 
-        let desired_file = self.path_or("desired_file", raw.desired_file, "desired.toml")?;
-        let history_file = self.path_or("history_file", raw.history_file, ".deploy_history")?;
-        let history_limit = match raw.history_limit {
-            None => 5,
+    fn history_limit(&self, limit: Option<i64>) -> Result<usize, ConfigError> {
+        match limit {
+            None => Ok(5),
             Some(n) => usize::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
                 self.invalid("history_limit", n.to_string(), "must be at least 1".into())
-            })?,
-        };
-        let state_dir = self.path_or("state_dir", raw.state_dir, ".fieldtrack")?;
-        let public_dir = match raw.public_dir {
+            }),
+        }
+    }
+
+    /// `state_dir` and `public_dir`, which defaults to `{state_dir}-public`.
+    fn state_dirs(
+        &self,
+        state_dir: Option<String>,
+        public_dir: Option<String>,
+    ) -> Result<(PathBuf, PathBuf), ConfigError> {
+        let state_dir = self.path_or("state_dir", state_dir, ".fieldtrack")?;
+        let public_dir = match public_dir {
             Some(dir) => self.path_or("public_dir", Some(dir), "")?,
             None => {
                 let mut dir = state_dir.clone().into_os_string();
@@ -606,8 +664,11 @@ impl Ctx<'_> {
                 "must not be state_dir, which stays root's alone".into(),
             ));
         }
+        Ok((state_dir, public_dir))
+    }
 
-        let c = raw.container.unwrap_or_default();
+    /// `[container]`
+    fn container(&self, c: raw::RawContainer) -> Result<ContainerConfig, ConfigError> {
         let container = ContainerConfig {
             port: self.port("container.port", c.port, 8080)?,
             blue_port: self.port("container.blue_port", c.blue_port, 3001)?,
@@ -627,8 +688,11 @@ impl Ctx<'_> {
                 "must differ from container.blue_port".into(),
             ));
         }
+        Ok(container)
+    }
 
-        let h = raw.health.unwrap_or_default();
+    /// `[health]`
+    fn health(&self, h: raw::RawHealth) -> Result<HealthConfig, ConfigError> {
         let health_path = h.path.unwrap_or_else(|| "/health".to_owned());
         rules::check_health_path(&health_path)
             .map_err(|r| self.invalid("health.path", quote(&health_path), r))?;
@@ -660,14 +724,17 @@ impl Ctx<'_> {
                 ),
             ));
         }
+        Ok(health)
+    }
 
-        let n = raw.nginx.unwrap_or_default();
+    /// `[nginx]`, whose defaults are named after `app`.
+    fn nginx(&self, n: raw::RawNginx, app: &str) -> Result<NginxConfig, ConfigError> {
         let upstream_name = n
             .upstream_name
-            .unwrap_or_else(|| rules::default_upstream_name(&app));
+            .unwrap_or_else(|| rules::default_upstream_name(app));
         rules::check_upstream_name(&upstream_name)
             .map_err(|r| self.invalid("nginx.upstream_name", quote(&upstream_name), r))?;
-        let nginx = NginxConfig {
+        Ok(NginxConfig {
             upstream_file: self.path_or(
                 "nginx.upstream_file",
                 n.upstream_file,
@@ -698,10 +765,12 @@ impl Ctx<'_> {
                 .access_log
                 .map(|p| self.path_or("nginx.access_log", Some(p), ""))
                 .transpose()?,
-        };
+        })
+    }
 
-        let r = raw.rollout.unwrap_or_default();
-        let rollout = RolloutConfig {
+    /// `[rollout]`
+    fn rollout(&self, r: raw::RawRollout) -> Result<RolloutConfig, ConfigError> {
+        Ok(RolloutConfig {
             drain: self.duration("rollout.drain", r.drain, "5s", Zero::Allowed)?,
             auto_rollback: r.auto_rollback.unwrap_or(true),
             resync: self.duration("rollout.resync", r.resync, "30s", Zero::Refused)?,
@@ -712,9 +781,15 @@ impl Ctx<'_> {
                 "0s",
                 Zero::Allowed,
             )?,
-        };
+        })
+    }
 
-        let d = raw.docker.unwrap_or_default();
+    /// `[docker]`: the host (else `$DOCKER_HOST`, else the local socket) and its TLS files.
+    fn docker(
+        &self,
+        d: raw::RawDocker,
+        docker_host_env: Option<&str>,
+    ) -> Result<DockerConfig, ConfigError> {
         let (host, host_key) = match (d.host, docker_host_env.filter(|h| !h.is_empty())) {
             (Some(host), _) => (host, "docker.host"),
             (None, Some(env)) => (env.to_owned(), "docker.host (from $DOCKER_HOST)"),
@@ -755,21 +830,30 @@ impl Ctx<'_> {
             rules::check_plain_docker_host(&host)
                 .map_err(|r| self.invalid(host_key, quote(&host), r))?;
         }
-        let docker = DockerConfig { host, tls };
+        Ok(DockerConfig { host, tls })
+    }
 
-        let runtime = match raw.runtime.unwrap_or_default().kind.as_deref() {
-            None | Some("docker") => RuntimeKind::Docker,
-            Some("swarm") => RuntimeKind::Swarm,
-            Some(other) => {
-                return Err(self.invalid(
-                    "runtime.kind",
-                    quote(other),
-                    "must be \"docker\" or \"swarm\"".into(),
-                ))
-            }
-        };
-        let swarm = match raw.swarm {
-            None => SwarmConfig::default(),
+    /// `[runtime] kind`
+    fn runtime(&self, r: raw::RawRuntime) -> Result<RuntimeKind, ConfigError> {
+        match r.kind.as_deref() {
+            None | Some("docker") => Ok(RuntimeKind::Docker),
+            Some("swarm") => Ok(RuntimeKind::Swarm),
+            Some(other) => Err(self.invalid(
+                "runtime.kind",
+                quote(other),
+                "must be \"docker\" or \"swarm\"".into(),
+            )),
+        }
+    }
+
+    /// `[swarm]`, read only when the runtime is Swarm.
+    fn swarm(
+        &self,
+        swarm: Option<raw::RawSwarm>,
+        runtime: RuntimeKind,
+    ) -> Result<SwarmConfig, ConfigError> {
+        let w = match swarm {
+            None => return Ok(SwarmConfig::default()),
             Some(_) if runtime != RuntimeKind::Swarm => {
                 return Err(self.invalid(
                     "swarm",
@@ -777,49 +861,51 @@ impl Ctx<'_> {
                     "[swarm] is only read with [runtime] kind = \"swarm\": set it, or remove the section".into(),
                 ))
             }
-            Some(w) => {
-                let replicas = match w.replicas {
-                    None => 1,
-                    Some(n) => u64::try_from(n)
-                        .ok()
-                        .filter(|n| (1..=MAX_REPLICAS).contains(n))
-                        .ok_or_else(|| {
-                            self.invalid(
-                                "swarm.replicas",
-                                n.to_string(),
-                                format!("must be between 1 and {MAX_REPLICAS}"),
-                            )
-                        })?,
-                };
-                let constraints = w.constraints.unwrap_or_default();
-                for (i, c) in constraints.iter().enumerate() {
-                    rules::check_constraint(c).map_err(|r| {
-                        self.invalid(format!("swarm.constraints[{i}]"), quote(c), r)
-                    })?;
-                }
-                if let Some(n) = w.max_replicas_per_node.filter(|&n| n != 1) {
-                    return Err(self.invalid(
-                        "swarm.max_replicas_per_node",
-                        n.to_string(),
-                        "must be 1: each task publishes the color's port on its node, and a node can bind a port once".into(),
-                    ));
-                }
-                SwarmConfig {
-                    replicas,
-                    constraints,
-                    max_replicas_per_node: 1,
-                }
-            }
+            Some(w) => w,
         };
+        let replicas = match w.replicas {
+            None => 1,
+            Some(n) => u64::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_REPLICAS).contains(n))
+                .ok_or_else(|| {
+                    self.invalid(
+                        "swarm.replicas",
+                        n.to_string(),
+                        format!("must be between 1 and {MAX_REPLICAS}"),
+                    )
+                })?,
+        };
+        let constraints = w.constraints.unwrap_or_default();
+        for (i, c) in constraints.iter().enumerate() {
+            rules::check_constraint(c)
+                .map_err(|r| self.invalid(format!("swarm.constraints[{i}]"), quote(c), r))?;
+        }
+        if let Some(n) = w.max_replicas_per_node.filter(|&n| n != 1) {
+            return Err(self.invalid(
+                "swarm.max_replicas_per_node",
+                n.to_string(),
+                "must be 1: each task publishes the color's port on its node, and a node can bind a port once".into(),
+            ));
+        }
+        Ok(SwarmConfig {
+            replicas,
+            constraints,
+            max_replicas_per_node: 1,
+        })
+    }
 
-        let k = raw.hooks.unwrap_or_default();
-        let hooks = HooksConfig {
+    /// `[hooks]`
+    fn hooks(&self, k: raw::RawHooks) -> Result<HooksConfig, ConfigError> {
+        Ok(HooksConfig {
             pre_switch: self.hook("hooks.pre_switch", k.pre_switch)?,
             post_deploy: self.hook("hooks.post_deploy", k.post_deploy)?,
             timeout: self.duration("hooks.hook_timeout", k.hook_timeout, "60s", Zero::Refused)?,
-        };
+        })
+    }
 
-        let t = raw.notify.unwrap_or_default();
+    /// `[notify]`: the webhook (its URL never in a message) and `[notify.email]`.
+    fn notify(&self, t: raw::RawNotify) -> Result<NotifyConfig, ConfigError> {
         let allow_http = t.allow_http.unwrap_or(false);
         let webhook = match &t.webhook {
             None => None,
@@ -831,14 +917,16 @@ impl Ctx<'_> {
                 )
             })?),
         };
-        let notify = NotifyConfig {
+        Ok(NotifyConfig {
             webhook,
             allow_http,
             timeout: self.duration("notify.timeout", t.timeout, "5s", Zero::Refused)?,
             email: t.email.map(|e| self.email(e)).transpose()?,
-        };
+        })
+    }
 
-        let m = raw.metrics.unwrap_or_default();
+    /// `[metrics]`
+    fn metrics(&self, m: raw::RawMetrics) -> Result<MetricsConfig, ConfigError> {
         let listen = match m.listen {
             None => None,
             Some(v) => Some(
@@ -846,53 +934,30 @@ impl Ctx<'_> {
                     .map_err(|r| self.invalid("metrics.listen", quote(&v), r))?,
             ),
         };
-
-        let canary = match raw.canary {
-            None => None,
-            Some(c) => {
-                if nginx.access_log.is_none() {
-                    return Err(self.invalid(
-                        "nginx.access_log",
-                        "(not set)".into(),
-                        "a canary is judged from nginx's access log: set nginx.access_log to the file `access_log PATH fieldtrack;` writes (fieldtrack init's snippet declares the format)".into(),
-                    ));
-                }
-                if runtime != RuntimeKind::Docker {
-                    return Err(self.invalid(
-                        "canary",
-                        "(section)".into(),
-                        "canary steps run on one server ([runtime] kind = \"docker\") only".into(),
-                    ));
-                }
-                Some(self.canary(c)?)
-            }
-        };
-
-        Ok(Config {
-            path: self.path.to_path_buf(),
-            app,
-            repository,
-            allowed_repositories,
-            desired_file,
-            history_file,
-            history_limit,
-            state_dir,
-            public_dir,
-            container,
-            health,
-            nginx,
-            rollout,
-            docker,
-            runtime,
-            swarm,
-            hooks,
-            notify,
-            metrics: MetricsConfig { listen },
-            canary,
-        })
+        Ok(MetricsConfig { listen })
     }
 
-    fn canary(&self, c: raw::RawCanary) -> Result<CanaryConfig, ConfigError> {
+    /// `[canary]`: it needs nginx's access log to judge from, and one server to run on.
+    fn canary(
+        &self,
+        c: raw::RawCanary,
+        nginx: &NginxConfig,
+        runtime: RuntimeKind,
+    ) -> Result<CanaryConfig, ConfigError> {
+        if nginx.access_log.is_none() {
+            return Err(self.invalid(
+                "nginx.access_log",
+                "(not set)".into(),
+                "a canary is judged from nginx's access log: set nginx.access_log to the file `access_log PATH fieldtrack;` writes (fieldtrack init's snippet declares the format)".into(),
+            ));
+        }
+        if runtime != RuntimeKind::Docker {
+            return Err(self.invalid(
+                "canary",
+                "(section)".into(),
+                "canary steps run on one server ([runtime] kind = \"docker\") only".into(),
+            ));
+        }
         let raw_steps = c.steps.unwrap_or_default();
         if raw_steps.is_empty() {
             return Err(self.invalid(
@@ -1025,37 +1090,10 @@ impl Ctx<'_> {
 
     /// `[notify.email]`
     fn email(&self, e: raw::RawEmail) -> Result<EmailConfig, ConfigError> {
-        let missing = |key| ConfigError::Missing {
-            path: self.path.to_path_buf(),
-            key,
-        };
-        let host = e.host.ok_or_else(|| missing("notify.email.host"))?;
+        let host = e.host.ok_or_else(|| self.missing("notify.email.host"))?;
         rules::check_smtp_host(&host)
             .map_err(|r| self.invalid("notify.email.host", quote(&host), r))?;
-        let security = match e.security.as_deref() {
-            None | Some("starttls") => EmailSecurity::StartTls,
-            Some("tls") => EmailSecurity::Tls,
-            Some("none") => EmailSecurity::None,
-            Some(other) => {
-                return Err(self.invalid(
-                    "notify.email.security",
-                    quote(other),
-                    "must be \"starttls\", \"tls\" or \"none\"".into(),
-                ))
-            }
-        };
-        // Without TLS the password and the message cross the network in clear, readable
-        // and replayable by anyone on the way; over loopback nothing is on the way.
-        if security == EmailSecurity::None && !rules::is_loopback_host(&host) {
-            return Err(self.invalid(
-                "notify.email.security",
-                quote("none"),
-                format!(
-                    "sends the password and the message in clear, so it is only allowed to a loopback host (127.0.0.1, ::1, localhost), not {}: use \"starttls\" or \"tls\"",
-                    quote(&host)
-                ),
-            ));
-        }
+        let security = self.email_security(e.security.as_deref(), &host)?;
         let default_port = match security {
             EmailSecurity::StartTls => 587,
             EmailSecurity::Tls => 465,
@@ -1073,7 +1111,67 @@ impl Ctx<'_> {
             }
             Some(ca) => Some(self.path_or("notify.email.tls_ca", Some(ca), "")?),
         };
-        let password = match (e.password_file, e.password_env) {
+        let auth = self.email_auth(e.user, e.password_file, e.password_env)?;
+        let from = e.from.ok_or_else(|| self.missing("notify.email.from"))?;
+        let from = rules::parse_mailbox(&from)
+            .map_err(|r| self.invalid("notify.email.from", quote(&from), r))?;
+        let to = self.email_recipients(e.to)?;
+        if let Some(events) = &e.events {
+            self.email_events(events)?;
+        }
+        Ok(EmailConfig {
+            host,
+            port,
+            security,
+            tls_ca,
+            auth,
+            from,
+            to,
+            events: e.events,
+        })
+    }
+
+    /// `notify.email.security` (default `starttls`), for mail to `host`.
+    fn email_security(
+        &self,
+        security: Option<&str>,
+        host: &str,
+    ) -> Result<EmailSecurity, ConfigError> {
+        let security = match security {
+            None | Some("starttls") => EmailSecurity::StartTls,
+            Some("tls") => EmailSecurity::Tls,
+            Some("none") => EmailSecurity::None,
+            Some(other) => {
+                return Err(self.invalid(
+                    "notify.email.security",
+                    quote(other),
+                    "must be \"starttls\", \"tls\" or \"none\"".into(),
+                ))
+            }
+        };
+        // Without TLS the password and the message cross the network in clear, readable
+        // and replayable by anyone on the way; over loopback nothing is on the way.
+        if security == EmailSecurity::None && !rules::is_loopback_host(host) {
+            return Err(self.invalid(
+                "notify.email.security",
+                quote("none"),
+                format!(
+                    "sends the password and the message in clear, so it is only allowed to a loopback host (127.0.0.1, ::1, localhost), not {}: use \"starttls\" or \"tls\"",
+                    quote(host)
+                ),
+            ));
+        }
+        Ok(security)
+    }
+
+    /// `notify.email.user` and where its password comes from: both or neither.
+    fn email_auth(
+        &self,
+        user: Option<String>,
+        password_file: Option<String>,
+        password_env: Option<String>,
+    ) -> Result<Option<EmailAuth>, ConfigError> {
+        let password = match (password_file, password_env) {
             (Some(_), Some(_)) => {
                 return Err(self.invalid(
                     "notify.email.password_env",
@@ -1093,8 +1191,8 @@ impl Ctx<'_> {
             }
             (None, None) => None,
         };
-        let auth = match (e.user, password) {
-            (None, None) => None,
+        match (user, password) {
+            (None, None) => Ok(None),
             (Some(user), Some(password)) => {
                 if user.is_empty() || user.chars().any(|c| c.is_control()) {
                     return Err(self.invalid(
@@ -1103,26 +1201,28 @@ impl Ctx<'_> {
                         "must be non-empty, without control characters".into(),
                     ));
                 }
-                Some(EmailAuth { user, password })
+                Ok(Some(EmailAuth { user, password }))
             }
-            (Some(user), None) => return Err(self.invalid(
+            (Some(user), None) => Err(self.invalid(
                 "notify.email.user",
                 quote(&user),
                 "needs password_file or password_env (the password is never written in the config)"
                     .into(),
             )),
-            (None, Some(_)) => {
-                return Err(self.invalid(
-                    "notify.email.user",
-                    "(missing)".into(),
-                    "a password (password_file or password_env) needs a user".into(),
-                ))
-            }
-        };
-        let from = e.from.ok_or_else(|| missing("notify.email.from"))?;
-        let from = rules::parse_mailbox(&from)
-            .map_err(|r| self.invalid("notify.email.from", quote(&from), r))?;
-        let to = e.to.ok_or_else(|| missing("notify.email.to"))?;
+            (None, Some(_)) => Err(self.invalid(
+                "notify.email.user",
+                "(missing)".into(),
+                "a password (password_file or password_env) needs a user".into(),
+            )),
+        }
+    }
+
+    /// `notify.email.to`: at least one mailbox.
+    fn email_recipients(
+        &self,
+        to: Option<Vec<String>>,
+    ) -> Result<Vec<lettre::message::Mailbox>, ConfigError> {
+        let to = to.ok_or_else(|| self.missing("notify.email.to"))?;
         if to.is_empty() {
             return Err(self.invalid(
                 "notify.email.to",
@@ -1130,42 +1230,41 @@ impl Ctx<'_> {
                 "must name at least one address".into(),
             ));
         }
-        let to = to
-            .iter()
+        to.iter()
             .enumerate()
             .map(|(i, addr)| {
                 rules::parse_mailbox(addr)
                     .map_err(|r| self.invalid(format!("notify.email.to[{i}]"), quote(addr), r))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(events) = &e.events {
-            if events.is_empty() {
+            .collect()
+    }
+
+    /// `notify.email.events`, when set: at least one, each a known event.
+    fn email_events(&self, events: &[String]) -> Result<(), ConfigError> {
+        if events.is_empty() {
+            return Err(self.invalid(
+                "notify.email.events",
+                "[]".into(),
+                "must name at least one event (remove [notify.email] for no email)".into(),
+            ));
+        }
+        for (i, event) in events.iter().enumerate() {
+            if !rules::NOTIFY_EVENTS.contains(&event.as_str()) {
                 return Err(self.invalid(
-                    "notify.email.events",
-                    "[]".into(),
-                    "must name at least one event (remove [notify.email] for no email)".into(),
+                    format!("notify.email.events[{i}]"),
+                    quote(event),
+                    format!("must be one of {}", rules::NOTIFY_EVENTS.join(", ")),
                 ));
             }
-            for (i, event) in events.iter().enumerate() {
-                if !rules::NOTIFY_EVENTS.contains(&event.as_str()) {
-                    return Err(self.invalid(
-                        format!("notify.email.events[{i}]"),
-                        quote(event),
-                        format!("must be one of {}", rules::NOTIFY_EVENTS.join(", ")),
-                    ));
-                }
-            }
         }
-        Ok(EmailConfig {
-            host,
-            port,
-            security,
-            tls_ca,
-            auth,
-            from,
-            to,
-            events: e.events,
-        })
+        Ok(())
+    }
+
+    fn missing(&self, key: &'static str) -> ConfigError {
+        ConfigError::Missing {
+            path: self.path.to_path_buf(),
+            key,
+        }
     }
 }
 

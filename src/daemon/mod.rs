@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::health::HealthError;
-use crate::apply::runtime::Engine;
+use crate::apply::engine::Engine;
+use crate::apply::http_probe::HealthError;
 use crate::config::{Config, ConfigError};
 use crate::desired::{Desired, DesiredError, DesiredErrorKind};
 use crate::metrics::Metrics;

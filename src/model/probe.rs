@@ -1,5 +1,5 @@
 //! Health probes as the reconciler sees them: the [`Prober`] trait and what one probe
-//! finds. The HTTP prober lives in `crate::apply::health`.
+//! finds. The HTTP prober lives in `crate::apply::http_probe`.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};

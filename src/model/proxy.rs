@@ -1,5 +1,5 @@
 //! The reverse proxy in front of the colors as the reconciler sees it: the [`Proxy`] trait
-//! and its errors. nginx, its implementation, lives in `crate::apply::proxy`.
+//! and its errors. nginx, its implementation, lives in `crate::apply::nginx`.
 
 use std::future::Future;
 use std::io;
@@ -117,7 +117,7 @@ pub trait Proxy: Send + Sync {
     }
 
     /// Every `ADDRESS:PORT` server of the file as written on disk now (see
-    /// [`crate::upstream::parse_servers`]); empty when there is no file.
+    /// [`crate::nginx_conf::upstream::parse_servers`]); empty when there is no file.
     fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError>;
 
     /// The ports of `servers` that are the app's: those on loopback (a local container's,
@@ -165,7 +165,7 @@ pub trait Proxy: Send + Sync {
     ) -> impl Future<Output = Result<(), ProxyError>> + Send;
 
     /// As [`Proxy::switch`], sharing the traffic by weight between `servers` (a canary step:
-    /// the stable color first, then the canary; see [`crate::upstream::render_weighted`]).
+    /// the stable color first, then the canary; see [`crate::nginx_conf::upstream::render_weighted`]).
     fn switch_weighted(
         &self,
         servers: &[(SocketAddr, u32)],

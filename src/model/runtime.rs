@@ -1,6 +1,7 @@
 //! The container runtime as the reconciler sees it: the [`Runtime`] trait, what it is asked
 //! to start ([`ContainerSpec`]) and what it answers. Its implementations over the Docker
-//! Engine API live in `crate::apply::runtime`.
+//! Engine API live in `crate::apply::docker` and `crate::apply::swarm`;
+//! `crate::apply::engine` is whichever of them the config names.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use super::backoff::Backoff;
-use crate::apply::env_file::EnvFileError;
 use crate::model::proxy::ProxyError;
 use crate::model::runtime::RuntimeError;
 use crate::observe::ObserveError;
+use crate::secrets::env_file::EnvFileError;
 use crate::state::audit::AuditError;
 use crate::state::history::HistoryError;
 use crate::state::status::StatusError;
@@ -383,10 +383,10 @@ mod tests {
     /// named (GHCR's rate limit, passed on in the engine's message) is waited at least.
     #[test]
     fn a_busy_registry_requeues_and_its_retry_after_is_honoured() {
-        use crate::apply::credentials::Login;
+        use crate::apply::docker::credentials::Login;
         let pull = |message: &str| ReconcileError::Pull {
             reference: "r:v".into(),
-            source: crate::apply::runtime::pull_error(
+            source: crate::apply::docker::registry::pull_error(
                 "ghcr.io/x/api:v2",
                 &Login::Missing { why: "none".into() },
                 message.into(),

@@ -37,7 +37,9 @@ use crate::model::runtime::{
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
 use crate::model::{Instance, InstanceState};
-use crate::upstream::{parse_ports, parse_servers, render, render_servers, render_weighted};
+use crate::nginx_conf::upstream::{
+    parse_ports, parse_servers, render, render_servers, render_weighted,
+};
 
 /// One call the reconciler made to the outside world, in the order made. State checks,
 /// listings and reads are not logged: they change nothing.
@@ -745,7 +747,7 @@ impl Runtime for FakeRuntime {
             .await
     }
 
-    /// A local container answers on loopback; the engine is not asked (as [`crate::apply::runtime::Docker`]).
+    /// A local container answers on loopback; the engine is not asked (as [`crate::apply::docker::Docker`]).
     async fn endpoints(&self, _name: &str, port: u16) -> Result<Endpoints, RuntimeError> {
         Ok(Endpoints::loopback(port))
     }

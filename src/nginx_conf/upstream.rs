@@ -1,9 +1,11 @@
 //! The nginx upstream file's format, pure: the block fieldtrack writes ([`render`],
 //! [`render_servers`]) and the servers any block holds ([`parse_ports`] on loopback,
-//! [`parse_servers`] on any address). The proxy writes it, observe and the commands read it;
-//! none of this touches a file or nginx.
+//! [`parse_servers`] on any address). The nginx adapter writes it, observe and the commands
+//! read it; none of this touches a file or nginx.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use super::{tokens, Token};
 
 /// The text of the upstream file sending traffic to `127.0.0.1:port`, with `keepalive N;`
 /// when `keepalive` is not 0.
@@ -167,90 +169,6 @@ fn loopback_port(address: &str) -> Option<u16> {
     port.parse().ok()
 }
 
-/// One token of nginx's config syntax.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Token {
-    /// A word, quotes removed: `server`, `127.0.0.1:3001`, `"a b"` as `a b`.
-    Word(String),
-    /// `{`: a block opens.
-    Open,
-    /// `}`: a block closes.
-    Close,
-    /// `;`: a statement ends.
-    End,
-}
-
-/// Splits nginx config text into tokens, loose as nginx's own lexer: a comment runs from a
-/// `#` that starts a word to the line's end; a quoted string (single or double, `\` escaping
-/// its quote) is one word and may hold blanks, `;`, braces and `#`; the braces of `${name}`
-/// inside a word are the word's.
-pub(crate) fn tokens(text: &str) -> Vec<Token> {
-    let mut out = Vec::new();
-    let mut word = String::new();
-    let mut chars = text.chars();
-    // A word that began, even as an empty quoted string.
-    let mut started = false;
-    // Inside `${name}` of an unquoted word: its braces are not a block's.
-    let mut variable = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if word.ends_with('$') => {
-                variable = true;
-                word.push(c);
-            }
-            '}' if variable => {
-                variable = false;
-                word.push(c);
-            }
-            '"' | '\'' => {
-                started = true;
-                while let Some(q) = chars.next() {
-                    match q {
-                        '\\' => {
-                            if let Some(escaped) = chars.next() {
-                                if escaped != c {
-                                    word.push('\\');
-                                }
-                                word.push(escaped);
-                            }
-                        }
-                        q if q == c => break,
-                        q => word.push(q),
-                    }
-                }
-            }
-            '#' if !started => {
-                for skipped in chars.by_ref() {
-                    if skipped == '\n' {
-                        break;
-                    }
-                }
-            }
-            c if c.is_whitespace() || c == ';' || c == '{' || c == '}' => {
-                variable = false;
-                if started {
-                    out.push(Token::Word(std::mem::take(&mut word)));
-                    started = false;
-                }
-                match c {
-                    ';' => out.push(Token::End),
-                    '{' => out.push(Token::Open),
-                    '}' => out.push(Token::Close),
-                    _ => {}
-                }
-            }
-            c => {
-                started = true;
-                word.push(c);
-            }
-        }
-    }
-    if started {
-        out.push(Token::Word(word));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,27 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn tokens_follow_nginx_quotes_comments_and_variables() {
-        use Token::{Close, End, Open, Word};
-        let w = |s: &str| Word(s.to_string());
-        assert_eq!(
-            tokens("upstream a { server \"1 }\" 'x;\\'y'; } # gone {\nset $v ${x}y#z;"),
-            vec![
-                w("upstream"),
-                w("a"),
-                Open,
-                w("server"),
-                w("1 }"),
-                w("x;'y"),
-                End,
-                Close,
-                w("set"),
-                w("$v"),
-                w("${x}y#z"),
-                End,
-            ]
-        );
-        // A quoted brace is a word: the block goes on to its real end.
+    fn a_quoted_brace_is_a_word_and_the_block_goes_on_to_its_real_end() {
         let text = "upstream fieldtrack_api {\n    server 127.0.0.1:3001 \"}\";\n    server 127.0.0.1:3002;\n}\n";
         assert_eq!(parse_ports(text, NAME), vec![3001, 3002]);
     }

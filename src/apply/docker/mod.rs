@@ -14,15 +14,18 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::{
-    classify, connect_client, login_for, not_found, pull_error, reaches_loopback, split_reference,
-};
+pub mod client;
+pub mod credentials;
+pub mod registry;
+
 use crate::config::DockerConfig;
 use crate::model::runtime::{
     ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_APP, LABEL_COLOR,
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
 use crate::model::{Instance, InstanceState};
+use client::{classify, connect_client, not_found};
+use registry::{login_for, pull_error, split_reference};
 
 /// The Docker engine.
 #[derive(Debug, Clone)]
@@ -79,6 +82,14 @@ fn state_of(status: Option<ContainerStateStatusEnum>, exit_code: Option<i64>) ->
         }
         Some(other) => InstanceState::Other(other.to_string()),
         None => InstanceState::Other("unknown".to_string()),
+    }
+}
+
+/// Whether a port published on `ip` answers on loopback: published there, or on every address.
+fn reaches_loopback(ip: &str) -> bool {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Err(_) => ip.is_empty(),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The nginx upstream file: the single place that says which color is live.
 //!
-//! fieldtrack owns the file entirely (see the contract, "nginx upstream file"). The port in it
-//! is the truth about what receives traffic, so reading it back ([`parse_port`]) must accept
-//! the operator's hand-written placeholder as well as what [`render`] writes. Changing it
+//! fieldtrack owns the file entirely (docs/operations.md, "The nginx side"). The port in it
+//! is the truth about what receives traffic, so reading it back
+//! ([`crate::nginx_conf::upstream::parse_port`]) must accept the operator's hand-written
+//! placeholder as well as what [`crate::nginx_conf::upstream::render`] writes. Changing it
 //! ([`Proxy::switch`]) is the one moment production can break, so every step is guarded: the
 //! file is replaced atomically, `test_command` must accept it before nginx is reloaded, and any
 //! failure puts the previous bytes back exactly.
@@ -20,12 +21,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::output_tail;
-use super::redact::Redactor;
+use super::command::{display_command, output_tail};
 use crate::model::proxy::{Proxy, ProxyError};
+use crate::nginx_conf::upstream::{parse_servers, render_servers, render_weighted};
+use crate::secrets::redact::Redactor;
 use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
 use crate::state::file::read_capped;
-use crate::upstream::{parse_servers, render_servers, render_weighted};
 
 /// How long `test_command` or `reload_command` may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -286,7 +287,7 @@ impl Nginx {
         // Until then its old workers, on the old file, get every request.
         if !self.new_workers_since(&workers).await {
             let e = ProxyError::ReloadNotTaken {
-                command: super::display_command(&self.reload_command),
+                command: display_command(&self.reload_command),
                 pid_file: self
                     .pid_file
                     .as_ref()
@@ -482,7 +483,7 @@ async fn run_command(
     step: Step,
     redactor: &Redactor,
 ) -> Result<(), ProxyError> {
-    let command = super::display_command(argv);
+    let command = display_command(argv);
     let Some((program, args)) = argv.split_first() else {
         return Err(ProxyError::Spawn {
             command,
@@ -533,7 +534,7 @@ fn describe_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::render;
+    use crate::nginx_conf::upstream::render;
     use std::fs::Permissions;
     use std::os::unix::fs::PermissionsExt as _;
 
@@ -689,7 +690,10 @@ mod tests {
             output.contains("line30") && !output.contains("line10\n"),
             "{output}"
         );
-        assert_eq!(output.lines().count(), 1 + crate::apply::OUTPUT_TAIL_LINES);
+        assert_eq!(
+            output.lines().count(),
+            1 + crate::apply::command::OUTPUT_TAIL_LINES
+        );
     }
 
     #[tokio::test]

@@ -127,7 +127,7 @@ pub enum CredentialError {
     HelperMalformed { helper: String, registry: String },
 }
 
-/// Credentials for `registry` (as [`crate::apply::runtime::registry_of`] names it), in
+/// Credentials for `registry` (as [`super::registry::registry_of`] names it), in
 /// Docker's order: `credHelpers` for the registry, then `auths`, then `credsStore`.
 pub async fn lookup(registry: &str, source: &Source) -> Result<Login, CredentialError> {
     let Some(file) = source.config_file() else {

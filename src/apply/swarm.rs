@@ -27,7 +27,8 @@ use bollard::query_parameters::{
     UpdateServiceOptions,
 };
 
-use super::{classify, login_for, not_found, pull_error};
+use crate::apply::docker::client::{classify, not_found};
+use crate::apply::docker::registry::{login_for, pull_error, registry_shown, split_reference};
 use crate::config::SwarmConfig;
 use crate::model::runtime::{
     ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_APP, LABEL_COLOR,
@@ -259,7 +260,7 @@ impl Swarm {
                 .digest
                 .ok_or_else(|| RuntimeError::PullFailed {
                     reference: reference.to_string(),
-                    registry: super::registry_shown(reference),
+                    registry: registry_shown(reference),
                     message: "the registry named no digest".to_string(),
                 }),
             Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
@@ -376,7 +377,7 @@ impl Runtime for Swarm {
     async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
         match self.digest(reference).await {
             Ok(digest) => {
-                let repository = super::split_reference(reference).0;
+                let repository = split_reference(reference).0;
                 Ok(Some(ImageInfo {
                     id: digest.clone(),
                     repo_digests: vec![format!("{repository}@{digest}")],
