@@ -2,7 +2,7 @@
 //! go, for an operator's dashboards and alerts.
 //!
 //! Off unless `[metrics] listen` is set, and then served on that address only (loopback by
-//! default): the contract says the daemon opens no other port. The reconciler records into
+//! default): the daemon opens no other port (docs/operations.md, the metrics section). The reconciler records into
 //! one shared [`Metrics`]; [`serve`] answers `GET /metrics` with [`Metrics::render`] in the
 //! text exposition format. The HTTP side is a few lines of hand-written HTTP/1.1 rather than
 //! a server framework: one path, one method, and a connection closed after every answer.

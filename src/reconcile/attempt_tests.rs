@@ -1,5 +1,5 @@
 //! The attempt's state machine on the fakes: health gate, switch, drain, switch-back,
-//! cancellation and cleanup, each driven through a whole pass (`Reconciler::reconcile`) in
+//! cancellation and cleanup, each driven through a whole pass (`Pass::reconcile`) in
 //! milliseconds, with no Docker engine and no nginx. The real-engine tests in `tests/`
 //! stay the proof that the real systems behave as the fakes do.
 //!
@@ -1185,7 +1185,7 @@ async fn a_warm_color_failing_its_gate_on_a_rollback_is_removed_and_no_longer_na
     assert_eq!(site.status().warm, None);
 }
 
-// Canary steps (groundwork): the weighted file and its mark, as a dead process leaves them.
+// Canary steps: the weighted file and its mark, as a dead process leaves them.
 
 /// Blue serves v1, green runs v2, and a canary step shares the traffic 90/10 with the
 /// canary mark in status.json: what a process that died inside a canary leaves behind.

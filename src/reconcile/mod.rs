@@ -707,8 +707,6 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
     /// leaves the next pass to settle nginx on the stable color before anything else
     /// ([`crate::plan::plan`]). The promotion (a switch to the canary alone) or the abort
     /// (to the stable color alone) goes through [`Pass::switch_nginx`], which clears it.
-    // Groundwork on this branch: the canary step loop is what calls it outside the tests.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn switch_canary(
         &self,
         stable: &[(std::net::SocketAddr, u32)],
