@@ -197,42 +197,10 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     ) -> Result<(Option<StepEnd>, Figures, Figures), ReconcileError> {
         let (pass, ctx) = (self.pass, self.ctx());
         let cfg = &ctx.cfg;
-        let stable_weights: Vec<(SocketAddr, u32)> = at
-            .stable_servers
-            .iter()
-            .map(|a| (*a, 100 - at.weight))
-            .collect();
-        let canary_weights: Vec<(SocketAddr, u32)> =
-            at.canary.iter().map(|a| (*a, at.weight)).collect();
-        let comment = format!(
-            "canary {}% {}, stable {}",
-            at.weight,
-            ctx.live_comment(self.color, self.image),
-            ctx.live_comment(at.stable, self.previous.as_deref().unwrap_or("previous")),
-        );
-        if let Err(e) = pass
-            .switch_canary(&stable_weights, &canary_weights, &comment)
-            .await
-        {
-            // nginx may run these weights: the next pass settles it on the stable color.
-            if let Some(kept) = self.kept_if_unsettled(name, &e) {
-                return Err(kept);
-            }
-            // nginx runs what it ran before (the stable color alone, or the step before).
+        if let Some(refused) = self.switch_to_step(name, at).await? {
             let empty = Figures::default();
-            return Ok((
-                Some(StepEnd::Failed(format!(
-                    "nginx refused the step's weights: {e}"
-                ))),
-                empty.clone(),
-                empty,
-            ));
+            return Ok((Some(refused), empty.clone(), empty));
         }
-        pass.emit(Progress::CanaryStep {
-            step: at.index,
-            steps: at.steps,
-            weight: at.weight,
-        });
         crate::test_pause_point("canary-step").await;
         // The window starts at the switch: what nginx logged before is not this step's.
         let mut tail = Tail::from_end(&at.log);
@@ -277,59 +245,20 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             }
             let (stable_now, canary_now) =
                 (get(&figures, Side::Stable), get(&figures, Side::Canary));
-            // The container and its health, as during the drain.
-            match ctx.runtime.state(name).await? {
-                Some(InstanceState::Running) => {}
-                other => {
-                    return done(
-                        Some(StepEnd::Failed(format!(
-                            "the container {}",
-                            other.map_or("disappeared".to_string(), |s| s.to_string())
-                        ))),
-                        &figures,
-                    )
-                }
-            }
-            let outcome = ctx
-                .probe_each(at.canary)
-                .await
-                .into_iter()
-                .map(|(_, o)| o)
-                .find(|o| !o.is_healthy())
-                .unwrap_or(ProbeOutcome::Healthy(200));
-            if outcome.is_healthy() {
-                probe_failures = 0;
-            } else {
-                probe_failures += 1;
-                ctx.metrics.health_probe_failed();
-                tracing::warn!(failures = probe_failures, outcome = %describe(&outcome), "canary probe failed");
-                if probe_failures >= PROBE_FAILURES {
-                    return done(
-                        Some(StepEnd::Failed(format!(
-                            "{PROBE_FAILURES} failed health probes in a row, last: {}",
-                            describe(&outcome)
-                        ))),
-                        &figures,
-                    );
-                }
+            if let Some(failed) = self.canary_unwell(name, at, &mut probe_failures).await? {
+                return done(Some(failed), &figures);
             }
             let judgement = judge(at.cfg, &stable_now, &canary_now);
-            let progress = CanaryProgress {
-                image: self.image.to_string(),
-                color: self.color.to_string(),
-                container: name.to_string(),
-                stable_color: at.stable.to_string(),
-                stable_image: self.previous.clone(),
-                step: at.index,
-                steps: at.steps,
-                weight: at.weight,
-                step_started: humantime::format_rfc3339_seconds(started_wall).to_string(),
-                step_ends: ends
-                    .map(|d| humantime::format_rfc3339_seconds(started_wall + d).to_string()),
-                stable: window(&stable_now),
-                canary: window(&canary_now),
-                judgement: judgement.to_string(),
-            };
+            let step_ends = ends.map(|d| started_wall + d);
+            let progress = self.progress(
+                name,
+                at,
+                started_wall,
+                step_ends,
+                &stable_now,
+                &canary_now,
+                &judgement,
+            );
             ctx.metrics.set_canary(Some(&progress));
             pass.set_status(|s| s.canary = Some(progress))?;
             if let Judgement::Failed(why) = judgement {
@@ -343,6 +272,116 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             if paused_enough && judgement == Judgement::Healthy {
                 return done(None, &figures);
             }
+        }
+    }
+
+    /// nginx switched to the step's weights. Some(end) when nginx refused them (it runs what
+    /// it ran before: the stable color alone, or the step before); an error when it may run
+    /// them half-way (the next pass settles it on the stable color).
+    async fn switch_to_step(
+        &self,
+        name: &str,
+        at: &StepAt<'_>,
+    ) -> Result<Option<StepEnd>, ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let stable_weights: Vec<(SocketAddr, u32)> = at
+            .stable_servers
+            .iter()
+            .map(|a| (*a, 100 - at.weight))
+            .collect();
+        let canary_weights: Vec<(SocketAddr, u32)> =
+            at.canary.iter().map(|a| (*a, at.weight)).collect();
+        let comment = format!(
+            "canary {}% {}, stable {}",
+            at.weight,
+            ctx.live_comment(self.color, self.image),
+            ctx.live_comment(at.stable, self.previous.as_deref().unwrap_or("previous")),
+        );
+        if let Err(e) = pass
+            .switch_canary(&stable_weights, &canary_weights, &comment)
+            .await
+        {
+            if let Some(kept) = self.kept_if_unsettled(name, &e) {
+                return Err(kept);
+            }
+            return Ok(Some(StepEnd::Failed(format!(
+                "nginx refused the step's weights: {e}"
+            ))));
+        }
+        pass.emit(Progress::CanaryStep {
+            step: at.index,
+            steps: at.steps,
+            weight: at.weight,
+        });
+        Ok(None)
+    }
+
+    /// The canary's container and health, as during the drain: Some(end) when it stopped
+    /// running or failed `PROBE_FAILURES` probes in a row.
+    async fn canary_unwell(
+        &self,
+        name: &str,
+        at: &StepAt<'_>,
+        probe_failures: &mut u32,
+    ) -> Result<Option<StepEnd>, ReconcileError> {
+        let ctx = self.ctx();
+        match ctx.runtime.state(name).await? {
+            Some(InstanceState::Running) => {}
+            other => {
+                return Ok(Some(StepEnd::Failed(format!(
+                    "the container {}",
+                    other.map_or("disappeared".to_string(), |s| s.to_string())
+                ))))
+            }
+        }
+        let outcome = ctx
+            .probe_each(at.canary)
+            .await
+            .into_iter()
+            .map(|(_, o)| o)
+            .find(|o| !o.is_healthy())
+            .unwrap_or(ProbeOutcome::Healthy(200));
+        if outcome.is_healthy() {
+            *probe_failures = 0;
+            return Ok(None);
+        }
+        *probe_failures += 1;
+        ctx.metrics.health_probe_failed();
+        tracing::warn!(failures = *probe_failures, outcome = %describe(&outcome), "canary probe failed");
+        Ok((*probe_failures >= PROBE_FAILURES).then(|| {
+            StepEnd::Failed(format!(
+                "{PROBE_FAILURES} failed health probes in a row, last: {}",
+                describe(&outcome)
+            ))
+        }))
+    }
+
+    /// What status.json and the metrics show of the step so far.
+    #[allow(clippy::too_many_arguments)]
+    fn progress(
+        &self,
+        name: &str,
+        at: &StepAt<'_>,
+        started: SystemTime,
+        ends: Option<SystemTime>,
+        stable: &Figures,
+        canary: &Figures,
+        judgement: &Judgement,
+    ) -> CanaryProgress {
+        CanaryProgress {
+            image: self.image.to_string(),
+            color: self.color.to_string(),
+            container: name.to_string(),
+            stable_color: at.stable.to_string(),
+            stable_image: self.previous.clone(),
+            step: at.index,
+            steps: at.steps,
+            weight: at.weight,
+            step_started: humantime::format_rfc3339_seconds(started).to_string(),
+            step_ends: ends.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            stable: window(stable),
+            canary: window(canary),
+            judgement: judgement.to_string(),
         }
     }
 
