@@ -3,16 +3,12 @@
 //! Slack-compatible text; a webhook that never answers never delays a deploy; and the
 //! webhook's URL, a secret, is never printed.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::webhook::{Webhook, SECRET_PATH};
-use common::*;
+use crate::common::webhook::{Webhook, SECRET_PATH};
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]

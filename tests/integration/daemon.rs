@@ -4,10 +4,6 @@
 //! talking to a running daemon. What nginx serves, what runs in Docker and the bytes of the
 //! files are the observations; the daemon's log is read only where the behaviour is a log.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -19,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Bed, Site};
 
 #[test]

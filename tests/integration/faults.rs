@@ -6,10 +6,6 @@
 //! re-opens. What nginx serves, what runs in Docker and the bytes of the files are the
 //! observations.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -23,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::tmpfs::Tmpfs;
-use common::*;
+use crate::common::tmpfs::Tmpfs;
+use crate::common::*;
 use fieldtrack_testbed::util::{fnv1a, FNV_OFFSET};
 use fieldtrack_testbed::{Bed, Site};
 

@@ -6,16 +6,12 @@
 //! Tests that leave the cluster as it is take [`Swarm::steady`] (side by side); those that
 //! break nodes take [`Swarm::faults`] (alone; every node is made healthy again after).
 
-// The harness serves every test file; this one uses the Swarm part of it.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::swarm::*;
-use common::{eventually, wait_for};
+use crate::common::swarm::*;
+use crate::common::{self, eventually, wait_for};
 use fieldtrack_testbed::{EdgeLoad, Swarm, SwarmSite};
 
 /// A site of three replicas (one per node), a patient health gate and a short drain.

@@ -4,17 +4,13 @@
 //! in-process. What nginx serves and the bytes of the files fieldtrack owns are the
 //! observations.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Bed, Site};
 
 #[test]

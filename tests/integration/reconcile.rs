@@ -2,16 +2,12 @@
 //! `fieldtrack` binary: what nginx serves, what runs in Docker and the bytes of the files
 //! fieldtrack owns are the observations; nothing here trusts the binary's own word.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Bed, Site};
 
 #[test]

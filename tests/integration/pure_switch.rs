@@ -3,13 +3,9 @@
 //! serves again, and the history records the image that served in between. Against the real
 //! Docker engine (its event stream is the witness) and nginx, through the `fieldtrack` binary.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]

@@ -5,17 +5,13 @@
 //! printed; STARTTLS and TLS against the test's own CA; and an SMTP server that is down or
 //! never answers never delays or fails a deployment.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Mail, Site, SmtpOptions, SmtpServer, SmtpTls};
 
 const USER: &str = "deploy";

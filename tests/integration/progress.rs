@@ -2,16 +2,12 @@
 //! lines, the same whether the pass runs in the process or in a daemon it follows, ending
 //! with how it ended; log lines only when asked for.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]

@@ -5,13 +5,9 @@
 //! the daemon. Against the real Docker engine (its event stream is the witness) and nginx,
 //! through the `fieldtrack` binary.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 /// v1 then v2 deployed with `keep_previous`: the v1 container's name and id.

@@ -2,16 +2,12 @@
 //! lose track of an image that served. Driven through the real binary against the real
 //! Docker engine, registry and nginx; the observation is what nginx answers.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::tmpfs::Tmpfs;
-use common::*;
+use crate::common::tmpfs::Tmpfs;
+use crate::common::*;
 use fieldtrack_testbed::{util, Bed, Site};
 
 #[test]

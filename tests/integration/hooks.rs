@@ -3,15 +3,11 @@
 //! a failing or hung one (killed at `hooks.hook_timeout`) keeps production as it was;
 //! `post_deploy` runs after the switch and its failure is only reported.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]

@@ -4,15 +4,11 @@
 //! and what to do; a right login deploys and rolls back. Each test gives fieldtrack its own
 //! `DOCKER_CONFIG`, so no test depends on another's login state.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Bed, Site};
 
 /// What the Docker config given to fieldtrack holds for the private registry.
