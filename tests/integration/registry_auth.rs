@@ -53,26 +53,6 @@ fn ft_with(site: &Site, config: &Path, args: &[&str]) -> Run {
     Run::of(command(site, args).env("DOCKER_CONFIG", config))
 }
 
-/// What a test compares before and after a failed attempt.
-#[derive(Debug, PartialEq)]
-struct Production {
-    served: Option<String>,
-    upstream: String,
-    history: String,
-    containers: Vec<String>,
-}
-
-impl Production {
-    fn of(site: &Site) -> Production {
-        Production {
-            served: served(site),
-            upstream: upstream(site),
-            history: history(site),
-            containers: site.containers(),
-        }
-    }
-}
-
 /// `deploy v1` with the right login: production for the failure tests to leave alone.
 fn live_v1(site: &Site) -> Production {
     let right = docker_config(site, Login::Right);
