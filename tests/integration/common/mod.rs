@@ -442,6 +442,64 @@ pub fn repo_digest(site: &Site, image: &str, repository: &str) -> String {
         .to_string()
 }
 
+/// Now, as `docker events --since` takes it (seconds and nanoseconds since the epoch).
+pub fn unix_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
+/// The engine's container events of the site's app between two `unix_now` times, as
+/// `action name` lines, filtered to `actions`.
+pub fn container_events(site: &Site, since: &str, until: &str, actions: &[&str]) -> Vec<String> {
+    let out = site
+        .docker()
+        .args(["events", "--since", since, "--until", until])
+        .args(["--filter", "type=container"])
+        .args(["--filter", &format!("label=fieldtrack.app={}", site.app)])
+        .args(["--format", "{{.Action}} {{.Actor.Attributes.name}}"])
+        .output()
+        .expect("docker runs");
+    assert!(
+        out.status.success(),
+        "docker events: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| actions.iter().any(|a| l.split(' ').next() == Some(a)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A loopback server that accepts connections and never answers, not even a greeting: a
+/// webhook or an SMTP server that hangs.
+pub struct Silent {
+    pub addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+        Silent { addr, accepted }
+    }
+
+    /// How many connections it accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+}
+
 /// A spawned run whose stderr lines arrive through a channel.
 pub struct Spawned {
     pub child: Child,
