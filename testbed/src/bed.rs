@@ -42,7 +42,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cc", "gcc"),
     ("systemd-analyze", "systemd"),
     ("htpasswd", "apache2-utils"),
-    // The Docker API behind mutual TLS (tests/swarm.rs): certificates, and nginx's stream
+    // The Docker API behind mutual TLS (tests/integration/swarm.rs): certificates, and nginx's stream
     // module as the TLS front of the manager's socket. (A path: a file, not a program.)
     ("openssl", "openssl"),
     (

@@ -17,6 +17,7 @@
 
 mod bed;
 mod machine;
+pub mod procfs;
 mod site;
 mod smtp;
 mod swarm;

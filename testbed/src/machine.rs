@@ -1,5 +1,5 @@
 //! The production bed: a real Debian 12 booted with its own systemd, for the tests that
-//! must see what an operator's server does (tests/production.rs): the .deb installed with
+//! must see what an operator's server does (tests/integration/production.rs): the .deb installed with
 //! apt, `fieldtrack init`'s steps followed, the unit enabled, CI's user reached over ssh.
 //!
 //! The root file system is made once with debootstrap, from the mirror this machine's apt

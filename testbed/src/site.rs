@@ -23,7 +23,7 @@ use crate::Bed;
 
 /// fieldtrack's `log_format`, as `fieldtrack::observe::access_log::LOG_FORMAT` has it: the
 /// bed cannot depend on fieldtrack (fieldtrack's tests depend on the bed), so this is a
-/// copy, and `tests/canary_setup.rs` holds the two equal.
+/// copy, and `tests/integration/canary_setup.rs` holds the two equal.
 pub const LOG_FORMAT: &str = r#"log_format fieldtrack escape=json '{"time":"$time_iso8601","upstream_addr":"$upstream_addr","status":"$status","upstream_status":"$upstream_status","request_time":"$request_time","upstream_response_time":"$upstream_response_time"}';"#;
 
 /// Where a site's nginx, run under `prefix`, writes its access log in [`LOG_FORMAT`].

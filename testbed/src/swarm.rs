@@ -965,7 +965,7 @@ fn teardown(dir: &Path) -> Result<()> {
         let bundles = containerd.join("daemon/io.containerd.runtime.v2.task/moby");
         for bundle in fs::read_dir(&bundles).into_iter().flatten().flatten() {
             if let Some(init) = util::read_pid(&bundle.path().join("init.pid")) {
-                let shim = parent_pid(init);
+                let shim = crate::procfs::parent(init);
                 util::stop_pid(init, libc::SIGKILL, Duration::from_secs(5));
                 if let Some(shim) = shim {
                     util::stop_pid(shim, libc::SIGKILL, Duration::from_secs(5));
@@ -1016,12 +1016,6 @@ fn remove_dir(path: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => err(format!("cannot remove {}: {e}", path.display())),
     }
-}
-
-fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Unmounts every mount at or below `dir` (the nodes' data roots, overlay layers, container

@@ -72,17 +72,8 @@ pub fn at_exit(f: extern "C" fn()) {
 }
 
 pub fn pid_alive(pid: i32) -> bool {
-    // kill(pid, 0) probes without signalling; a zombie still counts, so check /proc state too.
-    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
+    // kill(pid, 0) probes without signalling; a zombie still answers it, /proc tells it apart.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0 && crate::procfs::runs(pid)
 }
 
 pub fn read_pid(path: &Path) -> Option<i32> {
@@ -224,18 +215,24 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// Polls `probe` every 100 ms until it holds or `limit` passes.
-pub fn wait_until(limit: Duration, mut probe: impl FnMut() -> bool) -> bool {
+/// Polls `probe` every 100 ms until it gives a value, None once `limit` passed. The one
+/// polling loop of the bed and the tests: every wait there is this one with a name.
+pub fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
     loop {
-        if probe() {
-            return true;
+        if let Some(value) = probe() {
+            return Some(value);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Polls `probe` every 100 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    poll(limit, || probe().then_some(())).is_some()
 }
 
 /// FNV-1a, to fingerprint the test app's sources; collisions only cost a rebuild.

@@ -4,15 +4,12 @@
 //! registry and nginx; the daemon runs as root, the commands as a user of this machine made
 //! for the tests.
 
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{command, fast_health, served, wait_for, Run, Spawned, PATIENCE};
+use crate::common::{self, command, fast_health, served, wait_for, Run, Spawned, PATIENCE};
 use fieldtrack_testbed::Site;
 
 /// The group and its one member, CI's user.

@@ -3,15 +3,11 @@
 //! sense of it; the test images `err5` and `lag` misbehave exactly as the canary tests
 //! assume (one request in five answered 500, 300 ms on every path but `/health`).
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::deploy_ok;
+use crate::common::{self, deploy_ok};
 use fieldtrack::config::Config;
 use fieldtrack::observe::access_log::{self, tally, Figures, Request, Tail};
 use fieldtrack_testbed::{Site, LOG_FORMAT};

@@ -4,6 +4,7 @@
 //! reads as a story.
 
 pub mod canary;
+pub mod daemon;
 pub mod swarm;
 pub mod tmpfs;
 pub mod webhook;
@@ -11,12 +12,15 @@ pub mod webhook;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use fieldtrack_testbed::Site;
+use fieldtrack_testbed::{procfs, util, Site};
+
+pub use daemon::Daemon;
 
 /// How long a spawned command may take to reach the line a test waits for.
 pub const LINE_WAIT: Duration = Duration::from_secs(60);
@@ -234,6 +238,96 @@ pub fn desired(site: &Site) -> Option<String> {
     bytes(&site.desired_file).map(|b| String::from_utf8(b).expect("the desired file is UTF-8"))
 }
 
+/// status.json, None while missing or unreadable (a daemon just started has not written it).
+pub fn status_opt(site: &Site) -> Option<serde_json::Value> {
+    let text = fs::read(site.state_dir.join("status.json")).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// status.json says TAG converged and nginx serves it.
+pub fn converged_on(site: &Site, tag: &str) -> bool {
+    status_opt(site).is_some_and(|s| s["phase"] == "converged" && s["desired"] == tag)
+        && served(site).as_deref() == Some(tag)
+}
+
+/// A site whose daemon resyncs only long after the test is over, so that a file event, a
+/// signal or a retry is what made it act (a resync re-reads the desired file and would
+/// mask a deaf watcher). Tests of drift repair set a short `rollout.resync` themselves.
+pub fn quiet_site() -> Site {
+    let mut site = Site::new();
+    site.set("rollout.resync", "\"1h\"");
+    site
+}
+
+/// A desired file naming TAG.
+pub fn desired_text(tag: &str) -> String {
+    format!("image = \"{tag}\"\n")
+}
+
+/// Writes a new file (0644, whatever the umask) in one go.
+pub fn write_new(path: &Path, content: impl AsRef<[u8]>) {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    file.write_all(content.as_ref()).unwrap();
+}
+
+/// What CI does: write a temp file beside the desired file, `mv` it over.
+pub fn write_by_mv(site: &Site, temp_name: &str, text: &str) {
+    let temp = site.dir.join(temp_name);
+    write_new(&temp, text);
+    fs::rename(&temp, &site.desired_file).unwrap();
+}
+
+/// What production is, for a test that must leave it alone: what nginx serves, the app's
+/// containers by engine id (a container replaced under the same name is a change), the
+/// upstream file and the history. Text, so that a failure shows a readable diff.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Production {
+    pub served: Option<String>,
+    pub containers: Vec<(String, String)>,
+    pub upstream: String,
+    pub history: Option<String>,
+}
+
+impl Production {
+    pub fn of(site: &Site) -> Production {
+        Production {
+            served: served(site),
+            containers: site
+                .containers()
+                .into_iter()
+                .map(|name| {
+                    let id = container_id(site, &name);
+                    (name, id)
+                })
+                .collect(),
+            upstream: upstream(site),
+            history: bytes(&site.history_file).map(|b| String::from_utf8_lossy(&b).into_owned()),
+        }
+    }
+
+    #[track_caller]
+    pub fn assert_same(&self, site: &Site) {
+        assert_eq!(&Production::of(site), self, "production changed");
+    }
+
+    /// [`Production::assert_same`], with the daemon's report when it changed.
+    #[track_caller]
+    pub fn assert_unchanged(&self, site: &Site, daemon: &Daemon) {
+        let now = Production::of(site);
+        assert!(
+            &now == self,
+            "production changed:\n{now:#?}\nwas:\n{self:#?}\n{}",
+            daemon.report(site)
+        );
+    }
+}
+
 /// Checks status.json says converged on `tag`, live where the upstream file points.
 #[track_caller]
 pub fn assert_converged(site: &Site, tag: &str) {
@@ -256,48 +350,35 @@ pub fn nginx_workers(site: &Site) -> Vec<i32> {
         .trim()
         .parse()
         .expect("nginx.pid holds a pid");
-    let mut workers: Vec<i32> = fs::read_dir("/proc")
-        .expect("/proc is readable")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let (_, rest) = stat.rsplit_once(')')?;
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                == Some(master)
-        })
-        .collect();
-    workers.sort();
-    workers
+    procfs::children(master)
 }
 
-/// Polls `condition` every 20 ms until it holds; panics naming `what` after a minute.
+/// The tests' one wait: polls `f` (every 100 ms, `util::poll`) until it gives a value;
+/// panics naming `what` after `within`, followed by what `context` tells (a daemon's log,
+/// status.json), which is only computed then.
 #[track_caller]
-pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "not within a minute: {what}");
-        std::thread::sleep(Duration::from_millis(20));
+pub fn wait_for_or<T>(
+    within: Duration,
+    what: &str,
+    f: impl FnMut() -> Option<T>,
+    context: impl FnOnce() -> String,
+) -> T {
+    match util::poll(within, f) {
+        Some(value) => value,
+        None => panic!("gave up waiting for {what} after {within:?}\n{}", context()),
     }
 }
 
-/// Polls `f` every 100 ms until it gives a value; panics naming `what` after `within`.
+/// [`wait_for_or`] with nothing more to tell.
 #[track_caller]
-pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what} after {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+pub fn wait_for<T>(within: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(within, what, f, String::new)
+}
+
+/// [`wait_for`] a condition.
+#[track_caller]
+pub fn wait_until(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    wait_for(within, what, || condition().then_some(()))
 }
 
 /// A TOML basic string (JSON's escaping is valid TOML for these values).
@@ -359,6 +440,64 @@ pub fn repo_digest(site: &Site, image: &str, repository: &str) -> String {
         .find_map(|d| d.strip_prefix(&format!("{repository}@")))
         .unwrap_or_else(|| panic!("no digest of {repository} for {image}: {digests:?}"))
         .to_string()
+}
+
+/// Now, as `docker events --since` takes it (seconds and nanoseconds since the epoch).
+pub fn unix_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
+/// The engine's container events of the site's app between two `unix_now` times, as
+/// `action name` lines, filtered to `actions`.
+pub fn container_events(site: &Site, since: &str, until: &str, actions: &[&str]) -> Vec<String> {
+    let out = site
+        .docker()
+        .args(["events", "--since", since, "--until", until])
+        .args(["--filter", "type=container"])
+        .args(["--filter", &format!("label=fieldtrack.app={}", site.app)])
+        .args(["--format", "{{.Action}} {{.Actor.Attributes.name}}"])
+        .output()
+        .expect("docker runs");
+    assert!(
+        out.status.success(),
+        "docker events: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| actions.iter().any(|a| l.split(' ').next() == Some(a)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A loopback server that accepts connections and never answers, not even a greeting: a
+/// webhook or an SMTP server that hangs.
+pub struct Silent {
+    pub addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+        Silent { addr, accepted }
+    }
+
+    /// How many connections it accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
 }
 
 /// A spawned run whose stderr lines arrive through a channel.

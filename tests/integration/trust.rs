@@ -7,15 +7,11 @@
 //! These need no test bed: each runs a read-only command (`status`) or one refused before
 //! anything is done. The tests run as root (chown to another uid needs it).
 
-// Only the bed-less part of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use common::{fieldtrack_in, Run};
+use crate::common::{fieldtrack_in, Run};
 
 /// `fieldtrack ARGS` run in `cwd`, with nothing inherited that could steer it.
 fn fieldtrack(args: &[&str], cwd: &Path) -> Run {

@@ -1,4 +1,4 @@
-//! The harness of the tests on the real multi-node Swarm (tests/swarm.rs): fieldtrack run
+//! The harness of the tests on the real multi-node Swarm (the `swarm` module): fieldtrack run
 //! inside the edge namespace against a [`SwarmSite`], and what it left in the world read
 //! back: the state files, the upstream file's `server ADDR:PORT;` lines, and the services'
 //! tasks per node as the manager sees them.
@@ -150,17 +150,6 @@ pub fn running_nodes(site: &SwarmSite, color: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The addresses of [`running_nodes`].
-pub fn running_addrs(site: &SwarmSite, color: &str) -> BTreeSet<Ipv4Addr> {
-    let nodes = running_nodes(site, color);
-    site.swarm
-        .nodes
-        .iter()
-        .filter(|n| nodes.contains(&n.name))
-        .map(|n| n.addr)
-        .collect()
-}
-
 /// A service's replica count as its spec says (`docker service inspect`), None when the
 /// service does not exist.
 pub fn replicas(site: &SwarmSite, color: &str) -> Option<u64> {
@@ -209,15 +198,6 @@ pub fn status(site: &SwarmSite) -> serde_json::Value {
     let path = site.state_dir.join("status.json");
     let text = bytes(&path).unwrap_or_else(|| panic!("{} exists", path.display()));
     serde_json::from_slice(&text).expect("status.json is JSON")
-}
-
-/// audit.jsonl, one JSON value a line.
-pub fn audit(site: &SwarmSite) -> Vec<serde_json::Value> {
-    let path = site.state_dir.join("audit.jsonl");
-    let text = String::from_utf8(bytes(&path).unwrap_or_default()).expect("audit is UTF-8");
-    text.lines()
-        .map(|line| serde_json::from_str(line).expect("each audit line is JSON"))
-        .collect()
 }
 
 /// The desired file's text, None when missing.

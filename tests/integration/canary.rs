@@ -6,16 +6,12 @@
 //! color served. What the load generator got, what nginx serves, what runs in Docker and the
 //! files fieldtrack owns are the observations.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs::{self, OpenOptions};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::canary::*;
-use common::*;
+use crate::common::canary::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 /// Load on nginx: enough clients that a 10% step gets hundreds of requests in seconds,

@@ -3,10 +3,6 @@
 //! served by an nginx under a private prefix. Also: `init` never overwrites anything, and
 //! `check` reports each failure it claims to detect, broken one at a time.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -14,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{fieldtrack_in, Run};
+use crate::common::{fieldtrack_in, wait_until, Run};
 use fieldtrack::observe::access_log::{parse_line, Request, LOG_FORMAT};
-use fieldtrack_testbed::util::{free_ports, http_get, read_pid, stop_pid, wait_until};
+use fieldtrack_testbed::util::{free_ports, http_get, read_pid, stop_pid};
 use fieldtrack_testbed::Bed;
 
 /// Reading what `check` printed.
@@ -251,12 +247,10 @@ http {{
             .unwrap();
         assert!(status.success(), "nginx starts");
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], self.nginx_port).into();
-        assert!(
-            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
-                addr
-            )
-            .is_ok()),
-            "nginx listens on {addr}"
+        wait_until(
+            Duration::from_secs(10),
+            &format!("nginx to listen on {addr}"),
+            || std::net::TcpStream::connect(addr).is_ok(),
         );
     }
 

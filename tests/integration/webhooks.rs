@@ -3,16 +3,10 @@
 //! Slack-compatible text; a webhook that never answers never delays a deploy; and the
 //! webhook's URL, a secret, is never printed.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::webhook::{Webhook, SECRET_PATH};
-use common::*;
+use crate::common::webhook::{Webhook, SECRET_PATH};
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]
@@ -66,8 +60,9 @@ fn webhook_that_never_answers_never_delays_the_deploy_and_its_secret_stays_hidde
     baseline.expect_code(0);
     let without = baseline.duration;
 
-    let silent = SilentWebhook::start();
-    site.set("notify.webhook", &toml_str(&silent.url()));
+    let silent = Silent::start();
+    let url = format!("http://{}{SECRET_PATH}", silent.addr);
+    site.set("notify.webhook", &toml_str(&url));
     site.set("notify.allow_http", "true");
     site.set("notify.timeout", "\"5s\"");
     let run = ft(&site, &["deploy", "v2"]);
@@ -92,33 +87,4 @@ fn webhook_that_never_answers_never_delays_the_deploy_and_its_secret_stays_hidde
         "{}",
         run.stderr
     );
-}
-
-/// A webhook that accepts connections and never answers.
-struct SilentWebhook {
-    addr: SocketAddr,
-    accepted: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl SilentWebhook {
-    fn start() -> SilentWebhook {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(Mutex::new(Vec::new()));
-        let held = accepted.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                held.lock().unwrap().push(stream);
-            }
-        });
-        SilentWebhook { addr, accepted }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}{SECRET_PATH}", self.addr)
-    }
-
-    fn connections(&self) -> usize {
-        self.accepted.lock().unwrap().len()
-    }
 }

@@ -3,13 +3,7 @@
 //! serves again, and the history records the image that served in between. Against the real
 //! Docker engine (its event stream is the witness) and nginx, through the `fieldtrack` binary.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]
@@ -65,33 +59,4 @@ fn deploying_the_image_still_running_in_the_idle_color_is_a_pure_nginx_switch() 
     // v2 served until v1 took over from it: recorded below v1.
     assert_eq!(history(&site), "v1\nv2\n");
     assert_converged(&site, "v1");
-}
-
-/// Now, as `docker events --since` takes it (seconds and nanoseconds since the epoch).
-fn unix_now() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
-}
-
-/// The engine's container events of the site's app between two `unix_now` times, as
-/// `action name` lines, filtered to `actions`.
-fn container_events(site: &Site, since: &str, until: &str, actions: &[&str]) -> Vec<String> {
-    let out = site
-        .docker()
-        .args(["events", "--since", since, "--until", until])
-        .args(["--filter", "type=container"])
-        .args(["--filter", &format!("label=fieldtrack.app={}", site.app)])
-        .args(["--format", "{{.Action}} {{.Actor.Attributes.name}}"])
-        .output()
-        .expect("docker runs");
-    assert!(
-        out.status.success(),
-        "docker events: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| actions.iter().any(|a| l.split(' ').next() == Some(a)))
-        .map(str::to_string)
-        .collect()
 }

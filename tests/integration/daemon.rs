@@ -4,23 +4,18 @@
 //! talking to a running daemon. What nginx serves, what runs in Docker and the bytes of the
 //! files are the observations; the daemon's log is read only where the behaviour is a log.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
-use fieldtrack_testbed::{Bed, Site};
+use crate::common::*;
+use fieldtrack_testbed::{procfs, Bed, Site};
 
 #[test]
 fn scp_style_write_in_place_is_never_acted_on_half_written_then_converges() {
@@ -96,7 +91,7 @@ fn editor_saves_converge_without_an_invalid_moment() {
         fs::rename(&site.desired_file, &backup).unwrap();
         // As on a slow disk: the file is missing for a moment.
         thread::sleep(Duration::from_millis(50));
-        write_new(&site.desired_file, &desired_text("v3"));
+        write_new(&site.desired_file, desired_text("v3"));
         fs::remove_file(&backup).unwrap();
         daemon.wait_converged(&site, "v3");
     });
@@ -130,7 +125,7 @@ fn deleted_then_recreated_desired_file_converges_and_production_keeps_serving_me
     assert_eq!(container_id(&site, &live), id);
     assert_eq!(site.containers(), vec![live]);
 
-    write_new(&site.desired_file, &desired_text("v2"));
+    write_new(&site.desired_file, desired_text("v2"));
 
     daemon.wait_converged(&site, "v2");
     assert_eq!(history(&site), "v2\nv1\n");
@@ -1123,15 +1118,6 @@ fn second_daemon_on_the_same_state_folder_refuses_to_start() {
 // ---------------------------------------------------------------------------------------
 // Helpers of this file.
 
-/// A site whose daemon resyncs only long after the test is over, so that a file event or a
-/// signal is what made it act (a resync re-reads the desired file and would mask a deaf
-/// watcher). Tests of drift repair set a short `rollout.resync` themselves.
-fn quiet_site() -> Site {
-    let mut site = Site::new();
-    site.set("rollout.resync", "\"1h\"");
-    site
-}
-
 /// With v1 deployed: a 20 s drain, a daemon on v1, then v2 written and draining (v1 still
 /// running). The daemon, v1's container name and id.
 fn v2_draining_over_v1(site: &mut Site) -> (Daemon, String, String) {
@@ -1143,234 +1129,6 @@ fn v2_draining_over_v1(site: &mut Site) -> (Daemon, String, String) {
     write_by_mv(site, "desired.toml.tmp", &desired_text("v2"));
     daemon.wait_step(site, "v2", "draining");
     (daemon, v1_name, v1_id)
-}
-
-/// How long the daemon gets for anything it must do (pull, start, health gate, drain).
-const WAIT: Duration = Duration::from_secs(60);
-
-/// A running `fieldtrack daemon`, its stderr going to a file in the site folder. Dropping it
-/// SIGKILLs the process, so a failed test leaves nothing running.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    exit: Option<ExitStatus>,
-}
-
-impl Daemon {
-    /// Writes `image = "TAG"`, starts the daemon and waits until TAG is served.
-    fn on(site: &Site, tag: &str) -> Daemon {
-        write_by_mv(site, "desired.toml.tmp", &desired_text(tag));
-        let daemon = Daemon::start(site, &[]);
-        daemon.wait_converged(site, tag);
-        daemon
-    }
-
-    /// `fieldtrack --config SITE daemon EXTRA...`.
-    fn start(site: &Site, extra: &[&str]) -> Daemon {
-        let mut args = vec!["daemon"];
-        args.extend_from_slice(extra);
-        Daemon::spawn(site, command(site, &args))
-    }
-
-    fn spawn(site: &Site, mut cmd: Command) -> Daemon {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let log = site
-            .dir
-            .join(format!("daemon-{}.log", N.fetch_add(1, Ordering::Relaxed)));
-        let stderr = File::create(&log).expect("the daemon log is created");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("the daemon starts");
-        Daemon {
-            child,
-            log,
-            exit: None,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&self) -> bool {
-        // Not reaped yet: a zombie still answers kill(pid, 0), /proc tells it apart.
-        fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .ok()
-            .and_then(|stat| {
-                let (_, rest) = stat.rsplit_once(')')?;
-                rest.split_whitespace().next().map(|s| s != "Z")
-            })
-            .unwrap_or(false)
-    }
-
-    fn signal(&self, signal: i32) {
-        let sent = send_signal(self.pid(), signal);
-        assert!(
-            sent.is_ok(),
-            "signal {signal} to the daemon: {}",
-            sent.unwrap_err()
-        );
-    }
-
-    /// Waits for the daemon to exit within `limit`.
-    #[track_caller]
-    fn wait_exit(&mut self, site: &Site, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the daemon can be waited on") {
-                self.exit = Some(status);
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "the daemon did not exit within {limit:?}\n{}",
-                    self.report(site)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for a log line containing `needle`, returns it.
-    #[track_caller]
-    fn wait_log(&self, needle: &str) -> String {
-        self.wait_log_count(needle, 1);
-        self.log()
-            .lines()
-            .find(|l| l.contains(needle))
-            .expect("found above")
-            .to_string()
-    }
-
-    /// Waits for `count` log lines containing `needle`.
-    #[track_caller]
-    fn wait_log_count(&self, needle: &str, count: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log().lines().filter(|l| l.contains(needle)).count() < count {
-            if Instant::now() > deadline {
-                panic!(
-                    "no {count} log lines with {needle:?} within {WAIT:?}:\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Polls `ok` until it holds, for up to [`WAIT`]; returns how long it took.
-    #[track_caller]
-    fn wait_until(&self, site: &Site, what: &str, ok: impl FnMut() -> bool) -> Duration {
-        self.wait_within(site, WAIT, what, ok)
-    }
-
-    #[track_caller]
-    fn wait_within(
-        &self,
-        site: &Site,
-        limit: Duration,
-        what: &str,
-        mut ok: impl FnMut() -> bool,
-    ) -> Duration {
-        let started = Instant::now();
-        loop {
-            if ok() {
-                return started.elapsed();
-            }
-            if started.elapsed() > limit {
-                panic!("{what}: not within {limit:?}\n{}", self.report(site));
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until status.json and nginx say TAG converged, then checks the whole picture.
-    #[track_caller]
-    fn wait_converged(&self, site: &Site, tag: &str) {
-        self.wait_until(site, &format!("converged on {tag}"), || {
-            converged_on(site, tag)
-        });
-        assert_converged(site, tag);
-        assert_eq!(
-            site.containers(),
-            vec![container_name(site, live_color(site))],
-            "nothing else of the app runs\n{}",
-            self.report(site)
-        );
-    }
-
-    /// Waits until status.json says the attempt at TAG is at `step`.
-    #[track_caller]
-    fn wait_step(&self, site: &Site, tag: &str, step: &str) {
-        self.wait_until(site, &format!("{tag} at step {step}"), || {
-            status_opt(site).is_some_and(|s| s["desired"] == tag && s["step"] == step)
-        });
-    }
-
-    /// Everything a failure message needs.
-    fn report(&self, site: &Site) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        format!(
-            "--- status.json\n{}\n--- audit.jsonl\n{}\n--- containers {:?}\n--- upstream\n{}--- served {:?}\n--- daemon log (last 60 lines)\n{tail}",
-            site.read(&site.state_dir.join("status.json")),
-            site.read(&site.state_dir.join("audit.jsonl")),
-            site.containers(),
-            site.read(&site.upstream_file),
-            served(site),
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.exit.is_none() && matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn desired_text(tag: &str) -> String {
-    format!("image = \"{tag}\"\n")
-}
-
-/// Writes a new file (0644, whatever the umask) in one go.
-fn write_new(path: &Path, text: &str) {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(path)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-    file.write_all(text.as_bytes()).unwrap();
-}
-
-/// What CI does: write a temp file beside the desired file, `mv` it over.
-fn write_by_mv(site: &Site, temp_name: &str, text: &str) {
-    let temp = site.dir.join(temp_name);
-    write_new(&temp, text);
-    fs::rename(&temp, &site.desired_file).unwrap();
-}
-
-/// status.json, None while missing or unreadable.
-fn status_opt(site: &Site) -> Option<serde_json::Value> {
-    let text = fs::read(site.state_dir.join("status.json")).ok()?;
-    serde_json::from_slice(&text).ok()
-}
-
-/// status.json says TAG converged and nginx serves it.
-fn converged_on(site: &Site, tag: &str) -> bool {
-    status_opt(site).is_some_and(|s| s["phase"] == "converged" && s["desired"] == tag)
-        && served(site).as_deref() == Some(tag)
 }
 
 /// (image, outcome) of audit records.
@@ -1513,9 +1271,7 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 
 /// User plus system CPU time of a process, in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process exists");
-    let (_, rest) = stat.rsplit_once(')').expect("a stat line");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    procfs::Stat::of(pid)
+        .expect("the process exists")
+        .cpu_ticks()
 }

@@ -5,16 +5,14 @@
 //! None of this needs the test bed: every command here stops, or is stopped, before it would
 //! reach Docker, whose host points at a socket that does not exist.
 
-// Only the bed-less part of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::common;
 
 /// What a symlinked state file must never change.
 const VICTIM: &str = "root:x:0:0:victim line that must survive\n";

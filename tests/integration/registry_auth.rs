@@ -4,15 +4,11 @@
 //! and what to do; a right login deploys and rolls back. Each test gives fieldtrack its own
 //! `DOCKER_CONFIG`, so no test depends on another's login state.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Bed, Site};
 
 /// What the Docker config given to fieldtrack holds for the private registry.
@@ -55,26 +51,6 @@ fn docker_config(site: &Site, login: Login) -> PathBuf {
 /// `fieldtrack ARGS...` with `DOCKER_CONFIG` set to `config`.
 fn ft_with(site: &Site, config: &Path, args: &[&str]) -> Run {
     Run::of(command(site, args).env("DOCKER_CONFIG", config))
-}
-
-/// What a test compares before and after a failed attempt.
-#[derive(Debug, PartialEq)]
-struct Production {
-    served: Option<String>,
-    upstream: String,
-    history: String,
-    containers: Vec<String>,
-}
-
-impl Production {
-    fn of(site: &Site) -> Production {
-        Production {
-            served: served(site),
-            upstream: upstream(site),
-            history: history(site),
-            containers: site.containers(),
-        }
-    }
 }
 
 /// `deploy v1` with the right login: production for the failure tests to leave alone.

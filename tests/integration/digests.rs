@@ -2,11 +2,7 @@
 //! is the one the registry gave for the image that was pulled, as `docker image inspect`
 //! reports it. Against the real Docker engine and registry, through the `fieldtrack` binary.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]

@@ -3,16 +3,12 @@
 //! a failing or hung one (killed at `hooks.hook_timeout`) keeps production as it was;
 //! `post_deploy` runs after the switch and its failure is only reported.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
-use common::*;
-use fieldtrack_testbed::Site;
+use crate::common::*;
+use fieldtrack_testbed::{procfs, Site};
 
 #[test]
 fn failing_pre_switch_hook_keeps_production_and_sees_the_deployment() {
@@ -156,7 +152,7 @@ fn pre_switch_hook_slower_than_its_timeout_is_killed_and_fails_the_attempt() {
         .parse()
         .expect("a pid");
     wait_for(PATIENCE, "the hung hook to be gone", || {
-        (!process_alive(pid)).then_some(())
+        (!procfs::runs(pid)).then_some(())
     });
 }
 
@@ -250,15 +246,5 @@ impl HookScript {
     /// The upstream file as the hook saw it.
     fn upstream_seen(&self) -> String {
         fs::read_to_string(&self.upstream_file).expect("the hook ran")
-    }
-}
-
-/// Whether `pid` runs (a zombie counts as gone).
-fn process_alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
     }
 }

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::common::wait_until;
 use fieldtrack_testbed::{util, Bed, Machine, Ssh};
 use serde_json::Value;
 
@@ -151,14 +152,6 @@ impl Run {
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:#?}"))
     }
-}
-
-#[track_caller]
-fn wait_for(what: &str, limit: Duration, mut probe: impl FnMut() -> bool) {
-    assert!(
-        util::wait_until(limit, &mut probe),
-        "timed out waiting for {what}"
-    );
 }
 
 impl Prod {
@@ -348,7 +341,7 @@ impl Prod {
             self.root("fieldtrack deploy v1 --by setup").expect(0);
         }
         assert_eq!(self.served().as_deref(), Some("v1"));
-        wait_for("nothing but the live container", LIMIT, || {
+        wait_until(LIMIT, "nothing but the live container", || {
             self.containers().len() == 1
         });
     }
@@ -483,7 +476,7 @@ impl Prod {
         self.root(&format!("cat >> {CONFIG} <<'EOF'\n{text}\nEOF"))
             .expect(0);
         self.root("systemctl reload fieldtrack").expect(0);
-        wait_for("the daemon to re-read its config", LIMIT, || {
+        wait_until(LIMIT, "the daemon to re-read its config", || {
             self.journal_count("config reloaded") > before
         });
     }
@@ -497,10 +490,10 @@ impl Prod {
 fn ci_user_upload_is_served_and_its_result_read_back_with_status_json() {
     on_machine(|p| {
         p.upload("image = \"v2\"\nby = \"ci\"\nnote = \"upload\"\n");
-        wait_for("v2 served after the upload", LIMIT, || {
+        wait_until(LIMIT, "v2 served after the upload", || {
             p.served().as_deref() == Some("v2")
         });
-        wait_for("the daemon to report v2 converged", LIMIT, || {
+        wait_until(LIMIT, "the daemon to report v2 converged", || {
             p.state_status()["phase"] == "converged" && p.state_status()["desired"] == "v2"
         });
         let status = p.ci("fieldtrack status --json");
@@ -640,23 +633,23 @@ fn ci_user_promotes_and_aborts_a_canary() {
             s["canary"]["step"] == step && s["canary"]["image"] == image
         };
         let deploy = p.ci_spawn("fieldtrack deploy v2 --by ci");
-        wait_for("canary step 1 of v2", LIMIT, || canary_step(1, "v2"));
+        wait_until(LIMIT, "canary step 1 of v2", || canary_step(1, "v2"));
         let promote = p.ci("fieldtrack promote");
         promote.expect(0);
         assert!(promote.stdout.contains("step 1"), "{promote:#?}");
-        wait_for("canary step 2 of v2", LIMIT, || canary_step(2, "v2"));
+        wait_until(LIMIT, "canary step 2 of v2", || canary_step(2, "v2"));
         p.ci("fieldtrack promote").expect(0);
         let deploy = Run::of(deploy.wait_with_output().unwrap());
         deploy.expect(0);
         assert_eq!(p.served().as_deref(), Some("v2"));
 
         let deploy = p.ci_spawn("fieldtrack deploy v3 --by ci");
-        wait_for("canary step 1 of v3", LIMIT, || canary_step(1, "v3"));
+        wait_until(LIMIT, "canary step 1 of v3", || canary_step(1, "v3"));
         p.ci("fieldtrack abort --note 'looks wrong'").expect(0);
         let deploy = Run::of(deploy.wait_with_output().unwrap());
         deploy.expect(1);
         assert_eq!(p.served().as_deref(), Some("v2"));
-        wait_for("v3's candidate removed", LIMIT, || {
+        wait_until(LIMIT, "v3's candidate removed", || {
             p.containers().len() == 1
         });
         let desired = String::from_utf8_lossy(&p.read(DESIRED)).into_owned();
@@ -768,7 +761,7 @@ fn hostile_desired_paths_renamed_in_a_loop_never_hang_or_restart_the_daemon() {
         ))
         .expect(0);
         // A FIFO left at the path: refused as invalid, not waited on.
-        wait_for("the FIFO refused as invalid", LIMIT, || {
+        wait_until(LIMIT, "the FIFO refused as invalid", || {
             p.state_status()["phase"] == "invalid"
         });
         assert_eq!(p.served().as_deref(), Some("v1"));
@@ -776,14 +769,14 @@ fn hostile_desired_paths_renamed_in_a_loop_never_hang_or_restart_the_daemon() {
         // open descriptor is judged, not the name. A valid file first, so the refusal seen
         // is the device's.
         p.upload("image = \"v1\"\nby = \"ci\"\n");
-        wait_for("the valid v1 back", LIMIT, || {
+        wait_until(LIMIT, "the valid v1 back", || {
             p.state_status()["phase"] == "converged"
         });
         p.root(&format!(
             "cd {DESIRED_DIR} && mknod .zero c 1 5 && mv -f .zero desired.toml"
         ))
         .expect(0);
-        wait_for("the device refused as invalid", LIMIT, || {
+        wait_until(LIMIT, "the device refused as invalid", || {
             p.state_status()["phase"] == "invalid"
         });
         let json = p.ci("fieldtrack status --json").json();
@@ -797,7 +790,7 @@ fn hostile_desired_paths_renamed_in_a_loop_never_hang_or_restart_the_daemon() {
         assert_eq!(p.served().as_deref(), Some("v1"));
         p.root(&format!("rm -f {DESIRED}")).expect(0);
         p.upload("image = \"v2\"\nby = \"ci\"\n");
-        wait_for("the valid upload served", LIMIT, || {
+        wait_until(LIMIT, "the valid upload served", || {
             p.served().as_deref() == Some("v2")
         });
         assert_eq!(p.unit("MainPID"), pid, "the same daemon");
@@ -853,7 +846,7 @@ fn watchdog_restarts_a_stopped_daemon() {
         let (pid, restarts) = (p.unit("MainPID"), p.unit("NRestarts"));
         let restarts: u32 = restarts.parse().unwrap();
         p.root(&format!("kill -STOP {pid}")).expect(0);
-        wait_for("a new daemon after the watchdog", LIMIT, || {
+        wait_until(LIMIT, "a new daemon after the watchdog", || {
             let now = p.unit("MainPID");
             now != pid && now != "0" && p.unit("ActiveState") == "active"
         });
@@ -876,7 +869,7 @@ fn stop_mid_deploy_leaves_the_old_version_serving_and_no_candidate() {
         let live = p.containers();
         p.root("fieldtrack deploy slow --by setup --no-wait")
             .expect(0);
-        wait_for("slow's health gate", LIMIT, || {
+        wait_until(LIMIT, "slow's health gate", || {
             p.state_status()["step"] == "health"
         });
         p.root("systemctl stop fieldtrack").expect(0);
@@ -902,11 +895,11 @@ fn poweroff_and_boot_come_back_converged_without_redeploying() {
         let started = Instant::now();
         p.machine.boot_again().unwrap();
         eprintln!("poweroff and boot in {:.1?}", started.elapsed());
-        wait_for("the daemon started at boot", LIMIT, || {
+        wait_until(LIMIT, "the daemon started at boot", || {
             p.unit("ActiveState") == "active"
         });
         let pid: u64 = p.unit("MainPID").parse().unwrap();
-        wait_for("the new daemon's first pass", LIMIT, || {
+        wait_until(LIMIT, "the new daemon's first pass", || {
             let s = p.state_status();
             s["pid"] == pid && s["phase"] == "converged"
         });

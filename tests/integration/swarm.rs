@@ -6,16 +6,12 @@
 //! Tests that leave the cluster as it is take [`Swarm::steady`] (side by side); those that
 //! break nodes take [`Swarm::faults`] (alone; every node is made healthy again after).
 
-// The harness serves every test file; this one uses the Swarm part of it.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::swarm::*;
-use common::{eventually, wait_for};
+use crate::common::swarm::*;
+use crate::common::{self, wait_for, wait_until, PATIENCE};
 use fieldtrack_testbed::{EdgeLoad, Swarm, SwarmSite};
 
 /// A site of three replicas (one per node), a patient health gate and a short drain.
@@ -67,7 +63,7 @@ fn deploy_and_rollback_run_one_task_per_node_and_nginx_names_all_three() {
         "{}",
         upstream(&site)
     );
-    eventually("the old color scaled to 0", || {
+    wait_until(PATIENCE, "the old color scaled to 0", || {
         set_replicas(&site, first) == Some(0)
     });
     assert_eq!(history(&site), "v2\nv1\n");
@@ -122,7 +118,7 @@ fn an_unhealthy_image_leaves_production_untouched_and_the_idle_color_at_zero() {
     assert_eq!(served(&site).as_deref(), Some("v1"));
     assert_eq!(upstream(&site), before);
     let idle = idle_color(&site);
-    eventually("the candidate scaled back to 0", || {
+    wait_until(PATIENCE, "the candidate scaled back to 0", || {
         set_replicas(&site, idle) == Some(0)
     });
     assert_eq!(history(&site), "v1\n");
@@ -142,7 +138,7 @@ fn a_crashing_image_fails_at_once_naming_the_exit() {
     assert_eq!(served(&site).as_deref(), Some("v1"));
     assert_eq!(upstream(&site), before);
     let idle = idle_color(&site);
-    eventually("the candidate scaled back to 0", || {
+    wait_until(PATIENCE, "the candidate scaled back to 0", || {
         set_replicas(&site, idle) == Some(0)
     });
 }
@@ -265,9 +261,11 @@ fn a_kill_at_any_step_is_finished_by_the_next_pass() {
             upstream(&site)
         );
         let idle = idle_color(&site);
-        eventually(&format!("killed at {step}: {idle} scaled to 0"), || {
-            set_replicas(&site, idle).is_none_or(|n| n == 0)
-        });
+        wait_until(
+            PATIENCE,
+            &format!("killed at {step}: {idle} scaled to 0"),
+            || set_replicas(&site, idle).is_none_or(|n| n == 0),
+        );
         assert!(
             history(&site).starts_with(&format!("{tag}\n")),
             "killed at {step}: {}",
@@ -300,7 +298,7 @@ fn a_service_changed_by_hand_is_replaced_blue_green() {
     assert_ne!(live_color(&site), first, "{}", run.stderr);
     assert_eq!(set_replicas(&site, live_color(&site)), Some(3));
     assert_eq!(upstream_addrs(&site), node_addrs(swarm));
-    eventually("the edited service scaled to 0", || {
+    wait_until(PATIENCE, "the edited service scaled to 0", || {
         set_replicas(&site, second) == Some(0)
     });
     // And in sync once the edited service's tasks have ended.
@@ -593,7 +591,7 @@ fn the_manager_is_reached_over_tls_with_client_certificates() {
             .expect("nginx starts"),
     );
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    eventually("the TLS front listens", || {
+    wait_until(PATIENCE, "the TLS front listens", || {
         fieldtrack_testbed::edge_listens(addr)
     });
 

@@ -5,17 +5,12 @@
 //! printed; STARTTLS and TLS against the test's own CA; and an SMTP server that is down or
 //! never answers never delays or fails a deployment.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Mail, Site, SmtpOptions, SmtpServer, SmtpTls};
 
 const USER: &str = "deploy";
@@ -235,7 +230,7 @@ fn an_smtp_server_down_or_silent_never_delays_or_fails_the_deploy() {
 
     // A server that accepts the connection and never says a word, with a delivery deadline
     // far longer than a deploy: the deploy finishes while the server still hangs.
-    let silent = SilentServer::start();
+    let silent = Silent::start();
     email_to(&mut site, silent.addr.port(), "none");
     site.set("notify.timeout", "\"10m\"");
     let run = ft(&site, &["deploy", "v2"]);
@@ -261,29 +256,4 @@ fn plain_smtp_to_another_host_is_refused_naming_the_key() {
         .expect_code(2)
         .says(&["notify.email.security", "only allowed to a loopback host"]);
     assert_eq!(served(&site), None);
-}
-
-/// An SMTP server that accepts connections and never answers (not even the greeting).
-struct SilentServer {
-    addr: SocketAddr,
-    accepted: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl SilentServer {
-    fn start() -> SilentServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(Mutex::new(Vec::new()));
-        let held = accepted.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                held.lock().unwrap().push(stream);
-            }
-        });
-        SilentServer { addr, accepted }
-    }
-
-    fn connections(&self) -> usize {
-        self.accepted.lock().unwrap().len()
-    }
 }

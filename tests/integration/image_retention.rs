@@ -4,11 +4,7 @@
 //! retention in the shared one would remove images other tests are about to run. Against the
 //! real Docker engine and registry, through the `fieldtrack` binary.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Bed, Site};
 
 #[test]

@@ -5,13 +5,9 @@
 //! the daemon. Against the real Docker engine (its event stream is the witness) and nginx,
 //! through the `fieldtrack` binary.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
+use std::time::{Duration, Instant, SystemTime};
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 /// v1 then v2 deployed with `keep_previous`: the v1 container's name and id.
@@ -206,33 +202,4 @@ fn a_daemon_killed_in_the_window_and_restarted_keeps_it_then_removes_the_old_col
     });
     assert_eq!(served(&site).as_deref(), Some("v2"));
     second.kill();
-}
-
-/// Now, as `docker events --since` takes it (seconds and nanoseconds since the epoch).
-fn unix_now() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
-}
-
-/// The engine's container events of the site's app between two `unix_now` times, as
-/// `action name` lines, filtered to `actions`.
-fn container_events(site: &Site, since: &str, until: &str, actions: &[&str]) -> Vec<String> {
-    let out = site
-        .docker()
-        .args(["events", "--since", since, "--until", until])
-        .args(["--filter", "type=container"])
-        .args(["--filter", &format!("label=fieldtrack.app={}", site.app)])
-        .args(["--format", "{{.Action}} {{.Actor.Attributes.name}}"])
-        .output()
-        .expect("docker runs");
-    assert!(
-        out.status.success(),
-        "docker events: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| actions.iter().any(|a| l.split(' ').next() == Some(a)))
-        .map(str::to_string)
-        .collect()
 }

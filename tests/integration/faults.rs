@@ -6,25 +6,21 @@
 //! re-opens. What nginx serves, what runs in Docker and the bytes of the files are the
 //! observations.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::symlink;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::tmpfs::Tmpfs;
-use common::*;
+use crate::common::tmpfs::Tmpfs;
+use crate::common::*;
 use fieldtrack_testbed::util::{fnv1a, FNV_OFFSET};
 use fieldtrack_testbed::{Bed, Site};
 
@@ -119,7 +115,7 @@ fn sigkill_during_the_health_gate_after_a_failed_probe_then_restart_converges() 
     deploy_ok(&site, "v1");
     let old = container_name(&site, live_color(&site));
     let candidate = container_name(&site, idle_color(&site));
-    let daemon = Daemon::start(&site, None);
+    let daemon = Daemon::start(&site, &[]);
     daemon.wait_converged(&site, "v1");
     let upstream_before = upstream(&site);
 
@@ -139,7 +135,7 @@ fn sigkill_during_the_health_gate_after_a_failed_probe_then_restart_converges() 
     assert_eq!(site.containers(), sorted(vec![old, candidate]));
     assert_eq!(history(&site), "v1\n");
 
-    let daemon = Daemon::start(&site, None);
+    let daemon = Daemon::start(&site, &[]);
     daemon.wait_converged(&site, "slow");
     assert_serving_from_a_running_container(&site, "slow");
     assert_history_valid(&site, &["slow", "v1"]);
@@ -170,7 +166,7 @@ fn sigkill_at(point: &str, at: AtKill) {
     } else {
         site.green_port
     };
-    let daemon = Daemon::start(&site, Some(point));
+    let daemon = Daemon::paused_at(&site, point);
     daemon.wait_converged(&site, "v1");
 
     write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
@@ -206,7 +202,7 @@ fn sigkill_at(point: &str, at: AtKill) {
     let candidate_id = at.candidate.then(|| container_id(&site, &candidate));
     daemon.kill();
 
-    let daemon = Daemon::start(&site, None);
+    let daemon = Daemon::start(&site, &[]);
     daemon.wait_converged(&site, "v2");
     assert_serving_from_a_running_container(&site, "v2");
     assert_eq!(
@@ -1028,7 +1024,7 @@ fn hostile_desired_file(site: &Site, content: &[u8], words: &[&str]) {
     let before = Production::of(site);
     let good = bytes(&site.desired_file);
     let temp = site.dir.join("desired.toml.tmp");
-    write_bytes(&temp, content);
+    write_new(&temp, content);
     fs::rename(&temp, &site.desired_file).unwrap();
 
     let run = ft(site, &["reconcile"]);
@@ -1056,7 +1052,7 @@ fn hostile_desired_file(site: &Site, content: &[u8], words: &[&str]) {
     assert_eq!(status["phase"], "invalid", "{status:#}");
     match good {
         Some(good) => {
-            write_bytes(&temp, &good);
+            write_new(&temp, &good);
             fs::rename(&temp, &site.desired_file).unwrap();
         }
         None => fs::remove_file(&site.desired_file).unwrap(),
@@ -1065,195 +1061,6 @@ fn hostile_desired_file(site: &Site, content: &[u8], words: &[&str]) {
 
 // ---------------------------------------------------------------------------------------
 // Helpers of this file.
-
-/// A site whose daemon resyncs only long after the test is over, so that a file event or a
-/// retry is what made it act.
-fn quiet_site() -> Site {
-    let mut site = Site::new();
-    site.set("rollout.resync", "\"1h\"");
-    site
-}
-
-/// How long the daemon gets for anything it must do (pull, start, health gate, drain).
-const WAIT: Duration = Duration::from_secs(90);
-
-/// A running `fieldtrack daemon`, its stderr going to a file in the site folder. Dropping it
-/// SIGKILLs the process, so a failed test leaves nothing running.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    exited: bool,
-}
-
-impl Daemon {
-    /// Writes `image = "TAG"`, starts the daemon and waits until TAG is served.
-    fn on(site: &Site, tag: &str) -> Daemon {
-        write_by_mv(site, "desired.toml.tmp", &desired_text(tag));
-        let daemon = Daemon::start(site, None);
-        daemon.wait_converged(site, tag);
-        daemon
-    }
-
-    /// `fieldtrack --config SITE daemon`, with `FIELDTRACK_TEST_PAUSE_AT=point` when given.
-    fn start(site: &Site, pause_at: Option<&str>) -> Daemon {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let log = site
-            .dir
-            .join(format!("daemon-{}.log", N.fetch_add(1, Ordering::Relaxed)));
-        let stderr = File::create(&log).expect("the daemon log is created");
-        let mut cmd = command(site, &["daemon"]);
-        if let Some(point) = pause_at {
-            cmd.env("FIELDTRACK_TEST_PAUSE_AT", point);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("the daemon starts");
-        Daemon {
-            child,
-            log,
-            exited: false,
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&self) -> bool {
-        let pid = self.child.id();
-        // Not reaped yet: a zombie still exists, /proc tells it apart.
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                let (_, rest) = stat.rsplit_once(')')?;
-                rest.split_whitespace().next().map(|s| s != "Z")
-            })
-            .unwrap_or(false)
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL is delivered");
-        self.child.wait().expect("the killed daemon is reaped");
-        self.exited = true;
-    }
-
-    /// Waits for a log line containing `needle`.
-    #[track_caller]
-    fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.log().contains(needle) {
-            assert!(
-                self.running(),
-                "the daemon exited before logging {needle:?}:\n{}",
-                self.log()
-            );
-            if Instant::now() > deadline {
-                panic!(
-                    "no log line with {needle:?} within {WAIT:?}:\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Polls `ok` until it holds, for up to [`WAIT`].
-    #[track_caller]
-    fn wait_until(&self, site: &Site, what: &str, mut ok: impl FnMut() -> bool) {
-        let started = Instant::now();
-        while !ok() {
-            if started.elapsed() > WAIT {
-                panic!("{what}: not within {WAIT:?}\n{}", self.report(site));
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until status.json and nginx say TAG converged, then checks the whole picture.
-    #[track_caller]
-    fn wait_converged(&self, site: &Site, tag: &str) {
-        self.wait_until(site, &format!("converged on {tag}"), || {
-            converged_on(site, tag)
-        });
-        assert_converged(site, tag);
-        assert_eq!(
-            site.containers(),
-            vec![container_name(site, live_color(site))],
-            "nothing else of the app runs\n{}",
-            self.report(site)
-        );
-    }
-
-    /// Everything a failure message needs.
-    fn report(&self, site: &Site) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        format!(
-            "--- status.json\n{}\n--- audit.jsonl\n{}\n--- containers {:?}\n--- upstream\n{}--- served {:?}\n--- daemon log (last 60 lines)\n{tail}",
-            site.read(&site.state_dir.join("status.json")),
-            site.read(&site.state_dir.join("audit.jsonl")),
-            site.containers(),
-            site.read(&site.upstream_file),
-            served(site),
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if !self.exited && matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// What production is: what nginx serves, the containers by id, the upstream file and the
-/// history, byte for byte.
-#[derive(Debug, PartialEq)]
-struct Production {
-    served: Option<String>,
-    containers: Vec<(String, String)>,
-    upstream: String,
-    history: Option<Vec<u8>>,
-}
-
-impl Production {
-    fn of(site: &Site) -> Production {
-        Production {
-            served: served(site),
-            containers: site
-                .containers()
-                .into_iter()
-                .map(|name| {
-                    let id = container_id(site, &name);
-                    (name, id)
-                })
-                .collect(),
-            upstream: upstream(site),
-            history: bytes(&site.history_file),
-        }
-    }
-
-    #[track_caller]
-    fn assert_same(&self, site: &Site) {
-        assert_eq!(&Production::of(site), self, "production changed");
-    }
-
-    #[track_caller]
-    fn assert_unchanged(&self, site: &Site, daemon: &Daemon) {
-        let now = Production::of(site);
-        assert!(
-            &now == self,
-            "production changed:\n{now:#?}\nwas:\n{self:#?}\n{}",
-            daemon.report(site)
-        );
-    }
-}
 
 /// nginx serves TAG from the container the upstream file points at, which is running.
 #[track_caller]
@@ -1309,10 +1116,6 @@ fn assert_history_lines_valid(text: &str, limit: usize) {
     assert_eq!(distinct.len(), lines.len(), "distinct lines: {text:?}");
 }
 
-fn desired_text(tag: &str) -> String {
-    format!("image = \"{tag}\"\n")
-}
-
 /// The `image` the desired file names, None when it names none.
 fn desired_image(site: &Site) -> Option<String> {
     desired(site)?.lines().find_map(|line| {
@@ -1339,37 +1142,6 @@ fn toml_string(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// Writes a new file (0644, whatever the umask) in one go.
-fn write_bytes(path: &Path, content: &[u8]) {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(path)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-    file.write_all(content).unwrap();
-}
-
-/// What CI does: write a temp file beside the desired file, `mv` it over.
-fn write_by_mv(site: &Site, temp_name: &str, text: &str) {
-    let temp = site.dir.join(temp_name);
-    write_bytes(&temp, text.as_bytes());
-    fs::rename(&temp, &site.desired_file).unwrap();
-}
-
-/// status.json, None while missing or unreadable.
-fn status_opt(site: &Site) -> Option<serde_json::Value> {
-    let text = fs::read(site.state_dir.join("status.json")).ok()?;
-    serde_json::from_slice(&text).ok()
-}
-
-/// status.json says TAG converged and nginx serves it.
-fn converged_on(site: &Site, tag: &str) -> bool {
-    status_opt(site).is_some_and(|s| s["phase"] == "converged" && s["desired"] == tag)
-        && served(site).as_deref() == Some(tag)
 }
 
 /// The names in a folder.

@@ -2,16 +2,12 @@
 //! lose track of an image that served. Driven through the real binary against the real
 //! Docker engine, registry and nginx; the observation is what nginx answers.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::tmpfs::Tmpfs;
-use common::*;
+use crate::common::tmpfs::Tmpfs;
+use crate::common::*;
 use fieldtrack_testbed::{util, Bed, Site};
 
 #[test]
@@ -105,7 +101,7 @@ fn a_failed_switch_whose_restore_also_failed_keeps_the_candidate_nginx_points_at
     // still reaches a container.
     fs::remove_file(&filler).unwrap();
     reload_nginx(&site);
-    eventually("nginx serves v2 from the kept candidate", || {
+    wait_until(PATIENCE, "nginx serves v2 from the kept candidate", || {
         served(&site).as_deref() == Some("v2")
     });
 }
@@ -147,7 +143,7 @@ fn a_reload_that_took_effect_then_failed_twice_keeps_the_candidate_nginx_switche
     );
     // nginx did switch (its old worker may answer v1 a moment longer): it must reach a
     // container.
-    eventually("nginx serves v2 from the kept candidate", || {
+    wait_until(PATIENCE, "nginx serves v2 from the kept candidate", || {
         served(&site).as_deref() == Some("v2")
     });
     assert_eq!(history(&site), "v1\n");
@@ -163,7 +159,9 @@ fn an_image_that_served_is_recorded_when_a_newer_deploy_takes_over_after_a_kill_
     deploy.wait_for_line("fieldtrack: test pause at draining");
     deploy.kill();
     // nginx reloads asynchronously: its old worker may answer v1 a moment longer.
-    eventually("nginx serves v2", || served(&site).as_deref() == Some("v2"));
+    wait_until(PATIENCE, "nginx serves v2", || {
+        served(&site).as_deref() == Some("v2")
+    });
 
     deploy_ok(&site, "v3");
 

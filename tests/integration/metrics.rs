@@ -4,10 +4,6 @@
 //! metrics address is the daemon's only listening socket, and without metrics it listens
 //! nowhere. The sockets are read from /proc, not taken from the daemon's word.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
@@ -15,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]

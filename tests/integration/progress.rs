@@ -2,16 +2,7 @@
 //! lines, the same whether the pass runs in the process or in a daemon it follows, ending
 //! with how it ended; log lines only when asked for.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
-use std::fs;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::Duration;
-
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]
@@ -186,48 +177,5 @@ fn no_log_lines(stderr: &str) {
             !timestamped && !line.contains(" INFO "),
             "a log line: {line:?}\n{stderr}"
         );
-    }
-}
-
-/// `fieldtrack daemon` on a site, its stderr in a file; killed when dropped.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Writes `image = "TAG"`, starts the daemon and waits until TAG is served.
-    fn on(site: &Site, tag: &str) -> Daemon {
-        let tmp = site.dir.join("desired.toml.tmp");
-        fs::write(&tmp, format!("image = \"{tag}\"\n")).expect("the desired file is written");
-        fs::rename(&tmp, &site.desired_file).expect("the desired file is moved in place");
-        let log = site.dir.join("daemon.log");
-        let child = command(site, &["daemon"])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("the daemon log is created"))
-            .spawn()
-            .expect("the daemon starts");
-        let daemon = Daemon { child, log };
-        wait_for(Duration::from_secs(60), "the daemon converged", || {
-            let written = bytes(&site.state_dir.join("status.json")).is_some();
-            (written
-                && status(site)["phase"] == "converged"
-                && served(site).as_deref() == Some(tag))
-            .then_some(())
-        });
-        daemon
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- daemon log\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
     }
 }

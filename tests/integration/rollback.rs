@@ -4,17 +4,13 @@
 //! in-process. What nginx serves and the bytes of the files fieldtrack owns are the
 //! observations.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Bed, Site};
 
 #[test]
@@ -793,35 +789,25 @@ fn run_bounded(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Run {
     }
 }
 
-/// Everything a command that must change nothing could touch: the files fieldtrack owns
-/// (as text, so a failure shows a readable diff) and the site's containers by engine id.
+/// Everything a command that must change nothing could touch: production (the upstream
+/// file, the history, the containers by engine id) and the other files fieldtrack owns, as
+/// text so that a failure shows a readable diff.
 #[derive(Debug, PartialEq, Eq)]
 struct World {
+    production: Production,
     desired: Option<String>,
-    history: Option<String>,
-    upstream: String,
     status: Option<String>,
     audit: Option<String>,
-    containers: Vec<(String, String)>,
 }
 
 impl World {
     fn of(site: &Site) -> World {
         let text = |path: &Path| bytes(path).map(|b| String::from_utf8_lossy(&b).into_owned());
         World {
+            production: Production::of(site),
             desired: text(&site.desired_file),
-            history: text(&site.history_file),
-            upstream: upstream(site),
             status: text(&site.state_dir.join("status.json")),
             audit: text(&site.state_dir.join("audit.jsonl")),
-            containers: site
-                .containers()
-                .into_iter()
-                .map(|name| {
-                    let id = container_id(site, &name);
-                    (name, id)
-                })
-                .collect(),
         }
     }
 }

@@ -2,16 +2,12 @@
 //! `fieldtrack` binary: what nginx serves, what runs in Docker and the bytes of the files
 //! fieldtrack owns are the observations; nothing here trusts the binary's own word.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fieldtrack_testbed::{Bed, Site};
 
 #[test]
@@ -460,10 +456,12 @@ fn the_drain_lasts_until_nginx_workers_of_the_old_configuration_have_exited() {
     let mut held = HeldRequest::start(&site);
 
     let deploy = Spawned::start(&site, &["deploy", "v2"], None);
-    eventually("nginx reloaded", || {
+    wait_until(PATIENCE, "nginx reloaded", || {
         nginx_workers(&site).iter().any(|p| !before.contains(p))
     });
-    eventually("v2 served", || served(&site).as_deref() == Some("v2"));
+    wait_until(PATIENCE, "v2 served", || {
+        served(&site).as_deref() == Some("v2")
+    });
     // Well past the 1 s drain: the old worker still holds its request.
     std::thread::sleep(Duration::from_secs(3));
     assert!(
@@ -580,9 +578,11 @@ fn the_new_color_is_probed_while_the_drain_waits_for_old_workers() {
     // flaky answers its health check with 500 from 3 s after its start: after the 1 s drain,
     // while the old worker still holds its request.
     let deploy = Spawned::start(&site, &["deploy", "flaky"], None);
-    eventually("flaky served", || served(&site).as_deref() == Some("flaky"));
+    wait_until(PATIENCE, "flaky served", || {
+        served(&site).as_deref() == Some("flaky")
+    });
     // The upstream file first: the reload and nginx's new worker come a moment later.
-    eventually("traffic switched back to v1", || {
+    wait_until(PATIENCE, "traffic switched back to v1", || {
         live_color(&site) == v1_color && served(&site).as_deref() == Some("v1")
     });
 
@@ -615,7 +615,7 @@ impl HeldRequest {
         held.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("a read timeout is set");
         write!(held, "GET /version HTTP/1.1\r\nHost: held\r\n").expect("half a request is sent");
-        eventually("the worker accepted the held connection", || {
+        wait_until(PATIENCE, "the worker accepted the held connection", || {
             open_files() > files
         });
         HeldRequest(held)

@@ -7,14 +7,10 @@
 //! then prints the value and exits, which is exactly a container printing its environment.
 //! Redaction works on values, whatever their key, so the value plays the secret.
 
-// Not every helper of the harness is used in this file.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 
-use common::webhook::Webhook;
-use common::*;
+use crate::common::webhook::Webhook;
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 /// The secret of the env file: it must never appear anywhere fieldtrack writes or prints.

@@ -6,14 +6,10 @@
 //! during the attempt always wins. What nginx serves, what runs in Docker, what a loopback
 //! receiver got and the files fieldtrack owns are the observations.
 
-// Not every helper of the shared harness is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::fs;
 
-use common::webhook::{Webhook, SECRET_PATH};
-use common::*;
+use crate::common::webhook::{Webhook, SECRET_PATH};
+use crate::common::*;
 use fieldtrack_testbed::Site;
 
 #[test]
