@@ -573,7 +573,7 @@ mod tests {
     }
 
     /// A minimal SMTP dialogue on loopback: the server receives one message, for both
-    /// recipients, with its headers (the real server's test is tests/email.rs).
+    /// recipients, with its headers (the real server's test is tests/integration/email.rs).
     #[tokio::test]
     async fn the_dialogue_carries_the_envelope_and_the_body() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -902,7 +902,7 @@ async fn a_history_io_error_after_the_switch_is_transient_and_the_next_pass_reco
     let (site, folder) = site_with_its_history_in_a_folder();
     // During the drain (probe 1 is the gate's) the history's folder becomes a file: the
     // history cannot be read or written at the end (ENOTDIR), an I/O error after the switch
-    // as a disk's EIO would be (tests/faults.rs fills a real disk).
+    // as a disk's EIO would be (tests/integration/faults.rs fills a real disk).
     let away = site._dir.path().join("history.away");
     let (from, to) = (folder.clone(), away.clone());
     site.world().at_probe(2, move |_| {
