@@ -36,7 +36,6 @@ use crate::apply::http_probe::HealthError;
 use crate::config::{Config, ConfigError};
 use crate::desired::{Desired, DesiredError, DesiredErrorKind};
 use crate::metrics::Metrics;
-use crate::plan::{plan, Verdict};
 use crate::reconcile::{
     error_policy, AfterPass, Backoff, LiveContext, Pass, PassOutcome, ReconcileError, Requeue,
     Trigger,
@@ -496,7 +495,9 @@ impl Daemon {
         let file_unusable = self.invalid.is_some();
         let handle = tokio::spawn(async move {
             if file_unusable {
-                if let Some(outcome) = nothing_to_repair(&ctx, &pass_desired).await {
+                // status.json says `invalid`: a pass with nothing to repair must not
+                // overwrite that with its own verdict.
+                if let Some(outcome) = ctx.nothing_to_repair(&pass_desired).await {
                     return Ok(outcome);
                 }
             }
@@ -716,20 +717,6 @@ fn held_for_life(old: &Config, new: &Config) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(key, moved)| moved.then_some(key))
     .collect()
-}
-
-/// While the desired file is unusable, status.json says `invalid`: a pass with nothing to
-/// repair must not overwrite that with its own verdict, so it is skipped. Returns the
-/// outcome it would have had, or None when there is drift to repair (or the world could
-/// not be observed, which the pass reports itself).
-async fn nothing_to_repair(ctx: &LiveContext, desired: &Desired) -> Option<PassOutcome> {
-    let observed = ctx.observe().await.ok()?;
-    match plan(&ctx.cfg, desired, &observed).verdict {
-        Verdict::Converge | Verdict::Unclear { .. } => None,
-        Verdict::InSync => Some(PassOutcome::Converged),
-        Verdict::Paused => Some(PassOutcome::Paused),
-        Verdict::AlreadyFailed => Some(PassOutcome::AlreadyFailed { message: None }),
-    }
 }
 
 /// Half the systemd watchdog period, when the watchdog is on.

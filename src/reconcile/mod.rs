@@ -240,6 +240,20 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
         })
     }
 
+    /// The outcome a pass toward `desired` would have without changing anything (in sync,
+    /// paused, already failed); None when there is drift to repair, or the world could not
+    /// be observed (which a pass then reports itself). A daemon whose desired file is
+    /// unusable asks this first, so that a pass with nothing to do leaves the status alone.
+    pub async fn nothing_to_repair(&self, desired: &Desired) -> Option<PassOutcome> {
+        let observed = self.observe().await.ok()?;
+        match plan(&self.cfg, desired, &observed).verdict {
+            Verdict::Converge | Verdict::Unclear { .. } => None,
+            Verdict::InSync => Some(PassOutcome::Converged),
+            Verdict::Paused => Some(PassOutcome::Paused),
+            Verdict::AlreadyFailed => Some(PassOutcome::AlreadyFailed { message: None }),
+        }
+    }
+
     /// The world as it is now.
     pub async fn observe(&self) -> Result<Observed, ObserveError> {
         observe(&self.cfg, &self.runtime, &self.proxy).await
