@@ -149,7 +149,11 @@ impl ReconcileError {
         let io = matches!(
             &self,
             ReconcileError::History(HistoryError::Read { .. } | HistoryError::Write { .. })
-                | ReconcileError::Status(StatusError::Read { .. } | StatusError::Write { .. })
+                | ReconcileError::Status(
+                    StatusError::Read { .. }
+                        | StatusError::Write { .. }
+                        | StatusError::WriteJournal { .. }
+                )
         );
         if !io {
             return self;

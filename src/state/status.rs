@@ -55,6 +55,14 @@ pub enum StatusError {
         #[source]
         source: io::Error,
     },
+    /// The journal written before the status (see [`crate::state::journal`]) could not be
+    /// written; the previous journal and status are still in place.
+    #[error("failed to write the journal {}: {source}", path.display())]
+    WriteJournal {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Where the reconciler stands with the desired generation.

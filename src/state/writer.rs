@@ -131,7 +131,7 @@ impl StatusWriter {
         let path = self.state_dir.join(super::journal::JOURNAL_FILE);
         Journal::of(status)
             .save(&self.state_dir)
-            .map_err(|source| StatusError::Write { path, source })
+            .map_err(|source| StatusError::WriteJournal { path, source })
     }
 
     /// Publishes `status` for the deploy group; a failure is logged, never fatal: the

@@ -517,11 +517,12 @@ fn full_state_folder_under_the_daemon_fails_the_pass_before_any_change() {
     let filler = disk.fill();
     write_by_mv(&site, "desired.toml.tmp", &desired_text("v2"));
 
-    // Observed: the pass's first status write fails, before anything is touched; the daemon
-    // says so in its log (the status cannot say it) and waits for a change or a request.
+    // Observed: the pass's first state write fails (the journal, written before each
+    // status), before anything is touched; the daemon says so in its log (the status cannot
+    // say it) and waits for a change or a request.
     let error = format!(
-        "failed to write status file {}: No space left on device",
-        site.state_dir.join("status.json").display()
+        "failed to write the journal {}: No space left on device",
+        site.state_dir.join("journal.json").display()
     );
     daemon.wait_until(&site, "the daemon logs the failed status write", || {
         daemon.log().contains(&error)
