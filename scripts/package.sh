@@ -11,6 +11,11 @@
 #                                            package the debug binary, compressed faster
 #                                            (the tests do this: same package, no second
 #                                            build)
+#   ./scripts/package.sh --version 0.1.0+up-1 --profile dev --no-build --fast --out DIR
+#                                            the same package under another Debian version
+#                                            (cargo-deb's --deb-version, revision included):
+#                                            a higher one is what apt installs as an upgrade
+#                                            (tests/integration/production.rs does this)
 #   ./scripts/package.sh --install-tools     only make sure cargo-deb is installed
 #
 # Installs cargo-deb (`cargo install cargo-deb --locked`) when it is missing: a few minutes,
@@ -22,6 +27,7 @@ profile=release
 build=1
 out=target/debian
 fast=()
+version=()
 tools_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -29,8 +35,9 @@ while [ $# -gt 0 ]; do
         --no-build) build=0; shift ;;
         --out) out=${2:?--out needs a folder}; shift 2 ;;
         --fast) fast=(--fast); shift ;;
+        --version) version=(--deb-version "${2:?--version needs a Debian version}"); shift 2 ;;
         --install-tools) tools_only=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "package.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -74,6 +81,6 @@ mkdir -p "$out"
 echo "==> cargo deb ($profile)" >&2
 # --no-build: the binary above is the one packaged (cargo-deb maps target/release/ in the
 # assets to the profile's folder).
-cargo deb --no-build --profile "$profile" --output "$out" --quiet "${fast[@]}" >&2
+cargo deb --no-build --profile "$profile" --output "$out" --quiet "${fast[@]}" "${version[@]}" >&2
 deb=$(ls -t "$out"/fieldtrack_*.deb | head -n 1)
 echo "$deb"

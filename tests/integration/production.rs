@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::common::wait_until;
+use crate::common::{toml_str, wait_until};
 use fieldtrack_testbed::{util, Bed, Machine, Ssh};
 use serde_json::Value;
 
@@ -217,11 +217,33 @@ impl Prod {
     /// builds it), installed with apt as an operator would: `--no-install-recommends`, the
     /// engine is the bed's.
     fn install_package(&mut self) {
+        let deb = self.package(None);
+        self.apt_install(&deb).expect(0);
+        self.root("fieldtrack --version").expect(0);
+        assert_eq!(
+            self.root("systemctl show fieldtrack -p LoadState --value")
+                .stdout
+                .trim(),
+            "loaded"
+        );
+    }
+
+    /// Packages the debug binary already built (no second build) under Cargo.toml's version,
+    /// or under `version` (the same binary as another release, for an upgrade), and copies
+    /// the .deb into root's home inside. Its path there.
+    fn package(&self, version: Option<&str>) -> String {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = self.scratch.path().join("deb");
-        let run = Command::new(repo.join("scripts/package.sh"))
-            .args(["--profile", "dev", "--no-build", "--fast", "--out"])
-            .arg(&out)
+        let out = self.scratch.path().join(match version {
+            None => "deb".to_string(),
+            Some(v) => format!("deb-{v}"),
+        });
+        let mut package = Command::new(repo.join("scripts/package.sh"));
+        package.args(["--profile", "dev", "--no-build", "--fast", "--out"]);
+        package.arg(&out);
+        if let Some(version) = version {
+            package.args(["--version", version]);
+        }
+        let run = package
             .stdin(Stdio::null())
             .output()
             .expect("scripts/package.sh runs");
@@ -232,18 +254,22 @@ impl Prod {
         );
         let deb = PathBuf::from(String::from_utf8_lossy(&run.stdout).trim());
         let name = deb.file_name().unwrap().to_string_lossy().into_owned();
-        std::fs::copy(&deb, self.machine.path(&format!("/root/{name}"))).unwrap();
-        let apt = self.root(&format!(
-            "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ./{name}"
-        ));
-        apt.expect(0);
-        self.root("fieldtrack --version").expect(0);
-        assert_eq!(
-            self.root("systemctl show fieldtrack -p LoadState --value")
-                .stdout
-                .trim(),
-            "loaded"
-        );
+        let inside = format!("/root/{name}");
+        std::fs::copy(&deb, self.machine.path(&inside)).unwrap();
+        inside
+    }
+
+    /// `apt-get install` of a local .deb inside, as an operator installs or upgrades.
+    fn apt_install(&self, deb: &str) -> Run {
+        self.root(&format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {deb}"
+        ))
+    }
+
+    /// The package's version as dpkg has it installed.
+    fn installed_version(&self) -> String {
+        let run = self.root("dpkg-query -W -f '${Version}' fieldtrack");
+        run.expect(0).stdout.trim().to_string()
     }
 
     /// `init`'s next steps, literally where they are commands: the two `echo 'include ...'`
@@ -296,19 +322,7 @@ impl Prod {
             ("keep_images = true", "keep_images = false"),
             ("[docker]", "[docker]\nhost = \"unix:///run/docker.sock\""),
         ] {
-            let at: Vec<usize> = text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| l.trim() == from)
-                .map(|(i, _)| i)
-                .collect();
-            assert_eq!(at.len(), 1, "one line `{from}` in the generated config");
-            text = text
-                .lines()
-                .map(|l| if l.trim() == from { to } else { l })
-                .collect::<Vec<_>>()
-                .join("\n")
-                + "\n";
+            text = replace_line(&text, from, to);
         }
         std::fs::write(&path, text).unwrap();
     }
@@ -472,9 +486,23 @@ impl Prod {
 
     /// Appends to the config and has the daemon re-read it (SIGHUP).
     fn add_to_config(&self, text: &str) {
-        let before = self.journal_count("config reloaded");
         self.root(&format!("cat >> {CONFIG} <<'EOF'\n{text}\nEOF"))
             .expect(0);
+        self.reload_config();
+    }
+
+    /// Replaces the config's one line `from` (a key `init` wrote) with `to` and has the
+    /// daemon re-read it: a table `init` wrote cannot be appended a second time.
+    fn set_in_config(&self, from: &str, to: &str) {
+        let path = self.machine.path(CONFIG);
+        let text = replace_line(&std::fs::read_to_string(&path).unwrap(), from, to);
+        std::fs::write(&path, text).unwrap();
+        self.reload_config();
+    }
+
+    /// `systemctl reload` (SIGHUP), then waits until the daemon says it re-read its config.
+    fn reload_config(&self) {
+        let before = self.journal_count("config reloaded");
         self.root("systemctl reload fieldtrack").expect(0);
         wait_until(LIMIT, "the daemon to re-read its config", || {
             self.journal_count("config reloaded") > before
@@ -881,6 +909,125 @@ fn stop_mid_deploy_leaves_the_old_version_serving_and_no_candidate() {
             "{status:#?}"
         );
     });
+}
+
+/// `apt-get install` of a newer .deb while the daemon is in the middle of a deployment:
+/// the package's postinst restarts the running fieldtrack.service, the old daemon stops at
+/// a safe point (its attempt cancelled, its candidate removed), and the new one converges
+/// on the same desired file by itself, no one writing it again: a new pid and version, v2
+/// served and recorded, nothing else of the app left running, and both attempts audited.
+#[test]
+fn apt_upgrade_during_a_deployment_converges_without_a_redeploy() {
+    on_machine(|p| {
+        let version = format!("{}+upgrade-1", env!("CARGO_PKG_VERSION"));
+        let deb = p.package(Some(&version));
+        assert_ne!(
+            p.installed_version(),
+            version,
+            "an upgrade, not a reinstall"
+        );
+        let (old_pid, restarts) = (p.unit("MainPID"), p.unit("NRestarts"));
+        // The pre_switch hook holds the attempt of the daemon running now (the hook's
+        // parent) until that daemon goes, so that apt lands in the middle of it however
+        // long apt takes; the daemon the upgrade starts passes the hook at once. Should the
+        // upgrade restart nothing, the hook ends by itself and the old pid converges.
+        let hold = format!("[ \"$PPID\" != {old_pid} ] || exec sleep 50");
+        p.set_in_config(
+            "pre_switch = []",
+            &format!("pre_switch = [\"/bin/sh\", \"-c\", {}]", toml_str(&hold)),
+        );
+        let hooks_run = p.journal_count("running hook");
+        let audited = audit_lines(p);
+        p.upload("image = \"v2\"\nby = \"ci\"\nnote = \"release 2\"\n");
+        let desired = p.read(DESIRED);
+        wait_until(LIMIT, "v2's attempt held before its switch", || {
+            let s = p.state_status();
+            s["desired"] == "v2"
+                && s["step"] == "health"
+                && p.journal_count("running hook") > hooks_run
+        });
+        assert_eq!(p.containers().len(), 2, "v2's candidate beside v1");
+        assert_eq!(p.served().as_deref(), Some("v1"));
+
+        let started = Instant::now();
+        let apt = p.apt_install(&deb);
+        apt.expect(0);
+        eprintln!("apt-get install of {version} in {:.1?}", started.elapsed());
+        assert_eq!(p.installed_version(), version);
+        wait_until(LIMIT, "a new daemon after the upgrade", || {
+            let now = p.unit("MainPID");
+            now != old_pid && now != "0" && p.unit("ActiveState") == "active"
+        });
+        let pid: u64 = p.unit("MainPID").parse().unwrap();
+        assert_eq!(
+            p.unit("NRestarts"),
+            restarts,
+            "restarted by the upgrade, not a crash"
+        );
+        wait_until(LIMIT, "the new daemon converged on v2", || {
+            let s = p.state_status();
+            s["pid"] == pid && s["desired"] == "v2" && s["phase"] == "converged"
+        });
+        eprintln!(
+            "from apt-get install to v2 converged under the new daemon in {:.1?}",
+            started.elapsed()
+        );
+        assert_eq!(p.served().as_deref(), Some("v2"));
+        let history = String::from_utf8_lossy(&p.read(HISTORY)).into_owned();
+        assert_eq!(
+            history.lines().take(2).collect::<Vec<_>>(),
+            ["v2", "v1"],
+            "{history}"
+        );
+        let live = p.state_status()["live"]["container"].clone();
+        wait_until(LIMIT, "nothing but the live container", || {
+            p.containers()
+                .iter()
+                .map(|c| Value::from(c.as_str()))
+                .eq([live.clone()])
+        });
+        assert_eq!(
+            p.read(DESIRED),
+            desired,
+            "no one wrote the desired file again"
+        );
+        let attempts: Vec<(String, String)> = audit_lines(p)[audited.len()..]
+            .iter()
+            .filter(|r| r["event"] == "deploy")
+            .map(|r| {
+                let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (field("image"), field("outcome"))
+            })
+            .collect();
+        assert_eq!(
+            attempts,
+            [
+                ("v2".to_string(), "cancelled".to_string()),
+                ("v2".to_string(), "succeeded".to_string())
+            ],
+            "the old daemon's attempt cancelled, the new one's converged"
+        );
+    });
+}
+
+/// `text` with its one line `from` (trimmed) replaced by `to`.
+#[track_caller]
+fn replace_line(text: &str, from: &str, to: &str) -> String {
+    let at = text.lines().filter(|l| l.trim() == from).count();
+    assert_eq!(at, 1, "one line `{from}` in the config");
+    text.lines()
+        .map(|l| if l.trim() == from { to } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// The audit log's records, oldest first.
+fn audit_lines(p: &Prod) -> Vec<Value> {
+    String::from_utf8_lossy(&p.read(AUDIT))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("an audit line ({e}): {l}")))
+        .collect()
 }
 
 /// Powered off and booted again: the unit starts by itself, finds v1 converged and
