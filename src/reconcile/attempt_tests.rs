@@ -11,10 +11,7 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 
 use super::fakes::{Call, FakeProber, FakeProxy, FakeRuntime, Fakes, PullFailure, Traffic, World};
-use super::{
-    error_policy, AfterPass, Backoff, Context, Pass, PassOutcome, Progress, ReconcileError,
-    Requeue, Trigger,
-};
+use super::{error_policy, Backoff, Context, Pass, PassOutcome, Progress, ReconcileError, Trigger};
 use crate::apply::hooks::HookError;
 use crate::config::Config;
 use crate::desired::Desired;
@@ -276,15 +273,7 @@ async fn candidate_never_answering_2xx_fails_at_the_gate_deadline() {
         }
         other => panic!("expected Unhealthy, got {other:?}"),
     }
-    assert_eq!(
-        error_policy(&e),
-        AfterPass {
-            requeue: Requeue::Resync,
-            mark_failed: true,
-            reconnect: false,
-            reset_backoff: false
-        }
-    );
+    assert_eq!(error_policy(&e), super::error::GENERATION_FAILED);
     assert!(site.world().container("api-green").is_none());
     assert!(!site.world().called(&Call::Write(GREEN)));
     assert_production_untouched(&site, &before);
@@ -726,15 +715,7 @@ async fn missing_image_starts_nothing_and_waits_for_a_new_desired_state() {
         ),
         "{e:?}"
     );
-    assert_eq!(
-        error_policy(&e),
-        AfterPass {
-            requeue: Requeue::Resync,
-            mark_failed: true,
-            reconnect: false,
-            reset_backoff: false
-        }
-    );
+    assert_eq!(error_policy(&e), super::error::GENERATION_FAILED);
     assert!(!site.world().called(&Call::Run("api-green".into())));
     assert_production_untouched(&site, &before);
 }

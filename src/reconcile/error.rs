@@ -243,6 +243,16 @@ impl AfterPass {
     }
 }
 
+/// What the policy answers to an error that fails the generation on its own merits (an
+/// unhealthy image, a missing one, a login to fix): marked, nothing sooner than the resync.
+#[cfg(test)]
+pub(crate) const GENERATION_FAILED: AfterPass = AfterPass {
+    requeue: Requeue::Resync,
+    mark_failed: true,
+    reconnect: false,
+    reset_backoff: false,
+};
+
 /// The error policy, pure: transient errors come back after the backoff (or the registry's
 /// retry-after); a cancelled pass comes back at once; anything else waits for the resync,
 /// and marks the generation failed unless the world, not the generation, is at fault (which
@@ -282,16 +292,6 @@ mod tests {
 
     /// The resync period these tests pass: far from every backoff delay.
     const RESYNC: Duration = Duration::from_secs(3600);
-
-    /// A permanent failure of the generation: marked, and nothing sooner than the resync.
-    fn awaits_change() -> AfterPass {
-        AfterPass {
-            requeue: Requeue::Resync,
-            mark_failed: true,
-            reconnect: false,
-            reset_backoff: false,
-        }
-    }
 
     #[test]
     fn a_success_resets_the_backoff_and_looks_again_after_the_resync() {
@@ -336,7 +336,7 @@ mod tests {
             last: "500".into(),
             logs: String::new(),
         };
-        assert_eq!(error_policy(&unhealthy), awaits_change());
+        assert_eq!(error_policy(&unhealthy), GENERATION_FAILED);
         let missing = ReconcileError::Pull {
             reference: "r:v".into(),
             source: RuntimeError::ImageNotFound {
@@ -345,7 +345,7 @@ mod tests {
                 message: "manifest unknown".into(),
             },
         };
-        assert_eq!(error_policy(&missing), awaits_change());
+        assert_eq!(error_policy(&missing), GENERATION_FAILED);
         // A login to give (or to fix) waits for the operator, as a missing image does.
         for source in [
             RuntimeError::LoginRequired {
@@ -363,7 +363,7 @@ mod tests {
                 reference: "r:v".into(),
                 source,
             };
-            assert_eq!(error_policy(&login), awaits_change(), "{login}");
+            assert_eq!(error_policy(&login), GENERATION_FAILED, "{login}");
         }
         let down = ReconcileError::Pull {
             reference: "r:v".into(),
