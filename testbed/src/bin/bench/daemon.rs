@@ -42,15 +42,15 @@ impl Daemon {
     pub fn wait_converged(&self, site: &Site, tag: &str) -> Result<()> {
         let deadline = Instant::now() + COMMAND_LIMIT;
         loop {
-            let status = fs::read_to_string(site.state_dir.join("status.json")).unwrap_or_default();
-            if json_str(&status, "desired").as_deref() == Some(tag)
-                && json_str(&status, "phase").as_deref() == Some("converged")
+            let (text, status) = Status::read(site);
+            if status.desired.as_deref() == Some(tag)
+                && status.phase.as_deref() == Some("converged")
                 && version(site.nginx_addr()).as_deref() == Some(tag)
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("the daemon did not converge to {tag}: {status}"));
+                return Err(format!("the daemon did not converge to {tag}: {text}"));
             }
             thread::sleep(POLL);
         }
@@ -78,11 +78,20 @@ impl Drop for Daemon {
     }
 }
 
-/// A string field of a JSON object (`"key": "value"`), None for null or missing; enough for
-/// status.json, whose strings hold no escaped quotes.
-pub fn json_str(text: &str, key: &str) -> Option<String> {
-    let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
-    let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
-    let rest = rest.strip_prefix('"')?;
-    Some(rest[..rest.find('"')?].to_string())
+/// The fields of a site's status.json the bench waits on (docs/status-json.md).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Status {
+    pub desired: Option<String>,
+    pub phase: Option<String>,
+    pub step: Option<String>,
+}
+
+impl Status {
+    /// The site's status.json now, and what it says; a file missing or not (yet) readable
+    /// says nothing, and the next poll reads it again.
+    pub fn read(site: &Site) -> (String, Status) {
+        let text = fs::read_to_string(site.state_dir.join("status.json")).unwrap_or_default();
+        let status = serde_json::from_str(&text).unwrap_or_default();
+        (text, status)
+    }
 }

@@ -30,7 +30,7 @@
 //! one module per figure; they share the tools (`tools`: fieldtrack, baseline.sh, sites),
 //! the timing of a command until nginx serves its target (`timing`), the daemon (`daemon`),
 //! the load generator (`load`), the lab's stand-in apps (`stand_in`), the Docker engine
-//! (`docker`), the /proc readers (`procfs`) and the report (`report`).
+//! through bollard (`docker`), the /proc readers (`procfs`) and the report (`report`).
 
 mod daemon;
 mod docker;
@@ -45,8 +45,9 @@ mod tools;
 
 use std::time::Instant;
 
-use fieldtrack_testbed::{util, Bed};
+use fieldtrack_testbed::Bed;
 
+use docker::Engine;
 use opts::Opts;
 use report::Report;
 use sections::{
@@ -80,10 +81,11 @@ fn run(opts: &Opts) -> Result<Report> {
     let started = Instant::now();
     eprintln!("bench: bringing the test bed up");
     let bed = Bed::up().map_err(|e| e.to_string())?;
-    let tools = Tools::new(opts, &bed);
+    let docker = Engine::connect(&bed.docker_host).map_err(|e| e.to_string())?;
+    let tools = Tools::new(opts, &bed, &docker);
     eprintln!("bench: pulling the test images once, so every figure is for a cached image");
     for tag in INSTANT.iter().chain(&["v3", READY1S]) {
-        util::run(bed.docker().args(["pull", "-q", &bed.image(tag)])).map_err(|e| e.to_string())?;
+        docker.pull(&bed.image(tag)).map_err(|e| e.to_string())?;
     }
     let mut report = Report {
         sections: Vec::new(),

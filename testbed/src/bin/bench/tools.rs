@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use fieldtrack_testbed::{Bed, Site, SiteOptions};
 
+use crate::docker::Engine;
 use crate::opts::Opts;
 use crate::Result;
 
 /// What the sections run against: the bed, the binaries measured, the `--set` overrides.
 pub struct Tools<'a> {
     pub bed: &'a Bed,
+    pub docker: &'a Engine,
     fieldtrack: PathBuf,
     baseline: PathBuf,
     sets: Vec<(String, String)>,
@@ -22,9 +24,10 @@ pub struct Tools<'a> {
 }
 
 impl<'a> Tools<'a> {
-    pub fn new(opts: &Opts, bed: &'a Bed) -> Tools<'a> {
+    pub fn new(opts: &Opts, bed: &'a Bed, docker: &'a Engine) -> Tools<'a> {
         Tools {
             bed,
+            docker,
             fieldtrack: opts.fieldtrack.clone(),
             baseline: opts.baseline.clone(),
             sets: opts.sets.clone(),

@@ -7,7 +7,7 @@ use std::fs;
 use std::thread;
 use std::time::Duration;
 
-use fieldtrack_testbed::{util, Site};
+use fieldtrack_testbed::Site;
 
 use crate::daemon::Daemon;
 use crate::load::{Conn, Load};
@@ -222,13 +222,10 @@ pub fn run(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
         opts.canary_window.as_secs()
     );
     for tag in BAD.iter().chain(&[STABLE]) {
-        util::run(
-            tools
-                .bed
-                .docker()
-                .args(["pull", "-q", &tools.bed.image(tag)]),
-        )
-        .map_err(|e| e.to_string())?;
+        tools
+            .docker
+            .pull(&tools.bed.image(tag))
+            .map_err(|e| e.to_string())?;
     }
     let rigs = [
         CanaryRig::new(tools, Strategy::BlueGreen)?,

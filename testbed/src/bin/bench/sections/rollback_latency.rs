@@ -7,10 +7,9 @@ use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fieldtrack_testbed::{util, Bed, Site};
+use fieldtrack_testbed::{util, Site};
 
-use crate::daemon::{json_str, Daemon};
-use crate::docker::docker_api;
+use crate::daemon::{Daemon, Status};
 use crate::opts::Opts;
 use crate::report::{secs, verdict, Report, Sample, Section, Target};
 use crate::sections::READY1S;
@@ -56,8 +55,8 @@ pub fn run(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
         cold_ready.push(t.served);
         // The app's own ready time: create and start it through the Docker API, as fieldtrack
         // does, and poll its /health directly every 10 ms.
-        ready_instant.push(app_ready_time(tools.bed, "v1", ready_port, run)?);
-        ready_ready.push(app_ready_time(tools.bed, READY1S, ready_port, run)?);
+        ready_instant.push(app_ready_time(tools, "v1", ready_port, run)?);
+        ready_ready.push(app_ready_time(tools, READY1S, ready_port, run)?);
         eprintln!("bench:   cold run {}/{} done", run + 1, opts.runs);
     }
     drop(site);
@@ -210,9 +209,9 @@ fn enter_drain(tools: &Tools, site: &Site, tag: &str) -> Result<Child> {
         .map_err(|e| format!("cannot start fieldtrack deploy {tag}: {e}"))?;
     let deadline = Instant::now() + COMMAND_LIMIT;
     loop {
-        let status = fs::read_to_string(site.state_dir.join("status.json")).unwrap_or_default();
-        if json_str(&status, "desired").as_deref() == Some(tag)
-            && json_str(&status, "step").as_deref() == Some("draining")
+        let (_, status) = Status::read(site);
+        if status.desired.as_deref() == Some(tag)
+            && status.step.as_deref() == Some("draining")
             && version(site.nginx_addr()).as_deref() == Some(tag)
         {
             // nginx's old workers answer for about 100 ms after a reload: let them go, so
@@ -240,23 +239,16 @@ fn finish_superseded(mut child: Child) -> Result<()> {
 
 /// Creates and starts the image through the Docker API (as fieldtrack does), publishes it on
 /// `port`, and returns how long until its /health answers 200. The container is removed.
-fn app_ready_time(bed: &Bed, tag: &str, port: u16, run: usize) -> Result<Duration> {
+fn app_ready_time(tools: &Tools, tag: &str, port: u16, run: usize) -> Result<Duration> {
     let name = format!("fieldtrack-bench-ready-{}-{run}-{tag}", std::process::id());
-    let body = format!(
-        r#"{{"Image":"{}","ExposedPorts":{{"8080/tcp":{{}}}},"Labels":{{"fieldtrack.bench":"ready"}},"HostConfig":{{"PortBindings":{{"8080/tcp":[{{"HostIp":"127.0.0.1","HostPort":"{port}"}}]}}}}}}"#,
-        bed.image(tag)
-    );
+    let image = tools.bed.image(tag);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let start = Instant::now();
     let result = (|| {
-        docker_api(
-            bed,
-            "POST",
-            &format!("/containers/create?name={name}"),
-            &body,
-            201,
-        )?;
-        docker_api(bed, "POST", &format!("/containers/{name}/start"), "", 204)?;
+        tools
+            .docker
+            .run(&name, &image, 8080, port, &[("fieldtrack.bench", "ready")])
+            .map_err(|e| e.to_string())?;
         loop {
             if matches!(
                 util::http_get(addr, "/health", Duration::from_secs(1)),
@@ -270,12 +262,6 @@ fn app_ready_time(bed: &Bed, tag: &str, port: u16, run: usize) -> Result<Duratio
             thread::sleep(POLL);
         }
     })();
-    let _ = docker_api(
-        bed,
-        "DELETE",
-        &format!("/containers/{name}?force=true"),
-        "",
-        204,
-    );
+    let _ = tools.docker.remove(&name);
     result
 }
