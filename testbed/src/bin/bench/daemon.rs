@@ -61,7 +61,7 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        sigterm(&child);
         wait_child(&mut child, Duration::from_secs(60), "the daemon").map(|_| ())
     }
 }
@@ -69,13 +69,21 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            sigterm(&child);
             if wait_child(&mut child, Duration::from_secs(30), "the daemon").is_err() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
         }
     }
+}
+
+/// Asks the daemon to stop at its next safe point; one already gone needs nothing.
+fn sigterm(child: &Child) {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(child),
+        rustix::process::Signal::TERM,
+    );
 }
 
 /// The fields of a site's status.json the bench waits on (docs/status-json.md).

@@ -79,6 +79,14 @@ impl LoadStats {
         f64::from(self.latencies_us[i]) / 1000.0
     }
 
+    /// The "keep-alive closes retried" cell: only keep-alive clients retry.
+    pub fn retried_cell(&self, conn: Conn) -> String {
+        match conn {
+            Conn::KeepAlive => self.retried.to_string(),
+            Conn::Close => "-".into(),
+        }
+    }
+
     pub fn failure_text(&self) -> String {
         if self.failures.is_empty() {
             return "0".into();

@@ -19,8 +19,7 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(14) + ticks(15)) as f64 / hz)
+    Ok((ticks(14) + ticks(15)) as f64 * clock_tick())
 }
 
 /// A `Vm…` line of /proc/PID/status, in MiB.
@@ -52,4 +51,11 @@ pub fn children(parent: i32) -> Vec<i32> {
                 == Some(parent)
         })
         .collect()
+}
+
+/// The length of a clock tick, the unit of /proc's CPU times, in seconds.
+pub fn clock_tick() -> f64 {
+    // SAFETY: sysconf only reads a system constant. rustix has it (param) in a feature the
+    // workspace does not build otherwise.
+    1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }

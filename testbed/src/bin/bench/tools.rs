@@ -71,6 +71,16 @@ impl<'a> Tools<'a> {
         cmd
     }
 
+    /// `fieldtrack deploy TAG --by bench`, to be run.
+    pub fn deploy(&self, site: &Site, tag: &str) -> Command {
+        self.ft(site, &["deploy", tag, "--by", "bench"])
+    }
+
+    /// Deploys `tag` (in-process, or through the site's daemon) to its end, untimed.
+    pub fn deploy_untimed(&self, site: &Site, tag: &str) -> Result<()> {
+        self.setup(self.deploy(site, tag), &format!("fieldtrack deploy {tag}"))
+    }
+
     /// `bench/baseline.sh` deploying `tag` on the site, configured through the environment.
     pub fn baseline(&self, site: &Site, tag: &str) -> Command {
         let nginx = |tail: &str| {

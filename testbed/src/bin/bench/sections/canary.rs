@@ -97,10 +97,7 @@ impl<'a> CanaryRig<'a> {
             site.set("canary.max_error_rate", CANARY_MAX_ERROR_RATE);
         }
         // The first deployment has no stable color, so no canary step either.
-        tools.setup(
-            tools.ft(&site, &["deploy", STABLE, "--by", "bench"]),
-            &format!("fieldtrack deploy {STABLE}"),
-        )?;
+        tools.deploy_untimed(&site, STABLE)?;
         let daemon = Daemon::start(tools, &site)?;
         daemon.wait_converged(&site, STABLE)?;
         Ok(CanaryRig {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use fieldtrack_testbed::Site;
 
 use crate::daemon::Daemon;
-use crate::procfs::{cpu_seconds, vm_mib};
+use crate::procfs::{clock_tick, cpu_seconds, vm_mib};
 use crate::report::{verdict, Report, Section, Target};
 use crate::timing::POLL;
 use crate::tools::Tools;
@@ -27,10 +27,7 @@ impl IdleDaemon {
         eprintln!("bench: d. the daemon idle for {idle_secs} s (beside sections a and b)");
         // Production defaults for the daemon: resync 30 s, drain 5 s.
         let site = tools.site("5s")?;
-        tools.setup(
-            tools.ft(&site, &["deploy", "v1", "--by", "bench"]),
-            "fieldtrack deploy v1",
-        )?;
+        tools.deploy_untimed(&site, "v1")?;
         let daemon = Daemon::start(tools, &site)?;
         daemon.wait_converged(&site, "v1")?;
         // Let the first pass settle before the idle window starts.
@@ -64,7 +61,7 @@ impl IdleDaemon {
         let pid = self.daemon.pid();
         // A deployment through the daemon, sampling RSS meanwhile.
         let mut child = tools
-            .ft(&self.site, &["deploy", "v2", "--by", "bench"])
+            .deploy(&self.site, "v2")
             .spawn()
             .map_err(|e| e.to_string())?;
         let mut rss_peak_sampled = 0.0f64;
@@ -86,7 +83,7 @@ impl IdleDaemon {
             "d. The daemon: idle, and during a deployment",
             &["figure", "value", "target"],
         );
-        let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let tick = clock_tick();
         s.row(vec![
             format!(
                 "CPU time while idle for {idle_for:.0} s (utime + stime, in ticks of {tick} s)"

@@ -351,11 +351,7 @@ pub fn run(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
             stop.name().into(),
             stats.requests.to_string(),
             stats.failure_text(),
-            if conn == Conn::KeepAlive {
-                stats.retried.to_string()
-            } else {
-                "-".into()
-            },
+            stats.retried_cell(conn),
         ]);
     }
     s3.notes.push("Stand-in apps stop like the test app on SIGTERM: the port closes and open connections are cut. \"when the reload command returns\" is what a fixed drain of 0 s without waiting for nginx amounts to (fieldtrack before it read nginx.pid_file); \"after the old workers exit\" is what fieldtrack's drain now waits for (src/reconcile/attempt.rs).".into());

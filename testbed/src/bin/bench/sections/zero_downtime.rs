@@ -62,11 +62,7 @@ pub fn run(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
             cycles.to_string(),
             stats.requests.to_string(),
             stats.failure_text(),
-            if conn == Conn::KeepAlive {
-                stats.retried.to_string()
-            } else {
-                "-".into()
-            },
+            stats.retried_cell(conn),
             format!("{:.2} ms", stats.percentile_ms(0.50)),
             format!("{:.2} ms", stats.percentile_ms(0.99)),
             format!("{:.1} ms", stats.percentile_ms(1.0)),
@@ -148,14 +144,8 @@ fn load_run(
     match driver {
         Driver::Daemon(_) => {
             // History [v1, v2]: `rollback --yes` goes back to v1 after every `deploy v2`.
-            tools.setup(
-                tools.ft(&site, &["deploy", "v2", "--by", "bench"]),
-                "fieldtrack deploy v2",
-            )?;
-            tools.setup(
-                tools.ft(&site, &["deploy", "v1", "--by", "bench"]),
-                "fieldtrack deploy v1",
-            )?;
+            tools.deploy_untimed(&site, "v2")?;
+            tools.deploy_untimed(&site, "v1")?;
             let d = Daemon::start(tools, &site)?;
             d.wait_converged(&site, "v1")?;
             daemon = Some(d);
@@ -173,9 +163,7 @@ fn load_run(
         let target = if cycle % 2 == 0 { "v2" } else { "v1" };
         cycle_starts.push(t0.elapsed().as_secs_f64());
         let cmd = match driver {
-            Driver::Daemon(_) if target == "v2" => {
-                tools.ft(&site, &["deploy", "v2", "--by", "bench"])
-            }
+            Driver::Daemon(_) if target == "v2" => tools.deploy(&site, "v2"),
             Driver::Daemon(_) => tools.ft(&site, &["rollback", "--yes", "--by", "bench"]),
             Driver::Baseline => tools.baseline(&site, target),
         };
