@@ -16,7 +16,8 @@
 #   ./scripts/bench.sh --idle-secs 20      a shorter idle window
 #   ./scripts/bench.sh --set rollout.drain='"2s"'   override a key of every fieldtrack site
 #
-# Any option is passed to the bench binary (testbed/src/bin/bench.rs; --help lists them).
+# Any option is passed to the bench binary (testbed/src/bin/bench/, one module per section in
+# sections/; --help lists them).
 #
 # The Swarm figures of issue 13 (testbed/src/bin/bench_swarm.rs, docs/performance.md "Swarm"):
 #
