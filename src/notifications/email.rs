@@ -313,7 +313,7 @@ pub fn body(n: &Notification) -> String {
 mod tests {
     use super::*;
     use crate::config::EmailAuth;
-    use crate::model::Color;
+    use crate::notifications::message::sample;
     use std::io::{BufRead as _, BufReader, Write as _};
     use std::net::TcpListener;
     use std::time::Instant;
@@ -333,19 +333,6 @@ mod tests {
                 "Dev <dev@example.com>".parse().unwrap(),
             ],
             events: None,
-        }
-    }
-
-    fn sample() -> Notification {
-        Notification {
-            previous: Some("v1".into()),
-            color: Some(Color::Green),
-            digest: Some("sha256:abc".into()),
-            by: Some("ci".into()),
-            note: Some("hotfix login".into()),
-            generation: Some("g7".into()),
-            duration_ms: Some(1234),
-            ..Notification::new(Event::Succeeded, "api", "v2")
         }
     }
 

@@ -178,3 +178,19 @@ pub fn hostname() -> String {
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     crate::model::runtime::causes(error)
 }
+
+/// A deployment that succeeded, with every field set: what the webhook's and the email's
+/// tests send.
+#[cfg(test)]
+pub(crate) fn sample() -> Notification {
+    Notification {
+        previous: Some("v1".into()),
+        color: Some(crate::model::Color::Green),
+        digest: Some("sha256:abc".into()),
+        by: Some("ci".into()),
+        note: Some("hotfix login".into()),
+        generation: Some("g7".into()),
+        duration_ms: Some(1234),
+        ..Notification::new(Event::Succeeded, "api", "v2")
+    }
+}

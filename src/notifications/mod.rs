@@ -267,6 +267,7 @@ impl Drop for InFlightGuard {
 mod tests {
     use super::*;
     use crate::model::Color;
+    use crate::notifications::message::sample;
     use std::io::{BufRead as _, BufReader, Read as _, Write as _};
     use std::net::{TcpListener, TcpStream};
     use std::sync::mpsc;
@@ -280,19 +281,6 @@ mod tests {
             allow_http: true,
             timeout,
             email: None,
-        }
-    }
-
-    fn sample() -> Notification {
-        Notification {
-            previous: Some("v1".into()),
-            color: Some(Color::Green),
-            digest: Some("sha256:abc".into()),
-            by: Some("ci".into()),
-            note: Some("hotfix login".into()),
-            generation: Some("g7".into()),
-            duration_ms: Some(1234),
-            ..Notification::new(Event::Succeeded, "api", "v2")
         }
     }
 
