@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use super::command::{display_command, output_tail};
 use crate::model::proxy::{Proxy, ProxyError};
-use crate::nginx_conf::upstream::{parse_servers, render_servers, render_weighted};
+use crate::nginx_conf::upstream::{parse_weighted, render_servers, render_weighted};
 use crate::secrets::redact::Redactor;
 use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
 use crate::state::file::read_capped;
@@ -351,10 +351,10 @@ impl Proxy for Nginx {
         ports
     }
 
-    fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
+    fn upstream_weighted(&self) -> Result<Vec<(SocketAddr, u32)>, ProxyError> {
         Ok(self
             .read()?
-            .map(|text| parse_servers(&text, &self.upstream_name))
+            .map(|text| parse_weighted(&text, &self.upstream_name))
             .unwrap_or_default())
     }
 

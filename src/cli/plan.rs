@@ -64,7 +64,11 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
         );
     }
     if let (Some(canary), Some(_), Some(_)) = (&ctx.cfg.canary, plan.target(), live) {
-        if !desired.goes_back() {
+        // An image that served before (the history names it) goes back at once.
+        if !observed
+            .history
+            .contains(&desired.image.as_written().to_string())
+        {
             let steps: Vec<String> = canary
                 .steps
                 .iter()

@@ -232,6 +232,11 @@ pub(crate) async fn converge(
             shown.end(&End::Paused);
             Ok(0)
         }
+        // The in-process retries run the canary to its end: not an outcome they return.
+        PassOutcome::Canary { step, .. } => Err(CliError::Failed(format!(
+            "the canary of {} stopped at step {step} before its end; see fieldtrack status",
+            desired.image
+        ))),
         PassOutcome::AlreadyFailed { message } => {
             shown.end(&End::Failed);
             Err(CliError::Failed(format!(

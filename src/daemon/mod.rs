@@ -606,6 +606,16 @@ impl Daemon {
             tracing::info_span!("pass", generation = %desired.generation, image = %desired.image)
                 .entered();
         let failure = match result {
+            Ok(Ok(PassOutcome::Canary { step, look_again })) => {
+                // Not done: the canary's next look comes after a tick (an event sooner).
+                tracing::debug!(step, ?look_again, "canary step runs on");
+                self.backoff.reset();
+                self.requeue_after(look_again, Trigger::Canary);
+                if let Some(number) = running.by_hand {
+                    self.by_hand_finished(number);
+                }
+                return;
+            }
             Ok(Ok(outcome)) => {
                 tracing::info!(?outcome, "pass done");
                 None

@@ -18,7 +18,6 @@ use crate::config::safety::{self, check_file_safety, SafetyError};
 use crate::config::{Config, TomlErrorDetail};
 use crate::image::check_digest;
 pub use crate::image::{ImageError, ImageRef};
-use crate::state::audit::{ABORT_NOTE_PREFIX, AUTO_ROLLBACK_NOTE_PREFIX, ROLLBACK_NOTE_PREFIX};
 
 /// Longest `note`, in characters.
 pub const NOTE_MAX_CHARS: usize = 1000;
@@ -134,21 +133,6 @@ struct RawDesired {
 }
 
 impl Desired {
-    /// Whether this desired state goes back to what served (`fieldtrack rollback`, an
-    /// auto-rollback, `fieldtrack abort`): it is switched to at once, never through canary
-    /// steps.
-    pub fn goes_back(&self) -> bool {
-        self.note.as_deref().is_some_and(|n| {
-            [
-                ROLLBACK_NOTE_PREFIX,
-                AUTO_ROLLBACK_NOTE_PREFIX,
-                ABORT_NOTE_PREFIX,
-            ]
-            .iter()
-            .any(|p| n.starts_with(p))
-        })
-    }
-
     /// Builds the desired state the CLI or the daemon is about to write, its generation being
     /// that of [`Desired::render`]'s output. `note` and `by` are made acceptable with
     /// [`sanitize_text`] (a note may quote an error message with newlines in it); check them

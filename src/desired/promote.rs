@@ -51,6 +51,24 @@ impl PromoteRequest {
         crate::state::atomic::write_atomic(path, self.render().as_bytes())
     }
 
+    /// The request at `path`, read and left where it is; None when there is none or it is not
+    /// one (junk, a FIFO, a link out of the folder: [`PromoteRequest::take`] drops those).
+    pub fn peek(path: &Path) -> Option<PromoteRequest> {
+        let text = read_safe_file(path).ok()?;
+        toml::from_str(&text).ok()
+    }
+
+    /// Removes the request at `path` (taken, or dropped); a request already gone is fine.
+    pub fn remove(path: &Path) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, file = %path.display(), "cannot remove the promote request")
+            }
+        }
+    }
+
     /// Reads the request at `path` and removes it whatever it holds (a request is taken
     /// once); judged against the canary of `generation` at `step`.
     pub fn take(path: &Path, generation: &str, step: usize) -> Verdict {

@@ -116,9 +116,19 @@ pub trait Proxy: Send + Sync {
         Ok(self.upstream_ports()?.first().copied())
     }
 
+    /// Every `ADDRESS:PORT` server of the file as written on disk now, with its weight (see
+    /// [`crate::nginx_conf::upstream::parse_weighted`]); empty when there is no file.
+    fn upstream_weighted(&self) -> Result<Vec<(SocketAddr, u32)>, ProxyError>;
+
     /// Every `ADDRESS:PORT` server of the file as written on disk now (see
     /// [`crate::nginx_conf::upstream::parse_servers`]); empty when there is no file.
-    fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError>;
+    fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
+        Ok(self
+            .upstream_weighted()?
+            .into_iter()
+            .map(|(addr, _)| addr)
+            .collect())
+    }
 
     /// The ports of `servers` that are the app's: those on loopback (a local container's,
     /// in the order written), or, for a proxy in front of Swarm nodes, every one, once.

@@ -105,20 +105,47 @@ pub fn parse_ports(text: &str, upstream_name: &str) -> Vec<u16> {
 /// address (or `localhost`, read as 127.0.0.1), in the order written: where nginx may send
 /// traffic, on this host or others. Servers named by a DNS name are left out.
 pub fn parse_servers(text: &str, upstream_name: &str) -> Vec<SocketAddr> {
-    server_addresses(text, upstream_name)
+    parse_weighted(text, upstream_name)
+        .into_iter()
+        .map(|(addr, _)| addr)
+        .collect()
+}
+
+/// As [`parse_servers`], each server with its weight as nginx reads it: `weight=N`, 1 when
+/// none is written, 0 for a server marked `down`.
+pub fn parse_weighted(text: &str, upstream_name: &str) -> Vec<(SocketAddr, u32)> {
+    server_statements(text, upstream_name)
         .iter()
-        .filter_map(|a| {
-            if let Some(port) = a.strip_prefix("localhost:") {
-                let port = port.parse().ok()?;
-                return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-            }
-            a.parse().ok()
+        .filter_map(|statement| {
+            let address = statement.first()?;
+            let addr = match address.strip_prefix("localhost:") {
+                Some(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port.parse().ok()?),
+                None => address.parse().ok()?,
+            };
+            let params = &statement[1..];
+            let weight = if params.iter().any(|p| p == "down") {
+                0
+            } else {
+                params
+                    .iter()
+                    .find_map(|p| p.strip_prefix("weight=")?.parse().ok())
+                    .unwrap_or(1)
+            };
+            Some((addr, weight))
         })
         .collect()
 }
 
 /// The address word of every `server` statement of the block, in order.
 fn server_addresses(text: &str, upstream_name: &str) -> Vec<String> {
+    server_statements(text, upstream_name)
+        .into_iter()
+        .filter_map(|statement| statement.into_iter().next())
+        .collect()
+}
+
+/// The words after `server` of every `server` statement of the block, in order.
+fn server_statements(text: &str, upstream_name: &str) -> Vec<Vec<String>> {
     let tokens = tokens(text);
     let word = |t: &Token, w: &str| matches!(t, Token::Word(t) if t == w);
     tokens
@@ -129,7 +156,7 @@ fn server_addresses(text: &str, upstream_name: &str) -> Vec<String> {
 }
 
 /// Scans the statements of an upstream block (the tokens after its `{`) for servers.
-fn servers_in_block(tokens: &[Token]) -> Vec<String> {
+fn servers_in_block(tokens: &[Token]) -> Vec<Vec<String>> {
     let mut servers = Vec::new();
     let mut depth = 0usize;
     let mut statement: Vec<&str> = Vec::new();
@@ -145,10 +172,8 @@ fn servers_in_block(tokens: &[Token]) -> Vec<String> {
                 statement.clear();
             }
             Token::End => {
-                if depth == 0 && statement.first() == Some(&"server") {
-                    if let Some(address) = statement.get(1) {
-                        servers.push(address.to_string());
-                    }
+                if depth == 0 && statement.first() == Some(&"server") && statement.len() > 1 {
+                    servers.push(statement[1..].iter().map(|w| w.to_string()).collect());
                 }
                 statement.clear();
             }
@@ -307,8 +332,16 @@ mod tests {
         );
         assert_eq!(parse_servers(&text, NAME), vec![stable, canary]);
         assert_eq!(parse_ports(&text, NAME), vec![3101, 3102]);
+        assert_eq!(
+            parse_weighted(&text, NAME),
+            vec![(stable, 90), (canary, 10)]
+        );
         let off = render_weighted(NAME, &[(stable, 100), (canary, 0)], "x", 0);
         assert!(off.contains("server 127.0.0.1:3102 down;"), "{off}");
+        assert_eq!(parse_weighted(&off, NAME), vec![(stable, 100), (canary, 0)]);
+        // A server without a weight counts once, as nginx counts it.
+        let plain = render(NAME, 3101, "x", 0);
+        assert_eq!(parse_weighted(&plain, NAME), vec![(stable, 1)]);
     }
 
     #[test]

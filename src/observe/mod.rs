@@ -3,17 +3,20 @@
 //! between passes, so a restarted process finds the same truth as the one that died.
 
 pub mod access_log;
+pub mod canary_window;
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::desired::promote::{self, PromoteRequest};
 use crate::model::proxy::{Proxy, ProxyError};
 use crate::model::runtime::{Runtime, RuntimeError};
 use crate::model::{Color, Instance};
 use crate::state::history::{self, HistoryError};
 use crate::state::journal::{Journal, JournalError};
-use crate::state::status::{SwitchMark, Warm};
+use crate::state::status::{CanaryMark, SwitchMark, Warm};
+use access_log::Figures;
 
 /// What is, as opposed to what should be ([`crate::desired::Desired`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +29,8 @@ pub struct Observed {
     pub upstream_ports: Vec<u16>,
     /// Every `ADDRESS:PORT` server of the upstream file, in the order written.
     pub upstream_servers: Vec<SocketAddr>,
+    /// The same servers with their weights (a canary step shares traffic by weight).
+    pub upstream_weights: Vec<(SocketAddr, u32)>,
     /// The history file, newest first.
     pub history: Vec<String>,
     /// The generation whose attempt failed last (from the journal): not retried until the
@@ -39,9 +44,31 @@ pub struct Observed {
     /// The previous color kept running out of nginx, as the journal records it: the plan
     /// keeps that container only while the window runs at `now`.
     pub warm: Option<Warm>,
+    /// Where a canary stands, as the journal records it.
+    pub canary: Option<CanaryMark>,
+    /// A `fieldtrack promote` request waiting beside the desired file (read, not taken).
+    pub promote: Option<PromoteRequest>,
+    /// What real traffic got from each side of the running canary step, since this process
+    /// began watching it (see [`CanaryWindow`]); None outside a canary.
+    pub window: Option<CanaryWindow>,
     /// When this was observed: what the warm window is judged against, so that the plan
     /// stays a pure function.
     pub now: SystemTime,
+}
+
+/// A canary step's window as observed so far: each side's figures read from nginx's access
+/// log, and the canary's health probes that failed in a row. Counted in memory from the
+/// moment a process began watching the step: after a restart the counts start again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CanaryWindow {
+    /// The generation and step watched.
+    pub generation: String,
+    pub step: usize,
+    pub stable: Figures,
+    pub canary: Figures,
+    pub probe_failures: u32,
+    /// The last failed probe's outcome, in plain words.
+    pub last_probe: Option<String>,
 }
 
 impl Observed {
@@ -113,7 +140,8 @@ pub async fn observe<R: Runtime, P: Proxy>(
 ) -> Result<Observed, ObserveError> {
     let containers = runtime.containers(&cfg.app).await?;
     // One read of the file: the ports are those of its servers that are the app's.
-    let upstream_servers = proxy.upstream_servers()?;
+    let upstream_weights = proxy.upstream_weighted()?;
+    let upstream_servers: Vec<SocketAddr> = upstream_weights.iter().map(|(a, _)| *a).collect();
     let upstream_ports = proxy.served_ports(&upstream_servers);
     let history = history::read(&cfg.history_file)?;
     let journal = Journal::load(&cfg.state_dir)?;
@@ -121,11 +149,18 @@ pub async fn observe<R: Runtime, P: Proxy>(
         containers,
         upstream_ports,
         upstream_servers,
+        upstream_weights,
         history,
         switching: journal.switching,
         warm: journal.warm,
         failed_generation: journal.failed_generation,
         retry_asked: journal.retry_asked,
+        promote: journal
+            .canary
+            .as_ref()
+            .and_then(|_| PromoteRequest::peek(&promote::request_path(&cfg.desired_file))),
+        canary: journal.canary,
+        window: None,
         now: SystemTime::now(),
     })
 }

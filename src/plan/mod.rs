@@ -60,6 +60,9 @@ pub enum Action {
     /// names (a node died or was drained, a task moved): probe them and point nginx at
     /// those that answer.
     Refresh { color: Color },
+    /// A canary of the desired generation runs (the journal says where it stands): this
+    /// pass's decision about it ([`canary::decide`]).
+    Canary(canary::CanaryAction),
 }
 
 /// Where traffic moves in a [`Action::Deploy`] or [`Action::Switch`].
@@ -115,6 +118,7 @@ impl fmt::Display for Action {
                 f,
                 "point nginx at the {color} replicas that run now, each once it answers its probe"
             ),
+            Action::Canary(canary) => canary.fmt(f),
         }
     }
 }
@@ -134,10 +138,15 @@ impl Plan {
         }
     }
 
-    /// The color traffic moves to, when the plan switches.
+    /// The color traffic moves to, when the plan switches (a canary's promotion included).
     pub fn target(&self) -> Option<(Color, &str)> {
         self.actions.iter().find_map(|a| match a {
             Action::Deploy(r) | Action::Switch(r) => Some((r.color, r.image.as_str())),
+            Action::Canary(canary::CanaryAction {
+                rollout: r,
+                decision: canary::Decision::Promote { .. },
+                ..
+            }) => Some((r.color, r.image.as_str())),
             _ => None,
         })
     }
@@ -162,6 +171,12 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed) -> Plan {
         && observed.retry_asked.as_deref() != generation
     {
         return Plan::of(Verdict::AlreadyFailed);
+    }
+    if let Some(canary) = canary::decide(cfg, desired, observed) {
+        return Plan {
+            verdict: Verdict::Converge,
+            actions: vec![Action::Canary(canary)],
+        };
     }
     let served = match served_now(cfg, observed, live) {
         Ok(served) => served,
@@ -376,7 +391,7 @@ fn repair_live(
 }
 
 /// The running, unchanged container of `color` that runs the desired image, if any.
-fn runs_desired<'o>(
+pub(crate) fn runs_desired<'o>(
     cfg: &Config,
     observed: &'o Observed,
     color: Color,
@@ -597,6 +612,10 @@ mod tests {
             retry_asked: None,
             switching: None,
             warm: None,
+            canary: None,
+            promote: None,
+            window: None,
+            upstream_weights: Vec::new(),
             now: now(),
         }
     }
@@ -1590,6 +1609,10 @@ mod tests {
                             retry_asked: by_hand.then(|| d.generation.clone()),
                             switching,
                             warm: None,
+                            canary: None,
+                            promote: None,
+                            window: None,
+                            upstream_weights: Vec::new(),
                             now: now(),
                         };
                         // status.json's warm record: of a container of the world or of one
@@ -1659,6 +1682,7 @@ mod tests {
                         undrained_reload = true;
                     }
                     Action::Refresh { .. } => prop_assert!(false, "refreshes on docker: {p:?}"),
+                    Action::Canary(_) => prop_assert!(false, "a canary without its mark: {p:?}"),
                     Action::Drain => {
                         prop_assert!(undrained_reload, "drains without a reload: {p:?}");
                         undrained_reload = false;
@@ -1827,6 +1851,10 @@ mod tests {
                             retry_asked: None,
                             switching,
                             warm,
+                            canary: None,
+                            promote: None,
+                            window: None,
+                            upstream_weights: Vec::new(),
                             now: now(),
                         };
                         (cfg, o, d)

@@ -19,6 +19,7 @@ use crate::model::Color;
 use crate::model::InstanceState;
 use crate::notifications::{Event, Notification};
 use crate::observe::Observed;
+use crate::plan::canary::CanaryAction;
 use crate::plan::Rollout;
 use crate::secrets::env_file;
 use crate::secrets::redact::Redactor;
@@ -28,6 +29,8 @@ use crate::state::history;
 use crate::state::status::{HealthProgress, Live, Step, Warm};
 
 mod canary;
+
+pub(super) use canary::TICK as CANARY_TICK;
 
 /// Consecutive failed probes during the drain that send traffic back to the old color.
 const DRAIN_FAILURES: u32 = 3;
@@ -55,18 +58,36 @@ struct Attempt<'a, R, P, H> {
     unrecorded_live: Option<String>,
     /// Deploy starts a candidate; Switch reuses the one running.
     start: bool,
+    /// What this attempt goes from.
+    observed: &'a Observed,
+    /// The image served before (the history names it): it goes back, at once, never
+    /// through canary steps.
+    served_before: bool,
+    /// The plan's decision on a running canary, when that is what this pass carries out.
+    canary: Option<&'a CanaryAction>,
+}
+
+/// How an attempt that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ran {
+    /// nginx serves the new image alone, the old color retired (or kept warm).
+    Switched,
+    /// A canary runs, at this step: the loop looks again at the next tick.
+    InCanary { step: usize },
 }
 
 impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
-    /// Runs a Deploy (`start`: a new candidate) or Switch (the one running) action; audits
-    /// the outcome either way.
+    /// Runs a Deploy (`start`: a new candidate) or Switch (the one running) action, or a
+    /// canary's decision (`canary`); audits the outcome once the deployment ended (not while
+    /// a canary runs on).
     pub(super) async fn attempt(
         &self,
         desired: &Desired,
         observed: &Observed,
         rollout: &Rollout,
         start: bool,
-    ) -> Result<(), ReconcileError> {
+        canary: Option<&CanaryAction>,
+    ) -> Result<Ran, ReconcileError> {
         let ctx = self.ctx;
         let live = observed.live(&ctx.cfg).map(|c| {
             let image = served_image(&ctx.cfg, c, observed.history.first());
@@ -91,10 +112,23 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
                 .or_else(|| observed.history.first().cloned()),
             unrecorded_live,
             start,
+            observed,
+            served_before: observed.history.contains(&rollout.image),
+            canary,
         };
         let started = Instant::now();
         let mut digest = None;
         let mut result = at.run(&mut digest).await;
+        if let Ok(Ran::InCanary { step }) = &result {
+            return Ok(Ran::InCanary { step: *step });
+        }
+        // A canary's deployment began with its step 1, passes ago.
+        let began = observed
+            .canary
+            .as_ref()
+            .filter(|m| canary.is_some() && m.generation == desired.generation)
+            .and_then(|m| humantime::parse_rfc3339(&m.started).ok())
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
         if let Err(ReconcileError::FailedAfterSwitch {
             back_to: Some(_),
             reason,
@@ -108,12 +142,13 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
                 *rolled_back_to = at.auto_rollback(reason);
             }
         }
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let took = began.unwrap_or_else(|| started.elapsed());
+        let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         let record = AuditRecord {
             time: crate::state::now_rfc3339(),
             event: audit::DEPLOY_EVENT.into(),
             outcome: match &result {
-                Ok(()) => AttemptOutcome::Succeeded,
+                Ok(_) => AttemptOutcome::Succeeded,
                 Err(e) if e.is_cancellation() => AttemptOutcome::Cancelled,
                 Err(ReconcileError::FailedAfterSwitch { .. }) => AttemptOutcome::RolledBack,
                 Err(_) => AttemptOutcome::Failed,
@@ -135,11 +170,11 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
             tracing::error!(error = %e, "cannot append to the audit log");
         }
         if !matches!(&result, Err(e) if e.is_transient()) {
-            ctx.metrics.deployment(record.outcome, started.elapsed());
+            ctx.metrics.deployment(record.outcome, took);
             at.notify(&result, &digest, duration_ms);
         }
         match &result {
-            Ok(()) => self
+            Ok(_) => self
                 .set_status(|s| s.digest = digest)
                 .map_err(|e| e.after_switch(&rollout.image))?,
             // The image serves: its digest is what status.json reports, once it can write.
@@ -222,12 +257,14 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     /// The steps, from the pull to the post_deploy hook. Before the switch a failure has one
     /// cleanup, the candidate's removal (a canary that ended badly removes its own, once
     /// nginx is back on the stable color).
-    async fn run(&self, digest: &mut Option<String>) -> Result<(), ReconcileError> {
-        let (pass, ctx) = (self.pass, self.ctx());
+    async fn run(&self, digest: &mut Option<String>) -> Result<Ran, ReconcileError> {
+        let ctx = self.ctx();
         let cfg = &ctx.cfg;
-        let (color, image) = (self.color, self.image);
-        let name = cfg.container_name(color);
-        let port = cfg.port(color);
+        let name = cfg.container_name(self.color);
+        let port = cfg.port(self.color);
+        if let Some(action) = self.canary {
+            return self.canary_decision(action, digest).await;
+        }
 
         if self.start {
             self.start_candidate(&name, port, digest).await?;
@@ -243,14 +280,29 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             }
         };
         if let Some(stable) = stable {
-            // Ok once every step passed; on any other end nginx is back on the stable color.
-            self.canary(&name, &servers, stable).await?;
+            // The steps run pass by pass from here (the journal says where they stand).
+            return self.begin_canary(&name, &servers, stable).await;
         }
+        self.switch_and_finish(&name, port, &servers, &hook).await?;
+        Ok(Ran::Switched)
+    }
 
+    /// The switch to `servers` of the candidate `name` on `port`, then the drain, the old
+    /// color's retirement and the history, up to the post_deploy hook.
+    async fn switch_and_finish(
+        &self,
+        name: &str,
+        port: u16,
+        servers: &[SocketAddr],
+        hook: &HookContext,
+    ) -> Result<(), ReconcileError> {
+        let (pass, ctx) = (self.pass, self.ctx());
+        let (color, image) = (self.color, self.image);
+        let name = name.to_string();
         pass.step(Step::Switching).await?;
         // From here on the switch runs to its end: a cancellation is only honoured before it.
         if let Err(e) = pass
-            .switch_nginx(port, &servers, &ctx.live_comment(color, image))
+            .switch_nginx(port, servers, &ctx.live_comment(color, image))
             .await
         {
             if let Some(kept) = self.kept_if_unsettled(&name, &e) {
@@ -261,12 +313,15 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             return Err(e);
         }
         tracing::info!(%color, port, "nginx switched");
+        if self.canary.is_some() {
+            self.forget_canary();
+        }
         self.now_serving();
         pass.emit(Progress::Switched {
             color: color.to_string(),
             port,
         });
-        self.after_the_switch(&name, port, &hook)
+        self.after_the_switch(&name, port, hook)
             .await
             .map_err(|e| e.after_switch(image))
     }
@@ -463,7 +518,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     /// deployment).
     fn notify(
         &self,
-        result: &Result<(), ReconcileError>,
+        result: &Result<Ran, ReconcileError>,
         digest: &Option<String>,
         duration_ms: u64,
     ) {
@@ -472,8 +527,8 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             return;
         };
         let event = match result {
-            Ok(()) if is_rollback(self.desired) => Event::RolledBack,
-            Ok(()) => Event::Succeeded,
+            Ok(_) if self.served_before => Event::RolledBack,
+            Ok(_) => Event::Succeeded,
             Err(e) if e.is_cancellation() => return,
             Err(ReconcileError::FailedAfterSwitch {
                 back_to: Some(_), ..
@@ -823,14 +878,6 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         };
         Redactor::from_env_file(&ctx.cfg.container.env_file).redact(&logs)
     }
-}
-
-/// A rollback is a deployment like any other; the rollback command marks it in the note.
-fn is_rollback(desired: &Desired) -> bool {
-    desired
-        .note
-        .as_deref()
-        .is_some_and(|n| n.starts_with(crate::state::audit::ROLLBACK_NOTE_PREFIX))
 }
 
 /// The image a served container runs, as the history writes it: its `fieldtrack.desired`

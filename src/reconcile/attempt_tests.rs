@@ -21,6 +21,7 @@ use crate::model::runtime::{
     RuntimeError, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
 use crate::model::Color;
+use crate::state::audit::AttemptOutcome;
 use crate::state::status::Step;
 use crate::state::{audit, history};
 use tokio_util::sync::CancellationToken;
@@ -138,13 +139,30 @@ impl Site {
 }
 
 /// One pass, which must end (a broken branch may otherwise probe or drain forever);
-/// `cancel` cancels it.
+/// `cancel` cancels it. A canary runs pass by pass: its passes follow each other, a tick
+/// apart, as the daemon runs them, until it ended.
 async fn pass(
     ctx: &FakeContext,
     desired: &Desired,
     cancel: CancellationToken,
 ) -> Result<PassOutcome, ReconcileError> {
-    let pass = Pass::new(ctx, Trigger::Cli).with_cancel(cancel);
+    let passes = async {
+        loop {
+            let pass = Pass::new(ctx, Trigger::Cli).with_cancel(cancel.clone());
+            match pass.reconcile(desired).await {
+                Ok(PassOutcome::Canary { look_again, .. }) => tokio::time::sleep(look_again).await,
+                other => return other,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), passes)
+        .await
+        .expect("the pass ends")
+}
+
+/// Exactly one pass, a canary's included.
+async fn one_pass(ctx: &FakeContext, desired: &Desired) -> Result<PassOutcome, ReconcileError> {
+    let pass = Pass::new(ctx, Trigger::Cli);
     tokio::time::timeout(Duration::from_secs(20), pass.reconcile(desired))
         .await
         .expect("the pass ends")
@@ -1290,7 +1308,11 @@ async fn a_healthy_canary_goes_through_its_steps_then_takes_all_the_traffic() {
     let pass = Pass::new(&ctx, Trigger::Cli)
         .with_progress(Box::new(move |p| sink.lock().unwrap().push(p)));
 
-    let outcome = pass.reconcile(&site.desired("v2")).await.unwrap();
+    // The command's passes run the canary's passes to its end.
+    let outcome = pass
+        .reconcile_with_retries(&site.desired("v2"), 1)
+        .await
+        .unwrap();
 
     assert_eq!(outcome, PassOutcome::Converged);
     let steps: Vec<Progress> = seen
@@ -1403,35 +1425,54 @@ async fn a_new_desired_generation_mid_canary_sends_everything_back_to_the_stable
     let site = canary_site(crate::config::Pause::Manual);
     let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
     let ctx = site.context();
-    let desired = site.desired("v2");
-    let file = site.cfg.desired_file.clone();
-    let status_file = ctx.status_file();
-    let writer = tokio::spawn(async move {
-        // Once the canary runs, someone writes another desired state.
-        loop {
-            let status = crate::state::status::Status::load(&status_file)
-                .ok()
-                .flatten();
-            if status.is_some_and(|s| s.canary.is_some()) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        std::fs::write(&file, "image = \"v3\"\n").unwrap();
-    });
+    let v2 = site.desired("v2");
+    let outcome = one_pass(&ctx, &v2).await.unwrap();
+    assert!(
+        matches!(outcome, PassOutcome::Canary { step: 1, .. }),
+        "{outcome:?}"
+    );
+    let v2_id = site.id_of("api-green");
+    let before = site.world().calls.len();
 
-    let e = pass(&ctx, &desired, CancellationToken::new())
-        .await
-        .unwrap_err();
-    writer.await.unwrap();
+    // Someone writes another desired state: its pass calls v2's canary off first.
+    let outcome = one_pass(&ctx, &site.desired("v3")).await.unwrap();
 
-    assert!(e.is_cancellation(), "{e:?}");
+    assert!(
+        matches!(outcome, PassOutcome::Canary { step: 1, .. }),
+        "v3 runs its own canary: {outcome:?}"
+    );
     let world = site.world();
-    assert_eq!(world.loaded_port(), Some(BLUE));
-    assert!(!world.upstream.clone().unwrap().contains("weight="));
-    assert!(!world.is_running("api-green"));
+    let calls = &world.calls[before..];
+    let blue_alone = calls
+        .iter()
+        .position(|c| *c == Call::Write(BLUE))
+        .expect("nginx back on blue alone");
+    let removed = calls
+        .iter()
+        .position(|c| *c == Call::Remove("api-green".into()))
+        .expect("v2's canary removed");
+    assert!(blue_alone < removed, "{calls:?}");
     drop(world);
+    assert_ne!(
+        site.id_of("api-green"),
+        v2_id,
+        "v3 in a new green container"
+    );
     assert_eq!(site.history(), ["v1"]);
+    let journal = site.journal();
+    assert_eq!(
+        journal.canary.map(|m| (m.image, m.step)),
+        Some(("v3".to_string(), 1))
+    );
+    let cancelled = audit::read(&site.cfg.state_dir.join(crate::state::AUDIT_FILE))
+        .unwrap()
+        .into_iter()
+        .find(|r| r.image == "v2" && r.outcome == AttemptOutcome::Cancelled)
+        .expect("v2's deployment recorded as cancelled");
+    assert!(cancelled
+        .message
+        .unwrap_or_default()
+        .contains("called off at step 1"),);
 }
 
 #[tokio::test]
@@ -1572,22 +1613,140 @@ async fn a_canary_left_behind_by_a_dead_process_runs_its_steps_again_from_step_1
     );
 }
 
+/// A process that dies inside step 2 leaves the journal's mark: the next process goes on
+/// with step 2 from when it began, never step 1 again, and nginx stays on step 2's weights.
 #[tokio::test]
-async fn an_engine_error_inside_a_step_sends_every_request_back_to_the_stable_color_first() {
+async fn a_process_killed_inside_step_2_resumes_step_2_with_the_time_spent_in_it() {
+    use crate::config::Pause;
+    let mut site = canary_site(Pause::For(Duration::from_secs(3600)));
+    if let Some(canary) = site.cfg.canary.as_mut() {
+        canary.steps[0].pause = Pause::For(Duration::from_millis(30));
+    }
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
+    let desired = site.desired("v2");
+    let dying = site.context();
+    let mut outcome = one_pass(&dying, &desired).await.unwrap();
+    while outcome
+        != (PassOutcome::Canary {
+            step: 2,
+            look_again: Duration::from_millis(10),
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        outcome = one_pass(&dying, &desired).await.unwrap();
+    }
+    let began = site.journal().canary.expect("the mark").step_started;
+    drop(dying);
+
+    // A new process: its first pass and the ones after stay in step 2.
+    let fresh = site.context();
+    for _ in 0..5 {
+        let outcome = one_pass(&fresh, &desired).await.unwrap();
+        assert!(
+            matches!(outcome, PassOutcome::Canary { step: 2, .. }),
+            "{outcome:?}"
+        );
+    }
+    let mark = site.journal().canary.expect("the mark");
+    assert_eq!((mark.step, mark.step_started.as_str()), (2, began.as_str()));
+    let status = site.status().canary.expect("status shows the step");
+    assert_eq!((status.step, status.step_started), (2, began));
+    let text = site.world().upstream.clone().unwrap();
+    assert!(text.contains("weight=50"), "step 2's weights: {text}");
+    assert_eq!(site.canary_steps().len(), 1, "step 1 passed once");
+
+    // Its hour spent (the journal says when it began), step 2 passes and the canary takes
+    // every request.
+    let mut journal = site.journal();
+    if let Some(mark) = journal.canary.as_mut() {
+        mark.step_started = humantime::format_rfc3339_millis(
+            std::time::SystemTime::now() - Duration::from_secs(3601),
+        )
+        .to_string();
+    }
+    journal.save(&site.cfg.state_dir).unwrap();
+    let outcome = pass(&fresh, &desired, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.world().loaded_port(), Some(GREEN));
+    assert_eq!(site.history(), ["v2", "v1"]);
+    let steps = site.canary_steps();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert!(
+        steps[1].1.starts_with("canary step 2 of 2 (50%) passed"),
+        "{steps:?}"
+    );
+    assert_eq!(site.journal().canary, None);
+}
+
+/// The journal says step 2 but nginx runs step 1's weights (a process died between the two
+/// writes): the step's weights are put back and the step goes on, it does not begin again.
+#[tokio::test]
+async fn weights_the_journal_does_not_explain_are_put_back_to_its_step() {
+    use crate::config::Pause;
+    let mut site = canary_site(Pause::For(Duration::from_secs(3600)));
+    if let Some(canary) = site.cfg.canary.as_mut() {
+        canary.steps[0].pause = Pause::For(Duration::from_millis(30));
+    }
+    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
+    let desired = site.desired("v2");
+    let ctx = site.context();
+    let mut outcome = one_pass(&ctx, &desired).await.unwrap();
+    while !matches!(outcome, PassOutcome::Canary { step: 2, .. }) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        outcome = one_pass(&ctx, &desired).await.unwrap();
+    }
+    let began = site.journal().canary.unwrap().step_started;
+    let at = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let step_1 = crate::nginx_conf::upstream::render_weighted(
+        &site.cfg.nginx.upstream_name,
+        &[(at(BLUE), 90), (at(GREEN), 10)],
+        "canary 10%",
+        0,
+    );
+    site.world().upstream = Some(step_1);
+
+    let outcome = one_pass(&site.context(), &desired).await.unwrap();
+
+    assert!(
+        matches!(outcome, PassOutcome::Canary { step: 2, .. }),
+        "{outcome:?}"
+    );
+    assert!(site.world().upstream.clone().unwrap().contains("weight=50"));
+    assert_eq!(site.journal().canary.unwrap().step_started, began);
+}
+
+/// An engine that does not answer once inside a step is a transient error of that pass, no
+/// verdict on the canary: nginx stays on the step's weights (the journal says why), and the
+/// next pass goes on with the step.
+#[tokio::test]
+async fn an_engine_error_inside_a_step_keeps_the_step_and_the_next_pass_goes_on_with_it() {
     let site = canary_site(crate::config::Pause::Manual);
     let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
-    // Probe 1 is the gate's; by probe 3 the step runs: the engine stops answering once.
-    site.world().at_probe(3, |w| w.engine_errors = 1);
+    let ctx = site.context();
+    let desired = site.desired("v2");
+    let outcome = one_pass(&ctx, &desired).await.unwrap();
+    assert!(
+        matches!(outcome, PassOutcome::Canary { step: 1, .. }),
+        "{outcome:?}"
+    );
+    site.world().engine_errors = 1;
 
-    let e = site.pass("v2").await.unwrap_err();
+    let e = one_pass(&ctx, &desired).await.unwrap_err();
 
     assert!(e.is_transient(), "{e:?}");
-    let world = site.world();
-    assert_eq!(world.loaded_port(), Some(BLUE));
-    assert!(!world.upstream.clone().unwrap().contains("weight="));
-    assert!(!world.is_running("api-green"));
-    drop(world);
-    assert_eq!(site.status().canary, None);
+    {
+        let world = site.world();
+        assert!(world.upstream.clone().unwrap().contains("weight=10"));
+        assert!(world.is_running("api-green"));
+    }
+    assert_eq!(site.journal().canary.map(|m| m.step), Some(1));
+    let outcome = one_pass(&ctx, &desired).await.unwrap();
+    assert!(
+        matches!(outcome, PassOutcome::Canary { step: 1, .. }),
+        "{outcome:?}"
+    );
 }
 
 // Upgrades: the state folders release 0.1.0 left (tests/fixtures/state-0.1.0, where the

@@ -38,7 +38,7 @@ use crate::model::runtime::{
 };
 use crate::model::{Instance, InstanceState};
 use crate::nginx_conf::upstream::{
-    parse_ports, parse_servers, render, render_servers, render_weighted,
+    parse_ports, parse_weighted, render, render_servers, render_weighted,
 };
 
 /// One call the reconciler made to the outside world, in the order made. State checks,
@@ -938,11 +938,11 @@ impl Proxy for FakeProxy {
         Ok(world.upstream.clone())
     }
 
-    fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
+    fn upstream_weighted(&self) -> Result<Vec<(SocketAddr, u32)>, ProxyError> {
         let name = self.0.world().upstream_name.clone();
         Ok(self
             .read()?
-            .map(|text| parse_servers(&text, &name))
+            .map(|text| parse_weighted(&text, &name))
             .unwrap_or_default())
     }
 

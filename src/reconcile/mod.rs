@@ -45,12 +45,14 @@ use crate::model::probe::Prober;
 use crate::model::proxy::Proxy;
 use crate::model::runtime::{Runtime, RuntimeError};
 use crate::notifications::Notifier;
+use crate::observe::canary_window::Watcher;
 use crate::observe::{observe, ObserveError, Observed};
 use crate::plan::{kept_warm, plan, Action, Plan, Verdict};
 use crate::secrets::redact::Redactor;
 use crate::state::status::{Live, Phase, Status, StatusError, Step, SwitchMark, Warm};
 use crate::state::writer::StatusWriter;
 use crate::state::{self, history};
+use attempt::Ran;
 
 /// A pass run in-process retries transient errors after 1 s, doubling up to 30 s.
 const IN_PROCESS_BACKOFF: Backoff =
@@ -156,6 +158,9 @@ pub enum PassOutcome {
     Paused,
     /// This generation failed before and is not retried until the desired file changes.
     AlreadyFailed { message: Option<String> },
+    /// A canary of the desired generation runs, at `step`: the next pass comes after
+    /// `look_again` (or at once on an event) and judges it again.
+    Canary { step: usize, look_again: Duration },
 }
 
 /// What every pass works with, built once: the config, one implementation of each external
@@ -173,6 +178,8 @@ pub struct Context<R, P, H> {
     /// The one writer of status.json (and of what the deploy group reads), shared across a
     /// daemon's passes and with the daemon itself.
     pub status: Arc<StatusWriter>,
+    /// The running canary step's window, counted across the passes of this context.
+    pub(crate) canary_watch: Watcher,
 }
 
 /// One run of observe, plan, apply, and what belongs to it alone: why it runs, the token
@@ -218,6 +225,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
                 &cfg.public_dir,
                 &cfg.history_file,
             )),
+            canary_watch: Watcher::default(),
             cfg,
         }
     }
@@ -462,9 +470,15 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
     pub async fn reconcile(&self, desired: &Desired) -> Result<PassOutcome, ReconcileError> {
         let ctx = self.ctx;
         self.unobserved(desired);
-        let observed = ctx.observe().await?;
+        let mut observed = ctx.observe().await?;
+        observed.window = observed
+            .canary
+            .as_ref()
+            .filter(|m| m.generation == desired.generation)
+            .map(|m| ctx.canary_watch.window(&ctx.cfg, m));
         let plan = plan(&ctx.cfg, desired, &observed);
         self.begin(desired, &observed)?;
+        self.left_behind(desired, &observed);
         let outcome = self.decide(desired, &observed, &plan).await?;
         if observed.retry_asked.is_some() {
             // The retry asked by hand has been made (a failure marks the generation and
@@ -504,6 +518,8 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                 self.set_status(|s| {
                     s.phase = Phase::Converged;
                     s.message = None;
+                    s.canary = None;
+                    s.canary_mark = None;
                 })?;
                 self.publish_live();
                 Ok(PassOutcome::Converged)
@@ -552,8 +568,23 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                     history::record(&cfg.history_file, image, cfg.history_limit)
                         .map_err(|e| ReconcileError::from(e).after_switch(image))?;
                 }
-                Action::Deploy(rollout) => self.attempt(desired, observed, rollout, true).await?,
-                Action::Switch(rollout) => self.attempt(desired, observed, rollout, false).await?,
+                Action::Deploy(rollout) | Action::Switch(rollout) => {
+                    let start = matches!(action, Action::Deploy(_));
+                    let ran = self
+                        .attempt(desired, observed, rollout, start, None)
+                        .await?;
+                    if let Ran::InCanary { step } = ran {
+                        return Ok(self.canary_runs(step));
+                    }
+                }
+                Action::Canary(canary) => {
+                    let ran = self
+                        .attempt(desired, observed, &canary.rollout, false, Some(canary))
+                        .await?;
+                    if let Ran::InCanary { step } = ran {
+                        return Ok(self.canary_runs(step));
+                    }
+                }
             }
         }
         if plan.target().is_some() && cfg.rollout.keep_images {
@@ -569,10 +600,21 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             s.failed_generation = None;
             s.live = live.clone();
             s.warm = warm;
+            s.canary = None;
+            s.canary_mark = None;
         })
         .map_err(|e| e.after_switch(desired.image.as_written()))?;
         self.publish_live();
         Ok(PassOutcome::Converged)
+    }
+
+    /// A canary runs on at `step`: the pass ends here, and the next one comes after a tick.
+    fn canary_runs(&self, step: usize) -> PassOutcome {
+        let cfg = &self.ctx.cfg;
+        PassOutcome::Canary {
+            step,
+            look_again: cfg.health.interval.min(attempt::CANARY_TICK),
+        }
     }
 
     /// Points nginx at the replicas of the live `color` that answer their probe now: one
@@ -657,11 +699,60 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             .retry_asked
             .clone()
             .filter(|g| *g == desired.generation);
-        status.digest = previous.and_then(|p| p.digest);
+        status.digest = previous.as_ref().and_then(|p| p.digest.clone());
         status.switching = observed.switching.clone();
         status.replicas = replicas_of(observed);
         status.warm = warm_of(&ctx.cfg, observed);
+        // A canary of another generation is left behind: this pass settles nginx on its
+        // stable color and removes it ([`Pass::left_behind`]).
+        status.canary_mark = observed
+            .canary
+            .clone()
+            .filter(|m| m.generation == desired.generation);
+        status.canary = previous
+            .and_then(|p| p.canary)
+            .filter(|_| status.canary_mark.is_some());
         Ok(())
+    }
+
+    /// A canary of another generation than `desired` was running: it is called off (this
+    /// pass's plan settles nginx on the stable color, then removes the candidate). Its
+    /// deployment's line in the audit log says so, once: the journal forgets it with this
+    /// pass's first write.
+    fn left_behind(&self, desired: &Desired, observed: &Observed) {
+        let ctx = self.ctx;
+        let Some(mark) = observed
+            .canary
+            .as_ref()
+            .filter(|m| m.generation != desired.generation)
+        else {
+            return;
+        };
+        tracing::warn!(image = %mark.image, step = mark.step, "canary called off by a newer desired generation, back to the stable color");
+        ctx.metrics.set_canary(None);
+        ctx.canary_watch.forget();
+        let record = state::audit::AuditRecord {
+            time: state::now_rfc3339(),
+            event: state::audit::DEPLOY_EVENT.into(),
+            outcome: state::audit::AttemptOutcome::Cancelled,
+            image: mark.image.clone(),
+            reference: mark.image.clone(),
+            digest: None,
+            previous: observed.history.first().cloned(),
+            trigger: self.trigger,
+            by: None,
+            note: None,
+            generation: mark.generation.clone(),
+            duration_ms: 0,
+            message: Some(format!(
+                "the canary was called off at step {} by a newer desired generation ({})",
+                mark.step, desired.generation
+            )),
+            color: Some(mark.color.to_string()),
+        };
+        if let Err(e) = state::audit::append(&ctx.audit_file(), &record) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
     }
 
     /// Points nginx at `port` ([`Proxy::switch`]) with a [`SwitchMark`] in status.json for as
@@ -823,6 +914,16 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         loop {
             tries += 1;
             let e = match self.reconcile(desired).await {
+                Ok(PassOutcome::Canary { look_again, .. }) => {
+                    // The canary runs on: the next pass judges it again, after a tick.
+                    tries = 0;
+                    backoff.reset();
+                    tokio::select! {
+                        _ = tokio::time::sleep(look_again) => {}
+                        _ = self.cancel.cancelled() => return Err(ReconcileError::Cancelled),
+                    }
+                    continue;
+                }
                 Ok(outcome) => return Ok(outcome),
                 Err(e) => e,
             };

@@ -57,6 +57,8 @@ const SEEDS: u64 = 2000;
 const CONCURRENCY: usize = 200;
 /// Passes allowed to converge once the events stop.
 const SETTLE_PASSES: usize = 4;
+/// A canary's passes allowed beside them: its steps last a few ticks each.
+const CANARY_PASSES: usize = 2000;
 /// A pass that takes longer is stuck.
 const PASS_LIMIT: Duration = Duration::from_secs(20);
 
@@ -269,23 +271,25 @@ fn schedule(seed: u64) -> (Setup, Vec<Step>) {
 /// One pass as the daemon runs it, by a reconciler built afresh over the same world (a
 /// restarted process keeps nothing but the world and the state files).
 async fn pass(
-    cfg: &Config,
-    fakes: &Fakes,
+    ctx: &SimContext,
     desired: &Desired,
     by_hand: bool,
     cancel: CancellationToken,
 ) -> Result<Outcome, ReconcileError> {
-    let ctx = Context::new(cfg.clone(), fakes.runtime(), fakes.proxy(), fakes.prober());
     if by_hand {
         let _ = ctx.ask_retry(desired);
     }
-    let pass = Pass::new(&ctx, Trigger::Resync).with_cancel(cancel);
+    let pass = Pass::new(ctx, Trigger::Resync).with_cancel(cancel);
     let result = pass.reconcile(desired).await;
     if let Err(e) = &result {
         let _ = pass.record_failure(desired, e, &error_policy(e));
     }
     result
 }
+
+/// The context of one process: its passes share it (a canary step's window) until it dies.
+type SimContext =
+    Context<super::fakes::FakeRuntime, super::fakes::FakeProxy, super::fakes::FakeProber>;
 
 /// How the process of a pass dies, if it gets that far.
 #[derive(Debug, Clone, Copy)]
@@ -322,6 +326,10 @@ struct Sim {
     _traffic: Option<Traffic>,
     /// Armed by [`Step::HistoryFails`] for the next pass.
     history_fails_at: Option<u32>,
+    /// The canary seen last in the journal: its generation, when it began, its step.
+    canary_seen: std::cell::RefCell<Option<(String, String, usize)>>,
+    /// The process whose passes ran last, while it lives.
+    process: Option<Arc<SimContext>>,
 }
 
 impl Sim {
@@ -385,6 +393,8 @@ impl Sim {
             log: Vec::new(),
             _traffic: traffic,
             history_fails_at: None,
+            canary_seen: Default::default(),
+            process: None,
         }
     }
 
@@ -507,7 +517,17 @@ impl Sim {
             }
             _ => None,
         };
-        let run = pass(&self.cfg, &self.fakes, &desired, by_hand, cancel);
+        // A process lives on from pass to pass until one is killed (or cancelled: a stop).
+        let ctx = match self.process.take() {
+            Some(ctx) => ctx,
+            None => Arc::new(Context::new(
+                self.cfg.clone(),
+                self.fakes.runtime(),
+                self.fakes.proxy(),
+                self.fakes.prober(),
+            )),
+        };
+        let run = pass(&ctx, &desired, by_hand, cancel);
         let ended = async {
             match killed {
                 Some(killed) => tokio::select! {
@@ -521,6 +541,9 @@ impl Sim {
         let outcome = tokio::time::timeout(PASS_LIMIT, ended)
             .await
             .map_err(|_| format!("the pass did not end within {PASS_LIMIT:?}"))?;
+        if outcome.is_some() && canceller.is_none() {
+            self.process = Some(ctx);
+        }
         if let Some(canceller) = canceller {
             // A cancel that comes after the pass ended cancels nothing.
             canceller.abort();
@@ -714,6 +737,7 @@ impl Sim {
         if let Some(violation) = world.violations.first() {
             return Err(violation.clone());
         }
+        self.check_canary(&world)?;
         for (what, port) in [
             ("nginx's loaded config", world.loaded_port()),
             ("the upstream file", world.upstream_port()),
@@ -741,6 +765,46 @@ impl Sim {
             if !world.served.contains(image) {
                 return Err(format!(
                     "the history names {image}, which never served: {history:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A canary's invariants: nginx (loaded, or the file on disk) shares traffic by weight only
+    /// when the journal records a canary, a canary step's switch, or a switch away from a
+    /// file naming both colors (a canary's end nginx was not seen to settle on), and a
+    /// canary's step never goes back.
+    fn check_canary(&self, world: &super::fakes::World) -> Result<(), String> {
+        let journal = crate::state::journal::Journal::load(&self.cfg.state_dir).unwrap_or_default();
+        let explained = journal.canary.is_some()
+            || journal
+                .switching
+                .as_ref()
+                .is_some_and(|m| m.canary || m.from.len() > 1);
+        for (what, text) in [
+            ("nginx's loaded config", &world.loaded),
+            ("the upstream file", &world.upstream),
+        ] {
+            if text.as_deref().is_some_and(|t| t.contains("weight=")) && !explained {
+                return Err(format!(
+                    "{what} shares traffic by weight, which nothing the journal records explains: {journal:?}"
+                ));
+            }
+        }
+        let Some(mark) = &journal.canary else {
+            return Ok(());
+        };
+        let seen = self.canary_seen.replace(Some((
+            mark.generation.clone(),
+            mark.started.clone(),
+            mark.step,
+        )));
+        if let Some((generation, started, step)) = seen {
+            if generation == mark.generation && started == mark.started && mark.step < step {
+                return Err(format!(
+                    "the canary of {generation} went back from step {step} to step {}",
+                    mark.step
                 ));
             }
         }
@@ -805,7 +869,10 @@ impl Sim {
     /// generation failed.
     async fn settle(&mut self) -> Result<(), String> {
         self.fakes.world().calm();
-        for n in 1..=SETTLE_PASSES {
+        let mut canary_passes = 0;
+        let mut n = 0;
+        while n < SETTLE_PASSES {
+            n += 1;
             let desired = Desired::load(&self.cfg.desired_file, &self.cfg)
                 .map_err(|e| format!("cannot read the desired file: {e}"))?;
             if self.waits_for_a_change(&desired) {
@@ -828,6 +895,19 @@ impl Sim {
             self.log
                 .push(format!("settle pass {n}: {}", describe(&end)));
             self.check()?;
+            if let Some(Ok(Outcome::Canary { look_again, .. })) = end.outcome {
+                // A canary's passes come a tick apart until it ended: they count apart.
+                canary_passes += 1;
+                if canary_passes > CANARY_PASSES {
+                    return Err(format!(
+                        "the canary did not end within {CANARY_PASSES} passes: {}",
+                        self.snapshot()?
+                    ));
+                }
+                n -= 1;
+                tokio::time::sleep(look_again).await;
+                continue;
+            }
             if matches!(end.outcome, Some(Ok(Outcome::Converged))) && self.converged(&desired)? {
                 let end = self.pass(false, None).await?;
                 self.log.push(format!("settle, again: {}", describe(&end)));
@@ -1002,6 +1082,80 @@ async fn repeat(seed: u64, times: usize) {
             failed.len()
         );
     }
+}
+
+/// A canary of three steps killed at every call of its passes: every other pass by a new
+/// process dies at its `k`-th call, for each `k` a pass of the canary reaches (staying in a
+/// step, entering the next, promoting). After each pass the invariants hold (the step never
+/// goes back; nginx shares traffic by weight only as the journal explains), and the canary
+/// ends with v2 live alone, each step recorded as passed once.
+#[tokio::test]
+async fn a_canary_killed_at_every_call_of_its_passes_never_goes_back_and_ends() {
+    use crate::config::{CanaryStep, Pause};
+    let mut ended_at = Vec::new();
+    for k in 0..24 {
+        let mut sim = Sim::new(&Setup {
+            drain: Duration::ZERO,
+            auto_rollback: false,
+            history_limit: 5,
+            keep_previous: Duration::ZERO,
+            canary: true,
+            pre_switch_hook: false,
+        });
+        if let Some(canary) = sim.cfg.canary.as_mut() {
+            // Judged by time alone: a step passes after its pause whatever the window's
+            // counts, which every process killed starts again.
+            canary.min_requests = 0;
+            canary.steps = [10, 30, 50]
+                .map(|weight| CanaryStep {
+                    weight,
+                    pause: Pause::For(Duration::from_millis(20)),
+                })
+                .to_vec();
+        }
+        sim.step(&Step::Desire { image: "v1" }).await.unwrap();
+        sim.pass(false, None).await.unwrap();
+        sim.step(&Step::Desire { image: "v2" }).await.unwrap();
+        let mut converged = false;
+        for n in 0..400 {
+            let death = (n % 2 == 0).then_some(Death::AtCall(k));
+            let end = sim.pass(false, death).await.unwrap();
+            sim.check().unwrap_or_else(|e| {
+                panic!("killed at call {k}, pass {n}: {e}\n{}", sim.log.join("\n"))
+            });
+            if matches!(end.outcome, Some(Ok(Outcome::Converged))) {
+                converged = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(converged, "killed at call {k}: {}", sim.snapshot().unwrap());
+        let desired = Desired::load(&sim.cfg.desired_file, &sim.cfg).unwrap();
+        assert!(
+            sim.converged(&desired).unwrap(),
+            "{}",
+            sim.snapshot().unwrap()
+        );
+        let steps: Vec<String> =
+            crate::state::audit::read(&sim.cfg.state_dir.join(crate::state::AUDIT_FILE))
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.event == crate::state::audit::CANARY_STEP_EVENT)
+                .map(|r| r.message.unwrap_or_default())
+                .collect();
+        for step in 1..=3 {
+            let passed = steps
+                .iter()
+                .filter(|m| m.starts_with(&format!("canary step {step} of 3")))
+                .count();
+            assert!(
+                passed <= 1,
+                "killed at call {k}: step {step} recorded {passed} times: {steps:?}"
+            );
+        }
+        ended_at.push(k);
+    }
+    assert_eq!(ended_at.len(), 24);
 }
 
 // Bugs the simulation found, each in a plain test. They shared one cause: a pass that died

@@ -83,6 +83,8 @@ pub enum Trigger {
     Cli,
     /// `fieldtrack deploy` or `rollback` run in-process.
     Deploy,
+    /// The next look at a running canary step (a tick after the pass before).
+    Canary,
     /// A line written by a fieldtrack that knows a trigger this one does not (or none): read,
     /// never written.
     #[default]
@@ -102,6 +104,7 @@ impl Trigger {
             Trigger::ByHand => "by-hand",
             Trigger::Cli => "cli",
             Trigger::Deploy => "deploy",
+            Trigger::Canary => "canary",
             Trigger::Unknown => "unknown",
         }
     }
@@ -417,7 +420,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let mut line = serde_json::to_value(record("a", AttemptOutcome::Succeeded)).unwrap();
-        line["trigger"] = "canary".into();
+        line["trigger"] = "cron".into();
         line["outcome"] = "paused".into();
         fs::write(&path, format!("{line}\n{{\"image\":\"b\"}}\n")).unwrap();
         let log = read_log(&path).unwrap();

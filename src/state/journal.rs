@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::atomic::{write_atomic_with, WriteOptions};
 use super::file::{prepare_state_dir, read_capped};
-use super::status::{Status, StatusError, SwitchMark, Warm};
+use super::status::{CanaryMark, Status, StatusError, SwitchMark, Warm};
 
 /// Name of the file inside `state_dir`.
 pub const JOURNAL_FILE: &str = "journal.json";
@@ -68,6 +68,9 @@ pub struct Journal {
     /// The previous color kept running out of nginx, and until when.
     #[serde(default)]
     pub warm: Option<Warm>,
+    /// Where a canary stands: its generation, step and when the step began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryMark>,
 }
 
 impl Journal {
@@ -78,6 +81,7 @@ impl Journal {
             retry_asked: status.retry_asked.clone(),
             switching: status.switching.clone(),
             warm: status.warm.clone(),
+            canary: status.canary_mark.clone(),
         }
     }
 
@@ -87,6 +91,7 @@ impl Journal {
         status.retry_asked = self.retry_asked.clone();
         status.switching = self.switching.clone();
         status.warm = self.warm.clone();
+        status.canary_mark = self.canary.clone();
     }
 
     /// The journal of `state_dir`; without one, what status.json of the release before
@@ -176,6 +181,7 @@ mod tests {
                 canary: false,
             }),
             warm: None,
+            canary: None,
         };
         journal.save(dir.path()).unwrap();
         assert_eq!(Journal::load(dir.path()).unwrap(), journal);

@@ -184,6 +184,41 @@ pub struct SwitchMark {
     pub canary: bool,
 }
 
+/// Where a canary stands, recorded before nginx is switched to a step's weights and read by
+/// every pass: the plan decides each pass's canary action from it ([`crate::plan::canary`]),
+/// so that a process killed inside a step resumes that step, with the time already spent in
+/// it, and never goes back one. Written by the pass that enters a step, a promotion or an
+/// abort; dropped when the canary ends (or a newer generation is desired).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryMark {
+    /// The desired generation on trial, and its image as written in the desired file.
+    pub generation: String,
+    pub image: String,
+    /// The canary's color, and the stable (live) color that keeps the rest of the traffic.
+    pub color: Color,
+    pub stable: Color,
+    /// The step nginx is switched to (1-based): its weights are the file's, or, while the
+    /// switch to it was not seen to settle, those of the step before. Past the last step:
+    /// every request goes to the canary (the promotion is under way).
+    pub step: usize,
+    /// RFC 3339 UTC: when the step began. A step lasts its pause from here, whatever
+    /// restarts came between.
+    pub step_started: String,
+    /// RFC 3339 UTC: when the canary began (step 1): the deployment's duration runs from here.
+    pub started: String,
+    /// Set once the canary failed, with why: nginx goes back to the stable color alone and
+    /// the candidate is removed, by this pass or, if it dies first, the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborting: Option<String>,
+}
+
+impl CanaryMark {
+    /// When the step began; None when the record is unreadable (it is then judged begun now).
+    pub fn step_started_time(&self) -> Option<std::time::SystemTime> {
+        humantime::parse_rfc3339(&self.step_started).ok()
+    }
+}
+
 /// The previous color kept running out of nginx after a deployment (`rollout.keep_previous`),
 /// so that a rollback to it is a pure nginx switch. Kept here, not in a container label, as
 /// it is written after the container started and must survive the process: the next pass
@@ -308,6 +343,9 @@ pub struct Status {
     /// The canary step running now, with its window's figures; null when none runs.
     #[serde(default)]
     pub canary: Option<CanaryProgress>,
+    /// Where the canary stands (see [`CanaryMark`]); kept in the journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_mark: Option<CanaryMark>,
 }
 
 impl Status {
@@ -331,6 +369,7 @@ impl Status {
             replicas: Vec::new(),
             warm: None,
             canary: None,
+            canary_mark: None,
         }
     }
 

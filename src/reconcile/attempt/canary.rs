@@ -1,69 +1,57 @@
-//! Canary steps: between the health gate and the full switch, nginx shares the traffic by
-//! weight between the stable (live) color and the candidate, step by step, and each step is
-//! judged from what real requests got, read from nginx's access log as it grows
-//! ([`crate::plan::canary::judge`]).
+//! Canary steps, one decision per pass: between the health gate and the full switch, nginx
+//! shares the traffic by weight between the stable (live) color and the candidate, step by
+//! step, and each step is judged from what real requests got, read from nginx's access log.
+//!
+//! Where the canary stands is recorded state: the journal's
+//! [`CanaryMark`](crate::state::status::CanaryMark) names the generation, the step and when it
+//! began, written before nginx is switched to the step's weights. Each pass's plan decides
+//! from it, the upstream file and the step's window ([`crate::plan::canary::decide`]); this
+//! module carries the decision out and returns, and the loop looks again at the next tick. A
+//! process killed inside a step leaves the mark: the next one goes on with that step, from
+//! when it began.
 //!
 //! A step lasts its `pause` and until `min_requests` reached the canary (a manual step until
-//! `fieldtrack promote`). A step fails on the judgement (error rate, latency), on three
-//! failed health probes of the canary in a row, or on the canary's container exiting: nginx
-//! goes back to the stable color alone, the candidate is removed, and the attempt ends as a
-//! failure after the switch, so the desired file is rewritten like any auto-rollback. A new
-//! desired generation (an `abort` is one) or a stop ends it the same way, as a cancellation.
+//! `fieldtrack promote`). It fails on the judgement (error rate, latency), on three failed
+//! health probes of the canary in a row, or on the canary's container exiting: nginx goes
+//! back to the stable color alone, the candidate is removed, and the attempt ends as a
+//! failure after the switch, so the desired file is rewritten like any auto-rollback. A newer
+//! desired generation (an `abort` is one) leaves the canary behind: its pass settles nginx on
+//! the stable color and removes the candidate, as for any canary left behind.
 //!
-//! Throughout, status.json's [`SwitchMark`](crate::state::status::SwitchMark) says nginx
-//! names both colors on purpose: a process killed inside a step leaves the next pass to put
-//! nginx back on the stable color before anything else.
+//! Throughout, the journal's [`SwitchMark`](crate::state::status::SwitchMark) says nginx names
+//! both colors on purpose.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use super::{describe, Attempt};
-use crate::config::{CanaryConfig, Pause};
-use crate::desired::promote::{PromoteRequest, Verdict as PromoteVerdict};
-use crate::desired::Desired;
-use crate::model::probe::{ProbeOutcome, Prober};
+use super::{describe, Attempt, Ran};
+use crate::config::Pause;
+use crate::desired::promote::{request_path, PromoteRequest};
+use crate::model::probe::Prober;
 use crate::model::proxy::Proxy;
 use crate::model::runtime::{Endpoints, Runtime};
 use crate::model::Color;
 use crate::model::InstanceState;
 use crate::notifications::{Event, Notification};
-use crate::observe::access_log::{tally, Figures, Tail};
-use crate::plan::canary::{judge, Judgement};
+use crate::observe::CanaryWindow;
+use crate::plan::canary::{judge, plain, CanaryAction, Decision, Judgement, Passed};
 use crate::reconcile::{Progress, ReconcileError};
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
-use crate::state::status::{CanaryProgress, Step, WindowFigures};
+use crate::state::status::{CanaryMark, CanaryProgress, Step, WindowFigures};
 
-/// Consecutive failed health probes of the canary that fail its step.
-const PROBE_FAILURES: u32 = 3;
-/// How often a step reads the log, probes the canary, and looks for a newer desired file and
-/// a promotion, at most (`health.interval` when shorter).
-const TICK: Duration = Duration::from_secs(1);
-
-/// The two sides of a canary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Side {
-    Stable,
-    Canary,
-}
-
-/// How a step ended, when it did not pass.
-enum StepEnd {
-    /// The canary failed it, for this reason.
-    Failed(String),
-    /// A newer desired generation, or a stop: the canary is called off.
-    Cancelled,
-}
+/// How often a running step is looked at, at most (`health.interval` when shorter): the log
+/// read, the canary probed, a promotion or a newer desired file seen.
+pub const TICK: Duration = Duration::from_secs(1);
 
 impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
-    /// The stable color when this attempt runs canary steps: `[canary]` is configured, the
-    /// old color is live and runs, and the desired file is not a rollback (a rollback goes
-    /// back to what served, at once).
+    /// The stable color when this attempt begins canary steps: `[canary]` is configured, the
+    /// old color is live and runs, and the image is new here. One that served before (the
+    /// history names it: a rollback, an abort, an auto-rollback, or an operator's edit going
+    /// back) is switched to at once, whatever the note says.
     pub(super) async fn canary_stable(&self) -> Result<Option<Color>, ReconcileError> {
         let ctx = self.ctx();
         let cfg = &ctx.cfg;
-        if cfg.canary.is_none() || self.desired.goes_back() {
+        if cfg.canary.is_none() || cfg.nginx.access_log.is_none() || self.served_before {
             return Ok(None);
         }
         let Some(old) = self.old else {
@@ -85,331 +73,342 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         Ok((running && served).then_some(color))
     }
 
-    /// Runs every step. Ok once the last one passed: the caller then switches nginx to the
-    /// canary alone, drains and cleans up as for blue/green. On a failure or a cancellation
-    /// nginx is back on the stable color alone and the candidate removed.
-    pub(super) async fn canary(
+    /// The candidate passed its gate: step 1 begins on `canary`, the servers that passed it.
+    pub(super) async fn begin_canary(
         &self,
         name: &str,
         canary: &[SocketAddr],
         stable: Color,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<Ran, ReconcileError> {
+        self.pass.step(Step::Canary).await?;
+        let now = rfc3339(SystemTime::now());
+        let mark = CanaryMark {
+            generation: self.desired.generation.clone(),
+            image: self.image.to_string(),
+            color: self.color,
+            stable,
+            step: 1,
+            step_started: now.clone(),
+            started: now,
+            aborting: None,
+        };
+        self.enter(name, canary, mark, false).await
+    }
+
+    /// Carries out the plan's decision on the running canary.
+    pub(super) async fn canary_decision(
+        &self,
+        action: &CanaryAction,
+        digest: &mut Option<String>,
+    ) -> Result<Ran, ReconcileError> {
+        let (ctx, observed) = (self.ctx(), self.observed);
+        let cfg = &ctx.cfg;
+        let Some(mark) = observed.canary.clone() else {
+            return Ok(Ran::InCanary { step: 0 });
+        };
+        let window = observed.window.as_ref();
+        let name = cfg.container_name(self.color);
+        match &action.decision {
+            Decision::Stay { ignored, .. } => {
+                self.stay(&name, &mark, ignored.as_ref(), window).await?;
+                Ok(Ran::InCanary { step: mark.step })
+            }
+            Decision::Enter {
+                step,
+                again,
+                passed,
+            } => {
+                if let Some(passed) = passed {
+                    self.step_passed(&mark, passed, window);
+                }
+                let step_started = match again {
+                    true => mark.step_started.clone(),
+                    false => rfc3339(SystemTime::now()),
+                };
+                let next = CanaryMark {
+                    step: *step,
+                    step_started,
+                    ..mark
+                };
+                let canary = self.canary_servers(&name).await?;
+                self.enter(&name, &canary, next, *again).await
+            }
+            Decision::Promote { passed } => {
+                if let Some(passed) = passed {
+                    self.step_passed(&mark, passed, window);
+                }
+                let steps = cfg.canary.as_ref().map_or(0, |c| c.steps.len());
+                // Recorded first: a process that dies inside the switch leaves the next
+                // pass to finish the promotion, never to run the steps again.
+                let promoting = CanaryMark {
+                    step: steps + 1,
+                    ..mark
+                };
+                self.pass.set_status(|s| s.canary_mark = Some(promoting))?;
+                *digest = self.image_digest().await;
+                let servers = self.canary_servers(&name).await?;
+                let port = cfg.port(self.color);
+                let hook = self.hook_context(port);
+                self.switch_and_finish(&name, port, &servers, &hook).await?;
+                Ok(Ran::Switched)
+            }
+            Decision::Abort { reason } => self.abort(&name, &mark, reason).await,
+        }
+    }
+
+    /// nginx to `mark`'s step, recorded in the journal first. `again`: the step goes on (the
+    /// file did not show its weights), it does not begin.
+    async fn enter(
+        &self,
+        name: &str,
+        canary: &[SocketAddr],
+        mark: CanaryMark,
+        again: bool,
+    ) -> Result<Ran, ReconcileError> {
         let (pass, ctx) = (self.pass, self.ctx());
         let cfg = &ctx.cfg;
         let Some(canary_cfg) = &cfg.canary else {
-            return Ok(());
+            return Ok(Ran::InCanary { step: mark.step });
         };
-        let Some(log) = cfg.nginx.access_log.clone() else {
-            return Ok(());
-        };
-        pass.step(Step::Canary).await?;
-        let stable_servers = Endpoints::loopback(cfg.port(stable)).addrs;
         let steps = canary_cfg.steps.len();
-        for (i, step) in canary_cfg.steps.iter().enumerate() {
-            let at = StepAt {
-                cfg: canary_cfg,
-                log: log.clone(),
-                index: i + 1,
-                steps,
-                weight: step.weight,
-                pause: step.pause,
-                stable,
-                stable_servers: &stable_servers,
-                canary,
-            };
-            let started = Instant::now();
-            let (end, stable_figures, canary_figures) = match self.canary_step(name, &at).await {
-                Ok(step) => step,
-                // nginx may run these weights: the next pass settles it (the mark says so).
-                Err(e @ ReconcileError::StillServed { .. }) => {
-                    self.forget_canary();
-                    return Err(e);
-                }
-                // The engine, the status file or the log failed under the step: every
-                // request back to the stable color before the error is reported.
-                Err(e) => {
-                    tracing::error!(error = %e, "canary step failed, back to the stable color");
-                    if let Err(back) = self.back_to_stable(name, stable).await {
-                        tracing::error!(error = %back, "cannot go back to the stable color; the next pass will");
-                    }
-                    return Err(e);
-                }
-            };
-            let summary = format!("canary step {} of {} ({}%)", at.index, at.steps, at.weight);
-            let figures = format!(
-                "canary {}; stable {}",
-                plain(&canary_figures),
-                plain(&stable_figures)
-            );
-            match end {
-                None => {
-                    tracing::info!(step = at.index, weight = at.weight, %figures, "canary step passed");
-                    self.record_step(
-                        AttemptOutcome::Succeeded,
-                        format!("{summary} passed: {figures}"),
-                        started.elapsed(),
-                    );
-                }
-                Some(StepEnd::Failed(why)) => {
-                    let reason = format!("{summary}: {why} ({figures})");
-                    tracing::warn!(%reason, "canary failed, back to the stable color");
-                    self.record_step(
-                        AttemptOutcome::RolledBack,
-                        reason.clone(),
-                        started.elapsed(),
-                    );
-                    self.back_to_stable(name, stable).await?;
-                    return Err(ReconcileError::FailedAfterSwitch {
-                        image: self.image.to_string(),
-                        reason,
-                        back_to: Some(stable.to_string()),
-                        rolled_back_to: None,
-                    });
-                }
-                Some(StepEnd::Cancelled) => {
-                    tracing::warn!(
-                        step = at.index,
-                        "canary called off, back to the stable color"
-                    );
-                    self.back_to_stable(name, stable).await?;
-                    return Err(ReconcileError::Cancelled);
-                }
-            }
+        let weight = canary_cfg.steps[mark.step.clamp(1, steps) - 1].weight;
+        pass.set_status(|s| s.canary_mark = Some(mark.clone()))?;
+        if let Some(refused) = self.switch_to_step(name, &mark, canary, weight).await? {
+            return self.abort(name, &mark, &refused).await;
         }
-        self.forget_canary();
-        Ok(())
+        if !again {
+            ctx.canary_watch.begin(cfg, &mark);
+            tracing::info!(step = mark.step, steps, weight, "canary step begins");
+            pass.emit(Progress::CanaryStep {
+                step: mark.step,
+                steps,
+                weight,
+            });
+        } else {
+            tracing::info!(
+                step = mark.step,
+                weight,
+                "nginx back on the canary step's weights"
+            );
+        }
+        self.show_progress(name, &mark, &CanaryWindow::default())?;
+        Ok(Ran::InCanary { step: mark.step })
     }
 
-    /// No canary step runs any more: status.json and the metrics stop showing one.
-    fn forget_canary(&self) {
-        self.ctx().metrics.set_canary(None);
-        if let Err(e) = self.pass.set_status(|s| s.canary = None) {
+    /// One look at the running step: a promote request that is not for it dropped, the
+    /// canary probed once (the next pass judges the count), the status updated.
+    async fn stay(
+        &self,
+        name: &str,
+        mark: &CanaryMark,
+        ignored: Option<&PromoteRequest>,
+        window: Option<&CanaryWindow>,
+    ) -> Result<(), ReconcileError> {
+        let ctx = self.ctx();
+        let cfg = &ctx.cfg;
+        if let Some(request) = ignored {
+            PromoteRequest::remove(&request_path(&cfg.desired_file));
+            tracing::warn!(
+                generation = %request.generation,
+                asked_step = request.step,
+                step = mark.step,
+                "promote request ignored: it names another generation or a step that has already ended"
+            );
+        }
+        let canary = self.canary_servers(name).await?;
+        let failed = ctx
+            .probe_each(&canary)
+            .await
+            .into_iter()
+            .map(|(_, o)| o)
+            .find(|o| !o.is_healthy());
+        let failures = ctx.canary_watch.probed(mark, failed.as_ref().map(describe));
+        if let Some(outcome) = &failed {
+            ctx.metrics.health_probe_failed();
+            tracing::warn!(failures, outcome = %describe(outcome), "canary probe failed");
+        }
+        let empty = CanaryWindow::default();
+        self.show_progress(name, mark, window.unwrap_or(&empty))
+    }
+
+    /// The step ended well: its line in the audit log, a promote request taken.
+    fn step_passed(&self, mark: &CanaryMark, passed: &Passed, window: Option<&CanaryWindow>) {
+        let cfg = &self.ctx().cfg;
+        let empty = CanaryWindow::default();
+        let window = window.unwrap_or(&empty);
+        let how = if passed.promoted {
+            PromoteRequest::remove(&request_path(&cfg.desired_file));
+            tracing::info!(step = passed.step, "promoted by hand");
+            "promoted by hand"
+        } else {
+            "passed"
+        };
+        let figures = format!(
+            "canary {}; stable {}",
+            plain(&window.canary),
+            plain(&window.stable)
+        );
+        tracing::info!(step = passed.step, %figures, "canary step {how}");
+        self.record_step(
+            AttemptOutcome::Succeeded,
+            format!("{} {how}: {figures}", self.summary(passed.step)),
+            step_age(mark),
+        );
+    }
+
+    /// The canary failed: recorded in the journal first (a process that dies on the way back
+    /// leaves the next pass to finish it), then nginx back on the stable color alone and the
+    /// candidate removed; a failure after the switch.
+    async fn abort(
+        &self,
+        name: &str,
+        mark: &CanaryMark,
+        reason: &str,
+    ) -> Result<Ran, ReconcileError> {
+        if mark.aborting.is_none() {
+            let aborting = CanaryMark {
+                aborting: Some(reason.to_string()),
+                ..mark.clone()
+            };
+            self.pass.set_status(|s| s.canary_mark = Some(aborting))?;
+            self.record_step(
+                AttemptOutcome::RolledBack,
+                reason.to_string(),
+                step_age(mark),
+            );
+        }
+        tracing::warn!(%reason, "canary failed, back to the stable color");
+        self.back_to_stable(name, mark.stable).await?;
+        Err(ReconcileError::FailedAfterSwitch {
+            image: self.image.to_string(),
+            reason: reason.to_string(),
+            back_to: Some(mark.stable.to_string()),
+            rolled_back_to: None,
+        })
+    }
+
+    /// `canary step 2 of 3 (30%)`.
+    fn summary(&self, step: usize) -> String {
+        let Some(canary) = &self.ctx().cfg.canary else {
+            return format!("canary step {step}");
+        };
+        let steps = canary.steps.len();
+        let weight = canary.steps[step.clamp(1, steps) - 1].weight;
+        format!("canary step {step} of {steps} ({weight}%)")
+    }
+
+    /// No canary runs any more: the journal, status.json and the metrics stop showing one.
+    pub(super) fn forget_canary(&self) {
+        let ctx = self.ctx();
+        ctx.metrics.set_canary(None);
+        ctx.canary_watch.forget();
+        if let Err(e) = self.pass.set_status(|s| {
+            s.canary = None;
+            s.canary_mark = None;
+        }) {
             tracing::warn!(error = %e, "cannot update the status");
         }
     }
 
-    /// One step: nginx switched to its weights, then its window watched until it passes
-    /// (None), fails or is called off. Returns the window's figures too.
-    async fn canary_step(
-        &self,
-        name: &str,
-        at: &StepAt<'_>,
-    ) -> Result<(Option<StepEnd>, Figures, Figures), ReconcileError> {
-        let (pass, ctx) = (self.pass, self.ctx());
-        let cfg = &ctx.cfg;
-        if let Some(refused) = self.switch_to_step(name, at).await? {
-            let empty = Figures::default();
-            return Ok((Some(refused), empty.clone(), empty));
-        }
-        crate::test_pause_point("canary-step").await;
-        // The window starts at the switch: what nginx logged before is not this step's.
-        let mut tail = Tail::from_end(&at.log);
-        let started = Instant::now();
-        let started_wall = SystemTime::now();
-        let ends = match at.pause {
-            Pause::For(d) => Some(d),
-            Pause::Manual => None,
-        };
-        let promote_file = crate::desired::promote::request_path(&cfg.desired_file);
-        let stable_ports: Vec<u16> = at.stable_servers.iter().map(|a| a.port()).collect();
-        let canary_ports: Vec<u16> = at.canary.iter().map(|a| a.port()).collect();
-        let side_of = |a: SocketAddr| {
-            if !a.ip().is_loopback() {
-                None
-            } else if stable_ports.contains(&a.port()) {
-                Some(Side::Stable)
-            } else if canary_ports.contains(&a.port()) {
-                Some(Side::Canary)
-            } else {
-                None
-            }
-        };
-        let mut figures: HashMap<Side, Figures> = HashMap::new();
-        let mut probe_failures = 0u32;
-        let tick = cfg.health.interval.min(TICK);
-        loop {
-            let cancelled = tokio::select! {
-                _ = tokio::time::sleep(tick) => false,
-                _ = pass.cancel.cancelled() => true,
-            };
-            let get = |f: &HashMap<Side, Figures>, side| f.get(&side).cloned().unwrap_or_default();
-            let done = |end, f: &HashMap<Side, Figures>| {
-                Ok((end, get(f, Side::Stable), get(f, Side::Canary)))
-            };
-            if cancelled || self.superseded() {
-                return done(Some(StepEnd::Cancelled), &figures);
-            }
-            match tail.read_new() {
-                Ok(requests) => tally(&mut figures, &requests, side_of),
-                Err(e) => tracing::warn!(error = %e, "cannot read the access log this time"),
-            }
-            let (stable_now, canary_now) =
-                (get(&figures, Side::Stable), get(&figures, Side::Canary));
-            if let Some(failed) = self.canary_unwell(name, at, &mut probe_failures).await? {
-                return done(Some(failed), &figures);
-            }
-            let judgement = judge(at.cfg, &stable_now, &canary_now);
-            let step_ends = ends.map(|d| started_wall + d);
-            let progress = self.progress(
-                name,
-                at,
-                started_wall,
-                step_ends,
-                &stable_now,
-                &canary_now,
-                &judgement,
-            );
-            ctx.metrics.set_canary(Some(&progress));
-            pass.set_status(|s| s.canary = Some(progress))?;
-            if let Judgement::Failed(why) = judgement {
-                return done(Some(StepEnd::Failed(why)), &figures);
-            }
-            if self.promoted(&promote_file, at.index) {
-                tracing::info!(step = at.index, "promoted by hand");
-                return done(None, &figures);
-            }
-            let paused_enough = ends.is_some_and(|d| started.elapsed() >= d);
-            if paused_enough && judgement == Judgement::Healthy {
-                return done(None, &figures);
-            }
+    /// Where the stable color is served: the file's servers on its port, else on loopback.
+    fn stable_servers(&self, stable: Color) -> Vec<SocketAddr> {
+        let port = self.ctx().cfg.port(stable);
+        let written: Vec<SocketAddr> = self
+            .observed
+            .upstream_servers
+            .iter()
+            .filter(|s| s.port() == port)
+            .copied()
+            .collect();
+        if written.is_empty() {
+            Endpoints::loopback(port).addrs
+        } else {
+            written
         }
     }
 
-    /// nginx switched to the step's weights. Some(end) when nginx refused them (it runs what
+    /// Where the canary answers: on one engine its port on loopback, on Swarm its tasks.
+    async fn canary_servers(&self, name: &str) -> Result<Vec<SocketAddr>, ReconcileError> {
+        let ctx = self.ctx();
+        let port = ctx.cfg.port(self.color);
+        if ctx.cfg.runtime == crate::config::RuntimeKind::Docker {
+            return Ok(Endpoints::loopback(port).addrs);
+        }
+        Ok(ctx.runtime.endpoints(name, port).await?.addrs)
+    }
+
+    /// nginx switched to the step's weights. Some(why) when nginx refused them (it runs what
     /// it ran before: the stable color alone, or the step before); an error when it may run
     /// them half-way (the next pass settles it on the stable color).
     async fn switch_to_step(
         &self,
         name: &str,
-        at: &StepAt<'_>,
-    ) -> Result<Option<StepEnd>, ReconcileError> {
+        mark: &CanaryMark,
+        canary: &[SocketAddr],
+        weight: u32,
+    ) -> Result<Option<String>, ReconcileError> {
         let (pass, ctx) = (self.pass, self.ctx());
-        let stable_weights: Vec<(SocketAddr, u32)> = at
-            .stable_servers
-            .iter()
-            .map(|a| (*a, 100 - at.weight))
+        let stable_weights: Vec<(SocketAddr, u32)> = self
+            .stable_servers(mark.stable)
+            .into_iter()
+            .map(|a| (a, 100 - weight))
             .collect();
-        let canary_weights: Vec<(SocketAddr, u32)> =
-            at.canary.iter().map(|a| (*a, at.weight)).collect();
+        let canary_weights: Vec<(SocketAddr, u32)> = canary.iter().map(|a| (*a, weight)).collect();
         let comment = format!(
-            "canary {}% {}, stable {}",
-            at.weight,
+            "canary {weight}% {}, stable {}",
             ctx.live_comment(self.color, self.image),
-            ctx.live_comment(at.stable, self.previous.as_deref().unwrap_or("previous")),
+            ctx.live_comment(mark.stable, self.previous.as_deref().unwrap_or("previous")),
         );
-        if let Err(e) = pass
+        match pass
             .switch_canary(&stable_weights, &canary_weights, &comment)
             .await
         {
-            if let Some(kept) = self.kept_if_unsettled(name, &e) {
-                return Err(kept);
-            }
-            return Ok(Some(StepEnd::Failed(format!(
-                "nginx refused the step's weights: {e}"
-            ))));
+            Ok(()) => Ok(None),
+            Err(e) => match self.kept_if_unsettled(name, &e) {
+                Some(kept) => Err(kept),
+                None => Ok(Some(format!(
+                    "{}: nginx refused the step's weights: {e}",
+                    self.summary(mark.step)
+                ))),
+            },
         }
-        pass.emit(Progress::CanaryStep {
-            step: at.index,
-            steps: at.steps,
-            weight: at.weight,
-        });
-        Ok(None)
-    }
-
-    /// The canary's container and health, as during the drain: Some(end) when it stopped
-    /// running or failed `PROBE_FAILURES` probes in a row.
-    async fn canary_unwell(
-        &self,
-        name: &str,
-        at: &StepAt<'_>,
-        probe_failures: &mut u32,
-    ) -> Result<Option<StepEnd>, ReconcileError> {
-        let ctx = self.ctx();
-        match ctx.runtime.state(name).await? {
-            Some(InstanceState::Running) => {}
-            other => {
-                return Ok(Some(StepEnd::Failed(format!(
-                    "the container {}",
-                    other.map_or("disappeared".to_string(), |s| s.to_string())
-                ))))
-            }
-        }
-        let outcome = ctx
-            .probe_each(at.canary)
-            .await
-            .into_iter()
-            .map(|(_, o)| o)
-            .find(|o| !o.is_healthy())
-            .unwrap_or(ProbeOutcome::Healthy(200));
-        if outcome.is_healthy() {
-            *probe_failures = 0;
-            return Ok(None);
-        }
-        *probe_failures += 1;
-        ctx.metrics.health_probe_failed();
-        tracing::warn!(failures = *probe_failures, outcome = %describe(&outcome), "canary probe failed");
-        Ok((*probe_failures >= PROBE_FAILURES).then(|| {
-            StepEnd::Failed(format!(
-                "{PROBE_FAILURES} failed health probes in a row, last: {}",
-                describe(&outcome)
-            ))
-        }))
     }
 
     /// What status.json and the metrics show of the step so far.
-    #[allow(clippy::too_many_arguments)]
-    fn progress(
+    fn show_progress(
         &self,
         name: &str,
-        at: &StepAt<'_>,
-        started: SystemTime,
-        ends: Option<SystemTime>,
-        stable: &Figures,
-        canary: &Figures,
-        judgement: &Judgement,
-    ) -> CanaryProgress {
-        CanaryProgress {
+        mark: &CanaryMark,
+        window: &CanaryWindow,
+    ) -> Result<(), ReconcileError> {
+        let ctx = self.ctx();
+        let Some(canary_cfg) = &ctx.cfg.canary else {
+            return Ok(());
+        };
+        let steps = canary_cfg.steps.len();
+        let step = &canary_cfg.steps[mark.step.clamp(1, steps) - 1];
+        let step_ends = match (step.pause, mark.step_started_time()) {
+            (Pause::For(d), Some(started)) => Some(rfc3339(started + d)),
+            _ => None,
+        };
+        let judgement: Judgement = judge(canary_cfg, &window.stable, &window.canary);
+        let progress = CanaryProgress {
             image: self.image.to_string(),
             color: self.color.to_string(),
             container: name.to_string(),
-            stable_color: at.stable.to_string(),
+            stable_color: mark.stable.to_string(),
             stable_image: self.previous.clone(),
-            step: at.index,
-            steps: at.steps,
-            weight: at.weight,
-            step_started: humantime::format_rfc3339_seconds(started).to_string(),
-            step_ends: ends.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-            stable: window(stable),
-            canary: window(canary),
+            step: mark.step,
+            steps,
+            weight: step.weight,
+            step_started: mark.step_started.clone(),
+            step_ends,
+            stable: figures_of(&window.stable),
+            canary: figures_of(&window.canary),
             judgement: judgement.to_string(),
-        }
-    }
-
-    /// A desired file that names another generation now (CI, an operator, `fieldtrack
-    /// abort`): the canary is called off, the newer state wins. A file that cannot be read
-    /// right now (half-written) is not a reason.
-    fn superseded(&self) -> bool {
-        let cfg = &self.ctx().cfg;
-        matches!(Desired::load(&cfg.desired_file, cfg), Ok(now) if now.generation != self.desired.generation)
-    }
-
-    /// Whether `fieldtrack promote` asked this generation's step `step` to end; the request is
-    /// consumed. One for another generation, or for a step that has already ended (sent as
-    /// it ended by itself), is dropped: it never ends a step it was not meant for.
-    fn promoted(&self, file: &std::path::Path, step: usize) -> bool {
-        match PromoteRequest::take(file, &self.desired.generation, step) {
-            PromoteVerdict::Promote => true,
-            PromoteVerdict::None => false,
-            PromoteVerdict::Ignored(request) => {
-                tracing::warn!(
-                    generation = %request.generation,
-                    asked_step = request.step,
-                    step,
-                    "promote request ignored: it names another generation or a step that has already ended"
-                );
-                false
-            }
-        }
+        };
+        ctx.metrics.set_canary(Some(&progress));
+        self.pass.set_status(|s| s.canary = Some(progress))
     }
 
     /// nginx back on the stable color alone, its old workers gone, the candidate removed.
@@ -421,11 +420,10 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         let result = pass
             .switch_nginx(
                 port,
-                &Endpoints::loopback(port).addrs,
+                &self.stable_servers(stable),
                 &ctx.live_comment(stable, back_image),
             )
             .await;
-        self.forget_canary();
         if let Err(e) = result {
             if let Some(kept) = self.kept_if_unsettled(name, &e) {
                 return Err(kept);
@@ -437,6 +435,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         }
         // `retire` waits for nginx's workers that still send it canary requests.
         self.remove_candidate(name).await;
+        self.forget_canary();
         Ok(())
     }
 
@@ -478,22 +477,20 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     }
 }
 
-/// What one step works with.
-struct StepAt<'s> {
-    cfg: &'s CanaryConfig,
-    log: PathBuf,
-    /// 1-based.
-    index: usize,
-    steps: usize,
-    weight: u32,
-    pause: Pause,
-    stable: Color,
-    stable_servers: &'s [SocketAddr],
-    canary: &'s [SocketAddr],
+/// How long the step of `mark` has run.
+fn step_age(mark: &CanaryMark) -> Duration {
+    mark.step_started_time()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default()
+}
+
+/// RFC 3339 UTC, to the millisecond: how the journal and status.json write a step's times.
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// A side's figures as status.json shows them.
-fn window(f: &Figures) -> WindowFigures {
+fn figures_of(f: &crate::observe::access_log::Figures) -> WindowFigures {
     let ms = |q| f.quantile(q).map(|s| (s * 1000.0).round() as u64);
     WindowFigures {
         requests: f.requests,
@@ -501,18 +498,5 @@ fn window(f: &Figures) -> WindowFigures {
         failed_tries: f.failed_tries,
         p50_ms: ms(0.5),
         p95_ms: ms(0.95),
-    }
-}
-
-/// `120 requests, 2 failed, p95 14 ms`.
-pub fn plain(f: &Figures) -> String {
-    let (failed, _) = f.failures();
-    match f.quantile(0.95) {
-        Some(p95) => format!(
-            "{} requests, {failed} failed, p95 {:.0} ms",
-            f.requests,
-            p95 * 1000.0
-        ),
-        None => format!("{} requests, {failed} failed", f.requests),
     }
 }
