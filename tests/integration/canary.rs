@@ -34,14 +34,6 @@ fn desired_toml(site: &Site) -> toml::Table {
         .unwrap_or_else(|e| panic!("the desired file is TOML ({e}):\n{text}"))
 }
 
-/// The audit log's records of one event (`deploy`, `canary_step`).
-fn audit_of(site: &Site, event: &str) -> Vec<serde_json::Value> {
-    audit(site)
-        .into_iter()
-        .filter(|r| r["event"] == event)
-        .collect()
-}
-
 /// The upstream file names one server, the stable or the new color alone, with no weight.
 #[track_caller]
 fn one_server(site: &Site, container: &str) {

@@ -13,6 +13,7 @@ mod common;
 
 mod auto_rollback;
 mod canary;
+mod canary_resume;
 mod canary_setup;
 mod daemon;
 mod deploy_group;

@@ -233,6 +233,14 @@ pub fn audit(site: &Site) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The audit log's records of one event (`deploy`, `canary_step`).
+pub fn audit_of(site: &Site, event: &str) -> Vec<serde_json::Value> {
+    audit(site)
+        .into_iter()
+        .filter(|r| r["event"] == event)
+        .collect()
+}
+
 /// The desired file's text, None when missing.
 pub fn desired(site: &Site) -> Option<String> {
     bytes(&site.desired_file).map(|b| String::from_utf8(b).expect("the desired file is UTF-8"))
