@@ -844,6 +844,13 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         result.map_err(ReconcileError::Switch)
     }
 
+    /// Whether the desired file names another generation than `desired` now; a file that
+    /// cannot be read right now (half-written) is no reason to stop.
+    fn superseded(&self, desired: &Desired) -> bool {
+        let cfg = &self.ctx.cfg;
+        matches!(Desired::load(&cfg.desired_file, cfg), Ok(now) if now.generation != desired.generation)
+    }
+
     /// Updates the in-memory status and writes status.json.
     pub(crate) fn set_status(&self, f: impl FnOnce(&mut Status)) -> Result<(), ReconcileError> {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -915,7 +922,13 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             tries += 1;
             let e = match self.reconcile(desired).await {
                 Ok(PassOutcome::Canary { look_again, .. }) => {
-                    // The canary runs on: the next pass judges it again, after a tick.
+                    // The canary runs on: the next pass judges it again, after a tick,
+                    // unless the desired file names another generation now (CI, an
+                    // operator, `fieldtrack abort`): the newer state wins, and its pass
+                    // (a daemon's, or the command that wrote it) calls this canary off.
+                    if self.superseded(desired) {
+                        return Err(ReconcileError::Cancelled);
+                    }
                     tries = 0;
                     backoff.reset();
                     tokio::select! {

@@ -408,7 +408,11 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             judgement: judgement.to_string(),
         };
         ctx.metrics.set_canary(Some(&progress));
-        self.pass.set_status(|s| s.canary = Some(progress))
+        self.pass.set_status(|s| {
+            s.phase = crate::state::status::Phase::Progressing;
+            s.step = Some(Step::Canary);
+            s.canary = Some(progress);
+        })
     }
 
     /// nginx back on the stable color alone, its old workers gone, the candidate removed.
