@@ -3,6 +3,7 @@
 //! the plan is the only part that touches Docker and nginx.
 
 pub mod canary;
+pub mod canary_weights;
 
 use std::fmt;
 
