@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{describe, Attempt};
-use crate::config::{CanaryConfig, Pause};
+use crate::config::{CanaryConfig, Pause, RuntimeKind};
 use crate::desired::promote::{PromoteRequest, Verdict as PromoteVerdict};
 use crate::desired::Desired;
 use crate::model::probe::{ProbeOutcome, Prober};
@@ -31,6 +31,7 @@ use crate::model::InstanceState;
 use crate::notifications::{Event, Notification};
 use crate::observe::access_log::{tally, Figures, Tail};
 use crate::plan::canary::{judge, Judgement};
+use crate::plan::canary_weights;
 use crate::reconcile::{Progress, ReconcileError};
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::status::{CanaryProgress, Step, WindowFigures};
@@ -103,7 +104,12 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             return Ok(());
         };
         pass.step(Step::Canary).await?;
-        let stable_servers = Endpoints::loopback(cfg.port(stable)).addrs;
+        let written = ctx
+            .proxy
+            .upstream_servers()
+            .map_err(ReconcileError::Switch)?;
+        let (stable_servers, canary) = sides(cfg.runtime, &written, cfg.port(stable), canary);
+        let canary = canary.as_slice();
         let steps = canary_cfg.steps.len();
         for (i, step) in canary_cfg.steps.iter().enumerate() {
             let at = StepAt {
@@ -129,7 +135,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 // request back to the stable color before the error is reported.
                 Err(e) => {
                     tracing::error!(error = %e, "canary step failed, back to the stable color");
-                    if let Err(back) = self.back_to_stable(name, stable).await {
+                    if let Err(back) = self.back_to_stable(name, stable, &stable_servers).await {
                         tracing::error!(error = %back, "cannot go back to the stable color; the next pass will");
                     }
                     return Err(e);
@@ -158,7 +164,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                         reason.clone(),
                         started.elapsed(),
                     );
-                    self.back_to_stable(name, stable).await?;
+                    self.back_to_stable(name, stable, &stable_servers).await?;
                     return Err(ReconcileError::FailedAfterSwitch {
                         image: self.image.to_string(),
                         reason,
@@ -171,7 +177,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                         step = at.index,
                         "canary called off, back to the stable color"
                     );
-                    self.back_to_stable(name, stable).await?;
+                    self.back_to_stable(name, stable, &stable_servers).await?;
                     return Err(ReconcileError::Cancelled);
                 }
             }
@@ -211,19 +217,8 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             Pause::Manual => None,
         };
         let promote_file = crate::desired::promote::request_path(&cfg.desired_file);
-        let stable_ports: Vec<u16> = at.stable_servers.iter().map(|a| a.port()).collect();
-        let canary_ports: Vec<u16> = at.canary.iter().map(|a| a.port()).collect();
-        let side_of = |a: SocketAddr| {
-            if !a.ip().is_loopback() {
-                None
-            } else if stable_ports.contains(&a.port()) {
-                Some(Side::Stable)
-            } else if canary_ports.contains(&a.port()) {
-                Some(Side::Canary)
-            } else {
-                None
-            }
-        };
+        let runtime = cfg.runtime;
+        let side_of = |a: SocketAddr| side_of(runtime, a, at.stable_servers, at.canary);
         let mut figures: HashMap<Side, Figures> = HashMap::new();
         let mut probe_failures = 0u32;
         let tick = cfg.health.interval.min(TICK);
@@ -284,13 +279,8 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         at: &StepAt<'_>,
     ) -> Result<Option<StepEnd>, ReconcileError> {
         let (pass, ctx) = (self.pass, self.ctx());
-        let stable_weights: Vec<(SocketAddr, u32)> = at
-            .stable_servers
-            .iter()
-            .map(|a| (*a, 100 - at.weight))
-            .collect();
-        let canary_weights: Vec<(SocketAddr, u32)> =
-            at.canary.iter().map(|a| (*a, at.weight)).collect();
+        let weights = canary_weights::shared(at.weight, at.stable_servers, at.canary);
+        let (stable_weights, canary_weights) = weights.split_at(at.stable_servers.len());
         let comment = format!(
             "canary {}% {}, stable {}",
             at.weight,
@@ -298,7 +288,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             ctx.live_comment(at.stable, self.previous.as_deref().unwrap_or("previous")),
         );
         if let Err(e) = pass
-            .switch_canary(&stable_weights, &canary_weights, &comment)
+            .switch_canary(stable_weights, canary_weights, &comment)
             .await
         {
             if let Some(kept) = self.kept_if_unsettled(name, &e) {
@@ -412,18 +402,20 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         }
     }
 
-    /// nginx back on the stable color alone, its old workers gone, the candidate removed.
-    async fn back_to_stable(&self, name: &str, stable: Color) -> Result<(), ReconcileError> {
+    /// nginx back on the stable color alone (`servers`, as the step had them), its old workers
+    /// gone, the candidate removed.
+    async fn back_to_stable(
+        &self,
+        name: &str,
+        stable: Color,
+        servers: &[SocketAddr],
+    ) -> Result<(), ReconcileError> {
         let (pass, ctx) = (self.pass, self.ctx());
         let cfg = &ctx.cfg;
         let port = cfg.port(stable);
         let back_image = self.previous.as_deref().unwrap_or("previous");
         let result = pass
-            .switch_nginx(
-                port,
-                &Endpoints::loopback(port).addrs,
-                &ctx.live_comment(stable, back_image),
-            )
+            .switch_nginx(port, servers, &ctx.live_comment(stable, back_image))
             .await;
         self.forget_canary();
         if let Err(e) = result {
@@ -492,6 +484,51 @@ struct StepAt<'s> {
     canary: &'s [SocketAddr],
 }
 
+/// The servers of each side of a step: the stable color's, then the canary's. On one server
+/// the stable color is its container on `127.0.0.1:stable_port`. On Swarm it is its replicas
+/// as the upstream file names them now (`written`, the servers on `stable_port`): the tasks
+/// nginx sends traffic to, which need not be every task that runs. The canary's are the
+/// candidate's endpoints that passed the health gate.
+fn sides(
+    runtime: RuntimeKind,
+    written: &[SocketAddr],
+    stable_port: u16,
+    canary: &[SocketAddr],
+) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    let stable = match runtime {
+        RuntimeKind::Docker => Endpoints::loopback(stable_port).addrs,
+        RuntimeKind::Swarm => written
+            .iter()
+            .filter(|s| s.port() == stable_port)
+            .copied()
+            .collect(),
+    };
+    (stable, canary.to_vec())
+}
+
+/// The side an access log line's `upstream_addr` went to, told by its port: the colors have
+/// different ports. On one server only a loopback address is the app's (another upstream of
+/// the same nginx may use the same port elsewhere); on Swarm the servers are the nodes'
+/// addresses, whatever they are.
+fn side_of(
+    runtime: RuntimeKind,
+    addr: SocketAddr,
+    stable: &[SocketAddr],
+    canary: &[SocketAddr],
+) -> Option<Side> {
+    if runtime == RuntimeKind::Docker && !addr.ip().is_loopback() {
+        return None;
+    }
+    let on = |servers: &[SocketAddr]| servers.iter().any(|s| s.port() == addr.port());
+    if on(stable) {
+        Some(Side::Stable)
+    } else if on(canary) {
+        Some(Side::Canary)
+    } else {
+        None
+    }
+}
+
 /// A side's figures as status.json shows them.
 fn window(f: &Figures) -> WindowFigures {
     let ms = |q| f.quantile(q).map(|s| (s * 1000.0).round() as u64);
@@ -514,5 +551,57 @@ pub fn plain(f: &Figures) -> String {
             p95 * 1000.0
         ),
         None => format!("{} requests, {failed} failed", f.requests),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn node(k: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, k)), port)
+    }
+
+    fn local(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    #[test]
+    fn on_swarm_the_stable_side_is_the_stable_colors_servers_in_the_upstream_file() {
+        // Two of the stable color's three tasks are in the file (the third's node left it);
+        // a stray line of another port is no stable server.
+        let written = [node(1, 3001), node(3, 3001), node(2, 4000)];
+        let canary = [node(1, 3002), node(2, 3002)];
+        let (stable, canary_side) = sides(RuntimeKind::Swarm, &written, 3001, &canary);
+        assert_eq!(stable, vec![node(1, 3001), node(3, 3001)]);
+        assert_eq!(canary_side, canary.to_vec());
+    }
+
+    #[test]
+    fn on_one_server_the_stable_side_is_its_container_on_loopback() {
+        let (stable, canary) = sides(RuntimeKind::Docker, &[local(3001)], 3001, &[local(3002)]);
+        assert_eq!((stable, canary), (vec![local(3001)], vec![local(3002)]));
+    }
+
+    #[test]
+    fn a_log_lines_side_is_told_by_its_port_on_swarm_whatever_the_node() {
+        let (stable, canary) = ([node(1, 3001), node(2, 3001)], [node(3, 3002)]);
+        let side = |a| side_of(RuntimeKind::Swarm, a, &stable, &canary);
+        assert_eq!(side(node(2, 3001)), Some(Side::Stable));
+        assert_eq!(side(node(3, 3002)), Some(Side::Canary));
+        // A task that moved to another node is still its color's.
+        assert_eq!(side(node(9, 3002)), Some(Side::Canary));
+        assert_eq!(side(node(1, 8080)), None);
+    }
+
+    #[test]
+    fn on_one_server_only_loopback_lines_count() {
+        let (stable, canary) = ([local(3001)], [local(3002)]);
+        let side = |a| side_of(RuntimeKind::Docker, a, &stable, &canary);
+        assert_eq!(side(local(3001)), Some(Side::Stable));
+        assert_eq!(side(local(3002)), Some(Side::Canary));
+        // Another upstream of the same nginx, elsewhere, on the same port.
+        assert_eq!(side(node(7, 3002)), None);
     }
 }
