@@ -104,10 +104,14 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             return Ok(());
         };
         pass.step(Step::Canary).await?;
-        let written = ctx
-            .proxy
-            .upstream_servers()
-            .map_err(ReconcileError::Switch)?;
+        let written = match ctx.proxy.upstream_servers() {
+            Ok(written) => written,
+            // Nothing switched yet: the candidate is this function's to remove.
+            Err(e) => {
+                self.remove_candidate(name).await;
+                return Err(ReconcileError::Switch(e));
+            }
+        };
         let (stable_servers, canary) = sides(cfg.runtime, &written, cfg.port(stable), canary);
         let canary = canary.as_slice();
         let steps = canary_cfg.steps.len();
