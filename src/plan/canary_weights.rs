@@ -11,9 +11,8 @@
 //! documentation names no upper bound. The weights here are at most `99 ×` a color's server
 //! count, reduced by their gcd, far inside that.
 
-use std::net::SocketAddr;
-
-/// The weighted servers of a step that sends `share` percent of the requests to `canary`:
+/// The weighted servers of a step that sends `share` percent of the requests to `canary`
+/// (servers are `SocketAddr`s; generic, so that plan names no `std::net`):
 /// the stable servers first (the first server's port tells the live color), then the canary
 /// servers, in the order given. Every stable server gets `(100 - share) × canary.len()`, every
 /// canary server `share × stable.len()`, both divided by their gcd: the canary's servers then
@@ -23,7 +22,7 @@ use std::net::SocketAddr;
 /// `share` above 100 counts as 100. A share of 0 (or 100) gives the side that gets nothing a
 /// weight of 0, which the upstream file writes as `down`. With no server on one side, the
 /// other side's servers are weighted 1 each: there is nothing to share with.
-pub fn shared(share: u32, stable: &[SocketAddr], canary: &[SocketAddr]) -> Vec<(SocketAddr, u32)> {
+pub fn shared<S: Copy>(share: u32, stable: &[S], canary: &[S]) -> Vec<(S, u32)> {
     let share = u64::from(share.min(100));
     let (n_stable, n_canary) = (stable.len() as u64, canary.len() as u64);
     let (w_stable, w_canary) = if n_stable == 0 || n_canary == 0 {
@@ -54,7 +53,7 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     /// `n` servers on `port`, one per node address 10.0.0.1, 10.0.0.2, ...
     fn servers(n: usize, port: u16) -> Vec<SocketAddr> {
@@ -134,7 +133,7 @@ mod tests {
             shared(10, &[], &canary),
             vec![(canary[0], 1), (canary[1], 1)]
         );
-        assert!(shared(10, &[], &[]).is_empty());
+        assert!(shared::<SocketAddr>(10, &[], &[]).is_empty());
     }
 
     proptest! {
