@@ -28,7 +28,8 @@
 #                                          and scaling on a 10-node cluster (rebuilt, then
 #                                          back to 3 nodes); about 10 minutes. Its table goes
 #                                          to target/bench/swarm.md
-#   ./scripts/bench.sh --swarm --only switch,death   some sections (switch, death, scale)
+#   ./scripts/bench.sh --swarm --only switch,death   some sections (switch, death, scale;
+#                                          canary, figure 6, only when asked)
 #   ./scripts/bench.sh --with-swarm [...]  the figures above, then the Swarm bench's table
 #                                          appended to target/bench/latest.md
 #

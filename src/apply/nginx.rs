@@ -603,6 +603,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn on_swarm_a_canary_steps_weights_name_every_node_and_read_back_as_two_ports() {
+        // Three stable tasks and one canary task, on their nodes' addresses.
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = nginx(dir.path(), &["true"], &["true"]).with_remote_servers(true);
+        let node = |k: u8, port| SocketAddr::from(([10, 0, 0, k], port));
+        let weights = crate::plan::canary_weights::shared(
+            10,
+            &[node(1, 3001), node(2, 3001), node(3, 3001)],
+            &[node(2, 3002)],
+        );
+        proxy.switch_weighted(&weights, "canary 10%").await.unwrap();
+        let text = proxy.read().unwrap().unwrap();
+        for line in [
+            "server 10.0.0.1:3001 weight=3;",
+            "server 10.0.0.2:3001 weight=3;",
+            "server 10.0.0.3:3001 weight=3;",
+            "server 10.0.0.2:3002 weight=1;",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        assert_eq!(proxy.upstream_servers().unwrap().len(), 4);
+        // What observe and plan read: the stable port first, then the canary's, once each.
+        assert_eq!(proxy.upstream_ports().unwrap(), vec![3001, 3002]);
+        assert_eq!(proxy.live_port().unwrap(), Some(3001));
+    }
+
+    #[tokio::test]
     async fn switch_to_the_same_port_still_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("reloaded");

@@ -584,11 +584,8 @@ impl Ctx<'_> {
         let hooks = self.hooks(raw.hooks.unwrap_or_default())?;
         let notify = self.notify(raw.notify.unwrap_or_default())?;
         let metrics = self.metrics(raw.metrics.unwrap_or_default())?;
-        // Last: whether a canary can run at all depends on the nginx and runtime sections.
-        let canary = raw
-            .canary
-            .map(|c| self.canary(c, &nginx, runtime))
-            .transpose()?;
+        // Last: whether a canary can run at all depends on the nginx section.
+        let canary = raw.canary.map(|c| self.canary(c, &nginx)).transpose()?;
         Ok(Config {
             path: self.path.to_path_buf(),
             app,
@@ -937,25 +934,14 @@ impl Ctx<'_> {
         Ok(MetricsConfig { listen })
     }
 
-    /// `[canary]`: it needs nginx's access log to judge from, and one server to run on.
-    fn canary(
-        &self,
-        c: raw::RawCanary,
-        nginx: &NginxConfig,
-        runtime: RuntimeKind,
-    ) -> Result<CanaryConfig, ConfigError> {
+    /// `[canary]`: it needs nginx's access log to judge from. It runs on either runtime: on
+    /// Swarm the steps weight each color's replicas ([`crate::plan::canary_weights`]).
+    fn canary(&self, c: raw::RawCanary, nginx: &NginxConfig) -> Result<CanaryConfig, ConfigError> {
         if nginx.access_log.is_none() {
             return Err(self.invalid(
                 "nginx.access_log",
                 "(not set)".into(),
                 "a canary is judged from nginx's access log: set nginx.access_log to the file `access_log PATH fieldtrack;` writes (fieldtrack init's snippet declares the format)".into(),
-            ));
-        }
-        if runtime != RuntimeKind::Docker {
-            return Err(self.invalid(
-                "canary",
-                "(section)".into(),
-                "canary steps run on one server ([runtime] kind = \"docker\") only".into(),
             ));
         }
         let raw_steps = c.steps.unwrap_or_default();
@@ -1994,11 +1980,14 @@ listen = "9187"
             step("[{ weight = 10, pause = \"1m\" }]")
         ));
         assert!(msg.contains("canary.max_latency_ratio"), "{msg}");
-        let msg = err_of(&format!(
-            "{}[runtime]\nkind = \"swarm\"\n",
+        // On Swarm too: the steps weight each color's replicas in the same upstream file.
+        let cfg = with(&format!(
+            "{}[runtime]\nkind = \"swarm\"\n[swarm]\nreplicas = 3\n",
             step("[{ weight = 10, pause = \"1m\" }]")
-        ));
-        assert!(msg.contains("one server"), "{msg}");
+        ))
+        .unwrap();
+        assert_eq!(cfg.runtime, RuntimeKind::Swarm);
+        assert_eq!(cfg.canary.expect("canary on swarm").steps.len(), 1);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the plan is the only part that touches Docker and nginx.
 
 pub mod canary;
+pub mod canary_weights;
 
 use std::fmt;
 
@@ -1280,6 +1281,73 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn swarm_cfg() -> Config {
+        Config::parse(
+            &format!(
+                "repository = \"{REPO}\"\n[runtime]\nkind = \"swarm\"\n[swarm]\nreplicas = 3\n"
+            ),
+            Path::new("/srv/api/fieldtrack.toml"),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// The canary step left behind on Swarm: blue's three tasks (v1, stable) and green's
+    /// `canary_tasks` (v2) on their nodes, the file naming them all by weight, as the nginx
+    /// adapter reads it with remote servers: the stable port, then the canary's, once each.
+    fn swarm_canary_left_behind(canary_tasks: u8) -> Observed {
+        let node = |k: u8, port| std::net::SocketAddr::from(([10, 0, 0, k], port));
+        let mut blue = running(Color::Blue, "v1");
+        blue.endpoints = (1..=3).map(|k| node(k, 3001)).collect();
+        let mut green = running(Color::Green, "v2");
+        green.endpoints = (1..=canary_tasks).map(|k| node(k, 3002)).collect();
+        let mut o = canary_left_behind();
+        o.upstream_servers = [blue.endpoints.clone(), green.endpoints.clone()].concat();
+        o.containers = vec![blue, green];
+        o
+    }
+
+    #[test]
+    fn on_swarm_a_canary_left_behind_with_several_servers_a_color_is_settled_on_the_stable_color() {
+        for canary_tasks in [1, 3] {
+            let o = swarm_canary_left_behind(canary_tasks);
+            let p = plan(&swarm_cfg(), &desired("v2"), &o);
+            assert_eq!(p.verdict, Verdict::Converge, "{p:?}");
+            assert_eq!(
+                p.actions[0],
+                Action::Reassert {
+                    color: Color::Blue,
+                    port: 3001
+                },
+                "{p:?}"
+            );
+            assert!(
+                matches!(p.actions.last(), Some(Action::Switch(r)) if r.color == Color::Green),
+                "the canary's service is gated and switched to again: {p:?}"
+            );
+            assert!(removed_before_any_switch(&p).is_empty(), "{p:?}");
+
+            // Aborted: back on the stable replicas, drained, then the canary removed.
+            let p = plan(&swarm_cfg(), &desired("v1"), &o);
+            assert_eq!(p.verdict, Verdict::Converge, "{p:?}");
+            assert_eq!(
+                p.actions[..3],
+                [
+                    Action::Reassert {
+                        color: Color::Blue,
+                        port: 3001
+                    },
+                    Action::Drain,
+                    Action::Remove {
+                        name: "api-green".into(),
+                        reason: "not live (ghcr.io/fieldtrack-tech/api:v2, running)".into()
+                    },
+                ],
+                "{p:?}"
+            );
+        }
     }
 
     #[test]

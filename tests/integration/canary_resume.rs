@@ -196,8 +196,8 @@ fn a_daemon_killed_inside_step_2_of_3_resumes_step_2_with_its_time_spent_then_st
     let left = sorted(servers(&site));
     assert!(
         left.len() == 2
-            && left.iter().any(|l| l.ends_with(" weight=70;"))
-            && left.iter().any(|l| l.ends_with(" weight=30;")),
+            && left.iter().any(|l| l.ends_with(" weight=7;"))
+            && left.iter().any(|l| l.ends_with(" weight=3;")),
         "killed inside step 2, nginx stays on its weights: {left:?}"
     );
 
@@ -241,7 +241,8 @@ fn a_daemon_killed_inside_step_2_of_3_resumes_step_2_with_its_time_spent_then_st
     );
     let step1_weights: Vec<_> = upstreams
         .iter()
-        .filter(|(_, s)| s.iter().any(|l| l.ends_with(" weight=10;")))
+        // Step 1's 10%: 9 to 1 (`plan::canary_weights`, one server a side).
+        .filter(|(_, s)| s.iter().any(|l| l.ends_with(" weight=9;")))
         .collect();
     assert!(
         step1_weights.is_empty(),

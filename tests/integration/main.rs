@@ -35,6 +35,7 @@ mod secrets;
 mod serving;
 mod state_files;
 mod swarm;
+mod swarm_canary;
 mod testbed;
 mod trust;
 mod warm;

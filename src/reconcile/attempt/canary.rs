@@ -35,6 +35,7 @@ use crate::model::InstanceState;
 use crate::notifications::{Event, Notification};
 use crate::observe::CanaryWindow;
 use crate::plan::canary::{judge, plain, CanaryAction, Decision, Judgement, Passed};
+use crate::plan::canary_weights;
 use crate::reconcile::{Progress, ReconcileError};
 use crate::state::audit::{self, AttemptOutcome, AuditRecord};
 use crate::state::status::{CanaryMark, CanaryProgress, Step, WindowFigures};
@@ -348,19 +349,18 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         weight: u32,
     ) -> Result<Option<String>, ReconcileError> {
         let (pass, ctx) = (self.pass, self.ctx());
-        let stable_weights: Vec<(SocketAddr, u32)> = self
-            .stable_servers(mark.stable)
-            .into_iter()
-            .map(|a| (a, 100 - weight))
-            .collect();
-        let canary_weights: Vec<(SocketAddr, u32)> = canary.iter().map(|a| (*a, weight)).collect();
+        // Each server weighted so that the canary's share is the step's whatever the number
+        // of replicas on each side (Swarm).
+        let stable = self.stable_servers(mark.stable);
+        let weights = canary_weights::shared(weight, &stable, canary);
+        let (stable_weights, canary_weights) = weights.split_at(stable.len());
         let comment = format!(
             "canary {weight}% {}, stable {}",
             ctx.live_comment(self.color, self.image),
             ctx.live_comment(mark.stable, self.previous.as_deref().unwrap_or("previous")),
         );
         match pass
-            .switch_canary(&stable_weights, &canary_weights, &comment)
+            .switch_canary(stable_weights, canary_weights, &comment)
             .await
         {
             Ok(()) => Ok(None),

@@ -4,8 +4,9 @@
 //! numbers mean what `docs/performance.md` ("Swarm") says.
 //!
 //! ```text
-//! bench-swarm [--switches N] [--resync DUR] [--parallelism P,...] [--only switch,death,scale]
-//!             [--scale-nodes N] [--scale-replicas R,...] [--scale-runs N]
+//! bench-swarm [--switches N] [--resync DUR] [--parallelism P,...]
+//!             [--only switch,death,scale,canary] [--scale-nodes N] [--scale-replicas R,...]
+//!             [--scale-runs N] [--canary-runs N] [--canary-window-secs S]
 //!             [--fieldtrack PATH] [--verbose]
 //! ```
 //!
@@ -21,6 +22,10 @@
 //! - scale: the cluster rebuilt with `--scale-nodes` nodes; deploy time, fieldtrack's CPU and
 //!   peak RSS with each of `--scale-replicas`, and where the time goes (tasks scheduled,
 //!   pulled and started; probes). The cluster is brought back to three nodes after.
+//! - canary (only when asked, as section f of the single-engine bench): a bad image (`flaky`,
+//!   `err5`) deployed under load with blue/green and its auto-rollback, and through one
+//!   canary step of 10%: how many requests reached it and how many of them failed, over
+//!   `--canary-window-secs` from the switch, medians of `--canary-runs`.
 //!
 //! The cluster is shared with the tests: each section holds [`Swarm::faults`] (the exclusive
 //! use lock) while it runs, and gives it back between sections. Latencies are wall-clock
@@ -86,12 +91,14 @@ struct Opts {
     scale_nodes: usize,
     scale_replicas: Vec<u64>,
     scale_runs: usize,
+    canary_runs: usize,
+    canary_window: Duration,
     fieldtrack: PathBuf,
     verbose: bool,
 }
 
 impl Opts {
-    const USAGE: &'static str = "usage: bench-swarm [--switches N] [--resync DUR] [--parallelism P,...] [--only switch,death,scale] [--scale-nodes N] [--scale-replicas R,...] [--scale-runs N] [--fieldtrack PATH] [--verbose]";
+    const USAGE: &'static str = "usage: bench-swarm [--switches N] [--resync DUR] [--parallelism P,...] [--only switch,death,scale,canary] [--scale-nodes N] [--scale-replicas R,...] [--scale-runs N] [--canary-runs N] [--canary-window-secs S] [--fieldtrack PATH] [--verbose]";
 
     fn parse(args: Vec<String>) -> Result<Opts> {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -106,6 +113,8 @@ impl Opts {
             scale_nodes: 10,
             scale_replicas: vec![1, 3, 10],
             scale_runs: 2,
+            canary_runs: 3,
+            canary_window: Duration::from_secs(30),
             fieldtrack: workspace.join("target/release/fieldtrack"),
             verbose: false,
         };
@@ -138,7 +147,7 @@ impl Opts {
                     if let Some(bad) = opts
                         .only
                         .iter()
-                        .find(|s| !["switch", "death", "scale"].contains(&s.as_str()))
+                        .find(|s| !["switch", "death", "scale", "canary"].contains(&s.as_str()))
                     {
                         return Err(format!("--only: no section {bad:?}"));
                     }
@@ -146,6 +155,10 @@ impl Opts {
                 "--scale-nodes" => opts.scale_nodes = one(value()?)?.max(1) as usize,
                 "--scale-replicas" => opts.scale_replicas = numbers(value()?)?,
                 "--scale-runs" => opts.scale_runs = one(value()?)?.max(1) as usize,
+                "--canary-runs" => opts.canary_runs = one(value()?)?.max(1) as usize,
+                "--canary-window-secs" => {
+                    opts.canary_window = Duration::from_secs(one(value()?)?.max(5))
+                }
                 "--fieldtrack" => opts.fieldtrack = PathBuf::from(value()?),
                 "--verbose" => opts.verbose = true,
                 "-h" | "--help" => {
@@ -194,6 +207,11 @@ fn run(opts: &Opts) -> Result<String> {
         progress("a node's death (figure 4)");
         let _use = swarm.faults();
         death_section(&mut out, &swarm, opts)?;
+    }
+    if opts.wants("canary") {
+        progress("a bad image through blue/green and through a canary step (figure 6)");
+        let _use = swarm.faults();
+        canary_section(&mut out, &swarm, opts)?;
     }
     if opts.wants("scale") {
         progress(&format!("scaling on {} nodes (figure 5)", opts.scale_nodes));
@@ -1449,4 +1467,339 @@ fn median_of(mut values: Vec<f64>) -> f64 {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Figure 6: the canary (section f of the single-engine bench, on the cluster)
+
+/// The bad images, as in section f. `flaky`: `/health` answers 500 from 3 s after its
+/// start, `/version` keeps answering 200 (probes catch it, real requests do not). `err5`:
+/// `/health` always 200, every 5th other request 500 (only real requests catch it).
+const CANARY_BAD: [&str; 2] = ["flaky", "err5"];
+/// What every run starts from and goes back to.
+const CANARY_STABLE: &str = "v1";
+/// The canary's one step and its bounds, and both strategies' drain: section f's.
+const CANARY_WEIGHT: u32 = 10;
+const CANARY_PAUSE: &str = "20s";
+const CANARY_MIN_REQUESTS: u32 = 50;
+const CANARY_MAX_ERROR_RATE: &str = "0.01";
+const CANARY_DRAIN: &str = "10s";
+/// Section c's load, as section f has it: 4 threads, a new connection per request, 2 ms
+/// between a thread's requests.
+const CANARY_THREADS: usize = 4;
+const CANARY_GAP: Duration = Duration::from_millis(2);
+
+/// How a bad image is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    /// Straight to 100% after the health gate, rollout.auto_rollback watching the drain.
+    BlueGreen,
+    /// One canary step at [`CANARY_WEIGHT`]%, then the full switch.
+    Canary,
+}
+
+impl Strategy {
+    fn label(self) -> String {
+        match self {
+            Strategy::BlueGreen => format!("A: blue/green, auto-rollback, drain {CANARY_DRAIN}"),
+            Strategy::Canary => format!("B: canary, 1 step {CANARY_WEIGHT}%"),
+        }
+    }
+}
+
+/// One deployment of a bad image under load, counted over the window from the switch (the
+/// first change of the upstream file).
+#[derive(Debug, Clone)]
+struct BadRun {
+    /// Requests sent in the window that an app answered.
+    requests: u64,
+    /// Of those, answered by the bad image.
+    reached: u64,
+    /// Of those, not 200.
+    reached_failed: u64,
+    /// Requests of the whole load run that no app answered (connection errors, nginx's own
+    /// 5xx).
+    other_failed: u64,
+    /// From the switch to the last request the bad image answered; None when it still
+    /// answered in the window's last second (it stays live).
+    back_after: Option<Duration>,
+    /// From the switch until `fieldtrack deploy` exited, and its exit code.
+    exited_after: Duration,
+    exit: Option<i32>,
+}
+
+/// One request of the canary's load generator: when it was sent (since the load started),
+/// which app answered (None: none did), and whether it got a 200.
+type Answer = (Duration, Option<String>, bool);
+
+/// The canary's load generator: threads in the edge namespace asking `/version` through
+/// the site's nginx, recording who answered each request.
+struct TaggedLoad {
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<Vec<Answer>>>,
+}
+
+impl TaggedLoad {
+    fn start(site: &SwarmSite) -> TaggedLoad {
+        let t0 = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let addr = site.nginx_addr();
+        let threads = (0..CANARY_THREADS)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    let edge = PathBuf::from(format!("/run/netns/{EDGE_NETNS}"));
+                    in_netns(&edge, || {
+                        let mut answers = Vec::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            let sent = t0.elapsed();
+                            let answer =
+                                util::http_get(addr, "/version", Duration::from_secs(2)).ok();
+                            answers.push(match answer {
+                                Some((status, body)) => {
+                                    let (tag, ok) = answered_by(status, &body);
+                                    (sent, tag, ok)
+                                }
+                                None => (sent, None, false),
+                            });
+                            thread::sleep(CANARY_GAP);
+                        }
+                        answers
+                    })
+                    .unwrap_or_default()
+                })
+            })
+            .collect();
+        TaggedLoad { t0, stop, threads }
+    }
+
+    fn stop(self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect()
+    }
+}
+
+/// Which test app answered, from its answer: the tag is the body of a 200 on `/version`,
+/// and `err5`'s 500 says `error from err5`. Anything else (nginx's own error pages) names
+/// no app.
+fn answered_by(status: u16, body: &str) -> (Option<String>, bool) {
+    let body = body.trim();
+    match status {
+        200 => (Some(body.to_string()), true),
+        _ => (
+            body.strip_prefix("error from ")
+                .filter(|tag| !tag.contains(char::is_whitespace))
+                .map(str::to_string),
+            false,
+        ),
+    }
+}
+
+/// A fieldtrack site of the section, serving [`CANARY_STABLE`] on three replicas.
+fn canary_rig(swarm: &Swarm, opts: &Opts, strategy: Strategy) -> Result<Rig> {
+    let mut site = new_site(swarm)?;
+    site.set("swarm.replicas", &REPLICAS.to_string());
+    site.set("rollout.drain", &format!("\"{CANARY_DRAIN}\""));
+    site.set("rollout.auto_rollback", "true");
+    if strategy == Strategy::Canary {
+        // nginx.access_log is set on every bed site already.
+        site.set(
+            "canary.steps",
+            &format!("[{{ weight = {CANARY_WEIGHT}, pause = \"{CANARY_PAUSE}\" }}]"),
+        );
+        site.set("canary.min_requests", &CANARY_MIN_REQUESTS.to_string());
+        site.set("canary.max_error_rate", CANARY_MAX_ERROR_RATE);
+    }
+    let rig = Rig {
+        driver: Driver::Fieldtrack,
+        site,
+        fieldtrack: opts.fieldtrack.clone(),
+    };
+    // The first deployment has no stable color, so no canary step either.
+    rig.switch_untimed(&rig.deploy(CANARY_STABLE), CANARY_STABLE)?;
+    Ok(rig)
+}
+
+/// The image the site's desired file names now.
+fn desired_image(site: &SwarmSite) -> Option<String> {
+    let text = fs::read_to_string(&site.desired_file).ok()?;
+    text.lines().find_map(|l| {
+        let value = l.trim().strip_prefix("image")?.trim().strip_prefix('=')?;
+        Some(value.trim().trim_matches('"').to_string())
+    })
+}
+
+/// Deploys `bad` under load (`fieldtrack deploy`, in-process: no daemon runs) and counts
+/// over `window` from the switch; then puts the site back on [`CANARY_STABLE`], by hand
+/// where nothing rolled back.
+fn bad_run(
+    rig: &Rig,
+    strategy: Strategy,
+    bad: &str,
+    run: usize,
+    window: Duration,
+) -> Result<BadRun> {
+    let site = &rig.site;
+    let upstream = || fs::read_to_string(&site.upstream_file).unwrap_or_default();
+    let before = upstream();
+    let load = TaggedLoad::start(site);
+    thread::sleep(Duration::from_secs(1));
+    let log = fs::File::create(site.dir.join("bench-canary.log")).map_err(|e| e.to_string())?;
+    let note = format!("bench run {}", run + 1);
+    let mut child = rig
+        .ft(&["deploy", bad, "--by", "bench", "--note", &note])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start fieldtrack deploy {bad}: {e}"))?;
+    let mut switch: Option<Duration> = None;
+    let mut exit: Option<(Duration, Option<i32>)> = None;
+    let outcome = loop {
+        let now = load.t0.elapsed();
+        if switch.is_none() && upstream() != before {
+            switch = Some(now);
+        }
+        if exit.is_none() {
+            match child.try_wait() {
+                Ok(Some(status)) => exit = Some((now, status.code())),
+                Ok(None) => {}
+                Err(e) => break Err(e.to_string()),
+            }
+        }
+        match (switch, exit) {
+            (Some(s), Some(_)) if now >= s + window => break Ok(()),
+            (None, Some((_, code))) => {
+                break Err(format!(
+                    "fieldtrack deploy {bad} exited ({code:?}) before nginx was switched; see {}",
+                    site.dir.join("bench-canary.log").display()
+                ))
+            }
+            _ => {}
+        }
+        if now > window + COMMAND_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Err(format!("fieldtrack deploy {bad} did not end"));
+        }
+        thread::sleep(POLL);
+    };
+    let answers = load.stop();
+    outcome?;
+    let (switch, (exited_at, code)) = (switch.unwrap_or_default(), exit.unwrap_or_default());
+    let end = switch + window;
+    let in_window = |a: &&Answer| (switch..end).contains(&a.0) && a.1.is_some();
+    let reached: Vec<&Answer> = answers
+        .iter()
+        .filter(in_window)
+        .filter(|a| a.1.as_deref() == Some(bad))
+        .collect();
+    let last = reached.iter().map(|a| a.0).max();
+    let result = BadRun {
+        requests: answers.iter().filter(in_window).count() as u64,
+        reached: reached.len() as u64,
+        reached_failed: reached.iter().filter(|a| !a.2).count() as u64,
+        other_failed: answers.iter().filter(|a| a.1.is_none()).count() as u64,
+        back_after: last
+            .filter(|t| *t + Duration::from_secs(1) < end)
+            .map(|t| t - switch),
+        exited_after: exited_at.saturating_sub(switch),
+        exit: code,
+    };
+    eprintln!(
+        "bench-swarm:   {bad}, {strategy:?}, run {}: {result:?}",
+        run + 1
+    );
+    if desired_image(site).as_deref() != Some(CANARY_STABLE) {
+        rig.switch_untimed(
+            &rig.ft(&["deploy", CANARY_STABLE, "--by", "bench"]),
+            CANARY_STABLE,
+        )?;
+    }
+    // What the failed attempt left (the candidate scaled to 0, the status) is settled
+    // before the next run.
+    let settled = run_ok(rig.ft(&["reconcile"]).stdin(Stdio::null()));
+    settled.map_err(|e| format!("fieldtrack reconcile after {bad}: {e}"))?;
+    Ok(result)
+}
+
+/// `median (min-max)` of counts.
+fn count_stat(mut values: Vec<u64>) -> String {
+    values.sort_unstable();
+    match values.as_slice() {
+        [] => "-".to_string(),
+        [one] => one.to_string(),
+        all => {
+            let median = median_of(all.iter().map(|v| *v as f64).collect());
+            format!("{median:.0} ({}-{})", all[0], all[all.len() - 1])
+        }
+    }
+}
+
+fn canary_section(out: &mut String, swarm: &Swarm, opts: &Opts) -> Result<()> {
+    let window = opts.canary_window;
+    let strategies = [Strategy::BlueGreen, Strategy::Canary];
+    let rigs = [
+        canary_rig(swarm, opts, strategies[0])?,
+        canary_rig(swarm, opts, strategies[1])?,
+    ];
+    // (bad image, strategy) -> the runs; interleaved run by run, as the machine is shared.
+    let mut runs: BTreeMap<(usize, usize), Vec<BadRun>> = BTreeMap::new();
+    for run in 0..opts.canary_runs {
+        for (b, bad) in CANARY_BAD.iter().enumerate() {
+            for (r, rig) in rigs.iter().enumerate() {
+                let result = bad_run(rig, strategies[r], bad, run, window)?;
+                runs.entry((b, r)).or_default().push(result);
+            }
+        }
+        eprintln!(
+            "bench-swarm:   canary run {}/{} done",
+            run + 1,
+            opts.canary_runs
+        );
+    }
+    let _ = writeln!(
+        out,
+        "### Figure 6. The canary: a bad image deployed under load on {} nodes, {REPLICAS} replicas, {} s from the switch\n",
+        swarm.nodes.len(),
+        window.as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "Section f of the single-engine bench on the cluster: the same images, load and settings (B: `steps = [{{ weight = {CANARY_WEIGHT}, pause = \"{CANARY_PAUSE}\" }}]`, `min_requests = {CANARY_MIN_REQUESTS}`, `max_error_rate = {CANARY_MAX_ERROR_RATE}`), {} threads in the edge namespace, a new connection per request, {} ms between a thread's requests; `fieldtrack deploy BAD` in-process 1 s after the load starts. Which app answered: the body of a 200 on `/version`, or err5's `error from err5`. Medians (min-max) of {} runs, interleaved.\n",
+        CANARY_THREADS,
+        CANARY_GAP.as_millis(),
+        opts.canary_runs
+    );
+    let _ = writeln!(out, "| bad image | strategy | requests in the window | answered by the bad image | of those failed | failed otherwise | switch → back on stable | deploy exits after (exit code) |\n| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for ((b, r), runs) in &runs {
+        let count = |f: fn(&BadRun) -> u64| count_stat(runs.iter().map(f).collect());
+        let stayed = runs.iter().filter(|x| x.back_after.is_none()).count();
+        let back = match stayed {
+            n if n == runs.len() => format!("never: stays live ({} s counted)", window.as_secs()),
+            _ => stat(runs.iter().map(|x| x.back_after)),
+        };
+        let codes: Vec<String> = runs
+            .iter()
+            .map(|x| x.exit.map_or("signal".into(), |c| c.to_string()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {back} | {} ({}) |",
+            CANARY_BAD[*b],
+            strategies[*r].label(),
+            count(|x| x.requests),
+            count(|x| x.reached),
+            count(|x| x.reached_failed),
+            count(|x| x.other_failed),
+            stat(runs.iter().map(|x| Some(x.exited_after))),
+            codes.join(", ")
+        );
+    }
+    let _ = writeln!(out);
+    Ok(())
 }

@@ -4,13 +4,14 @@
 
 use std::fs;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use fieldtrack_testbed::util::http_get;
-use fieldtrack_testbed::Site;
+use fieldtrack_testbed::{in_netns, Site};
 
 use super::{send_signal, status, wait_for, PATIENCE};
 
@@ -44,13 +45,29 @@ pub struct Load {
 impl Load {
     /// Starts `threads` clients of the site's nginx.
     pub fn start(site: &Site, path: &str, threads: usize, gap: Duration) -> Load {
+        Load::start_at(site.nginx_addr(), None, path, threads, gap)
+    }
+
+    /// Starts `threads` clients of the nginx at `addr`, each inside the network namespace
+    /// `netns` when given (a Swarm site's nginx listens in the edge namespace).
+    pub fn start_at(
+        addr: SocketAddr,
+        netns: Option<PathBuf>,
+        path: &str,
+        threads: usize,
+        gap: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let addr = site.nginx_addr();
         let threads = (0..threads)
             .map(|_| {
                 let stop = Arc::clone(&stop);
                 let path = path.to_string();
-                thread::spawn(move || client(addr, &path, gap, &stop))
+                let netns = netns.clone();
+                thread::spawn(move || match netns {
+                    None => client(addr, &path, gap, &stop),
+                    Some(netns) => in_netns(&netns, || client(addr, &path, gap, &stop))
+                        .unwrap_or_else(|e| panic!("cannot enter {}: {e}", netns.display())),
+                })
             })
             .collect();
         Load { stop, threads }
