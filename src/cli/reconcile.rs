@@ -7,7 +7,6 @@ use super::CliError;
 use crate::config::Config;
 use crate::desired::Desired;
 use crate::reconcile::{Pass, PassOutcome, ReconcileError, Trigger};
-use crate::state::audit::AUTO_ROLLBACK_NOTE_PREFIX;
 use crate::state::by_hand::{ByHand, BY_HAND_FILE};
 use crate::state::lock::{self, LockError, ReconcileLock};
 use crate::state::status::{Phase, Status};
@@ -193,19 +192,17 @@ pub(crate) async fn converge(
         }
     }
     if let Err(ReconcileError::FailedAfterSwitch {
-        back_to: Some(_), ..
+        back_to: Some(_),
+        rolled_back_to: Some(previous),
+        ..
     }) = &result
     {
-        // An auto-rollback rewrote the desired file: one more pass makes the status say
-        // what runs now (no daemon is here to notice the file).
+        // This command's auto-rollback rewrote the desired file: one more pass makes the
+        // status say what runs now (no daemon is here to notice the file). Only while the
+        // file still says what it wrote: a desired state someone else wrote meanwhile is
+        // theirs.
         if let Ok(now) = Desired::load(&ctx.cfg.desired_file, &ctx.cfg) {
-            let ours = now.by.as_deref() == Some("fieldtrack")
-                && now
-                    .note
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with(AUTO_ROLLBACK_NOTE_PREFIX));
-            // Only our own rewrite: a desired state someone else wrote meanwhile is theirs.
-            if ours && now.generation != desired.generation {
+            if now.generation != desired.generation && now.image.as_written() == previous {
                 let _ = pass.reconcile(&now).await;
             }
         }
