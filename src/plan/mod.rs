@@ -1950,4 +1950,269 @@ mod tests {
             }
         }
     }
+
+    // A running canary, decided pass by pass (`canary::decide`): blue (v1) stable, green (v2)
+    // the canary, two steps of a minute, the journal's mark at `step`.
+
+    mod canary_decisions {
+        use super::*;
+        use crate::config::{CanaryConfig, CanaryStep, Pause, Ratio};
+        use crate::desired::promote::PromoteRequest;
+        use crate::observe::access_log::{parse_line, tally, Figures};
+        use crate::observe::CanaryWindow;
+        use crate::plan::canary::{decide, Decision, Passed};
+        use crate::state::status::CanaryMark;
+
+        fn canary_cfg() -> Config {
+            let mut cfg = cfg();
+            cfg.nginx.access_log = Some("/var/log/nginx/api.log".into());
+            cfg.canary = Some(CanaryConfig {
+                steps: vec![
+                    CanaryStep {
+                        weight: 10,
+                        pause: Pause::For(Duration::from_secs(60)),
+                    },
+                    CanaryStep {
+                        weight: 50,
+                        pause: Pause::For(Duration::from_secs(60)),
+                    },
+                ],
+                max_error_rate: Ratio(0.01),
+                min_requests: 5,
+                max_latency_ratio: Ratio(2.0),
+            });
+            cfg
+        }
+
+        /// `n` requests to `port`, `errors` of them answered 500.
+        fn figures(port: u16, n: u64, errors: u64) -> Figures {
+            let lines: Vec<_> = (0..n)
+                .map(|i| {
+                    let status = if i < errors { 500 } else { 200 };
+                    parse_line(&format!(
+                        "{{\"upstream_addr\":\"127.0.0.1:{port}\",\"status\":\"{status}\",\"upstream_status\":\"{status}\",\"request_time\":\"0.002\"}}"
+                    ))
+                    .unwrap()
+                })
+                .collect();
+            let mut all = std::collections::HashMap::new();
+            tally(&mut all, &lines, |a| Some(a.port()));
+            all.remove(&port).unwrap_or_default()
+        }
+
+        /// The canary at `step`, begun `spent` ago, nginx on `share` percent to green, and a
+        /// healthy window of `requests` canary requests.
+        fn at(step: usize, spent: Duration, share: u32, requests: u64) -> (Desired, Observed) {
+            let d = desired("v2");
+            let mut o = observed(
+                vec![running(Color::Blue, "v1"), running(Color::Green, "v2")],
+                BLUE,
+                &["v1"],
+            );
+            let (blue, green) = (loopback(&[3001])[0], loopback(&[3002])[0]);
+            o.upstream_ports = vec![3001, 3002];
+            o.upstream_servers = vec![blue, green];
+            o.upstream_weights = vec![(blue, 100 - share), (green, share)];
+            let began = humantime::format_rfc3339_millis(o.now - spent).to_string();
+            o.canary = Some(CanaryMark {
+                generation: d.generation.clone(),
+                image: "v2".into(),
+                color: Color::Green,
+                stable: Color::Blue,
+                step,
+                step_started: began.clone(),
+                started: began,
+                aborting: None,
+            });
+            o.window = Some(CanaryWindow {
+                generation: d.generation.clone(),
+                step,
+                stable: figures(3001, 10 * requests, 0),
+                canary: figures(3002, requests, 0),
+                probe_failures: 0,
+                last_probe: None,
+            });
+            (d, o)
+        }
+
+        fn decision(d: &Desired, o: &Observed) -> Option<Decision> {
+            let action = decide(&canary_cfg(), d, o)?;
+            assert_eq!(action.rollout.color, Color::Green);
+            assert_eq!(action.stable, Color::Blue);
+            assert_eq!(action.rollout.old.as_deref(), Some("api-blue"));
+            Some(action.decision)
+        }
+
+        const MINUTE: Duration = Duration::from_secs(60);
+
+        #[test]
+        fn a_step_stays_until_its_pause_is_over_with_enough_requests_then_the_next_begins() {
+            let (d, o) = at(1, MINUTE / 2, 10, 50);
+            assert!(matches!(
+                decision(&d, &o),
+                Some(Decision::Stay {
+                    step: 1,
+                    ignored: None
+                })
+            ));
+            // Its minute spent, but too few requests: it waits for them.
+            let (d, o) = at(1, MINUTE, 10, 3);
+            assert!(matches!(
+                decision(&d, &o),
+                Some(Decision::Stay { step: 1, .. })
+            ));
+            let (d, o) = at(1, MINUTE, 10, 50);
+            assert_eq!(
+                decision(&d, &o),
+                Some(Decision::Enter {
+                    step: 2,
+                    again: false,
+                    passed: Some(Passed {
+                        step: 1,
+                        promoted: false
+                    })
+                })
+            );
+            let (d, o) = at(2, MINUTE, 50, 50);
+            assert_eq!(
+                decision(&d, &o),
+                Some(Decision::Promote {
+                    passed: Some(Passed {
+                        step: 2,
+                        promoted: false
+                    })
+                })
+            );
+        }
+
+        #[test]
+        fn the_time_spent_is_the_journals_whatever_process_counted_the_window() {
+            // A restarted process: nothing counted yet, but step 2 began 50 s ago.
+            let (d, mut o) = at(2, Duration::from_secs(50), 50, 0);
+            o.window = None;
+            assert!(matches!(
+                decision(&d, &o),
+                Some(Decision::Stay { step: 2, .. })
+            ));
+        }
+
+        #[test]
+        fn a_promote_ends_only_the_step_it_names() {
+            let (d, mut o) = at(2, Duration::ZERO, 50, 0);
+            let stale = PromoteRequest {
+                generation: d.generation.clone(),
+                step: 1,
+            };
+            o.promote = Some(stale.clone());
+            assert_eq!(
+                decision(&d, &o),
+                Some(Decision::Stay {
+                    step: 2,
+                    ignored: Some(stale)
+                })
+            );
+            o.promote = Some(PromoteRequest {
+                generation: "another".into(),
+                step: 2,
+            });
+            assert!(matches!(
+                decision(&d, &o),
+                Some(Decision::Stay {
+                    ignored: Some(_),
+                    ..
+                })
+            ));
+            o.promote = Some(PromoteRequest {
+                generation: d.generation.clone(),
+                step: 2,
+            });
+            assert_eq!(
+                decision(&d, &o),
+                Some(Decision::Promote {
+                    passed: Some(Passed {
+                        step: 2,
+                        promoted: true
+                    })
+                })
+            );
+        }
+
+        #[test]
+        fn weights_that_are_not_the_steps_put_nginx_on_them_again_without_a_new_start() {
+            // The journal says step 2, the file still shares 10%: the switch to it died.
+            let (d, o) = at(2, Duration::from_secs(5), 10, 0);
+            assert_eq!(
+                decision(&d, &o),
+                Some(Decision::Enter {
+                    step: 2,
+                    again: true,
+                    passed: None
+                })
+            );
+        }
+
+        #[test]
+        fn a_failing_window_failed_probes_an_exited_canary_or_an_abort_under_way_abort() {
+            let (d, mut o) = at(1, Duration::ZERO, 10, 0);
+            if let Some(w) = o.window.as_mut() {
+                w.canary = figures(3002, 10, 3);
+            }
+            assert!(
+                matches!(decision(&d, &o), Some(Decision::Abort { reason }) if reason.starts_with("canary step 1 of 2 (10%): the canary answered 3 of 10"))
+            );
+
+            let (d, mut o) = at(1, Duration::ZERO, 10, 0);
+            if let Some(w) = o.window.as_mut() {
+                w.probe_failures = 3;
+                w.last_probe = Some("HTTP 500".into());
+            }
+            assert!(
+                matches!(decision(&d, &o), Some(Decision::Abort { reason }) if reason.contains("3 failed health probes in a row, last: HTTP 500"))
+            );
+
+            let (d, mut o) = at(1, Duration::ZERO, 10, 0);
+            o.containers[1].state = InstanceState::Exited { code: 137 };
+            assert!(
+                matches!(decision(&d, &o), Some(Decision::Abort { reason }) if reason.contains("the container exited"))
+            );
+
+            // An abort the process died in: finished, even with nginx on the stable alone.
+            let (d, mut o) = at(1, Duration::ZERO, 10, 0);
+            o.upstream_ports = vec![3001];
+            o.upstream_weights.truncate(1);
+            if let Some(m) = o.canary.as_mut() {
+                m.aborting = Some("canary step 1 of 2 (10%): bad".into());
+            }
+            assert!(
+                matches!(decision(&d, &o), Some(Decision::Abort { reason }) if reason.ends_with("bad"))
+            );
+        }
+
+        #[test]
+        fn a_canary_of_another_generation_or_without_its_stable_color_goes_the_blue_green_way() {
+            let (_, o) = at(1, Duration::ZERO, 10, 0);
+            assert_eq!(decide(&canary_cfg(), &desired("v3"), &o), None);
+            let p = plan(&canary_cfg(), &desired("v3"), &o);
+            assert!(
+                !p.actions.iter().any(|a| matches!(a, Action::Canary(_))),
+                "{p:?}"
+            );
+            let (d, mut o) = at(1, Duration::ZERO, 10, 0);
+            o.containers[0].state = InstanceState::Exited { code: 1 };
+            assert_eq!(decide(&canary_cfg(), &d, &o), None);
+        }
+
+        #[test]
+        fn the_plan_of_a_running_canary_is_its_decision_alone() {
+            let (d, o) = at(1, MINUTE / 2, 10, 50);
+            let p = plan(&canary_cfg(), &d, &o);
+            assert_eq!(p.verdict, Verdict::Converge);
+            assert!(matches!(p.actions.as_slice(), [Action::Canary(_)]), "{p:?}");
+            assert_eq!(p.target(), None, "staying moves no traffic");
+            assert_eq!(
+                p.actions[0].to_string(),
+                "canary v2 (green): watch step 1 on"
+            );
+        }
+    }
 }

@@ -1624,30 +1624,32 @@ async fn a_canary_left_behind_by_a_dead_process_runs_its_steps_again_from_step_1
     );
 }
 
-/// A process that dies inside step 2 leaves the journal's mark: the next process goes on
-/// with step 2 from when it began, never step 1 again, and nginx stays on step 2's weights.
-#[tokio::test]
-async fn a_process_killed_inside_step_2_resumes_step_2_with_the_time_spent_in_it() {
+/// A canary of v2 whose step 1 (30 ms) passed and whose step 2 (an hour) has begun, by a
+/// process gone since; the traffic that feeds its window.
+async fn canary_site_at_step_2() -> (Site, Traffic) {
     use crate::config::Pause;
     let mut site = canary_site(Pause::For(Duration::from_secs(3600)));
     if let Some(canary) = site.cfg.canary.as_mut() {
         canary.steps[0].pause = Pause::For(Duration::from_millis(30));
     }
-    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
+    let traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
     let desired = site.desired("v2");
-    let dying = site.context();
-    let mut outcome = one_pass(&dying, &desired).await.unwrap();
-    while outcome
-        != (PassOutcome::Canary {
-            step: 2,
-            look_again: Duration::from_millis(10),
-        })
-    {
+    let ctx = site.context();
+    let mut outcome = one_pass(&ctx, &desired).await.unwrap();
+    while !matches!(outcome, PassOutcome::Canary { step: 2, .. }) {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        outcome = one_pass(&dying, &desired).await.unwrap();
+        outcome = one_pass(&ctx, &desired).await.unwrap();
     }
+    (site, traffic)
+}
+
+/// A process that dies inside step 2 leaves the journal's mark: the next process goes on
+/// with step 2 from when it began, never step 1 again, and nginx stays on step 2's weights.
+#[tokio::test]
+async fn a_process_killed_inside_step_2_resumes_step_2_with_the_time_spent_in_it() {
+    let (site, _traffic) = canary_site_at_step_2().await;
+    let desired = site.desired("v2");
     let began = site.journal().canary.expect("the mark").step_started;
-    drop(dying);
 
     // A new process: its first pass and the ones after stay in step 2.
     let fresh = site.context();
@@ -1694,19 +1696,8 @@ async fn a_process_killed_inside_step_2_resumes_step_2_with_the_time_spent_in_it
 /// writes): the step's weights are put back and the step goes on, it does not begin again.
 #[tokio::test]
 async fn weights_the_journal_does_not_explain_are_put_back_to_its_step() {
-    use crate::config::Pause;
-    let mut site = canary_site(Pause::For(Duration::from_secs(3600)));
-    if let Some(canary) = site.cfg.canary.as_mut() {
-        canary.steps[0].pause = Pause::For(Duration::from_millis(30));
-    }
-    let _traffic = Traffic::start(site.access_log(), (BLUE, GREEN), 200);
+    let (site, _traffic) = canary_site_at_step_2().await;
     let desired = site.desired("v2");
-    let ctx = site.context();
-    let mut outcome = one_pass(&ctx, &desired).await.unwrap();
-    while !matches!(outcome, PassOutcome::Canary { step: 2, .. }) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        outcome = one_pass(&ctx, &desired).await.unwrap();
-    }
     let began = site.journal().canary.unwrap().step_started;
     let at = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let step_1 = crate::nginx_conf::upstream::render_weighted(
