@@ -541,7 +541,19 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         let ctx = self.ctx;
         let cfg = &ctx.cfg;
         for action in &plan.actions {
-            tracing::info!(%action, "applying");
+            // A canary step watched on comes every second: not a line of the log each time.
+            let watching = matches!(
+                action,
+                Action::Canary(crate::plan::canary::CanaryAction {
+                    decision: crate::plan::canary::Decision::Stay { .. },
+                    ..
+                })
+            );
+            if watching {
+                tracing::debug!(%action, "applying");
+            } else {
+                tracing::info!(%action, "applying");
+            }
             match action {
                 Action::Remove { name, reason } => {
                     tracing::info!(container = %name, %reason, "removing container");
