@@ -656,6 +656,9 @@ fn ci_user_promotes_and_aborts_a_canary() {
         p.add_to_config(
             "[canary]\nsteps = [{ weight = 10, pause = \"manual\" }, { weight = 50, pause = \"manual\" }]\nmin_requests = 1000",
         );
+        // The machine is shared: earlier stories served v2 and v3, and an image the history
+        // names goes back at once, without steps. Here they are new: the history is v1's.
+        p.root(&format!("printf 'v1\\n' > {HISTORY}")).expect(0);
         let canary_step = |step: u64, image: &str| {
             let s = p.state_status();
             s["canary"]["step"] == step && s["canary"]["image"] == image
