@@ -1086,9 +1086,11 @@ async fn repeat(seed: u64, times: usize) {
 
 /// A canary of three steps killed at every call of its passes: every other pass by a new
 /// process dies at its `k`-th call, for each `k` a pass of the canary reaches (staying in a
-/// step, entering the next, promoting). After each pass the invariants hold (the step never
-/// goes back; nginx shares traffic by weight only as the journal explains), and the canary
-/// ends with v2 live alone, each step recorded as passed once.
+/// step, entering the next, promoting). Step 2 is manual: a promote for step 1 arrives while
+/// it runs, then, once that one was taken, one for step 2. After each pass the invariants
+/// hold (the step never goes back; nginx shares traffic by weight only as the journal
+/// explains), the stale promote never ends step 2, and the canary ends with v2 live alone,
+/// each step recorded as passed once.
 #[tokio::test]
 async fn a_canary_killed_at_every_call_of_its_passes_never_goes_back_and_ends() {
     use crate::config::{CanaryStep, Pause};
@@ -1112,12 +1114,45 @@ async fn a_canary_killed_at_every_call_of_its_passes_never_goes_back_and_ends() 
                     pause: Pause::For(Duration::from_millis(20)),
                 })
                 .to_vec();
+            canary.steps[1].pause = Pause::Manual;
         }
         sim.step(&Step::Desire { image: "v1" }).await.unwrap();
         sim.pass(false, None).await.unwrap();
         sim.step(&Step::Desire { image: "v2" }).await.unwrap();
+        let generation = Desired::load(&sim.cfg.desired_file, &sim.cfg)
+            .unwrap()
+            .generation;
+        let request = crate::desired::promote::request_path(&sim.cfg.desired_file);
+        let ask = |step| {
+            crate::desired::promote::PromoteRequest {
+                generation: generation.clone(),
+                step,
+            }
+            .write(&request)
+            .unwrap()
+        };
+        let (mut stale_sent, mut passes_after_stale, mut promoted) = (false, 0, false);
         let mut converged = false;
         for n in 0..400 {
+            let step = crate::state::journal::Journal::load(&sim.cfg.state_dir)
+                .unwrap_or_default()
+                .canary
+                .map(|m| m.step);
+            assert!(
+                promoted || step.is_none_or(|s| s <= 2),
+                "killed at call {k}, pass {n}: the promote for step 1 ended step 2: {}",
+                sim.log.join("\n")
+            );
+            if step == Some(2) && !stale_sent {
+                ask(1);
+                stale_sent = true;
+            } else if step == Some(2) && !request.exists() && !promoted {
+                passes_after_stale += 1;
+                if passes_after_stale >= 6 {
+                    ask(2);
+                    promoted = true;
+                }
+            }
             let death = (n % 2 == 0).then_some(Death::AtCall(k));
             let end = sim.pass(false, death).await.unwrap();
             sim.check().unwrap_or_else(|e| {
@@ -1130,6 +1165,10 @@ async fn a_canary_killed_at_every_call_of_its_passes_never_goes_back_and_ends() 
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(converged, "killed at call {k}: {}", sim.snapshot().unwrap());
+        assert!(
+            promoted,
+            "killed at call {k}: step 2 ended by the promote for it"
+        );
         let desired = Desired::load(&sim.cfg.desired_file, &sim.cfg).unwrap();
         assert!(
             sim.converged(&desired).unwrap(),
