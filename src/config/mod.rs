@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::image::{check_repository, ImageRef};
+use crate::model::settings::Settings;
 use crate::model::Color;
 use raw::{RawConfig, RawDuration};
 
@@ -136,6 +137,8 @@ pub struct ContainerConfig {
     pub env_file: PathBuf,
     /// SIGTERM grace before SIGKILL; may be zero.
     pub stop_timeout: Duration,
+    /// Everything else about how the container runs (networks, volumes, limits ...).
+    pub settings: Settings,
 }
 
 /// `[health]`
@@ -677,6 +680,7 @@ impl Ctx<'_> {
                 "10s",
                 Zero::Allowed,
             )?,
+            settings: Settings::default(),
         };
         if container.blue_port == container.green_port {
             return Err(self.invalid(
@@ -1317,6 +1321,7 @@ mod tests {
                 green_port: 3002,
                 env_file: PathBuf::from("/etc/fieldtrack/.env"),
                 stop_timeout: Duration::from_secs(10),
+                settings: Settings::default(),
             }
         );
         assert_eq!(

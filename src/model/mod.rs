@@ -10,6 +10,7 @@
 pub mod probe;
 pub mod proxy;
 pub mod runtime;
+pub mod settings;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use super::settings::Settings;
 use super::{Instance, InstanceState};
 
 /// Label naming the app a container belongs to.
@@ -37,6 +38,8 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     /// SIGTERM grace before SIGKILL, for a runtime that fixes it when it starts a color.
     pub stop_grace: Duration,
+    /// Networks, volumes, limits ...; also in `labels` under [`super::settings::LABEL_SETTINGS`].
+    pub settings: Settings,
 }
 
 /// Where a color answers: one address per replica that runs now, and how many it should

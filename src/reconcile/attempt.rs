@@ -15,6 +15,7 @@ use crate::model::proxy::Proxy;
 use crate::model::runtime::{
     ContainerSpec, Runtime, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
+use crate::model::settings::LABEL_SETTINGS;
 use crate::model::Color;
 use crate::model::InstanceState;
 use crate::notifications::{Event, Notification};
@@ -366,6 +367,10 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 LABEL_GENERATION.to_string(),
                 self.desired.generation.clone(),
             ),
+            (
+                LABEL_SETTINGS.to_string(),
+                cfg.container.settings.to_label(),
+            ),
         ]);
         let spec = ContainerSpec {
             name: name.to_string(),
@@ -375,6 +380,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             container_port: cfg.container.port,
             env,
             stop_grace: cfg.container.stop_timeout,
+            settings: cfg.container.settings.clone(),
         };
         ctx.runtime.run(&spec).await?;
         Ok(())

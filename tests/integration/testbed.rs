@@ -43,6 +43,7 @@ async fn pulled_image_serves_its_version_through_the_site_nginx() {
             container_port: 8080,
             env: vec![],
             stop_grace: Duration::from_secs(10),
+            settings: Default::default(),
         })
         .await
         .expect("container runs");

@@ -17,10 +17,20 @@
 //! so exactly one in five answers `500 error from err5` whatever the concurrency: a canary
 //! test knows its error rate (20%) without sampling noise. `lag`'s `/health` stays fast, so
 //! only real traffic, judged by latency, can tell it apart.
+//!
+//! Three environment variables (from the env file) make any tag behave like a real app:
+//! - `REQUIRE_HOST=api.example.test`: `/health` answers 403 unless the request's Host header
+//!   is that name (as Rails' `config.hosts` and Django's `ALLOWED_HOSTS` do);
+//! - `NEEDS=db:5432`: `/health` answers 503 unless a TCP connection to that address opens
+//!   within a second (an app that needs its database, reached by name on a Docker network);
+//! - `DATA_FILE=/data/visits`: `/data` answers the file's content (404 while it is missing),
+//!   `/data/append` first appends the tag and a newline to it (state that must outlive a
+//!   container, on a volume).
+//!
 //! SIGTERM ends it at once: PID 1 in a container gets no default signal handling.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -34,6 +44,65 @@ enum Mode {
     Ready1s,
     Err5,
     Lag,
+}
+
+/// What the environment asks of every tag (see the module's doc).
+#[derive(Clone, Default)]
+struct Needs {
+    host: Option<String>,
+    reach: Option<String>,
+    data_file: Option<String>,
+}
+
+impl Needs {
+    fn from_env() -> Needs {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Needs {
+            host: var("REQUIRE_HOST"),
+            reach: var("NEEDS"),
+            data_file: var("DATA_FILE"),
+        }
+    }
+
+    /// Why `/health` must fail now, if it must.
+    fn unmet(&self, host: Option<&str>) -> Option<(&'static str, String)> {
+        if let Some(want) = &self.host {
+            // Header lines are read lowercased; host names compare so anyway.
+            if host != Some(want.to_ascii_lowercase().as_str()) {
+                let got = host.unwrap_or("(none)");
+                return Some(("403 Forbidden", format!("blocked host: {got}\n")));
+            }
+        }
+        if let Some(addr) = &self.reach {
+            let reached = addr.to_socket_addrs().ok().and_then(|mut addrs| {
+                addrs.find(|a| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok())
+            });
+            if reached.is_none() {
+                return Some(("503 Service Unavailable", format!("cannot reach {addr}\n")));
+            }
+        }
+        None
+    }
+
+    /// `/data` and `/data/append`.
+    fn data(&self, tag: &str, append: bool) -> (&'static str, String) {
+        let Some(file) = &self.data_file else {
+            return ("404 Not Found", "no DATA_FILE\n".to_string());
+        };
+        if append {
+            let opened = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file);
+            if let Err(e) = opened.and_then(|mut f| writeln!(f, "{tag}")) {
+                return ("500 Internal Server Error", format!("{file}: {e}\n"));
+            }
+        }
+        match std::fs::read_to_string(file) {
+            Ok(text) => ("200 OK", text),
+            Err(e) => ("404 Not Found", format!("{file}: {e}\n")),
+        }
+    }
 }
 
 /// Requests `err5` answered so far, `/health` not counted.
@@ -91,13 +160,14 @@ fn main() {
     };
     println!("testapp {tag} listening on {port}");
     let started = Instant::now();
+    let needs = Needs::from_env();
     for stream in listener.incoming().flatten() {
-        let tag = tag.clone();
-        std::thread::spawn(move || serve(stream, &tag, mode, started));
+        let (tag, needs) = (tag.clone(), needs.clone());
+        std::thread::spawn(move || serve(stream, &tag, mode, started, &needs));
     }
 }
 
-fn serve(stream: TcpStream, tag: &str, mode: Mode, started: Instant) {
+fn serve(stream: TcpStream, tag: &str, mode: Mode, started: Instant, needs: &Needs) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
@@ -112,6 +182,7 @@ fn serve(stream: TcpStream, tag: &str, mode: Mode, started: Instant) {
             Ok(_) => {}
         }
         let mut close = false;
+        let mut host = None;
         loop {
             let mut header = String::new();
             match reader.read_line(&mut header) {
@@ -125,10 +196,20 @@ fn serve(stream: TcpStream, tag: &str, mode: Mode, started: Instant) {
             if h == "connection: close" {
                 close = true;
             }
+            if let Some(value) = h.strip_prefix("host:") {
+                host = Some(value.trim().to_string());
+            }
         }
         let path = request_line.split_whitespace().nth(1).unwrap_or("/");
         let path = path.split('?').next().unwrap_or("/");
+        let unmet = match path {
+            "/health" => needs.unmet(host.as_deref()),
+            _ => None,
+        };
         let (status, body) = match path {
+            _ if unmet.is_some() => unmet.unwrap_or_default(),
+            "/data" => needs.data(tag, false),
+            "/data/append" => needs.data(tag, true),
             "/health" => {
                 let sick = mode == Mode::Unhealthy
                     || (mode == Mode::Flaky && started.elapsed() >= Duration::from_secs(3));
