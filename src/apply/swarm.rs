@@ -34,6 +34,7 @@ use crate::model::runtime::{
     ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_APP, LABEL_COLOR,
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
+use crate::model::settings::LABEL_SETTINGS;
 use crate::model::{Instance, InstanceState, Replica};
 
 /// Label holding the digest-pinned image fieldtrack gave the service: a spec image that
@@ -357,6 +358,7 @@ impl Runtime for Swarm {
                 image: labels.get(LABEL_IMAGE).cloned().unwrap_or(image),
                 desired: labels.get(LABEL_DESIRED).cloned(),
                 generation: labels.get(LABEL_GENERATION).cloned(),
+                settings: labels.get(LABEL_SETTINGS).cloned(),
                 ports: match (endpoints.is_empty(), published_port(&service)) {
                     (false, Some(port)) => vec![port],
                     _ => Vec::new(),

@@ -124,6 +124,9 @@ pub struct Instance {
     /// Why it is no longer what fieldtrack started (a Swarm service edited by hand, or whose
     /// replicas differ from the config): it is replaced blue/green like an outdated image.
     pub drift: Option<String>,
+    /// From the `fieldtrack.settings` label: the [`settings::Settings`] it was started with,
+    /// as JSON; None on containers started before the label existed.
+    pub settings: Option<String>,
     /// The replicas (Swarm tasks) per node, for the status; empty for a local container.
     pub replicas: Vec<Replica>,
 }

@@ -588,6 +588,7 @@ mod tests {
             endpoints: loopback(&ports),
             ports,
             drift: None,
+            settings: None,
             replicas: Vec::new(),
         }
     }
@@ -1616,6 +1617,7 @@ mod tests {
                         endpoints: loopback(&ports),
                         ports,
                         drift: None,
+                        settings: None,
                         replicas: Vec::new(),
                     }
                 })

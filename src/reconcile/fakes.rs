@@ -36,6 +36,7 @@ use crate::model::runtime::{
     ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_COLOR,
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
+use crate::model::settings::LABEL_SETTINGS;
 use crate::model::{Instance, InstanceState};
 use crate::nginx_conf::upstream::{
     parse_ports, parse_weighted, render, render_servers, render_weighted,
@@ -106,6 +107,7 @@ impl FakeContainer {
             image: self.labels.get(LABEL_IMAGE).cloned().unwrap_or_default(),
             desired: self.labels.get(LABEL_DESIRED).cloned(),
             generation: self.labels.get(LABEL_GENERATION).cloned(),
+            settings: self.labels.get(LABEL_SETTINGS).cloned(),
             state: self.state.clone(),
             ports: if self.state.is_running() {
                 self.ports.clone()

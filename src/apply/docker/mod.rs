@@ -23,6 +23,7 @@ use crate::model::runtime::{
     ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_APP, LABEL_COLOR,
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
+use crate::model::settings::LABEL_SETTINGS;
 use crate::model::{Instance, InstanceState};
 use client::{classify, connect_client, not_found};
 use registry::{login_for, pull_error, split_reference};
@@ -141,6 +142,7 @@ impl Runtime for Docker {
                 image: labels.get(LABEL_IMAGE).cloned().unwrap_or_default(),
                 desired: labels.get(LABEL_DESIRED).cloned(),
                 generation: labels.get(LABEL_GENERATION).cloned(),
+                settings: labels.get(LABEL_SETTINGS).cloned(),
                 state,
                 ports,
             });
