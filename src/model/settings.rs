@@ -112,7 +112,8 @@ impl Settings {
     }
 
     /// What differs from `was` (a container's settings) to `self` (the config's), one entry
-    /// per key: `container.memory: 268435456 -> 536870912`. Empty when they are the same.
+    /// per key as the config names it: `container.memory: 256 MiB -> 512 MiB`. Empty when
+    /// they are the same.
     pub fn changes(&self, was: &Settings) -> Vec<String> {
         let (now, was) = (as_map(self), as_map(was));
         let keys: std::collections::BTreeSet<&String> = now.keys().chain(was.keys()).collect();
@@ -121,16 +122,60 @@ impl Settings {
             .map(|key| {
                 let show = |v: Option<&serde_json::Value>| match v {
                     None => "(unset)".to_string(),
-                    Some(v) => v.to_string(),
+                    Some(v) => shown(key, v),
                 };
                 format!(
-                    "container.{key}: {} -> {}",
+                    "container.{}: {} -> {}",
+                    config_key(key),
                     show(was.get(key)),
                     show(now.get(key))
                 )
             })
             .collect()
     }
+
+    /// Each key that is set, as the config names it: `memory = 512 MiB`, `networks =
+    /// ["backend"]`. Empty for a container that runs as the image says.
+    pub fn describe(&self) -> Vec<String> {
+        as_map(self)
+            .iter()
+            .map(|(key, value)| format!("{} = {}", config_key(key), shown(key, value)))
+            .collect()
+    }
+}
+
+/// The config's name of a label's key.
+fn config_key(key: &str) -> &str {
+    match key {
+        "nano_cpus" => "cpus",
+        key => key,
+    }
+}
+
+/// A label's value as an operator reads it: bytes and billionths of a CPU in their units,
+/// mounts in Compose's short form.
+fn shown(key: &str, value: &serde_json::Value) -> String {
+    match (key, value.as_u64()) {
+        ("memory", Some(bytes)) => bytes_shown(bytes),
+        ("nano_cpus", Some(nano)) => (nano as f64 / 1e9).to_string(),
+        _ => match serde_json::from_value::<Vec<Mount>>(value.clone()) {
+            Ok(mounts) if key == "volumes" => {
+                let short: Vec<String> = mounts.iter().map(Mount::short).collect();
+                format!("{short:?}")
+            }
+            _ => value.to_string(),
+        },
+    }
+}
+
+/// `536870912` as `512 MiB`; a size that is no whole number of a unit stays in bytes.
+pub fn bytes_shown(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    UNITS
+        .iter()
+        .find(|(size, _)| bytes >= *size && bytes % size == 0)
+        .map(|(size, unit)| format!("{} {unit}", bytes / size))
+        .unwrap_or_else(|| format!("{bytes} bytes"))
 }
 
 fn as_map(settings: &Settings) -> serde_json::Map<String, serde_json::Value> {
@@ -188,10 +233,36 @@ mod tests {
             now.changes(&was),
             vec![
                 "container.init: (unset) -> true".to_string(),
-                "container.memory: 268435456 -> 536870912".to_string(),
+                "container.memory: 256 MiB -> 512 MiB".to_string(),
             ]
         );
         assert!(now.changes(&now).is_empty());
+    }
+
+    #[test]
+    fn described_in_the_config_s_words_and_units() {
+        let settings = Settings {
+            memory: Some(1 << 30),
+            nano_cpus: Some(1_500_000_000),
+            volumes: vec![Mount {
+                kind: MountKind::Bind,
+                source: "/srv/uploads".into(),
+                target: "/app/uploads".into(),
+                read_only: true,
+            }],
+            ..Settings::default()
+        };
+        assert_eq!(
+            settings.describe(),
+            vec![
+                "memory = 1 GiB".to_string(),
+                "cpus = 1.5".to_string(),
+                r#"volumes = ["/srv/uploads:/app/uploads:ro"]"#.to_string(),
+            ]
+        );
+        assert!(Settings::default().describe().is_empty());
+        assert_eq!(bytes_shown(100), "100 bytes");
+        assert_eq!(bytes_shown(64 << 20), "64 MiB");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 pub mod client;
 pub mod credentials;
 pub mod registry;
+pub mod resources;
 
 use crate::config::DockerConfig;
 use crate::model::runtime::{
