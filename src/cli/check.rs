@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+mod settings;
+
 use super::CliError;
 use crate::apply::docker::registry::registry_of;
 use crate::apply::docker::Docker;
@@ -144,6 +146,11 @@ pub async fn check(path: &Path) -> Vec<Finding> {
     }
     out.extend(nginx_findings(&cfg).await);
     out.push(pid_file_finding(&cfg));
+    let found = match &docker {
+        Some(docker) => Some(settings::lookup(docker, &cfg.container.settings).await),
+        None => None,
+    };
+    out.extend(settings::judge(&cfg, found.as_ref()));
     if cfg.runtime == RuntimeKind::Swarm {
         // The color ports are the nodes', not this host's: nothing to look at here.
         if let Some(docker) = &docker {
