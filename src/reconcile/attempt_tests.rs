@@ -1480,6 +1480,11 @@ async fn a_new_desired_generation_mid_canary_sends_everything_back_to_the_stable
         .into_iter()
         .find(|r| r.image == "v2" && r.outcome == AttemptOutcome::Cancelled)
         .expect("v2's deployment recorded as cancelled");
+    assert_eq!(
+        cancelled.reference,
+        format!("{REPO}:v2"),
+        "the full reference"
+    );
     assert!(cancelled
         .message
         .unwrap_or_default()

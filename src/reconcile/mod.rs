@@ -748,7 +748,11 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             event: state::audit::DEPLOY_EVENT.into(),
             outcome: state::audit::AttemptOutcome::Cancelled,
             image: mark.image.clone(),
-            reference: mark.image.clone(),
+            // What the candidate runs, as every other record of the log names it.
+            reference: observed
+                .container(&ctx.cfg, mark.color)
+                .map(|c| c.image.clone())
+                .unwrap_or_else(|| mark.image.clone()),
             digest: None,
             previous: observed.history.first().cloned(),
             trigger: self.trigger,
