@@ -10,7 +10,7 @@ use super::{Context, Pass, Progress, ReconcileError};
 use crate::apply::hooks::{run_hook, HookContext, POST_DEPLOY, PRE_SWITCH};
 use crate::apply::http_probe::probe_delays;
 use crate::desired::{Desired, ImageRef};
-use crate::model::probe::{ProbeOutcome, Prober};
+use crate::model::probe::{host_hint, ProbeOutcome, Prober};
 use crate::model::proxy::Proxy;
 use crate::model::runtime::{
     ContainerSpec, Runtime, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
@@ -615,10 +615,16 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 return Ok(healthy);
             }
             last = match &failed {
-                Some((addr, outcome)) if endpoints.wanted > 1 => {
-                    format!("{addr}: {}", describe(outcome))
+                Some((addr, outcome)) => {
+                    let mut last = describe(outcome);
+                    if endpoints.wanted > 1 {
+                        last = format!("{addr}: {last}");
+                    }
+                    if let Some(hint) = host_hint(outcome, *addr, cfg.health.host.as_deref()) {
+                        last = format!("{last}; {hint}");
+                    }
+                    last
                 }
-                Some((_, outcome)) => describe(outcome),
                 None => format!(
                     "{} of {} replicas running",
                     endpoints.addrs.len(),
