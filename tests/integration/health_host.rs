@@ -87,8 +87,24 @@ fn expect_counts_the_codes_it_names_as_healthy() {
     deploy_ok(&site, "v1");
 
     assert_converged(&site, "v1");
-    // The same answer no longer passes once expect leaves it out.
+    // The same answer no longer passes once expect leaves it out: `check` tells, from the
+    // live container, before a deployment fails on it.
     site.set("health.expect", "[\"2xx\", 401]");
+    let port = port_of_color(&site, live_color(&site));
+    let check = ft(&site, &["check"]);
+    let line = check
+        .stdout
+        .lines()
+        .find(|l| l.contains(" health "))
+        .unwrap_or_else(|| panic!("a health line in:\n{}", check.stdout));
+    assert!(line.starts_with("WARN"), "{line}");
+    for part in [
+        "healthy on 2xx, 401",
+        &format!("on 127.0.0.1:{port} answered HTTP 403"),
+        &format!("may refuse the Host 127.0.0.1:{port}"),
+    ] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
     let before = Production::of(&site);
     let run = ft(&site, &["deploy", "v2"]);
     run.expect_code(1);
