@@ -779,9 +779,10 @@ impl Ctx<'_> {
             let key = format!("health.expect[{i}]");
             let range = match item {
                 raw::RawStatus::Code(code) => u16::try_from(*code)
-                    .map_err(|_| String::new())
-                    .and_then(|c| rules::check_status_range(&(c..=c)).map(|()| c..=c))
-                    .map_err(|_| {
+                    .ok()
+                    .map(|c| c..=c)
+                    .filter(|range| rules::check_status_range(range).is_ok())
+                    .ok_or_else(|| {
                         self.invalid(&key, code.to_string(), "must be between 100 and 599".into())
                     })?,
                 raw::RawStatus::Text(text) => {
