@@ -11,7 +11,7 @@
 //! see no requests and wait forever, or judge lines it cannot read.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,10 +21,12 @@ mod settings;
 use super::CliError;
 use crate::apply::docker::registry::registry_of;
 use crate::apply::docker::Docker;
+use crate::apply::http_probe::HttpProber;
 use crate::apply::nginx::DEFAULT_COMMAND_TIMEOUT;
 use crate::apply::swarm::Swarm;
 use crate::config::{Config, RuntimeKind};
 use crate::desired::{Desired, DesiredError};
+use crate::model::probe::{host_hint, ProbeOutcome, Prober as _};
 use crate::model::runtime::Runtime as _;
 use crate::model::Color;
 use crate::model::Instance;
@@ -176,6 +178,7 @@ pub async fn check(path: &Path) -> Vec<Finding> {
     for color in Color::ALL {
         out.push(port_finding(&cfg, color, containers.as_deref()));
     }
+    out.push(health_finding(&cfg, containers.as_deref()).await);
     out
 }
 
@@ -853,6 +856,85 @@ fn port_finding(cfg: &Config, color: Color, containers: Option<&[Instance]>) -> 
     }
 }
 
+/// The probe in force, tried once on the live container when one runs: an app that refuses
+/// it now (most often the Host `127.0.0.1:PORT`) would fail the next deployment's gate.
+async fn health_finding(cfg: &Config, containers: Option<&[Instance]>) -> Finding {
+    let live = std::fs::read_to_string(&cfg.nginx.upstream_file)
+        .ok()
+        .and_then(|text| crate::nginx_conf::upstream::parse_port(&text, &cfg.nginx.upstream_name))
+        .and_then(|port| {
+            containers?
+                .iter()
+                .find(|c| c.state.is_running() && c.ports.contains(&port))
+                .map(|c| (c.name.clone(), port))
+        });
+    let probed = match (live, HttpProber::new(&cfg.health)) {
+        (Some((name, port)), Ok(prober)) => {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            Some((name, addr, prober.probe_at(addr).await))
+        }
+        (_, Err(e)) => return Finding::new(Level::Fail, "health", e.to_string()),
+        (None, _) => None,
+    };
+    judge_health(&cfg.health, probed)
+}
+
+/// [`health_finding`]'s verdict on what the live container (`name` at `addr`) answered,
+/// None when nothing is live to ask.
+fn judge_health(
+    health: &crate::config::HealthConfig,
+    probed: Option<(String, SocketAddr, ProbeOutcome)>,
+) -> Finding {
+    let host = match &health.host {
+        Some(host) => format!("Host {host}"),
+        None => "Host the address probed (no health.host)".to_string(),
+    };
+    let headers = match health.headers.len() {
+        0 => String::new(),
+        _ => {
+            let names: Vec<&str> = health.headers.iter().map(|(n, _)| n.as_str()).collect();
+            format!(", headers {}", names.join(", "))
+        }
+    };
+    let probe = format!(
+        "GET {} with {host}{headers}, healthy on {}",
+        health.path, health.expect
+    );
+    let Some((name, addr, outcome)) = probed else {
+        return Finding::new(
+            Level::Ok,
+            "health",
+            format!("{probe}; nothing live to probe"),
+        );
+    };
+    match &outcome {
+        ProbeOutcome::Healthy(code) => Finding::new(
+            Level::Ok,
+            "health",
+            format!("{probe}: live {name} answers HTTP {code}"),
+        ),
+        ProbeOutcome::Unhealthy(_) | ProbeOutcome::Unreachable(_) => {
+            let answer = match &outcome {
+                ProbeOutcome::Unreachable(reason) => format!("nothing ({reason})"),
+                ProbeOutcome::Unhealthy(code) | ProbeOutcome::Healthy(code) => {
+                    format!("HTTP {code}")
+                }
+            };
+            let why = host_hint(&outcome, addr, health.host.as_deref()).unwrap_or_else(|| {
+                "check health.path, health.expect and the app's logs".to_string()
+            });
+            Finding::new(
+                Level::Warn,
+                "health",
+                format!(
+                    "{probe}: live {name} on {addr} answered {answer}, so the next \
+                     deployment's health gate would fail the same way; {why}"
+                ),
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -863,6 +945,67 @@ mod tests {
             text.push_str(&format!("# configuration file {f}:\n{body}\n"));
         }
         text
+    }
+
+    fn health() -> crate::config::HealthConfig {
+        Config::parse(
+            "repository = \"r/a\"\n",
+            Path::new("/x/fieldtrack.toml"),
+            None,
+        )
+        .unwrap()
+        .health
+    }
+
+    #[test]
+    fn the_health_finding_shows_the_probe_and_hints_at_health_host_on_a_refused_host() {
+        let addr: SocketAddr = "127.0.0.1:3001".parse().unwrap();
+        let live = |outcome| Some(("api-blue".to_string(), addr, outcome));
+        let mut health = health();
+
+        let f = judge_health(&health, None);
+        assert_eq!(f.level, Level::Ok);
+        assert_eq!(
+            f.message,
+            "GET /health with Host the address probed (no health.host), healthy on 2xx; \
+             nothing live to probe"
+        );
+        let f = judge_health(&health, live(ProbeOutcome::Healthy(204)));
+        assert_eq!(f.level, Level::Ok);
+        assert!(
+            f.message.ends_with(": live api-blue answers HTTP 204"),
+            "{f:?}"
+        );
+
+        let f = judge_health(&health, live(ProbeOutcome::Unhealthy(403)));
+        assert_eq!(f.level, Level::Warn);
+        assert!(
+            f.message.contains("on 127.0.0.1:3001 answered HTTP 403"),
+            "{f:?}"
+        );
+        assert!(
+            f.message.contains("may refuse the Host 127.0.0.1:3001"),
+            "{f:?}"
+        );
+        assert!(f.message.contains("set health.host"), "{f:?}");
+
+        health.host = Some("api.example.com".into());
+        health.headers = vec![("X-Probe".into(), "1".into())];
+        let f = judge_health(&health, live(ProbeOutcome::Unhealthy(403)));
+        assert_eq!(f.level, Level::Warn);
+        assert!(
+            f.message.starts_with(
+                "GET /health with Host api.example.com, headers X-Probe, healthy on 2xx: "
+            ),
+            "{f:?}"
+        );
+        assert!(!f.message.contains("set health.host"), "{f:?}");
+        assert!(
+            f.message.contains("check health.path, health.expect"),
+            "{f:?}"
+        );
+        let f = judge_health(&health, live(ProbeOutcome::Unreachable("timed out".into())));
+        assert!(f.message.contains("answered nothing (timed out)"), "{f:?}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::image::{check_repository, ImageRef};
+use crate::model::probe::Expect;
 use crate::model::settings::Settings;
 use crate::model::Color;
 use raw::{RawConfig, RawDuration};
@@ -152,6 +153,14 @@ pub struct HealthConfig {
     pub attempts: u32,
     /// One probe; not zero.
     pub timeout: Duration,
+    /// The Host header of every probe (a host name, optionally `:port`); None: the address
+    /// probed, `127.0.0.1:{port}` or a Swarm task's `NODE:PORT`.
+    pub host: Option<String>,
+    /// Further headers of every probe, sorted by name, no two names alike in any case;
+    /// never `Host` (that is `host`).
+    pub headers: Vec<(String, String)>,
+    /// The status codes that count as healthy; any 2xx by default.
+    pub expect: Expect,
 }
 
 impl HealthConfig {
@@ -711,6 +720,16 @@ impl Ctx<'_> {
                 })?,
             },
             timeout: self.duration("health.timeout", h.timeout, "2s", Zero::Refused)?,
+            host: h
+                .host
+                .map(|host| {
+                    rules::check_health_host(&host)
+                        .map_err(|r| self.invalid("health.host", quote(&host), r))
+                        .map(|()| host)
+                })
+                .transpose()?,
+            headers: self.health_headers(h.headers.unwrap_or_default())?,
+            expect: self.health_expect(h.expect)?,
         };
         // The deadline is a product: each factor in range does not make it so.
         let deadline = health.interval.checked_mul(health.attempts);
@@ -726,6 +745,59 @@ impl Ctx<'_> {
             ));
         }
         Ok(health)
+    }
+
+    /// `health.headers`: each name and value as HTTP allows, no name twice in another case.
+    fn health_headers(
+        &self,
+        headers: std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut checked: Vec<(String, String)> = Vec::new();
+        for (name, value) in headers {
+            let key = format!("health.headers.{name}");
+            rules::check_header_name(&name).map_err(|r| self.invalid(&key, quote(&name), r))?;
+            rules::check_header_value(&value).map_err(|r| self.invalid(&key, quote(&value), r))?;
+            if let Some((other, _)) = checked.iter().find(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+                return Err(self.invalid(
+                    &key,
+                    quote(&name),
+                    format!("names the same header as {other:?}: header names ignore case"),
+                ));
+            }
+            checked.push((name, value));
+        }
+        Ok(checked)
+    }
+
+    /// `health.expect`: a list of codes (`200`), ranges (`"300-399"`) and classes (`"2xx"`).
+    fn health_expect(&self, expect: Option<Vec<raw::RawStatus>>) -> Result<Expect, ConfigError> {
+        let Some(items) = expect else {
+            return Ok(Expect::any_2xx());
+        };
+        let mut ranges = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("health.expect[{i}]");
+            let range = match item {
+                raw::RawStatus::Code(code) => u16::try_from(*code)
+                    .ok()
+                    .map(|c| c..=c)
+                    .filter(|range| rules::check_status_range(range).is_ok())
+                    .ok_or_else(|| {
+                        self.invalid(&key, code.to_string(), "must be between 100 and 599".into())
+                    })?,
+                raw::RawStatus::Text(text) => {
+                    rules::parse_status(text).map_err(|r| self.invalid(&key, quote(text), r))?
+                }
+            };
+            ranges.push(range);
+        }
+        Expect::new(ranges).ok_or_else(|| {
+            self.invalid(
+                "health.expect",
+                "[]".into(),
+                "must name at least one status code; leave it out for any 2xx".into(),
+            )
+        })
     }
 
     /// `[nginx]`, whose defaults are named after `app`.
@@ -1331,6 +1403,9 @@ mod tests {
                 interval: Duration::from_secs(3),
                 attempts: 20,
                 timeout: Duration::from_secs(2),
+                host: None,
+                headers: Vec::new(),
+                expect: Expect::any_2xx(),
             }
         );
         assert_eq!(cfg.health.deadline(), Duration::from_secs(60));
@@ -1917,6 +1992,136 @@ listen = "9187"
             );
             assert!(!msg.contains('\n'), "{msg}");
         }
+    }
+
+    #[test]
+    fn health_host_headers_and_expect_are_read() {
+        let cfg = with(
+            "[health]\nhost = \"api.example.com:8443\"\n\
+             headers = { X-Probe = \"fieldtrack\", Accept = \"application/json\" }\n\
+             expect = [200, 204, \"300-399\", \"4xx\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.health.host.as_deref(), Some("api.example.com:8443"));
+        assert_eq!(
+            cfg.health.headers,
+            [
+                ("Accept".to_string(), "application/json".to_string()),
+                ("X-Probe".to_string(), "fieldtrack".to_string())
+            ]
+        );
+        assert_eq!(cfg.health.expect.to_string(), "200, 204, 3xx, 4xx");
+        for host in [
+            "localhost",
+            "api.example.test",
+            "10.0.0.1:80",
+            "[::1]:8080",
+            "x_y.z.",
+        ] {
+            let cfg = with(&format!("[health]\nhost = {host:?}\n")).expect(host);
+            assert_eq!(cfg.health.host.as_deref(), Some(host));
+        }
+        let single = with("[health]\nexpect = [\"403\"]\n")
+            .unwrap()
+            .health
+            .expect;
+        assert!(single.contains(403) && !single.contains(200));
+    }
+
+    #[test]
+    fn health_host_must_be_a_host_name() {
+        for (bad, why) in [
+            ("", "must not be empty"),
+            ("https://api.example.com", "without a scheme"),
+            ("api.example.com/health", "without a path"),
+            ("api example.com", "whitespace"),
+            ("user@api.example.com", "without a user"),
+            ("::1", "in []"),
+            ("[::1", "must end with ']'"),
+            ("api.example.com:0", "is not a port"),
+            ("api.example.com:99999", "is not a port"),
+            ("api.example.com:", "is not a port"),
+            ("api..example.com", "dot-separated labels"),
+            ("api.exämple.com", "dot-separated labels"),
+        ] {
+            let msg = err_of(&format!("[health]\nhost = {bad:?}\n"));
+            assert!(
+                msg.contains(&format!("health.host: invalid value {bad:?}")) && msg.contains(why),
+                "{bad:?}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn health_headers_must_be_http_headers_and_never_host() {
+        let msg = err_of("[health]\nheaders = { Host = \"api.example.com\" }\n");
+        assert!(
+            msg.contains("health.headers.Host: invalid value \"Host\""),
+            "{msg}"
+        );
+        assert!(msg.contains("set with health.host"), "{msg}");
+        let msg = err_of("[health]\nheaders = { host = \"x\" }\n");
+        assert!(msg.contains("health.host"), "{msg}");
+        for name in ["X Probe", "X-Prøbe", "", "X:Y"] {
+            let msg = err_of(&format!("[health]\nheaders = {{ {name:?} = \"1\" }}\n"));
+            assert!(
+                msg.contains(&format!("health.headers.{name}: invalid value {name:?}"))
+                    && msg.contains("must be an HTTP header name"),
+                "{name:?}: {msg}"
+            );
+        }
+        let msg = err_of("[health]\nheaders = { Content-Length = \"5\" }\n");
+        assert!(msg.contains("health.headers.Content-Length"), "{msg}");
+        for value in ["a\nX-Evil: 1", "a\rb", " padded", "tab\t", "é"] {
+            let msg = err_of(&format!("[health]\nheaders = {{ X-Probe = {value:?} }}\n"));
+            assert!(
+                msg.contains(&format!("health.headers.X-Probe: invalid value {value:?}")),
+                "{value:?}: {msg}"
+            );
+        }
+        let msg = err_of("[health]\nheaders = { X-Probe = \"a\", x-probe = \"b\" }\n");
+        assert!(msg.contains("header names ignore case"), "{msg}");
+        let msg = err_of("[health]\nheaders = { X-Probe = 1 }\n");
+        assert!(msg.contains("expected a string (line 3"), "{msg}");
+    }
+
+    #[test]
+    fn health_expect_holds_codes_from_100_to_599() {
+        for (bad, key, why) in [
+            (
+                "[99]",
+                "health.expect[0]: invalid value 99",
+                "between 100 and 599",
+            ),
+            (
+                "[200, 600]",
+                "health.expect[1]: invalid value 600",
+                "between 100 and 599",
+            ),
+            (
+                "[-1]",
+                "health.expect[0]: invalid value -1",
+                "between 100 and 599",
+            ),
+            (
+                "[\"399-300\"]",
+                "health.expect[0]: invalid value \"399-300\"",
+                "lower code",
+            ),
+            ("[\"200-600\"]", "health.expect[0]", "between 100 and 599"),
+            ("[\"6xx\"]", "health.expect[0]", "between 100 and 599"),
+            ("[\"0xx\"]", "health.expect[0]", "between 100 and 599"),
+            ("[\"2x\"]", "health.expect[0]", "a class (\"2xx\")"),
+            ("[\"ok\"]", "health.expect[0]", "a class (\"2xx\")"),
+            ("[]", "health.expect: invalid value []", "at least one"),
+        ] {
+            let msg = err_of(&format!("[health]\nexpect = {bad}\n"));
+            assert!(msg.contains(key) && msg.contains(why), "{bad}: {msg}");
+        }
+        let msg = err_of("[health]\nexpect = 200\n");
+        assert!(msg.contains("health.expect"), "{msg}");
+        let msg = err_of("[health]\nexpect = [true]\n");
+        assert!(msg.contains("a status code"), "{msg}");
     }
 
     #[test]

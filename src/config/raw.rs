@@ -6,6 +6,7 @@
 //! negative count reaches validation, which names the key, instead of failing inside serde
 //! with a generic "expected u16".
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -74,6 +75,43 @@ pub struct RawHealth {
     pub interval: Option<RawDuration>,
     pub attempts: Option<i64>,
     pub timeout: Option<RawDuration>,
+    pub host: Option<String>,
+    /// Header name -> value; sorted by name, so duplicates in another case are found.
+    pub headers: Option<BTreeMap<String, String>>,
+    pub expect: Option<Vec<RawStatus>>,
+}
+
+/// One of `health.expect`, as written: a code (`200`) or a string (`"300-399"`, `"2xx"`).
+/// Its own type so that a wrong type says what is expected rather than "data did not match
+/// any variant".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawStatus {
+    Code(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StatusVisitor;
+
+        impl Visitor<'_> for StatusVisitor {
+            type Value = RawStatus;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status code (200) or a range of them (\"300-399\", \"2xx\")")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawStatus, E> {
+                Ok(RawStatus::Code(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawStatus, E> {
+                Ok(RawStatus::Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(StatusVisitor)
+    }
 }
 
 /// `[nginx]`

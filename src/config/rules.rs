@@ -61,6 +61,159 @@ pub fn check_health_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `health.host`: the Host header of every probe, a name as a browser would send it: a DNS
+/// name, an IPv4 address or a bracketed IPv6 one, and optionally `:port`. No scheme, path or
+/// user: those are not part of a Host header.
+pub fn check_health_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("must not be empty; leave it out to send the container's address".into());
+    }
+    if host.contains("://") {
+        return Err(
+            "must be a host name without a scheme (api.example.com, not https://...)".into(),
+        );
+    }
+    if let Some(c) = host.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "must not contain whitespace or control characters (found {c:?})"
+        ));
+    }
+    if host.contains('/') {
+        return Err("must be a host name without a path (health.path is the path)".into());
+    }
+    if host.contains('@') {
+        return Err("must be a host name without a user".into());
+    }
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (ip, after) = rest
+            .split_once(']')
+            .ok_or("an IPv6 address must end with ']'")?;
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{ip:?} inside [] is not an IPv6 address"));
+        }
+        match after {
+            "" => (None, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return Err("only :port may follow an IPv6 address in []".into()),
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return Err("an IPv6 address must be written in [] (as [::1]:8080)".into())
+            }
+            Some((name, port)) => (Some(name), Some(port)),
+            None => (Some(host), None),
+        }
+    };
+    if let Some(name) = name {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(
+                "must be a host name of letters, digits, '-' and '_' in dot-separated labels, \
+                 optionally with :port"
+                    .into(),
+            );
+        }
+    }
+    if let Some(port) = port {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) || port.starts_with('+') {
+            return Err(format!("{port:?} after ':' is not a port (1 to 65535)"));
+        }
+    }
+    Ok(())
+}
+
+/// A header name of `health.headers`: an HTTP token (RFC 9110, 5.1). `Host` has a key of its
+/// own, and the headers that frame a request are fieldtrack's to send.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    const TCHAR: &str = "!#$%&'*+-.^_`|~";
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || TCHAR.contains(c))
+    {
+        return Err(format!(
+            "must be an HTTP header name: letters, digits and any of {TCHAR}"
+        ));
+    }
+    if name.eq_ignore_ascii_case("host") {
+        return Err("the Host header is set with health.host, not in health.headers".into());
+    }
+    for framing in ["content-length", "transfer-encoding", "connection"] {
+        if name.eq_ignore_ascii_case(framing) {
+            return Err("is set by fieldtrack for each probe, not in health.headers".into());
+        }
+    }
+    Ok(())
+}
+
+/// A header value of `health.headers`: visible ASCII, spaces and tabs, none of them at
+/// either end (RFC 9110, 5.5); no line break could smuggle another header in.
+pub fn check_header_value(value: &str) -> Result<(), String> {
+    if let Some(c) = value
+        .chars()
+        .find(|&c| !(c == ' ' || c == '\t' || c.is_ascii_graphic()))
+    {
+        return Err(format!(
+            "must be visible ASCII, spaces and tabs (found {c:?})"
+        ));
+    }
+    if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+        return Err("must not start or end with a space or tab".into());
+    }
+    Ok(())
+}
+
+/// One of `health.expect` written as a string: a code (`"204"`), a range (`"300-399"`) or a
+/// class (`"2xx"`). Whether the codes exist is for [`check_status_range`].
+pub fn parse_status(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    const SHAPES: &str = "must be a code (200), a range (\"300-399\") or a class (\"2xx\")";
+    let code = |s: &str| -> Result<u16, String> {
+        if s.len() == 3 && s.chars().all(|c| c.is_ascii_digit()) {
+            s.parse().map_err(|_| SHAPES.to_string())
+        } else {
+            Err(SHAPES.to_string())
+        }
+    };
+    let range = if let Some(class) = text.strip_suffix("xx").or(text.strip_suffix("XX")) {
+        match class.parse::<u16>() {
+            Ok(n) if class.len() == 1 => n * 100..=n * 100 + 99,
+            _ => return Err(SHAPES.into()),
+        }
+    } else if let Some((start, end)) = text.split_once('-') {
+        code(start.trim())?..=code(end.trim())?
+    } else {
+        let c = code(text.trim())?;
+        c..=c
+    };
+    check_status_range(&range)?;
+    Ok(range)
+}
+
+/// Codes of `health.expect` exist in HTTP (100 to 599) and a range runs upward.
+pub fn check_status_range(range: &std::ops::RangeInclusive<u16>) -> Result<(), String> {
+    use crate::model::probe::STATUS_CODES;
+    if !STATUS_CODES.contains(range.start()) || !STATUS_CODES.contains(range.end()) {
+        return Err(format!(
+            "must be between {} and {}",
+            STATUS_CODES.start(),
+            STATUS_CODES.end()
+        ));
+    }
+    if range.start() > range.end() {
+        return Err("a range must run from the lower code to the higher".into());
+    }
+    Ok(())
+}
+
 /// The longest duration the config or a flag may give: a week. Anything longer is a typo
 /// ("99999999999d"), and the bound keeps every sum of durations (a deadline, a timeout)
 /// far from overflowing an `Instant`.

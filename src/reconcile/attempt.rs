@@ -10,7 +10,7 @@ use super::{Context, Pass, Progress, ReconcileError};
 use crate::apply::hooks::{run_hook, HookContext, POST_DEPLOY, PRE_SWITCH};
 use crate::apply::http_probe::probe_delays;
 use crate::desired::{Desired, ImageRef};
-use crate::model::probe::{ProbeOutcome, Prober};
+use crate::model::probe::{host_hint, ProbeOutcome, Prober};
 use crate::model::proxy::Proxy;
 use crate::model::runtime::{
     ContainerSpec, Runtime, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
@@ -554,12 +554,14 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         });
     }
 
-    /// Probes the candidate until it answers 2xx: the first probe right away, gaps growing to
-    /// `health.interval`, deadline `attempts x interval`. The container's state is checked
-    /// every 250 ms, so one that exits fails the attempt at once, with its last log lines.
+    /// Probes the candidate until it answers a code of `health.expect` (any 2xx by default):
+    /// the first probe right away, gaps growing to `health.interval`, deadline `attempts x
+    /// interval`. The container's state is checked every 250 ms, so one that exits fails the
+    /// attempt at once, with its last log lines. A refused Host (400/403/421 without
+    /// `health.host`) is named in the error as the likely cause.
     ///
     /// A color of several replicas (Swarm tasks) passes once as many as it wants run and each
-    /// of them answered 2xx; a replica that passed is not probed again. Returns where they
+    /// of them answered healthy; a replica that passed is not probed again. Returns where they
     /// answer, which is what nginx is pointed at.
     async fn health_gate(&self, name: &str, port: u16) -> Result<Vec<SocketAddr>, ReconcileError> {
         let (pass, ctx) = (self.pass, self.ctx());
@@ -615,10 +617,16 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 return Ok(healthy);
             }
             last = match &failed {
-                Some((addr, outcome)) if endpoints.wanted > 1 => {
-                    format!("{addr}: {}", describe(outcome))
+                Some((addr, outcome)) => {
+                    let mut last = describe(outcome);
+                    if endpoints.wanted > 1 {
+                        last = format!("{addr}: {last}");
+                    }
+                    if let Some(hint) = host_hint(outcome, *addr, cfg.health.host.as_deref()) {
+                        last = format!("{last}; {hint}");
+                    }
+                    last
                 }
-                Some((_, outcome)) => describe(outcome),
                 None => format!(
                     "{} of {} replicas running",
                     endpoints.addrs.len(),

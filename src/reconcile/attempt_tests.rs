@@ -298,6 +298,23 @@ async fn candidate_never_answering_2xx_fails_at_the_gate_deadline() {
 }
 
 #[tokio::test]
+async fn candidate_refusing_the_probes_host_fails_with_the_health_host_hint() {
+    for (host, hinted) in [(None, true), (Some("api.example.test"), false)] {
+        let mut site = site_with_blue_live();
+        site.cfg.health.host = host.map(str::to_string);
+        site.world().answer(GREEN, ProbeOutcome::Unhealthy(403));
+
+        let e = site.pass("v2").await.unwrap_err();
+
+        let message = e.to_string();
+        assert!(message.contains("(last probe: HTTP 403"), "{message}");
+        let hint = format!("the app may refuse the Host 127.0.0.1:{GREEN}");
+        assert_eq!(message.contains(&hint), hinted, "host {host:?}: {message}");
+        assert_eq!(message.contains("set health.host"), hinted, "{message}");
+    }
+}
+
+#[tokio::test]
 async fn candidate_slow_to_answer_passes_the_gate_once_it_does() {
     let mut site = site_with_blue_live();
     site.cfg.health.attempts = 100;

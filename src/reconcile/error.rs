@@ -35,7 +35,9 @@ pub enum ReconcileError {
         state: String,
         logs: String,
     },
-    /// The candidate never answered its health check with 2xx in time.
+    /// The candidate never answered its health check with a code of `health.expect` in time;
+    /// `last` is the last probe's outcome, with a hint at `health.host` when the app seems to
+    /// refuse the probe's Host.
     #[error("candidate {container} ({image}) did not become healthy within {deadline:?} (last probe: {last}); production untouched. Last log lines:\n{logs}")]
     Unhealthy {
         container: String,

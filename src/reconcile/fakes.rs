@@ -93,7 +93,7 @@ pub struct FakeContainer {
     pub probes: VecDeque<ProbeOutcome>,
     /// ...then this; None: 200.
     pub answer: Option<ProbeOutcome>,
-    /// It has answered a probe with 2xx since it started (it passed, or could pass, a gate).
+    /// It has answered a probe healthy since it started (it passed, or could pass, a gate).
     pub answered_healthy: bool,
 }
 

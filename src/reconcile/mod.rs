@@ -108,7 +108,7 @@ impl LiveContext {
         .with_keepalive(cfg.nginx.upstream_keepalive)
         .with_remote_servers(cfg.runtime == RuntimeKind::Swarm)
         .with_redactor(Redactor::from_env_file(&cfg.container.env_file));
-        let prober = HttpProber::new(&cfg.health.path, cfg.health.timeout)?;
+        let prober = HttpProber::new(&cfg.health)?;
         let notifier = Notifier::new(&cfg.notify);
         Ok(Context {
             notifier,

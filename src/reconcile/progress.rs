@@ -9,7 +9,7 @@ use crate::state::status::Step;
 pub enum Progress {
     /// A step of an attempt began.
     Step(Step),
-    /// The candidate answered a health probe (`passed`: with 2xx) or did not.
+    /// The candidate answered a health probe (`passed`: with a code of `health.expect`) or did not.
     Health { probes: u32, passed: bool },
     /// nginx now sends traffic to the candidate's color.
     Switched { color: String, port: u16 },

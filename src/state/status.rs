@@ -158,7 +158,7 @@ pub struct Live {
 /// Progress of the health gate while it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthProgress {
-    /// Whether the candidate has answered with 2xx.
+    /// Whether the candidate has answered with a code of `health.expect` (any 2xx by default).
     pub passed: bool,
     /// Probes sent so far.
     pub probes: u32,

@@ -20,6 +20,7 @@ mod deploy_group;
 mod digests;
 mod email;
 mod faults;
+mod health_host;
 mod hooks;
 mod image_retention;
 mod metrics;
