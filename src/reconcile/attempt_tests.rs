@@ -1887,22 +1887,23 @@ async fn a_settings_change_deploys_the_same_image_to_the_other_color_and_switche
     site.cfg.container.settings.memory = Some(64 << 20);
     site.pass("v1").await.unwrap();
 
-    let world = site.world();
-    assert!(world.called(&Call::Run("api-green".into())));
-    assert!(
-        !world.called(&Call::Pull(format!("{REPO}:v1"))),
-        "the image is local"
-    );
-    assert_eq!(world.loaded_port(), Some(GREEN));
-    assert!(world.container("api-blue").is_none());
-    let green = world.container("api-green").expect("green runs");
-    assert_eq!(green.labels[LABEL_IMAGE], format!("{REPO}:v1"));
-    assert_eq!(
-        green.labels[LABEL_SETTINGS],
-        site.cfg.container.settings.to_label()
-    );
-    let runs = world.calls.len();
-    drop(world);
+    let runs = {
+        let world = site.world();
+        assert!(world.called(&Call::Run("api-green".into())));
+        assert!(
+            !world.called(&Call::Pull(format!("{REPO}:v1"))),
+            "the image is local"
+        );
+        assert_eq!(world.loaded_port(), Some(GREEN));
+        assert!(world.container("api-blue").is_none());
+        let green = world.container("api-green").expect("green runs");
+        assert_eq!(green.labels[LABEL_IMAGE], format!("{REPO}:v1"));
+        assert_eq!(
+            green.labels[LABEL_SETTINGS],
+            site.cfg.container.settings.to_label()
+        );
+        world.calls.len()
+    };
     assert_eq!(site.history(), ["v1"]);
 
     // The new settings are in force: the next pass changes nothing.
