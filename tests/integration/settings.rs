@@ -238,6 +238,9 @@ fn limits_and_options_reach_the_engine_as_configured() {
     fast_health(&mut site);
     let _extras = Extras::new(&site);
     for (key, value) in [
+        // The image's entrypoint is /testapp: cleared, and named as the command instead.
+        ("container.entrypoint", "[]"),
+        ("container.command", "[\"/testapp\"]"),
         ("container.memory", "\"64m\""),
         ("container.cpus", "0.5"),
         ("container.labels", "{ team = \"api\", tier = \"web\" }"),
@@ -279,6 +282,11 @@ fn limits_and_options_reach_the_engine_as_configured() {
     assert_eq!(host["LogConfig"]["Config"]["max-size"], "1m", "{host:#}");
     let config = &c["Config"];
     assert_eq!(config["User"], "1000:1000", "{config:#}");
+    assert!(
+        config["Entrypoint"].is_null() || config["Entrypoint"] == serde_json::json!([]),
+        "{config:#}"
+    );
+    assert_eq!(config["Cmd"], serde_json::json!(["/testapp"]), "{config:#}");
     assert_eq!(config["StopSignal"], "SIGINT", "{config:#}");
     assert_eq!(config["Labels"]["team"], "api", "{config:#}");
     assert_eq!(config["Labels"]["fieldtrack.app"], site.app.as_str());
