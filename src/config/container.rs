@@ -944,6 +944,28 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_settings_of_the_shipped_example_load() {
+        let example = include_str!("../../fieldtrack.toml.example");
+        let section = example
+            .split("\n[")
+            .find(|s| s.starts_with("container]"))
+            .expect("a [container] section");
+        let keys: Vec<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.split_once(" = ")
+                    .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            })
+            .collect();
+        assert!(keys.len() >= 16, "{keys:?}");
+        let s = settings(&(keys.join("\n") + "\n"));
+        assert_eq!(s.networks, vec!["app".to_string()]);
+        assert_eq!(s.memory, Some(512 << 20));
+        assert!(s.init && s.read_only);
+    }
+
+    #[test]
     fn the_contract_example_loads() {
         let s = settings(
             r#"command = ["bin/rails", "server"]
