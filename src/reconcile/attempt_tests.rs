@@ -1933,3 +1933,42 @@ async fn the_idle_color_running_the_image_with_other_settings_is_replaced_not_sw
         site.cfg.container.settings.to_label()
     );
 }
+
+#[tokio::test]
+async fn a_settings_change_failing_after_the_switch_goes_back_and_leaves_the_desired_file_alone() {
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.drain = LONG_DRAIN;
+    site.cfg.rollout.auto_rollback = true;
+    site.cfg.container.settings.memory = Some(64 << 20);
+    site.world().script(
+        GREEN,
+        [
+            ProbeOutcome::Healthy(200),
+            ProbeOutcome::Unhealthy(500),
+            ProbeOutcome::Unhealthy(500),
+            ProbeOutcome::Unhealthy(500),
+        ],
+    );
+
+    let e = site.pass("v1").await.unwrap_err();
+
+    // Traffic is back on blue; the desired file already names what blue runs, and writing
+    // it again (a new generation) would only deploy the same settings once more.
+    assert!(
+        matches!(
+            e,
+            ReconcileError::FailedAfterSwitch {
+                back_to: Some(_),
+                rolled_back_to: None,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&site.cfg.desired_file).unwrap(),
+        "image = \"v1\"\n"
+    );
+    assert_eq!(site.world().loaded_port(), Some(BLUE));
+    assert_eq!(site.history(), ["v1"]);
+}
