@@ -266,6 +266,26 @@ mod tests {
     }
 
     #[test]
+    fn a_cpu_limit_is_shown_as_the_cpus_written() {
+        let was = Settings {
+            nano_cpus: Some(1_500_000_000),
+            ..Settings::default()
+        };
+        let now = Settings {
+            nano_cpus: Some(500_000_000),
+            ..Settings::default()
+        };
+        assert_eq!(
+            now.changes(&was),
+            vec!["container.cpus: 1.5 -> 0.5".to_string()]
+        );
+        assert_eq!(
+            Settings::default().changes(&was),
+            vec!["container.cpus: 1.5 -> (unset)".to_string()]
+        );
+    }
+
+    #[test]
     fn an_unreadable_label_is_an_error_holding_its_text() {
         assert_eq!(
             Settings::from_label(Some("not json")),

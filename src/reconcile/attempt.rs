@@ -207,6 +207,16 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
             tracing::warn!("no previous image in the history: the desired file is left as it is");
             return None;
         };
+        // The same image, redeployed for settings changed in the config: the desired file
+        // already names what the old color runs, and rewriting it (a new generation) would
+        // only deploy the same settings again. The failed generation waits for a change.
+        if previous == self.image {
+            tracing::warn!(
+                image = %self.image,
+                "the previous image is this one (its [container] settings changed): the desired file is left as it is"
+            );
+            return None;
+        }
         // Someone (CI, an operator) wrote a newer desired state during the attempt: it wins.
         match Desired::load(&cfg.desired_file, cfg) {
             Ok(now) if now.generation == self.desired.generation => {}
