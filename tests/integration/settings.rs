@@ -316,7 +316,7 @@ fn a_changed_setting_redeploys_the_same_image_blue_green_with_no_failed_request(
     plan.expect_code(3);
     assert!(
         plan.stdout
-            .contains("its settings differ from the config: container.memory: (unset) -> 67108864"),
+            .contains("its settings differ from the config: container.memory: (unset) -> 64 MiB"),
         "{}",
         plan.stdout
     );
