@@ -146,6 +146,15 @@ pub enum RuntimeError {
     /// hold the port the new tasks need.
     #[error("tasks of service {service} still run after their stop grace period and a minute more, holding its port: {tasks}; check `docker service ps {service}` and the nodes' engines")]
     TasksLinger { service: String, tasks: String },
+    /// A `[container]` setting the engine's world cannot carry out as it stands (a network
+    /// that does not exist, or that a Swarm service cannot join): `key` is the config key.
+    /// Nothing was created; it waits for a change of the config or of the engine.
+    #[error("{key}: {value}: {reason}")]
+    Setting {
+        key: String,
+        value: String,
+        reason: String,
+    },
     /// Any other answer of the engine.
     #[error("failed to {action}: {source}")]
     Api {
