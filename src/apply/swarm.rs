@@ -254,14 +254,14 @@ impl Swarm {
     /// Every network of `container.networks` must be one that a service's tasks join on any
     /// node: swarm-scoped (overlay). Only the manager knows, so it is asked here, before
     /// anything is created.
-    async fn check_networks(&self, networks: &[String]) -> Result<(), RuntimeError> {
+    async fn check_networks(&self, service: &str, networks: &[String]) -> Result<(), RuntimeError> {
         for name in networks {
             let found = match self.client.inspect_network(name, None).await {
                 Ok(network) => Some(network),
                 Err(e) if not_found(&e) => None,
                 Err(e) => return Err(self.classify(format!("inspect network {name}"), e)),
             };
-            if let Some(unfit) = unfit_network(name, found.as_ref()) {
+            if let Some(unfit) = unfit_network(service, name, found.as_ref()) {
                 return Err(unfit);
             }
         }
@@ -430,7 +430,7 @@ impl Runtime for Swarm {
                 return Err(RuntimeError::NameTaken { name: name.clone() });
             }
         }
-        self.check_networks(&spec.settings.networks).await?;
+        self.check_networks(name, &spec.settings.networks).await?;
         // Every node runs the same bytes: the tag is resolved once, here.
         let pinned = if spec.image.contains('@') {
             spec.image.clone()
@@ -615,7 +615,7 @@ fn task_template(
             env: Some(spec.env.clone()),
             user: settings.user.clone(),
             read_only: settings.read_only.then_some(true),
-            mounts: Some(mounts(settings)?).filter(|m| !m.is_empty()),
+            mounts: Some(mounts(&spec.name, settings)?).filter(|m| !m.is_empty()),
             stop_signal: settings.stop_signal.clone(),
             stop_grace_period: Some(nanos(spec.stop_grace)),
             hosts: Some(settings.extra_hosts.iter().map(|h| swarm_host(h)).collect())
@@ -671,7 +671,7 @@ fn saturating_i64(n: u64) -> i64 {
 /// `volumes`, then `tmpfs`, as the service's mounts. The config was checked at load
 /// ([`swarm_settings::check`]); a spec built otherwise may still hold a tmpfs entry that
 /// Swarm cannot carry.
-fn mounts(settings: &Settings) -> Result<Vec<Mount>, RuntimeError> {
+fn mounts(service: &str, settings: &Settings) -> Result<Vec<Mount>, RuntimeError> {
     let mut mounts: Vec<Mount> = settings
         .volumes
         .iter()
@@ -687,10 +687,10 @@ fn mounts(settings: &Settings) -> Result<Vec<Mount>, RuntimeError> {
         })
         .collect();
     for (i, entry) in settings.tmpfs.iter().enumerate() {
-        let tmpfs = swarm_settings::tmpfs(entry).map_err(|e| RuntimeError::Setting {
-            key: format!("container.tmpfs[{i}]"),
-            value: format!("{entry:?}"),
-            reason: e.to_string(),
+        let tmpfs = swarm_settings::tmpfs(entry).map_err(|e| RuntimeError::SettingRefused {
+            name: service.to_string(),
+            key: format!("container.tmpfs[{i}] ({entry:?})"),
+            message: e.to_string(),
         })?;
         mounts.push(Mount {
             typ: Some(MountType::TMPFS),
@@ -717,13 +717,17 @@ fn swarm_host(entry: &str) -> String {
     }
 }
 
-/// Why a service cannot join network `name` (None: it can), from what the manager said of
+/// Why `service` cannot join network `name` (None: it can), from what the manager said of
 /// it (None: no such network).
-fn unfit_network(name: &str, found: Option<&NetworkInspect>) -> Option<RuntimeError> {
-    let setting = |reason: String| RuntimeError::Setting {
-        key: "container.networks".to_string(),
-        value: format!("{name:?}"),
-        reason,
+fn unfit_network(
+    service: &str,
+    name: &str,
+    found: Option<&NetworkInspect>,
+) -> Option<RuntimeError> {
+    let setting = |message: String| RuntimeError::SettingRefused {
+        name: service.to_string(),
+        key: format!("container.networks ({name:?})"),
+        message,
     };
     let create = format!(
         "create one on a manager with `docker network create --driver overlay --attachable {name}`"
@@ -1110,7 +1114,9 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(
-            error.starts_with("container.tmpfs[1]: \"/run:noexec\": option \"noexec\""),
+            error.contains(
+                "container.tmpfs[1] (\"/run:noexec\") for container api-green: option \"noexec\""
+            ),
             "{error}"
         );
     }
@@ -1126,17 +1132,19 @@ mod tests {
 
     #[test]
     fn only_a_swarm_scoped_network_is_fit_for_a_service() {
-        assert!(unfit_network("backend", Some(&network("overlay", "swarm"))).is_none());
-        let local = unfit_network("backend", Some(&network("bridge", "local")))
+        assert!(
+            unfit_network("api-green", "backend", Some(&network("overlay", "swarm"))).is_none()
+        );
+        let local = unfit_network("api-green", "backend", Some(&network("bridge", "local")))
             .expect("a local network is unfit")
             .to_string();
         assert!(
-            local.starts_with(
-                "container.networks: \"backend\": its driver is bridge and its scope local:"
+            local.contains(
+                "container.networks (\"backend\") for container api-green: its driver is bridge and its scope local:"
             ),
             "{local}"
         );
-        let missing = unfit_network("backend", None)
+        let missing = unfit_network("api-green", "backend", None)
             .expect("a missing network is unfit")
             .to_string();
         assert!(

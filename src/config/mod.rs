@@ -6,6 +6,7 @@
 //! used (container names, nginx, Docker references), so no other module re-checks them.
 //! Errors name the file, the dotted key and the bad value.
 
+mod container;
 mod raw;
 mod rules;
 pub mod safety;
@@ -667,31 +668,6 @@ impl Ctx<'_> {
             ));
         }
         Ok((state_dir, public_dir))
-    }
-
-    /// `[container]`
-    fn container(&self, c: raw::RawContainer) -> Result<ContainerConfig, ConfigError> {
-        let container = ContainerConfig {
-            port: self.port("container.port", c.port, 8080)?,
-            blue_port: self.port("container.blue_port", c.blue_port, 3001)?,
-            green_port: self.port("container.green_port", c.green_port, 3002)?,
-            env_file: self.path_or("container.env_file", c.env_file, ".env")?,
-            stop_timeout: self.duration(
-                "container.stop_timeout",
-                c.stop_timeout,
-                "10s",
-                Zero::Allowed,
-            )?,
-            settings: Settings::default(),
-        };
-        if container.blue_port == container.green_port {
-            return Err(self.invalid(
-                "container.green_port",
-                container.green_port.to_string(),
-                "must differ from container.blue_port".into(),
-            ));
-        }
-        Ok(container)
     }
 
     /// `[health]`

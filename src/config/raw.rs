@@ -6,6 +6,7 @@
 //! negative count reaches validation, which names the key, instead of failing inside serde
 //! with a generic "expected u16".
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -64,6 +65,22 @@ pub struct RawContainer {
     pub green_port: Option<i64>,
     pub env_file: Option<String>,
     pub stop_timeout: Option<RawDuration>,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub networks: Option<Vec<String>>,
+    pub volumes: Option<Vec<String>>,
+    pub allow_host_mounts: Option<bool>,
+    pub memory: Option<RawScalar>,
+    pub cpus: Option<RawScalar>,
+    pub extra_hosts: Option<Vec<String>>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub user: Option<String>,
+    pub log_driver: Option<String>,
+    pub log_options: Option<BTreeMap<String, String>>,
+    pub stop_signal: Option<RawScalar>,
+    pub init: Option<bool>,
+    pub read_only: Option<bool>,
+    pub tmpfs: Option<Vec<String>>,
 }
 
 /// `[health]`
@@ -191,6 +208,57 @@ impl<'de> Deserialize<'de> for RawDuration {
         }
 
         deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// A number or a string, as Compose takes `mem_limit = 536870912` or `"512m"`, `cpus = 1.5`
+/// or `"1.5"`, `stop_signal = "SIGQUIT"` or `3`. Validation reads it per key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawScalar {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl fmt::Display for RawScalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawScalar::Int(n) => write!(f, "{n}"),
+            RawScalar::Float(x) => write!(f, "{x}"),
+            RawScalar::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawScalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = RawScalar;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or a string")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawScalar, E> {
+                Ok(RawScalar::Int(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawScalar, E> {
+                Ok(i64::try_from(v).map_or(RawScalar::Float(v as f64), RawScalar::Int))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawScalar, E> {
+                Ok(RawScalar::Float(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawScalar, E> {
+                Ok(RawScalar::Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(ScalarVisitor)
     }
 }
 

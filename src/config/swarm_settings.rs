@@ -167,6 +167,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::Config;
     use crate::model::settings::{Mount, MountKind};
 
     fn ctx() -> Ctx<'static> {
@@ -267,6 +268,33 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    /// Through the whole load: `Ctx::build` checks the settings once it knows the runtime.
+    #[test]
+    fn a_swarm_config_is_refused_at_load_naming_the_key() {
+        let config = |runtime: &str, container: &str| {
+            let text = format!(
+                "repository = \"ghcr.io/fieldtrack-tech/api\"\n[runtime]\nkind = \"{runtime}\"\n[container]\n{container}"
+            );
+            Config::parse(&text, Path::new("/srv/api/fieldtrack.toml"), None)
+        };
+        let error = config("swarm", "networks = [\"bridge\"]\n")
+            .expect_err("refused on Swarm")
+            .to_string();
+        assert!(
+            error.starts_with(
+                "/srv/api/fieldtrack.toml: container.networks[0]: invalid value \"bridge\": \"bridge\" is local to each node"
+            ),
+            "{error}"
+        );
+        config("docker", "networks = [\"bridge\"]\n").expect("Docker's own rules");
+        let loaded = config(
+            "swarm",
+            "networks = [\"backend\"]\nmemory = \"64m\"\nextra_hosts = [\"db:host-gateway\"]\n",
+        )
+        .expect("a service carries these");
+        assert_eq!(loaded.container.settings.memory, Some(64 << 20));
     }
 
     /// On one server the engine's own rules apply: nothing here is refused.

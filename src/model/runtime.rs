@@ -146,14 +146,15 @@ pub enum RuntimeError {
     /// hold the port the new tasks need.
     #[error("tasks of service {service} still run after their stop grace period and a minute more, holding its port: {tasks}; check `docker service ps {service}` and the nodes' engines")]
     TasksLinger { service: String, tasks: String },
-    /// A `[container]` setting the engine's world cannot carry out as it stands (a network
-    /// that does not exist, or that a Swarm service cannot join): `key` is the config key.
-    /// Nothing was created; it waits for a change of the config or of the engine.
-    #[error("{key}: {value}: {reason}")]
-    Setting {
+    /// The engine refused one of the `[container]` settings (a network that does not exist,
+    /// a bind mount whose host path is missing): a change of the config cures it, not a
+    /// retry.
+    #[error("the docker engine refused {key} for container {name}: {message}; fix {key} in the config or create what it names")]
+    SettingRefused {
+        name: String,
+        /// The config key, with the value when one is at fault: `container.networks ("app")`.
         key: String,
-        value: String,
-        reason: String,
+        message: String,
     },
     /// Any other answer of the engine.
     #[error("failed to {action}: {source}")]
