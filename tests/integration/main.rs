@@ -36,6 +36,7 @@ mod serving;
 mod state_files;
 mod swarm;
 mod swarm_canary;
+mod swarm_settings;
 mod testbed;
 mod trust;
 mod warm;
