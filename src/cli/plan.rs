@@ -37,6 +37,13 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
         ),
         None => println!("Live    : nothing"),
     }
+    // Why a container that runs the desired image is replaced all the same: a setting
+    // changed in the config, or (Swarm) a service edited by hand.
+    for c in observed.containers.iter() {
+        if let Some(drift) = &c.drift {
+            println!("Drift   : {} {drift}", c.name);
+        }
+    }
     if observed.failed_generation.as_deref() == Some(desired.generation.as_str()) {
         println!("Note    : this generation failed before; the daemon waits for a change, a reconcile by hand retries it");
     }

@@ -119,12 +119,18 @@ impl Settings {
         keys.into_iter()
             .filter(|key| now.get(*key) != was.get(*key))
             .map(|key| {
+                // The label keeps Docker's nano CPUs; the operator wrote `cpus`.
+                let cpus = key.as_str() == "nano_cpus";
                 let show = |v: Option<&serde_json::Value>| match v {
                     None => "(unset)".to_string(),
-                    Some(v) => v.to_string(),
+                    Some(v) => match v.as_u64().filter(|_| cpus) {
+                        Some(nano) => (nano as f64 / 1e9).to_string(),
+                        None => v.to_string(),
+                    },
                 };
+                let name = if cpus { "cpus" } else { key.as_str() };
                 format!(
-                    "container.{key}: {} -> {}",
+                    "container.{name}: {} -> {}",
                     show(was.get(key)),
                     show(now.get(key))
                 )
@@ -192,6 +198,26 @@ mod tests {
             ]
         );
         assert!(now.changes(&now).is_empty());
+    }
+
+    #[test]
+    fn a_cpu_limit_is_shown_as_the_cpus_written() {
+        let was = Settings {
+            nano_cpus: Some(1_500_000_000),
+            ..Settings::default()
+        };
+        let now = Settings {
+            nano_cpus: Some(500_000_000),
+            ..Settings::default()
+        };
+        assert_eq!(
+            now.changes(&was),
+            vec!["container.cpus: 1.5 -> 0.5".to_string()]
+        );
+        assert_eq!(
+            Settings::default().changes(&was),
+            vec!["container.cpus: 1.5 -> (unset)".to_string()]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::desired::promote::{self, PromoteRequest};
 use crate::model::proxy::{Proxy, ProxyError};
 use crate::model::runtime::{Runtime, RuntimeError};
+use crate::model::settings::{Settings, LABEL_SETTINGS};
 use crate::model::{Color, Instance};
 use crate::state::history::{self, HistoryError};
 use crate::state::journal::{Journal, JournalError};
@@ -106,6 +107,27 @@ impl Observed {
     }
 }
 
+/// Why a container no longer runs as the config says: the settings in its label are not
+/// `[container]`'s. Judged here, for every runtime alike, so that the plan replaces it
+/// blue/green like an outdated image. A container without the label ran before settings
+/// existed, with none: an upgrade of fieldtrack alone redeploys nothing.
+pub fn settings_drift(cfg: &Config, container: &Instance) -> Option<String> {
+    match Settings::from_label(container.settings.as_deref()) {
+        Ok(was) => {
+            let changes = cfg.container.settings.changes(&was);
+            (!changes.is_empty()).then(|| {
+                format!(
+                    "its settings differ from the config: {}",
+                    changes.join(", ")
+                )
+            })
+        }
+        Err(text) => Some(format!(
+            "its {LABEL_SETTINGS} label cannot be read ({text:?}), so its settings are unknown"
+        )),
+    }
+}
+
 /// Errors while observing; all of them leave the world untouched.
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
@@ -138,7 +160,12 @@ pub async fn observe<R: Runtime, P: Proxy>(
     runtime: &R,
     proxy: &P,
 ) -> Result<Observed, ObserveError> {
-    let containers = runtime.containers(&cfg.app).await?;
+    let mut containers = runtime.containers(&cfg.app).await?;
+    for c in &mut containers {
+        if c.drift.is_none() {
+            c.drift = settings_drift(cfg, c);
+        }
+    }
     // One read of the file: the ports are those of its servers that are the app's.
     let upstream_weights = proxy.upstream_weighted()?;
     let upstream_servers: Vec<SocketAddr> = upstream_weights.iter().map(|(a, _)| *a).collect();

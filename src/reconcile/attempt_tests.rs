@@ -20,6 +20,7 @@ use crate::model::proxy::ProxyError;
 use crate::model::runtime::{
     RuntimeError, LABEL_APP, LABEL_COLOR, LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
+use crate::model::settings::LABEL_SETTINGS;
 use crate::model::Color;
 use crate::state::audit::AttemptOutcome;
 use crate::state::status::Step;
@@ -1870,4 +1871,65 @@ async fn after_an_upgrade_a_canary_mark_left_by_0_1_0_converges_onto_the_canary_
     assert!(!world.called(&Call::Run("api-green".into())));
     drop(world);
     assert_eq!(site.journal().switching, None);
+}
+
+#[tokio::test]
+async fn a_settings_change_deploys_the_same_image_to_the_other_color_and_switches() {
+    let mut site = site_with_blue_live();
+    // Blue was started before settings existed (no label): no settings is no drift.
+    site.pass("v1").await.unwrap();
+    assert!(!site
+        .world()
+        .calls
+        .iter()
+        .any(|c| matches!(c, Call::Run(_) | Call::Remove(_))));
+
+    site.cfg.container.settings.memory = Some(64 << 20);
+    site.pass("v1").await.unwrap();
+
+    let runs = {
+        let world = site.world();
+        assert!(world.called(&Call::Run("api-green".into())));
+        assert!(
+            !world.called(&Call::Pull(format!("{REPO}:v1"))),
+            "the image is local"
+        );
+        assert_eq!(world.loaded_port(), Some(GREEN));
+        assert!(world.container("api-blue").is_none());
+        let green = world.container("api-green").expect("green runs");
+        assert_eq!(green.labels[LABEL_IMAGE], format!("{REPO}:v1"));
+        assert_eq!(
+            green.labels[LABEL_SETTINGS],
+            site.cfg.container.settings.to_label()
+        );
+        world.calls.len()
+    };
+    assert_eq!(site.history(), ["v1"]);
+
+    // The new settings are in force: the next pass changes nothing.
+    site.pass("v1").await.unwrap();
+    let world = site.world();
+    assert!(!world.calls[runs..]
+        .iter()
+        .any(|c| matches!(c, Call::Run(_) | Call::Remove(_) | Call::Write(_))));
+    assert_eq!(world.loaded_port(), Some(GREEN));
+}
+
+#[tokio::test]
+async fn the_idle_color_running_the_image_with_other_settings_is_replaced_not_switched_to() {
+    let mut site = site_with_blue_live();
+    site.running(Color::Green, "v2");
+    site.cfg.container.settings.init = true;
+
+    site.pass("v2").await.unwrap();
+
+    let world = site.world();
+    assert!(world.called(&Call::Remove("api-green".into())));
+    assert!(world.called(&Call::Run("api-green".into())));
+    assert_eq!(world.loaded_port(), Some(GREEN));
+    let green = world.container("api-green").expect("green runs");
+    assert_eq!(
+        green.labels[LABEL_SETTINGS],
+        site.cfg.container.settings.to_label()
+    );
 }

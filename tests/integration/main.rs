@@ -33,6 +33,7 @@ mod registry_auth;
 mod rollback;
 mod secrets;
 mod serving;
+mod settings;
 mod state_files;
 mod swarm;
 mod swarm_canary;
