@@ -265,3 +265,78 @@ fn on_swarm_a_network_that_is_not_swarm_scoped_is_refused_naming_it_and_producti
     );
     assert_eq!(history(&site), "v1\n");
 }
+
+/// A bind mount reads its path on the node that runs the task: here every node shares the
+/// machine's file system. A path no node has fails the attempt with Swarm's own words,
+/// before any switch; one they all have is mounted read-only where asked, beside a sized
+/// tmpfs, and `host-gateway` is resolved by each node's engine.
+#[test]
+fn on_swarm_bind_mounts_tmpfs_and_host_gateway_reach_every_task_and_a_missing_bind_source_fails() {
+    let swarm = Swarm::shared();
+    let _use = swarm.steady();
+    let mut site = SwarmSite::new();
+    patient_health(&mut site);
+    site.set("rollout.drain", "\"1s\"");
+    deploy_ok(&site, "v1");
+    let live = live_color(&site);
+    let before = upstream(&site);
+
+    let shared = site.dir.join("shared");
+    let bind = |ro: &str| format!("[\"{}:/srv/shared{ro}\"]", shared.display());
+    site.set("container.volumes", &bind(":ro"));
+    let run = ft(&site, &["deploy", "v2"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("bind source path does not exist"),
+        "Swarm's reason is quoted:\n{}",
+        run.stderr
+    );
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(upstream(&site), before);
+    assert_eq!(live_color(&site), live);
+
+    std::fs::create_dir_all(&shared).unwrap();
+    site.set("container.tmpfs", "[\"/scratch:size=8m,mode=1777\"]");
+    site.set("container.extra_hosts", "[\"gateway.test:host-gateway\"]");
+    deploy_ok(&site, "v2");
+    let color = live_color(&site);
+    let containers = wait_for(PATIENCE, "a running container per task", || {
+        let found = task_containers(&site, color);
+        (found.len() == 3).then_some(found)
+    });
+    for (node, container) in containers {
+        let mounts = container["HostConfig"]["Mounts"].as_array().cloned();
+        let mounts = mounts.unwrap_or_default();
+        let find = |target: &str| {
+            mounts
+                .iter()
+                .find(|m| m["Target"] == target)
+                .cloned()
+                .unwrap_or_else(|| panic!("{target} is mounted on {node}: {mounts:?}"))
+        };
+        let bound = find("/srv/shared");
+        assert_eq!(bound["Type"], "bind", "{bound}");
+        assert_eq!(bound["ReadOnly"], true, "{bound}");
+        let scratch = find("/scratch");
+        assert_eq!(scratch["Type"], "tmpfs", "{scratch}");
+        assert_eq!(scratch["TmpfsOptions"]["SizeBytes"], 8 << 20, "{scratch}");
+        assert_eq!(scratch["TmpfsOptions"]["Mode"], 0o1777, "{scratch}");
+        assert_eq!(
+            container["HostConfig"]["ExtraHosts"],
+            serde_json::json!(["gateway.test:host-gateway"]),
+            "on {node}"
+        );
+        // The node's engine wrote the address it resolved into the container's hosts file.
+        let hosts_path = container["HostsPath"].as_str().expect("a hosts file");
+        let hosts = std::fs::read_to_string(hosts_path).expect("the hosts file is readable");
+        let line = hosts
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("gateway.test"))
+            .unwrap_or_else(|| panic!("gateway.test in the hosts file on {node}:\n{hosts}"));
+        let address = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            address.parse::<std::net::IpAddr>().is_ok(),
+            "host-gateway resolved to an address on {node}: {line}"
+        );
+    }
+}
