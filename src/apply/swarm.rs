@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, NodeState, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    EndpointSpec, Limit, Mount, MountTmpfsOptions, MountType, NetworkAttachmentConfig,
+    NetworkInspect, NodeState, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
     ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
-    ServiceSpecUpdateConfigOrderEnum, Task, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
-    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    ServiceSpecUpdateConfigOrderEnum, Task, TaskSpec, TaskSpecContainerSpec, TaskSpecLogDriver,
+    TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
@@ -29,12 +31,13 @@ use bollard::query_parameters::{
 
 use crate::apply::docker::client::{classify, not_found};
 use crate::apply::docker::registry::{login_for, pull_error, registry_shown, split_reference};
+use crate::config::swarm_settings;
 use crate::config::SwarmConfig;
 use crate::model::runtime::{
     ContainerSpec, Endpoints, ImageInfo, LocalImage, Runtime, RuntimeError, LABEL_APP, LABEL_COLOR,
     LABEL_DESIRED, LABEL_GENERATION, LABEL_IMAGE,
 };
-use crate::model::settings::LABEL_SETTINGS;
+use crate::model::settings::{MountKind, Settings, LABEL_SETTINGS};
 use crate::model::{Instance, InstanceState, Replica};
 
 /// Label holding the digest-pinned image fieldtrack gave the service: a spec image that
@@ -248,6 +251,23 @@ impl Swarm {
         }
     }
 
+    /// Every network of `container.networks` must be one that a service's tasks join on any
+    /// node: swarm-scoped (overlay). Only the manager knows, so it is asked here, before
+    /// anything is created.
+    async fn check_networks(&self, service: &str, networks: &[String]) -> Result<(), RuntimeError> {
+        for name in networks {
+            let found = match self.client.inspect_network(name, None).await {
+                Ok(network) => Some(network),
+                Err(e) if not_found(&e) => None,
+                Err(e) => return Err(self.classify(format!("inspect network {name}"), e)),
+            };
+            if let Some(unfit) = unfit_network(service, name, found.as_ref()) {
+                return Err(unfit);
+            }
+        }
+        Ok(())
+    }
+
     /// The digest `reference` names in its registry now, asked through the manager.
     async fn digest(&self, reference: &str) -> Result<String, RuntimeError> {
         let login = login_for(reference).await;
@@ -410,6 +430,7 @@ impl Runtime for Swarm {
                 return Err(RuntimeError::NameTaken { name: name.clone() });
             }
         }
+        self.check_networks(name, &spec.settings.networks).await?;
         // Every node runs the same bytes: the tag is resolved once, here.
         let pinned = if spec.image.contains('@') {
             spec.image.clone()
@@ -423,27 +444,7 @@ impl Runtime for Swarm {
             .and_then(|s| s.spec.as_ref()?.task_template.as_ref()?.force_update)
             .unwrap_or(0)
             + 1;
-        let task_template = TaskSpec {
-            container_spec: Some(TaskSpecContainerSpec {
-                image: Some(pinned.clone()),
-                labels: Some(spec.labels.clone()),
-                env: Some(spec.env.clone()),
-                stop_grace_period: Some(nanos(spec.stop_grace)),
-                ..Default::default()
-            }),
-            placement: Some(TaskSpecPlacement {
-                constraints: Some(self.cfg.constraints.clone()),
-                max_replicas: Some(self.cfg.max_replicas_per_node as i64),
-                ..Default::default()
-            }),
-            restart_policy: Some(TaskSpecRestartPolicy {
-                condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
-                delay: Some(nanos(Duration::from_secs(1))),
-                ..Default::default()
-            }),
-            force_update: Some(force_update),
-            ..Default::default()
-        };
+        let task_template = task_template(spec, &pinned, force_update, &self.cfg)?;
         let service_spec = ServiceSpec {
             name: Some(name.clone()),
             labels: Some(labels),
@@ -577,6 +578,173 @@ impl Runtime for Swarm {
 /// Swarm durations are nanoseconds.
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// A color's task template: the pinned image, the env file, the stop grace, placement and
+/// restart policy, and `[container]`'s settings.
+///
+/// Swarm's names are not Docker's: `ContainerSpec.Command` replaces the image's ENTRYPOINT
+/// and `Args` its CMD; a `Hosts` entry is `IP name` (hosts(5)), not `name:IP`. Limits,
+/// networks and the log driver belong to the task, not to its container. The container's
+/// labels are the operator's, with fieldtrack's own over them; the service's labels stay
+/// fieldtrack's alone.
+fn task_template(
+    spec: &ContainerSpec,
+    pinned: &str,
+    force_update: u64,
+    cfg: &SwarmConfig,
+) -> Result<TaskSpec, RuntimeError> {
+    let settings = &spec.settings;
+    let mut labels: HashMap<String, String> = settings
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.extend(spec.labels.clone());
+    let limits = Limit {
+        memory_bytes: settings.memory.map(saturating_i64),
+        nano_cpus: settings.nano_cpus.map(saturating_i64),
+        ..Default::default()
+    };
+    Ok(TaskSpec {
+        container_spec: Some(TaskSpecContainerSpec {
+            image: Some(pinned.to_string()),
+            labels: Some(labels),
+            command: settings.entrypoint.clone(),
+            args: settings.command.clone(),
+            env: Some(spec.env.clone()),
+            user: settings.user.clone(),
+            read_only: settings.read_only.then_some(true),
+            mounts: Some(mounts(&spec.name, settings)?).filter(|m| !m.is_empty()),
+            stop_signal: settings.stop_signal.clone(),
+            stop_grace_period: Some(nanos(spec.stop_grace)),
+            hosts: Some(settings.extra_hosts.iter().map(|h| swarm_host(h)).collect())
+                .filter(|h: &Vec<String>| !h.is_empty()),
+            init: settings.init.then_some(true),
+            ..Default::default()
+        }),
+        resources: (limits != Limit::default()).then(|| TaskSpecResources {
+            limits: Some(limits),
+            ..Default::default()
+        }),
+        networks: Some(
+            settings
+                .networks
+                .iter()
+                .map(|name| NetworkAttachmentConfig {
+                    target: Some(name.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+        )
+        .filter(|n: &Vec<NetworkAttachmentConfig>| !n.is_empty()),
+        log_driver: settings.log_driver.as_ref().map(|name| TaskSpecLogDriver {
+            name: Some(name.clone()),
+            options: Some(
+                settings
+                    .log_options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+            .filter(|o: &HashMap<String, String>| !o.is_empty()),
+        }),
+        placement: Some(TaskSpecPlacement {
+            constraints: Some(cfg.constraints.clone()),
+            max_replicas: Some(cfg.max_replicas_per_node as i64),
+            ..Default::default()
+        }),
+        restart_policy: Some(TaskSpecRestartPolicy {
+            condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+            delay: Some(nanos(Duration::from_secs(1))),
+            ..Default::default()
+        }),
+        force_update: Some(force_update),
+        ..Default::default()
+    })
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `volumes`, then `tmpfs`, as the service's mounts. The config was checked at load
+/// ([`swarm_settings::check`]); a spec built otherwise may still hold a tmpfs entry that
+/// Swarm cannot carry.
+fn mounts(service: &str, settings: &Settings) -> Result<Vec<Mount>, RuntimeError> {
+    let mut mounts: Vec<Mount> = settings
+        .volumes
+        .iter()
+        .map(|v| Mount {
+            typ: Some(match v.kind {
+                MountKind::Volume => MountType::VOLUME,
+                MountKind::Bind => MountType::BIND,
+            }),
+            source: Some(v.source.clone()),
+            target: Some(v.target.clone()),
+            read_only: v.read_only.then_some(true),
+            ..Default::default()
+        })
+        .collect();
+    for (i, entry) in settings.tmpfs.iter().enumerate() {
+        let tmpfs = swarm_settings::tmpfs(entry).map_err(|e| RuntimeError::SettingRefused {
+            name: service.to_string(),
+            key: format!("container.tmpfs[{i}] ({entry:?})"),
+            message: e.to_string(),
+        })?;
+        mounts.push(Mount {
+            typ: Some(MountType::TMPFS),
+            target: Some(tmpfs.target),
+            tmpfs_options: (tmpfs.size_bytes.is_some() || tmpfs.mode.is_some()).then_some(
+                MountTmpfsOptions {
+                    size_bytes: tmpfs.size_bytes,
+                    mode: tmpfs.mode,
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        });
+    }
+    Ok(mounts)
+}
+
+/// `name:address` (Compose's `extra_hosts`) as hosts(5) has it, `address name`. The
+/// address may hold colons (IPv6): only the first one separates.
+fn swarm_host(entry: &str) -> String {
+    match entry.split_once(':') {
+        Some((name, address)) => format!("{address} {name}"),
+        None => entry.to_string(),
+    }
+}
+
+/// Why `service` cannot join network `name` (None: it can), from what the manager said of
+/// it (None: no such network).
+fn unfit_network(
+    service: &str,
+    name: &str,
+    found: Option<&NetworkInspect>,
+) -> Option<RuntimeError> {
+    let setting = |message: String| RuntimeError::SettingRefused {
+        name: service.to_string(),
+        key: format!("container.networks ({name:?})"),
+        message,
+    };
+    let create = format!(
+        "create one on a manager with `docker network create --driver overlay --attachable {name}`"
+    );
+    let Some(network) = found else {
+        return Some(setting(format!(
+            "the swarm's manager has no network of that name: {create}"
+        )));
+    };
+    let scope = network.scope.as_deref().unwrap_or("unknown");
+    if scope == "swarm" {
+        return None;
+    }
+    let driver = network.driver.as_deref().unwrap_or("unknown");
+    Some(setting(format!(
+        "its driver is {driver} and its scope {scope}: a Swarm service's tasks join only swarm-scoped networks (driver overlay), which reach every node; {create}"
+    )))
 }
 
 fn replicas_of(spec: &ServiceSpec) -> u64 {
@@ -765,6 +933,225 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    fn container_spec(settings: Settings) -> ContainerSpec {
+        ContainerSpec {
+            name: "api-green".into(),
+            image: "10.231.0.1:5000/app:v1".into(),
+            labels: HashMap::from([
+                (LABEL_APP.to_string(), "api".to_string()),
+                (LABEL_SETTINGS.to_string(), settings.to_label()),
+            ]),
+            host_port: 3002,
+            container_port: 8080,
+            env: vec!["A=1".into()],
+            stop_grace: Duration::from_secs(10),
+            settings,
+        }
+    }
+
+    fn template_of(settings: Settings) -> TaskSpec {
+        task_template(&container_spec(settings), IMAGE, 4, &SwarmConfig::default())
+            .expect("a template")
+    }
+
+    /// Without settings the template is what fieldtrack gave every service before them:
+    /// nothing set that the engine would otherwise default.
+    #[test]
+    fn no_settings_leave_the_template_as_it_was() {
+        let task = template_of(Settings::default());
+        let container = task.container_spec.clone().expect("a container spec");
+        assert_eq!(container.image.as_deref(), Some(IMAGE));
+        assert_eq!(container.env, Some(vec!["A=1".to_string()]));
+        assert_eq!(container.stop_grace_period, Some(10_000_000_000));
+        assert_eq!(
+            (container.command, container.args, container.user),
+            (None, None, None)
+        );
+        assert_eq!(
+            (container.mounts, container.hosts, container.init),
+            (None, None, None)
+        );
+        assert_eq!((container.read_only, container.stop_signal), (None, None));
+        assert_eq!(
+            (task.resources, task.networks, task.log_driver),
+            (None, None, None)
+        );
+        assert_eq!(task.force_update, Some(4));
+    }
+
+    #[test]
+    fn every_setting_lands_where_swarm_reads_it() {
+        let settings = Settings {
+            command: Some(vec!["bin/rails".into(), "server".into()]),
+            entrypoint: Some(vec!["/docker-entrypoint".into()]),
+            networks: vec!["backend".into(), "cache".into()],
+            volumes: vec![
+                crate::model::settings::Mount {
+                    kind: MountKind::Volume,
+                    source: "uploads".into(),
+                    target: "/app/uploads".into(),
+                    read_only: false,
+                },
+                crate::model::settings::Mount {
+                    kind: MountKind::Bind,
+                    source: "/srv/api/sock".into(),
+                    target: "/run/api".into(),
+                    read_only: true,
+                },
+            ],
+            memory: Some(64 << 20),
+            nano_cpus: Some(1_500_000_000),
+            extra_hosts: vec![
+                "host.docker.internal:host-gateway".into(),
+                "db6:fd00::2".into(),
+            ],
+            labels: std::collections::BTreeMap::from([
+                ("team".into(), "api".into()),
+                (LABEL_APP.into(), "not this".into()),
+            ]),
+            user: Some("1000:1000".into()),
+            log_driver: Some("json-file".into()),
+            log_options: std::collections::BTreeMap::from([("max-size".into(), "10m".into())]),
+            stop_signal: Some("SIGQUIT".into()),
+            init: true,
+            read_only: true,
+            tmpfs: vec!["/tmp".into(), "/run:size=64m,mode=1777".into()],
+        };
+        let task = template_of(settings);
+        let container = task.container_spec.clone().expect("a container spec");
+        // Swarm's Command is Docker's entrypoint, its Args the command.
+        assert_eq!(
+            container.command,
+            Some(vec!["/docker-entrypoint".to_string()])
+        );
+        assert_eq!(
+            container.args,
+            Some(vec!["bin/rails".to_string(), "server".to_string()])
+        );
+        assert_eq!(
+            container.hosts,
+            Some(vec![
+                "host-gateway host.docker.internal".to_string(),
+                "fd00::2 db6".to_string()
+            ])
+        );
+        let labels = container.labels.clone().expect("labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("api"));
+        assert_eq!(
+            labels.get(LABEL_APP).map(String::as_str),
+            Some("api"),
+            "fieldtrack's own labels win"
+        );
+        assert_eq!(container.user.as_deref(), Some("1000:1000"));
+        assert_eq!(container.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(
+            (container.init, container.read_only),
+            (Some(true), Some(true))
+        );
+        assert_eq!(
+            container.mounts,
+            Some(vec![
+                Mount {
+                    typ: Some(MountType::VOLUME),
+                    source: Some("uploads".into()),
+                    target: Some("/app/uploads".into()),
+                    ..Default::default()
+                },
+                Mount {
+                    typ: Some(MountType::BIND),
+                    source: Some("/srv/api/sock".into()),
+                    target: Some("/run/api".into()),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+                Mount {
+                    typ: Some(MountType::TMPFS),
+                    target: Some("/tmp".into()),
+                    ..Default::default()
+                },
+                Mount {
+                    typ: Some(MountType::TMPFS),
+                    target: Some("/run".into()),
+                    tmpfs_options: Some(MountTmpfsOptions {
+                        size_bytes: Some(64 << 20),
+                        mode: Some(0o1777),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ])
+        );
+        let limits = task.resources.and_then(|r| r.limits).expect("limits");
+        assert_eq!(limits.memory_bytes, Some(64 << 20));
+        assert_eq!(limits.nano_cpus, Some(1_500_000_000));
+        let networks: Vec<Option<String>> = task
+            .networks
+            .expect("networks")
+            .into_iter()
+            .map(|n| n.target)
+            .collect();
+        assert_eq!(
+            networks,
+            vec![Some("backend".to_string()), Some("cache".to_string())]
+        );
+        let log = task.log_driver.expect("a log driver");
+        assert_eq!(log.name.as_deref(), Some("json-file"));
+        assert_eq!(
+            log.options,
+            Some(HashMap::from([("max-size".to_string(), "10m".to_string())]))
+        );
+    }
+
+    #[test]
+    fn a_tmpfs_entry_swarm_cannot_carry_is_an_error_naming_it() {
+        let spec = container_spec(Settings {
+            tmpfs: vec!["/tmp".into(), "/run:noexec".into()],
+            ..Settings::default()
+        });
+        let error = task_template(&spec, IMAGE, 1, &SwarmConfig::default())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains(
+                "container.tmpfs[1] (\"/run:noexec\") for container api-green: option \"noexec\""
+            ),
+            "{error}"
+        );
+    }
+
+    fn network(driver: &str, scope: &str) -> NetworkInspect {
+        NetworkInspect {
+            name: Some("backend".into()),
+            driver: Some(driver.into()),
+            scope: Some(scope.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_swarm_scoped_network_is_fit_for_a_service() {
+        assert!(
+            unfit_network("api-green", "backend", Some(&network("overlay", "swarm"))).is_none()
+        );
+        let local = unfit_network("api-green", "backend", Some(&network("bridge", "local")))
+            .expect("a local network is unfit")
+            .to_string();
+        assert!(
+            local.contains(
+                "container.networks (\"backend\") for container api-green: its driver is bridge and its scope local:"
+            ),
+            "{local}"
+        );
+        let missing = unfit_network("api-green", "backend", None)
+            .expect("a missing network is unfit")
+            .to_string();
+        assert!(
+            missing.contains("no network of that name")
+                && missing.contains("docker network create --driver overlay --attachable backend"),
+            "{missing}"
+        );
     }
 
     /// A replica that was killed (137) and that Swarm restarted stays in the task history:

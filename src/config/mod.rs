@@ -10,6 +10,7 @@ mod container;
 mod raw;
 mod rules;
 pub mod safety;
+pub mod swarm_settings;
 mod toml_error;
 
 use std::ffi::OsStr;
@@ -593,6 +594,7 @@ impl Ctx<'_> {
         let rollout = self.rollout(raw.rollout.unwrap_or_default())?;
         let docker = self.docker(raw.docker.unwrap_or_default(), docker_host_env)?;
         let runtime = self.runtime(raw.runtime.unwrap_or_default())?;
+        swarm_settings::check(self, &container.settings, runtime)?;
         let swarm = self.swarm(raw.swarm, runtime)?;
         let hooks = self.hooks(raw.hooks.unwrap_or_default())?;
         let notify = self.notify(raw.notify.unwrap_or_default())?;

@@ -38,6 +38,7 @@ mod settings;
 mod state_files;
 mod swarm;
 mod swarm_canary;
+mod swarm_settings;
 mod testbed;
 mod trust;
 mod warm;
