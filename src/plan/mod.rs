@@ -4,6 +4,7 @@
 
 pub mod canary;
 pub mod canary_weights;
+pub mod preview;
 
 use std::fmt;
 
@@ -64,6 +65,9 @@ pub enum Action {
     /// A canary of the desired generation runs (the journal says where it stands): this
     /// pass's decision about it ([`canary::decide`]).
     Canary(canary::CanaryAction),
+    /// A preview of the desired generation awaits promotion (the journal says so): this
+    /// pass's decision about it ([`preview::decide`]).
+    Preview(preview::PreviewAction),
 }
 
 /// Where traffic moves in a [`Action::Deploy`] or [`Action::Switch`].
@@ -120,6 +124,7 @@ impl fmt::Display for Action {
                 "point nginx at the {color} replicas that run now, each once it answers its probe"
             ),
             Action::Canary(canary) => canary.fmt(f),
+            Action::Preview(preview) => preview.fmt(f),
         }
     }
 }
@@ -146,6 +151,11 @@ impl Plan {
             Action::Canary(canary::CanaryAction {
                 rollout: r,
                 decision: canary::Decision::Promote { .. },
+                ..
+            }) => Some((r.color, r.image.as_str())),
+            Action::Preview(preview::PreviewAction {
+                rollout: r,
+                decision: preview::Decision::Promote,
                 ..
             }) => Some((r.color, r.image.as_str())),
             _ => None,
@@ -177,6 +187,12 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed) -> Plan {
         return Plan {
             verdict: Verdict::Converge,
             actions: vec![Action::Canary(canary)],
+        };
+    }
+    if let Some(preview) = preview::decide(cfg, desired, observed) {
+        return Plan {
+            verdict: Verdict::Converge,
+            actions: vec![Action::Preview(preview)],
         };
     }
     let served = match served_now(cfg, observed, live) {
@@ -364,8 +380,10 @@ fn repair_live(
         written.dedup();
         written != live.endpoints
     };
-    // A switch nginx was not seen to settle on: reloading the file is still to do.
-    if actions.is_empty() && observed.switching.is_none() {
+    // A switch nginx was not seen to settle on: reloading the file is still to do. So is
+    // a preview block that does not name the live color (a preview ended, or promotion
+    // just became manual).
+    if actions.is_empty() && observed.switching.is_none() && !preview::block_stale(cfg, observed) {
         return match (refresh, live.color) {
             (true, Some(color)) => Plan {
                 verdict: Verdict::Converge,
@@ -618,6 +636,9 @@ mod tests {
             promote: None,
             window: None,
             upstream_weights: Vec::new(),
+            preview: None,
+            preview_servers: Vec::new(),
+            preview_probes: None,
             now: now(),
         }
     }
@@ -1683,6 +1704,9 @@ mod tests {
                             promote: None,
                             window: None,
                             upstream_weights: Vec::new(),
+                            preview: None,
+                            preview_servers: Vec::new(),
+                            preview_probes: None,
                             now: now(),
                         };
                         // status.json's warm record: of a container of the world or of one
@@ -1925,6 +1949,9 @@ mod tests {
                             promote: None,
                             window: None,
                             upstream_weights: Vec::new(),
+                            preview: None,
+                            preview_servers: Vec::new(),
+                            preview_probes: None,
                             now: now(),
                         };
                         (cfg, o, d)
