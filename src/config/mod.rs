@@ -1978,6 +1978,27 @@ listen = "9187"
     }
 
     #[test]
+    fn promotion_is_auto_or_manual_and_manual_refuses_a_canary_naming_both_keys() {
+        assert_eq!(parse(MINIMAL).unwrap().rollout.promotion, Promotion::Auto);
+        let cfg = with("[rollout]\npromotion = \"manual\"\n").unwrap();
+        assert_eq!(cfg.rollout.promotion, Promotion::Manual);
+        let msg = err_of("[rollout]\npromotion = \"by-hand\"\n");
+        assert!(
+            msg.contains(
+                "rollout.promotion: invalid value \"by-hand\": must be \"auto\" or \"manual\""
+            ),
+            "{msg}"
+        );
+        let msg = err_of(
+            "[rollout]\npromotion = \"manual\"\n[nginx]\naccess_log = \"/var/log/a.log\"\n[canary]\nsteps = [{ weight = 10, pause = \"1m\" }]\n",
+        );
+        assert!(
+            msg.contains("rollout.promotion") && msg.contains("[canary]"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn canary_steps_rise_need_the_access_log_and_sane_bounds() {
         assert_eq!(parse(MINIMAL).unwrap().canary, None);
         let log = "[nginx]\naccess_log = \"/var/log/nginx/api.json.log\"\n";
