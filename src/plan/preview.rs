@@ -191,11 +191,13 @@ pub fn block_stale(cfg: &Config, observed: &Observed) -> bool {
     if cfg.rollout.promotion != Promotion::Manual {
         return false;
     }
-    let sorted = |servers: &[std::net::SocketAddr]| {
-        let mut servers = servers.to_vec();
-        servers.sort();
-        servers.dedup();
-        servers
-    };
     sorted(&observed.preview_servers) != sorted(&observed.upstream_servers)
+}
+
+/// `servers` in order, once each.
+fn sorted<T: Ord + Clone>(servers: &[T]) -> Vec<T> {
+    let mut servers = servers.to_vec();
+    servers.sort();
+    servers.dedup();
+    servers
 }
