@@ -287,7 +287,10 @@ impl Site {
     /// GET through nginx's preview server: (status, body).
     pub fn get_preview(&self, path: &str) -> std::io::Result<(u16, String)> {
         let addr = self.preview_addr().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "the site has no preview server")
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the site has no preview server",
+            )
         })?;
         util::http_get(addr, path, Duration::from_secs(5))
     }
