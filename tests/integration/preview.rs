@@ -198,3 +198,34 @@ fn a_preview_serves_beside_production_survives_a_restart_is_promoted_without_a_f
     );
     ft(&site, &["promote"]).expect_code(1);
 }
+
+#[test]
+fn without_a_daemon_deploy_returns_with_the_preview_up_plan_shows_it_and_promote_runs_the_switch_itself(
+) {
+    let site = preview_site();
+    deploy_ok(&site, "v1");
+
+    let deploy = ft(&site, &["deploy", "v2"]);
+    deploy.expect_code(0).says(&["awaits promotion"]);
+    assert_eq!(served(&site).as_deref(), Some("v1"));
+    assert_eq!(previewed(&site).as_deref(), Some("v2"));
+    let plan = ft(&site, &["plan"]);
+    assert!(
+        plan.stdout.contains("preview v2 (") && plan.stdout.contains("await promotion"),
+        "{}",
+        plan.stdout
+    );
+    let shown = ft(&site, &["status"]);
+    assert!(
+        shown.stdout.contains("awaits promotion since") && shown.stdout.contains("no daemon probes it"),
+        "{}",
+        shown.stdout
+    );
+
+    ft(&site, &["promote"]).expect_code(0);
+
+    assert_converged(&site, "v2");
+    assert_eq!(previewed(&site).as_deref(), Some("v2"));
+    assert_eq!(history(&site), "v2\nv1\n");
+    assert_eq!(site.containers().len(), 1);
+}
