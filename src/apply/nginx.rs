@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use super::command::{display_command, output_tail};
 use crate::model::proxy::{Proxy, ProxyError};
-use crate::nginx_conf::upstream::{parse_weighted, render_servers, render_weighted};
+use crate::nginx_conf::upstream::{
+    parse_servers, parse_weighted, preview_name, render_preview, render_servers, render_weighted,
+};
 use crate::secrets::redact::Redactor;
 use crate::state::atomic::{fsync_dir, parent_dir, write_atomic_with, Mode, WriteOptions};
 use crate::state::file::read_capped;
@@ -62,6 +64,9 @@ pub struct Nginx {
     retiring: std::sync::Mutex<Vec<Worker>>,
     /// Cleans the commands' output of the env file's values before it goes into an error.
     redactor: Redactor,
+    /// Every file written holds the `{upstream_name}_preview` block too
+    /// (`rollout.promotion = "manual"`).
+    preview: bool,
 }
 
 impl Nginx {
@@ -84,7 +89,34 @@ impl Nginx {
             pid_file: None,
             retiring: std::sync::Mutex::new(Vec::new()),
             redactor: Redactor::default(),
+            preview: false,
         }
+    }
+
+    /// Writes the `{upstream_name}_preview` block in every file (`rollout.promotion =
+    /// "manual"`): naming the live servers, unless a preview names the candidate there.
+    pub fn with_preview(mut self, preview: bool) -> Self {
+        self.preview = preview;
+        self
+    }
+
+    /// `text` (the main block), followed by the preview block naming `servers` when
+    /// previews are on.
+    fn with_preview_block(
+        &self,
+        mut text: String,
+        servers: &[SocketAddr],
+        comment: &str,
+    ) -> String {
+        if self.preview {
+            text.push_str(&render_preview(
+                &self.upstream_name,
+                servers,
+                &format!("no preview runs, the live {comment}"),
+                self.keepalive,
+            ));
+        }
+        text
     }
 
     /// Sets what the commands' output is cleaned of (the env file's values).
@@ -358,8 +390,16 @@ impl Proxy for Nginx {
             .unwrap_or_default())
     }
 
+    fn preview_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
+        Ok(self
+            .read()?
+            .map(|text| parse_servers(&text, &preview_name(&self.upstream_name)))
+            .unwrap_or_default())
+    }
+
     async fn switch_to(&self, servers: &[SocketAddr], comment: &str) -> Result<(), ProxyError> {
         let text = render_servers(&self.upstream_name, servers, comment, self.keepalive);
+        let text = self.with_preview_block(text, servers, comment);
         let port = servers.first().map_or(0, |s| s.port());
         let _guard = self.switching.lock().await;
         self.switch_locked(text, port).await
@@ -371,7 +411,28 @@ impl Proxy for Nginx {
         comment: &str,
     ) -> Result<(), ProxyError> {
         let text = render_weighted(&self.upstream_name, servers, comment, self.keepalive);
+        let addrs: Vec<SocketAddr> = servers.iter().map(|(a, _)| *a).collect();
+        let text = self.with_preview_block(text, &addrs, comment);
         let port = servers.first().map_or(0, |(s, _)| s.port());
+        let _guard = self.switching.lock().await;
+        self.switch_locked(text, port).await
+    }
+
+    async fn switch_preview(
+        &self,
+        live: &[SocketAddr],
+        live_comment: &str,
+        preview: &[SocketAddr],
+        preview_comment: &str,
+    ) -> Result<(), ProxyError> {
+        let mut text = render_servers(&self.upstream_name, live, live_comment, self.keepalive);
+        text.push_str(&render_preview(
+            &self.upstream_name,
+            preview,
+            preview_comment,
+            self.keepalive,
+        ));
+        let port = live.first().map_or(0, |s| s.port());
         let _guard = self.switching.lock().await;
         self.switch_locked(text, port).await
     }

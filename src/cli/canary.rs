@@ -1,4 +1,10 @@
-//! `fieldtrack promote` and `fieldtrack abort`: an operator's say over a running canary.
+//! `fieldtrack promote` and `fieldtrack abort`: an operator's say over a running canary, or
+//! over a preview awaiting promotion (`rollout.promotion = "manual"`, see docs/preview.md).
+//!
+//! A preview's promote is the same request (its one step is 1), followed as a deployment:
+//! the command waits until the generation converged (0) or failed (1). With no daemon it
+//! runs the pass itself, under the reconcile lock. A preview's abort is the canary's: the
+//! desired file back to the live image.
 //!
 //! Both act only while a canary step runs: someone holds the reconcile lock (the daemon or a
 //! `deploy`) and the status shows the step. `promote` leaves a request beside the desired
@@ -8,14 +14,15 @@
 
 use clap::Args;
 
-use super::deploy::{submit, Submission};
+use super::deploy::{submit, submit_with, Submission, Wait};
 use super::view::{self, Daemon, View};
 use super::CliError;
 use crate::config::Config;
 use crate::desired::promote::{request_path, PromoteRequest};
 use crate::desired::{Desired, ImageRef};
+use crate::plan::preview::PREVIEW_STEP;
 use crate::state::audit::ABORT_NOTE_PREFIX;
-use crate::state::status::{CanaryProgress, Phase, Status, Step};
+use crate::state::status::{CanaryProgress, Phase, PreviewProgress, Status, Step};
 
 #[derive(Debug, Args)]
 pub struct AbortArgs {
@@ -30,6 +37,9 @@ pub struct AbortArgs {
 /// The request names the generation and the step seen running; the step loop takes it
 /// within a second, and drops it when that step has ended meanwhile.
 pub async fn promote(cfg: &Config) -> Result<u8, CliError> {
+    if let Some((status, preview)) = previewing(cfg)? {
+        return promote_preview(cfg.clone(), status, preview).await;
+    }
     let (status, canary) = running(cfg)?;
     let generation = status.generation.unwrap_or_default();
     let file = request_path(&cfg.desired_file);
@@ -87,6 +97,9 @@ const PROMOTE_TAKEN: std::time::Duration = std::time::Duration::from_secs(15);
 /// canary running ends on seeing it.
 pub async fn abort(cfg: Config, args: AbortArgs) -> Result<u8, CliError> {
     let view = View::read(&cfg)?;
+    if let Some((_, preview)) = previewing(&cfg)? {
+        return abort_preview(cfg, view, preview, args).await;
+    }
     let (_, canary) = running(&cfg)?;
     let stable = canary.stable_image.clone().ok_or_else(|| {
         CliError::Failed(
@@ -129,4 +142,86 @@ fn running(cfg: &Config) -> Result<(Status, CanaryProgress), CliError> {
     }
     let canary = status.canary.clone().ok_or_else(none)?;
     Ok((status, canary))
+}
+
+/// The status and the preview, when one awaits promotion now (a daemon need not run: a
+/// `deploy` in-process leaves its preview up when it returns).
+fn previewing(cfg: &Config) -> Result<Option<(Status, PreviewProgress)>, CliError> {
+    let view = View::read(cfg)?;
+    let Some(status) = view.status else {
+        return Ok(None);
+    };
+    if status.phase != Phase::Progressing || status.step != Some(Step::Preview) {
+        return Ok(None);
+    }
+    Ok(status.preview.clone().map(|p| (status, p)))
+}
+
+/// Promotes the preview: the request (generation, step 1) written beside the desired file,
+/// then the deployment followed (or run in-process when no daemon runs) to its end.
+async fn promote_preview(
+    cfg: Config,
+    status: Status,
+    preview: PreviewProgress,
+) -> Result<u8, CliError> {
+    let desired = Desired::load(&cfg.desired_file, &cfg).map_err(CliError::Desired)?;
+    let generation = status.generation.unwrap_or_default();
+    if desired.generation != generation {
+        return Err(CliError::Failed(format!(
+            "the desired file no longer names the previewed generation {generation}: nothing to promote"
+        )));
+    }
+    let request = PromoteRequest {
+        generation,
+        step: PREVIEW_STEP,
+    };
+    let write = |cfg: &Config| {
+        let file = request_path(&cfg.desired_file);
+        request.write(&file).map_err(|e| {
+            CliError::Failed(format!(
+                "cannot write the promote request {}: {e}",
+                file.display()
+            ))
+        })?;
+        eprintln!(
+            "promote: the preview of {} on {} goes live; production switches from {}",
+            preview.image, preview.color, preview.stable_color
+        );
+        Ok(())
+    };
+    submit_with(cfg, &desired, false, None, Wait::PastPreview, write).await
+}
+
+/// Back to the live image: the desired file says so, and the preview, seeing a newer
+/// generation, is removed.
+async fn abort_preview(
+    cfg: Config,
+    view: View,
+    preview: PreviewProgress,
+    args: AbortArgs,
+) -> Result<u8, CliError> {
+    let stable = preview.stable_image.clone().ok_or_else(|| {
+        CliError::Failed(
+            "the preview does not say which image is live: use fieldtrack rollback".to_string(),
+        )
+    })?;
+    let image = ImageRef::parse(&stable, &cfg.repository, &cfg.allowed_repositories)
+        .map_err(|e| CliError::Failed(format!("the live image {stable}: {e}")))?;
+    let by = args.submit.by();
+    let why = args
+        .note
+        .as_deref()
+        .map(|n| format!(": {n}"))
+        .unwrap_or_default();
+    let note = format!(
+        "{ABORT_NOTE_PREFIX}preview of {} removed before its promotion, production stays on {stable}{why}",
+        preview.image
+    );
+    let desired =
+        Desired::new(image, Some(&note), Some(&by), false).pinned(view.recorded_digest(&stable));
+    eprintln!(
+        "abort: the preview of {} on {} is removed; production stays on {stable} ({})",
+        preview.image, preview.color, preview.stable_color
+    );
+    submit(cfg, &desired, args.submit.no_wait, args.submit.timeout).await
 }

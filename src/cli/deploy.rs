@@ -15,7 +15,7 @@ use crate::desired::{
 };
 use crate::reconcile::Trigger;
 use crate::state::lock::{self, LockError, ReconcileLock};
-use crate::state::status::Phase;
+use crate::state::status::{Phase, Step};
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
@@ -85,14 +85,40 @@ pub(crate) async fn submit(
     no_wait: bool,
     timeout: Option<Duration>,
 ) -> Result<u8, CliError> {
+    let write = |cfg: &Config| {
+        write_desired(cfg, desired)?;
+        eprintln!(
+            "desired: {} (generation {}) written to {}",
+            desired.image,
+            desired.generation,
+            cfg.desired_file.display()
+        );
+        Ok(())
+    };
+    submit_with(cfg, desired, no_wait, timeout, Wait::Outcome, write).await
+}
+
+/// What a command that submitted something waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The generation's outcome, or its preview being up (`rollout.promotion = "manual"`).
+    Outcome,
+    /// The generation's outcome past its preview: `fieldtrack promote`.
+    PastPreview,
+}
+
+/// As [`submit`], with `write` in place of the desired file's write: decided first who
+/// converges, then `write`, then (unless `no_wait`) the wait for `desired`'s generation.
+pub(crate) async fn submit_with(
+    cfg: Config,
+    desired: &Desired,
+    no_wait: bool,
+    timeout: Option<Duration>,
+    wait: Wait,
+    write: impl FnOnce(&Config) -> Result<(), CliError>,
+) -> Result<u8, CliError> {
     let route = route(&cfg)?;
-    write_desired(&cfg, desired)?;
-    eprintln!(
-        "desired: {} (generation {}) written to {}",
-        desired.image,
-        desired.generation,
-        cfg.desired_file.display()
-    );
+    write(&cfg)?;
     if no_wait {
         return Ok(0);
     }
@@ -105,7 +131,7 @@ pub(crate) async fn submit(
                 "the daemon ({}) converges it; following its progress",
                 super::terminal::printable(&daemon)
             );
-            follow(&cfg, desired, timeout, door).await
+            follow(&cfg, desired, timeout, door, wait).await
         }
         Route::AfterLock => {
             let _lock = take_lock(&cfg, "fieldtrack deploy", timeout).await?;
@@ -217,6 +243,7 @@ async fn follow(
     desired: &Desired,
     timeout: Duration,
     door: Door,
+    wait: Wait,
 ) -> Result<u8, CliError> {
     let start = Instant::now();
     // `timeout` is at most a few weeks (flag or config bound): no overflow in practice, and
@@ -259,7 +286,16 @@ async fn follow(
                         shown.end(&End::Paused);
                         return Ok(0);
                     }
-                    Phase::Progressing => {}
+                    Phase::Progressing => {
+                        // A preview is up: what deploy waits for with promotion manual.
+                        if let Some(preview) = status
+                            .preview
+                            .filter(|_| status.step == Some(Step::Preview) && wait == Wait::Outcome)
+                        {
+                            shown.end(&End::Preview(preview));
+                            return Ok(0);
+                        }
+                    }
                 }
             }
         }

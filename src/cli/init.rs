@@ -683,6 +683,23 @@ location / {{
     # http {{ }}: repeat yours below it to keep them.
     access_log {access_log} fieldtrack;
 }}
+
+# A preview before the switch ([rollout] promotion = "manual" in fieldtrack.toml): a new
+# image that passed its health gate waits for `fieldtrack promote` in the upstream block
+# {upstream_name}_preview, which fieldtrack writes into the same upstream file (naming the
+# live color while no preview runs). Route it with a server of its own, never public, in
+# http {{ }} beside your site's, on a port of its own or a host name. Set promotion =
+# "manual" and run `fieldtrack reconcile` first (that writes the block; nginx -t fails on a
+# proxy_pass to an upstream not defined), then uncomment and reload nginx:
+# server {{
+#     listen 127.0.0.1:8081;            # or: listen 443 ssl; server_name preview.example.com;
+#     location / {{
+#         proxy_pass http://{upstream_name}_preview;
+#         proxy_http_version 1.1;
+#         proxy_set_header Connection "";
+#         proxy_set_header Host $host;
+#     }}
+# }}
 "#,
         path = path.display(),
         access_log = l.access_log.display(),
@@ -1184,6 +1201,11 @@ mod tests {
         ] {
             assert!(location.contains(line), "{line}");
         }
+        // The preview's route, commented: the config init writes promotes automatically.
+        assert!(
+            location.contains("#         proxy_pass http://fieldtrack_api_preview;"),
+            "{location}"
+        );
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! of the nginx upstream file. Exit 0 in sync, 3 when it would change something.
 
 use super::CliError;
-use crate::config::{Config, Pause, RuntimeKind};
+use crate::config::{Config, Pause, Promotion, RuntimeKind};
 use crate::desired::Desired;
-use crate::nginx_conf::upstream::{render, render_servers};
+use crate::nginx_conf::upstream::{preview_name, render, render_preview, render_servers};
 use crate::observe::Observed;
-use crate::plan::{plan, Action, Verdict};
+use crate::plan::{plan, preview, Action, Verdict};
 
 pub async fn run(cfg: Config) -> Result<u8, CliError> {
     // Unlike a reconcile, plan writes nothing, not even `invalid` into status.json.
@@ -95,33 +95,93 @@ pub async fn run(cfg: Config) -> Result<u8, CliError> {
             );
         }
     }
+    // With promotion manual, a new image stops after its gate: the file gains the preview.
+    let opening = plan.actions.iter().find_map(|a| match a {
+        Action::Deploy(r) | Action::Switch(r) if preview::opens(&ctx.cfg, &observed, r) => Some(r),
+        _ => None,
+    });
+    let cfg = &ctx.cfg;
+    let upstream_name = &cfg.nginx.upstream_name;
+    if let (Some(r), Some(live)) = (opening, live) {
+        println!(
+            "  (preview {} ({}): await promotion after the health gate; production stays on {}, upstream {} names it until fieldtrack promote)",
+            r.image,
+            r.color,
+            live.color.map(|c| c.to_string()).unwrap_or_default(),
+            preview_name(upstream_name)
+        );
+    }
+    // What the file says after the switch with promotion manual: the preview block names
+    // production too.
+    let with_preview =
+        |text: String, color: crate::model::Color, image: &str| match cfg.rollout.promotion {
+            Promotion::Manual => {
+                let servers = crate::model::runtime::Endpoints::loopback(cfg.port(color)).addrs;
+                let comment = format!("no preview runs, the live {color} {}:{image}", cfg.app);
+                text + &render_preview(
+                    upstream_name,
+                    &servers,
+                    &comment,
+                    cfg.nginx.upstream_keepalive,
+                )
+            }
+            Promotion::Auto => text,
+        };
     let path = &ctx.cfg.nginx.upstream_file;
     let swarm = ctx.cfg.runtime == RuntimeKind::Swarm;
-    let after = match plan.target() {
-        Some((color, _)) if swarm => {
-            println!(
+    let live_color = live.and_then(|c| c.color);
+    let after = match (opening, live_color, plan.target()) {
+        (Some(r), Some(stable), _) if !swarm => {
+            let main = render(
+                upstream_name,
+                cfg.port(stable),
+                &format!(
+                    "{stable} {}:{}",
+                    cfg.app,
+                    observed.history.first().map_or("previous", |h| h.as_str())
+                ),
+                cfg.nginx.upstream_keepalive,
+            );
+            let servers = crate::model::runtime::Endpoints::loopback(cfg.port(r.color)).addrs;
+            Some(
+                main + &render_preview(
+                    upstream_name,
+                    &servers,
+                    &format!("preview {} {}:{}", r.color, cfg.app, r.image),
+                    cfg.nginx.upstream_keepalive,
+                ),
+            )
+        }
+        (_, _, target) => match target {
+            Some((color, _)) if swarm => {
+                println!(
                 "\nnginx will name each {color} replica (node address, port {}) once it answers its health probe.",
                 ctx.cfg.port(color)
             );
-            None
-        }
-        Some((color, image)) => Some(render(
-            &ctx.cfg.nginx.upstream_name,
-            ctx.cfg.port(color),
-            &format!("{color} {}:{image}", ctx.cfg.app),
-            ctx.cfg.nginx.upstream_keepalive,
-        )),
-        None => plan.actions.iter().find_map(|a| match a {
-            Action::Refresh { color } => observed.container(&ctx.cfg, *color).map(|c| {
-                render_servers(
+                None
+            }
+            Some((color, image)) => Some(with_preview(
+                render(
                     &ctx.cfg.nginx.upstream_name,
-                    &c.endpoints,
-                    &format!("{color} {}:{}", ctx.cfg.app, desired.image.as_written()),
+                    ctx.cfg.port(color),
+                    &format!("{color} {}:{image}", ctx.cfg.app),
                     ctx.cfg.nginx.upstream_keepalive,
-                )
+                ),
+                color,
+                image,
+            )),
+            None => plan.actions.iter().find_map(|a| match a {
+                Action::Refresh { color } => observed.container(&ctx.cfg, *color).map(|c| {
+                    render_servers(
+                        &ctx.cfg.nginx.upstream_name,
+                        &c.endpoints,
+                        &format!("{color} {}:{}", ctx.cfg.app, desired.image.as_written()),
+                        ctx.cfg.nginx.upstream_keepalive,
+                    )
+                }),
+                _ => None,
             }),
-            _ => None,
-        }),
+        },
     };
     if let Some(after) = after {
         let before = ctx

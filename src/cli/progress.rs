@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::terminal::printable;
 use crate::reconcile::{Progress, ProgressSink};
-use crate::state::status::{Live, Phase, Status, Step};
+use crate::state::status::{Live, Phase, PreviewProgress, Status, Step};
 
 /// How a wait for a pass ended, for its last line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +24,19 @@ pub(crate) enum End {
     Converged { image: String, live: Option<Live> },
     /// The desired file says `paused = true`.
     Paused,
+    /// A preview awaits `fieldtrack promote` (`rollout.promotion = "manual"`).
+    Preview(PreviewProgress),
     /// The pass failed; the error says why.
     Failed,
+}
+
+/// The last line of a deploy whose preview is up: where it is, and the two ways on.
+pub(crate) fn preview_end(p: &PreviewProgress) -> String {
+    format!(
+        "preview: {} on {} ({}) awaits promotion, reachable through upstream {}; production stays on {}.\n  \
+         promote: fieldtrack promote    abort: fieldtrack abort",
+        p.image, p.color, p.container, p.upstream, p.stable_color
+    )
 }
 
 /// Turns progress into lines on `out`: a spinner on a `terminal`, plain lines otherwise.
@@ -115,6 +126,7 @@ impl<W: Write> Renderer<W> {
             End::Paused => {
                 Some("paused: the desired file says paused = true; nothing was changed".into())
             }
+            End::Preview(p) => Some(preview_end(p)),
             End::Failed => match (self.step, &self.current) {
                 (Some(step), _) => Some(format!("failed at {step}")),
                 (None, Some(_)) => Some("failed".into()),

@@ -229,6 +229,24 @@ pub(crate) async fn converge(
             shown.end(&End::Paused);
             Ok(0)
         }
+        PassOutcome::Preview { .. } => {
+            // The preview is up: what the command waited for. The promotion is the
+            // operator's: `fieldtrack promote`.
+            let status = Status::load(&ctx.cfg.state_dir.join(STATUS_FILE))
+                .ok()
+                .flatten();
+            match status.and_then(|s| s.preview) {
+                Some(preview) => shown.end(&End::Preview(preview)),
+                None => {
+                    shown.abandon();
+                    eprintln!(
+                        "preview: {} awaits promotion (fieldtrack promote, fieldtrack abort)",
+                        desired.image
+                    );
+                }
+            }
+            Ok(0)
+        }
         // The in-process retries run the canary to its end: not an outcome they return.
         PassOutcome::Canary { step, .. } => Err(CliError::Failed(format!(
             "the canary of {} stopped at step {step} before its end; see fieldtrack status",

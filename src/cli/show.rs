@@ -14,7 +14,9 @@ use super::CliError;
 use crate::config::{Config, RuntimeKind};
 use crate::desired::{Desired, DesiredError};
 use crate::nginx_conf::upstream::{parse_port, parse_servers};
-use crate::state::status::{CanaryProgress, Phase, Status, Step, Warm, WindowFigures};
+use crate::state::status::{
+    CanaryProgress, Phase, PreviewProgress, Status, Step, Warm, WindowFigures,
+};
 
 pub fn status(cfg: &Config, json: bool) -> Result<u8, CliError> {
     let report = StatusReport::gather(cfg)?;
@@ -150,7 +152,13 @@ impl StatusReport {
         // A status left progressing by a process that is gone says so: nothing moves
         // until a daemon (or a command) takes it up again.
         let stalled = if s.phase == Phase::Progressing && self.daemon == Daemon::NotRunning {
-            ", stalled: no process works on it"
+            if s.step == Some(Step::Preview) {
+                // Nothing moves a preview but the operator: without a daemon, only its
+                // probes stop (`promote` runs the switch itself).
+                ", no daemon probes it"
+            } else {
+                ", stalled: no process works on it"
+            }
         } else {
             ""
         };
@@ -170,6 +178,13 @@ impl StatusReport {
             for canary_line in canary_lines(canary, now) {
                 out.push_str(&format!("{}\n", printable(&canary_line)));
             }
+        }
+        if let Some(preview) = s
+            .preview
+            .as_ref()
+            .filter(|_| s.phase == Phase::Progressing && s.step == Some(Step::Preview))
+        {
+            line(out, "Preview", &preview_line(preview, now));
         }
         if let Some(warm) = &s.warm {
             line(out, "Previous", &warm_line(warm, now));
@@ -290,6 +305,30 @@ fn daemon_line(daemon: &Daemon) -> String {
              (`systemctl start fieldtrack`, or `fieldtrack daemon`)"
             .to_string(),
     }
+}
+
+/// `v2 on green (api-green), awaits promotion since 2026-12-07T18:30:00Z (12m); reachable
+/// through upstream api_preview`.
+fn preview_line(p: &PreviewProgress, now: SystemTime) -> String {
+    let age = humantime::parse_rfc3339(&p.since)
+        .ok()
+        .and_then(|since| now.duration_since(since).ok())
+        .map(|d| {
+            let d = Duration::from_secs(d.as_secs() / 60 * 60);
+            match d.is_zero() {
+                true => " (under a minute)".to_string(),
+                false => format!(" ({})", humantime::format_duration(d)),
+            }
+        })
+        .unwrap_or_default();
+    let failing = match p.probe_failures {
+        0 => String::new(),
+        n => format!("; {n} failed health probe(s) in a row"),
+    };
+    format!(
+        "{} on {} ({}), awaits promotion since {}{age}; reachable through upstream {}{failing}",
+        p.image, p.color, p.container, p.since, p.upstream
+    )
 }
 
 /// The canary step running: who gets what share, how long is left, and the window's

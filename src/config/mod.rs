@@ -248,6 +248,30 @@ pub struct RolloutConfig {
     /// How long the old color keeps running out of nginx after a deployment, so that a
     /// rollback inside that window is a pure nginx switch; zero: removed at once (cleanup).
     pub keep_previous: Duration,
+    /// Whether a new image goes live after its health gate (`auto`) or waits in a preview
+    /// for `fieldtrack promote` (`manual`).
+    pub promotion: Promotion,
+}
+
+/// `[rollout] promotion`: what follows a new image's health gate when a color is live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Promotion {
+    /// Switched at once (or through `[canary]` steps): the behaviour before previews.
+    #[default]
+    Auto,
+    /// Kept out of production, reachable through the upstream file's
+    /// `{upstream_name}_preview` block, until `fieldtrack promote` (see docs/preview.md).
+    Manual,
+}
+
+impl Promotion {
+    /// The name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Promotion::Auto => "auto",
+            Promotion::Manual => "manual",
+        }
+    }
 }
 
 /// `[docker]`
@@ -601,6 +625,15 @@ impl Ctx<'_> {
         let metrics = self.metrics(raw.metrics.unwrap_or_default())?;
         // Last: whether a canary can run at all depends on the nginx section.
         let canary = raw.canary.map(|c| self.canary(c, &nginx)).transpose()?;
+        if canary.is_some() && rollout.promotion == Promotion::Manual {
+            // A preview keeps the candidate out of production and a canary gives it a share
+            // of it: together one of them would have to be ignored.
+            return Err(self.invalid(
+                "rollout.promotion",
+                quote("manual"),
+                "cannot be used with [canary]: a canary gives the new image a share of production, a preview none; remove [canary] or set rollout.promotion = \"auto\" (a manual canary step is `pause = \"manual\"`)".into(),
+            ));
+        }
         Ok(Config {
             path: self.path.to_path_buf(),
             app,
@@ -832,6 +865,17 @@ impl Ctx<'_> {
                 "0s",
                 Zero::Allowed,
             )?,
+            promotion: match r.promotion.as_deref() {
+                None | Some("auto") => Promotion::Auto,
+                Some("manual") => Promotion::Manual,
+                Some(other) => {
+                    return Err(self.invalid(
+                        "rollout.promotion",
+                        quote(other),
+                        "must be \"auto\" or \"manual\"".into(),
+                    ))
+                }
+            },
         })
     }
 
@@ -1407,6 +1451,7 @@ mod tests {
                 resync: Duration::from_secs(30),
                 keep_images: true,
                 keep_previous: Duration::ZERO,
+                promotion: Promotion::Auto,
             }
         );
         assert_eq!(cfg.docker.host, "unix:///var/run/docker.sock");
@@ -2113,6 +2158,27 @@ listen = "9187"
         }
         let msg = err_of("[container]\nenv_file = \"\"\n");
         assert!(msg.contains("container.env_file"), "{msg}");
+    }
+
+    #[test]
+    fn promotion_is_auto_or_manual_and_manual_refuses_a_canary_naming_both_keys() {
+        assert_eq!(parse(MINIMAL).unwrap().rollout.promotion, Promotion::Auto);
+        let cfg = with("[rollout]\npromotion = \"manual\"\n").unwrap();
+        assert_eq!(cfg.rollout.promotion, Promotion::Manual);
+        let msg = err_of("[rollout]\npromotion = \"by-hand\"\n");
+        assert!(
+            msg.contains(
+                "rollout.promotion: invalid value \"by-hand\": must be \"auto\" or \"manual\""
+            ),
+            "{msg}"
+        );
+        let msg = err_of(
+            "[rollout]\npromotion = \"manual\"\n[nginx]\naccess_log = \"/var/log/a.log\"\n[canary]\nsteps = [{ weight = 10, pause = \"1m\" }]\n",
+        );
+        assert!(
+            msg.contains("rollout.promotion") && msg.contains("[canary]"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub struct RawRollout {
     pub resync: Option<RawDuration>,
     pub keep_images: Option<bool>,
     pub keep_previous: Option<RawDuration>,
+    pub promotion: Option<String>,
 }
 
 /// `[docker]`

@@ -616,6 +616,17 @@ impl Daemon {
                 }
                 return;
             }
+            Ok(Ok(PassOutcome::Preview { look_again })) => {
+                // Awaiting the promotion: the candidate is probed and the promote request
+                // looked for at every tick (an event sooner).
+                tracing::debug!(?look_again, "preview awaits promotion");
+                self.backoff.reset();
+                self.requeue_after(look_again, Trigger::Preview);
+                if let Some(number) = running.by_hand {
+                    self.by_hand_finished(number);
+                }
+                return;
+            }
             Ok(Ok(outcome)) => {
                 tracing::info!(?outcome, "pass done");
                 None

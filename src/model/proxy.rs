@@ -120,6 +120,12 @@ pub trait Proxy: Send + Sync {
     /// [`crate::nginx_conf::upstream::parse_weighted`]); empty when there is no file.
     fn upstream_weighted(&self) -> Result<Vec<(SocketAddr, u32)>, ProxyError>;
 
+    /// Every `ADDRESS:PORT` server of the file's `{upstream_name}_preview` block as written
+    /// on disk now (`rollout.promotion = "manual"`); empty when there is none.
+    fn preview_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
+        Ok(Vec::new())
+    }
+
     /// Every `ADDRESS:PORT` server of the file as written on disk now (see
     /// [`crate::nginx_conf::upstream::parse_servers`]); empty when there is no file.
     fn upstream_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
@@ -180,6 +186,16 @@ pub trait Proxy: Send + Sync {
         &self,
         servers: &[(SocketAddr, u32)],
         comment: &str,
+    ) -> impl Future<Output = Result<(), ProxyError>> + Send;
+
+    /// As [`Proxy::switch`], for a preview: the main block names `live` (production stays
+    /// where it is) and the `{upstream_name}_preview` block names `preview`, the candidate.
+    fn switch_preview(
+        &self,
+        live: &[SocketAddr],
+        live_comment: &str,
+        preview: &[SocketAddr],
+        preview_comment: &str,
     ) -> impl Future<Output = Result<(), ProxyError>> + Send;
 
     /// Waits (at most `limit`) until the proxy processes that served the configuration

@@ -36,6 +36,15 @@ pub fn render_servers(
 
 /// The file around `server` statements (each an address and its parameters).
 fn render_block(upstream_name: &str, servers: &[String], comment: &str, keepalive: u32) -> String {
+    format!(
+        "# managed by fieldtrack: do not edit (live: {})\n{}",
+        one_line(comment),
+        block(upstream_name, servers, keepalive)
+    )
+}
+
+/// `comment` on one line: control characters (newlines above all) become spaces.
+fn one_line(comment: &str) -> String {
     let comment: String = comment
         .chars()
         .map(|c| {
@@ -46,7 +55,11 @@ fn render_block(upstream_name: &str, servers: &[String], comment: &str, keepaliv
             }
         })
         .collect();
-    let comment = comment.trim();
+    comment.trim().to_string()
+}
+
+/// One `upstream NAME { ... }` block.
+fn block(upstream_name: &str, servers: &[String], keepalive: u32) -> String {
     let keepalive = match keepalive {
         0 => String::new(),
         n => format!("    keepalive {n};\n"),
@@ -55,9 +68,30 @@ fn render_block(upstream_name: &str, servers: &[String], comment: &str, keepaliv
         .iter()
         .map(|s| format!("    server {s};\n"))
         .collect();
+    format!("upstream {upstream_name} {{\n{servers}{keepalive}}}\n")
+}
+
+/// The name of the preview block beside the `upstream_name` block
+/// (`rollout.promotion = "manual"`).
+pub fn preview_name(upstream_name: &str) -> String {
+    format!("{upstream_name}_preview")
+}
+
+/// The `{upstream_name}_preview` block that follows the main one in the file when
+/// `rollout.promotion = "manual"`: the previewed candidate's `servers`, or the live color's
+/// when no preview runs (the operator's server block proxies to it, and `nginx -t` fails on
+/// an upstream that is not defined). `comment` follows "preview: " in its header line.
+pub fn render_preview(
+    upstream_name: &str,
+    servers: &[SocketAddr],
+    comment: &str,
+    keepalive: u32,
+) -> String {
+    let lines: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
     format!(
-        "# managed by fieldtrack: do not edit (live: {comment})\n\
-         upstream {upstream_name} {{\n{servers}{keepalive}}}\n"
+        "# preview: {}\n{}",
+        one_line(comment),
+        block(&preview_name(upstream_name), &lines, keepalive)
     )
 }
 
@@ -199,6 +233,31 @@ mod tests {
     use super::*;
 
     const NAME: &str = "fieldtrack_api";
+
+    #[test]
+    fn each_block_is_read_by_its_name_exactly_whichever_comes_first() {
+        let preview = render_preview(
+            NAME,
+            &["127.0.0.1:3002".parse().unwrap()],
+            "green api:v2",
+            0,
+        );
+        let main = render(NAME, 3001, "blue api:v1", 0);
+        for text in [format!("{main}{preview}"), format!("{preview}{main}")] {
+            assert_eq!(parse_ports(&text, NAME), vec![3001], "{text}");
+            assert_eq!(
+                parse_ports(&text, &preview_name(NAME)),
+                vec![3002],
+                "{text}"
+            );
+            assert_eq!(
+                parse_servers(&text, "fieldtrack"),
+                Vec::<SocketAddr>::new(),
+                "a prefix of a name is no name: {text}"
+            );
+        }
+        assert!(preview.starts_with("# preview: green api:v2\nupstream fieldtrack_api_preview {\n"));
+    }
 
     #[test]
     fn keepalive_is_a_line_of_the_block_and_the_port_still_parses() {

@@ -16,7 +16,7 @@ use crate::model::settings::{Settings, LABEL_SETTINGS};
 use crate::model::{Color, Instance};
 use crate::state::history::{self, HistoryError};
 use crate::state::journal::{Journal, JournalError};
-use crate::state::status::{CanaryMark, SwitchMark, Warm};
+use crate::state::status::{CanaryMark, PreviewMark, SwitchMark, Warm};
 use access_log::Figures;
 
 /// What is, as opposed to what should be ([`crate::desired::Desired`]).
@@ -52,9 +52,26 @@ pub struct Observed {
     /// What real traffic got from each side of the running canary step, since this process
     /// began watching it (see [`CanaryWindow`]); None outside a canary.
     pub window: Option<CanaryWindow>,
+    /// Where a preview stands, as the journal records it.
+    pub preview: Option<PreviewMark>,
+    /// Every `ADDRESS:PORT` server of the upstream file's `{upstream_name}_preview` block.
+    pub preview_servers: Vec<SocketAddr>,
+    /// The previewed candidate's health probes that failed in a row, counted by this
+    /// process since it began watching the preview; None outside a preview.
+    pub preview_probes: Option<ProbeCount>,
     /// When this was observed: what the warm window is judged against, so that the plan
     /// stays a pure function.
     pub now: SystemTime,
+}
+
+/// A previewed candidate's health probes that failed in a row, and the last one's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeCount {
+    /// The generation previewed.
+    pub generation: String,
+    pub failures: u32,
+    /// The last failed probe's outcome, in plain words.
+    pub last: Option<String>,
 }
 
 /// A canary step's window as observed so far: each side's figures read from nginx's access
@@ -170,6 +187,7 @@ pub async fn observe<R: Runtime, P: Proxy>(
     let upstream_weights = proxy.upstream_weighted()?;
     let upstream_servers: Vec<SocketAddr> = upstream_weights.iter().map(|(a, _)| *a).collect();
     let upstream_ports = proxy.served_ports(&upstream_servers);
+    let preview_servers = proxy.preview_servers()?;
     let history = history::read(&cfg.history_file)?;
     let journal = Journal::load(&cfg.state_dir)?;
     Ok(Observed {
@@ -182,12 +200,14 @@ pub async fn observe<R: Runtime, P: Proxy>(
         warm: journal.warm,
         failed_generation: journal.failed_generation,
         retry_asked: journal.retry_asked,
-        promote: journal
-            .canary
-            .as_ref()
-            .and_then(|_| PromoteRequest::peek(&promote::request_path(&cfg.desired_file))),
+        promote: (journal.canary.is_some() || journal.preview.is_some())
+            .then(|| PromoteRequest::peek(&promote::request_path(&cfg.desired_file)))
+            .flatten(),
         canary: journal.canary,
         window: None,
+        preview: journal.preview,
+        preview_servers,
+        preview_probes: None,
         now: SystemTime::now(),
     })
 }

@@ -4,6 +4,7 @@
 
 pub mod canary;
 pub mod canary_weights;
+pub mod preview;
 
 use std::fmt;
 
@@ -64,6 +65,9 @@ pub enum Action {
     /// A canary of the desired generation runs (the journal says where it stands): this
     /// pass's decision about it ([`canary::decide`]).
     Canary(canary::CanaryAction),
+    /// A preview of the desired generation awaits promotion (the journal says so): this
+    /// pass's decision about it ([`preview::decide`]).
+    Preview(preview::PreviewAction),
 }
 
 /// Where traffic moves in a [`Action::Deploy`] or [`Action::Switch`].
@@ -120,6 +124,7 @@ impl fmt::Display for Action {
                 "point nginx at the {color} replicas that run now, each once it answers its probe"
             ),
             Action::Canary(canary) => canary.fmt(f),
+            Action::Preview(preview) => preview.fmt(f),
         }
     }
 }
@@ -146,6 +151,11 @@ impl Plan {
             Action::Canary(canary::CanaryAction {
                 rollout: r,
                 decision: canary::Decision::Promote { .. },
+                ..
+            }) => Some((r.color, r.image.as_str())),
+            Action::Preview(preview::PreviewAction {
+                rollout: r,
+                decision: preview::Decision::Promote,
                 ..
             }) => Some((r.color, r.image.as_str())),
             _ => None,
@@ -177,6 +187,12 @@ pub fn plan(cfg: &Config, desired: &Desired, observed: &Observed) -> Plan {
         return Plan {
             verdict: Verdict::Converge,
             actions: vec![Action::Canary(canary)],
+        };
+    }
+    if let Some(preview) = preview::decide(cfg, desired, observed) {
+        return Plan {
+            verdict: Verdict::Converge,
+            actions: vec![Action::Preview(preview)],
         };
     }
     let served = match served_now(cfg, observed, live) {
@@ -364,8 +380,10 @@ fn repair_live(
         written.dedup();
         written != live.endpoints
     };
-    // A switch nginx was not seen to settle on: reloading the file is still to do.
-    if actions.is_empty() && observed.switching.is_none() {
+    // A switch nginx was not seen to settle on: reloading the file is still to do. So is
+    // a preview block that does not name the live color (a preview ended, or promotion
+    // just became manual).
+    if actions.is_empty() && observed.switching.is_none() && !preview::block_stale(cfg, observed) {
         return match (refresh, live.color) {
             (true, Some(color)) => Plan {
                 verdict: Verdict::Converge,
@@ -618,6 +636,9 @@ mod tests {
             promote: None,
             window: None,
             upstream_weights: Vec::new(),
+            preview: None,
+            preview_servers: Vec::new(),
+            preview_probes: None,
             now: now(),
         }
     }
@@ -1683,6 +1704,9 @@ mod tests {
                             promote: None,
                             window: None,
                             upstream_weights: Vec::new(),
+                            preview: None,
+                            preview_servers: Vec::new(),
+                            preview_probes: None,
                             now: now(),
                         };
                         // status.json's warm record: of a container of the world or of one
@@ -1753,6 +1777,7 @@ mod tests {
                     }
                     Action::Refresh { .. } => prop_assert!(false, "refreshes on docker: {p:?}"),
                     Action::Canary(_) => prop_assert!(false, "a canary without its mark: {p:?}"),
+                    Action::Preview(_) => prop_assert!(false, "a preview without its mark: {p:?}"),
                     Action::Drain => {
                         prop_assert!(undrained_reload, "drains without a reload: {p:?}");
                         undrained_reload = false;
@@ -1925,6 +1950,9 @@ mod tests {
                             promote: None,
                             window: None,
                             upstream_weights: Vec::new(),
+                            preview: None,
+                            preview_servers: Vec::new(),
+                            preview_probes: None,
                             now: now(),
                         };
                         (cfg, o, d)
@@ -2214,6 +2242,239 @@ mod tests {
             assert_eq!(
                 p.actions[0].to_string(),
                 "canary v2 (green): watch step 1 on"
+            );
+        }
+    }
+
+    // A preview (`rollout.promotion = "manual"`), decided pass by pass
+    // (`preview::decide`): blue (v1) live, green (v2) previewed, the journal's mark.
+    mod preview_decisions {
+        use super::*;
+        use crate::config::Promotion;
+        use crate::desired::promote::PromoteRequest;
+        use crate::observe::ProbeCount;
+        use crate::plan::preview::{decide, opens, Decision, PREVIEW_STEP};
+        use crate::state::status::PreviewMark;
+
+        fn manual() -> Config {
+            let mut cfg = cfg();
+            cfg.rollout.promotion = Promotion::Manual;
+            cfg
+        }
+
+        /// v2 previewed in green: production's block on blue, the preview block on green.
+        fn previewing() -> (Desired, Observed) {
+            let d = desired("v2");
+            let mut o = observed(
+                vec![running(Color::Blue, "v1"), running(Color::Green, "v2")],
+                BLUE,
+                &["v1"],
+            );
+            o.preview_servers = loopback(&[3002]);
+            o.preview = Some(PreviewMark {
+                generation: d.generation.clone(),
+                image: "v2".into(),
+                color: Color::Green,
+                stable: Color::Blue,
+                since: "2026-12-07T18:30:00Z".into(),
+                promoting: false,
+                failing: None,
+            });
+            (d, o)
+        }
+
+        fn decision(cfg: &Config, d: &Desired, o: &Observed) -> Option<Decision> {
+            let action = decide(cfg, d, o)?;
+            assert_eq!(action.rollout.color, Color::Green);
+            assert_eq!(action.stable, Color::Blue);
+            assert_eq!(action.rollout.old.as_deref(), Some("api-blue"));
+            assert_eq!(action.upstream, "fieldtrack_api_preview");
+            Some(action.decision)
+        }
+
+        #[test]
+        fn a_new_image_opens_a_preview_only_with_manual_promotion_a_live_color_and_no_history() {
+            let o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
+            let p = plan(&manual(), &desired("v2"), &o);
+            let Some(Action::Deploy(rollout)) = p.actions.last() else {
+                panic!("{p:?}")
+            };
+            assert!(opens(&manual(), &o, rollout));
+            assert!(!opens(&cfg(), &o, rollout), "auto promotion switches");
+            let back = Rollout {
+                image: "v0".into(),
+                ..rollout.clone()
+            };
+            let o_back = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1", "v0"]);
+            assert!(
+                !opens(&manual(), &o_back, &back),
+                "a rollback goes back at once"
+            );
+            let first = observed(vec![], None, &[]);
+            assert!(
+                !opens(&manual(), &first, rollout),
+                "nothing live: nothing to keep"
+            );
+        }
+
+        #[test]
+        fn a_preview_awaits_until_promoted_and_a_promote_of_another_generation_is_dropped() {
+            let (d, mut o) = previewing();
+            assert_eq!(
+                decision(&manual(), &d, &o),
+                Some(Decision::Await { ignored: None })
+            );
+            let stale = PromoteRequest {
+                generation: "someone-else".into(),
+                step: PREVIEW_STEP,
+            };
+            o.promote = Some(stale.clone());
+            assert_eq!(
+                decision(&manual(), &d, &o),
+                Some(Decision::Await {
+                    ignored: Some(stale)
+                })
+            );
+            o.promote = Some(PromoteRequest {
+                generation: d.generation.clone(),
+                step: PREVIEW_STEP,
+            });
+            assert_eq!(decision(&manual(), &d, &o), Some(Decision::Promote));
+            let p = plan(&manual(), &d, &o);
+            assert_eq!(p.target(), Some((Color::Green, "v2")));
+        }
+
+        #[test]
+        fn a_promotion_under_way_or_a_failure_under_way_is_finished() {
+            let (d, mut o) = previewing();
+            o.preview.as_mut().unwrap().promoting = true;
+            assert_eq!(decision(&manual(), &d, &o), Some(Decision::Promote));
+            o.preview.as_mut().unwrap().failing = Some("the container exited".into());
+            assert!(matches!(
+                decision(&manual(), &d, &o),
+                Some(Decision::Fail { .. })
+            ));
+        }
+
+        #[test]
+        fn an_exited_candidate_or_three_failed_probes_end_the_preview() {
+            let (d, mut o) = previewing();
+            o.containers[1] = container(Color::Green, "v2", InstanceState::Exited { code: 1 });
+            let Some(Decision::Fail { reason }) = decision(&manual(), &d, &o) else {
+                panic!()
+            };
+            assert!(reason.contains("the container"), "{reason}");
+
+            let (d, mut o) = previewing();
+            let probes = |failures| ProbeCount {
+                generation: d.generation.clone(),
+                failures,
+                last: Some("HTTP 500".into()),
+            };
+            o.preview_probes = Some(probes(2));
+            assert_eq!(
+                decision(&manual(), &d, &o),
+                Some(Decision::Await { ignored: None })
+            );
+            o.preview_probes = Some(probes(3));
+            let Some(Decision::Fail { reason }) = decision(&manual(), &d, &o) else {
+                panic!()
+            };
+            assert!(
+                reason.contains("3 failed health probes in a row, last: HTTP 500"),
+                "{reason}"
+            );
+        }
+
+        #[test]
+        fn a_file_without_the_preview_s_shape_is_put_back_after_a_restart() {
+            // A restart found the preview block on blue (the switch to it never settled),
+            // none at all, or nginx not seen to settle on it.
+            let (d, mut o) = previewing();
+            o.preview_servers = loopback(&[3001]);
+            assert_eq!(decision(&manual(), &d, &o), Some(Decision::Reopen));
+            o.preview_servers = Vec::new();
+            assert_eq!(decision(&manual(), &d, &o), Some(Decision::Reopen));
+            let (d, mut o) = previewing();
+            o.switching = Some(crate::state::status::SwitchMark {
+                from: vec![3001],
+                to: 3001,
+                canary: false,
+            });
+            assert_eq!(decision(&manual(), &d, &o), Some(Decision::Reopen));
+        }
+
+        #[test]
+        fn a_newer_generation_an_abort_or_a_gone_live_color_leave_the_preview_to_blue_green() {
+            let (_, o) = previewing();
+            // v3 replaces it: nginx reasserted on blue (the preview block with it), drained,
+            // the v2 candidate removed, v3 deployed into green.
+            let p = plan(&manual(), &desired("v3"), &o);
+            assert!(
+                matches!(
+                    p.actions.first(),
+                    Some(Action::Reassert {
+                        color: Color::Blue,
+                        ..
+                    })
+                ),
+                "{p:?}"
+            );
+            assert!(p.actions.contains(&Action::Drain), "{p:?}");
+            assert!(
+                matches!(p.actions.last(), Some(Action::Deploy(r)) if r.image == "v3"),
+                "{p:?}"
+            );
+            // The abort: v1 desired, live: the preview block back on blue before the removal.
+            let p = plan(&manual(), &desired("v1"), &o);
+            assert!(
+                matches!(
+                    p.actions.first(),
+                    Some(Action::Reassert {
+                        color: Color::Blue,
+                        ..
+                    })
+                ),
+                "{p:?}"
+            );
+            assert!(
+                matches!(p.actions.last(), Some(Action::Remove { name, .. }) if name == "api-green"),
+                "{p:?}"
+            );
+            // Auto promotion now: no preview decision, the running candidate is switched to.
+            let (d, o) = previewing();
+            assert_eq!(decide(&cfg(), &d, &o), None);
+            // Blue is gone: production is down already, the candidate takes it through its
+            // gate.
+            let (d, mut o) = previewing();
+            o.containers[0] = container(Color::Blue, "v1", InstanceState::Exited { code: 0 });
+            assert_eq!(decide(&manual(), &d, &o), None);
+        }
+
+        #[test]
+        fn with_manual_promotion_a_preview_block_that_does_not_name_production_is_reasserted() {
+            let mut o = observed(vec![running(Color::Blue, "v1")], BLUE, &["v1"]);
+            // Promotion just became manual: the file has no preview block yet.
+            let p = plan(&manual(), &desired("v1"), &o);
+            assert_eq!(
+                p.actions,
+                vec![Action::Reassert {
+                    color: Color::Blue,
+                    port: 3001
+                }]
+            );
+            assert_eq!(plan(&cfg(), &desired("v1"), &o).verdict, Verdict::InSync);
+            o.preview_servers = loopback(&[3001]);
+            assert_eq!(plan(&manual(), &desired("v1"), &o).verdict, Verdict::InSync);
+        }
+
+        #[test]
+        fn each_decision_reads_as_the_plan_prints_it() {
+            let (d, o) = previewing();
+            let action = decide(&manual(), &d, &o).unwrap();
+            assert_eq!(
+                action.to_string(),
+                "preview v2 (green): await promotion (production stays on blue; upstream fieldtrack_api_preview)"
             );
         }
     }

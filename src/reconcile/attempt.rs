@@ -21,6 +21,7 @@ use crate::model::InstanceState;
 use crate::notifications::{Event, Notification};
 use crate::observe::Observed;
 use crate::plan::canary::CanaryAction;
+use crate::plan::preview::PreviewAction;
 use crate::plan::Rollout;
 use crate::secrets::env_file;
 use crate::secrets::redact::Redactor;
@@ -30,6 +31,7 @@ use crate::state::history;
 use crate::state::status::{HealthProgress, Live, Step, Warm};
 
 mod canary;
+mod preview;
 
 pub(super) use canary::TICK as CANARY_TICK;
 
@@ -66,6 +68,9 @@ struct Attempt<'a, R, P, H> {
     served_before: bool,
     /// The plan's decision on a running canary, when that is what this pass carries out.
     canary: Option<&'a CanaryAction>,
+    /// The plan's decision on a preview awaiting promotion, when that is what this pass
+    /// carries out.
+    preview: Option<&'a PreviewAction>,
 }
 
 /// How an attempt that did not fail ended.
@@ -75,6 +80,8 @@ pub(super) enum Ran {
     Switched,
     /// A canary runs, at this step: the loop looks again at the next tick.
     InCanary { step: usize },
+    /// A preview awaits `fieldtrack promote`: the loop looks again at the next tick.
+    InPreview,
 }
 
 impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
@@ -88,6 +95,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
         rollout: &Rollout,
         start: bool,
         canary: Option<&CanaryAction>,
+        preview: Option<&PreviewAction>,
     ) -> Result<Ran, ReconcileError> {
         let ctx = self.ctx;
         let live = observed.live(&ctx.cfg).map(|c| {
@@ -116,19 +124,28 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
             observed,
             served_before: observed.history.contains(&rollout.image),
             canary,
+            preview,
         };
         let started = Instant::now();
         let mut digest = None;
         let mut result = at.run(&mut digest).await;
-        if let Ok(Ran::InCanary { step }) = &result {
-            return Ok(Ran::InCanary { step: *step });
+        if let Ok(ran @ (Ran::InCanary { .. } | Ran::InPreview)) = &result {
+            return Ok(*ran);
         }
-        // A canary's deployment began with its step 1, passes ago.
+        // A canary's deployment began with its step 1, a preview's when it opened, passes
+        // ago.
         let began = observed
             .canary
             .as_ref()
             .filter(|m| canary.is_some() && m.generation == desired.generation)
             .and_then(|m| humantime::parse_rfc3339(&m.started).ok())
+            .or_else(|| {
+                observed
+                    .preview
+                    .as_ref()
+                    .filter(|m| preview.is_some() && m.generation == desired.generation)
+                    .and_then(|m| m.since_time())
+            })
             .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
         if let Err(ReconcileError::FailedAfterSwitch {
             back_to: Some(_),
@@ -276,6 +293,9 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         if let Some(action) = self.canary {
             return self.canary_decision(action, digest).await;
         }
+        if let Some(action) = self.preview {
+            return self.preview_decision(action, digest).await;
+        }
 
         if self.start {
             self.start_candidate(&name, port, digest).await?;
@@ -293,6 +313,15 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         if let Some(stable) = stable {
             // The steps run pass by pass from here (the journal says where they stand).
             return self.begin_canary(&name, &servers, stable).await;
+        }
+        match self.preview_stable().await {
+            // The promotion is the operator's, pass by pass from here (the journal says so).
+            Ok(Some(stable)) => return self.open_preview(&name, &servers, stable).await,
+            Ok(None) => {}
+            Err(e) => {
+                self.remove_candidate(&name).await;
+                return Err(e);
+            }
         }
         self.switch_and_finish(&name, port, &servers, &hook).await?;
         Ok(Ran::Switched)
@@ -326,6 +355,9 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         tracing::info!(%color, port, "nginx switched");
         if self.canary.is_some() {
             self.forget_canary();
+        }
+        if self.preview.is_some() || self.observed.preview.is_some() {
+            self.forget_preview();
         }
         self.now_serving();
         pass.emit(Progress::Switched {

@@ -1994,3 +1994,225 @@ async fn a_settings_change_failing_after_the_switch_goes_back_and_leaves_the_des
     assert_eq!(site.world().loaded_port(), Some(BLUE));
     assert_eq!(site.history(), ["v1"]);
 }
+
+// A preview (`rollout.promotion = "manual"`): blue serves v1, v2 awaits promotion in green
+// behind the upstream file's preview block.
+
+/// Blue serves v1 (history v1), promotion is manual.
+fn preview_site() -> Site {
+    let mut site = site_with_blue_live();
+    site.cfg.rollout.promotion = crate::config::Promotion::Manual;
+    site.world().preview = true;
+    site
+}
+
+impl Site {
+    /// The ports of the preview block in the config nginx runs.
+    fn loaded_preview_ports(&self) -> Vec<u16> {
+        let name = crate::nginx_conf::upstream::preview_name(&self.cfg.nginx.upstream_name);
+        self.world()
+            .loaded
+            .as_deref()
+            .map(|t| crate::nginx_conf::upstream::parse_ports(t, &name))
+            .unwrap_or_default()
+    }
+
+    /// The ports of production's block in the config nginx runs.
+    fn loaded_ports(&self) -> Vec<u16> {
+        self.world()
+            .loaded
+            .as_deref()
+            .map(|t| crate::nginx_conf::upstream::parse_ports(t, &self.cfg.nginx.upstream_name))
+            .unwrap_or_default()
+    }
+
+    /// `fieldtrack promote` for the preview of `desired`.
+    fn ask_promote(&self, desired: &Desired) {
+        crate::desired::promote::PromoteRequest {
+            generation: desired.generation.clone(),
+            step: crate::plan::preview::PREVIEW_STEP,
+        }
+        .write(&crate::desired::promote::request_path(
+            &self.cfg.desired_file,
+        ))
+        .unwrap();
+    }
+
+    fn audit_outcomes(&self) -> Vec<(String, String)> {
+        audit::read(&self.cfg.state_dir.join(crate::state::AUDIT_FILE))
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.image, r.outcome.to_string()))
+            .collect()
+    }
+}
+
+/// The preview of v2 is up: production (blue, v1) untouched, the preview block on green.
+async fn preview_of_v2(site: &Site, ctx: &FakeContext) -> Desired {
+    let desired = site.desired("v2");
+    let outcome = one_pass(ctx, &desired).await.unwrap();
+    assert!(
+        matches!(outcome, PassOutcome::Preview { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(site.loaded_ports(), [BLUE]);
+    assert_eq!(site.loaded_preview_ports(), [GREEN]);
+    assert!(site.world().is_running("api-green"));
+    desired
+}
+
+#[tokio::test]
+async fn a_manual_promotion_previews_the_new_image_and_switches_only_on_promote() {
+    let site = preview_site();
+    let ctx = site.context();
+    let desired = preview_of_v2(&site, &ctx).await;
+    let mark = site.journal().preview.expect("the preview's mark");
+    assert_eq!((mark.color, mark.stable), (Color::Green, Color::Blue));
+
+    for _ in 0..5 {
+        let outcome = one_pass(&ctx, &desired).await.unwrap();
+        assert!(
+            matches!(outcome, PassOutcome::Preview { .. }),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(
+        site.loaded_ports(),
+        [BLUE],
+        "production moved without a promote"
+    );
+    assert!(!site.world().served.contains(&"v2".to_string()));
+    assert_eq!(site.history(), ["v1"]);
+    let status = crate::state::status::Status::load(&ctx.status_file())
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.step, Some(Step::Preview));
+    assert_eq!(
+        status.preview.map(|p| p.upstream),
+        Some("fieldtrack_api_preview".to_string())
+    );
+
+    site.ask_promote(&desired);
+    let outcome = one_pass(&ctx, &desired).await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.loaded_ports(), [GREEN]);
+    assert_eq!(site.loaded_preview_ports(), [GREEN]);
+    assert!(!site.world().is_running("api-blue"));
+    assert_eq!(site.history(), ["v2", "v1"]);
+    assert_eq!(site.last_audit_outcome(), "succeeded");
+    assert_eq!(site.journal().preview, None);
+    assert!(!crate::desired::promote::request_path(&site.cfg.desired_file).exists());
+}
+
+#[tokio::test]
+async fn a_process_killed_as_the_preview_opens_resumes_it_on_the_next_pass() {
+    let site = preview_site();
+    let desired = site.desired("v2");
+    let killed = site.world().kill_at_next_write();
+    let ctx = site.context();
+    tokio::select! {
+        outcome = one_pass(&ctx, &desired) => panic!("the process lived: {outcome:?}"),
+        _ = killed.notified() => {}
+    }
+    // The file names the preview, nginx does not run it yet.
+    assert_eq!(site.loaded_preview_ports(), Vec::<u16>::new());
+    site.world().revive();
+
+    let outcome = one_pass(&site.context(), &desired).await.unwrap();
+
+    assert!(
+        matches!(outcome, PassOutcome::Preview { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(site.loaded_ports(), [BLUE]);
+    assert_eq!(site.loaded_preview_ports(), [GREEN]);
+    assert!(!site.world().served.contains(&"v2".to_string()));
+}
+
+#[tokio::test]
+async fn an_abort_removes_the_preview_and_puts_the_preview_block_back_on_production() {
+    let site = preview_site();
+    let ctx = site.context();
+    preview_of_v2(&site, &ctx).await;
+
+    let outcome = one_pass(&ctx, &site.desired("v1")).await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert!(!site.world().is_running("api-green"));
+    assert_eq!(site.loaded_ports(), [BLUE]);
+    assert_eq!(site.loaded_preview_ports(), [BLUE]);
+    assert_eq!(site.history(), ["v1"]);
+    assert!(
+        site.audit_outcomes()
+            .contains(&("v2".to_string(), "cancelled".to_string())),
+        "{:?}",
+        site.audit_outcomes()
+    );
+    assert_eq!(site.journal().preview, None);
+}
+
+#[tokio::test]
+async fn a_newer_generation_replaces_the_preview() {
+    let site = preview_site();
+    let ctx = site.context();
+    preview_of_v2(&site, &ctx).await;
+    let v3 = site.desired("v3");
+
+    let outcome = one_pass(&ctx, &v3).await.unwrap();
+
+    assert!(
+        matches!(outcome, PassOutcome::Preview { .. }),
+        "{outcome:?}"
+    );
+    let mark = site.journal().preview.expect("v3's preview");
+    assert_eq!(
+        (mark.image.as_str(), mark.generation),
+        ("v3", v3.generation)
+    );
+    assert_eq!(site.loaded_ports(), [BLUE]);
+    assert_eq!(site.loaded_preview_ports(), [GREEN]);
+    assert!(site
+        .audit_outcomes()
+        .contains(&("v2".to_string(), "cancelled".to_string())));
+}
+
+#[tokio::test]
+async fn three_failed_probes_of_the_previewed_candidate_end_it_as_a_failed_deployment() {
+    let site = preview_site();
+    let ctx = site.context();
+    let desired = preview_of_v2(&site, &ctx).await;
+    site.world().answer(GREEN, ProbeOutcome::Unhealthy(500));
+
+    let mut passes = 0;
+    let e = loop {
+        passes += 1;
+        assert!(passes <= 4, "the preview outlived its failed probes");
+        match one_pass(&ctx, &desired).await {
+            Ok(PassOutcome::Preview { .. }) => continue,
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => break e,
+        }
+    };
+
+    assert!(matches!(e, ReconcileError::PreviewFailed { .. }), "{e:?}");
+    assert!(error_policy(&e).mark_failed);
+    assert!(!site.world().is_running("api-green"));
+    assert_eq!(site.loaded_ports(), [BLUE]);
+    assert_eq!(site.loaded_preview_ports(), [BLUE]);
+    assert_eq!(site.history(), ["v1"]);
+    assert_eq!(site.last_audit_outcome(), "failed");
+    assert_eq!(site.journal().preview, None);
+}
+
+#[tokio::test]
+async fn with_manual_promotion_an_image_the_history_names_goes_back_at_once() {
+    let site = preview_site();
+    site.set_history(&["v1", "v0"]);
+
+    let outcome = site.pass("v0").await.unwrap();
+
+    assert_eq!(outcome, PassOutcome::Converged);
+    assert_eq!(site.loaded_ports(), [GREEN]);
+    assert_eq!(site.loaded_preview_ports(), [GREEN]);
+}

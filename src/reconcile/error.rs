@@ -35,6 +35,11 @@ pub enum ReconcileError {
         state: String,
         logs: String,
     },
+    /// A previewed candidate failed while it awaited promotion (failed probes in a row, or
+    /// its container exiting): it was removed, and production, never switched to it, is
+    /// untouched.
+    #[error("the preview of {image} ended: {reason}; production untouched")]
+    PreviewFailed { image: String, reason: String },
     /// The candidate never answered its health check with a code of `health.expect` in time;
     /// `last` is the last probe's outcome, with a hint at `health.host` when the app seems to
     /// refuse the probe's Host.

@@ -39,7 +39,8 @@ use crate::model::runtime::{
 use crate::model::settings::LABEL_SETTINGS;
 use crate::model::{Instance, InstanceState};
 use crate::nginx_conf::upstream::{
-    parse_ports, parse_weighted, render, render_servers, render_weighted,
+    parse_ports, parse_servers, parse_weighted, preview_name, render, render_preview,
+    render_servers, render_weighted,
 };
 
 /// One call the reconciler made to the outside world, in the order made. State checks,
@@ -169,6 +170,8 @@ pub struct World {
     pub upstream_name: String,
     /// Where the real file would be, for error messages.
     pub upstream_path: PathBuf,
+    /// Every file written holds the `_preview` block too (`rollout.promotion = "manual"`).
+    pub preview: bool,
 
     /// The next pull fails so.
     pub pull_failure: Option<PullFailure>,
@@ -234,6 +237,7 @@ impl World {
             calls: Vec::new(),
             upstream_name: upstream_name.to_string(),
             upstream_path,
+            preview: false,
             pull_failure: None,
             remove_fails: Vec::new(),
             test_failures: 0,
@@ -948,13 +952,28 @@ impl Proxy for FakeProxy {
             .unwrap_or_default())
     }
 
+    fn preview_servers(&self) -> Result<Vec<SocketAddr>, ProxyError> {
+        let name = preview_name(&self.0.world().upstream_name);
+        Ok(self
+            .read()?
+            .map(|text| parse_servers(&text, &name))
+            .unwrap_or_default())
+    }
+
     async fn switch_to(&self, servers: &[SocketAddr], comment: &str) -> Result<(), ProxyError> {
         let port = servers.first().map_or(0, |s| s.port());
-        let (whole, name) = {
+        let (whole, name, preview) = {
             let world = self.0.world();
-            (world.whole_switch, world.upstream_name.clone())
+            (
+                world.whole_switch,
+                world.upstream_name.clone(),
+                world.preview,
+            )
         };
-        let text = render_servers(&name, servers, comment, 0);
+        let mut text = render_servers(&name, servers, comment, 0);
+        if preview {
+            text.push_str(&render_preview(&name, servers, comment, 0));
+        }
         // Each step of the switch counts as a call of its own (see `World::switch`).
         self.0.call(whole, |world| world.switch(text, port)).await
     }
@@ -970,6 +989,23 @@ impl Proxy for FakeProxy {
             (world.whole_switch, world.upstream_name.clone())
         };
         let text = render_weighted(&name, servers, comment, 0);
+        self.0.call(whole, |world| world.switch(text, port)).await
+    }
+
+    async fn switch_preview(
+        &self,
+        live: &[SocketAddr],
+        live_comment: &str,
+        preview: &[SocketAddr],
+        preview_comment: &str,
+    ) -> Result<(), ProxyError> {
+        let port = live.first().map_or(0, |s| s.port());
+        let (whole, name) = {
+            let world = self.0.world();
+            (world.whole_switch, world.upstream_name.clone())
+        };
+        let mut text = render_servers(&name, live, live_comment, 0);
+        text.push_str(&render_preview(&name, preview, preview_comment, 0));
         self.0.call(whole, |world| world.switch(text, port)).await
     }
 

@@ -107,6 +107,7 @@ impl LiveContext {
         .with_pid_file(cfg.nginx.pid_file.clone())
         .with_keepalive(cfg.nginx.upstream_keepalive)
         .with_remote_servers(cfg.runtime == RuntimeKind::Swarm)
+        .with_preview(cfg.rollout.promotion == crate::config::Promotion::Manual)
         .with_redactor(Redactor::from_env_file(&cfg.container.env_file));
         let prober = HttpProber::new(&cfg.health)?;
         let notifier = Notifier::new(&cfg.notify);
@@ -161,6 +162,10 @@ pub enum PassOutcome {
     /// A canary of the desired generation runs, at `step`: the next pass comes after
     /// `look_again` (or at once on an event) and judges it again.
     Canary { step: usize, look_again: Duration },
+    /// A preview of the desired generation awaits `fieldtrack promote`: the next pass comes
+    /// after `look_again` (or at once on an event), probes the candidate and looks for the
+    /// promotion. A command that deploys returns here: the preview is up.
+    Preview { look_again: Duration },
 }
 
 /// What every pass works with, built once: the config, one implementation of each external
@@ -180,6 +185,9 @@ pub struct Context<R, P, H> {
     pub status: Arc<StatusWriter>,
     /// The running canary step's window, counted across the passes of this context.
     pub(crate) canary_watch: Watcher,
+    /// The previewed candidate's probes that failed in a row, counted across the passes of
+    /// this context.
+    pub(crate) preview_watch: Mutex<Option<crate::observe::ProbeCount>>,
 }
 
 /// One run of observe, plan, apply, and what belongs to it alone: why it runs, the token
@@ -226,6 +234,7 @@ impl<R: Runtime, P: Proxy, H: Prober> Context<R, P, H> {
                 &cfg.history_file,
             )),
             canary_watch: Watcher::default(),
+            preview_watch: Mutex::new(None),
             cfg,
         }
     }
@@ -476,6 +485,12 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             .as_ref()
             .filter(|m| m.generation == desired.generation)
             .map(|m| ctx.canary_watch.window(&ctx.cfg, m));
+        observed.preview_probes = ctx
+            .preview_watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|p| p.generation == desired.generation);
         let plan = plan(&ctx.cfg, desired, &observed);
         self.begin(desired, &observed)?;
         self.left_behind(desired, &observed);
@@ -520,6 +535,8 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                     s.message = None;
                     s.canary = None;
                     s.canary_mark = None;
+                    s.preview = None;
+                    s.preview_mark = None;
                 })?;
                 self.publish_live();
                 Ok(PassOutcome::Converged)
@@ -546,6 +563,9 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                 action,
                 Action::Canary(crate::plan::canary::CanaryAction {
                     decision: crate::plan::canary::Decision::Stay { .. },
+                    ..
+                }) | Action::Preview(crate::plan::preview::PreviewAction {
+                    decision: crate::plan::preview::Decision::Await { .. },
                     ..
                 })
             );
@@ -583,18 +603,40 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                 Action::Deploy(rollout) | Action::Switch(rollout) => {
                     let start = matches!(action, Action::Deploy(_));
                     let ran = self
-                        .attempt(desired, observed, rollout, start, None)
+                        .attempt(desired, observed, rollout, start, None, None)
                         .await?;
-                    if let Ran::InCanary { step } = ran {
-                        return Ok(self.canary_runs(step));
+                    if let Some(outcome) = self.runs_on(ran) {
+                        return Ok(outcome);
                     }
                 }
                 Action::Canary(canary) => {
                     let ran = self
-                        .attempt(desired, observed, &canary.rollout, false, Some(canary))
+                        .attempt(
+                            desired,
+                            observed,
+                            &canary.rollout,
+                            false,
+                            Some(canary),
+                            None,
+                        )
                         .await?;
-                    if let Ran::InCanary { step } = ran {
-                        return Ok(self.canary_runs(step));
+                    if let Some(outcome) = self.runs_on(ran) {
+                        return Ok(outcome);
+                    }
+                }
+                Action::Preview(preview) => {
+                    let ran = self
+                        .attempt(
+                            desired,
+                            observed,
+                            &preview.rollout,
+                            false,
+                            None,
+                            Some(preview),
+                        )
+                        .await?;
+                    if let Some(outcome) = self.runs_on(ran) {
+                        return Ok(outcome);
                     }
                 }
             }
@@ -614,18 +656,22 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             s.warm = warm;
             s.canary = None;
             s.canary_mark = None;
+            s.preview = None;
+            s.preview_mark = None;
         })
         .map_err(|e| e.after_switch(desired.image.as_written()))?;
         self.publish_live();
         Ok(PassOutcome::Converged)
     }
 
-    /// A canary runs on at `step`: the pass ends here, and the next one comes after a tick.
-    fn canary_runs(&self, step: usize) -> PassOutcome {
-        let cfg = &self.ctx.cfg;
-        PassOutcome::Canary {
-            step,
-            look_again: cfg.health.interval.min(attempt::CANARY_TICK),
+    /// A canary runs on, or a preview awaits its promotion: the pass ends here, and the
+    /// next one comes after a tick. None when the attempt switched.
+    fn runs_on(&self, ran: Ran) -> Option<PassOutcome> {
+        let look_again = self.ctx.cfg.health.interval.min(attempt::CANARY_TICK);
+        match ran {
+            Ran::Switched => None,
+            Ran::InCanary { step } => Some(PassOutcome::Canary { step, look_again }),
+            Ran::InPreview => Some(PassOutcome::Preview { look_again }),
         }
     }
 
@@ -721,9 +767,17 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             .canary
             .clone()
             .filter(|m| m.generation == desired.generation);
+        status.preview_mark = observed
+            .preview
+            .clone()
+            .filter(|m| m.generation == desired.generation);
         status.canary = previous
-            .and_then(|p| p.canary)
+            .as_ref()
+            .and_then(|p| p.canary.clone())
             .filter(|_| status.canary_mark.is_some());
+        status.preview = previous
+            .and_then(|p| p.preview)
+            .filter(|_| status.preview_mark.is_some());
         Ok(())
     }
 
@@ -733,6 +787,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
     /// pass's first write.
     fn left_behind(&self, desired: &Desired, observed: &Observed) {
         let ctx = self.ctx;
+        self.preview_left_behind(desired, observed);
         let Some(mark) = observed
             .canary
             .as_ref()
@@ -763,6 +818,45 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
             message: Some(format!(
                 "the canary was called off at step {} by a newer desired generation ({})",
                 mark.step, desired.generation
+            )),
+            color: Some(mark.color.to_string()),
+        };
+        if let Err(e) = state::audit::append(&ctx.audit_file(), &record) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
+    }
+
+    /// A preview of another generation than `desired` was awaiting promotion: it is called
+    /// off (`fieldtrack abort`, or a newer desired state; this pass's plan puts the preview
+    /// block back on the live color, then removes the candidate). Its deployment's line in
+    /// the audit log says so, once: the journal forgets it with this pass's first write.
+    fn preview_left_behind(&self, desired: &Desired, observed: &Observed) {
+        let ctx = self.ctx;
+        let Some(mark) = observed
+            .preview
+            .as_ref()
+            .filter(|m| m.generation != desired.generation)
+        else {
+            return;
+        };
+        tracing::warn!(image = %mark.image, "preview called off by a newer desired generation");
+        *ctx.preview_watch.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let record = state::audit::AuditRecord {
+            time: state::now_rfc3339(),
+            event: state::audit::DEPLOY_EVENT.into(),
+            outcome: state::audit::AttemptOutcome::Cancelled,
+            image: mark.image.clone(),
+            reference: mark.image.clone(),
+            digest: None,
+            previous: observed.history.first().cloned(),
+            trigger: self.trigger,
+            by: None,
+            note: None,
+            generation: mark.generation.clone(),
+            duration_ms: 0,
+            message: Some(format!(
+                "the preview was called off before its promotion by a newer desired generation ({})",
+                desired.generation
             )),
             color: Some(mark.color.to_string()),
         };
@@ -937,6 +1031,9 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         loop {
             tries += 1;
             let e = match self.reconcile(desired).await {
+                // The preview is up: what a command waits for. The promotion is the
+                // operator's (`fieldtrack promote`), whenever that comes.
+                Ok(outcome @ PassOutcome::Preview { .. }) => return Ok(outcome),
                 Ok(PassOutcome::Canary { look_again, .. }) => {
                     // The canary runs on: the next pass judges it again, after a tick,
                     // unless the desired file names another generation now (CI, an

@@ -1197,6 +1197,89 @@ async fn a_canary_killed_at_every_call_of_its_passes_never_goes_back_and_ends() 
     assert_eq!(ended_at.len(), 24);
 }
 
+/// A preview (`rollout.promotion = "manual"`) of v2 beside v1, its process killed at every
+/// call of its passes in turn (one pass in two), awaiting for a while, then promoted. After
+/// each pass the invariants hold and production's block (loaded, or on disk) never names v2
+/// before the promote was asked: v2 never served. Then it ends with v2 live alone, the
+/// preview block naming it, the history v2, v1.
+#[tokio::test]
+async fn a_preview_killed_at_every_call_of_its_passes_never_serves_before_its_promote_and_ends() {
+    let mut ended_at = Vec::new();
+    for k in 0..24 {
+        let mut sim = Sim::new(&Setup {
+            drain: Duration::ZERO,
+            auto_rollback: false,
+            history_limit: 5,
+            keep_previous: Duration::ZERO,
+            canary: false,
+            pre_switch_hook: false,
+        });
+        sim.step(&Step::Desire { image: "v1" }).await.unwrap();
+        sim.pass(false, None).await.unwrap();
+        sim.cfg.rollout.promotion = crate::config::Promotion::Manual;
+        sim.fakes.world().preview = true;
+        // A process started on the config before (a daemon's SIGHUP reload is the same).
+        sim.process = None;
+        sim.step(&Step::Desire { image: "v2" }).await.unwrap();
+        let desired = Desired::load(&sim.cfg.desired_file, &sim.cfg).unwrap();
+        let request = crate::desired::promote::request_path(&sim.cfg.desired_file);
+        let (mut awaited, mut promoted, mut converged) = (0, false, false);
+        for n in 0..200 {
+            let previewing = crate::state::journal::Journal::load(&sim.cfg.state_dir)
+                .unwrap_or_default()
+                .preview
+                .is_some();
+            if previewing && !promoted {
+                awaited += 1;
+                if awaited >= 6 {
+                    crate::desired::promote::PromoteRequest {
+                        generation: desired.generation.clone(),
+                        step: crate::plan::preview::PREVIEW_STEP,
+                    }
+                    .write(&request)
+                    .unwrap();
+                    promoted = true;
+                }
+            }
+            let death = (n % 2 == 0).then_some(Death::AtCall(k));
+            let end = sim.pass(false, death).await.unwrap();
+            sim.check().unwrap_or_else(|e| {
+                panic!("killed at call {k}, pass {n}: {e}\n{}", sim.log.join("\n"))
+            });
+            assert!(
+                promoted || !sim.fakes.world().served.contains(&"v2".to_string()),
+                "killed at call {k}, pass {n}: production served v2 before its promote\n{}\n{}",
+                sim.log.join("\n"),
+                sim.snapshot().unwrap()
+            );
+            if matches!(end.outcome, Some(Ok(Outcome::Converged))) && promoted {
+                converged = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(converged, "killed at call {k}: {}", sim.snapshot().unwrap());
+        assert!(
+            sim.converged(&desired).unwrap(),
+            "{}",
+            sim.snapshot().unwrap()
+        );
+        {
+            let world = sim.fakes.world();
+            let loaded = world.loaded.clone().unwrap_or_default();
+            let preview = crate::nginx_conf::upstream::preview_name(&world.upstream_name);
+            assert_eq!(
+                crate::nginx_conf::upstream::parse_ports(&loaded, &preview),
+                vec![world.loaded_port().unwrap()],
+                "killed at call {k}: the preview block names production once it ended"
+            );
+        }
+        assert_eq!(sim.history().unwrap(), ["v2", "v1"], "killed at call {k}");
+        ended_at.push(k);
+    }
+    assert_eq!(ended_at.len(), 24);
+}
+
 // Bugs the simulation found, each in a plain test. They shared one cause: a pass that died
 // between writing the upstream file and nginx's reload left the file saying what nginx did not
 // run, and the next pass took the file's word for what serves. Fixed by the switch mark in

@@ -85,6 +85,8 @@ pub enum Trigger {
     Deploy,
     /// The next look at a running canary step (a tick after the pass before).
     Canary,
+    /// The next look at a preview awaiting promotion (a tick after the pass before).
+    Preview,
     /// A line written by a fieldtrack that knows a trigger this one does not (or none): read,
     /// never written.
     #[default]
@@ -105,6 +107,7 @@ impl Trigger {
             Trigger::Cli => "cli",
             Trigger::Deploy => "deploy",
             Trigger::Canary => "canary",
+            Trigger::Preview => "preview",
             Trigger::Unknown => "unknown",
         }
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::atomic::{write_atomic_with, WriteOptions};
 use super::file::{prepare_state_dir, read_capped};
-use super::status::{CanaryMark, Status, StatusError, SwitchMark, Warm};
+use super::status::{CanaryMark, PreviewMark, Status, StatusError, SwitchMark, Warm};
 
 /// Name of the file inside `state_dir`.
 pub const JOURNAL_FILE: &str = "journal.json";
@@ -71,6 +71,9 @@ pub struct Journal {
     /// Where a canary stands: its generation, step and when the step began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryMark>,
+    /// Where a preview stands: its generation, colors and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewMark>,
 }
 
 impl Journal {
@@ -82,6 +85,7 @@ impl Journal {
             switching: status.switching.clone(),
             warm: status.warm.clone(),
             canary: status.canary_mark.clone(),
+            preview: status.preview_mark.clone(),
         }
     }
 
@@ -92,6 +96,7 @@ impl Journal {
         status.switching = self.switching.clone();
         status.warm = self.warm.clone();
         status.canary_mark = self.canary.clone();
+        status.preview_mark = self.preview.clone();
     }
 
     /// The journal of `state_dir`; without one, what status.json of the release before
@@ -182,6 +187,7 @@ mod tests {
             }),
             warm: None,
             canary: None,
+            preview: None,
         };
         journal.save(dir.path()).unwrap();
         assert_eq!(Journal::load(dir.path()).unwrap(), journal);

@@ -119,6 +119,9 @@ pub enum Step {
     /// Canary steps: nginx shares traffic by weight between the stable color and the
     /// candidate, judged from the access log (see [`CanaryProgress`]).
     Canary,
+    /// A preview (`rollout.promotion = "manual"`): the candidate passed its gate and is
+    /// reachable through the `_preview` upstream block only, until `fieldtrack promote`.
+    Preview,
 }
 
 impl Step {
@@ -132,6 +135,7 @@ impl Step {
             Step::Draining => "draining",
             Step::Cleanup => "cleanup",
             Step::Canary => "canary",
+            Step::Preview => "preview",
         }
     }
 }
@@ -217,6 +221,59 @@ impl CanaryMark {
     pub fn step_started_time(&self) -> Option<std::time::SystemTime> {
         humantime::parse_rfc3339(&self.step_started).ok()
     }
+}
+
+/// Where a preview stands (`rollout.promotion = "manual"`), recorded before nginx's
+/// `_preview` block is pointed at the candidate and read by every pass: the plan decides
+/// from it ([`crate::plan::preview`]), so a restarted process finds the preview where it was
+/// and puts the upstream file back on its shape if it is not. Dropped when the preview ends
+/// (promoted, failed) or a newer generation is desired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewMark {
+    /// The desired generation previewed, and its image as written in the desired file.
+    pub generation: String,
+    pub image: String,
+    /// The candidate's color, and the live (stable) color production stays on.
+    pub color: Color,
+    pub stable: Color,
+    /// RFC 3339 UTC: when the candidate passed its gate and the preview opened.
+    pub since: String,
+    /// Set once `fieldtrack promote` was taken: the switch is under way, a process that dies
+    /// inside it leaves the next pass to finish it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promoting: bool,
+    /// Set once the candidate failed, with why: the preview block goes back to the live
+    /// color and the candidate is removed, by this pass or, if it dies first, the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
+}
+
+impl PreviewMark {
+    /// When the preview opened; None when the record is unreadable.
+    pub fn since_time(&self) -> Option<std::time::SystemTime> {
+        humantime::parse_rfc3339(&self.since).ok()
+    }
+}
+
+/// A preview awaiting promotion, as status.json (and the deploy group's copy) shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewProgress {
+    /// The image previewed, as written in the desired file.
+    pub image: String,
+    /// The candidate's color and container.
+    pub color: String,
+    pub container: String,
+    /// The live color production stays on, and its image as the history writes it: what
+    /// `fieldtrack abort` goes back to.
+    pub stable_color: String,
+    pub stable_image: Option<String>,
+    /// RFC 3339 UTC: when the preview opened.
+    pub since: String,
+    /// The upstream block it is reachable through: `{upstream_name}_preview`.
+    pub upstream: String,
+    /// Health probes of the candidate failed in a row so far (3 end the preview).
+    #[serde(default)]
+    pub probe_failures: u32,
 }
 
 /// The previous color kept running out of nginx after a deployment (`rollout.keep_previous`),
@@ -346,6 +403,12 @@ pub struct Status {
     /// Where the canary stands (see [`CanaryMark`]); kept in the journal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_mark: Option<CanaryMark>,
+    /// The preview awaiting promotion; null when none runs.
+    #[serde(default)]
+    pub preview: Option<PreviewProgress>,
+    /// Where the preview stands (see [`PreviewMark`]); kept in the journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_mark: Option<PreviewMark>,
 }
 
 impl Status {
@@ -370,6 +433,8 @@ impl Status {
             warm: None,
             canary: None,
             canary_mark: None,
+            preview: None,
+            preview_mark: None,
         }
     }
 

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             let options = SiteOptions {
                 keep: true,
                 app: rest.first().map(|s| s.to_string()),
+                ..SiteOptions::default()
             };
             Site::create(&bed, options).map(|site| {
                 print!("{}", bed.env_lines());
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
                 let options = SiteOptions {
                     keep: true,
                     app: rest.first().map(|s| s.to_string()),
+                    ..SiteOptions::default()
                 };
                 SwarmSite::create(&swarm, options).map(|site| {
                     print!("{}", swarm.env_lines());

@@ -38,6 +38,10 @@ pub struct SiteOptions {
     pub keep: bool,
     /// App name; default a unique `t…` name.
     pub app: Option<String>,
+    /// `rollout.promotion = "manual"`, and nginx gets a second server, on
+    /// [`Site::preview_port`], proxying to the upstream file's `{upstream_name}_preview`
+    /// block, as `fieldtrack init`'s snippet shows an operator.
+    pub preview: bool,
 }
 
 /// One test's site. See the module docs.
@@ -48,6 +52,8 @@ pub struct Site {
     pub nginx_port: u16,
     pub blue_port: u16,
     pub green_port: u16,
+    /// The loopback port of nginx's preview server, with [`SiteOptions::preview`].
+    pub preview_port: Option<u16>,
     pub config_path: PathBuf,
     pub desired_file: PathBuf,
     pub history_file: PathBuf,
@@ -100,6 +106,17 @@ impl Site {
             .unwrap_or_else(|e| panic!("cannot set up a test site: {e}"))
     }
 
+    /// A new site whose promotion is manual, with a preview server in its nginx (see
+    /// [`SiteOptions::preview`]).
+    pub fn with_preview() -> Site {
+        let options = SiteOptions {
+            preview: true,
+            ..SiteOptions::default()
+        };
+        Site::create(Bed::shared(), options)
+            .unwrap_or_else(|e| panic!("cannot set up a test site: {e}"))
+    }
+
     /// A new site whose repository is one of its own in the bed's private registry (which
     /// wants a login), holding `v1` and `v2`, pulled by nobody yet. Fieldtrack finds no
     /// credentials for it unless a test gives them (`DOCKER_CONFIG`, see
@@ -136,7 +153,7 @@ impl Site {
         if !options.keep {
             write(&dir.join("owner.pid"), &std::process::id().to_string())?;
         }
-        let ports = util::free_ports(3)?;
+        let ports = util::free_ports(if options.preview { 4 } else { 3 })?;
         let upstream_name = format!("fieldtrack_{}", app.replace(['-', '.'], "_"));
         let mut site = Site {
             config_path: dir.join("fieldtrack.toml"),
@@ -153,11 +170,15 @@ impl Site {
             nginx_port: ports[0],
             blue_port: ports[1],
             green_port: ports[2],
+            preview_port: ports.get(3).copied(),
             dir,
             app,
             config: ConfigValues::default(),
         };
         site.default_config();
+        if site.preview_port.is_some() {
+            site.set_value("rollout.promotion", quote("manual"));
+        }
         site.write_config()?;
         site.start_nginx()?;
         Ok(site)
@@ -208,19 +229,25 @@ impl Site {
 
     fn start_nginx(&self) -> Result<()> {
         let prefix = self.dir.join("nginx");
-        // Before the first deployment the block may point anywhere: here, at blue.
-        write(
-            &self.upstream_file,
-            &format!(
-                "upstream {} {{\n    server 127.0.0.1:{};\n}}\n",
+        // Before the first deployment the block may point anywhere: here, at blue (and so
+        // may the preview block, which the preview server needs).
+        let mut upstream = format!(
+            "upstream {} {{\n    server 127.0.0.1:{};\n}}\n",
+            self.upstream_name, self.blue_port
+        );
+        if self.preview_port.is_some() {
+            upstream.push_str(&format!(
+                "upstream {}_preview {{\n    server 127.0.0.1:{};\n}}\n",
                 self.upstream_name, self.blue_port
-            ),
-        )?;
-        let conf = nginx_conf(
+            ));
+        }
+        write(&self.upstream_file, &upstream)?;
+        let conf = nginx_conf_with(
             &prefix,
             &self.upstream_file,
             self.nginx_addr(),
             &self.upstream_name,
+            self.preview_addr(),
         );
         fs::create_dir_all(prefix.join("tmp"))
             .map_err(|e| BedError(format!("cannot create {}: {e}", prefix.display())))?;
@@ -249,6 +276,32 @@ impl Site {
 
     pub fn nginx_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.nginx_port))
+    }
+
+    /// Where nginx's preview server listens, with [`SiteOptions::preview`].
+    pub fn preview_addr(&self) -> Option<SocketAddr> {
+        self.preview_port
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// GET through nginx's preview server: (status, body).
+    pub fn get_preview(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let addr = self.preview_addr().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the site has no preview server",
+            )
+        })?;
+        util::http_get(addr, path, Duration::from_secs(5))
+    }
+
+    /// What the previewed version (or, with no preview running, the live one) answers
+    /// through the preview server on `/version`, trimmed.
+    pub fn preview_version(&self) -> Option<String> {
+        match self.get_preview("/version") {
+            Ok((200, body)) => Some(body.trim().to_string()),
+            _ => None,
+        }
     }
 
     /// nginx's access log, one JSON object a request in [`LOG_FORMAT`]; the config's
@@ -460,6 +513,34 @@ pub(crate) fn nginx_conf(
     listen: SocketAddr,
     upstream_name: &str,
 ) -> String {
+    nginx_conf_with(prefix, upstream_file, listen, upstream_name, None)
+}
+
+/// As [`nginx_conf`], with a second server on `preview` (when given) proxying to the
+/// `{upstream_name}_preview` block.
+fn nginx_conf_with(
+    prefix: &Path,
+    upstream_file: &Path,
+    listen: SocketAddr,
+    upstream_name: &str,
+    preview: Option<SocketAddr>,
+) -> String {
+    let preview = preview
+        .map(|addr| {
+            format!(
+                r#"    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://{upstream_name}_preview;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+        }}
+    }}
+"#
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"# nginx for one fieldtrack test site, run as: nginx -p {prefix} -c nginx.conf
 worker_processes 1;
@@ -487,7 +568,7 @@ http {{
             proxy_next_upstream error timeout http_502 http_503;
         }}
     }}
-}}
+{preview}}}
 "#,
         prefix = prefix.display(),
         upstream = upstream_file.display(),

@@ -26,6 +26,7 @@ mod image_retention;
 mod metrics;
 mod onboarding;
 mod packaging;
+mod preview;
 mod production;
 mod progress;
 mod pure_switch;

@@ -312,7 +312,7 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     }
 
     /// Where the stable color is served: the file's servers on its port, else on loopback.
-    fn stable_servers(&self, stable: Color) -> Vec<SocketAddr> {
+    pub(super) fn stable_servers(&self, stable: Color) -> Vec<SocketAddr> {
         let port = self.ctx().cfg.port(stable);
         let written: Vec<SocketAddr> = self
             .observed
@@ -329,7 +329,10 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     }
 
     /// Where the canary answers: on one engine its port on loopback, on Swarm its tasks.
-    async fn canary_servers(&self, name: &str) -> Result<Vec<SocketAddr>, ReconcileError> {
+    pub(super) async fn canary_servers(
+        &self,
+        name: &str,
+    ) -> Result<Vec<SocketAddr>, ReconcileError> {
         let ctx = self.ctx();
         let port = ctx.cfg.port(self.color);
         if ctx.cfg.runtime == crate::config::RuntimeKind::Docker {

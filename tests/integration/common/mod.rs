@@ -164,11 +164,13 @@ pub fn upstream(site: &Site) -> String {
     String::from_utf8(bytes).expect("the upstream file is UTF-8")
 }
 
-/// The port the upstream file sends traffic to (`server 127.0.0.1:PORT;`).
+/// The port the upstream file sends traffic to (`server 127.0.0.1:PORT;`), in production's
+/// block: the first (a preview block may follow it).
 pub fn upstream_port(site: &Site) -> u16 {
     let text = upstream(site);
     let ports: Vec<u16> = text
         .lines()
+        .take_while(|l| l.trim() != "}")
         .filter_map(|l| l.trim().strip_prefix("server 127.0.0.1:"))
         .map(|rest| rest.trim_end_matches(';').parse().expect("a port"))
         .collect();
