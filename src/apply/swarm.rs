@@ -1018,6 +1018,7 @@ mod tests {
             init: true,
             read_only: true,
             tmpfs: vec!["/tmp".into(), "/run:size=64m,mode=1777".into()],
+            ..Settings::default()
         };
         let task = template_of(settings);
         let container = task.container_spec.clone().expect("a container spec");

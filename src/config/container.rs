@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::raw::{RawContainer, RawScalar};
 use super::{quote, ConfigError, ContainerConfig, Ctx, Zero};
-use crate::model::settings::{Mount, MountKind, Settings};
+use crate::model::settings::{Mount, MountKind, Probe, Settings};
 
 /// Docker's floor for a memory limit (`Minimum memory limit allowed is 6MB`).
 const MIN_MEMORY: u64 = 6 << 20;
@@ -103,6 +103,8 @@ impl Ctx<'_> {
             init: c.init.unwrap_or(false),
             read_only: c.read_only.unwrap_or(false),
             tmpfs,
+            // `[health]`'s, filled in once it is read.
+            health: Probe::default(),
         })
     }
 

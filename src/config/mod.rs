@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::image::{check_repository, ImageRef};
 use crate::model::probe::Expect;
-use crate::model::settings::Settings;
+use crate::model::settings::{Probe, Settings};
 use crate::model::Color;
 use raw::{RawConfig, RawDuration};
 
@@ -612,8 +612,10 @@ impl Ctx<'_> {
         let history_file = self.path_or("history_file", raw.history_file, ".deploy_history")?;
         let history_limit = self.history_limit(raw.history_limit)?;
         let (state_dir, public_dir) = self.state_dirs(raw.state_dir, raw.public_dir)?;
-        let container = self.container(raw.container.unwrap_or_default())?;
+        let mut container = self.container(raw.container.unwrap_or_default())?;
         let health = self.health(raw.health.unwrap_or_default())?;
+        container.settings.health =
+            Probe::new(health.host.as_deref(), &health.headers, &health.expect);
         let nginx = self.nginx(raw.nginx.unwrap_or_default(), &app)?;
         let rollout = self.rollout(raw.rollout.unwrap_or_default())?;
         let docker = self.docker(raw.docker.unwrap_or_default(), docker_host_env)?;
@@ -2034,6 +2036,19 @@ listen = "9187"
             ]
         );
         assert_eq!(cfg.health.expect.to_string(), "200, 204, 3xx, 4xx");
+        // The probe is part of what a container runs with: a change of it is drift.
+        let probe = &cfg.container.settings.health;
+        assert_eq!(probe.host.as_deref(), Some("api.example.com:8443"));
+        assert_eq!(probe.expect.as_deref(), Some("200, 204, 3xx, 4xx"));
+        assert_eq!(
+            probe.headers.keys().collect::<Vec<_>>(),
+            ["Accept", "X-Probe"]
+        );
+        assert_eq!(
+            with("").unwrap().container.settings,
+            Settings::default(),
+            "the default probe is no drift for containers started before it"
+        );
         for host in [
             "localhost",
             "api.example.test",

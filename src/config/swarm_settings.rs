@@ -211,6 +211,7 @@ mod tests {
                 "/run:size=64m,mode=1777".into(),
                 "/x:rw".into(),
             ],
+            ..Settings::default()
         };
         check(&ctx(), &settings, RuntimeKind::Swarm).expect("accepted on Swarm");
     }

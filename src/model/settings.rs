@@ -10,6 +10,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::probe::Expect;
 
 /// Label holding a container's [`Settings`], as compact JSON.
 pub const LABEL_SETTINGS: &str = "fieldtrack.settings";
@@ -62,6 +65,51 @@ pub struct Settings {
     /// `target` or `target:options` (`/tmp:size=64m,mode=1777`), Compose's short form.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tmpfs: Vec<String>,
+    /// The probe of `[health]` the container was gated with. Not a container setting, but a
+    /// change of it is a new deployment all the same: the live container never answered the
+    /// new probe.
+    #[serde(skip_serializing_if = "Probe::is_default")]
+    pub health: Probe,
+}
+
+/// What of `[health]` decides whether a container is healthy beyond its path: `host`,
+/// `headers` and `expect`. Header values are kept as a digest (`sha256:` and 12 hex digits),
+/// never in clear: a label is read by whoever may inspect the container, and a header may
+/// carry a token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Probe {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Header name to the digest of its value.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// `health.expect` as the config writes it (`200, 300-399`); None for the default, any 2xx.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
+
+impl Probe {
+    pub fn new(host: Option<&str>, headers: &[(String, String)], expect: &Expect) -> Probe {
+        Probe {
+            host: host.map(str::to_owned),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.clone(), digest(value)))
+                .collect(),
+            expect: (*expect != Expect::default()).then(|| expect.to_string()),
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Probe::default()
+    }
+}
+
+fn digest(value: &str) -> String {
+    let hash = Sha256::digest(value.as_bytes());
+    let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 fn is_false(b: &bool) -> bool {
@@ -112,8 +160,8 @@ impl Settings {
     }
 
     /// What differs from `was` (a container's settings) to `self` (the config's), one entry
-    /// per key as the config names it: `container.memory: 256 MiB -> 512 MiB`. Empty when
-    /// they are the same.
+    /// per key as the config names it: `container.memory: 256 MiB -> 512 MiB`,
+    /// `health.host: (unset) -> "api.example.com"`. Empty when they are the same.
     pub fn changes(&self, was: &Settings) -> Vec<String> {
         let (now, was) = (as_map(self), as_map(was));
         let keys: std::collections::BTreeSet<&String> = now.keys().chain(was.keys()).collect();
@@ -125,8 +173,8 @@ impl Settings {
                     Some(v) => shown(key, v),
                 };
                 format!(
-                    "container.{}: {} -> {}",
-                    config_key(key),
+                    "{}: {} -> {}",
+                    full_key(key),
                     show(was.get(key)),
                     show(now.get(key))
                 )
@@ -134,17 +182,28 @@ impl Settings {
             .collect()
     }
 
-    /// Each key that is set, as the config names it: `memory = 512 MiB`, `networks =
-    /// ["backend"]`. Empty for a container that runs as the image says.
+    /// Each container key that is set, as the config names it: `memory = 512 MiB`,
+    /// `networks = ["backend"]`. Empty for a container that runs as the image says. The probe
+    /// is left out: it is `[health]`'s.
     pub fn describe(&self) -> Vec<String> {
         as_map(self)
             .iter()
+            .filter(|(key, _)| !key.starts_with("health."))
             .map(|(key, value)| format!("{} = {}", config_key(key), shown(key, value)))
             .collect()
     }
 }
 
-/// The config's name of a label's key.
+/// The config's full name of a label's key: `container.cpus`, `health.host`.
+fn full_key(key: &str) -> String {
+    if key.starts_with("health.") {
+        key.to_owned()
+    } else {
+        format!("container.{}", config_key(key))
+    }
+}
+
+/// The config's name of a label's key within `[container]`.
 fn config_key(key: &str) -> &str {
     match key {
         "nano_cpus" => "cpus",
@@ -178,11 +237,18 @@ pub fn bytes_shown(bytes: u64) -> String {
         .unwrap_or_else(|| format!("{bytes} bytes"))
 }
 
+/// The label's keys, the probe's spelled out as `health.host`, `health.headers`, ...
 fn as_map(settings: &Settings) -> serde_json::Map<String, serde_json::Value> {
-    match serde_json::to_value(settings) {
+    let mut map = match serde_json::to_value(settings) {
         Ok(serde_json::Value::Object(map)) => map,
         _ => serde_json::Map::new(),
+    };
+    if let Some(serde_json::Value::Object(probe)) = map.remove("health") {
+        for (key, value) in probe {
+            map.insert(format!("health.{key}"), value);
+        }
     }
+    map
 }
 
 #[cfg(test)]
@@ -263,6 +329,34 @@ mod tests {
         assert!(Settings::default().describe().is_empty());
         assert_eq!(bytes_shown(100), "100 bytes");
         assert_eq!(bytes_shown(64 << 20), "64 MiB");
+    }
+
+    #[test]
+    fn a_changed_probe_is_named_with_health_s_keys_and_no_header_value_in_clear() {
+        let was = Settings::default();
+        let headers = [("X-Token".to_string(), "s3cret".to_string())];
+        let expect = Expect::new(vec![200..=200, 403..=403]).unwrap();
+        let now = Settings {
+            health: Probe::new(Some("api.example.com"), &headers, &expect),
+            ..Settings::default()
+        };
+        let changes = now.changes(&was);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert_eq!(changes[0], r#"health.expect: (unset) -> "200, 403""#);
+        assert!(changes[1].starts_with(r#"health.headers: (unset) -> {"X-Token":"sha256:"#));
+        assert_eq!(changes[2], r#"health.host: (unset) -> "api.example.com""#);
+        assert!(!now.to_label().contains("s3cret"));
+        let label = now.to_label();
+        assert_eq!(Settings::from_label(Some(&label)), Ok(now.clone()));
+        assert!(now.describe().is_empty(), "the probe is [health]'s");
+        // The default probe is no key at all: containers started before it compare equal.
+        let default = Probe::new(None, &[], &Expect::default());
+        assert_eq!(default, Probe::default());
+        let other = [("X-Token".to_string(), "other".to_string())];
+        assert_ne!(
+            Probe::new(None, &headers, &expect),
+            Probe::new(None, &other, &expect)
+        );
     }
 
     #[test]

@@ -116,6 +116,49 @@ fn expect_counts_the_codes_it_names_as_healthy() {
     before.assert_same(&site);
 }
 
+#[test]
+fn a_changed_probe_is_a_new_deployment_of_the_live_image_blue_green() {
+    let mut site = site_requiring_the_host();
+    site.set("health.host", &toml_str(APP_HOST));
+    deploy_ok(&site, "v1");
+    let first = container_name(&site, live_color(&site));
+
+    // A Host the app refuses: the live container never answered that probe, so the next pass
+    // gates v1 again with it, in the other color, and production stays as it was.
+    site.set("health.host", &toml_str("other.example.test"));
+    let plan = ft(&site, &["plan"]);
+    plan.expect_code(3);
+    let change = r#"health.host: "api.example.test" -> "other.example.test""#;
+    assert!(plan.stdout.contains(change), "{}", plan.stdout);
+    let before = Production::of(&site);
+    let run = ft(&site, &["reconcile"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("last probe: HTTP 403"),
+        "{}",
+        run.stderr
+    );
+    before.assert_same(&site);
+
+    // A header added to the probe the app accepts: v1 again, blue/green, and the switch.
+    site.set("health.host", &toml_str(APP_HOST));
+    site.set("health.headers", "{ X-Forwarded-Proto = \"https\" }");
+    let plan = ft(&site, &["plan"]);
+    plan.expect_code(3);
+    assert!(
+        plan.stdout
+            .contains("health.headers: (unset) -> {\"X-Forwarded-Proto\":\"sha256:"),
+        "the header named, its value never shown: {}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("https"), "{}", plan.stdout);
+    ft(&site, &["reconcile"]).expect_code(0);
+    assert_converged(&site, "v1");
+    assert_ne!(container_name(&site, live_color(&site)), first);
+    assert_eq!(history(&site), "v1\n");
+    ft(&site, &["plan"]).expect_code(0);
+}
+
 /// The host port of `color`, as the site's config gives it.
 fn port_of_color(site: &Site, color: &str) -> u16 {
     match color {

@@ -217,7 +217,8 @@ fn without_a_daemon_deploy_returns_with_the_preview_up_plan_shows_it_and_promote
     );
     let shown = ft(&site, &["status"]);
     assert!(
-        shown.stdout.contains("awaits promotion since") && shown.stdout.contains("no daemon probes it"),
+        shown.stdout.contains("awaits promotion since")
+            && shown.stdout.contains("no daemon probes it"),
         "{}",
         shown.stdout
     );

@@ -578,6 +578,7 @@ mod tests {
             init: true,
             read_only: true,
             tmpfs: vec!["/tmp".into(), "/run/app:size=64m".into()],
+            ..Settings::default()
         };
         let (body, later) = create_body(&spec(settings));
         let host = body.host_config.clone().unwrap();
