@@ -206,6 +206,31 @@ impl<R: Runtime, P: Proxy, H: Prober> Pass<'_, R, P, H> {
 }
 
 impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
+    /// The color of this attempt's old container when it runs and nginx serves it: the
+    /// production a canary or a preview keeps while the candidate waits. None when there is
+    /// no such color (a first deploy, production down, or another color served).
+    async fn live_old_color(&self) -> Result<Option<Color>, ReconcileError> {
+        let ctx = self.ctx();
+        let cfg = &ctx.cfg;
+        let Some(old) = self.old else {
+            return Ok(None);
+        };
+        let Some(color) = Color::ALL
+            .into_iter()
+            .find(|c| cfg.container_name(*c) == old && *c != self.color)
+        else {
+            return Ok(None);
+        };
+        let running = matches!(ctx.runtime.state(old).await?, Some(InstanceState::Running));
+        let served = ctx
+            .proxy
+            .upstream_ports()
+            .map_err(ReconcileError::Switch)?
+            .first()
+            == Some(&cfg.port(color));
+        Ok((running && served).then_some(color))
+    }
+
     fn ctx(&self) -> &'a Context<R, P, H> {
         self.pass.ctx
     }

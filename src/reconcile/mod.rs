@@ -42,7 +42,7 @@ use crate::config::{Config, RuntimeKind};
 use crate::desired::Desired;
 use crate::metrics::Metrics;
 use crate::model::probe::Prober;
-use crate::model::proxy::Proxy;
+use crate::model::proxy::{Proxy, ProxyError};
 use crate::model::runtime::{Runtime, RuntimeError};
 use crate::notifications::Notifier;
 use crate::observe::canary_window::Watcher;
@@ -876,6 +876,22 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
         servers: &[std::net::SocketAddr],
         comment: &str,
     ) -> Result<(), ReconcileError> {
+        let proxy = &self.ctx.proxy;
+        self.marked_switch(port, || proxy.switch_to(servers, comment))
+            .await
+    }
+
+    /// Runs `switch` (a write, test and reload of the upstream file whose production block
+    /// ends on `port`) inside a [`SwitchMark`], as [`Pass::switch_nginx`] says; also the
+    /// preview's way to nginx.
+    pub(crate) async fn marked_switch<F>(
+        &self,
+        port: u16,
+        switch: impl FnOnce() -> F,
+    ) -> Result<(), ReconcileError>
+    where
+        F: std::future::Future<Output = Result<(), ProxyError>>,
+    {
         let ctx = self.ctx;
         let mut from = ctx.proxy.upstream_ports().unwrap_or_default();
         let mut earlier = None;
@@ -894,7 +910,7 @@ impl<'c, R: Runtime, P: Proxy, H: Prober> Pass<'c, R, P, H> {
                 canary: false,
             });
         })?;
-        let result = ctx.proxy.switch_to(servers, comment).await;
+        let result = switch().await;
         let settled = match &result {
             Ok(()) => true,
             Err(e) => !e.leaves_nginx_unsettled(),

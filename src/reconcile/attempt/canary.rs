@@ -31,7 +31,6 @@ use crate::model::probe::Prober;
 use crate::model::proxy::Proxy;
 use crate::model::runtime::{Endpoints, Runtime};
 use crate::model::Color;
-use crate::model::InstanceState;
 use crate::notifications::{Event, Notification};
 use crate::observe::CanaryWindow;
 use crate::plan::canary::{judge, plain, CanaryAction, Decision, Judgement, Passed};
@@ -50,28 +49,11 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     /// history names it: a rollback, an abort, an auto-rollback, or an operator's edit going
     /// back) is switched to at once, whatever the note says.
     pub(super) async fn canary_stable(&self) -> Result<Option<Color>, ReconcileError> {
-        let ctx = self.ctx();
-        let cfg = &ctx.cfg;
+        let cfg = &self.ctx().cfg;
         if cfg.canary.is_none() || cfg.nginx.access_log.is_none() || self.served_before {
             return Ok(None);
         }
-        let Some(old) = self.old else {
-            return Ok(None);
-        };
-        let Some(color) = Color::ALL
-            .into_iter()
-            .find(|c| cfg.container_name(*c) == old && *c != self.color)
-        else {
-            return Ok(None);
-        };
-        let running = matches!(ctx.runtime.state(old).await?, Some(InstanceState::Running));
-        let served = ctx
-            .proxy
-            .upstream_ports()
-            .map_err(ReconcileError::Switch)?
-            .first()
-            == Some(&cfg.port(color));
-        Ok((running && served).then_some(color))
+        self.live_old_color().await
     }
 
     /// The candidate passed its gate: step 1 begins on `canary`, the servers that passed it.

@@ -25,40 +25,22 @@ use crate::model::probe::Prober;
 use crate::model::proxy::Proxy;
 use crate::model::runtime::Runtime;
 use crate::model::Color;
-use crate::model::InstanceState;
 use crate::nginx_conf::upstream::preview_name;
 use crate::observe::ProbeCount;
 use crate::plan::preview::{Decision, PreviewAction};
 use crate::reconcile::ReconcileError;
-use crate::state::status::{Phase, PreviewMark, PreviewProgress, Step, SwitchMark};
+use crate::state::status::{Phase, PreviewMark, PreviewProgress, Step};
 
 impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
     /// The live color when this attempt opens a preview: promotion is manual, the old color
     /// is live and runs, and the image is new here. One that served before (the history
     /// names it: a rollback, an abort) is switched to at once.
     pub(super) async fn preview_stable(&self) -> Result<Option<Color>, ReconcileError> {
-        let ctx = self.ctx();
-        let cfg = &ctx.cfg;
+        let cfg = &self.ctx().cfg;
         if cfg.rollout.promotion != Promotion::Manual || self.served_before {
             return Ok(None);
         }
-        let Some(old) = self.old else {
-            return Ok(None);
-        };
-        let Some(color) = Color::ALL
-            .into_iter()
-            .find(|c| cfg.container_name(*c) == old && *c != self.color)
-        else {
-            return Ok(None);
-        };
-        let running = matches!(ctx.runtime.state(old).await?, Some(InstanceState::Running));
-        let served = ctx
-            .proxy
-            .upstream_ports()
-            .map_err(ReconcileError::Switch)?
-            .first()
-            == Some(&cfg.port(color));
-        Ok((running && served).then_some(color))
+        self.live_old_color().await
     }
 
     /// The candidate passed its gate: the preview opens on `candidate`, the servers that
@@ -236,44 +218,19 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
         mark: &PreviewMark,
         candidate: &[SocketAddr],
     ) -> Result<(), ReconcileError> {
-        let (pass, ctx) = (self.pass, self.ctx());
-        let cfg = &ctx.cfg;
-        let port = cfg.port(mark.stable);
-        let mut from = ctx.proxy.upstream_ports().unwrap_or_default();
-        let mut earlier = None;
-        pass.set_status(|s| {
-            earlier = s.switching.take();
-            if let Some(earlier) = &earlier {
-                from.extend(earlier.from.iter().copied());
-                from.push(earlier.to);
-            }
-            from.sort_unstable();
-            from.dedup();
-            s.switching = Some(SwitchMark {
-                from,
-                to: port,
-                canary: false,
-            });
-        })?;
+        let ctx = self.ctx();
         let back_image = self.previous.as_deref().unwrap_or("previous");
-        let result = ctx
-            .proxy
-            .switch_preview(
-                &self.stable_servers(mark.stable),
-                &ctx.live_comment(mark.stable, back_image),
-                candidate,
-                &format!("preview {}", ctx.live_comment(self.color, self.image)),
-            )
-            .await;
-        let settled = match &result {
-            Ok(()) => true,
-            Err(e) => !e.leaves_nginx_unsettled(),
-        };
-        if settled {
-            let after = if result.is_ok() { None } else { earlier };
-            pass.set_status(|s| s.switching = after)?;
-        }
-        result.map_err(ReconcileError::Switch)
+        let stable = self.stable_servers(mark.stable);
+        let (stable_comment, preview_comment) = (
+            ctx.live_comment(mark.stable, back_image),
+            format!("preview {}", ctx.live_comment(self.color, self.image)),
+        );
+        self.pass
+            .marked_switch(ctx.cfg.port(mark.stable), || {
+                ctx.proxy
+                    .switch_preview(&stable, &stable_comment, candidate, &preview_comment)
+            })
+            .await
     }
 
     /// What status.json shows of the preview.
