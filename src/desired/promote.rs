@@ -24,17 +24,6 @@ pub struct PromoteRequest {
     pub step: usize,
 }
 
-/// What the running canary makes of the request found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// No request (or one that is not a request: junk, a FIFO, a link out of the folder).
-    None,
-    /// For this generation and this step: the step ends now.
-    Promote,
-    /// For another generation or another step: dropped.
-    Ignored(PromoteRequest),
-}
-
 /// Where the request for the desired file at `desired_file` goes.
 pub fn request_path(desired_file: &Path) -> PathBuf {
     crate::state::atomic::parent_dir(desired_file).join(PROMOTE_REQUEST)
@@ -52,7 +41,7 @@ impl PromoteRequest {
     }
 
     /// The request at `path`, read and left where it is; None when there is none or it is not
-    /// one (junk, a FIFO, a link out of the folder: [`PromoteRequest::take`] drops those).
+    /// one (junk, a FIFO, a link out of the folder).
     pub fn peek(path: &Path) -> Option<PromoteRequest> {
         let text = read_safe_file(path).ok()?;
         toml::from_str(&text).ok()
@@ -68,32 +57,6 @@ impl PromoteRequest {
             }
         }
     }
-
-    /// Reads the request at `path` and removes it whatever it holds (a request is taken
-    /// once); judged against the canary of `generation` at `step`.
-    pub fn take(path: &Path, generation: &str, step: usize) -> Verdict {
-        let text = match read_safe_file(path) {
-            Ok(text) => Some(text),
-            Err(crate::config::SafetyError::Inspect { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Verdict::None
-            }
-            Err(_) => None,
-        };
-        if let Err(e) = std::fs::remove_file(path) {
-            tracing::warn!(error = %e, file = %path.display(), "cannot remove the promote request");
-        }
-        let Some(request) = text.and_then(|t| toml::from_str::<PromoteRequest>(&t).ok()) else {
-            tracing::warn!(file = %path.display(), "dropped a promote request that is not one");
-            return Verdict::None;
-        };
-        if request.generation == generation && request.step == step {
-            Verdict::Promote
-        } else {
-            Verdict::Ignored(request)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -101,34 +64,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_request_ends_only_the_step_it_names_and_is_taken_once() {
+    fn a_request_is_read_as_written_junk_is_none_and_removing_twice_is_fine() {
         let dir = tempfile::tempdir().unwrap();
         let path = request_path(&dir.path().join("desired.toml"));
-        let ask = |step| {
-            PromoteRequest {
-                generation: "g1".into(),
-                step,
-            }
-            .write(&path)
-            .unwrap()
+        assert_eq!(PromoteRequest::peek(&path), None);
+        let request = PromoteRequest {
+            generation: "g1".into(),
+            step: 2,
         };
-        assert_eq!(PromoteRequest::take(&path, "g1", 1), Verdict::None);
-        ask(1);
-        assert_eq!(PromoteRequest::take(&path, "g1", 1), Verdict::Promote);
+        request.write(&path).unwrap();
+        assert_eq!(PromoteRequest::peek(&path), Some(request.clone()));
+        assert_eq!(PromoteRequest::peek(&path), Some(request), "peek leaves it");
+        PromoteRequest::remove(&path);
         assert!(!path.exists());
-        // Sent while step 1 ran, read once step 2 had begun: step 2 stays.
-        ask(1);
-        assert!(matches!(
-            PromoteRequest::take(&path, "g1", 2),
-            Verdict::Ignored(PromoteRequest { step: 1, .. })
-        ));
-        ask(2);
-        assert!(matches!(
-            PromoteRequest::take(&path, "g2", 2),
-            Verdict::Ignored(_)
-        ));
+        PromoteRequest::remove(&path);
         std::fs::write(&path, "g1\n").unwrap();
-        assert_eq!(PromoteRequest::take(&path, "g1", 1), Verdict::None);
-        assert!(!path.exists());
+        assert_eq!(PromoteRequest::peek(&path), None);
     }
 }
