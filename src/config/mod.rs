@@ -1396,6 +1396,20 @@ mod tests {
     }
 
     #[test]
+    fn the_real_app_example_of_the_operations_runbook_loads() {
+        let doc = include_str!("../../docs/operations.md");
+        let section = &doc[doc.find("## A real app").expect("the section")..];
+        let start = section.find("```toml\n").expect("its config") + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").unwrap()];
+        let cfg = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let s = &cfg.container.settings;
+        assert_eq!(s.networks, ["backend"]);
+        assert_eq!(s.memory, Some(768 << 20));
+        assert_eq!(s.nano_cpus, Some(1_500_000_000));
+        assert_eq!(cfg.health.host.as_deref(), Some("api.acme.com"));
+    }
+
+    #[test]
     fn only_repository_gives_every_default() {
         let cfg = parse(MINIMAL).unwrap();
         assert_eq!(cfg.path, PathBuf::from(FILE));
