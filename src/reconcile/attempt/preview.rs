@@ -230,7 +230,11 @@ impl<'a, R: Runtime, P: Proxy, H: Prober> Attempt<'a, R, P, H> {
                 ctx.proxy
                     .switch_preview(&stable, &stable_comment, candidate, &preview_comment)
             })
-            .await
+            .await?;
+        // nginx's reload returns while its old workers still take new connections, whose
+        // preview block names the live color: the preview is open once they are gone.
+        ctx.proxy.wait_retired(super::OLD_WORKERS_LIMIT).await;
+        Ok(())
     }
 
     /// What status.json shows of the preview.
